@@ -1,0 +1,1 @@
+"""Thin Ray actors hosting ingest/ objects: coordinator, connection, writer."""

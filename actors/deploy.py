@@ -1,0 +1,104 @@
+"""Ray plumbing for the CLI: start or join Ray, deploy the coordinator and the Serve app."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import ray
+from ray import serve
+
+from actors.common import COORDINATOR_NAME
+from actors.coordinator import CoordinatorActor
+from ingest.config import Settings
+
+RAY_PORT = 6390
+APP_NAME = "scada"
+
+
+def _ray_bin() -> str:
+    return os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+def ray_address(settings: Settings) -> str:
+    return os.environ.get("RAY_ADDRESS") or f"{settings.pg_host}:{RAY_PORT}"
+
+
+def start_local_ray(settings: Settings) -> bool:
+    """Start a local Ray head bound to loopback, with token authentication on; False if running."""
+    probe = subprocess.run(
+        [_ray_bin(), "status", "--address", ray_address(settings)],
+        capture_output=True, timeout=60,
+    )
+    if probe.returncode == 0:
+        return False
+    # A token must exist before `ray start` for the head to turn token authentication on.
+    subprocess.run([_ray_bin(), "get-auth-token", "--generate"], check=True,
+                   capture_output=True, timeout=60)
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    subprocess.run(
+        [_ray_bin(), "start", "--head", f"--port={RAY_PORT}", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={settings.dashboard_port}",
+         "--disable-usage-stats"],
+        check=True, capture_output=True, timeout=180, env=env,
+    )
+    return True
+
+
+def stop_local_ray() -> None:
+    subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, timeout=120)
+
+
+def connect(settings: Settings) -> None:
+    if not ray.is_initialized():
+        ray.init(address=ray_address(settings), namespace=settings.namespace,
+                 log_to_driver=False, logging_level="WARNING")
+
+
+def deploy(settings: Settings) -> dict[str, Any]:
+    """Create (or find) the coordinator, start its loop, deploy the Serve app. Idempotent."""
+    coord = CoordinatorActor.options(  # type: ignore[attr-defined]
+        name=COORDINATOR_NAME, namespace=settings.namespace, lifetime="detached",
+        get_if_exists=True,
+    ).remote(settings)
+    ray.get(coord.start.remote(), timeout=60)
+    from serve_app.deployment import build
+
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    serve.run(build(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    return {"coordinator": COORDINATOR_NAME,
+            "api": f"http://{settings.http_host}:{settings.http_port}"}
+
+
+def undeploy(settings: Settings) -> None:
+    try:
+        serve.shutdown()
+    except Exception:
+        pass
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == settings.namespace:
+            try:
+                ray.kill(ray.get_actor(actor["name"], namespace=settings.namespace))
+            except Exception:
+                pass
+
+
+def coordinator(settings: Settings) -> Any:
+    return ray.get_actor(COORDINATOR_NAME, namespace=settings.namespace)
+
+
+def wait_http(url: str, timeout_s: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")

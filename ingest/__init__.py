@@ -1,0 +1,1 @@
+"""scada-ingest domain library: models, protocol adapters, batching, storage, simulators."""

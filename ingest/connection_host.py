@@ -1,0 +1,199 @@
+"""Many device sessions in one process: the plain-Python heart of a connection actor.
+
+Readings flow: protocol session -> ``_on_values`` (scaling and offset applied here, once, vectorised)
+-> the tenant's BatchBuilder -> every ``batch_interval_ms`` a micro-batch -> the tenant's
+BatchSender, which keeps it until the writer acknowledges the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol as TypingProtocol
+
+import numpy as np
+
+from ingest.batch import BatchBuilder
+from ingest.models import ConnectionSpec, Protocol
+from ingest.sender import BatchSender
+
+log = logging.getLogger(__name__)
+
+
+class DeviceSession(TypingProtocol):
+    async def run(self) -> None: ...
+    async def stop(self) -> None: ...
+    @property
+    def stats(self) -> dict[str, Any]: ...
+
+
+SenderFactory = Callable[[ConnectionSpec], BatchSender]
+
+
+@dataclass
+class _Running:
+    spec: ConnectionSpec
+    fingerprint: str
+    session: DeviceSession
+    task: asyncio.Task[None]
+    state: str = "connecting"
+    error: str | None = None
+
+
+class _Scaler:
+    """Applies each tag's scaling factor and offset to a chunk of readings."""
+
+    def __init__(self, spec: ConnectionSpec) -> None:
+        order = sorted(spec.tags, key=lambda t: t.tag_id)
+        self.ids = np.array([t.tag_id for t in order], np.int32)
+        self.factor = np.array([t.scaling_factor for t in order], np.float64)
+        self.offset = np.array([t.offset for t in order], np.float64)
+        self.trivial = bool(np.all(self.factor == 1.0) and np.all(self.offset == 0.0))
+
+    def __call__(self, tag_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+        if self.trivial:
+            return values
+        idx = np.searchsorted(self.ids, tag_ids)
+        return values * self.factor[idx] + self.offset[idx]
+
+
+class ConnectionHost:
+    def __init__(
+        self,
+        source: str,
+        sender_factory: SenderFactory,
+        *,
+        session_factory: Callable[[ConnectionSpec, Any, Any], DeviceSession] | None = None,
+    ) -> None:
+        self.source = source
+        self.epoch = uuid.uuid4().hex[:8]
+        self._sender_factory = sender_factory
+        self._session_factory = session_factory or make_session
+        self._running: dict[str, _Running] = {}
+        self._builders: dict[str, BatchBuilder] = {}
+        self._senders: dict[str, BatchSender] = {}
+        self.values_received = 0
+
+    # -- desired state ------------------------------------------------------------------------
+    async def apply(self, specs: list[ConnectionSpec]) -> dict[str, list[str]]:
+        """Run exactly these connections: start new ones, restart edited ones, stop the rest.
+        Connections whose fingerprint did not change are not touched."""
+        want = {s.connection_id: s for s in specs}
+        started, stopped, kept = [], [], []
+        for cid in list(self._running):
+            r = self._running[cid]
+            if cid not in want or want[cid].fingerprint() != r.fingerprint:
+                await self._stop(cid)
+                stopped.append(cid)
+        for cid, spec in want.items():
+            if cid in self._running:
+                kept.append(cid)
+                continue
+            self._start(spec)
+            started.append(cid)
+        return {"started": started, "stopped": stopped, "kept": kept}
+
+    def _start(self, spec: ConnectionSpec) -> None:
+        tenant = spec.tenant_id
+        if tenant not in self._builders:
+            self._builders[tenant] = BatchBuilder(f"{self.source}/{spec.tenant_slug}", self.epoch)
+            sender = self._sender_factory(spec)
+            sender.start()
+            self._senders[tenant] = sender
+        builder = self._builders[tenant]
+        scale = _Scaler(spec)
+        cid = spec.connection_id
+
+        def on_values(tag_ids: np.ndarray, times: np.ndarray, values: np.ndarray,
+                      quality: np.ndarray) -> None:
+            builder.append(tag_ids, times, scale(tag_ids, values), quality)
+            self.values_received += int(times.shape[0])
+
+        def on_state(state: str, error: str | None) -> None:
+            r = self._running.get(cid)
+            if r is not None:
+                r.state, r.error = state, error
+
+        session = self._session_factory(spec, on_values, on_state)
+        task = asyncio.create_task(session.run(), name=f"session-{cid}")
+        self._running[cid] = _Running(spec, spec.fingerprint(), session, task)
+
+    async def _stop(self, cid: str) -> None:
+        r = self._running.pop(cid)
+        try:
+            await asyncio.wait_for(r.session.stop(), 10)
+        except Exception:
+            log.warning("session %s did not stop cleanly", cid, exc_info=True)
+        r.task.cancel()
+        try:
+            await r.task
+        except BaseException:  # noqa: BLE001 - a cancelled or failed session is gone either way
+            pass
+
+    # -- batching -----------------------------------------------------------------------------
+    def tick(self) -> int:
+        """Cut every tenant's collected readings into a batch and hand it to its sender."""
+        rows = 0
+        for tenant, builder in self._builders.items():
+            batch = builder.cut()
+            if batch is not None:
+                self._senders[tenant].submit(batch)
+                rows += len(batch)
+        return rows
+
+    def unacked_rows(self) -> int:
+        return sum(s.unacked_rows for s in self._senders.values())
+
+    async def drain(self, timeout_s: float) -> bool:
+        self.tick()
+        results = await asyncio.gather(*(s.drain(timeout_s) for s in self._senders.values()))
+        return all(results)
+
+    async def close(self) -> None:
+        for cid in list(self._running):
+            await self._stop(cid)
+        self.tick()
+        for s in self._senders.values():
+            await s.stop()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "values_received": self.values_received,
+            "unacked_rows": self.unacked_rows(),
+            "connections": {
+                cid: {
+                    "tenant": r.spec.tenant_slug,
+                    "protocol": r.spec.protocol.value,
+                    "endpoint": r.spec.endpoint,
+                    "tags": len(r.spec.tags),
+                    "fingerprint": r.fingerprint,
+                    "state": r.state,
+                    "error": r.error,
+                    **{k: v for k, v in r.session.stats.items() if isinstance(v, int | float)},
+                }
+                for cid, r in self._running.items()
+            },
+            "senders": {
+                t: {"acked_rows": s.acked_rows, "retries": s.retries, "last_error": s.last_error}
+                for t, s in self._senders.items()
+            },
+        }
+
+
+def make_session(spec: ConnectionSpec, on_values: Any, on_state: Any) -> DeviceSession:
+    """Build the protocol session for a connection spec."""
+    if spec.protocol is Protocol.OPCUA:
+        from ingest.protocols.opcua import OpcUaSession, OpcUaTag
+
+        return OpcUaSession(
+            spec.endpoint,
+            [OpcUaTag(t.tag_id, t.address) for t in spec.tags],
+            on_values,
+            publishing_interval_ms=spec.publishing_interval_ms,
+            on_state=on_state,
+        )
+    raise NotImplementedError(f"protocol {spec.protocol.value} is not supported yet")

@@ -1,0 +1,103 @@
+"""Every metric of scada-ingest, declared in one class.
+
+Metrics go through ``ray.util.metrics`` so Ray's Prometheus endpoint exports them from every node.
+This is the one module of ``ingest/`` that imports ray, and it does so lazily: outside Ray (unit
+tests, the CLI) the metrics are no-ops. A failing metric never breaks the data path. Labels stay
+low-cardinality: tenant, protocol, outcome, reason; never tag or connection ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+_BATCH_BOUNDARIES = [10, 100, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000]
+
+
+class _Noop:
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None: ...
+    def set(self, value: float, tags: dict[str, str] | None = None) -> None: ...
+    def observe(self, value: float, tags: dict[str, str] | None = None) -> None: ...
+
+
+class Metrics:
+    """Declares all metrics once per process; use ``Metrics.get()``."""
+
+    _instance: Metrics | None = None
+
+    def __init__(self) -> None:
+        try:
+            import ray
+            from ray.util import metrics as rm
+
+            enabled = ray.is_initialized()
+        except Exception:  # pragma: no cover - ray missing or broken
+            enabled = False
+        if not enabled:
+            noop = _Noop()
+            self.readings_ingested = self.active_connections = self.batch_size = noop
+            self.db_write_latency = self.end_to_end_latency = self.validation_errors = noop
+            self.spool_rows = self.gaps = self.device_errors = self.duplicate_batches = noop
+            self.write_failures = self.redis_errors = noop
+            return
+        self.readings_ingested: Any = rm.Counter(
+            "scada_readings_ingested_total", "Readings committed to TimescaleDB",
+            tag_keys=("tenant", "protocol"),
+        )
+        self.active_connections: Any = rm.Gauge(
+            "scada_active_connections", "Device sessions currently connected",
+            tag_keys=("tenant", "protocol"),
+        )
+        self.batch_size: Any = rm.Histogram(
+            "scada_batch_size", "Rows per committed batch", boundaries=_BATCH_BOUNDARIES,
+            tag_keys=("tenant",),
+        )
+        self.db_write_latency: Any = rm.Histogram(
+            "scada_db_write_latency_seconds", "Duration of one COPY + ledger transaction",
+            boundaries=_LATENCY_BOUNDARIES_S, tag_keys=("tenant",),
+        )
+        self.end_to_end_latency: Any = rm.Histogram(
+            "scada_end_to_end_latency_seconds", "Source timestamp to commit, per batch (median)",
+            boundaries=_LATENCY_BOUNDARIES_S, tag_keys=("tenant",),
+        )
+        self.validation_errors: Any = rm.Counter(
+            "scada_validation_errors_total", "Readings rejected or flagged by validation",
+            tag_keys=("tenant", "reason"),
+        )
+        self.spool_rows: Any = rm.Gauge(
+            "scada_spool_rows", "Rows held in the durable spool", tag_keys=("tenant",)
+        )
+        self.gaps: Any = rm.Counter(
+            "scada_gaps_total", "Readings recorded as an explicit gap (quality Bad marker)",
+            tag_keys=("tenant", "protocol"),
+        )
+        self.device_errors: Any = rm.Counter(
+            "scada_device_errors_total", "Device session failures", tag_keys=("protocol", "outcome")
+        )
+        self.duplicate_batches: Any = rm.Counter(
+            "scada_duplicate_batches_total", "Resent batches the ledger recognised",
+            tag_keys=("tenant",),
+        )
+        self.write_failures: Any = rm.Counter(
+            "scada_write_failures_total", "Writer flushes that failed", tag_keys=("tenant", "outcome")
+        )
+        self.redis_errors: Any = rm.Counter(
+            "scada_redis_errors_total", "Failed Redis fan-out attempts", tag_keys=("tenant",)
+        )
+
+    @classmethod
+    def get(cls) -> Metrics:
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+
+def safe(fn: Any, *args: Any, **kwargs: Any) -> None:
+    """Call a metric method; log and swallow any failure."""
+    try:
+        fn(*args, **kwargs)
+    except Exception:
+        log.debug("metric update failed", exc_info=True)

@@ -1,0 +1,34 @@
+"""Human-readable rendering of the coordinator's status (``scada-ingest status``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def render(status: dict[str, Any]) -> str:
+    lines = ["TENANTS"]
+    for t in status.get("tenants", []):
+        w = t.get("writer") or {}
+        state = "DEGRADED" if t.get("degraded") else t["status"]
+        lines.append(
+            f"  {t['slug']:<20} {state:<10} connections={t['connections']:<4} "
+            f"rows={w.get('rows_committed', 0):<10} spool={w.get('spool_rows', 0):<6} "
+            f"p99={w.get('latency_p99_ms')} ms" + (f"  error: {t['degraded']}" if t.get(
+                "degraded") else "")
+        )
+    lines.append("ACTORS")
+    for name, a in sorted(status.get("actors", {}).items()):
+        if "error" in a:
+            lines.append(f"  {name:<10} UNHEALTHY {a['error']}")
+            continue
+        conns = a.get("connections", {})
+        tags = sum(c.get("tags", 0) for c in conns.values())
+        lines.append(
+            f"  {name:<10} node={str(a.get('node_id', ''))[:12]} connections={len(conns)} "
+            f"tags={tags} values={a.get('values_received', 0)} unacked={a.get('unacked_rows', 0)}"
+        )
+        for cid, c in conns.items():
+            err = f" last_error={c['error']}" if c.get("error") else ""
+            lines.append(f"    {cid[:8]} {c['tenant']:<16} {c['protocol']:<6} {c['state']:<12} "
+                         f"tags={c['tags']}{err}")
+    return "\n".join(lines)

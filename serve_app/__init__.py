@@ -1,0 +1,1 @@
+"""The Ray Serve application: a FastAPI ingress of thin handlers over ingest/."""
