@@ -70,11 +70,11 @@ class Collector:
         return len(self.arrivals)
 
 
-async def wait_until(pred: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(pred: Callable[[], bool], what: str, limit_s: float = 20.0) -> None:
+    deadline = time.monotonic() + limit_s
     while not pred():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            pytest.fail(f"timed out after {limit_s} s waiting for {what}")
         await asyncio.sleep(0.05)
 
 

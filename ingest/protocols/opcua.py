@@ -30,8 +30,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from asyncua import Client, ua
+from asyncua import ua
+from asyncua.client.client import Client
 from asyncua.client.ua_client import UaClientState
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from ingest.errors import ConfigError, DeviceProtocolError, DeviceUnreachable, IngestError
@@ -97,7 +101,7 @@ _ONE_US = timedelta(microseconds=1)
 # Server answers that mean "the device or the path to it is down", as opposed to "you asked for
 # something it will not do"; the first are DeviceUnreachable, the rest DeviceProtocolError.
 _UNREACHABLE_CODES = frozenset(
-    getattr(ua.StatusCodes, name)
+    getattr(StatusCodes, name)
     for name in (
         "BadTimeout",
         "BadCommunicationError",
@@ -121,9 +125,9 @@ _UNREACHABLE_CODES = frozenset(
 )
 _FILTER_REFUSED_CODES = frozenset(
     (
-        ua.StatusCodes.BadFilterNotAllowed,
-        ua.StatusCodes.BadMonitoredItemFilterUnsupported,
-        ua.StatusCodes.BadMonitoredItemFilterInvalid,
+        StatusCodes.BadFilterNotAllowed,
+        StatusCodes.BadMonitoredItemFilterUnsupported,
+        StatusCodes.BadMonitoredItemFilterInvalid,
     )
 )
 
@@ -322,11 +326,15 @@ class OpcUaSession:
 
     async def _max_items_per_call(self, client: Client) -> int:
         node = client.get_node(
-            ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)
+            ua.NodeId(
+                ua.Int32(
+                    ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall
+                )
+            )
         )
         try:
             value = await node.read_value()
-        except (UaError, TimeoutError, asyncio.TimeoutError):
+        except (UaError, TimeoutError):
             return _MAX_ITEMS_PER_CALL  # the node is optional; 0 or absent means "no limit"
         if isinstance(value, int) and value > 0:
             return min(_MAX_ITEMS_PER_CALL, value)
@@ -352,13 +360,16 @@ class OpcUaSession:
         revised_interval_s = max(result.RevisedPublishingInterval, 1.0) / 1000.0
         revised_keepalive = max(int(result.RevisedMaxKeepAliveCount), 1)
         stall_timeout = max(3.0 * revised_interval_s * revised_keepalive, _MIN_STALL_TIMEOUT_S)
+        stall_timeout = float(stall_timeout)
 
         pending = list(range(len(self._tags)))
         for use_filter in (True, False):
             refused: list[int] = []
             for start in range(0, len(pending), per_call):
                 chunk = pending[start : start + per_call]
-                refused += await self._create_items(client, result.SubscriptionId, chunk, use_filter)
+                refused += await self._create_items(
+                    client, result.SubscriptionId, chunk, use_filter
+                )
             if not refused:
                 break
             pending = refused
@@ -371,7 +382,8 @@ class OpcUaSession:
         flt = None
         if use_filter:
             flt = ua.DataChangeFilter(
-                Trigger=ua.DataChangeTrigger.StatusValueTimestamp, DeadbandType=ua.DeadbandType.None_
+                Trigger=ua.DataChangeTrigger.StatusValueTimestamp,
+                DeadbandType=ua.DeadbandType.None_,
             )
         requests = []
         for h in handles:
@@ -385,7 +397,7 @@ class OpcUaSession:
             requests.append(
                 ua.MonitoredItemCreateRequest(
                     ItemToMonitor=ua.ReadValueId(
-                        NodeId=self._node_ids[h], AttributeId=ua.AttributeIds.Value
+                        NodeId=self._node_ids[h], AttributeId=AttributeIds.Value
                     ),
                     MonitoringMode=ua.MonitoringMode.Reporting,
                     RequestedParameters=mparams,
@@ -421,7 +433,7 @@ class OpcUaSession:
                 self.endpoint,
                 self._tags[h].tag_id,
                 self._tags[h].node_id,
-                ua.StatusCode(code),
+                ua.StatusCode(ua.UInt32(code)),
             )
         now_us = (datetime.now(UTC) - _EPOCH) // _ONE_US
         n = len(failed)
@@ -526,8 +538,15 @@ class OpcUaSession:
                 bad += 1
         known = (handles >= 0) & (handles < len(self._tags))
         if not known.all():
-            _log.warning("opcua %s: %d values for unknown handles", self.endpoint, int((~known).sum()))
-            handles, times, values, quality = handles[known], times[known], values[known], quality[known]
+            _log.warning(
+                "opcua %s: %d values for unknown handles", self.endpoint, int((~known).sum())
+            )
+            handles, times, values, quality = (
+                handles[known],
+                times[known],
+                values[known],
+                quality[known],
+            )
         self._stats["bad_values"] += bad
         self._emit(self._tag_ids[handles], times, values, quality.view(np.int32))
 

@@ -45,13 +45,15 @@ import math
 import signal
 import socket
 import sys
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from asyncua import Server, ua
+from asyncua import ua
+from asyncua.server.server import Server
+from asyncua.ua.status_codes import StatusCodes
 
 __all__ = ["NAMESPACE_URI", "OpcUaSimulator", "SimulatorMode", "main"]
 
@@ -70,8 +72,8 @@ _SIGNALS: tuple[tuple[str, float, float, float, float], ...] = (
     ("gas_rate_mcf_d", 900.0, 60.0, 15.0, 180.0),
 )
 
-_GOOD = ua.StatusCode(ua.StatusCodes.Good)
-_NO_VALUE_YET = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)
+_GOOD = ua.StatusCode(ua.UInt32(StatusCodes.Good))
+_NO_VALUE_YET = ua.StatusCode(ua.UInt32(StatusCodes.BadWaitingForInitialData))
 
 
 class OpcUaSimulator:
@@ -166,9 +168,11 @@ class OpcUaSimulator:
         self._ns = await server.register_namespace(NAMESPACE_URI)
         objects = server.nodes.objects
         for w in range(1, self.wells + 1):
-            well = await objects.add_object(ua.NodeId(f"W{w:03d}", self._ns), f"W{w:03d}")
+            well = await objects.add_object(
+                ua.NodeId(ua.String(f"W{w:03d}"), ua.Int16(self._ns)), f"W{w:03d}"
+            )
             for t in range(1, self.tags_per_well + 1):
-                nid = ua.NodeId(f"W{w:03d}.T{t:03d}", self._ns)
+                nid = ua.NodeId(ua.String(f"W{w:03d}.T{t:03d}"), ua.Int16(self._ns))
                 await well.add_variable(nid, f"T{t:03d}", 0.0, ua.VariantType.Double)
                 self._ua_ids.append(nid)
         for nid in self._ua_ids:
@@ -230,7 +234,7 @@ class OpcUaSimulator:
     async def _tick(self, now_s: float) -> None:
         assert self._server is not None
         values = self._next_values(now_s)
-        ts = datetime.now(UTC)
+        ts = ua.DateTime.now(UTC)  # the asyncua subtype, so the types line up
         write = self._server.write_attribute_value
         counts = self._counts
         for i, nid in enumerate(self._ua_ids):
