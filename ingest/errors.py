@@ -83,3 +83,15 @@ class DeviceProtocolError(IngestError):
 
 class SecretError(IngestError):
     """A secret could not be decrypted (wrong key or tampered ciphertext)."""
+
+
+class SpoolFull(IngestError):
+    """The tenant's spool reached its configured size: the sender must hold back (backpressure)."""
+
+    retriable = True
+
+
+class SpoolUnavailable(IngestError):
+    """Redis, which holds the spool, cannot be reached."""
+
+    retriable = True

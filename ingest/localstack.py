@@ -522,7 +522,7 @@ def _redis_conf(r: RedisParams) -> str:
         ("pidfile", _redis_conf_quote(str(pidfile))),
         ("logfile", _redis_conf_quote(str(logfile))),
         ("appendonly", "yes"),
-        ("appendfsync", "everysec"),
+        ("appendfsync", "always"),  # a spooled batch is acknowledged only once on disk
         ("requirepass", _redis_conf_quote(r.password)),
     ]
     lines = ["# Written by ingest.localstack; edits are overwritten.\n"]

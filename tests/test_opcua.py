@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -28,7 +27,6 @@ from ingest.protocols.opcua import OpcUaSession, OpcUaTag
 from ingest.simulators import OpcUaSimulator
 
 REPO = Path(__file__).resolve().parents[1]
-WAITING_FOR_INITIAL_DATA = np.uint32(ua.StatusCodes.BadWaitingForInitialData).view(np.int32)
 BAD_NODE_ID_UNKNOWN = np.uint32(ua.StatusCodes.BadNodeIdUnknown).view(np.int32)
 
 
@@ -91,7 +89,7 @@ async def test_counting_every_value_arrives_exactly_once() -> None:
     session = OpcUaSession(sim.endpoint, tags, got, publishing_interval_ms=100)
     runner = asyncio.create_task(session.run())
     try:
-        # Subscribed once every tag has reported its "no value yet" snapshot.
+        # Subscribed once every tag has reported its initial 0.0 (not a count).
         await wait_until(lambda: all(got.readings[t.tag_id] for t in tags), "initial snapshots")
         await sim.resume()
         await asyncio.sleep(2.0)
@@ -99,19 +97,18 @@ async def test_counting_every_value_arrives_exactly_once() -> None:
         published = sim.published_per_node()
         assert all(n > 0 for n in published.values())
         await wait_until(
-            lambda: all(len(got.good(t.tag_id)) >= published[t.node_id] for t in tags),
+            lambda: all(len(got.good(t.tag_id)) >= published[t.node_id] + 1 for t in tags),
             "the published values to drain",
         )
         await asyncio.sleep(0.3)  # anything extra (a duplicate) would show up now
         for t in tags:
-            values = [v for _, v, _ in got.good(t.tag_id)]
-            assert values == [float(k) for k in range(1, published[t.node_id] + 1)], t.node_id
-            times = [ts for ts, _, _ in got.good(t.tag_id)]
+            readings = got.readings[t.tag_id]
+            assert all(q == 0 for _, _, q in readings)
+            values = [v for _, v, _ in readings]
+            assert values == [float(k) for k in range(0, published[t.node_id] + 1)], t.node_id
+            times = [ts for ts, _, _ in readings]
             assert times == sorted(times)
             assert abs(times[-1] / 1e6 - time.time()) < 60  # microseconds since the Unix epoch
-            not_good = [r for r in got.readings[t.tag_id] if r[2] != 0]
-            assert len(not_good) == 1 and not_good[0][2] == WAITING_FOR_INITIAL_DATA
-            assert np.isnan(not_good[0][1])
         assert sum(published.values()) == sim.total_published
         stats = session.stats
         assert stats["values_received"] == got.total() == sim.total_published + len(tags)
@@ -124,7 +121,9 @@ async def test_counting_every_value_arrives_exactly_once() -> None:
 
 
 @pytest.mark.asyncio
-async def test_five_hundred_tags_all_deliver() -> None:
+async def test_five_hundred_tags_all_deliver(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Smaller CreateMonitoredItems calls than the server allows, so chunking is exercised too.
+    monkeypatch.setattr("ingest.protocols.opcua._MAX_ITEMS_PER_CALL", 128)
     sim = OpcUaSimulator(
         port=free_port(), wells=1, tags_per_well=500, interval_ms=100, mode="realistic"
     )
@@ -204,46 +203,60 @@ async def test_session_survives_server_restart() -> None:
             await second.stop()
 
 
-def test_cli_ready_and_json_summary(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_cli_signals_summary_and_drain(tmp_path: Path) -> None:
+    """The CLI as scripts drive it: paused start, SIGUSR1 to publish, SIGTERM to stop.
+
+    The summary is the last stdout line, and the server drains before it shuts down, so a
+    subscriber holds exactly what the summary says was published.
+    """
     port = free_port()
     summary_file = tmp_path / "summary.json"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ingest.simulators.opcua_sim",
-            "--port",
-            str(port),
-            "--wells",
-            "1",
-            "--tags",
-            "3",
-            "--interval-ms",
-            "20",
-            "--summary-file",
-            str(summary_file),
-        ],
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ingest.simulators.opcua_sim",
+        *("--port", str(port), "--wells", "1", "--tags", "3", "--interval-ms", "10"),
+        *("--start-paused", "--summary-file", str(summary_file)),
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
+    endpoint = f"opc.tcp://127.0.0.1:{port}/scada-sim/"
+    session: OpcUaSession | None = None
+    runner: asyncio.Task[None] | None = None
     try:
         assert proc.stdout is not None
-        ready = proc.stdout.readline().strip()  # the process exits (EOF) rather than hang
-        assert ready == f"READY opc.tcp://127.0.0.1:{port}/scada-sim/", proc.stderr
-        time.sleep(0.5)
+        nodes_line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+        ready_line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+        assert ready_line == f"READY {endpoint}"
+        assert nodes_line.startswith("NODES ")
+        node_ids = json.loads(nodes_line.removeprefix("NODES "))
+        assert node_ids == ["ns=2;s=W001.T001", "ns=2;s=W001.T002", "ns=2;s=W001.T003"]
+
+        tags = [OpcUaTag(tag_id=i, node_id=n) for i, n in enumerate(node_ids)]
+        got = Collector()
+        session = OpcUaSession(endpoint, tags, got, publishing_interval_ms=200)
+        runner = asyncio.create_task(session.run())
+        await wait_until(lambda: all(got.readings[t.tag_id] for t in tags), "initial snapshots")
+        proc.send_signal(signal.SIGUSR1)  # publish
+        await wait_until(lambda: all(len(got.readings[t.tag_id]) > 5 for t in tags), "values")
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
-    summary = json.loads(out.strip().splitlines()[-1])
+            await proc.wait()
+        if session is not None and runner is not None:
+            await session.stop()
+            await runner
+    assert proc.returncode == 0, err.decode()
+    summary = json.loads(out.decode().strip().splitlines()[-1])
     assert summary["published"] > 0
-    assert summary["endpoint"] == f"opc.tcp://127.0.0.1:{port}/scada-sim/"
+    assert summary["endpoint"] == endpoint
     assert sum(summary["per_node"].values()) == summary["published"]
-    assert len(summary["per_node"]) == 3
     assert json.loads(summary_file.read_text()) == summary
+    for t in tags:
+        n = summary["per_node"][t.node_id]
+        assert [v for _, v, _ in got.readings[t.tag_id]] == [float(k) for k in range(n + 1)]

@@ -181,7 +181,7 @@ class OpcUaSession:
         if not 0 < reconnect_initial_s <= reconnect_max_s:
             raise ValueError("need 0 < reconnect_initial_s <= reconnect_max_s")
         self._security = security or OpcUaSecurity()
-        if self._security.mode is not SecurityMode.NONE:
+        if self._security.mode != SecurityMode.NONE:
             raise ConfigError(f"OPC UA security mode {self._security.mode} is not supported yet")
         seen: set[int] = set()
         node_ids: list[ua.NodeId] = []
@@ -235,7 +235,11 @@ class OpcUaSession:
         return dict(self._stats)
 
     async def run(self) -> None:
-        """Keep the subscription alive until ``stop()``; never raises for device failures."""
+        """Keep the subscription alive until ``stop()``; never raises for device failures.
+
+        Failures are reported through ``on_state("disconnected", error)`` and ``stats``. A
+        session runs once: after ``stop()``, ``run()`` returns at once.
+        """
         if self._running:
             raise RuntimeError("run() is already running for this session")
         self._running = True
@@ -252,11 +256,7 @@ class OpcUaSession:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # every failure reconnects: that is the contract
-                    err = _translate(exc)
-                    if not isinstance(exc, IngestError | OSError | UaError | TimeoutError):
-                        _log.warning("opcua %s: unexpected error", self.endpoint, exc_info=True)
-                    self._stats["last_error"] = f"{type(err).__name__}: {err}"
-                    self._set_state(SessionState.DISCONNECTED, self._stats["last_error"])
+                    self._report_failure(exc)
                 if self._stop.is_set():
                     break
                 failures = 0 if self._connected else failures + 1
@@ -301,8 +301,21 @@ class OpcUaSession:
             self._connected = self._ever_connected = True
             self._set_state(SessionState.CONNECTED, None)
             await self._watch(client, stall_timeout)
+        except Exception as exc:
+            # Say so before the teardown, which can take a while on a wedged server.
+            self._report_failure(exc)
+            raise
         finally:
             await self._close(client)
+
+    def _report_failure(self, exc: Exception) -> None:
+        if self._stats["state"] == SessionState.DISCONNECTED.value:
+            return  # already reported for this attempt
+        err = _translate(exc)
+        if not isinstance(exc, IngestError | OSError | UaError | TimeoutError):
+            _log.warning("opcua %s: unexpected error", self.endpoint, exc_info=exc)
+        self._stats["last_error"] = f"{type(err).__name__}: {err}"
+        self._set_state(SessionState.DISCONNECTED, self._stats["last_error"])
 
     def _apply_security(self, client: Client) -> None:
         # Only None so far (checked in __init__). Sign / SignAndEncrypt go here:
@@ -315,6 +328,9 @@ class OpcUaSession:
         stopper = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
         finally:
             stopper.cancel()
         if not task.done():

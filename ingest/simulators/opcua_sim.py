@@ -7,8 +7,8 @@ variables ``T001`` .. ``Tmmm`` whose string node ids are ``W001.T001`` in the na
 Two modes:
 - ``counting``: on every tick each tag is written with its next integer (1.0, 2.0, 3.0, ...), so a
   tag whose count is N has published exactly 1..N. A client that received anything else lost or
-  duplicated data. Before the first tick a tag holds no value (BadWaitingForInitialData), so the
-  snapshot a new monitored item reports is not mistaken for a count.
+  duplicated data. Before the first tick every tag holds 0.0 (Good): the snapshot a new
+  monitored item reports first is then never mistaken for a count (counts start at 1).
 - ``realistic``: plausible oilfield signals (tubing and casing pressure, temperature, oil and gas
   rate) with a slow cycle and measurement noise.
 
@@ -31,7 +31,14 @@ loss rests on:
 - sampling interval is ignored: every write is a sample (revised to the publishing interval).
 So a client that asks for queue_size > (writes per item between two publish responses) receives
 every value; no patching of the server is needed. The only loss path is a full per-item queue
-(a client that stops sending PublishRequests for longer than queue_size ticks).
+(a client that stops sending PublishRequests for longer than queue_size ticks), plus whatever is
+still queued when the server shuts down: hence ``drain()``.
+
+Command line (``python -m ingest.simulators.opcua_sim --help``): prints ``NODES <json list>``,
+then ``READY <endpoint>`` once it accepts connections. SIGUSR1 resumes and SIGUSR2 pauses
+publishing (``--start-paused`` starts paused). On SIGTERM / SIGINT or after ``--duration`` it stops
+publishing, writes the summary ``{"published", "per_node", "endpoint"}`` to ``--summary-file``
+and as the last stdout line, drains (``--drain-s``), then shuts the server down.
 """
 
 from __future__ import annotations
@@ -45,9 +52,10 @@ import math
 import signal
 import socket
 import sys
+from collections.abc import Coroutine
 from datetime import UTC
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -61,9 +69,7 @@ NAMESPACE_URI = "urn:scada-ingest:sim"
 
 SimulatorMode = Literal["counting", "realistic"]
 
-_log = logging.getLogger(__name__)
-
-# (base, cycle amplitude, noise sigma, cycle period s) per signal kind; tags cycle through them.
+# (name, base, cycle amplitude, noise sigma, cycle period s); a well's tags cycle through them.
 _SIGNALS: tuple[tuple[str, float, float, float, float], ...] = (
     ("tubing_pressure_psi", 850.0, 40.0, 3.0, 300.0),
     ("casing_pressure_psi", 1200.0, 25.0, 2.0, 600.0),
@@ -73,7 +79,6 @@ _SIGNALS: tuple[tuple[str, float, float, float, float], ...] = (
 )
 
 _GOOD = ua.StatusCode(ua.UInt32(StatusCodes.Good))
-_NO_VALUE_YET = ua.StatusCode(ua.UInt32(StatusCodes.BadWaitingForInitialData))
 
 
 class OpcUaSimulator:
@@ -95,10 +100,10 @@ class OpcUaSimulator:
         """``paused=True`` starts the server without publishing until ``resume()``."""
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, got {port}")
-        if wells < 1 or wells > 999:
-            raise ValueError(f"wells must be 1..999, got {wells}")
-        if tags_per_well < 1 or tags_per_well > 999:
-            raise ValueError(f"tags_per_well must be 1..999, got {tags_per_well}")
+        if wells < 1:
+            raise ValueError(f"wells must be >= 1, got {wells}")
+        if tags_per_well < 1:
+            raise ValueError(f"tags_per_well must be >= 1, got {tags_per_well}")
         if interval_ms < 1:
             raise ValueError(f"interval_ms must be >= 1, got {interval_ms}")
         if mode not in ("counting", "realistic"):
@@ -120,6 +125,7 @@ class OpcUaSimulator:
         self._ns = 0
         self._ua_ids: list[ua.NodeId] = []
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         self._running = asyncio.Event()
         if not paused:
             self._running.set()
@@ -148,13 +154,13 @@ class OpcUaSimulator:
 
     def node_ids(self) -> list[str]:
         """Full string node ids in the namespace index the server actually registered."""
-        if self._server is None:
+        if not self._ua_ids:
             raise RuntimeError("node ids are known once the simulator has started")
         return [f"ns={self._ns};s={n}" for n in self._names]
 
     async def start(self) -> None:
-        if self._server is not None:
-            raise RuntimeError("simulator already started")
+        if self._server is not None or self._stopped:
+            raise RuntimeError("a simulator starts once; make a new one to restart")
         if self.port == 0:
             self.port = _free_port(self.host)
         server = Server()
@@ -166,6 +172,7 @@ class OpcUaSimulator:
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         server.set_identity_tokens([ua.AnonymousIdentityToken])
         self._ns = await server.register_namespace(NAMESPACE_URI)
+        self._ua_ids = []
         objects = server.nodes.objects
         for w in range(1, self.wells + 1):
             well = await objects.add_object(
@@ -175,10 +182,11 @@ class OpcUaSimulator:
                 nid = ua.NodeId(ua.String(f"W{w:03d}.T{t:03d}"), ua.Int16(self._ns))
                 await well.add_variable(nid, f"T{t:03d}", 0.0, ua.VariantType.Double)
                 self._ua_ids.append(nid)
-        for nid in self._ua_ids:
-            await server.write_attribute_value(nid, ua.DataValue(StatusCode=_NO_VALUE_YET))
-        await server.start()
         self._server = server
+        # Initial values are not counted: 0.0 in counting mode, a first sample in realistic mode.
+        initial = [0.0] * len(self._ua_ids) if self.mode == "counting" else self._next_values(0.0)
+        await self._write_all(initial)
+        await server.start()
         self._t0 = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._publish_loop(), name=f"opcua-sim-{self.port}")
 
@@ -193,6 +201,9 @@ class OpcUaSimulator:
 
     async def stop(self) -> None:
         """Stop publishing, then shut the server down (connected clients see the socket close)."""
+        if self._stopped:
+            return
+        self._stopped = True
         await self.pause()
         if self._task is not None:
             self._task.cancel()
@@ -201,6 +212,33 @@ class OpcUaSimulator:
             self._task = None
         if self._server is not None:
             await self._server.stop()
+
+    async def drain(self, timeout_s: float = 3.0) -> bool:
+        """Wait until every subscriber has been sent, and has acknowledged, what was published.
+
+        Call after ``pause()`` and before ``stop()`` so the last values queued for a client are
+        not thrown away with the server. Returns False if ``timeout_s`` passed first (a client
+        that went away leaves its queue behind until its session times out).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._has_undelivered():
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    def _has_undelivered(self) -> bool:
+        if self._server is None:
+            return False
+        # asyncua keeps no public view of this: read the per-subscription queues (see the module
+        # docstring) and treat a layout we do not recognise as "nothing pending".
+        subs = getattr(self._server.iserver.subscription_service, "subscriptions", {})
+        return any(
+            getattr(sub, "_triggered_datachanges", None)
+            or getattr(sub, "_not_acknowledged_results", None)
+            for sub in list(subs.values())
+        )
 
     def summary(self) -> dict[str, object]:
         return {
@@ -232,8 +270,10 @@ class OpcUaSimulator:
             await asyncio.sleep(max(delay, 0.0))
 
     async def _tick(self, now_s: float) -> None:
+        await self._write_all(self._next_values(now_s), count=True)
+
+    async def _write_all(self, values: list[float], *, count: bool = False) -> None:
         assert self._server is not None
-        values = self._next_values(now_s)
         ts = ua.DateTime.now(UTC)  # the asyncua subtype, so the types line up
         write = self._server.write_attribute_value
         counts = self._counts
@@ -245,7 +285,8 @@ class OpcUaSimulator:
                 ServerTimestamp=ts,
             )
             await write(nid, dv)
-            counts[i] += 1
+            if count:
+                counts[i] += 1
 
     def _next_values(self, now_s: float) -> list[float]:
         if self.mode == "counting":
@@ -299,6 +340,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--name", default="scada-sim")
     p.add_argument("--duration", type=float, default=None, help="seconds; default: until signal")
     p.add_argument("--summary-file", type=Path, default=None)
+    p.add_argument(
+        "--drain-s",
+        type=float,
+        default=3.0,
+        help="after the summary, keep serving up to this long until every subscriber has "
+        "received and acknowledged what was published (0: shut down at once)",
+    )
+    p.add_argument(
+        "--start-paused",
+        action="store_true",
+        help="serve but publish nothing until SIGUSR1 (SIGUSR2 pauses again)",
+    )
     return p.parse_args(argv)
 
 
@@ -311,13 +364,24 @@ async def _run(args: argparse.Namespace) -> dict[str, object]:
         interval_ms=args.interval_ms,
         mode=args.mode,
         name=args.name,
+        paused=args.start_paused,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    pending: set[asyncio.Task[None]] = set()
+
+    def later(coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    loop.add_signal_handler(signal.SIGUSR1, lambda: later(sim.resume()))
+    loop.add_signal_handler(signal.SIGUSR2, lambda: later(sim.pause()))
     await sim.start()
     try:
+        print(f"NODES {json.dumps(sim.node_ids())}", flush=True)
         print(f"READY {sim.endpoint}", flush=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=args.duration)
@@ -329,6 +393,8 @@ async def _run(args: argparse.Namespace) -> dict[str, object]:
         if args.summary_file is not None:
             args.summary_file.write_text(line + "\n")
         print(line, flush=True)
+        if args.drain_s > 0:
+            await sim.drain(args.drain_s)
     finally:
         await sim.stop()
     return summary
