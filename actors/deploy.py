@@ -27,18 +27,25 @@ def ray_address(settings: Settings) -> str:
     return os.environ.get("RAY_ADDRESS") or f"{settings.pg_host}:{RAY_PORT}"
 
 
+def use_token_auth() -> None:
+    """Token authentication on for this process and its children (ray CLI, workers). Ray only
+    turns it on by itself for clusters that ``ray.init()`` starts, not for ``ray start``."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def start_local_ray(settings: Settings) -> bool:
     """Start a local Ray head bound to loopback, with token authentication on; False if running."""
+    use_token_auth()
+    # A token must exist before `ray start` for the head to turn token authentication on.
+    subprocess.run([_ray_bin(), "get-auth-token", "--generate"], check=True,
+                   capture_output=True, timeout=60)
     probe = subprocess.run(
         [_ray_bin(), "status", "--address", ray_address(settings)],
         capture_output=True, timeout=60,
     )
     if probe.returncode == 0:
         return False
-    # A token must exist before `ray start` for the head to turn token authentication on.
-    subprocess.run([_ray_bin(), "get-auth-token", "--generate"], check=True,
-                   capture_output=True, timeout=60)
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env = dict(os.environ)
     subprocess.run(
         [_ray_bin(), "start", "--head", f"--port={RAY_PORT}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={settings.dashboard_port}",
@@ -54,6 +61,7 @@ def stop_local_ray() -> None:
 
 def connect(settings: Settings) -> None:
     if not ray.is_initialized():
+        use_token_auth()
         ray.init(address=ray_address(settings), namespace=settings.namespace,
                  log_to_driver=False, logging_level="WARNING")
 

@@ -131,6 +131,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ray reads its authentication mode once, when it is imported: set it before anything does.
+    # Token authentication stays on for clusters we start (`ray start` alone would not turn it on).
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
     p = argparse.ArgumentParser(prog="scada-ingest", description=__doc__)

@@ -40,6 +40,9 @@ class Quality(enum.IntEnum):
     BAD = 0x80000000
     BAD_OUT_OF_RANGE = 0x803C0000
     BAD_NO_COMMUNICATION = 0x80310000
+    # A gap marker: readings that could not be kept. Its value is how many readings of that tag
+    # the gap stands for, starting at its timestamp, so gaps can be counted in SQL.
+    BAD_DATA_LOST = 0x809D0000
 
 
 def quality_as_int4(code: int) -> int:

@@ -55,6 +55,12 @@ class TagCreate(_Strict):
     valid_min: float | None = None
     valid_max: float | None = None
     deadband: float | None = Field(None, ge=0)
+    out_of_range: Literal["flag", "reject"] = Field(
+        "flag", description="flag: keep with quality Bad; reject: drop (counted)"
+    )
+    zscore_threshold: float | None = Field(
+        4.0, gt=0, description="values this many standard deviations off are flagged Uncertain"
+    )
     well: str | None = Field(None, max_length=200, description="well (asset) name")
 
     @field_validator("node_id")

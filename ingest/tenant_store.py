@@ -20,7 +20,7 @@ _CONN_COLS = (
 _TAG_COLS = (
     "tag_id, connection_id, name, node_id, modbus_unit, modbus_register, modbus_address, "
     "modbus_data_type, byte_order, data_type, unit, scaling_factor, \"offset\", valid_min, "
-    "valid_max, deadband, well_id"
+    "valid_max, deadband, out_of_range, zscore_threshold, well_id"
 )
 
 
@@ -113,10 +113,12 @@ class TenantStore:
         rows = await conn.fetch(
             f"""INSERT INTO tag_mappings (connection_id, well_id, name, node_id, modbus_unit,
                     modbus_register, modbus_address, modbus_data_type, byte_order, data_type,
-                    unit, scaling_factor, "offset", valid_min, valid_max, deadband)
+                    unit, scaling_factor, "offset", valid_min, valid_max, deadband, out_of_range,
+                    zscore_threshold)
                 SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::int[],
                     $6::text[], $7::int[], $8::text[], $9::text[], $10::text[], $11::text[],
-                    $12::float8[], $13::float8[], $14::float8[], $15::float8[], $16::float8[])
+                    $12::float8[], $13::float8[], $14::float8[], $15::float8[], $16::float8[],
+                    $17::text[], $18::float8[])
                 RETURNING {_TAG_COLS}""",
             connection_id,
             [wells.get(t.well) if t.well else None for t in tags],
@@ -126,6 +128,7 @@ class TenantStore:
             [t.byte_order for t in tags], [t.data_type for t in tags], [t.unit for t in tags],
             [t.scaling_factor for t in tags], [t.offset for t in tags],
             [t.valid_min for t in tags], [t.valid_max for t in tags], [t.deadband for t in tags],
+            [t.out_of_range for t in tags], [t.zscore_threshold for t in tags],
         )
         return [_jsonable(r) for r in rows]
 
@@ -228,6 +231,20 @@ class TenantStore:
             {"time": r["time"].isoformat(), "value": r["value"], "quality": r["quality"]}
             for r in rows
         ]
+
+    async def tag_rules(self) -> list[dict[str, Any]]:
+        """Validation settings of every live tag (the writer's input)."""
+        rows = await self.pool.fetch(
+            "SELECT tag_id, valid_min, valid_max, out_of_range, deadband, zscore_threshold "
+            "FROM tag_mappings WHERE deleted_at IS NULL"
+        )
+        return [dict(r) for r in rows]
+
+    async def rules_version(self) -> str:
+        r = await self.pool.fetchrow(
+            "SELECT count(*) AS n, max(updated_at) AS u, max(deleted_at) AS d FROM tag_mappings"
+        )
+        return f"{r['n']}|{r['u']}|{r['d']}"
 
     async def tag_exists(self, tag_id: int) -> bool:
         return bool(await self.pool.fetchval("SELECT 1 FROM tag_mappings WHERE tag_id = $1", tag_id))
