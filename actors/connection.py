@@ -11,6 +11,7 @@ import ray
 from actors.common import CONCURRENCY_GROUPS, writer_name
 from ingest.batch import ReadingBatch
 from ingest.config import Settings
+from ingest.metrics import Metrics, safe
 from ingest.connection_host import ConnectionHost
 from ingest.models import ConnectionSpec
 from ingest.sender import BatchSender
@@ -41,7 +42,14 @@ class ConnectionActor:
                 handle.clear()  # restarted or replaced: look it up again on the retry
                 raise
 
-        return BatchSender(send, max_inflight=self.settings.writer_inflight_max)
+        m = Metrics.get()
+        tags = {"tenant": spec.tenant_slug, "protocol": spec.protocol.value}
+        return BatchSender(
+            send,
+            max_inflight=self.settings.writer_inflight_max,
+            max_unacked_rows=self.settings.sender_max_unacked_rows,
+            on_gap=lambda n: safe(m.gaps.inc, n, tags),
+        )
 
     async def _tick_loop(self) -> None:
         period = self.settings.batch_interval_ms / 1000.0

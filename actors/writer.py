@@ -1,22 +1,40 @@
-"""Writer actor: one per tenant, named ``writer-<slug>``; hosts an ingest.writer.TenantWriter."""
+"""Writer actor: one per tenant, named ``writer-<slug>``; hosts an ingest.writer.TenantWriter
+with its durable spool, quarantine, validator and Redis fan-out."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import ray
+import redis.asyncio as aioredis
 
 from actors.common import CONCURRENCY_GROUPS
 from ingest.batch import ReadingBatch
 from ingest.config import Settings
+from ingest.fanout import RedisFanout
 from ingest.master import MasterStore
 from ingest.metrics import Metrics, safe
+from ingest.spool import Quarantine, RedisSpool
+from ingest.tenant_store import TenantStore
+from ingest.validation import TagRules, Validator
 from ingest.writer import TenantWriter
 
 log = logging.getLogger(__name__)
+
+
+def rules_from_rows(rows: list[dict[str, Any]]) -> list[TagRules]:
+    return [
+        TagRules(
+            tag_id=r["tag_id"], valid_min=r["valid_min"], valid_max=r["valid_max"],
+            out_of_range=r["out_of_range"], deadband=r["deadband"],
+            zscore_threshold=r["zscore_threshold"],
+        )
+        for r in rows
+    ]
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, concurrency_groups=CONCURRENCY_GROUPS)
@@ -26,41 +44,144 @@ class WriterActor:
         self.tenant_id = tenant_id
         self.slug = tenant_slug
         self.writer: TenantWriter | None = None
+        self._store: TenantStore | None = None
+        self._rules_version = ""
+        self._rules_task: asyncio.Task[None] | None = None
+        self._init_lock = asyncio.Lock()
 
     async def _ensure(self) -> TenantWriter:
-        if self.writer is None:
-            master = await MasterStore.connect(self.settings)
-            try:
-                dsn = await master.tenant_dsn(self.tenant_id)
-            finally:
-                await master.close()
-            m = Metrics.get()
-            tags = {"tenant": self.slug}
-
-            def on_commit(batch: ReadingBatch, write_s: float) -> None:
-                safe(m.readings_ingested.inc, len(batch), {"tenant": self.slug, "protocol": "any"})
-                safe(m.batch_size.observe, len(batch), tags)
-                safe(m.db_write_latency.observe, write_s, tags)
-
-            w = TenantWriter(
-                dsn, flush_rows=self.settings.flush_rows,
-                flush_interval_ms=self.settings.flush_interval_ms, on_commit=on_commit,
-            )
-            await w.start()
-            self.writer = w
+        if self.writer is not None:
+            return self.writer
+        async with self._init_lock:
+            if self.writer is None:
+                self.writer = await self._build()
         return self.writer
+
+    async def _build(self) -> TenantWriter:
+        s = self.settings
+        master = await MasterStore.connect(s)
+        try:
+            dsn = await master.tenant_dsn(self.tenant_id)
+            box = master.box
+        finally:
+            await master.close()
+        m = Metrics.get()
+        tags = {"tenant": self.slug}
+        redis = aioredis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        validator = Validator([])
+        try:
+            self._store = await TenantStore.connect(dsn, box, max_size=2)
+            await self._refresh_rules(validator)
+        except Exception as e:
+            # Rules load again later; until then readings pass with "unknown_tag" counted.
+            log.warning("tag rules not loaded yet: %s", type(e).__name__)
+
+        def on_commit(batch: ReadingBatch, write_s: float) -> None:
+            safe(m.readings_ingested.inc, len(batch), {"tenant": self.slug, "protocol": "any"})
+            safe(m.batch_size.observe, len(batch), tags)
+            safe(m.db_write_latency.observe, write_s, tags)
+
+        def on_event(reason: str, n: int) -> None:
+            if reason.startswith("validation:"):
+                safe(m.validation_errors.inc, n, {"tenant": self.slug,
+                                                  "reason": reason.split(":", 1)[1]})
+            elif reason == "duplicate":
+                safe(m.duplicate_batches.inc, n, tags)
+            else:
+                safe(m.write_failures.inc, n, {"tenant": self.slug, "outcome": reason})
+
+        def on_redis_error(_: Exception) -> None:
+            safe(m.redis_errors.inc, 1, tags)
+
+        w = TenantWriter(
+            dsn,
+            flush_rows=s.flush_rows,
+            flush_interval_ms=s.flush_interval_ms,
+            spool=RedisSpool(redis, self.slug, s.spool_max_rows),
+            quarantine=Quarantine(redis, self.slug),
+            validator=validator,
+            fanout=RedisFanout(redis, self.slug, on_error=on_redis_error),
+            on_commit=on_commit,
+            on_event=on_event,
+        )
+        for attempt in range(30):
+            try:
+                await w.start()
+                break
+            except Exception as e:  # Redis away at start: the spool depth is unknown; retry
+                log.warning("writer start attempt %d failed: %s", attempt, type(e).__name__)
+                await asyncio.sleep(1.0)
+        self._rules_task = asyncio.create_task(self._rules_loop(validator))
+        asyncio.create_task(self._gauge_loop(w))
+        return w
+
+    async def _refresh_rules(self, validator: Validator) -> None:
+        assert self._store is not None
+        version = await self._store.rules_version()
+        if version != self._rules_version:
+            validator.update_rules(rules_from_rows(await self._store.tag_rules()))
+            self._rules_version = version
+
+    async def _rules_loop(self, validator: Validator) -> None:
+        while True:
+            await asyncio.sleep(self.settings.rules_refresh_s)
+            try:
+                if self._store is None:
+                    continue
+                await self._refresh_rules(validator)
+            except Exception as e:
+                log.warning("tag rules refresh failed: %s", type(e).__name__)
+
+    async def _gauge_loop(self, w: TenantWriter) -> None:
+        m = Metrics.get()
+        tags = {"tenant": self.slug}
+        while True:
+            await asyncio.sleep(2.0)
+            safe(m.spool_rows.set, w.stats.spool_rows, tags)
+            high = w.stats.spool_rows >= 0.8 * self.settings.spool_max_rows
+            safe(m.spool_high.set, 1.0 if high else 0.0, tags)
 
     @ray.method(concurrency_group="data")
     async def write(self, rb: pa.RecordBatch) -> dict[str, Any]:
         w = await self._ensure()
-        r = await w.write(ReadingBatch.from_arrow(rb))
-        return {"batch_id": r.batch_id, "rows": r.rows, "duplicate": r.duplicate}
+        batch = ReadingBatch.from_arrow(rb)
+        r = await w.write(batch)
+        e2e = Metrics.get().end_to_end_latency
+        if not (r.duplicate or r.spooled or r.quarantined) and len(batch):
+            import time
+
+            lat = time.time() - float(np.median(batch.time_us)) / 1e6
+            safe(e2e.observe, lat, {"tenant": self.slug})
+        return {"batch_id": r.batch_id, "rows": r.rows, "duplicate": r.duplicate,
+                "spooled": r.spooled, "quarantined": r.quarantined}
+
+    @ray.method(concurrency_group="data")
+    async def replay_quarantined(self, batch_id: str) -> dict[str, Any]:
+        """Operator action: retry a quarantined batch (after fixing its cause)."""
+        w = await self._ensure()
+        assert w.quarantine is not None
+        batch = await w.quarantine.take(batch_id)
+        if batch is None:
+            return {"batch_id": batch_id, "found": False}
+        r = await w.write(batch)
+        return {"batch_id": batch_id, "found": True, "rows": r.rows,
+                "quarantined": r.quarantined}
+
+    @ray.method(concurrency_group="health")
+    async def quarantined(self) -> list[dict[str, Any]]:
+        w = await self._ensure()
+        assert w.quarantine is not None
+        return await w.quarantine.list()
 
     @ray.method(concurrency_group="health")
     async def stats(self) -> dict[str, Any]:
         if self.writer is None:
             return {"tenant": self.slug, "started": False}
-        return {"tenant": self.slug, "started": True, **self.writer.stats.as_dict()}
+        out: dict[str, Any] = {"tenant": self.slug, "started": True,
+                               **self.writer.stats.as_dict()}
+        if self.writer.fanout is not None:
+            out["redis_errors"] = self.writer.fanout.errors
+        return out
 
     @ray.method(concurrency_group="health")
     async def latency_histogram(self) -> np.ndarray:

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     # keeping commit latency low; see README "Writer figures".
     flush_rows: int = Field(20_000, description="Rows that make the writer flush before the timer")
     flush_interval_ms: int = Field(100, description="Longest time a row waits in the writer")
+    spool_max_rows: int = Field(20_000_000, description="Rows a tenant's spool may hold")
+    rules_refresh_s: float = Field(3.0, description="How often writers reload tag validation rules")
+    sender_max_unacked_rows: int = Field(
+        2_000_000, description="Rows a connection actor holds per tenant before recording gaps"
+    )
     writer_inflight_max: int = Field(4, description="Unacknowledged batches per tenant per sender")
 
     @property

@@ -41,7 +41,7 @@ class Metrics:
             self.readings_ingested = self.active_connections = self.batch_size = noop
             self.db_write_latency = self.end_to_end_latency = self.validation_errors = noop
             self.spool_rows = self.gaps = self.device_errors = self.duplicate_batches = noop
-            self.write_failures = self.redis_errors = noop
+            self.write_failures = self.redis_errors = self.spool_high = noop
             return
         self.readings_ingested: Any = rm.Counter(
             "scada_readings_ingested_total", "Readings committed to TimescaleDB",
@@ -69,6 +69,10 @@ class Metrics:
         )
         self.spool_rows: Any = rm.Gauge(
             "scada_spool_rows", "Rows held in the durable spool", tag_keys=("tenant",)
+        )
+        self.spool_high: Any = rm.Gauge(
+            "scada_spool_high", "1 while a tenant's spool is above 80% of its bound",
+            tag_keys=("tenant",),
         )
         self.gaps: Any = rm.Counter(
             "scada_gaps_total", "Readings recorded as an explicit gap (quality Bad marker)",

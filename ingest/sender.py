@@ -4,6 +4,11 @@ A batch leaves the sender only when the writer says it is committed (or was comm
 failure it is resent with the same id after a capped, jittered backoff, so a writer that restarts
 mid-call sees the resend and its ledger skips what the first attempt already committed. In-flight
 calls are bounded; ``unacked_rows`` is what callers use for backpressure.
+
+Memory is bounded too: when the rows held exceed ``max_unacked_rows`` (the writer is refusing
+because its spool is full, or is unreachable for long), the oldest queued batches are replaced by
+gap markers, one row per tag with quality Bad_DataLost whose value counts the readings lost from
+that timestamp on. The loss is then explicit, counted and itself stored, never silent.
 """
 
 from __future__ import annotations
@@ -15,11 +20,30 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
+
 from ingest.batch import ReadingBatch
+from ingest.models import Quality, quality_as_int4
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[ReadingBatch], Awaitable[Any]]
+GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
+
+
+def gap_markers(batch: ReadingBatch) -> ReadingBatch:
+    """One marker row per tag of ``batch``: first timestamp, value = readings of it lost."""
+    order = np.lexsort((batch.time_us, batch.tag_id))
+    tags = batch.tag_id[order]
+    first = np.flatnonzero(np.r_[True, tags[1:] != tags[:-1]])
+    counts = np.diff(np.r_[first, tags.shape[0]])
+    return ReadingBatch(
+        batch.batch_id + ":gap",
+        batch.time_us[order][first],
+        tags[first],
+        counts.astype(np.float64),
+        np.full(first.shape[0], GAP_QUALITY, np.int32),
+    )
 
 
 class BatchSender:
@@ -31,6 +55,8 @@ class BatchSender:
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 10.0,
         on_error: Callable[[Exception], None] | None = None,
+        max_unacked_rows: int | None = None,
+        on_gap: Callable[[int], None] | None = None,
     ) -> None:
         self._send = send
         self._queue: deque[ReadingBatch] = deque()
@@ -39,6 +65,9 @@ class BatchSender:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._on_error = on_error
+        self._max_unacked_rows = max_unacked_rows
+        self._on_gap = on_gap
+        self.gap_readings = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.unacked_rows = 0
@@ -54,7 +83,27 @@ class BatchSender:
     def submit(self, batch: ReadingBatch) -> None:
         self._queue.append(batch)
         self.unacked_rows += len(batch)
+        if self._max_unacked_rows is not None and self.unacked_rows > self._max_unacked_rows:
+            self._shed()
         self._wake.set()
+
+    def _shed(self) -> None:
+        """Replace the oldest queued readings with gap markers until back under the bound."""
+        assert self._max_unacked_rows is not None
+        kept: deque[ReadingBatch] = deque()
+        while self._queue and self.unacked_rows > self._max_unacked_rows:
+            b = self._queue.popleft()
+            if b.batch_id.endswith(":gap"):
+                kept.append(b)  # markers are tiny and are the record of the loss: never shed
+                continue
+            marker = gap_markers(b)
+            kept.append(marker)
+            self.unacked_rows += len(marker) - len(b)
+            self.gap_readings += len(b)
+            if self._on_gap is not None:
+                self._on_gap(len(b))
+        kept.extend(self._queue)
+        self._queue = kept
 
     @property
     def idle(self) -> bool:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -49,9 +49,9 @@ I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 
-BAD = quality_as_int4(Quality.BAD)
-BAD_OUT_OF_RANGE = quality_as_int4(Quality.BAD_OUT_OF_RANGE)
-UNCERTAIN = quality_as_int4(Quality.UNCERTAIN)  # also the first non-Good code: Good is [0, this)
+BAD = int(quality_as_int4(Quality.BAD))
+BAD_OUT_OF_RANGE = int(quality_as_int4(Quality.BAD_OUT_OF_RANGE))
+UNCERTAIN = int(quality_as_int4(Quality.UNCERTAIN))  # the first non-Good code: Good is [0, this)
 
 REJECT_REASONS = ("duplicate", "out_of_range_rejected", "deadband")
 FLAG_REASONS = ("nan", "inf", "out_of_range_flagged", "anomaly", "unknown_tag")
@@ -165,18 +165,13 @@ class Validator:
         remap = np.where(stay, pos, -1)
         src, dst = np.flatnonzero(stay), remap[stay]
 
-        def carry(old: npt.NDArray[np.generic], fill: object) -> npt.NDArray[np.generic]:
-            new = np.full(n, fill, old.dtype)
-            new[dst] = old[src]
-            return new
-
-        self._horizon = carry(self._horizon, _NO_TIME)  # type: ignore[assignment]
-        self._ref_time = carry(self._ref_time, _NO_TIME)  # type: ignore[assignment]
-        self._ref_value = carry(self._ref_value, np.nan)  # type: ignore[assignment]
-        self._ref_quality = carry(self._ref_quality, 0)  # type: ignore[assignment]
-        self._z_mean = carry(self._z_mean, 0.0)  # type: ignore[assignment]
-        self._z_var = carry(self._z_var, 0.0)  # type: ignore[assignment]
-        self._z_count = carry(self._z_count, 0)  # type: ignore[assignment]
+        self._horizon = _carry(self._horizon, n, src, dst, _NO_TIME)
+        self._ref_time = _carry(self._ref_time, n, src, dst, _NO_TIME)
+        self._ref_value = _carry(self._ref_value, n, src, dst, np.nan)
+        self._ref_quality = _carry(self._ref_quality, n, src, dst, 0)
+        self._z_mean = _carry(self._z_mean, n, src, dst, 0.0)
+        self._z_var = _carry(self._z_var, n, src, dst, 0.0)
+        self._z_count = _carry(self._z_count, n, src, dst, 0)
         if self._mem_key.size:
             new_idx = remap[self._mem_key >> _TIME_BITS]
             alive = new_idx >= 0
@@ -185,9 +180,8 @@ class Validator:
         self._tags = tags
         # A dense lookup table beats a binary search when tag ids are compact (database serials).
         top = int(tags[-1]) if n else -1
-        fits = n and int(tags[0]) >= 0 and top < max(1 << 20, 8 * n)
         self._lut = None
-        if fits:
+        if n and int(tags[0]) >= 0 and top < max(1 << 20, 8 * n):
             self._lut = np.full(top + 1, -1, np.int32)
             self._lut[tags] = np.arange(n, dtype=np.int32)
         inf = math.inf
@@ -234,6 +228,8 @@ class Validator:
         counts["nan"] = int(np.count_nonzero(marked & np.isnan(v)))
         counts["inf"] = int(np.count_nonzero(marked)) - counts["nan"]
 
+        if self._tags.size == 0:
+            return ValidationOutcome(keep, qual, counts)
         judged = keep & known & finite & (q >= 0)  # steps 4-6 leave Bad rows alone
         out = judged & ((v < self._vmin[idx]) | (v > self._vmax[idx]))
         rejected = out & self._reject[idx]
@@ -243,25 +239,24 @@ class Validator:
         counts["out_of_range_rejected"] = int(np.count_nonzero(rejected))
         counts["out_of_range_flagged"] = int(np.count_nonzero(flagged))
 
-        if self._tags.size:
-            rows = np.flatnonzero(judged & ~out & (q < UNCERTAIN))
-            ri = idx[rows]
-            sd = np.sqrt(self._z_var[ri])
-            mean = self._z_mean[ri]
-            ok = (self._z_count[ri] >= self.settings.zscore_min_samples) & (
-                sd > 1e-9 * np.maximum(1.0, np.abs(mean)))
-            rows, ri, sd, mean = rows[ok], ri[ok], sd[ok], mean[ok]
-            spike = np.abs(v[rows] - mean) > self._zthr[ri] * sd
-            qual[rows[spike]] = UNCERTAIN
-            counts["anomaly"] = int(np.count_nonzero(spike))
+        rows = np.flatnonzero(judged & ~out & (q < UNCERTAIN))
+        ri = idx[rows]
+        sd = np.sqrt(self._z_var[ri])
+        mean = self._z_mean[ri]
+        ok = (self._z_count[ri] >= self.settings.zscore_min_samples) & (
+            sd > 1e-9 * np.maximum(1.0, np.abs(mean)))
+        rows, ri, sd, mean = rows[ok], ri[ok], sd[ok], mean[ok]
+        spike = np.abs(v[rows] - mean) > self._zthr[ri] * sd
+        qual[rows[spike]] = UNCERTAIN
+        counts["anomaly"] = int(np.count_nonzero(spike))
 
-            has_db = ~np.isnan(self._deadband)
-            if has_db.any():
-                cand = keep & known & has_db[idx]
-                rows = order[cand[order]]
-                dropped = self._deadband_drops(rows, idx[rows], t[rows], v[rows], qual[rows])
-                keep[dropped] = False
-                counts["deadband"] = int(dropped.size)
+        has_db = ~np.isnan(self._deadband)
+        if has_db.any():
+            cand = keep & known & has_db[idx]
+            rows = order[cand[order]]
+            dropped = self._deadband_drops(rows, idx[rows], t[rows], v[rows], qual[rows])
+            keep[dropped] = False
+            counts["deadband"] = int(dropped.size)
         return ValidationOutcome(keep, qual, counts)
 
     def commit(
@@ -385,14 +380,17 @@ class Validator:
             kept[jump[kept]] = True
             jump = jump[jump]
         drop = real & ~(kept[:m] | ~good)
-        return rows[drop[real]]
+        dropped: Ints = rows[drop[real]]
+        return dropped
 
     def _fold_stats(self, ri: Ints, rv: F64, rq: I32) -> None:
         """EWMA mean/variance of kept, finite, non-Bad values; rows sorted by (tag, time).
 
-        Folding k values at once as a mixture (old state weighted (1-a)**k, the value i places
-        from the end weighted a*(1-a)**i) gives exactly the sequential update
-        var <- (1-a) * (var + a * d**2).
+        The n-th value of a tag is folded in with weight a_n = max(alpha, 1/n): a plain running
+        mean/variance until n reaches the span, so the warm-up is not biased towards the first
+        value, then exponential. Folding a tag's k values at once as a mixture (old state weighted
+        prod(1 - a_j), value i weighted a_i * prod_{j>i}(1 - a_j)) equals the sequential update
+        mean += a*d, var = (1-a) * (var + a*d**2) exactly, up to rounding.
         """
         use = np.isfinite(rv) & (rq >= 0)
         ri, x = ri[use], rv[use]
@@ -403,19 +401,32 @@ class Validator:
         firsts = np.flatnonzero(start)
         size = np.diff(np.append(firsts, x.size))
         tags = ri[firsts]
-        a, lam = self._alpha, 1.0 - self._alpha
-        from_end = np.repeat(firsts + size, size) - np.arange(x.size) - 1
-        wts = a * lam ** from_end.astype(np.float64)
-        old_w = lam ** size.astype(np.float64)
-        new = self._z_count[tags] == 0  # a tag's first value seeds its mean
-        m0 = np.where(new, x[firsts], self._z_mean[tags])
-        v0 = np.where(new, 0.0, self._z_var[tags])
+        count0 = self._z_count[tags]
+        nth = (np.arange(x.size) - np.repeat(firsts - count0, size) + 1).astype(np.float64)
+        a = np.maximum(self._alpha, 1.0 / nth)
+        # log(1 - a) is -inf for a tag's very first value (a = 1): take 0 there, and zero the old
+        # state's weight through count0 instead.
+        log_keep = np.log1p(-np.where(nth > 1, a, 0.0))
+        csum = np.cumsum(log_keep)
+        group_total = csum[firsts + size - 1]
+        wts = a * np.exp(group_total[gid] - csum)
+        old_w = np.exp(group_total - csum[firsts] + log_keep[firsts]) * (count0 > 0)
+        m0, v0 = self._z_mean[tags], self._z_var[tags]
         mean = old_w * m0 + np.bincount(gid, wts * x, minlength=tags.size)
         dev = x - mean[gid]
         var = old_w * (v0 + (m0 - mean) ** 2) + np.bincount(gid, wts * dev * dev, tags.size)
         self._z_mean[tags] = mean
         self._z_var[tags] = var
-        self._z_count[tags] += size
+        self._z_count[tags] = count0 + size
+
+
+_S = TypeVar("_S", bound=np.generic)
+
+
+def _carry(old: npt.NDArray[_S], n: int, src: Ints, dst: Ints, fill: object) -> npt.NDArray[_S]:
+    new = np.full(n, fill, old.dtype)
+    new[dst] = old[src]
+    return new
 
 
 def _columns(
