@@ -3,39 +3,37 @@
 The writer calls ``check`` on each flush before the COPY and ``commit`` once that transaction has
 committed. ``check`` reads the running state (duplicate memory, deadband references, z-score
 statistics) and never changes it, so a failed flush that is retried gets the same outcome;
-``commit`` folds in what was written. A check/commit pair must not interleave with another one.
+``commit`` folds in what was written. Check/commit pairs must not interleave.
 
 Each row goes through these steps in order; the first step that removes a row names its one
 rejection reason:
 
 1. No rules for the tag: kept, counted "unknown_tag"; only step 3's NaN/Inf marking applies.
-2. Duplicate: the same (tag, source timestamp) earlier in this call (the first occurrence wins),
-   or written by a committed call and not older than the tag's newest committed source time minus
+2. Duplicate: the same (tag, source time) earlier in this call (the first row wins), or written
+   by a committed call and not older than the tag's newest written source time minus
    ``dedup_window_s``. Removed, "duplicate". The first value wins, even if a resend differs.
-3. NaN or +-Inf: kept, value unchanged (PostgreSQL float8 stores NaN and +-Infinity, and
-   rewriting a value would hide what the device sent), quality Bad. Counted "nan" / "inf" only
-   when the row was not Bad already: a Bad row (a gap marker, Bad_NoCommunication) is the
-   source's own verdict, and it is never re-judged by steps 4-6 either.
+3. NaN or +-Inf: kept with its value (PostgreSQL float8 stores NaN and +-Infinity; rewriting it
+   would hide what the device sent) and quality Bad. Counted "nan" / "inf" only when the row was
+   not Bad already: a Bad row (a gap marker, Bad_NoCommunication) carries the source's own
+   verdict, and steps 4-6 leave it alone too.
 4. Outside [valid_min, valid_max]: "reject" removes the row ("out_of_range_rejected"); "flag"
    keeps it with Bad_OutOfRange ("out_of_range_flagged").
-5. |z| above the tag's threshold, z taken against the running EWMA mean/variance from before this
-   call: a Good row becomes Uncertain ("anomaly"). Silent until ``zscore_min_samples`` values
-   were folded in, and while the running spread is numerically zero (a flat line that moves is a
-   change of state, not an outlier whose size can be scored).
-6. Deadband, per tag in source-time order: a Good row whose value is within ``deadband`` of the
-   last kept row of the same quality code is removed ("deadband"); any change of quality passes.
+5. |v - mean| > threshold * sd against the tag's EWMA statistics from before this call: a Good
+   row becomes Uncertain ("anomaly"). Silent before ``zscore_min_samples`` values, and while the
+   spread is numerically zero (a flat line that moves is a change of state, not an outlier).
+6. Deadband, per tag in source-time order: a Good row within ``deadband`` of the last kept row,
+   when that row has the same quality code, is removed ("deadband"); a quality change passes.
    A row not newer than the tag's committed reference (late data) is not deadbanded.
 
 Invariant: ``outcome.keep.sum() + outcome.rejected == len(input)``. The flag reasons count kept
-rows whose quality the validator changed (plus "unknown_tag"), so a kept row may be counted under
-several of them.
+rows whose quality the validator changed, plus "unknown_tag"; a row may carry several flags.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -56,14 +54,15 @@ UNCERTAIN = int(quality_as_int4(Quality.UNCERTAIN))  # the first non-Good code: 
 REJECT_REASONS = ("duplicate", "out_of_range_rejected", "deadband")
 FLAG_REASONS = ("nan", "inf", "out_of_range_flagged", "anomaly", "unknown_tag")
 
-# Duplicate memory keys pack (tag index, source time modulo 2**40 us = 12.7 days) into one int64.
-# A tag's remembered times span at most the window, so keys are unique while the window is
-# shorter than 2**40 us; the stored full time confirms every hit.
+# Duplicate memory keys pack (rule index, source time modulo 2**40 us = 12.7 days) into one
+# int64, sorted. A tag's remembered times span at most the window (7 days at most), and the
+# stored full time confirms every hit.
 _TIME_BITS = 40
 _TIME_MASK = (1 << _TIME_BITS) - 1
 _MAX_TAGS = 1 << (63 - _TIME_BITS)
 _MAX_WINDOW_S = 7 * 86_400.0
-_NO_TIME = np.iinfo(np.int64).min
+_NO_TIME = int(np.iinfo(np.int64).min)
+_DAY_US = 86_400 * 1_000_000
 
 
 @dataclass(frozen=True)
@@ -107,25 +106,31 @@ class ValidationSettings:
 
 
 @dataclass
+class _Plan:
+    """Rows of known tags in (tag, source time) order: made by check, reused by commit."""
+
+    t: I64  # the columns it was made for, so commit can tell
+    g: I32
+    version: int  # of the rules
+    order: Ints  # known rows by (tag, time), equal keys in row order
+    ts: I64  # t[order]
+    gs: Ints  # rule index of each ordered row
+
+
+@dataclass
 class ValidationOutcome:
     keep: Bools  # rows to write
     quality: I32  # the quality column to write (same length as the input)
     counts: dict[str, int]  # every reason of REJECT_REASONS + FLAG_REASONS, zeros included
+    _plan: _Plan | None = field(default=None, repr=False, compare=False)
 
     @property
     def rejected(self) -> int:
         return sum(self.counts[r] for r in REJECT_REASONS)
 
 
-@dataclass
-class _Plan:
-    idx: Ints  # rule index of each row (meaningless where not known)
-    known: Bools
-    order: Ints  # known rows sorted by (tag, source time), equal keys in row order
-
-
 class Validator:
-    """Validates one tenant's flushes against its tag rules; state lives per rule index."""
+    """Validates one tenant's flushes against its tag rules; running state is kept per tag."""
 
     def __init__(
         self,
@@ -134,9 +139,11 @@ class Validator:
     ) -> None:
         self.settings = settings
         self._alpha = 2.0 / (settings.zscore_window + 1)
+        self._warmup = (settings.zscore_window + 1) // 2  # max(alpha, 1/n) is 1/n up to here
         self._window_us = round(settings.dedup_window_s * 1e6)
+        self._version = 0
         self._tags: I64 = np.empty(0, np.int64)
-        self._lut: I32 | None = None
+        # Per-tag state, indexed like self._tags (the rule index).
         self._horizon: I64 = np.empty(0, np.int64)  # oldest source time still remembered
         self._ref_time: I64 = np.empty(0, np.int64)  # deadband reference: newest kept row
         self._ref_value: F64 = np.empty(0, np.float64)
@@ -144,8 +151,10 @@ class Validator:
         self._z_mean: F64 = np.empty(0, np.float64)
         self._z_var: F64 = np.empty(0, np.float64)
         self._z_count: I64 = np.empty(0, np.int64)
-        self._mem_key: I64 = np.empty(0, np.int64)  # sorted
+        self._mem_key: I64 = np.empty(0, np.int64)
         self._mem_time: I64 = np.empty(0, np.int64)
+        self._mem_pruned = 0  # memory size after the last prune
+        self._pruned_at: I64 = np.empty(0, np.int64)  # per tag: its horizon at the last prune
         self.update_rules(rules)
 
     def update_rules(self, rules: Iterable[TagRules]) -> None:
@@ -153,18 +162,17 @@ class Validator:
         by_id = sorted(rules, key=lambda r: r.tag_id)
         tags = np.array([r.tag_id for r in by_id], np.int64)
         if tags.size > 1 and bool(np.any(tags[1:] == tags[:-1])):
-            dup = tags[1:][tags[1:] == tags[:-1]]
-            raise ValueError(f"rules repeat tag_id {int(dup[0])}")
+            raise ValueError(f"rules repeat tag_id {int(tags[1:][tags[1:] == tags[:-1]][0])}")
         if tags.size >= _MAX_TAGS:
             raise ValueError(f"at most {_MAX_TAGS - 1} tags per validator")
         n = tags.size
-        # Old rule index -> new rule index, or -1. Both sides are sorted, so it is monotone.
+        # Old rule index -> new rule index, or -1. Both sides are sorted, so it is monotone
+        # and the memory keys stay sorted when re-indexed.
         pos = np.searchsorted(tags, self._tags)
         stay = pos < n
         stay[stay] = tags[pos[stay]] == self._tags[stay]
         remap = np.where(stay, pos, -1)
         src, dst = np.flatnonzero(stay), remap[stay]
-
         self._horizon = _carry(self._horizon, n, src, dst, _NO_TIME)
         self._ref_time = _carry(self._ref_time, n, src, dst, _NO_TIME)
         self._ref_value = _carry(self._ref_value, n, src, dst, np.nan)
@@ -172,15 +180,17 @@ class Validator:
         self._z_mean = _carry(self._z_mean, n, src, dst, 0.0)
         self._z_var = _carry(self._z_var, n, src, dst, 0.0)
         self._z_count = _carry(self._z_count, n, src, dst, 0)
+        self._pruned_at = _carry(self._pruned_at, n, src, dst, _NO_TIME)
         if self._mem_key.size:
             new_idx = remap[self._mem_key >> _TIME_BITS]
             alive = new_idx >= 0
             self._mem_key = (new_idx[alive] << _TIME_BITS) | (self._mem_key[alive] & _TIME_MASK)
             self._mem_time = self._mem_time[alive]
         self._tags = tags
+        self._version += 1
         # A dense lookup table beats a binary search when tag ids are compact (database serials).
         top = int(tags[-1]) if n else -1
-        self._lut = None
+        self._lut: I32 | None = None
         if n and int(tags[0]) >= 0 and top < max(1 << 20, 8 * n):
             self._lut = np.full(top + 1, -1, np.int32)
             self._lut[tags] = np.arange(n, dtype=np.int32)
@@ -189,8 +199,8 @@ class Validator:
         self._vmax = np.array([inf if r.valid_max is None else r.valid_max for r in by_id])
         self._reject = np.array([r.out_of_range == "reject" for r in by_id], bool)
         self._deadband = np.array([np.nan if r.deadband is None else r.deadband for r in by_id])
-        self._zthr = np.array([inf if r.zscore_threshold is None else r.zscore_threshold
-                               for r in by_id])
+        self._zthr2 = np.array([inf if r.zscore_threshold is None else r.zscore_threshold ** 2
+                                for r in by_id])
 
     def check(
         self, time_us: npt.ArrayLike, tag_id: npt.ArrayLike, value: npt.ArrayLike,
@@ -198,66 +208,74 @@ class Validator:
     ) -> ValidationOutcome:
         t, g, v, q = _columns(time_us, tag_id, value, quality)
         p = self._plan(t, g)
-        idx, known, order = p.idx, p.known, p.order
-        n = t.size
+        n, m = t.size, p.order.size
         counts = dict.fromkeys(REJECT_REASONS + FLAG_REASONS, 0)
-        counts["unknown_tag"] = n - int(np.count_nonzero(known))
         keep = np.ones(n, bool)
         qual = q.copy()
-
-        dup = np.zeros(n, bool)
-        if order.size > 1:
-            to, io = t[order], idx[order]
-            same = (to[1:] == to[:-1]) & (io[1:] == io[:-1])
-            dup[order[1:][same]] = True
-        if self._mem_key.size and order.size:
-            rows = order[~dup[order]]
-            ri, rt = idx[rows], t[rows]
-            recent = rt >= self._horizon[ri]
-            rows, ri, rt = rows[recent], ri[recent], rt[recent]
-            mk = (ri.astype(np.int64) << _TIME_BITS) | (rt & _TIME_MASK)
+        if m < n:  # rows without rules: only NaN/Inf is marked
+            unknown = np.ones(n, bool)
+            unknown[p.order] = False
+            marked = unknown & ~np.isfinite(v) & (q >= 0)
+            qual[marked] = BAD
+            counts["unknown_tag"] = n - m
+            counts["nan"] = int(np.count_nonzero(marked & np.isnan(v)))
+            counts["inf"] = int(np.count_nonzero(marked)) - counts["nan"]
+        if m == 0:
+            return ValidationOutcome(keep, qual, counts, p)
+        # From here on, rows of known tags in (tag, time) order: per-tag runs are contiguous.
+        o, ts, gs = p.order, p.ts, p.gs
+        vs, qs = v[o], q[o]
+        dup = np.zeros(m, bool)
+        dup[1:] = (ts[1:] == ts[:-1]) & (gs[1:] == gs[:-1])
+        if self._mem_key.size:
+            mk = (gs << _TIME_BITS) | (ts & _TIME_MASK)
             at = np.minimum(np.searchsorted(self._mem_key, mk), self._mem_key.size - 1)
-            hit = (self._mem_key[at] == mk) & (self._mem_time[at] == rt)
-            dup[rows[hit]] = True
-        keep &= ~dup
-        counts["duplicate"] = int(np.count_nonzero(dup))
+            dup |= ((self._mem_key[at] == mk) & (self._mem_time[at] == ts)
+                    & (ts >= self._horizon[gs]))
+        live = ~dup
+        counts["duplicate"] = m - int(np.count_nonzero(live))
 
-        finite = np.isfinite(v)
-        marked = keep & ~finite & (q >= 0)
-        qual[marked] = BAD
-        counts["nan"] = int(np.count_nonzero(marked & np.isnan(v)))
-        counts["inf"] = int(np.count_nonzero(marked)) - counts["nan"]
+        finite = np.isfinite(vs)
+        judged = live & (qs >= 0)  # Bad rows are the source's verdict
+        marked = judged & ~finite
+        judged &= finite
+        quals = qs.copy()
+        quals[marked] = BAD
+        nan = int(np.count_nonzero(marked & np.isnan(vs)))
+        counts["nan"] += nan
+        counts["inf"] += int(np.count_nonzero(marked)) - nan
 
-        if self._tags.size == 0:
-            return ValidationOutcome(keep, qual, counts)
-        judged = keep & known & finite & (q >= 0)  # steps 4-6 leave Bad rows alone
-        out = judged & ((v < self._vmin[idx]) | (v > self._vmax[idx]))
-        rejected = out & self._reject[idx]
-        keep &= ~rejected
-        flagged = out & ~rejected
-        qual[flagged] = BAD_OUT_OF_RANGE
-        counts["out_of_range_rejected"] = int(np.count_nonzero(rejected))
-        counts["out_of_range_flagged"] = int(np.count_nonzero(flagged))
+        out = judged & ((vs < self._vmin[gs]) | (vs > self._vmax[gs]))
+        keeps = live
+        if out.any():
+            rejected = out & self._reject[gs]
+            keeps = live & ~rejected
+            quals[out & ~rejected] = BAD_OUT_OF_RANGE
+            counts["out_of_range_rejected"] = int(np.count_nonzero(rejected))
+            counts["out_of_range_flagged"] = int(np.count_nonzero(out)) - int(
+                np.count_nonzero(rejected))
+            judged &= ~out
 
-        rows = np.flatnonzero(judged & ~out & (q < UNCERTAIN))
-        ri = idx[rows]
-        sd = np.sqrt(self._z_var[ri])
-        mean = self._z_mean[ri]
-        ok = (self._z_count[ri] >= self.settings.zscore_min_samples) & (
-            sd > 1e-9 * np.maximum(1.0, np.abs(mean)))
-        rows, ri, sd, mean = rows[ok], ri[ok], sd[ok], mean[ok]
-        spike = np.abs(v[rows] - mean) > self._zthr[ri] * sd
-        qual[rows[spike]] = UNCERTAIN
+        mean, var = self._z_mean[gs], self._z_var[gs]
+        dev = vs - mean
+        with np.errstate(invalid="ignore", over="ignore"):  # inf * 0 for tags without z
+            spike = (judged & (qs < UNCERTAIN)
+                     & (self._z_count[gs] >= self.settings.zscore_min_samples)
+                     & (var > 1e-18 * np.maximum(1.0, mean * mean))
+                     & (dev * dev > self._zthr2[gs] * var))
+        quals[spike] = UNCERTAIN
         counts["anomaly"] = int(np.count_nonzero(spike))
 
-        has_db = ~np.isnan(self._deadband)
-        if has_db.any():
-            cand = keep & known & has_db[idx]
-            rows = order[cand[order]]
-            dropped = self._deadband_drops(rows, idx[rows], t[rows], v[rows], qual[rows])
-            keep[dropped] = False
+        band = self._deadband[gs]
+        cand = keeps & ~np.isnan(band) & (ts > self._ref_time[gs])  # late rows pass
+        if cand.any():
+            c = np.flatnonzero(cand)
+            dropped = c[self._deadband_drops(gs[c], vs[c], quals[c], band[c])]
+            keeps[dropped] = False
             counts["deadband"] = int(dropped.size)
-        return ValidationOutcome(keep, qual, counts)
+        keep[o] = keeps
+        qual[o] = quals
+        return ValidationOutcome(keep, qual, counts, p)
 
     def commit(
         self, time_us: npt.ArrayLike, tag_id: npt.ArrayLike, value: npt.ArrayLike,
@@ -267,157 +285,179 @@ class Validator:
         t, g, v, _ = _columns(time_us, tag_id, value, quality)
         if outcome.keep.shape != t.shape or outcome.quality.shape != t.shape:
             raise ValueError("outcome does not belong to these columns (length differs)")
-        p = self._plan(t, g)
-        rows = p.order[outcome.keep[p.order]]  # written rows of known tags, by (tag, time)
-        if rows.size == 0:
+        p = outcome._plan
+        if p is None or p.t is not t or p.g is not g or p.version != self._version:
+            p = self._plan(t, g)
+        ks = np.flatnonzero(outcome.keep[p.order])  # written rows of known tags, ordered
+        if ks.size == 0:
             return
-        ri, rt, rv, rq = p.idx[rows], t[rows], v[rows], outcome.quality[rows]
-        edge = ri[1:] != ri[:-1]
-        last = np.flatnonzero(np.append(edge, True))
-        lt, ltime = ri[last], rt[last]
+        rows = p.order[ks]
+        kt, kg, kv, kq = p.ts[ks], p.gs[ks], v[rows], outcome.quality[rows]
+        last = np.flatnonzero(np.append(kg[1:] != kg[:-1], True))
+        tags, newest = kg[last], kt[last]
 
-        newer = ltime > self._ref_time[lt]
-        tags_n, at = lt[newer], last[newer]
-        self._ref_time[tags_n] = rt[at]
-        self._ref_value[tags_n] = rv[at]
-        self._ref_quality[tags_n] = rq[at]
+        newer = newest > self._ref_time[tags]
+        at, tn = last[newer], tags[newer]
+        self._ref_time[tn] = kt[at]
+        self._ref_value[tn] = kv[at]
+        self._ref_quality[tn] = kq[at]
 
         w = self._window_us
-        horizon = np.maximum(ltime, _NO_TIME + w) - w
-        self._horizon[lt] = np.maximum(self._horizon[lt], horizon)
-        recent = rt >= self._horizon[ri]
-        mk = (ri[recent].astype(np.int64) << _TIME_BITS) | (rt[recent] & _TIME_MASK)
-        mt = rt[recent]
-        if self._mem_key.size and mk.size:  # a stray second commit must not double a key
-            at_ = np.minimum(np.searchsorted(self._mem_key, mk), self._mem_key.size - 1)
-            fresh = ~((self._mem_key[at_] == mk) & (self._mem_time[at_] == mt))
-            mk, mt = mk[fresh], mt[fresh]
-        keys = np.concatenate([self._mem_key, mk])
-        times = np.concatenate([self._mem_time, mt])
-        alive = times >= self._horizon[keys >> _TIME_BITS]
-        keys, times = keys[alive], times[alive]
-        # Two sorted runs (the memory, and this flush mostly in time order): timsort merges them
-        # in about linear time.
+        horizon = np.maximum(self._horizon[tags], np.maximum(newest, _NO_TIME + w) - w)
+        self._horizon[tags] = horizon
+        recent = kt >= self._horizon[kg]
+        keys = np.concatenate([self._mem_key, (kg[recent] << _TIME_BITS) | (kt[recent] & _TIME_MASK)])
+        times = np.concatenate([self._mem_time, kt[recent]])
+        # Forgetting is lazy, so memory stays under twice what the windows hold: an expired key
+        # never matches, as a hit also needs time >= horizon. A tag whose horizon moved a day
+        # since the last prune forces one, so its expired and live keys span under 2**40 us and
+        # never share a packed key.
+        pruned_at = self._pruned_at[tags]
+        pruned_at = np.where(pruned_at == _NO_TIME, horizon, pruned_at)  # a new tag: nothing old
+        self._pruned_at[tags] = pruned_at
+        moved_a_day = bool(np.any(horizon - pruned_at >= _DAY_US))
+        if keys.size > 2 * self._mem_pruned + 4096 or moved_a_day:
+            alive = times >= self._horizon[keys >> _TIME_BITS]
+            keys, times = keys[alive], times[alive]
+            self._mem_pruned = keys.size
+            self._pruned_at = self._horizon.copy()
+        # Two sorted runs (the memory, and this flush's keys): timsort merges them in ~O(n).
         o = np.argsort(keys, kind="stable")
         self._mem_key, self._mem_time = keys[o], times[o]
-
-        self._fold_stats(ri, rv, rq)
+        self._fold_stats(kg, kv, kq)
 
     def _plan(self, t: I64, g: I32) -> _Plan:
         n = t.size
         if self._lut is not None:
             inside = (g >= 0) & (g < self._lut.size)
-            idx = self._lut[np.where(inside, g, 0)].astype(np.intp)
-            known = inside & (idx >= 0)
-            idx[~known] = 0
+            gi = self._lut[g if inside.all() else np.where(inside, g, 0)].astype(np.intp)
+            known = inside & (gi >= 0)
         elif self._tags.size:
-            pos = np.minimum(np.searchsorted(self._tags, g), self._tags.size - 1)
-            known = self._tags[pos] == g
-            idx = pos.astype(np.intp)
+            gi = np.minimum(np.searchsorted(self._tags, g), self._tags.size - 1)
+            known = self._tags[gi] == g
         else:
-            idx, known = np.zeros(n, np.intp), np.zeros(n, bool)
-        rows = np.flatnonzero(known)
-        if rows.size == 0:
-            return _Plan(idx, known, rows)
-        rt, ri = t[rows], idx[rows].astype(np.int64)
+            gi, known = np.zeros(n, np.intp), np.zeros(n, bool)
+        rows: Ints | None = None
+        rt, ri = t, gi
+        if not known.all():
+            rows = np.flatnonzero(known)
+            rt, ri = t[rows], gi[rows]
+        if rt.size == 0:
+            return _Plan(t, g, self._version, np.empty(0, np.intp), rt, ri)
         lo = int(rt.min())
         if int(rt.max()) - lo <= _TIME_MASK:
             # One int64 key: flushes arrive mostly in time order, which a stable sort exploits.
             o = np.argsort((ri << _TIME_BITS) | (rt - lo), kind="stable")
         else:  # a flush spanning more than 12.7 days of source time
             o = np.lexsort((rt, ri))
-        return _Plan(idx, known, rows[o])
+        order = o if rows is None else rows[o]
+        return _Plan(t, g, self._version, order, rt[o], ri[o])
 
-    def _deadband_drops(self, rows: Ints, ri: Ints, rt: I64, rv: F64, rq: I32) -> Ints:
-        """Rows removed by deadband; ``rows`` are sorted by (tag, time), duplicates already gone.
+    def _deadband_drops(self, cg: Ints, cv: F64, cq: I32, cd: F64) -> Ints:
+        """Indices of the rows deadband removes; rows by (tag, time), strictly newer in time.
 
-        Vectorised over all tags: for each Good row, a binary-lifting search over running max/min
-        tables finds the next row that leaves its deadband (the next kept one if this one is
-        kept); pointer doubling then marks the chains from every run start. O(n log n) with
-        about 20 numpy passes, instead of a Python step per reading.
+        A run is a stretch of one tag's rows with one quality code. In a Good run the row kept
+        after a kept row i is the first later one that leaves i's deadband, so most rows pass
+        because they leave the previous row's band at once. Only the others ("slow" rows, and a
+        committed reference the first row stays within) need a search: binary lifting over
+        running max/min tables. Pointer doubling over slow rows then finds those that are kept,
+        and the rows each one skips are removed. All vectorised over tags: O(n + s log n).
         """
-        fresh = rt > self._ref_time[ri]  # late rows are not deadbanded
-        rows, ri, rv, rq = rows[fresh], ri[fresh], rv[fresh], rq[fresh]
-        if rows.size == 0:
-            return rows
-        # The committed reference goes in front of its tag's rows, as the first "kept" row.
-        first = np.flatnonzero(np.concatenate(([True], ri[1:] != ri[:-1])))
-        ref_tags = ri[first]
-        has_ref = self._ref_time[ref_tags] != _NO_TIME
-        at, rtag = first[has_ref], ref_tags[has_ref]
-        sv = np.insert(rv, at, self._ref_value[rtag])
-        sq = np.insert(rq, at, self._ref_quality[rtag])
-        si = np.insert(ri, at, rtag)
-        real = np.insert(np.ones(rows.size, bool), at, False)
-        m = sv.size
-
-        start = np.concatenate(([True], (si[1:] != si[:-1]) | (sq[1:] != sq[:-1])))
-        starts = np.flatnonzero(start)
-        run_len = np.diff(np.append(starts, m))
-        run_end = np.repeat(np.append(starts[1:], m), run_len)
-        good = (sq >= 0) & (sq < UNCERTAIN)
-        levels = int(run_len.max()).bit_length()
-
-        mx, mn = [sv], [sv]  # mx[k][i] = max(sv[i : i + 2**k])
-        for k in range(1, levels):
-            h = 1 << (k - 1)
-            mx.append(np.maximum(mx[-1][:-h], mx[-1][h:]))
-            mn.append(np.minimum(mn[-1][:-h], mn[-1][h:]))
-        gi = np.flatnonzero(good)
-        gv, gd, gend = sv[gi], self._deadband[si[gi]], run_end[gi]
-        pos = gi + 1
-        for k in reversed(range(levels)):
-            step = 1 << k
-            at_k = np.minimum(pos, mx[k].size - 1)
-            # fl(a - b) is monotone in a, so testing the block max/min is exact per element.
-            inside = (mx[k][at_k] - gv < gd) & (gv - mn[k][at_k] < gd) & (pos + step <= gend)
-            pos = np.where(inside, pos + step, pos)
-        jump = np.full(m + 1, m, np.intp)  # m is a sink: "no later kept row in this run"
-        jump[gi] = np.where(pos < gend, pos, m)
-        kept = np.zeros(m + 1, bool)
-        kept[:m] = start
-        for _ in range(levels):  # after round r, each chain's first 2**(r+1) rows are marked
+        k = cg.size
+        new_tag = np.ones(k, bool)
+        new_tag[1:] = cg[1:] != cg[:-1]
+        start = new_tag.copy()
+        start[1:] |= cq[1:] != cq[:-1]
+        good = (cq >= 0) & (cq < UNCERTAIN)
+        # fl(a - b) is monotone in a, so comparing against block max/min is exact per element.
+        slow = np.flatnonzero(good[:-1] & ~start[1:] & (np.abs(cv[1:] - cv[:-1]) < cd[:-1]))
+        firsts = np.flatnonzero(new_tag)
+        ft = cg[firsts]
+        rq, rv = self._ref_quality[ft], self._ref_value[ft]
+        held = ((self._ref_time[ft] != _NO_TIME) & (rq == cq[firsts]) & (rq >= 0)
+                & (rq < UNCERTAIN) & (np.abs(cv[firsts] - rv) < cd[firsts]))
+        if slow.size == 0 and not held.any():
+            return slow
+        # A node skips rows [skip, stop): a slow row i skips from i + 1, a reference held by its
+        # tag's first row f skips from f (it sits at f - 1/2, before f, hence ranks 2i and 2f-1).
+        skip = np.concatenate([slow + 1, firsts[held]])
+        base = np.concatenate([cv[slow], rv[held]])
+        rank = np.concatenate([2 * slow, 2 * firsts[held] - 1])
+        by_rank = np.argsort(rank, kind="stable")
+        skip, base, rank = skip[by_rank], base[by_rank], rank[by_rank]
+        band = cd[skip]
+        run = np.cumsum(start) - 1
+        run_starts = np.flatnonzero(start)
+        run_end = np.append(run_starts[1:], k)
+        node_run = run[skip]
+        end = run_end[node_run]
+        levels = int(np.diff(np.append(run_starts, k)).max()).bit_length()
+        tables = [(cv, cv)]  # level j: max and min of cv[i : i + 2**j]
+        for j in range(1, levels):
+            h = 1 << (j - 1)
+            mx, mn = tables[-1]
+            tables.append((np.maximum(mx[:-h], mx[h:]), np.minimum(mn[:-h], mn[h:])))
+        stop = skip + 1  # row `skip` itself is within the band: that is why the node exists
+        for j in reversed(range(levels)):
+            mx, mn = tables[j]
+            at = np.minimum(stop, mx.size - 1)
+            inside = (mx[at] - base < band) & (base - mn[at] < band) & (stop + (1 << j) <= end)
+            stop = np.where(inside, stop + (1 << j), stop)
+        s = skip.size
+        nxt = np.searchsorted(rank, 2 * stop)  # the first slow row not skipped
+        ok = nxt < s
+        ok[ok] = node_run[nxt[ok]] == node_run[ok]
+        jump = np.append(np.where(ok, nxt, s), s)  # s is a sink
+        kept = np.zeros(s + 1, bool)
+        kept[:s] = np.append(True, node_run[1:] != node_run[:-1])  # a run's first node is kept
+        for _ in range(s.bit_length()):  # after r rounds, each chain's first 2**r are marked
             kept[jump[kept]] = True
             jump = jump[jump]
-        drop = real & ~(kept[:m] | ~good)
-        dropped: Ints = rows[drop[real]]
+        kept = kept[:s]
+        cover = np.cumsum(np.bincount(skip[kept], minlength=k + 1)
+                          - np.bincount(stop[kept], minlength=k + 1))
+        dropped: Ints = np.flatnonzero(cover[:k] > 0)
         return dropped
 
-    def _fold_stats(self, ri: Ints, rv: F64, rq: I32) -> None:
-        """EWMA mean/variance of kept, finite, non-Bad values; rows sorted by (tag, time).
+    def _fold_stats(self, kg: Ints, x: F64, kq: I32) -> None:
+        """EWMA mean/variance of written, finite, non-Bad values; rows by (tag, time).
 
-        The n-th value of a tag is folded in with weight a_n = max(alpha, 1/n): a plain running
-        mean/variance until n reaches the span, so the warm-up is not biased towards the first
-        value, then exponential. Folding a tag's k values at once as a mixture (old state weighted
-        prod(1 - a_j), value i weighted a_i * prod_{j>i}(1 - a_j)) equals the sequential update
-        mean += a*d, var = (1-a) * (var + a*d**2) exactly, up to rounding.
+        The n-th value of a tag enters with weight a_n = max(alpha, 1/n): a plain running mean
+        and variance while n <= span/2, so the warm-up is not biased to the first value, then
+        exponential. Folding a tag's values at once as a mixture, the old state weighted
+        prod(1 - a_j) and each value a_i * prod_{j>i}(1 - a_j), equals the sequential update
+        mean += a*d, var = (1-a) * (var + a*d**2) up to rounding. With J = span/2 the product
+        from n+1 to N is min(n, J) / min(N, J) * (1 - alpha)**max(0, N - max(n, J)).
         """
-        use = np.isfinite(rv) & (rq >= 0)
-        ri, x = ri[use], rv[use]
+        use = np.isfinite(x) & (kq >= 0)
+        if not use.all():
+            kg, x = kg[use], x[use]
         if x.size == 0:
             return
-        start = np.concatenate(([True], ri[1:] != ri[:-1]))
-        gid = np.cumsum(start) - 1
-        firsts = np.flatnonzero(start)
-        size = np.diff(np.append(firsts, x.size))
-        tags = ri[firsts]
+        first = np.flatnonzero(np.append(True, kg[1:] != kg[:-1]))
+        size = np.diff(np.append(first, x.size))
+        tags = kg[first]
+        gid = np.repeat(np.arange(tags.size), size)
         count0 = self._z_count[tags]
-        nth = (np.arange(x.size) - np.repeat(firsts - count0, size) + 1).astype(np.float64)
-        a = np.maximum(self._alpha, 1.0 / nth)
-        # log(1 - a) is -inf for a tag's very first value (a = 1): take 0 there, and zero the old
-        # state's weight through count0 instead.
-        log_keep = np.log1p(-np.where(nth > 1, a, 0.0))
-        csum = np.cumsum(log_keep)
-        group_total = csum[firsts + size - 1]
-        wts = a * np.exp(group_total[gid] - csum)
-        old_w = np.exp(group_total - csum[firsts] + log_keep[firsts]) * (count0 > 0)
+        total = count0 + size
+        nth = np.arange(x.size) + np.repeat(count0 - first + 1, size)
+        lam_pow = (1.0 - self._alpha) ** np.arange(int(size.max()) + 1, dtype=np.float64)
+        warm, cap = self._warmup, np.minimum(total, self._warmup)
+
+        def survive(n: I64, big_n: I64, c_big: I64) -> F64:
+            expo = np.maximum(0, big_n - np.maximum(n, warm))
+            out: F64 = np.minimum(n, warm) / c_big * lam_pow[expo]
+            return out
+
+        wts = np.maximum(self._alpha, 1.0 / nth) * survive(nth, total[gid], cap[gid])
+        old_w = survive(count0, total, cap)  # 0 for a tag's first values
         m0, v0 = self._z_mean[tags], self._z_var[tags]
-        mean = old_w * m0 + np.bincount(gid, wts * x, minlength=tags.size)
+        mean = old_w * m0 + np.bincount(gid, wts * x, tags.size)
         dev = x - mean[gid]
         var = old_w * (v0 + (m0 - mean) ** 2) + np.bincount(gid, wts * dev * dev, tags.size)
         self._z_mean[tags] = mean
         self._z_var[tags] = var
-        self._z_count[tags] = count0 + size
+        self._z_count[tags] = total
 
 
 _S = TypeVar("_S", bound=np.generic)

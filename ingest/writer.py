@@ -404,8 +404,13 @@ class TenantWriter:
                 )
                 if len(inserted) != len(new):
                     raise _LedgerRace()
-                rows_out = ReadingBatch(merged.batch_id, merged.time_us[keep],
-                                        merged.tag_id[keep], merged.value[keep], quality[keep])
+                # Rows go in sorted by (tag, time): the (tag_id, time DESC) index then grows in
+                # runs instead of at a thousand scattered places, which about doubles COPY speed
+                # on a 1,000-tag flush (measured: README, "Writer figures").
+                kept = np.flatnonzero(keep)
+                kept = kept[np.lexsort((merged.time_us[kept], merged.tag_id[kept]))]
+                rows_out = ReadingBatch(merged.batch_id, merged.time_us[kept],
+                                        merged.tag_id[kept], merged.value[kept], quality[kept])
                 written = [rows_out]
                 if len(rows_out):
                     await conn.copy_to_table(

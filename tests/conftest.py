@@ -51,7 +51,7 @@ def stack(settings: Settings) -> Iterator[Settings]:
 def ray_instance(stack: Settings) -> Iterator[None]:
     import ray
 
-    ray.init(namespace=stack.namespace, num_cpus=4, include_dashboard=False,
+    ray.init(address="local", namespace=stack.namespace, num_cpus=4, include_dashboard=False,
              log_to_driver=False, logging_level="WARNING")
     yield
     ray.shutdown()

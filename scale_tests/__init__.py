@@ -1,0 +1,1 @@
+"""Capacity and fault scenarios against simulated device fleets, and the `bench` measurements."""

@@ -1,0 +1,94 @@
+"""Set-up shared by benchmarks and scenarios: the local stack, a private Ray, a bench tenant."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import asyncpg
+
+from ingest.config import Settings
+from ingest.master import MasterStore
+from ingest.models import Tenant
+from ingest.registration import ConnectionCreate, TagCreate
+from ingest.tenant_store import TenantStore
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def prepare_stack(settings: Settings) -> None:
+    from ingest.cli import migrate_all, on_cluster
+
+    if not on_cluster():
+        from ingest.stack import start_local
+
+        start_local(settings)
+    asyncio.run(migrate_all(settings))
+
+
+def start_private_ray(num_cpus: int = 2) -> None:
+    """A Ray instance of the benchmark's own, so a running demo does not skew it."""
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING", namespace="scada-bench")
+
+
+async def ensure_tenant(settings: Settings, slug: str, tags: int) -> tuple[Tenant, list[int]]:
+    """A tenant with ``tags`` registered tags (valid range 0..1e9, no deadband), reused."""
+    master = await MasterStore.connect(settings)
+    try:
+        try:
+            tenant = await master.get_tenant(slug)
+        except Exception:
+            tenant, _ = await master.create_tenant(slug, f"benchmark {slug}")
+        store = await TenantStore.connect(await master.tenant_dsn(tenant.id), master.box)
+        try:
+            have = await store.list_tags()
+            if len(have) < tags:
+                body = ConnectionCreate(
+                    name=f"bench-{len(have)}", protocol="opcua",
+                    endpoint="opc.tcp://127.0.0.1:1/bench", enabled=False,
+                    tags=[TagCreate(name=f"t{i}", node_id=f"ns=2;s=T{i}", valid_min=0,
+                                    valid_max=1e9) for i in range(tags - len(have))],
+                )
+                await store.create_connection(body)
+                have = await store.list_tags()
+            return tenant, [t["tag_id"] for t in have][:tags]
+        finally:
+            await store.close()
+    finally:
+        await master.close()
+
+
+async def truncate(settings: Settings, database: str) -> None:
+    conn = await asyncpg.connect(settings.dsn(database))
+    try:
+        await conn.execute("TRUNCATE scada_readings, ingest_ledger")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+async def count_rows(settings: Settings, database: str) -> int:
+    conn = await asyncpg.connect(settings.dsn(database))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM scada_readings"))
+    finally:
+        await conn.close()
+
+
+def ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else 0.0
+
+
+def summary_rates(results: dict[str, list[float]]) -> dict[str, Any]:
+    """Best of each method's rounds (the machine is shared; the best run is the least disturbed)."""
+    return {k: round(max(v), 1) for k, v in results.items()}
