@@ -9,9 +9,5 @@ def writer_name(tenant_slug: str) -> str:
     return f"writer-{tenant_slug}"
 
 
-def conn_name(index: int) -> str:
-    return f"conn-{index}"
-
-
 # Health checks get their own concurrency group so a busy actor still answers them.
 CONCURRENCY_GROUPS = {"health": 2, "data": 64}

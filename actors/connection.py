@@ -24,7 +24,7 @@ class ConnectionActor:
     def __init__(self, settings: Settings, slot: str) -> None:
         self.settings = settings
         self.slot = slot
-        self.host = ConnectionHost(slot, self._sender_for)
+        self.host = ConnectionHost(slot, self._sender_for, last_times=self._last_times)
         self._ticker: asyncio.Task[None] | None = None
 
     def _sender_for(self, spec: ConnectionSpec) -> BatchSender:
@@ -50,6 +50,11 @@ class ConnectionActor:
             max_unacked_rows=self.settings.sender_max_unacked_rows,
             on_gap=lambda n: safe(m.gaps.inc, n, tags),
         )
+
+    async def _last_times(self, spec: ConnectionSpec) -> dict[int, int]:
+        writer = ray.get_actor(writer_name(spec.tenant_slug), namespace=self.settings.namespace)
+        result: dict[int, int] = await writer.last_times.remote([t.tag_id for t in spec.tags])
+        return result
 
     async def _tick_loop(self) -> None:
         period = self.settings.batch_interval_ms / 1000.0

@@ -1,9 +1,13 @@
 """The coordinator: one detached, named actor that reconciles desired state with running actors.
 
-Desired state comes from the databases (ingest.desired_state); connections are spread over the
-connection-actor slots by rendezvous hashing (ingest.sharding). A slot is re-told its connections
-only when its set changed or the actor came back empty after a restart, so healthy sessions are
-never restarted by a reconcile pass.
+Desired state comes from the databases (ingest.desired_state). Connection actors are pinned to the
+alive nodes (ingest.pool) and connections are spread over the healthy ones by rendezvous hashing
+(ingest.sharding). A slot is re-told its connections only when its set changed or the actor came
+back empty after a restart, so healthy sessions are never restarted by a reconcile pass, and a
+restarted coordinator, computing the same assignment, moves nothing.
+
+A slot whose status call fails (actor died, node gone, or no answer within the health timeout) is
+left out of the assignment at once: its connections start elsewhere in the same pass.
 """
 
 from __future__ import annotations
@@ -14,17 +18,23 @@ import time
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.common import CONCURRENCY_GROUPS, conn_name, writer_name
+from actors.common import CONCURRENCY_GROUPS, writer_name
 from actors.connection import ConnectionActor
 from actors.writer import WriterActor
 from ingest.config import Settings
 from ingest.desired_state import DesiredState, DesiredStateReader
 from ingest.master import MasterStore
 from ingest.models import ConnectionSpec
+from ingest.pool import actors_per_node, desired_slots
 from ingest.sharding import assign_connections
 
 log = logging.getLogger(__name__)
+
+
+def alive_nodes() -> list[str]:
+    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, concurrency_groups=CONCURRENCY_GROUPS)
@@ -37,11 +47,17 @@ class CoordinatorActor:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._writers: dict[str, Any] = {}
-        self._slots: dict[str, Any] = {}
+        self._slots: dict[str, Any] = {}  # slot name -> handle
+        self._slot_nodes: dict[str, str] = {}
+        self._last_status: dict[str, dict[str, Any]] = {}
         self.last_state = DesiredState()
         self.last_assignment: dict[str, str] = {}
         self.last_pass: dict[str, Any] = {}
         self.passes = 0
+        self.moves = 0
+        # Start the loop by itself, also after Ray restarts this actor: the call is queued and
+        # runs as soon as __init__ returns.
+        ray.get_runtime_context().current_actor.start.remote()
 
     async def _ensure_master(self) -> DesiredStateReader:
         if self._reader is None:
@@ -80,66 +96,109 @@ class CoordinatorActor:
             ).remote(self.settings, tenant_id, slug)
         return self._writers[tenant_id]
 
-    def _slot(self, name: str) -> Any:
+    def _slot(self, name: str, node_id: str) -> Any:
         if name not in self._slots:
             self._slots[name] = ConnectionActor.options(  # type: ignore[attr-defined]
                 name=name, namespace=self.settings.namespace, lifetime="detached",
-                get_if_exists=True, scheduling_strategy="SPREAD",
+                get_if_exists=True,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
             ).remote(self.settings, name)
+            self._slot_nodes[name] = node_id
         return self._slots[name]
+
+    async def _probe(self, names: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Status of each slot, or None when it is dead, gone or not answering in time."""
+
+        async def one(name: str) -> dict[str, Any] | None:
+            try:
+                st: dict[str, Any] = await asyncio.wait_for(
+                    self._slots[name].status.remote(), self.settings.health_timeout_s
+                )
+                return st
+            except Exception as e:
+                log.warning("slot %s unhealthy: %s", name, type(e).__name__)
+                return None
+
+        results = await asyncio.gather(*(one(n) for n in names))
+        return dict(zip(names, results, strict=True))
 
     @ray.method(concurrency_group="data")
     async def reconcile(self) -> dict[str, Any]:
         async with self._lock:
-            t0 = time.monotonic()
-            reader = await self._ensure_master()
-            state = await reader.read()
-            for t in state.tenants:
-                self._writer(t.id, t.slug)
-            slots = [conn_name(i) for i in range(self.settings.conn_actors)]
-            specs = {s.connection_id: s for s in state.all_specs()}
-            assignment = assign_connections(
-                {cid: s.weight for cid, s in specs.items()}, slots, slack=0.25
-            )
-            per_slot: dict[str, list[ConnectionSpec]] = {s: [] for s in slots}
-            for cid, slot in assignment.items():
-                per_slot[slot].append(specs[cid])
-            changes: dict[str, Any] = {}
-            for slot, wanted in per_slot.items():
-                actor = self._slot(slot)
-                try:
-                    running = await asyncio.wait_for(actor.status.remote(), 10)
-                    have = {c: v["fingerprint"] for c, v in running["connections"].items()}
-                except Exception as e:
-                    changes[slot] = {"error": f"{type(e).__name__}"}
-                    continue
-                want = {s.connection_id: s.fingerprint() for s in wanted}
-                if have != want:
-                    try:
-                        changes[slot] = await asyncio.wait_for(actor.apply.remote(wanted), 30)
-                    except Exception as e:
-                        changes[slot] = {"error": f"{type(e).__name__}: {e}"[:300]}
-            if assignment != self.last_assignment and self._master is not None:
+            return await self._reconcile()
+
+    async def _reconcile(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        s = self.settings
+        state = await (await self._ensure_master()).read()
+        for t in state.tenants:
+            self._writer(t.id, t.slug)
+        specs = {c.connection_id: c for c in state.all_specs()}
+        nodes = alive_nodes()
+        per_node = actors_per_node(sum(len(c.tags) for c in specs.values()), len(nodes),
+                                   s.tags_per_actor, s.max_actors_per_node)
+        wanted_slots = desired_slots(nodes, per_node)
+        for name, node in wanted_slots.items():
+            self._slot(name, node)
+        status = await self._probe(list(self._slots))
+        healthy = [n for n in wanted_slots if status.get(n) is not None]
+        # Pure rendezvous placement (slack None): a slot joining or leaving moves exactly the
+        # connections whose best slot changed. Balance comes from the hash; the pool grows with
+        # the tag count (ingest.pool), which is how connection weight enters.
+        assignment = assign_connections({c: sp.weight for c, sp in specs.items()}, healthy)
+        per_slot: dict[str, list[ConnectionSpec]] = {n: [] for n in healthy}
+        for cid, slot in assignment.items():
+            per_slot[slot].append(specs[cid])
+        changes: dict[str, Any] = {}
+        applies = []
+        for slot, wanted in per_slot.items():
+            st = status[slot]
+            assert st is not None
+            have = {c: v["fingerprint"] for c, v in st["connections"].items()}
+            want = {sp.connection_id: sp.fingerprint() for sp in wanted}
+            if have != want:
+                applies.append((slot, wanted))
+        results = await asyncio.gather(
+            *(asyncio.wait_for(self._slots[slot].apply.remote(w), 30) for slot, w in applies),
+            return_exceptions=True,
+        )
+        for (slot, _), res in zip(applies, results, strict=True):
+            changes[slot] = res if isinstance(res, dict) else {"error": f"{type(res).__name__}"}
+            if isinstance(res, dict):
+                self.moves += len(res.get("started", []))
+        # Slots no longer wanted (their node left, or the pool shrank): retire once emptied.
+        for name in [n for n in self._slots if n not in wanted_slots]:
+            handle = self._slots.pop(name)
+            self._slot_nodes.pop(name, None)
+            try:
+                ray.kill(handle, no_restart=True)
+            except Exception:
+                pass
+            changes[name] = {"retired": True}
+        if assignment != self.last_assignment and self._master is not None:
+            try:
                 await self._master.save_assignments(
-                    {c: (specs[c].tenant_id, s, specs[c].fingerprint()) for c, s in
-                     assignment.items()}
-                )
-            self.last_state, self.last_assignment = state, assignment
-            self.passes += 1
-            self.last_pass = {
-                "at": time.time(), "duration_s": round(time.monotonic() - t0, 3),
-                "changes": changes, "degraded": state.degraded,
-            }
-            return self.last_pass
+                    {c: (specs[c].tenant_id, sl, specs[c].fingerprint())
+                     for c, sl in assignment.items()})
+            except Exception as e:
+                log.warning("assignment not persisted: %s", type(e).__name__)
+        self._last_status = {k: v for k, v in status.items() if v is not None}
+        self.last_state, self.last_assignment = state, assignment
+        self.passes += 1
+        self.last_pass = {
+            "at": time.time(), "duration_s": round(time.monotonic() - t0, 3),
+            "nodes": len(nodes), "slots": len(wanted_slots), "healthy_slots": len(healthy),
+            "changes": changes, "degraded": state.degraded,
+        }
+        return self.last_pass
+
+    @ray.method(concurrency_group="health")
+    async def assignment(self) -> dict[str, str]:
+        return dict(self.last_assignment)
 
     @ray.method(concurrency_group="health")
     async def status(self) -> dict[str, Any]:
-        slots: dict[str, Any] = {}
-        for name, actor in self._slots.items():
-            try:
-                slots[name] = await asyncio.wait_for(actor.status.remote(), 5)
-            except Exception as e:
-                slots[name] = {"error": f"{type(e).__name__}"}
+        slots = await self._probe(list(self._slots))
         writers: dict[str, Any] = {}
         for t in self.last_state.tenants:
             w = self._writers.get(t.id)
@@ -147,17 +206,32 @@ class CoordinatorActor:
                 writers[t.slug] = await asyncio.wait_for(w.stats.remote(), 5) if w else None
             except Exception as e:
                 writers[t.slug] = {"error": f"{type(e).__name__}"}
+        nodes: dict[str, Any] = {}
+        for name, st in slots.items():
+            node = self._slot_nodes.get(name, "?")
+            entry = nodes.setdefault(node, {"actors": [], "connections": 0, "tags": 0,
+                                            "values_per_s": 0.0})
+            entry["actors"].append(name)
+            if st:
+                entry["connections"] += len(st["connections"])
+                entry["tags"] += sum(c.get("tags", 0) for c in st["connections"].values())
+                entry["values_per_s"] += st.get("values_per_s", 0.0)
         return {
             "passes": self.passes,
+            "moves": self.moves,
             "last_pass": self.last_pass,
             "tenants": [
                 {"id": t.id, "slug": t.slug, "status": t.status.value,
+                 "state": "DEGRADED" if t.id in self.last_state.degraded else "HEALTHY",
                  "degraded": self.last_state.degraded.get(t.id),
                  "connections": len(self.last_state.specs.get(t.id, [])),
-                 "writer": writers.get(t.slug)}
+                 "writer": writers.get(t.slug),
+                 "spool_rows": (writers.get(t.slug) or {}).get("spool_rows")}
                 for t in self.last_state.tenants
             ],
-            "actors": slots,
+            "nodes": nodes,
+            "actors": {n: (st if st is not None else {"error": "unhealthy"})
+                       for n, st in slots.items()},
         }
 
     @ray.method(concurrency_group="health")

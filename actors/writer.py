@@ -167,6 +167,14 @@ class WriterActor:
         return {"batch_id": batch_id, "found": True, "rows": r.rows,
                 "quarantined": r.quarantined}
 
+    @ray.method(concurrency_group="data")
+    async def last_times(self, tag_ids: list[int]) -> dict[int, int]:
+        """Newest stored source time per tag: where a new device session's gap check starts."""
+        await self._ensure()
+        if self._store is None:
+            return {}
+        return await self._store.last_times(tag_ids)
+
     @ray.method(concurrency_group="health")
     async def quarantined(self) -> list[dict[str, Any]]:
         w = await self._ensure()

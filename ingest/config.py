@@ -36,7 +36,10 @@ class Settings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds")
     http_port: int = Field(8000, description="Port of the Serve HTTP proxy")
     dashboard_port: int = Field(8265, description="Port of the Ray dashboard (loopback)")
-    conn_actors: int = Field(2, description="Connection actors in the pool")
+    tags_per_actor: int = Field(20_000, description="Tags one connection actor carries at most")
+    max_actors_per_node: int = Field(4, description="Connection actors per node at most")
+    health_timeout_s: float = Field(2.0, description="A slot not answering its status call in "
+                                    "this time is left out of the assignment")
     reconcile_interval_s: float = Field(2.0, description="Coordinator reconcile period")
     batch_interval_ms: int = Field(100, description="Connection actor micro-batch period")
     batch_max_rows: int = Field(20_000, description="Rows that make a connection actor send early")

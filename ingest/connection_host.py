@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol as TypingProtocol
 
 import numpy as np
 
 from ingest.batch import BatchBuilder
-from ingest.models import ConnectionSpec, Protocol
+from ingest.models import ConnectionSpec, Protocol, Quality, quality_as_int4
 from ingest.sender import BatchSender
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,30 @@ class DeviceSession(TypingProtocol):
 
 
 SenderFactory = Callable[[ConnectionSpec], BatchSender]
+LastTimes = Callable[[ConnectionSpec], Awaitable[dict[int, int]]]
+GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
+
+
+class _GapCheck:
+    """Marks where a new session may have missed readings: for each tag, if its first reading
+    is newer than the newest one already stored, a gap marker (quality Bad_DataLost, value NaN:
+    the count is unknown) goes in right after the stored one. Covers sessions that start after a
+    failover, a move to another actor, or an actor restart."""
+
+    def __init__(self, last: dict[int, int]) -> None:
+        self.pending = dict(last)
+
+    def markers(self, tag_ids: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out_tags, out_times = [], []
+        for tag in np.unique(tag_ids).tolist():
+            last = self.pending.pop(tag, None)
+            if last is None:
+                continue
+            first = int(times[tag_ids == tag].min())
+            if first > last + 1:
+                out_tags.append(tag)
+                out_times.append(last + 1)
+        return np.asarray(out_tags, np.int32), np.asarray(out_times, np.int64)
 
 
 @dataclass
@@ -41,6 +66,7 @@ class _Running:
     task: asyncio.Task[None]
     state: str = "connecting"
     error: str | None = None
+    started_at: float = 0.0
 
 
 class _Scaler:
@@ -67,15 +93,20 @@ class ConnectionHost:
         sender_factory: SenderFactory,
         *,
         session_factory: Callable[[ConnectionSpec, Any, Any], DeviceSession] | None = None,
+        last_times: LastTimes | None = None,
     ) -> None:
         self.source = source
         self.epoch = uuid.uuid4().hex[:8]
         self._sender_factory = sender_factory
         self._session_factory = session_factory or make_session
+        self._last_times = last_times
+        self.gap_markers = 0
         self._running: dict[str, _Running] = {}
         self._builders: dict[str, BatchBuilder] = {}
         self._senders: dict[str, BatchSender] = {}
         self.values_received = 0
+        self._rate_mark = (time.monotonic(), 0)
+        self.values_per_s = 0.0
 
     # -- desired state ------------------------------------------------------------------------
     async def apply(self, specs: list[ConnectionSpec]) -> dict[str, list[str]]:
@@ -106,9 +137,16 @@ class ConnectionHost:
         builder = self._builders[tenant]
         scale = _Scaler(spec)
         cid = spec.connection_id
+        gaps: list[_GapCheck] = []
 
         def on_values(tag_ids: np.ndarray, times: np.ndarray, values: np.ndarray,
                       quality: np.ndarray) -> None:
+            if gaps and gaps[0].pending:
+                mt, mtime = gaps[0].markers(tag_ids, times)
+                if mt.shape[0]:
+                    builder.append(mt, mtime, np.full(mt.shape[0], np.nan),
+                                   np.full(mt.shape[0], GAP_QUALITY, np.int32))
+                    self.gap_markers += int(mt.shape[0])
             builder.append(tag_ids, times, scale(tag_ids, values), quality)
             self.values_received += int(times.shape[0])
 
@@ -118,8 +156,19 @@ class ConnectionHost:
                 r.state, r.error = state, error
 
         session = self._session_factory(spec, on_values, on_state)
-        task = asyncio.create_task(session.run(), name=f"session-{cid}")
-        self._running[cid] = _Running(spec, spec.fingerprint(), session, task)
+
+        async def run() -> None:
+            if self._last_times is not None:
+                try:
+                    gaps.append(_GapCheck(await asyncio.wait_for(self._last_times(spec), 10)))
+                except Exception as e:  # no gap check rather than no data
+                    log.warning("last stored times unavailable for %s: %s", cid,
+                                type(e).__name__)
+            await session.run()
+
+        task = asyncio.create_task(run(), name=f"session-{cid}")
+        self._running[cid] = _Running(spec, spec.fingerprint(), session, task,
+                                      started_at=time.time())
 
     async def _stop(self, cid: str) -> None:
         r = self._running.pop(cid)
@@ -160,10 +209,17 @@ class ConnectionHost:
             await s.stop()
 
     def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        t0, v0 = self._rate_mark
+        if now - t0 >= 1.0:
+            self.values_per_s = round((self.values_received - v0) / (now - t0), 1)
+            self._rate_mark = (now, self.values_received)
         return {
+            "values_per_s": self.values_per_s,
             "epoch": self.epoch,
             "values_received": self.values_received,
             "unacked_rows": self.unacked_rows(),
+            "gap_markers": self.gap_markers,
             "connections": {
                 cid: {
                     "tenant": r.spec.tenant_slug,
@@ -171,6 +227,7 @@ class ConnectionHost:
                     "endpoint": r.spec.endpoint,
                     "tags": len(r.spec.tags),
                     "fingerprint": r.fingerprint,
+                    "started_at": r.started_at,
                     "state": r.state,
                     "error": r.error,
                     **{k: v for k, v in r.session.stats.items() if isinstance(v, int | float)},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from ingest.master import MasterStore
@@ -33,6 +34,10 @@ class DesiredStateReader:
         self.timeout_s = timeout_s
         self._stores: dict[str, TenantStore] = {}
         self._last: dict[str, list[ConnectionSpec]] = {}
+        # Degraded tenants are retried with capped exponential backoff: tenant id -> (next try,
+        # current delay).
+        self._retry: dict[str, tuple[float, float]] = {}
+        self._errors: dict[str, str] = {}
 
     async def _store(self, tenant: Tenant) -> TenantStore:
         if tenant.id not in self._stores:
@@ -44,13 +49,24 @@ class DesiredStateReader:
 
     async def read(self) -> DesiredState:
         state = DesiredState(tenants=await self.master.list_tenants(TenantStatus.ACTIVE))
+        now = time.monotonic()
         for t in state.tenants:
+            retry = self._retry.get(t.id)
+            if retry is not None and now < retry[0]:
+                state.degraded[t.id] = self._errors.get(t.id, "retrying")
+                state.specs[t.id] = self._last.get(t.id, [])
+                continue
             try:
                 store = await self._store(t)
                 specs = await asyncio.wait_for(store.load_specs(t), self.timeout_s)
                 self._last[t.id] = specs
+                self._retry.pop(t.id, None)
+                self._errors.pop(t.id, None)
             except Exception as e:  # any failure of one tenant must not stop the others
-                state.degraded[t.id] = f"{type(e).__name__}: {e}"[:300]
+                err = f"{type(e).__name__}: {e}"[:300]
+                state.degraded[t.id] = self._errors[t.id] = err
+                delay = min(2 * retry[1], 30.0) if retry else 1.0
+                self._retry[t.id] = (now + delay, delay)
                 stale = self._stores.pop(t.id, None)
                 if stale is not None:
                     stale.pool.terminate()

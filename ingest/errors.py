@@ -44,6 +44,10 @@ class ConnectionNotFound(IngestError):
     """No connection with that id exists for the tenant."""
 
 
+class TagNotFound(IngestError):
+    """No live tag with that id exists for the tenant."""
+
+
 class InvalidRegistration(IngestError):
     """A registration payload is well-formed JSON but not acceptable (field named in the message)."""
 

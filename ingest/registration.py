@@ -124,3 +124,53 @@ class ConnectionCreate(_Strict):
 
 class TagsCreate(_Strict):
     tags: list[TagCreate] = Field(min_length=1, max_length=100_000)
+
+
+class ConnectionUpdate(_Strict):
+    """Fields to change on a connection; omitted fields stay as they are."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    endpoint: str | None = Field(None, min_length=1, max_length=500)
+    security_mode: SecurityMode | None = None
+    security_policy: SecurityPolicy | None = None
+    auto_accept_server_cert: bool | None = None
+    username: str | None = Field(None, max_length=200)
+    password: str | None = Field(None, max_length=500, repr=False)
+    publishing_interval_ms: int | None = Field(None, ge=10, le=3_600_000)
+    enabled: bool | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(opc\.tcp|tcp|modbus\+tcp)://", v):
+            raise ValueError("endpoint: expected opc.tcp://... or tcp://host:port")
+        return v
+
+
+class TagUpdate(_Strict):
+    """Fields to change on a tag; omitted fields stay as they are."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    node_id: str | None = None
+    unit: str | None = Field(None, max_length=32)
+    scaling_factor: float | None = None
+    offset: float | None = None
+    valid_min: float | None = None
+    valid_max: float | None = None
+    deadband: float | None = Field(None, ge=0)
+    out_of_range: Literal["flag", "reject"] | None = None
+    zscore_threshold: float | None = Field(None, gt=0)
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, v: str | None) -> str | None:
+        if v is not None and not _NODE_ID.match(v):
+            raise ValueError("not an OPC UA node id (expected like 'ns=2;s=Name' or 'i=85')")
+        return v
+
+    @field_validator("scaling_factor", "offset")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v

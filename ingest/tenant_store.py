@@ -9,7 +9,8 @@ import asyncpg
 
 from ingest.errors import ConnectionNotFound, InvalidRegistration
 from ingest.models import ConnectionSpec, Protocol, SecurityMode, SecurityPolicy, TagSpec, Tenant
-from ingest.registration import ConnectionCreate, TagCreate
+from ingest.errors import TagNotFound
+from ingest.registration import ConnectionCreate, ConnectionUpdate, TagCreate, TagUpdate
 from ingest.secrets import SecretBox
 
 _CONN_COLS = (
@@ -166,6 +167,53 @@ class TenantStore:
                 connection_id,
             )
 
+    async def update_connection(self, connection_id: str, u: ConnectionUpdate) -> dict[str, Any]:
+        fields = u.model_dump(exclude_unset=True)
+        sets, args = [], []
+        for k, v in fields.items():
+            if k == "password":
+                k, v = "password_enc", (self.box.encrypt(v) if v else None)
+            elif hasattr(v, "value"):
+                v = v.value
+            args.append(v)
+            sets.append(f"{k} = ${len(args) + 1}")
+        if sets:
+            done = await self.pool.execute(
+                f"UPDATE scada_connections SET {', '.join(sets)}, updated_at = now() "
+                "WHERE id = $1::uuid AND deleted_at IS NULL",
+                connection_id, *args,
+            )
+            if done.endswith(" 0"):
+                raise ConnectionNotFound(f"connection {connection_id} not found")
+        return await self.get_connection(connection_id)
+
+    async def update_tag(self, tag_id: int, u: TagUpdate) -> dict[str, Any]:
+        fields = u.model_dump(exclude_unset=True)
+        cols = [("\"offset\"" if k == "offset" else k) for k in fields]
+        sets = [f"{c} = ${i + 2}" for i, c in enumerate(cols)]
+        async with self.pool.acquire() as conn, conn.transaction():
+            r = await conn.fetchrow(
+                f"UPDATE tag_mappings SET {', '.join(sets + ['updated_at = now()'])} "
+                f"WHERE tag_id = $1 AND deleted_at IS NULL RETURNING {_TAG_COLS}",
+                tag_id, *fields.values(),
+            )
+            if r is None:
+                raise TagNotFound(f"tag {tag_id} not found")
+            if r["valid_min"] is not None and r["valid_max"] is not None and (
+                    r["valid_min"] > r["valid_max"]):
+                raise InvalidRegistration("valid_min", "is greater than valid_max")
+            await conn.execute("UPDATE scada_connections SET updated_at = now() WHERE id = $1",
+                               r["connection_id"])
+        return _jsonable(r)
+
+    async def delete_tag(self, tag_id: int) -> None:
+        done = await self.pool.execute(
+            "UPDATE tag_mappings SET deleted_at = now() WHERE tag_id = $1 AND deleted_at IS NULL",
+            tag_id,
+        )
+        if done.endswith(" 0"):
+            raise TagNotFound(f"tag {tag_id} not found")
+
     async def list_tags(self, connection_id: str | None = None) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
             f"SELECT {_TAG_COLS} FROM tag_mappings WHERE deleted_at IS NULL "
@@ -245,6 +293,15 @@ class TenantStore:
             "SELECT count(*) AS n, max(updated_at) AS u, max(deleted_at) AS d FROM tag_mappings"
         )
         return f"{r['n']}|{r['u']}|{r['d']}"
+
+    async def last_times(self, tag_ids: list[int]) -> dict[int, int]:
+        """Newest stored source time (µs since the Unix epoch) per tag; one index probe each."""
+        rows = await self.pool.fetch(
+            "SELECT t, (SELECT (extract(epoch FROM max(time)) * 1e6)::int8 FROM scada_readings "
+            "WHERE tag_id = t) AS last FROM unnest($1::int[]) AS t",
+            tag_ids,
+        )
+        return {int(r["t"]): int(r["last"]) for r in rows if r["last"] is not None}
 
     async def tag_exists(self, tag_id: int) -> bool:
         return bool(await self.pool.fetchval("SELECT 1 FROM tag_mappings WHERE tag_id = $1", tag_id))

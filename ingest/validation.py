@@ -145,16 +145,14 @@ class Validator:
         self._tags: I64 = np.empty(0, np.int64)
         # Per-tag state, indexed like self._tags (the rule index).
         self._horizon: I64 = np.empty(0, np.int64)  # oldest source time still remembered
-        self._ref_time: I64 = np.empty(0, np.int64)  # deadband reference: newest kept row
+        self._ref_time: I64 = np.empty(0, np.int64)  # newest written row: deadband reference
         self._ref_value: F64 = np.empty(0, np.float64)
         self._ref_quality: I32 = np.empty(0, np.int32)
         self._z_mean: F64 = np.empty(0, np.float64)
         self._z_var: F64 = np.empty(0, np.float64)
         self._z_count: I64 = np.empty(0, np.int64)
-        self._mem_key: I64 = np.empty(0, np.int64)
-        self._mem_time: I64 = np.empty(0, np.int64)
-        self._mem_pruned = 0  # memory size after the last prune
-        self._pruned_at: I64 = np.empty(0, np.int64)  # per tag: its horizon at the last prune
+        self._memory = _DuplicateMemory()
+        self._pruned_at: I64 = np.empty(0, np.int64)  # per tag: its horizon at the last full merge
         self.update_rules(rules)
 
     def update_rules(self, rules: Iterable[TagRules]) -> None:
@@ -181,11 +179,7 @@ class Validator:
         self._z_var = _carry(self._z_var, n, src, dst, 0.0)
         self._z_count = _carry(self._z_count, n, src, dst, 0)
         self._pruned_at = _carry(self._pruned_at, n, src, dst, _NO_TIME)
-        if self._mem_key.size:
-            new_idx = remap[self._mem_key >> _TIME_BITS]
-            alive = new_idx >= 0
-            self._mem_key = (new_idx[alive] << _TIME_BITS) | (self._mem_key[alive] & _TIME_MASK)
-            self._mem_time = self._mem_time[alive]
+        self._memory.reindex(remap)
         self._tags = tags
         self._version += 1
         # A dense lookup table beats a binary search when tag ids are compact (database serials).
@@ -227,11 +221,13 @@ class Validator:
         vs, qs = v[o], q[o]
         dup = np.zeros(m, bool)
         dup[1:] = (ts[1:] == ts[:-1]) & (gs[1:] == gs[:-1])
-        if self._mem_key.size:
-            mk = (gs << _TIME_BITS) | (ts & _TIME_MASK)
-            at = np.minimum(np.searchsorted(self._mem_key, mk), self._mem_key.size - 1)
-            dup |= ((self._mem_key[at] == mk) & (self._mem_time[at] == ts)
-                    & (ts >= self._horizon[gs]))
+        # Only a row within [horizon, newest written] of its tag can repeat a written one; in a
+        # steady stream that is just the resends, so the memory search stays small.
+        maybe = np.flatnonzero((ts <= self._ref_time[gs]) & (ts >= self._horizon[gs]))
+        if maybe.size:
+            mt = ts[maybe]
+            mk = (gs[maybe] << _TIME_BITS) | (mt & _TIME_MASK)
+            dup[maybe] |= self._memory.holds(mk, mt)
         live = ~dup
         counts["duplicate"] = m - int(np.count_nonzero(live))
 
@@ -294,36 +290,37 @@ class Validator:
         rows = p.order[ks]
         kt, kg, kv, kq = p.ts[ks], p.gs[ks], v[rows], outcome.quality[rows]
         last = np.flatnonzero(np.append(kg[1:] != kg[:-1], True))
-        tags, newest = kg[last], kt[last]
+        tags, latest = kg[last], kt[last]
 
-        newer = newest > self._ref_time[tags]
+        newer = latest > self._ref_time[tags]
         at, tn = last[newer], tags[newer]
         self._ref_time[tn] = kt[at]
         self._ref_value[tn] = kv[at]
         self._ref_quality[tn] = kq[at]
 
         w = self._window_us
+        newest = self._ref_time[tags]  # now the newest written, this flush included
         horizon = np.maximum(self._horizon[tags], np.maximum(newest, _NO_TIME + w) - w)
         self._horizon[tags] = horizon
         recent = kt >= self._horizon[kg]
-        keys = np.concatenate([self._mem_key, (kg[recent] << _TIME_BITS) | (kt[recent] & _TIME_MASK)])
-        times = np.concatenate([self._mem_time, kt[recent]])
-        # Forgetting is lazy, so memory stays under twice what the windows hold: an expired key
-        # never matches, as a hit also needs time >= horizon. A tag whose horizon moved a day
-        # since the last prune forces one, so its expired and live keys span under 2**40 us and
-        # never share a packed key.
+        if not recent.all():
+            kg_r, kt_r = kg[recent], kt[recent]
+        else:
+            kg_r, kt_r = kg, kt
+        keys = (kg_r << _TIME_BITS) | (kt_r & _TIME_MASK)  # sorted, unless a time wraps 2**40
+        if keys.size > 1 and not bool(np.all(keys[1:] >= keys[:-1])):
+            o = np.argsort(keys, kind="stable")
+            keys, kt_r = keys[o], kt_r[o]
+        self._memory.add(keys, kt_r, self._horizon)
+        # Forgetting is lazy: an expired key never matches, as a hit also needs time >= horizon.
+        # A tag whose horizon moved a day since the last full merge forces one, so its expired
+        # and live keys span under 2**40 us and never share a packed key.
         pruned_at = self._pruned_at[tags]
         pruned_at = np.where(pruned_at == _NO_TIME, horizon, pruned_at)  # a new tag: nothing old
         self._pruned_at[tags] = pruned_at
-        moved_a_day = bool(np.any(horizon - pruned_at >= _DAY_US))
-        if keys.size > 2 * self._mem_pruned + 4096 or moved_a_day:
-            alive = times >= self._horizon[keys >> _TIME_BITS]
-            keys, times = keys[alive], times[alive]
-            self._mem_pruned = keys.size
+        if bool(np.any(horizon - pruned_at >= _DAY_US)):
+            self._memory.merge(0, self._horizon)
             self._pruned_at = self._horizon.copy()
-        # Two sorted runs (the memory, and this flush's keys): timsort merges them in ~O(n).
-        o = np.argsort(keys, kind="stable")
-        self._mem_key, self._mem_time = keys[o], times[o]
         self._fold_stats(kg, kv, kq)
 
     def _plan(self, t: I64, g: I32) -> _Plan:
@@ -346,8 +343,17 @@ class Validator:
             return _Plan(t, g, self._version, np.empty(0, np.intp), rt, ri)
         lo = int(rt.min())
         if int(rt.max()) - lo <= _TIME_MASK:
-            # One int64 key: flushes arrive mostly in time order, which a stable sort exploits.
-            o = np.argsort((ri << _TIME_BITS) | (rt - lo), kind="stable")
+            key = (ri << _TIME_BITS) | (rt - lo)
+            # Equal keys must stay in row order (the first of duplicates wins). Timsort is
+            # stable and fast on the usual few sorted runs; on shuffled rows introsort is
+            # several times faster, and is only redone stably when two keys are equal.
+            if np.count_nonzero(key[1:] < key[:-1]) * 32 < key.size:
+                o = np.argsort(key, kind="stable")
+            else:
+                o = np.argsort(key)
+                sk = key[o]
+                if bool(np.any(sk[1:] == sk[:-1])):
+                    o = np.argsort(key, kind="stable")
         else:  # a flush spanning more than 12.7 days of source time
             o = np.lexsort((rt, ri))
         order = o if rows is None else rows[o]
@@ -369,13 +375,13 @@ class Validator:
         start = new_tag.copy()
         start[1:] |= cq[1:] != cq[:-1]
         good = (cq >= 0) & (cq < UNCERTAIN)
-        # fl(a - b) is monotone in a, so comparing against block max/min is exact per element.
-        slow = np.flatnonzero(good[:-1] & ~start[1:] & (np.abs(cv[1:] - cv[:-1]) < cd[:-1]))
         firsts = np.flatnonzero(new_tag)
         ft = cg[firsts]
         rq, rv = self._ref_quality[ft], self._ref_value[ft]
-        held = ((self._ref_time[ft] != _NO_TIME) & (rq == cq[firsts]) & (rq >= 0)
-                & (rq < UNCERTAIN) & (np.abs(cv[firsts] - rv) < cd[firsts]))
+        with np.errstate(invalid="ignore"):  # inf - inf in Bad rows, which are never slow
+            slow = np.flatnonzero(good[:-1] & ~start[1:] & (np.abs(cv[1:] - cv[:-1]) < cd[:-1]))
+            held = ((self._ref_time[ft] != _NO_TIME) & (rq == cq[firsts]) & (rq >= 0)
+                    & (rq < UNCERTAIN) & (np.abs(cv[firsts] - rv) < cd[firsts]))
         if slow.size == 0 and not held.any():
             return slow
         # A node skips rows [skip, stop): a slow row i skips from i + 1, a reference held by its
@@ -386,37 +392,58 @@ class Validator:
         by_rank = np.argsort(rank, kind="stable")
         skip, base, rank = skip[by_rank], base[by_rank], rank[by_rank]
         band = cd[skip]
-        run = np.cumsum(start) - 1
         run_starts = np.flatnonzero(start)
         run_end = np.append(run_starts[1:], k)
-        node_run = run[skip]
+        node_run = np.searchsorted(run_starts, skip, "right") - 1
         end = run_end[node_run]
-        levels = int(np.diff(np.append(run_starts, k)).max()).bit_length()
-        tables = [(cv, cv)]  # level j: max and min of cv[i : i + 2**j]
-        for j in range(1, levels):
-            h = 1 << (j - 1)
-            mx, mn = tables[-1]
-            tables.append((np.maximum(mx[:-h], mx[h:]), np.minimum(mn[:-h], mn[h:])))
-        stop = skip + 1  # row `skip` itself is within the band: that is why the node exists
-        for j in reversed(range(levels)):
-            mx, mn = tables[j]
-            at = np.minimum(stop, mx.size - 1)
-            inside = (mx[at] - base < band) & (base - mn[at] < band) & (stop + (1 << j) <= end)
-            stop = np.where(inside, stop + (1 << j), stop)
         s = skip.size
+        # fl(a - b) is monotone in a, so comparing with a block's max and min is exact.
+        tables = [(cv, cv)]  # level j: max and min of cv[i : i + 2**j], built as needed
+        stop = skip + 1  # row `skip` itself is within the band: that is why the node exists
+
+        def advance(nodes: Ints, j: int) -> Bools:
+            while len(tables) <= j:
+                h = 1 << (len(tables) - 1)
+                mx, mn = tables[-1]
+                tables.append((np.maximum(mx[:-h], mx[h:]), np.minimum(mn[:-h], mn[h:])))
+            mx, mn = tables[j]
+            st, b, d = stop[nodes], base[nodes], band[nodes]
+            at = np.minimum(st, mx.size - 1)
+            inside: Bools = (mx[at] - b < d) & (b - mn[at] < d) & (st + (1 << j) <= end[nodes])
+            stop[nodes[inside]] += 1 << j
+            return inside
+
+        # Gallop (blocks of 1, 2, 4, ... rows) until a block leaves the band, then halve back
+        # down: levels grow with the longest skip, not with the longest run.
+        level = np.zeros(s, np.intp)
+        nodes, j = np.arange(s), 0
+        while nodes.size:
+            if (1 << j) > k:
+                level[nodes] = j
+                break
+            inside = advance(nodes, j)
+            level[nodes[~inside]] = j
+            nodes, j = nodes[inside], j + 1
+        for j in reversed(range(int(level.max()))):
+            advance(np.flatnonzero(level > j), j)
         nxt = np.searchsorted(rank, 2 * stop)  # the first slow row not skipped
         ok = nxt < s
         ok[ok] = node_run[nxt[ok]] == node_run[ok]
         jump = np.append(np.where(ok, nxt, s), s)  # s is a sink
         kept = np.zeros(s + 1, bool)
         kept[:s] = np.append(True, node_run[1:] != node_run[:-1])  # a run's first node is kept
-        for _ in range(s.bit_length()):  # after r rounds, each chain's first 2**r are marked
+        marked = 0
+        while True:  # after r rounds, each chain's first 2**r nodes are marked
             kept[jump[kept]] = True
-            jump = jump[jump]
+            now = int(np.count_nonzero(kept))
+            if now == marked:  # no chain is longer than what is marked
+                break
+            marked, jump = now, jump[jump]
         kept = kept[:s]
-        cover = np.cumsum(np.bincount(skip[kept], minlength=k + 1)
-                          - np.bincount(stop[kept], minlength=k + 1))
-        dropped: Ints = np.flatnonzero(cover[:k] > 0)
+        lo, hi = skip[kept], stop[kept]  # disjoint intervals: list their rows
+        length = hi - lo
+        dropped: Ints = np.arange(int(length.sum())) + np.repeat(lo - np.cumsum(length) + length,
+                                                                  length)
         return dropped
 
     def _fold_stats(self, kg: Ints, x: F64, kq: I32) -> None:
@@ -437,27 +464,101 @@ class Validator:
         first = np.flatnonzero(np.append(True, kg[1:] != kg[:-1]))
         size = np.diff(np.append(first, x.size))
         tags = kg[first]
-        gid = np.repeat(np.arange(tags.size), size)
         count0 = self._z_count[tags]
         total = count0 + size
-        nth = np.arange(x.size) + np.repeat(count0 - first + 1, size)
         lam_pow = (1.0 - self._alpha) ** np.arange(int(size.max()) + 1, dtype=np.float64)
-        warm, cap = self._warmup, np.minimum(total, self._warmup)
+        warm = self._warmup
+        if int(count0.min()) >= warm:  # past the warm-up: plain exponential weights
+            from_end = np.repeat(first + size - 1, size) - np.arange(x.size)
+            wts = self._alpha * lam_pow[from_end]
+            old_w = lam_pow[size]
+        else:
+            nth = np.arange(x.size) + np.repeat(count0 - first + 1, size)
+            cap = np.minimum(total, warm)
 
-        def survive(n: I64, big_n: I64, c_big: I64) -> F64:
-            expo = np.maximum(0, big_n - np.maximum(n, warm))
-            out: F64 = np.minimum(n, warm) / c_big * lam_pow[expo]
-            return out
+            def survive(n: I64, big_n: I64, c_big: I64) -> F64:
+                expo = np.maximum(0, big_n - np.maximum(n, warm))
+                out: F64 = np.minimum(n, warm) / c_big * lam_pow[expo]
+                return out
 
-        wts = np.maximum(self._alpha, 1.0 / nth) * survive(nth, total[gid], cap[gid])
-        old_w = survive(count0, total, cap)  # 0 for a tag's first values
+            wts = np.maximum(self._alpha, 1.0 / nth) * survive(
+                nth, np.repeat(total, size), np.repeat(cap, size))
+            old_w = survive(count0, total, cap)  # 0 for a tag's first values
         m0, v0 = self._z_mean[tags], self._z_var[tags]
-        mean = old_w * m0 + np.bincount(gid, wts * x, tags.size)
-        dev = x - mean[gid]
-        var = old_w * (v0 + (m0 - mean) ** 2) + np.bincount(gid, wts * dev * dev, tags.size)
+        mean = old_w * m0 + np.add.reduceat(wts * x, first)
+        dev = x - np.repeat(mean, size)
+        var = old_w * (v0 + (m0 - mean) ** 2) + np.add.reduceat(wts * dev * dev, first)
         self._z_mean[tags] = mean
         self._z_var[tags] = var
         self._z_count[tags] = total
+
+
+@dataclass
+class _Segment:
+    keys: I64  # packed (rule index, time mod 2**40), sorted
+    times: I64
+    tags: Ints  # rule indices present
+    newest: I64  # per tag: its newest time here
+
+    @classmethod
+    def of(cls, keys: I64, times: I64) -> _Segment:
+        tag = keys >> _TIME_BITS
+        first = np.flatnonzero(np.append(True, tag[1:] != tag[:-1]))
+        return cls(keys, times, tag[first].astype(np.intp), np.maximum.reduceat(times, first))
+
+
+class _DuplicateMemory:
+    """Written (tag, source time) pairs within the window, as sorted segments, oldest first.
+
+    Each commit adds a segment, and a segment whose keys have all expired is dropped whole: in a
+    steady stream that is all the forgetting there is, and nothing is re-sorted. Past 16
+    segments (small flushes) the adjacent pair with the fewest keys merges, dropping expired
+    keys, so the search for a resent row stays short.
+    """
+
+    MAX_SEGMENTS = 16
+
+    def __init__(self) -> None:
+        self.segments: list[_Segment] = []
+
+    def holds(self, keys: I64, times: I64) -> Bools:
+        found = np.zeros(keys.size, bool)
+        for s in self.segments:
+            at = np.minimum(np.searchsorted(s.keys, keys), s.keys.size - 1)
+            found |= (s.keys[at] == keys) & (s.times[at] == times)
+        return found
+
+    def add(self, keys: I64, times: I64, horizon: I64) -> None:
+        if keys.size:
+            self.segments.append(_Segment.of(keys, times))
+        self.segments = [s for s in self.segments if bool(np.any(s.newest >= horizon[s.tags]))]
+        while len(self.segments) > self.MAX_SEGMENTS:
+            sizes = np.array([s.keys.size for s in self.segments])
+            self.merge(int(np.argmin(sizes[1:] + sizes[:-1])), horizon, 2)
+
+    def merge(self, at: int, horizon: I64, count: int | None = None) -> None:
+        """Merge ``count`` segments from ``at`` (or all from there), dropping expired keys."""
+        end = len(self.segments) if count is None else at + count
+        parts = self.segments[at:end]
+        if not parts:
+            return
+        keys = np.concatenate([s.keys for s in parts])
+        times = np.concatenate([s.times for s in parts])
+        alive = times >= horizon[keys >> _TIME_BITS]
+        keys, times = keys[alive], times[alive]
+        o = np.argsort(keys, kind="stable")  # timsort: a merge of sorted runs
+        self.segments[at:end] = [_Segment.of(keys[o], times[o])] if keys.size else []
+
+    def reindex(self, remap: Ints) -> None:
+        """Follow a rules change: old rule index -> new one (monotone), or -1 when removed."""
+        kept = []
+        for s in self.segments:
+            new_idx = remap[s.keys >> _TIME_BITS]
+            alive = new_idx >= 0
+            if alive.any():
+                keys = (new_idx[alive] << _TIME_BITS) | (s.keys[alive] & _TIME_MASK)
+                kept.append(_Segment.of(keys, s.times[alive]))
+        self.segments = kept
 
 
 _S = TypeVar("_S", bound=np.generic)

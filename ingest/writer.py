@@ -42,6 +42,7 @@ COLUMNS = ["time", "tag_id", "value", "quality"]
 GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
 # asyncpg's connection-level failures: the database went away or refused us for now.
 _TRANSIENT = (
+    StorageUnavailable,
     OSError,
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -346,7 +347,12 @@ class TenantWriter:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self._dsn, timeout=10)
+            try:
+                self._conn = await asyncpg.connect(self._dsn, timeout=10)
+            except Exception as e:
+                # Whatever stops us connecting (server down, database not accepting
+                # connections, auth being reset) is the database being away, not the batch.
+                raise StorageUnavailable(f"cannot connect: {type(e).__name__}: {e}") from e
         return self._conn
 
     # -- one transaction -------------------------------------------------------------------------

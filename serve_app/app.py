@@ -17,12 +17,13 @@ from fastapi.responses import JSONResponse
 from ingest.config import Settings
 from ingest.errors import (
     AuthError, ConnectionNotFound, Forbidden, IngestError, InvalidRegistration,
-    StorageUnavailable, TenantExists, TenantNotFound, TenantUnavailable,
+    StorageUnavailable, TagNotFound, TenantExists, TenantNotFound, TenantUnavailable,
 )
 from ingest.master import MasterStore, Principal
 from ingest.models import Tenant, TenantStatus
 from ingest.registration import (
-    ApiKeyCreate, ConnectionCreate, TagsCreate, TenantCreate, TenantStatusUpdate,
+    ApiKeyCreate, ConnectionCreate, ConnectionUpdate, TagsCreate, TagUpdate, TenantCreate,
+    TenantStatusUpdate,
 )
 from ingest.tenant_store import TenantStore
 
@@ -88,7 +89,7 @@ def state() -> ApiState:
 
 
 _STATUS = {
-    AuthError: 401, Forbidden: 403, TenantNotFound: 404, ConnectionNotFound: 404,
+    AuthError: 401, Forbidden: 403, TenantNotFound: 404, ConnectionNotFound: 404, TagNotFound: 404,
     TenantExists: 409, InvalidRegistration: 422, TenantUnavailable: 503, StorageUnavailable: 503,
 }
 
@@ -232,6 +233,36 @@ async def delete_connection(tenant: str, connection_id: str, caller: Caller) -> 
     await (await state().store(t)).delete_connection(_uuid(connection_id))
     await (await state().master()).audit(caller.key_id, t.id, "connection.delete",
                                          {"id": connection_id})
+    state().notify_coordinator()
+
+
+@app.patch("/v1/tenants/{tenant}/connections/{connection_id}", tags=["connections"])
+async def update_connection(
+    tenant: str, connection_id: str, body: ConnectionUpdate, caller: Caller
+) -> dict[str, Any]:
+    """Change a connection; only its own session restarts, within seconds."""
+    t = await tenant_for(tenant, caller, "admin")
+    out = await (await state().store(t)).update_connection(_uuid(connection_id), body)
+    await (await state().master()).audit(caller.key_id, t.id, "connection.update",
+                                         {"id": connection_id,
+                                          "fields": sorted(body.model_fields_set)})
+    state().notify_coordinator()
+    return out
+
+
+@app.patch("/v1/tenants/{tenant}/tags/{tag_id}", tags=["connections"])
+async def update_tag(tenant: str, tag_id: int, body: TagUpdate, caller: Caller) -> dict[str, Any]:
+    t = await tenant_for(tenant, caller, "admin")
+    out = await (await state().store(t)).update_tag(tag_id, body)
+    state().notify_coordinator()
+    return out
+
+
+@app.delete("/v1/tenants/{tenant}/tags/{tag_id}", status_code=204, tags=["connections"])
+async def delete_tag(tenant: str, tag_id: int, caller: Caller) -> None:
+    t = await tenant_for(tenant, caller, "admin")
+    await (await state().store(t)).delete_tag(tag_id)
+    await (await state().master()).audit(caller.key_id, t.id, "tag.delete", {"tag_id": tag_id})
     state().notify_coordinator()
 
 

@@ -19,6 +19,14 @@ import pytest
 
 from ingest.config import REPO_ROOT, Settings
 
+# Tests run Ray the way production does: token authentication on. Ray reads the mode when it is
+# first imported, so it is set here, before any test module imports ray.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+if not (Path.home() / ".ray" / "auth_token").exists():
+    from ray._private.authentication.authentication_token_setup import generate_and_save_token
+
+    generate_and_save_token()
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -31,7 +39,7 @@ def settings() -> Settings:
     local = Path(os.environ.get("SCADA_TEST_LOCAL_DIR", REPO_ROOT / ".local" / "test"))
     return Settings(
         local_dir=local, pg_port=55442, redis_port=56389, namespace="scada-test",
-        http_port=free_port(), conn_actors=2, reconcile_interval_s=1.0,
+        http_port=free_port(), reconcile_interval_s=1.0,
     ).with_local_secrets()
 
 
@@ -47,14 +55,30 @@ def stack(settings: Settings) -> Iterator[Settings]:
         stop_local(settings)
 
 
-@pytest.fixture(scope="session")
-def ray_instance(stack: Settings) -> Iterator[None]:
-    import ray
+# Node failure is noticed by Ray's health checks; the defaults take ~15 s. The failover tests
+# need the coordinator's own probe to decide, so the cluster checks fast too.
+FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
+               "health_check_failure_threshold": 3}
 
-    ray.init(address="local", namespace=stack.namespace, num_cpus=4, include_dashboard=False,
-             log_to_driver=False, logging_level="WARNING")
-    yield
+
+@pytest.fixture(scope="session")
+def ray_cluster(stack: Settings) -> Iterator[Any]:
+    """A real multi-node-capable Ray cluster on this machine: a head now, workers on demand."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 4, "include_dashboard": False, "_system_config": FAST_HEALTH})
+    ray.init(address=cluster.address, namespace=stack.namespace, log_to_driver=False,
+             logging_level="WARNING")
+    yield cluster
     ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_instance(ray_cluster: Any) -> None:
+    return None
 
 
 @pytest.fixture(scope="session")

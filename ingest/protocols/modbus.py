@@ -258,11 +258,15 @@ class ModbusSession:
         interval = self._interval_s
         t0 = loop.time()
         k = 0
-        while True:
+        # The flag, not only the cancellation stop() sends: on Python 3.11 a cancellation that
+        # arrives as pymodbus' wait_for() completes is swallowed (fixed in 3.12).
+        while not self._stop.is_set():
             delay = t0 + k * interval - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             await self._tick()
+            if self._stop.is_set():
+                return
             k += 1
             now = loop.time()
             # Ticks that fell due while this one ran (a slow connect, timeouts) are recorded as
@@ -276,6 +280,8 @@ class ModbusSession:
         loop = asyncio.get_running_loop()
         if self._client is None and loop.time() >= self._reconnect_at:
             await self._connect()
+        if self._stop.is_set():
+            return
         client = self._client
         if client is None:
             self._record_missed(_now_us())
@@ -362,6 +368,8 @@ class ModbusSession:
         silent_units: set[int] = set()
         try:
             for i, req in enumerate(self._requests):
+                if self._stop.is_set():
+                    break
                 n = len(req.points)
                 q = _GOOD
                 if req.unit in silent_units or not client.connected:

@@ -1,17 +1,23 @@
-"""One OPC UA device session: connect, subscribe, hand over values in columns, reconnect.
+"""One OPC UA device session: connect, subscribe, hand over values in columns, recover.
 
-asyncua stays behind this module: callers see ``OpcUaTag``, numpy columns and ``ingest.errors``.
+asyncua stays behind this package: callers see ``OpcUaTag``, ``OpcUaSecurity``, numpy columns
+and ``ingest.errors``. The module reads top to bottom in the order a connection lives:
+connect (``opcua_security``) -> session (new or re-activated) -> subscription (kept, transferred
+or re-created, ``opcua_service``) -> publish loop -> values (``opcua_values``) -> callbacks.
 
-Zero loss rests on three choices (see ``ingest/simulators/opcua_sim.py`` for what asyncua's server
-does with queued values):
+Zero loss rests on these choices:
 - every monitored item asks for a FIFO queue (``queue_size``, DiscardOldest) and sampling
-  interval 0, so a server keeps each change between two publish responses instead of only the last;
-- the DataChangeFilter trigger is StatusValueTimestamp, so a repeated value with a new source
-  timestamp is still a reading (the default trigger StatusValue would hide it); items on servers
-  that refuse the filter fall back to the default trigger;
-- values are taken from each publish response as a whole (one ``on_values`` call per
-  DataChangeNotification), inside asyncua's publish loop, before the next PublishRequest (and so
-  the acknowledgement) is sent.
+  interval 0, and the DataChangeFilter trigger StatusValueTimestamp, so each change between two
+  publish responses is kept, and a repeated value with a new source timestamp is a reading;
+- the session runs its own publish loop: each response is handed over whole before the next
+  PublishRequest, which carries its acknowledgement; sequence numbers are checked, and a
+  missing NotificationMessage is fetched with Republish from the server's retransmission queue;
+- a short interruption (socket dropped, server still holds the session) re-activates the same
+  session on a new channel (Part 4 6.7), so the subscription and its queued values carry on; if
+  the session is gone but the server did not restart, TransferSubscriptions is tried;
+- when the subscription is gone (server restart, long outage) it is re-created, and for each tag
+  the interval between its last value and its first new one is read back with HistoryRead if
+  the node keeps history, else reported through ``on_gap`` (never silently dropped).
 """
 
 from __future__ import annotations
@@ -19,42 +25,71 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.client.ua_client import UaClientState
-from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
-from ingest.errors import ConfigError, DeviceProtocolError, DeviceUnreachable, IngestError
-from ingest.models import SecurityMode, SecurityPolicy
+from ingest.errors import DeviceProtocolError, DeviceUnreachable, IngestError
+from ingest.protocols import opcua_service as svc
+from ingest.protocols.opcua_security import (
+    DEFAULT_PKI_DIR,
+    OpcUaSecurity,
+    PkiStore,
+    configure_client,
+)
+from ingest.protocols.opcua_values import (
+    GapFind,
+    GapTracker,
+    Readings,
+    decode_history,
+    decode_notifications,
+    from_us,
+    now_us,
+)
 
-__all__ = ["OnState", "OnValues", "OpcUaSecurity", "OpcUaSession", "OpcUaTag", "SessionState"]
+__all__ = [
+    "OnGap",
+    "OnState",
+    "OnText",
+    "OnValues",
+    "OpcUaSecurity",
+    "OpcUaSession",
+    "OpcUaTag",
+    "SessionState",
+]
 
 _log = logging.getLogger(__name__)
 
-OnValues = Callable[
-    [npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int32]],
-    None,
-]
-"""``(tag_ids, source_time_us, values, quality)``: one call per publish response.
+I32 = npt.NDArray[np.int32]
+I64 = npt.NDArray[np.int64]
+
+OnValues = Callable[[I32, I64, npt.NDArray[np.float64], I32], None]
+"""``(tag_ids, source_time_us, values, quality)``: numbers (bool and int as float).
 
 source_time_us is microseconds since the Unix epoch (UTC); quality is the OPC UA StatusCode with
 its 32 bits stored signed (0 = Good, Bad codes are negative). Called on the event loop inside the
 publish loop: keep it short (append to a batch), never block.
 """
+
+OnText = Callable[[I32, I64, list[str], I32], None]
+"""``(tag_ids, source_time_us, texts, quality)``: string values, when the caller takes them."""
+
+OnGap = Callable[[I32, I64, I64], None]
+"""``(tag_ids, from_time_us, to_time_us)``: readings of each tag between its last value seen
+(``from``) and its first value after recovery (``to``), both exclusive, are lost."""
 
 OnState = Callable[[str, str | None], None]
 """``(state, error)``; state is a ``SessionState`` value, error the reason for a disconnect."""
@@ -68,35 +103,34 @@ class SessionState(StrEnum):
 
 @dataclass(frozen=True)
 class OpcUaTag:
+    """One tag to monitor. Unset settings take the session's defaults."""
+
     tag_id: int
     node_id: str  # e.g. "ns=2;s=W001.T001"
+    sampling_interval_ms: float | None = None
+    queue_size: int | None = None
+    discard_oldest: bool = True
+    deadband_type: Literal["absolute", "percent"] | None = None
+    deadband_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.sampling_interval_ms is not None and self.sampling_interval_ms < 0:
+            raise ValueError(f"tag {self.tag_id}: sampling_interval_ms must be >= 0")
+        if self.queue_size is not None and self.queue_size < 1:
+            raise ValueError(f"tag {self.tag_id}: queue_size must be >= 1")
+        if self.deadband_type not in (None, "absolute", "percent"):
+            raise ValueError(f"tag {self.tag_id}: deadband_type must be absolute, percent or None")
+        if self.deadband_value < 0 or (self.deadband_value and self.deadband_type is None):
+            raise ValueError(f"tag {self.tag_id}: deadband_value needs a deadband_type, >= 0")
 
 
-@dataclass(frozen=True)
-class OpcUaSecurity:
-    """How the session secures its channel. Only mode None is implemented so far.
-
-    Sign / SignAndEncrypt will add the client certificate and key, the server trust list and an
-    auto-accept flag here, and apply them in ``_apply_security`` before ``connect``.
-    """
-
-    mode: SecurityMode = SecurityMode.NONE
-    policy: SecurityPolicy = SecurityPolicy.NONE
-
-
-# Spec limits we apply whatever the server says.
-_MAX_ITEMS_PER_CALL = 1000
-_MIN_STALL_TIMEOUT_S = 5.0
 _KEEPALIVE_EVERY_S = 1.0  # ask for a keep-alive at least this often when nothing changes
 _LIFETIME_S = 60.0  # server drops our subscription after this long without a PublishRequest
-_SESSION_TIMEOUT_MS = 60_000
+_SESSION_TIMEOUT_MS = 60_000  # ... and our session: the window in which a resume is possible
+_MIN_STALL_TIMEOUT_S = 5.0
 _REQUEST_TIMEOUT_S = 10.0
 _DISCONNECT_TIMEOUT_S = 3.0
-
-_GOOD = 0
-_BAD = 0x80000000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
+_MAX_ITEMS_PER_CALL = svc.MAX_ITEMS_PER_CALL
 
 # Server answers that mean "the device or the path to it is down", as opposed to "you asked for
 # something it will not do"; the first are DeviceUnreachable, the rest DeviceProtocolError.
@@ -123,11 +157,11 @@ _UNREACHABLE_CODES = frozenset(
         "BadTooManyPublishRequests",
     )
 )
-_FILTER_REFUSED_CODES = frozenset(
+_IDENTITY_CODES = frozenset(
     (
-        StatusCodes.BadFilterNotAllowed,
-        StatusCodes.BadMonitoredItemFilterUnsupported,
-        StatusCodes.BadMonitoredItemFilterInvalid,
+        StatusCodes.BadUserAccessDenied,
+        StatusCodes.BadIdentityTokenInvalid,
+        StatusCodes.BadIdentityTokenRejected,
     )
 )
 
@@ -146,7 +180,7 @@ def _translate(exc: BaseException) -> IngestError:
         code = getattr(exc, "code", None)
         cls = DeviceUnreachable if code in _UNREACHABLE_CODES else DeviceProtocolError
         return cls(f"server answered {exc}")
-    if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError, EOFError)):
+    if isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError | EOFError):
         return DeviceUnreachable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     if isinstance(exc, UaError):
         return DeviceProtocolError(f"{type(exc).__name__}: {exc}")
@@ -169,6 +203,10 @@ class OpcUaSession:
         reconnect_max_s: float = 30.0,
         on_state: OnState | None = None,
         security: OpcUaSecurity | None = None,
+        pki_dir: Path = DEFAULT_PKI_DIR,
+        on_gap: OnGap | None = None,
+        on_text: OnText | None = None,
+        history_backfill: bool = True,
     ) -> None:
         if not endpoint.startswith("opc.tcp://"):
             raise ValueError(f"endpoint must start with opc.tcp://, got {endpoint!r}")
@@ -180,49 +218,84 @@ class OpcUaSession:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         if not 0 < reconnect_initial_s <= reconnect_max_s:
             raise ValueError("need 0 < reconnect_initial_s <= reconnect_max_s")
-        self._security = security or OpcUaSecurity()
-        if self._security.mode != SecurityMode.NONE:
-            raise ConfigError(f"OPC UA security mode {self._security.mode} is not supported yet")
         seen: set[int] = set()
-        node_ids: list[ua.NodeId] = []
-        for tag in tags:
+        self._items: list[svc.ItemSpec] = []
+        for handle, tag in enumerate(tags):
             if tag.tag_id in seen:
                 raise ValueError(f"tag_id {tag.tag_id} appears twice")
             if not -(2**31) <= tag.tag_id < 2**31:
                 raise ValueError(f"tag_id {tag.tag_id} does not fit int32")
             seen.add(tag.tag_id)
             try:
-                node_ids.append(ua.NodeId.from_string(tag.node_id))
+                node_id = ua.NodeId.from_string(tag.node_id)
             except Exception as exc:
                 raise ValueError(f"tag {tag.tag_id}: bad node id {tag.node_id!r}: {exc}") from None
+            # Client handle = position in the tag list, so mapping a notification to its tag is
+            # one numpy take over the whole publish response.
+            self._items.append(
+                svc.ItemSpec(
+                    handle=handle,
+                    node_id=node_id,
+                    sampling_interval_ms=float(
+                        sampling_interval_ms
+                        if tag.sampling_interval_ms is None
+                        else tag.sampling_interval_ms
+                    ),
+                    queue_size=queue_size if tag.queue_size is None else tag.queue_size,
+                    discard_oldest=tag.discard_oldest,
+                    deadband_type=tag.deadband_type,
+                    deadband_value=tag.deadband_value,
+                )
+            )
         self.endpoint = endpoint
         self._tags = tuple(tags)
-        self._node_ids = node_ids
-        # Client handle = position in self._tags, so mapping a notification to its tag is one
-        # numpy take over the whole publish response.
         self._tag_ids = np.array([t.tag_id for t in self._tags], dtype=np.int32)
         self._on_values = on_values
+        self._on_text = on_text
+        self._on_gap = on_gap
         self._on_state = on_state
+        self._security = security or OpcUaSecurity()
+        self._pki = PkiStore(pki_dir)
+        self._history_backfill = history_backfill
         self._publishing_interval_ms = publishing_interval_ms
-        self._sampling_interval_ms = sampling_interval_ms
-        self._queue_size = queue_size
         self._reconnect_initial_s = reconnect_initial_s
         self._reconnect_max_s = reconnect_max_s
 
         self._stop = asyncio.Event()
-        self._dead: str | None = None  # why the current connection is considered lost
         self._wake = asyncio.Event()
+        self._done = asyncio.Event()
         self._running = False
+        self._dead: str | None = None  # why the current connection is considered lost
         self._connected = False  # the current attempt got as far as a working subscription
         self._ever_connected = False
-        self._done = asyncio.Event()
         self._last_publish = 0.0
+        # What survives a connection: the asyncua client (it holds the session token and
+        # nonce a re-activation needs), the subscription, and per-tag gap bookkeeping.
+        self._client: Client | None = None
+        self._sub: svc.SubscriptionState | None = None
+        self._server_start: Any = None
+        self._gaps = GapTracker(len(self._tags))
+        self._historized: npt.NDArray[np.bool_] | None = None
+        self._progress = False  # a publish response arrived on this connection
+        self._kept = False  # this connection carried on an existing subscription
+        self._resume_ok = True
+        self._gap_warned = False
         self._stats: dict[str, Any] = {
             "state": SessionState.DISCONNECTED.value,
             "values_received": 0,
+            "text_values": 0,
             "publishes_received": 0,
             "bad_values": 0,
             "reconnects": 0,
+            "resumed": 0,  # reconnects that carried on the same subscription
+            "transferred": 0,
+            "resubscribed": 0,  # reconnects that had to create a new subscription
+            "republished": 0,  # NotificationMessages fetched again with Republish
+            "lost_messages": 0,  # NotificationMessages the server could no longer send
+            "gaps": 0,  # tag intervals reported through on_gap
+            "backfilled": 0,  # values read back with HistoryRead
+            "duplicates_dropped": 0,
+            "item_create_calls": 0,
             "failed_items": 0,
             "callback_errors": 0,
             "last_error": None,
@@ -267,12 +340,14 @@ class OpcUaSession:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
         finally:
+            if self._client is not None:
+                await self._close(self._client, end_session=True)
             self._set_state(SessionState.DISCONNECTED, None)
             self._running = False
             self._done.set()
 
     async def stop(self) -> None:
-        """Ask ``run()`` to disconnect and return; waits for it, so no ``on_values`` follows."""
+        """Ask ``run()`` to disconnect and return; waits for it, so no callback follows."""
         self._stop.set()
         self._wake.set()
         if self._running:
@@ -281,163 +356,157 @@ class OpcUaSession:
     # --- one connection -----------------------------------------------------------------------
 
     async def _connect_and_watch(self) -> None:
-        """Connect and subscribe, then watch until stop() (returns) or loss (raises)."""
+        """Connect, get a subscription, then watch until stop() (returns) or loss (raises)."""
         self._dead = None
         self._wake.clear()
-        client = Client(self.endpoint, timeout=_REQUEST_TIMEOUT_S, watchdog_intervall=5.0)
-        client.session_timeout = _SESSION_TIMEOUT_MS
-        client.connection_lost_callback = self._on_connection_lost
-        self._apply_security(client)
+        self._progress = self._kept = False
+        if self._client is None:
+            self._client = Client(self.endpoint, timeout=_REQUEST_TIMEOUT_S)
+            self._client.session_timeout = _SESSION_TIMEOUT_MS
+        client = self._client
+        tasks: list[asyncio.Task[None]] = []
         try:
-            await self._unless_stopped(client.connect())
-        except BaseException:
-            client.disconnect_socket()  # connect() cleans up after itself; this is belt and braces
-            raise
-        try:
-            per_call = await self._unless_stopped(self._max_items_per_call(client))
-            stall_timeout = await self._unless_stopped(self._subscribe(client, per_call))
+            resumed = await self._unless_stopped(self._open_session(client))
+            sub = await self._unless_stopped(self._subscription(client, resumed))
             if self._ever_connected:
                 self._stats["reconnects"] += 1
             self._connected = self._ever_connected = True
             self._set_state(SessionState.CONNECTED, None)
-            await self._watch(client, stall_timeout)
+            self._last_publish = time.monotonic()
+            tasks = [
+                asyncio.create_task(self._publish_loop(client, sub), name="opcua-publish"),
+                asyncio.create_task(self._renew_channel(client), name="opcua-renew"),
+            ]
+            for task in tasks:
+                task.add_done_callback(self._on_task_done)
+            await self._watch(client, max(sub.stall_timeout_s, _MIN_STALL_TIMEOUT_S))
         except Exception as exc:
             # Say so before the teardown, which can take a while on a wedged server.
             self._report_failure(exc)
             raise
         finally:
-            await self._close(client)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            # A resume that never got a publish response through is not tried twice in a row.
+            self._resume_ok = self._progress or not self._kept
+            if not self._stop.is_set():
+                # Only the transport: the server keeps our session (and subscription) for
+                # _SESSION_TIMEOUT_MS, so the next attempt can re-activate it.
+                client.disconnect_socket()
 
-    def _report_failure(self, exc: Exception) -> None:
-        if self._stats["state"] == SessionState.DISCONNECTED.value:
-            return  # already reported for this attempt
-        err = _translate(exc)
-        if not isinstance(exc, IngestError | OSError | UaError | TimeoutError):
-            _log.warning("opcua %s: unexpected error", self.endpoint, exc_info=exc)
-        self._stats["last_error"] = f"{type(err).__name__}: {err}"
-        self._set_state(SessionState.DISCONNECTED, self._stats["last_error"])
+    async def _open_session(self, client: Client) -> bool:
+        """Secure channel plus an activated session; True if it is the previous one, resumed."""
+        await configure_client(client, self._security, self._pki, self.endpoint)
+        await self._open_channel(client)
+        session = client.uaclient.session
+        resumed = False
+        if session.has_session:
+            session.rebind_authentication_token()
+            try:
+                await self._activate(client)
+                resumed = True
+            except UaStatusCodeError as exc:
+                _log.info("opcua %s: previous session not resumed (%s)", self.endpoint, exc)
+        if not resumed:
+            session.reset_authentication_token()
+            await client.create_session()
+            await self._activate(client)
+        start = await svc.server_start_time(client)
+        restarted = (
+            self._server_start is not None and start is not None and start != self._server_start
+        )
+        if resumed and restarted:
+            # asyncua servers number their session tokens from a counter that restarts with the
+            # process, so "our" token on a restarted server is someone else's session. Leave it
+            # alone (no CloseSession) and start a session of our own.
+            _log.warning("opcua %s: server restarted; not resuming the old session", self.endpoint)
+            client.disconnect_socket()
+            session.reset_authentication_token()
+            await self._open_channel(client)
+            await client.create_session()
+            await self._activate(client)
+            resumed = False
+        if restarted and self._sub is not None:
+            self._lose_subscription("server restarted")
+        if start is not None:
+            self._server_start = start
+        return resumed
 
-    def _apply_security(self, client: Client) -> None:
-        # Only None so far (checked in __init__). Sign / SignAndEncrypt go here:
-        # client.set_security(policy_class, cert, key, server_certificate=..., mode=...).
-        del client
-
-    async def _unless_stopped(self, aw: Awaitable[_T]) -> _T:
-        """Await ``aw`` but give up (raising _Stopped) as soon as stop() is called."""
-        task = asyncio.ensure_future(aw)
-        stopper = asyncio.ensure_future(self._stop.wait())
+    async def _open_channel(self, client: Client) -> None:
+        await client.connect_socket()
         try:
-            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()
+            await client.send_hello()
+            await client.open_secure_channel()
+        except BaseException:
+            client.disconnect_socket()
             raise
-        finally:
-            stopper.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            raise _Stopped()
-        return task.result()
 
-    async def _max_items_per_call(self, client: Client) -> int:
-        node = client.get_node(
-            ua.NodeId(
-                ua.Int32(
-                    ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall
-                )
-            )
-        )
+    async def _activate(self, client: Client) -> None:
         try:
-            value = await node.read_value()
-        except (UaError, TimeoutError):
-            return _MAX_ITEMS_PER_CALL  # the node is optional; 0 or absent means "no limit"
-        if isinstance(value, int) and value > 0:
-            return min(_MAX_ITEMS_PER_CALL, value)
-        return _MAX_ITEMS_PER_CALL
-
-    async def _subscribe(self, client: Client, per_call: int) -> float:
-        """Create the subscription and its items; return the stall timeout in seconds."""
-        interval = float(self._publishing_interval_ms)
-        keepalive = max(1, math.ceil(_KEEPALIVE_EVERY_S * 1000.0 / interval))
-        params = ua.CreateSubscriptionParameters(
-            RequestedPublishingInterval=interval,
-            RequestedLifetimeCount=max(3 * keepalive, math.ceil(_LIFETIME_S * 1000.0 / interval)),
-            RequestedMaxKeepAliveCount=keepalive,
-            MaxNotificationsPerPublish=0,  # 0 = no limit; the queues bound what piles up
-            PublishingEnabled=True,
-            Priority=0,
-        )
-        # The raw service (not asyncua's Subscription class) so that our callback gets each
-        # PublishResult whole, and so asyncua's own stale-subscription watchdog and reconnect
-        # logic (which would re-create it behind our back) leave it alone.
-        result = await client.uaclient.create_subscription(params, callback=self._on_publish)
-        self._last_publish = time.monotonic()
-        revised_interval_s = max(result.RevisedPublishingInterval, 1.0) / 1000.0
-        revised_keepalive = max(int(result.RevisedMaxKeepAliveCount), 1)
-        stall_timeout = max(3.0 * revised_interval_s * revised_keepalive, _MIN_STALL_TIMEOUT_S)
-        stall_timeout = float(stall_timeout)
-
-        pending = list(range(len(self._tags)))
-        for use_filter in (True, False):
-            refused: list[int] = []
-            for start in range(0, len(pending), per_call):
-                chunk = pending[start : start + per_call]
-                refused += await self._create_items(
-                    client, result.SubscriptionId, chunk, use_filter
+            await client.activate_session(
+                username=self._security.username,
+                password=self._security.password,
+                certificate=client.user_certificate,
+            )
+        except UaStatusCodeError as exc:
+            if exc.code in _IDENTITY_CODES:
+                who = (
+                    f"user {self._security.username!r}"
+                    if self._security.username
+                    else ("the user certificate" if client.user_certificate else "anonymous")
                 )
-            if not refused:
-                break
-            pending = refused
-        return stall_timeout
+                raise DeviceProtocolError(
+                    f"{self.endpoint}: server refused the identity ({who}): {exc}"
+                ) from None
+            raise
 
-    async def _create_items(
-        self, client: Client, subscription_id: int, handles: list[int], use_filter: bool
-    ) -> list[int]:
-        """Create monitored items; return handles whose filter the server refused."""
-        flt = None
-        if use_filter:
-            flt = ua.DataChangeFilter(
-                Trigger=ua.DataChangeTrigger.StatusValueTimestamp,
-                DeadbandType=ua.DeadbandType.None_,
-            )
-        requests = []
-        for h in handles:
-            mparams = ua.MonitoringParameters(
-                ClientHandle=h,
-                SamplingInterval=float(self._sampling_interval_ms),
-                QueueSize=self._queue_size,
-                DiscardOldest=True,
-                Filter=flt,
-            )
-            requests.append(
-                ua.MonitoredItemCreateRequest(
-                    ItemToMonitor=ua.ReadValueId(
-                        NodeId=self._node_ids[h], AttributeId=AttributeIds.Value
-                    ),
-                    MonitoringMode=ua.MonitoringMode.Reporting,
-                    RequestedParameters=mparams,
-                )
-            )
-        params = ua.CreateMonitoredItemsParameters(
-            SubscriptionId=subscription_id,
-            TimestampsToReturn=ua.TimestampsToReturn.Both,
-            ItemsToCreate=requests,
+    def _lose_subscription(self, why: str) -> None:
+        """The subscription is gone: values it still held may be lost; find out per tag."""
+        _log.info("opcua %s: subscription lost (%s); re-creating", self.endpoint, why)
+        self._gaps.open_all()
+        self._sub = None
+
+    async def _subscription(self, client: Client, resumed: bool) -> svc.SubscriptionState:
+        """Carry on the subscription we had if the server still has it, else create one."""
+        old = self._sub
+        if old is not None:
+            kept = False
+            if resumed and self._resume_ok:
+                with contextlib.suppress(UaStatusCodeError):
+                    kept = await svc.subscription_alive(client, old.id)
+                self._stats["resumed"] += kept
+            elif resumed:
+                with contextlib.suppress(UaError):  # do not leave it queueing for nobody
+                    await client.uaclient.delete_subscriptions([old.id])
+            elif self._resume_ok:
+                with contextlib.suppress(UaStatusCodeError):
+                    kept = await svc.transfer_subscription(client, old.id)
+                self._stats["transferred"] += kept
+            if kept:
+                self._kept = True
+                return old
+            self._lose_subscription("not on the server any more")
+        per_call = await svc.operation_limit(
+            client,
+            ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+            _MAX_ITEMS_PER_CALL,
         )
-        results = await client.uaclient.create_monitored_items(params)
-        refused: list[int] = []
-        failed: list[tuple[int, int]] = []
-        for h, res in zip(handles, results, strict=True):
-            code = res.StatusCode.value
-            if res.StatusCode.is_good():
-                continue
-            if use_filter and code in _FILTER_REFUSED_CODES:
-                refused.append(h)
-            else:
-                failed.append((h, code))
+        sub = await svc.create_subscription(
+            client, float(self._publishing_interval_ms), _KEEPALIVE_EVERY_S, _LIFETIME_S
+        )
+        self._sub = sub
+        self._historized = None  # the server may have changed what it keeps
+        self._gaps.mark_subscribed(np.arange(len(self._items), dtype=np.int64), now_us())
+        failed, calls = await svc.create_items(client, sub.id, self._items, per_call)
+        self._stats["item_create_calls"] += calls
+        if old is not None:
+            self._stats["resubscribed"] += 1
         if failed:
             self._report_failed_items(failed)
-        return refused
+        return sub
 
     def _report_failed_items(self, failed: list[tuple[int, int]]) -> None:
         # A tag the server will not monitor (unknown node, access denied) becomes one visible
@@ -451,11 +520,12 @@ class OpcUaSession:
                 self._tags[h].node_id,
                 ua.StatusCode(ua.UInt32(code)),
             )
-        now_us = (datetime.now(UTC) - _EPOCH) // _ONE_US
         n = len(failed)
-        self._emit(
-            self._tag_ids[np.fromiter((h for h, _ in failed), dtype=np.int64, count=n)],
-            np.full(n, now_us, dtype=np.int64),
+        handles = np.fromiter((h for h, _ in failed), dtype=np.int64, count=n)
+        self._gaps.close(handles)
+        self._emit_values(
+            self._tag_ids[handles],
+            np.full(n, now_us(), dtype=np.int64),
             np.full(n, np.nan, dtype=np.float64),
             np.fromiter((c for _, c in failed), dtype=np.uint32, count=n).view(np.int32),
         )
@@ -479,107 +549,262 @@ class OpcUaSession:
                 self._dead = f"no publish response or keep-alive for {silent:.1f} s"
                 raise DeviceUnreachable(self._dead)
 
-    async def _close(self, client: Client) -> None:
-        # Closing the session also deletes its subscription on the server. On a dead transport
-        # asyncua skips the requests; on a wedged one the timeout cuts it short.
-        try:
-            await asyncio.wait_for(client.disconnect(), timeout=_DISCONNECT_TIMEOUT_S)
-        except Exception as exc:  # teardown is best effort
-            _log.debug("opcua %s: disconnect failed: %r", self.endpoint, exc)
-            with contextlib.suppress(Exception):
-                client.disconnect_socket()
+    async def _renew_channel(self, client: Client) -> None:
+        # Part 4 5.5.2.1: ask for a new security token after 75 % of its lifetime.
+        while True:
+            await asyncio.sleep(client.secure_channel_timeout * 0.75 / 1000.0)
+            await client.open_secure_channel(renew=True)
+            client.uaclient.revolve_security_token()
 
-    # --- asyncua callbacks (run on the event loop, inside asyncua's loops) ----------------------
-
-    async def _on_connection_lost(self, exc: Exception) -> None:
-        self._mark_dead(f"connection lost: {exc!r}")
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            err = _translate(exc)
+            self._mark_dead(f"{task.get_name()}: {type(err).__name__}: {err}")
 
     def _mark_dead(self, reason: str) -> None:
         if self._dead is None:
             self._dead = reason
         self._wake.set()
 
-    def _on_publish(self, result: ua.PublishResult) -> None:
-        self._last_publish = time.monotonic()
-        self._stats["publishes_received"] += 1
-        for notif in result.NotificationMessage.NotificationData or ():
-            if isinstance(notif, ua.DataChangeNotification):
-                if notif.MonitoredItems:
-                    self._deliver(notif.MonitoredItems)
-            elif isinstance(notif, ua.StatusChangeNotification):
-                status = notif.Status
-                if status is not None and not status.is_good():
-                    # BadTimeout: the server dropped the subscription; BadShutdown: asyncua saw
-                    # the transport go. Either way the subscription is gone: start over.
-                    self._mark_dead(f"subscription status {status}")
+    async def _close(self, client: Client, *, end_session: bool) -> None:
+        # Closing the session also deletes its subscription on the server. On a dead transport
+        # asyncua skips the requests; on a wedged one the timeout cuts it short.
+        try:
+            if end_session and client.uaclient.state is UaClientState.CONNECTED:
+                await asyncio.wait_for(client.disconnect(), timeout=_DISCONNECT_TIMEOUT_S)
+        except Exception as exc:  # teardown is best effort
+            _log.debug("opcua %s: disconnect failed: %r", self.endpoint, exc)
+        with contextlib.suppress(Exception):
+            client.disconnect_socket()
 
-    def _deliver(self, items: Sequence[ua.MonitoredItemNotification]) -> None:
-        n = len(items)
-        handles = np.empty(n, dtype=np.int64)
-        times = np.empty(n, dtype=np.int64)
-        values = np.empty(n, dtype=np.float64)
-        quality = np.empty(n, dtype=np.uint32)
-        now_us: int | None = None
-        bad = 0
-        for i, item in enumerate(items):
-            handles[i] = item.ClientHandle
-            dv = item.Value
-            if dv is None:
-                code, raw, ts = _BAD, None, None
+    def _report_failure(self, exc: Exception) -> None:
+        if self._stats["state"] == SessionState.DISCONNECTED.value:
+            return  # already reported for this attempt
+        err = _translate(exc)
+        if not isinstance(exc, IngestError | OSError | UaError | TimeoutError):
+            _log.warning("opcua %s: unexpected error", self.endpoint, exc_info=exc)
+        self._stats["last_error"] = f"{type(err).__name__}: {err}"
+        self._set_state(SessionState.DISCONNECTED, self._stats["last_error"])
+
+    async def _unless_stopped(self, aw: Awaitable[_T]) -> _T:
+        """Await ``aw`` but give up (raising _Stopped) as soon as stop() is called."""
+        task = asyncio.ensure_future(aw)
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise _Stopped()
+        return task.result()
+
+    # --- the publish loop -----------------------------------------------------------------------
+
+    async def _publish_loop(self, client: Client, sub: svc.SubscriptionState) -> None:
+        """One PublishRequest at a time; each carries the acknowledgements of what was handled."""
+        while True:
+            acks = sorted(sub.unacked)
+            try:
+                response = await client.uaclient.publish(
+                    [
+                        ua.SubscriptionAcknowledgement(SubscriptionId=sub.id, SequenceNumber=s)
+                        for s in acks
+                    ]
+                )
+            except UaStatusCodeError as exc:
+                if exc.code in (StatusCodes.BadTimeout, StatusCodes.BadTooManyPublishRequests):
+                    continue  # the server let this request go; send another
+                raise
+            sub.unacked.difference_update(acks)
+            self._last_publish = time.monotonic()
+            self._stats["publishes_received"] += 1
+            result = response.Parameters
+            if result.SubscriptionId == 0:
+                raise DeviceUnreachable("server reports no subscription for this session")
+            if result.SubscriptionId != sub.id:
+                _log.debug(
+                    "opcua %s: response for subscription %s", self.endpoint, result.SubscriptionId
+                )
+                continue
+            self._progress = True
+            await self._handle(client, sub, result)
+
+    async def _handle(
+        self, client: Client, sub: svc.SubscriptionState, result: ua.PublishResult
+    ) -> None:
+        """Check the sequence number, fetch what is missing, then hand everything over.
+
+        Everything that waits on the server (Republish, HistoryRead) happens first; delivery and
+        bookkeeping follow without a pause, so a cancelled task never half-delivers a message.
+        """
+        msg = result.NotificationMessage
+        seq = int(msg.SequenceNumber)
+        has_data = bool(msg.NotificationData)
+        expected = sub.next_seq
+        if has_data and seq < expected:
+            sub.unacked.add(seq)  # already handled (it came again after a Republish)
+            return
+        # A keep-alive carries the next sequence number, a message its own; both show a gap.
+        missing = range(expected, seq) if seq > expected else range(0)
+        messages: list[tuple[int, ua.NotificationMessage]] = []
+        lost = 0
+        available = set(result.AvailableSequenceNumbers or ())
+        for m in missing:
+            again: ua.NotificationMessage | None = None
+            if m in available:
+                with contextlib.suppress(UaStatusCodeError):  # BadMessageNotAvailable
+                    again = await client.uaclient.session.republish(sub.id, m)
+                self._last_publish = time.monotonic()
+            if again is not None and again.NotificationData:
+                messages.append((m, again))
             else:
-                code = dv.StatusCode.value if dv.StatusCode is not None else _GOOD
-                raw = dv.Value.Value if dv.Value is not None else None
-                ts = dv.SourceTimestamp or dv.ServerTimestamp
-            if type(raw) is float:
-                values[i] = raw
-            elif isinstance(raw, int | float):  # bool and int included; stored as float8
-                values[i] = float(raw)
-            else:
-                # TODO: strings (and other non-numeric values) go to the text-valued hypertable;
-                # until that path exists they are a NaN reading marked Bad, not dropped. A value
-                # the server already marked Bad (often null) keeps the server's code.
-                values[i] = math.nan
-                if not code & _BAD:
-                    code = _BAD
-            if ts is None:
-                if now_us is None:
-                    now_us = (datetime.now(UTC) - _EPOCH) // _ONE_US
-                times[i] = now_us
-            else:
-                if ts.tzinfo is None:
-                    ts = ts.replace(tzinfo=UTC)
-                times[i] = (ts - _EPOCH) // _ONE_US
-            quality[i] = code
+                lost += 1
+        if has_data:
+            messages.append((seq, msg))
+        if lost:
+            _log.warning("opcua %s: %d notification messages lost", self.endpoint, lost)
+            self._stats["lost_messages"] += lost
+            self._gaps.open_all()
+        parts: list[Readings] = []
+        status_bad: ua.StatusCode | None = None
+        text = self._on_text is not None
+        for _, m_msg in messages:
+            for notif in m_msg.NotificationData or ():
+                if isinstance(notif, ua.DataChangeNotification) and notif.MonitoredItems:
+                    parts.append(decode_notifications(notif.MonitoredItems, text=text))
+                elif isinstance(notif, ua.StatusChangeNotification):
+                    if notif.Status is not None and not notif.Status.is_good():
+                        status_bad = notif.Status
+        readings = self._known(Readings.concat(parts))
+        found = self._gaps.find(readings)
+        backfill, gap_idx = await self._backfill(client, found)
+        # --- no awaits from here on ---
+        self._deliver(backfill)
+        self._report_gaps(found, gap_idx)
+        kept = readings.select(found.keep)
+        self._stats["duplicates_dropped"] += len(readings) - len(kept)
+        self._deliver(kept)
+        self._gaps.close(found.closing)
+        self._gaps.observe(backfill)
+        self._gaps.observe(kept)
+        sub.unacked.update(m for m, _ in messages)
+        self._stats["republished"] += len(messages) - int(has_data)
+        sub.next_seq = max(expected, seq + 1 if has_data else seq)
+        if status_bad is not None:
+            # BadTimeout: the server dropped the subscription. Start over (the next attempt
+            # finds it gone and re-creates it).
+            self._mark_dead(f"subscription status {status_bad}")
+
+    def _known(self, r: Readings) -> Readings:
+        known = (r.handles >= 0) & (r.handles < len(self._tags))
+        if known.all():
+            return r
+        _log.warning("opcua %s: %d values for unknown handles", self.endpoint, int((~known).sum()))
+        return r.select(known)
+
+    async def _backfill(self, client: Client, found: GapFind) -> tuple[Readings, I64]:
+        """History for gaps on nodes that keep it; returns (values, indices of gaps left)."""
+        left = np.arange(len(found.handles), dtype=np.int64)
+        if not len(left) or not self._history_backfill:
+            return Readings.empty(), left
+        try:
+            if self._historized is None:
+                readable = await svc.read_history_readable(
+                    client, [it.node_id for it in self._items]
+                )
+                self._historized = np.array(readable, dtype=np.bool_)
+            candidates = left[self._historized[found.handles]]
+            if not len(candidates):
+                return Readings.empty(), left
+            requests = [
+                (
+                    self._items[int(found.handles[i])].node_id,
+                    from_us(int(found.from_us[i])),
+                    from_us(int(found.to_us[i])),
+                )
+                for i in candidates
+            ]
+            results = await svc.history_read_raw(client, requests)
+        except UaStatusCodeError as exc:
+            _log.warning("opcua %s: history read failed (%s); reporting gaps", self.endpoint, exc)
+            return Readings.empty(), left
+        finally:
+            self._last_publish = time.monotonic()
+        parts: list[Readings] = []
+        done = np.zeros(len(left), dtype=np.bool_)
+        for i, (dvs, code) in zip(candidates.tolist(), results, strict=True):
             if code & 0x80000000:
-                bad += 1
-        known = (handles >= 0) & (handles < len(self._tags))
-        if not known.all():
-            _log.warning(
-                "opcua %s: %d values for unknown handles", self.endpoint, int((~known).sum())
-            )
-            handles, times, values, quality = (
-                handles[known],
-                times[known],
-                values[known],
-                quality[known],
-            )
-        self._stats["bad_values"] += bad
-        self._emit(self._tag_ids[handles], times, values, quality.view(np.int32))
+                continue
+            r = decode_history(int(found.handles[i]), dvs, text=self._on_text is not None)
+            inside = (r.times > found.from_us[i]) & (r.times < found.to_us[i])
+            parts.append(r.select(inside))
+            done[i] = True
+        backfill = Readings.concat(parts)
+        self._stats["backfilled"] += len(backfill)
+        return backfill, left[~done]
 
-    def _emit(
-        self,
-        tag_ids: npt.NDArray[np.int32],
-        times: npt.NDArray[np.int64],
-        values: npt.NDArray[np.float64],
-        quality: npt.NDArray[np.int32],
+    # --- handing over --------------------------------------------------------------------------
+
+    def _deliver(self, r: Readings) -> None:
+        if not len(r):
+            return
+        self._stats["bad_values"] += int((r.quality & 0x80000000 != 0).sum())
+        if r.is_text.any():
+            t = r.select(r.is_text)
+            r = r.select(~r.is_text)
+            self._emit_text(
+                self._tag_ids[t.handles],
+                t.times,
+                [s or "" for s in t.texts],
+                t.quality.view(np.int32),
+            )
+        if len(r):
+            self._emit_values(self._tag_ids[r.handles], r.times, r.values, r.quality.view(np.int32))
+
+    def _report_gaps(self, found: GapFind, idx: I64) -> None:
+        if not len(idx):
+            return
+        self._stats["gaps"] += len(idx)
+        tag_ids = self._tag_ids[found.handles[idx]]
+        if self._on_gap is None:
+            if not self._gap_warned:
+                _log.warning("opcua %s: readings lost and no on_gap consumer", self.endpoint)
+                self._gap_warned = True
+            return
+        try:
+            self._on_gap(tag_ids, found.from_us[idx], found.to_us[idx])
+        except Exception:
+            self._stats["callback_errors"] += 1
+            _log.exception("opcua %s: on_gap raised", self.endpoint)
+
+    def _emit_values(
+        self, tag_ids: I32, times: I64, values: npt.NDArray[np.float64], q: I32
     ) -> None:
         self._stats["values_received"] += int(tag_ids.shape[0])
         try:
-            self._on_values(tag_ids, times, values, quality)
+            self._on_values(tag_ids, times, values, q)
         except Exception:
             # The consumer failed on this chunk; count it loudly. Reconnecting would not help.
             self._stats["callback_errors"] += 1
             _log.exception("opcua %s: on_values raised", self.endpoint)
+
+    def _emit_text(self, tag_ids: I32, times: I64, texts: list[str], q: I32) -> None:
+        self._stats["text_values"] += len(texts)
+        assert self._on_text is not None
+        try:
+            self._on_text(tag_ids, times, texts, q)
+        except Exception:
+            self._stats["callback_errors"] += 1
+            _log.exception("opcua %s: on_text raised", self.endpoint)
 
     def _set_state(self, state: SessionState, error: str | None) -> None:
         if self._stats["state"] == state.value and error is None:

@@ -1,0 +1,254 @@
+"""The coordinator on a real multi-node Ray cluster (ray.cluster_utils.Cluster on this machine).
+
+Node loss, node join, coordinator restart, a tenant database going away, suspend and resume, and
+live edits, each with the simulators in counting mode and the real database.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import ray
+
+from actors.common import COORDINATOR_NAME
+from ingest.config import Settings
+from ingest.sharding import assign_connections
+from tests.conftest import TenantHandle
+from tests.helpers import SimProcess, counting_check_with_gaps, db_fetch, wait_for
+
+
+def coordinator(settings: Settings) -> Any:
+    return ray.get_actor(COORDINATOR_NAME, namespace=settings.namespace)
+
+
+def cluster_status(settings: Settings) -> dict[str, Any]:
+    st: dict[str, Any] = ray.get(coordinator(settings).status.remote(), timeout=60)
+    return st
+
+
+def placement(settings: Settings) -> dict[str, dict[str, Any]]:
+    """connection id -> {slot, node, state, started_at} as the actors report it."""
+    out: dict[str, dict[str, Any]] = {}
+    st = cluster_status(settings)
+    for node, info in st["nodes"].items():
+        for slot in info["actors"]:
+            a = st["actors"].get(slot, {})
+            for cid, c in a.get("connections", {}).items():
+                out[cid] = {"slot": slot, "node": node, "state": c["state"],
+                            "started_at": c["started_at"], "values": c.get("values_received", 0)}
+    return out
+
+
+def register_wells(t: TenantHandle, sim: SimProcess, wells: int) -> dict[str, dict[str, int]]:
+    """One connection per well of the simulator: connection id -> {node id: tag id}."""
+    out = {}
+    for w in range(1, wells + 1):
+        prefix = f"W{w:03d}."
+        body = sim.connection_body(f"well-{w}")
+        body["tags"] = [x for x in body["tags"] if x["node_id"].split(";s=")[-1].startswith(prefix)]
+        r = t.client.post(f"/v1/tenants/{t.slug}/connections", json=body)
+        assert r.status_code == 201, r.text
+        out[r.json()["id"]] = {x["node_id"]: x["tag_id"] for x in r.json()["tags"]}
+    return out
+
+
+def all_running(settings: Settings, conns: set[str]) -> dict[str, dict[str, Any]] | None:
+    p = placement(settings)
+    if conns <= p.keys() and all(p[c]["state"] == "connected" for c in conns):
+        return p
+    return None
+
+
+@pytest.fixture
+def sim() -> Any:
+    s = SimProcess(wells=6, tags=3, interval_ms=50)
+    yield s
+    s.kill()
+
+
+def test_node_loss_recovers_within_seconds_and_nothing_is_lost_silently(
+    ray_cluster: Any, stack: Settings, tenant: TenantHandle, sim: SimProcess
+) -> None:
+    workers = [ray_cluster.add_node(num_cpus=1, resources={"worker": 1}) for _ in range(2)]
+    ray_cluster.wait_for_nodes()
+    try:
+        conns = register_wells(tenant, sim, 6)
+        dsn = stack.dsn(tenant.db)
+        before = wait_for(lambda: all_running(stack, set(conns)), 60, "connections running")
+        sim.resume()
+        time.sleep(3)
+        # The worker hosting the most connections dies without warning.
+        by_node: dict[str, int] = {}
+        for c in conns:
+            by_node[before[c]["node"]] = by_node.get(before[c]["node"], 0) + 1
+        victim = max((w for w in workers if w.node_id in by_node),
+                     key=lambda w: by_node[w.node_id], default=None)
+        assert victim is not None, "no worker node got connections"
+        moved = {c for c in conns if before[c]["node"] == victim.node_id}
+        t_kill = time.monotonic()
+        ray_cluster.remove_node(victim, allow_graceful=False)
+        after = wait_for(lambda: (p := all_running(stack, set(conns))) and all(
+            p[c]["node"] != victim.node_id for c in conns) and p, 60, "failover")
+        recovery_s = time.monotonic() - t_kill
+        print(f"recovery after node loss: {recovery_s:.1f} s for {len(moved)} connections")
+        assert recovery_s <= 10.0
+        # Connections that were not on the lost node were not restarted.
+        for c in set(conns) - moved:
+            assert after[c]["started_at"] == before[c]["started_at"]
+        time.sleep(2)
+        summary = sim.stop()
+        tag_ids = {n: t for m in conns.values() for n, t in m.items()}
+        wait_for(lambda: counting_check_with_gaps(dsn, tag_ids, summary["per_node"])["unaccounted"]
+                 == 0, 60, "every value stored or inside a recorded gap")
+        result = counting_check_with_gaps(dsn, tag_ids, summary["per_node"])
+        print(f"published {result['published']} stored {result['stored']} "
+              f"in recorded gaps {result['gap_values']} duplicates {result['duplicates']}")
+        assert result["unaccounted"] == 0 and result["duplicates"] == 0
+    finally:
+        for w in workers:
+            if w is not victim:
+                ray_cluster.remove_node(w)
+
+
+def test_node_join_moves_only_what_rendezvous_requires_and_coordinator_restart_moves_nothing(
+    ray_cluster: Any, stack: Settings, tenant: TenantHandle, sim: SimProcess
+) -> None:
+    conns = register_wells(tenant, sim, 6)
+    before = wait_for(lambda: all_running(stack, set(conns)), 60, "connections running")
+    slots_before = sorted({p["slot"] for p in cluster_status_slots(stack)})
+    new = ray_cluster.add_node(num_cpus=1)
+    ray_cluster.wait_for_nodes()
+    try:
+        after = wait_for(lambda: _after_join(stack, conns, new.node_id), 60,
+                         "slots on the new node")
+        slots_after = sorted(cluster_status(stack)["actors"])
+        new_slots = [s for s in slots_after if s not in slots_before]
+        assert new_slots, "the new node got no connection actor"
+        # What rendezvous hashing requires: exactly the connections whose best slot is new.
+        everyone = ray.get(coordinator(stack).assignment.remote())
+        required = {c for c in everyone if assign_connections({c: 1.0}, slots_after)[c]
+                    in new_slots}
+        moved = {c for c in conns if after[c]["slot"] != before[c]["slot"]}
+        assert moved == required & set(conns)
+        for c in set(conns) - moved:
+            assert after[c]["started_at"] == before[c]["started_at"]
+        # Kill the coordinator: Ray restarts it; it resumes without restarting any session.
+        ray.kill(coordinator(stack), no_restart=False)
+        # A fresh actor counts its passes from zero.
+        wait_for(lambda: 2 <= _passes(stack) < 10, 60, "restarted coordinator reconciling")
+        resumed = wait_for(lambda: all_running(stack, set(conns)), 60, "still running")
+        for c in conns:
+            assert resumed[c]["started_at"] == after[c]["started_at"], "a session restarted"
+    finally:
+        ray_cluster.remove_node(new)
+
+
+def _passes(stack: Settings) -> int:
+    try:
+        return int(cluster_status(stack)["passes"])
+    except Exception:
+        return 0
+
+
+def cluster_status_slots(stack: Settings) -> list[dict[str, Any]]:
+    return [{"slot": s} for s in cluster_status(stack)["actors"]]
+
+
+def _after_join(stack: Settings, conns: dict[str, Any], node_id: str) -> Any:
+    st = cluster_status(stack)
+    if node_id not in st["nodes"]:
+        return None
+    return all_running(stack, set(conns))
+
+
+def test_suspend_resume_and_live_edits(
+    admin: Any, stack: Settings, tenant: TenantHandle, sim: SimProcess
+) -> None:
+    conns = register_wells(tenant, sim, 3)
+    wait_for(lambda: all_running(stack, set(conns)), 60, "connections running")
+    sim.resume()
+    dsn = stack.dsn(tenant.db)
+
+    def rows() -> int:
+        return int(db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"])
+
+    # Suspend: every session of the tenant stops within seconds, and the count stands still.
+    r = admin.put(f"/v1/tenants/{tenant.slug}/status", json={"status": "SUSPENDED"})
+    assert r.status_code == 200
+    wait_for(lambda: not (set(conns) & placement(stack).keys()), 20, "sessions stopped")
+    time.sleep(1)
+    n = rows()
+    time.sleep(2)
+    assert rows() == n
+    r = admin.put(f"/v1/tenants/{tenant.slug}/status", json={"status": "ACTIVE"})
+    before = wait_for(lambda: all_running(stack, set(conns)), 30, "sessions resumed")
+    wait_for(lambda: rows() > n, 30, "readings flowing again")
+    # Edit one connection: only its session restarts.
+    ids = list(conns)
+    r = tenant.client.patch(f"/v1/tenants/{tenant.slug}/connections/{ids[0]}",
+                            json={"publishing_interval_ms": 200})
+    assert r.status_code == 200, r.text
+    after = wait_for(lambda: (p := all_running(stack, set(conns))) and
+                     p[ids[0]]["started_at"] != before[ids[0]]["started_at"] and p, 30, "edit")
+    for c in ids[1:]:
+        assert after[c]["started_at"] == before[c]["started_at"]
+    # Delete a tag of the second connection: it stops being read.
+    tag = next(iter(conns[ids[1]].values()))
+    assert tenant.client.delete(f"/v1/tenants/{tenant.slug}/tags/{tag}").status_code == 204
+    wait_for(lambda: (p := all_running(stack, set(conns))) and
+             p[ids[1]]["started_at"] != after[ids[1]]["started_at"], 30, "tag removal applied")
+    time.sleep(1)
+    last = db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings WHERE tag_id = $1", tag)[0]["n"]
+    time.sleep(2)
+    assert db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings WHERE tag_id = $1",
+                    tag)[0]["n"] == last
+    # Delete the third connection: it stops, the others keep going.
+    assert tenant.client.delete(
+        f"/v1/tenants/{tenant.slug}/connections/{ids[2]}").status_code == 204
+    wait_for(lambda: ids[2] not in placement(stack), 20, "connection removed")
+    assert all_running(stack, set(ids[:2]))
+
+
+def test_one_tenant_database_down_does_not_slow_the_other(
+    make_tenant: Any, stack: Settings
+) -> None:
+    a, b = make_tenant(), make_tenant()
+    sim_a, sim_b = SimProcess(2, 5, 20), SimProcess(2, 5, 20)
+    try:
+        conns_a = register_wells(a, sim_a, 2)
+        conns_b = register_wells(b, sim_b, 2)
+        wait_for(lambda: all_running(stack, set(conns_a) | set(conns_b)), 60, "running")
+        sim_a.resume()
+        sim_b.resume()
+        dsn_b = stack.dsn(b.db)
+
+        def rate_b(seconds: float) -> float:
+            n0 = db_fetch(dsn_b, "SELECT count(*) AS n FROM scada_readings")[0]["n"]
+            time.sleep(seconds)
+            n1 = db_fetch(dsn_b, "SELECT count(*) AS n FROM scada_readings")[0]["n"]
+            return (n1 - n0) / seconds
+
+        time.sleep(2)
+        normal = rate_b(4)
+        # Tenant a's database refuses connections (as if its server were down).
+        su = stack.dsn("postgres")
+        db_fetch(su, f'ALTER DATABASE "{a.db}" WITH ALLOW_CONNECTIONS false')
+        db_fetch(su, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                 a.db)
+        wait_for(lambda: any(t["slug"] == a.slug and t["state"] == "DEGRADED"
+                             for t in cluster_status(stack)["tenants"]), 30, "a degraded")
+        degraded = rate_b(4)
+        print(f"tenant b: {normal:.0f} readings/s normally, {degraded:.0f} while a is down")
+        assert degraded >= 0.8 * normal
+        db_fetch(su, f'ALTER DATABASE "{a.db}" WITH ALLOW_CONNECTIONS true')
+        wait_for(lambda: any(t["slug"] == a.slug and t["state"] == "HEALTHY"
+                             for t in cluster_status(stack)["tenants"]), 60, "a recovered")
+        s_a, s_b = sim_a.stop(), sim_b.stop()
+        tags_a = {n: t for m in conns_a.values() for n, t in m.items()}
+        wait_for(lambda: counting_check_with_gaps(stack.dsn(a.db), tags_a, s_a["per_node"])[
+            "unaccounted"] == 0, 120, "tenant a caught up from its spool")
+    finally:
+        sim_a.kill()
+        sim_b.kill()
