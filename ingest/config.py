@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     dashboard_port: int = Field(8265, description="Port of the Ray dashboard (loopback)")
     tags_per_actor: int = Field(20_000, description="Tags one connection actor carries at most")
     max_actors_per_node: int = Field(4, description="Connection actors per node at most")
-    health_timeout_s: float = Field(2.0, description="A slot not answering its status call in "
+    health_timeout_s: float = Field(1.0, description="A slot not answering its status call in "
                                     "this time is left out of the assignment")
     reconcile_interval_s: float = Field(2.0, description="Coordinator reconcile period")
     batch_interval_ms: int = Field(100, description="Connection actor micro-batch period")
