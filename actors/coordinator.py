@@ -90,9 +90,13 @@ class CoordinatorActor:
 
     def _writer(self, tenant_id: str, slug: str) -> Any:
         if tenant_id not in self._writers:
+            # Writers start next to the coordinator (soft): their work is mostly the database's,
+            # and a writer on the head does not wait out a worker's death detection.
+            here = ray.get_runtime_context().get_node_id()
             self._writers[tenant_id] = WriterActor.options(  # type: ignore[attr-defined]
                 name=writer_name(slug), namespace=self.settings.namespace, lifetime="detached",
                 get_if_exists=True,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
             ).remote(self.settings, tenant_id, slug)
         return self._writers[tenant_id]
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.common import COORDINATOR_NAME
 from actors.coordinator import CoordinatorActor
@@ -66,11 +67,23 @@ def connect(settings: Settings) -> None:
                  log_to_driver=False, logging_level="WARNING")
 
 
+def head_node_id() -> str | None:
+    for n in ray.nodes():
+        if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {}):
+            return str(n["NodeID"])
+    return None
+
+
 def deploy(settings: Settings) -> dict[str, Any]:
     """Create (or find) the coordinator, start its loop, deploy the Serve app. Idempotent."""
+    # The coordinator prefers the head node: losing the head loses the cluster anyway, while a
+    # coordinator on a worker would have to wait for Ray to notice that worker's death before it
+    # could move anything. Soft, so it can still run elsewhere when the head cannot take it.
+    head = head_node_id()
+    strategy = NodeAffinitySchedulingStrategy(head, soft=True) if head else "DEFAULT"
     coord = CoordinatorActor.options(  # type: ignore[attr-defined]
         name=COORDINATOR_NAME, namespace=settings.namespace, lifetime="detached",
-        get_if_exists=True,
+        get_if_exists=True, scheduling_strategy=strategy,
     ).remote(settings)
     ray.get(coord.start.remote(), timeout=60)
     from serve_app.deployment import build

@@ -91,7 +91,15 @@ class Settings(BaseSettings):
                     f.write(new_master_key())
             updates["master_key"] = path.read_text().strip()
         if not self.admin_key:
-            updates["admin_key"] = "adm_" + read_or_create_secret(d / "admin_key", 32)
+            path = d / "admin_api_key"
+            if not path.exists():
+                from ingest.secrets import new_api_key
+
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(new_api_key("adm")[0])
+            updates["admin_key"] = path.read_text().strip()
         return self.model_copy(update=updates)
 
 

@@ -9,23 +9,28 @@ def render(status: dict[str, Any]) -> str:
     lines = ["TENANTS"]
     for t in status.get("tenants", []):
         w = t.get("writer") or {}
-        state = "DEGRADED" if t.get("degraded") else t["status"]
+        state = t.get("state", "?") if t["status"] == "ACTIVE" else t["status"]
         lines.append(
-            f"  {t['slug']:<20} {state:<10} connections={t['connections']:<4} "
-            f"rows={w.get('rows_committed', 0):<10} spool={w.get('spool_rows', 0):<6} "
-            f"p99={w.get('latency_p99_ms')} ms" + (f"  error: {t['degraded']}" if t.get(
-                "degraded") else "")
+            f"  {t['slug']:<20} {state:<9} connections={t['connections']:<4} "
+            f"rows={w.get('rows_committed', 0):<10} spool={w.get('spool_rows', 0):<8} "
+            f"p99={w.get('latency_p99_ms')}ms"
+            + (f"  error: {t['degraded']}" if t.get("degraded") else "")
         )
+    lines.append("NODES")
+    for node, n in sorted(status.get("nodes", {}).items()):
+        lines.append(f"  {node[:12]:<12} actors={len(n['actors'])} connections={n['connections']}"
+                     f" tags={n['tags']} values/s={n['values_per_s']:.0f}")
     lines.append("ACTORS")
     for name, a in sorted(status.get("actors", {}).items()):
         if "error" in a:
-            lines.append(f"  {name:<10} UNHEALTHY {a['error']}")
+            lines.append(f"  {name:<20} UNHEALTHY {a['error']}")
             continue
         conns = a.get("connections", {})
         tags = sum(c.get("tags", 0) for c in conns.values())
         lines.append(
-            f"  {name:<10} node={str(a.get('node_id', ''))[:12]} connections={len(conns)} "
-            f"tags={tags} values={a.get('values_received', 0)} unacked={a.get('unacked_rows', 0)}"
+            f"  {name:<20} connections={len(conns)} tags={tags} "
+            f"values/s={a.get('values_per_s', 0):.0f} unacked={a.get('unacked_rows', 0)} "
+            f"gaps={a.get('gap_markers', 0)}"
         )
         for cid, c in conns.items():
             err = f" last_error={c['error']}" if c.get("error") else ""

@@ -27,6 +27,12 @@ rejection reason:
 
 Invariant: ``outcome.keep.sum() + outcome.rejected == len(input)``. The flag reasons count kept
 rows whose quality the validator changed, plus "unknown_tag"; a row may carry several flags.
+Anomalies (Uncertain) enter the statistics, so a lasting change of level is learned rather than
+flagged forever; Bad and NaN values never do.
+
+Cost: a fixed number of numpy passes per flush, the rows sorted once by (tag, time) and that
+order reused by ``commit``; no Python step per reading, deadband included (see
+``_deadband_drops``). 20,000 rows over 1,000 tags take a few milliseconds for check + commit.
 """
 
 from __future__ import annotations
@@ -200,6 +206,7 @@ class Validator:
         self, time_us: npt.ArrayLike, tag_id: npt.ArrayLike, value: npt.ArrayLike,
         quality: npt.ArrayLike,
     ) -> ValidationOutcome:
+        """Judge one flush. Reads the running state and never changes it."""
         t, g, v, q = _columns(time_us, tag_id, value, quality)
         p = self._plan(t, g)
         n, m = t.size, p.order.size
@@ -397,35 +404,25 @@ class Validator:
         node_run = np.searchsorted(run_starts, skip, "right") - 1
         end = run_end[node_run]
         s = skip.size
-        # fl(a - b) is monotone in a, so comparing with a block's max and min is exact.
-        tables = [(cv, cv)]  # level j: max and min of cv[i : i + 2**j], built as needed
-        stop = skip + 1  # row `skip` itself is within the band: that is why the node exists
-
-        def advance(nodes: Ints, j: int) -> Bools:
-            while len(tables) <= j:
-                h = 1 << (len(tables) - 1)
-                mx, mn = tables[-1]
-                tables.append((np.maximum(mx[:-h], mx[h:]), np.minimum(mn[:-h], mn[h:])))
+        # Binary lifting over sparse tables (level j: max and min of cv[i : i + 2**j]) finds how
+        # far each node's band holds. fl(a - b) is monotone in a, so testing a block's max and
+        # min against the base is exact.
+        stop = skip + 1  # row `skip` is within the band: that is why the node exists
+        mx, mn = cv, cv
+        tables = [(mx, mn)]
+        for j in range(1, int((end - stop).max()).bit_length()):
+            h = 1 << (j - 1)
+            mx, mn = np.maximum(mx[:-h], mx[h:]), np.minimum(mn[:-h], mn[h:])
+            tables.append((mx, mn))
+        nodes = np.arange(s)
+        for j in reversed(range(len(tables))):
             mx, mn = tables[j]
-            st, b, d = stop[nodes], base[nodes], band[nodes]
+            nodes = nodes[stop[nodes] < end[nodes]]  # settled once at the end of its run
+            st = stop[nodes]
             at = np.minimum(st, mx.size - 1)
-            inside: Bools = (mx[at] - b < d) & (b - mn[at] < d) & (st + (1 << j) <= end[nodes])
+            b, d = base[nodes], band[nodes]
+            inside = (mx[at] - b < d) & (b - mn[at] < d) & (st + (1 << j) <= end[nodes])
             stop[nodes[inside]] += 1 << j
-            return inside
-
-        # Gallop (blocks of 1, 2, 4, ... rows) until a block leaves the band, then halve back
-        # down: levels grow with the longest skip, not with the longest run.
-        level = np.zeros(s, np.intp)
-        nodes, j = np.arange(s), 0
-        while nodes.size:
-            if (1 << j) > k:
-                level[nodes] = j
-                break
-            inside = advance(nodes, j)
-            level[nodes[~inside]] = j
-            nodes, j = nodes[inside], j + 1
-        for j in reversed(range(int(level.max()))):
-            advance(np.flatnonzero(level > j), j)
         nxt = np.searchsorted(rank, 2 * stop)  # the first slow row not skipped
         ok = nxt < s
         ok[ok] = node_run[nxt[ok]] == node_run[ok]

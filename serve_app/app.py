@@ -308,6 +308,36 @@ async def readings(
 
 
 # -- operations ----------------------------------------------------------------------------------
+def _writer_actor(t: Tenant) -> Any:
+    import ray
+
+    from actors.common import writer_name
+
+    try:
+        return ray.get_actor(writer_name(t.slug), namespace=state().settings.namespace)
+    except ValueError as e:
+        raise TenantUnavailable("the tenant's writer is not running (tenant suspended?)") from e
+
+
+@app.get("/v1/tenants/{tenant}/quarantine", tags=["operations"])
+async def list_quarantine(tenant: str, caller: Caller) -> list[dict[str, Any]]:
+    """Batches the database refused for good, with the reason, kept for inspection and replay."""
+    t = await tenant_for(tenant, caller, "admin")
+    result: list[dict[str, Any]] = await _writer_actor(t).quarantined.remote()
+    return result
+
+
+@app.post("/v1/tenants/{tenant}/quarantine/{batch_id}/replay", tags=["operations"])
+async def replay_quarantine(tenant: str, batch_id: str, caller: Caller) -> dict[str, Any]:
+    """Try a quarantined batch again (after its cause was fixed)."""
+    t = await tenant_for(tenant, caller, "admin")
+    result: dict[str, Any] = await _writer_actor(t).replay_quarantined.remote(batch_id)
+    if not result.get("found"):
+        raise InvalidRegistration("batch_id", f"no quarantined batch {batch_id!r}")
+    await (await state().master()).audit(caller.key_id, t.id, "quarantine.replay",
+                                         {"batch_id": batch_id})
+    return result
+
 @app.get("/v1/status", tags=["operations"])
 async def cluster_status(caller: Caller) -> dict[str, Any]:
     _require_cluster_admin(caller)

@@ -2,37 +2,40 @@
 
 Address space: one object per well (``W001`` .. ``Wnnn``) under Objects, each holding Double
 variables ``T001`` .. ``Tmmm`` whose string node ids are ``W001.T001`` in the namespace
-``urn:scada-ingest:sim``.
+``urn:scada-ingest:sim``; with ``string_tags`` each well also has a String variable ``W001.S001``.
 
 Two modes:
-- ``counting``: on every tick each tag is written with its next integer (1.0, 2.0, 3.0, ...), so a
-  tag whose count is N has published exactly 1..N. A client that received anything else lost or
-  duplicated data. Before the first tick every tag holds 0.0 (Good): the snapshot a new
-  monitored item reports first is then never mistaken for a count (counts start at 1).
+- ``counting``: on every tick each tag is written with its next integer (1.0, 2.0, 3.0, ...; a
+  string tag ``"v1"``, ``"v2"``, ...), so a tag whose count is N has published exactly 1..N. A
+  client that received anything else lost or duplicated data. Before the first tick every tag
+  holds 0.0 (``"v0"``), Good: the snapshot a new monitored item reports first is then never
+  mistaken for a count. ``start_counts`` continues counting where a previous run stopped (a
+  restarted device), the neutral 0.0 snapshot included.
 - ``realistic``: plausible oilfield signals (tubing and casing pressure, temperature, oil and gas
-  rate) with a slow cycle and measurement noise.
+  rate) with a slow cycle and measurement noise; string tags cycle through pump states.
 
-Values are written server-side (``Server.write_attribute_value``), not through a client, with
-SourceTimestamp = ServerTimestamp = now (UTC) and status Good.
+Values are written server-side (``Server.write_attribute_value``) with SourceTimestamp =
+ServerTimestamp = now (UTC) and status Good.
 
 What asyncua 2.1's server does with the values between two publish responses (read in
 ``asyncua/server/monitored_item_service.py`` and ``internal_subscription.py``), which is what zero
 loss rests on:
 - every write calls each monitored item's ``datachange_callback``; it passes the item's trigger
-  filter (default StatusValue: a value equal to the previous one is *not* reported; the
-  StatusValueTimestamp trigger reports it) and then ``enqueue_datachange_event`` appends it to a
-  per-item list. Nothing is coalesced to the latest value: the list holds up to the item's revised
-  queue size and drops the *oldest* entry only once it is full (DiscardOldest behaviour).
-- the revised queue size is ``min(requested, server.iserver.max_monitored_item_queue_size)``
-  (10 000 by default); a requested size of 0 is revised to that cap, not to 1 as the spec says.
-- the subscription loop publishes every publishing interval; if the client has no PublishRequest
-  outstanding the queue simply keeps growing until one arrives, and then *all* queued
-  notifications go out in a single message (MoreNotifications is always False).
-- sampling interval is ignored: every write is a sample (revised to the publishing interval).
-So a client that asks for queue_size > (writes per item between two publish responses) receives
-every value; no patching of the server is needed. The only loss path is a full per-item queue
-(a client that stops sending PublishRequests for longer than queue_size ticks), plus whatever is
-still queued when the server shuts down: hence ``drain()``.
+  filter and ``enqueue_datachange_event`` appends it to a per-item list, dropping the *oldest*
+  entry only once the revised queue size (``min(requested, 10 000)``) is full;
+- the subscription loop publishes every publishing interval; without an outstanding
+  PublishRequest the queue keeps growing until one arrives, and then *all* queued notifications
+  go out in a single message;
+- a sent NotificationMessage stays in a retransmission queue until acknowledged (Republish
+  takes it out again), and a session whose socket dies is kept, with its subscriptions, until
+  its session timeout, so a client can re-activate it on a new connection (Part 4 6.7).
+  TransferSubscriptions on the other hand re-binds only the response side of a subscription in
+  asyncua 2.1, so a transferred subscription never publishes again: the session re-activates.
+
+Faults for tests: ``drop_sessions()`` cuts every client connection (sessions and subscriptions
+stay), ``freeze(seconds)`` stops answering PublishRequests, ``stop()`` + a new simulator with
+``start_counts`` is a restart. ``historize`` keeps every written value in asyncua's history
+storage (in memory, or in SQLite at ``history_db`` so it survives a restart).
 
 Command line (``python -m ingest.simulators.opcua_sim --help``): prints ``NODES <json list>``,
 then ``READY <endpoint>`` once it accepts connections. SIGUSR1 resumes and SIGUSR2 pauses
@@ -46,13 +49,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import math
 import signal
 import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import Any, Literal
@@ -60,14 +64,26 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 from asyncua import ua
+from asyncua.common.utils import ServiceError
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.history import HistoryDict
+from asyncua.server.internal_server import InternalServer
+from asyncua.server.internal_subscription import InternalSubscription
 from asyncua.server.server import Server
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
+
+from ingest.models import SecurityMode, SecurityPolicy
 
 __all__ = ["NAMESPACE_URI", "OpcUaSimulator", "SimulatorMode", "main"]
 
 NAMESPACE_URI = "urn:scada-ingest:sim"
+SERVER_APPLICATION_URI = "urn:scada-ingest:simulator"
+DEFAULT_SIM_PKI_DIR = Path(__file__).resolve().parents[2] / ".local" / "pki-sim"
 
 SimulatorMode = Literal["counting", "realistic"]
+SecuritySpec = tuple[SecurityMode, SecurityPolicy]
 
 # (name, base, cycle amplitude, noise sigma, cycle period s); a well's tags cycle through them.
 _SIGNALS: tuple[tuple[str, float, float, float, float], ...] = (
@@ -77,12 +93,18 @@ _SIGNALS: tuple[tuple[str, float, float, float, float], ...] = (
     ("oil_rate_bbl_d", 420.0, 30.0, 8.0, 120.0),
     ("gas_rate_mcf_d", 900.0, 60.0, 15.0, 180.0),
 )
+_PUMP_STATES = ("running", "running", "running", "idle", "starting")
 
 _GOOD = ua.StatusCode(ua.UInt32(StatusCodes.Good))
 
 
+def _bare_name(node: str) -> str:
+    """``ns=2;s=W001.T001`` -> ``W001.T001`` (bare names pass through)."""
+    return node.split(";s=", 1)[1] if ";s=" in node else node
+
+
 class OpcUaSimulator:
-    """A simulated well field served over OPC UA (security mode None)."""
+    """A simulated well field served over OPC UA."""
 
     def __init__(
         self,
@@ -96,8 +118,25 @@ class OpcUaSimulator:
         *,
         paused: bool = False,
         seed: int = 0,
+        security: Sequence[SecuritySpec] | None = None,
+        pki_dir: Path | None = None,
+        users: dict[str, str] | None = None,
+        string_tags: bool = False,
+        historize: bool = False,
+        history_db: Path | None = None,
+        start_counts: dict[str, int] | None = None,
+        max_items_per_call: int = 1000,
     ) -> None:
-        """``paused=True`` starts the server without publishing until ``resume()``."""
+        """``paused=True`` starts the server without publishing until ``resume()``.
+
+        ``security``: the (mode, policy) endpoints to offer; None offers only None/None. Any
+        secure endpoint makes the simulator use (and on first use create) its certificate in
+        ``pki_dir`` (default ``<repo>/.local/pki-sim``). It accepts every client certificate.
+        ``users``: username -> password; when given, anonymous logins are refused. X.509 user
+        certificates are accepted when their signature checks out.
+        ``max_items_per_call``: the server's MaxMonitoredItemsPerCall, enforced (a larger
+        CreateMonitoredItems call is answered BadTooManyOperations).
+        """
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, got {port}")
         if wells < 1:
@@ -110,6 +149,8 @@ class OpcUaSimulator:
             raise ValueError(f"mode must be 'counting' or 'realistic', got {mode!r}")
         if not name or "/" in name:
             raise ValueError(f"name must be a non-empty path segment, got {name!r}")
+        if max_items_per_call < 1:
+            raise ValueError(f"max_items_per_call must be >= 1, got {max_items_per_call}")
         self.host = host
         self.port = port
         self.wells = wells
@@ -117,10 +158,29 @@ class OpcUaSimulator:
         self.interval_ms = interval_ms
         self.mode: SimulatorMode = mode
         self.name = name
-        self._names = [
-            f"W{w:03d}.T{t:03d}" for w in range(1, wells + 1) for t in range(1, tags_per_well + 1)
+        self.security: list[SecuritySpec] = [
+            (SecurityMode(m), SecurityPolicy(p))
+            for m, p in (security or [(SecurityMode.NONE, SecurityPolicy.NONE)])
         ]
-        self._counts = [0] * len(self._names)
+        self.pki_dir = pki_dir or DEFAULT_SIM_PKI_DIR
+        self._users = dict(users) if users is not None else None
+        self.historize = historize or history_db is not None
+        self.history_db = history_db
+        self.max_items_per_call = max_items_per_call
+        self._names: list[str] = []
+        self._is_text: list[bool] = []
+        for w in range(1, wells + 1):
+            for t in range(1, tags_per_well + 1):
+                self._names.append(f"W{w:03d}.T{t:03d}")
+                self._is_text.append(False)
+            if string_tags:
+                self._names.append(f"W{w:03d}.S001")
+                self._is_text.append(True)
+        start = {_bare_name(k): int(v) for k, v in (start_counts or {}).items()}
+        unknown = set(start) - set(self._names)
+        if unknown:
+            raise ValueError(f"start_counts for unknown nodes: {sorted(unknown)[:5]}")
+        self._counts = [start.get(n, 0) for n in self._names]
         self._server: Server | None = None
         self._ns = 0
         self._ua_ids: list[ua.NodeId] = []
@@ -131,8 +191,10 @@ class OpcUaSimulator:
             self._running.set()
         self._tick_lock = asyncio.Lock()
         self._rng = np.random.default_rng(seed)
-        self._signal_params = _signal_params(wells, tags_per_well, self._rng)
+        self._signal_params = _signal_params(len(self._names), wells, self._rng)
         self._t0 = 0.0
+        self._faults: _Faults | None = None
+        self._history: Any = None
 
     # --- public surface ---------------------------------------------------------------------
 
@@ -148,8 +210,16 @@ class OpcUaSimulator:
     def namespace_index(self) -> int:
         return self._ns
 
+    @property
+    def certificate_path(self) -> Path:
+        """The server certificate (DER); exists once a secure simulator has started."""
+        return self.pki_dir / "own" / "cert.der"
+
     def published_per_node(self) -> dict[str, int]:
-        """Values written so far, keyed by full node id (``ns=2;s=W001.T001``)."""
+        """Values written so far, keyed by full node id (``ns=2;s=W001.T001``).
+
+        With ``start_counts`` this is the count reached, including the earlier run's values.
+        """
         return dict(zip(self.node_ids(), self._counts, strict=True))
 
     def node_ids(self) -> list[str]:
@@ -158,37 +228,89 @@ class OpcUaSimulator:
             raise RuntimeError("node ids are known once the simulator has started")
         return [f"ns={self._ns};s={n}" for n in self._names]
 
+    def text_node_ids(self) -> list[str]:
+        return [n for n, t in zip(self.node_ids(), self._is_text, strict=True) if t]
+
     async def start(self) -> None:
         if self._server is not None or self._stopped:
             raise RuntimeError("a simulator starts once; make a new one to restart")
         if self.port == 0:
             self.port = _free_port(self.host)
-        server = Server()
+        server = Server(user_manager=_UserManager(self._users))  # type: ignore[arg-type]
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name(self.name)
-        # Security None only: the simulator carries no certificate (the client side is where
-        # Sign / SignAndEncrypt get exercised, against servers configured for it).
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        server.set_identity_tokens([ua.AnonymousIdentityToken])
+        await server.set_application_uri(SERVER_APPLICATION_URI)
+        await self._setup_security(server)
         self._ns = await server.register_namespace(NAMESPACE_URI)
+        await server.write_attribute_value(
+            ua.NodeId(
+                ua.Int32(
+                    ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall
+                )
+            ),
+            ua.DataValue(ua.Variant(self.max_items_per_call, ua.VariantType.UInt32)),
+        )
         self._ua_ids = []
         objects = server.nodes.objects
-        for w in range(1, self.wells + 1):
-            well = await objects.add_object(
-                ua.NodeId(ua.String(f"W{w:03d}"), ua.Int16(self._ns)), f"W{w:03d}"
-            )
-            for t in range(1, self.tags_per_well + 1):
-                nid = ua.NodeId(ua.String(f"W{w:03d}.T{t:03d}"), ua.Int16(self._ns))
-                await well.add_variable(nid, f"T{t:03d}", 0.0, ua.VariantType.Double)
-                self._ua_ids.append(nid)
+        wells: dict[str, Any] = {}
+        for name, is_text in zip(self._names, self._is_text, strict=True):
+            well_name, tag_name = name.split(".")
+            if well_name not in wells:
+                wells[well_name] = await objects.add_object(
+                    ua.NodeId(ua.String(well_name), ua.Int16(self._ns)), well_name
+                )
+            nid = ua.NodeId(ua.String(name), ua.Int16(self._ns))
+            vtype = ua.VariantType.String if is_text else ua.VariantType.Double
+            await wells[well_name].add_variable(nid, tag_name, "" if is_text else 0.0, vtype)
+            self._ua_ids.append(nid)
         self._server = server
+        if self.historize:
+            await self._setup_history(server)
         # Initial values are not counted: 0.0 in counting mode, a first sample in realistic mode.
-        initial = [0.0] * len(self._ua_ids) if self.mode == "counting" else self._next_values(0.0)
+        initial = self._neutral() if self.mode == "counting" else self._next_values(0.0)
         await self._write_all(initial)
+        self._faults = _Faults(server, self.max_items_per_call)
         await server.start()
         self._t0 = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._publish_loop(), name=f"opcua-sim-{self.port}")
+
+    async def _setup_security(self, server: Server) -> None:
+        from ingest.protocols.opcua_security import PkiStore, server_policy_type
+
+        server.set_security_policy([server_policy_type(m, p) for m, p in self.security])
+        tokens: list[type] = [ua.UserNameIdentityToken, ua.X509IdentityToken]
+        if self._users is None:
+            tokens.insert(0, ua.AnonymousIdentityToken)
+        server.set_identity_tokens(tokens)
+        if any(m is not SecurityMode.NONE for m, _ in self.security):
+            own = await asyncio.to_thread(
+                PkiStore(self.pki_dir).own_certificate, SERVER_APPLICATION_URI, server=True
+            )
+            await server.load_certificate(str(own.cert_path))
+            await server.load_private_key(own.key_path)
+
+    async def _setup_history(self, server: Server) -> None:
+        if self.history_db is not None:
+            from asyncua.server.history_sql import HistorySQLite
+
+            storage: Any = HistorySQLite(str(self.history_db))
+        else:
+            storage = HistoryDict()
+        server.iserver.history_manager.set_storage(storage)
+        await storage.init()
+        # Values go to the storage from the write path itself (see _write_all), not through
+        # asyncua's historizing subscription: that one saves with fire-and-forget tasks, so the
+        # last values before a stop could be missing from history.
+        for nid in self._ua_ids:
+            node = server.get_node(nid)
+            await node.write_attribute(
+                AttributeIds.Historizing, ua.DataValue(ua.Variant(True, ua.VariantType.Boolean))
+            )
+            await node.set_attr_bit(AttributeIds.AccessLevel, ua.AccessLevel.HistoryRead)
+            await node.set_attr_bit(AttributeIds.UserAccessLevel, ua.AccessLevel.HistoryRead)
+            await storage.new_historized_node(nid, None, 0)
+        self._history = storage
 
     async def pause(self) -> None:
         """Stop publishing; when this returns no further value is written until ``resume()``."""
@@ -210,8 +332,29 @@ class OpcUaSimulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._faults is not None:
+            self._faults.close()
         if self._server is not None:
             await self._server.stop()
+
+    def drop_sessions(self) -> int:
+        """Cut every client connection abruptly; sessions and subscriptions stay on the server.
+
+        Returns how many connections were cut.
+        """
+        if self._faults is None:
+            raise RuntimeError("the simulator is not running")
+        return self._faults.drop_connections()
+
+    def freeze(self, seconds: float) -> None:
+        """For ``seconds``, answer no PublishRequest (not even with a keep-alive).
+
+        Values keep being written and queue up per monitored item, as on a server whose
+        publishing has stalled; other services still answer.
+        """
+        if self._faults is None:
+            raise RuntimeError("the simulator is not running")
+        self._faults.freeze(seconds)
 
     async def drain(self, timeout_s: float = 3.0) -> bool:
         """Wait until every subscriber has been sent, and has acknowledged, what was published.
@@ -272,42 +415,134 @@ class OpcUaSimulator:
     async def _tick(self, now_s: float) -> None:
         await self._write_all(self._next_values(now_s), count=True)
 
-    async def _write_all(self, values: list[float], *, count: bool = False) -> None:
+    async def _write_all(self, values: list[float | str], *, count: bool = False) -> None:
         assert self._server is not None
         ts = ua.DateTime.now(UTC)  # the asyncua subtype, so the types line up
         write = self._server.write_attribute_value
+        history = self._history if self.historize else None
         counts = self._counts
         for i, nid in enumerate(self._ua_ids):
+            v = values[i]
+            variant = ua.Variant(
+                v, ua.VariantType.String if self._is_text[i] else ua.VariantType.Double
+            )
             dv = ua.DataValue(
-                Value=ua.Variant(values[i], ua.VariantType.Double),
-                StatusCode=_GOOD,
-                SourceTimestamp=ts,
-                ServerTimestamp=ts,
+                Value=variant, StatusCode=_GOOD, SourceTimestamp=ts, ServerTimestamp=ts
             )
             await write(nid, dv)
+            if history is not None:
+                await history.save_node_value(nid, dv)
             if count:
                 counts[i] += 1
 
-    def _next_values(self, now_s: float) -> list[float]:
-        if self.mode == "counting":
-            return [float(c + 1) for c in self._counts]
-        return self._realistic_values(now_s - self._t0)
+    def _neutral(self) -> list[float | str]:
+        return ["v0" if t else 0.0 for t in self._is_text]
 
-    def _realistic_values(self, t: float) -> list[float]:
+    def _next_values(self, now_s: float) -> list[float | str]:
+        if self.mode == "counting":
+            return [
+                f"v{c + 1}" if t else float(c + 1)
+                for c, t in zip(self._counts, self._is_text, strict=True)
+            ]
+        t = now_s - self._t0
         base, amp, sigma, period, phase = self._signal_params
         noise = self._rng.normal(0.0, sigma)
-        v = base + amp * np.sin(2.0 * math.pi * t / period + phase) + noise
-        return [float(x) for x in np.maximum(v, 0.0)]
+        v = np.maximum(base + amp * np.sin(2.0 * math.pi * t / period + phase) + noise, 0.0)
+        out: list[float | str] = []
+        for i, is_text in enumerate(self._is_text):
+            if is_text:
+                out.append(_PUMP_STATES[int(t / 30.0 + i) % len(_PUMP_STATES)])
+            else:
+                out.append(float(v[i]))
+        return out
+
+
+class _UserManager:
+    """Logins the simulator accepts: a user list, or anyone when there is none."""
+
+    def __init__(self, users: dict[str, str] | None) -> None:
+        self._users = users
+
+    def get_user(
+        self,
+        iserver: InternalServer,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        if certificate is not None:  # asyncua has checked the token signature already
+            return User(role=UserRole.User, name="x509")
+        if self._users is None:
+            return User(role=UserRole.User, name=username)
+        if username is None:
+            return None  # anonymous, refused once there is a user list
+        expected = self._users.get(username)
+        given = (password or "").encode()
+        if expected is not None and hmac.compare_digest(expected.encode(), given):
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+class _Faults:
+    """Fault hooks on a running asyncua server (instance-level wrappers, nothing global)."""
+
+    def __init__(self, server: Server, max_items_per_call: int) -> None:
+        self._server = server
+        self._frozen_until = 0.0
+        self._loop = asyncio.get_running_loop()
+        service = server.iserver.subscription_service
+        create_items = service.create_monitored_items
+        create_sub = service.create_subscription
+
+        async def limited_create_items(params: ua.CreateMonitoredItemsParameters) -> Any:
+            # asyncua publishes MaxMonitoredItemsPerCall but does not enforce it; we do, so a
+            # client that ignores the limit is caught.
+            if len(params.ItemsToCreate) > max_items_per_call:
+                raise ServiceError(StatusCodes.BadTooManyOperations)
+            return await create_items(params)
+
+        async def freezable_create_sub(*args: Any, **kwargs: Any) -> Any:
+            result = await create_sub(*args, **kwargs)
+            sub = service.subscriptions.get(result.SubscriptionId)
+            if sub is not None:
+                self._make_freezable(sub)
+            return result
+
+        service.create_monitored_items = limited_create_items  # type: ignore[method-assign]
+        service.create_subscription = freezable_create_sub  # type: ignore[method-assign]
+
+    def _make_freezable(self, sub: InternalSubscription) -> None:
+        publish = sub.publish_results
+
+        async def publish_results(requestdata: Any = None) -> bool:
+            # While frozen a client-facing subscription publishes nothing, not even keep-alives,
+            # and its publish cycle count stands still (so it does not expire meanwhile).
+            if sub.pub_request_callback is not None and self._loop.time() < self._frozen_until:
+                return False
+            return await publish(requestdata)
+
+        sub.publish_results = publish_results  # type: ignore[method-assign]
+
+    def freeze(self, seconds: float) -> None:
+        self._frozen_until = max(self._frozen_until, self._loop.time() + seconds)
+
+    def drop_connections(self) -> int:
+        transports = list(self._server.iserver.asyncio_transports)
+        for transport in transports:
+            transport.abort()
+        return len(transports)
+
+    def close(self) -> None:
+        self._frozen_until = 0.0
 
 
 def _signal_params(
-    wells: int, tags_per_well: int, rng: np.random.Generator
+    n: int, wells: int, rng: np.random.Generator
 ) -> tuple[npt.NDArray[np.float64], ...]:
     """Per tag: base, cycle amplitude, noise sigma, period and phase (each well a bit different)."""
-    n = wells * tags_per_well
     kinds = np.arange(n) % len(_SIGNALS)
     table = np.array([s[1:] for s in _SIGNALS], dtype=np.float64)
-    well_scale = rng.uniform(0.7, 1.3, wells)[np.repeat(np.arange(wells), tags_per_well)]
+    well_scale = rng.uniform(0.7, 1.3, wells)[np.arange(n) * wells // n]
     phase = rng.uniform(0.0, 2.0 * math.pi, n)
     return (
         table[kinds, 0] * well_scale,
@@ -325,6 +560,24 @@ def _free_port(host: str) -> int:
 
 
 # --- command line -------------------------------------------------------------------------------
+
+
+def _security_arg(text: str) -> SecuritySpec:
+    mode, _, policy = text.partition(":")
+    try:
+        spec = (SecurityMode(mode), SecurityPolicy(policy or "None"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected Mode:Policy (e.g. SignAndEncrypt:Basic256Sha256 or None), got {text!r}"
+        ) from None
+    return spec
+
+
+def _user_arg(text: str) -> tuple[str, str]:
+    name, sep, password = text.partition(":")
+    if not name or not sep:
+        raise argparse.ArgumentTypeError("expected name:password")
+    return name, password
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -352,6 +605,25 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="serve but publish nothing until SIGUSR1 (SIGUSR2 pauses again)",
     )
+    p.add_argument(
+        "--security",
+        type=_security_arg,
+        action="append",
+        default=None,
+        help="endpoint to offer, Mode:Policy (repeatable; default None). Modes: None, Sign, "
+        "SignAndEncrypt; policies: Basic256Sha256, Aes128_Sha256_RsaOaep, Aes256_Sha256_RsaPss",
+    )
+    p.add_argument("--pki-dir", type=Path, default=None, help="server certificate folder")
+    p.add_argument(
+        "--user",
+        type=_user_arg,
+        action="append",
+        default=None,
+        help="name:password (repeatable); when given, anonymous logins are refused",
+    )
+    p.add_argument("--string-tags", action="store_true", help="one String tag per well")
+    p.add_argument("--historize", action="store_true", help="keep history of every tag")
+    p.add_argument("--history-db", type=Path, default=None, help="SQLite file for the history")
     return p.parse_args(argv)
 
 
@@ -365,6 +637,12 @@ async def _run(args: argparse.Namespace) -> dict[str, object]:
         mode=args.mode,
         name=args.name,
         paused=args.start_paused,
+        security=args.security,
+        pki_dir=args.pki_dir,
+        users=dict(args.user) if args.user else None,
+        string_tags=args.string_tags,
+        historize=args.historize,
+        history_db=args.history_db,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
