@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--tags", type=int, default=10, help="tags per well")
     d.add_argument("--interval-ms", type=int, default=100, help="simulator update period")
     b = sub.add_parser("bench", help="measure a path against its baseline")
-    b.add_argument("target", choices=["writer"])
+    b.add_argument("target", choices=["writer", "opcua", "modbus"])
+    b.add_argument("--seconds", type=float, default=20.0, help="measuring window (opcua, modbus)")
     b.add_argument("--rows", type=int, default=1_000_000)
     b.add_argument("--rounds", type=int, default=2)
     b.add_argument("--json", action="store_true")
@@ -165,8 +166,14 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         from scale_tests.bench_writer import run as bench_writer
 
         result = bench_writer(settings, args.rows, args.rounds)
+    elif args.target == "opcua":
+        from scale_tests.bench_devices import run_opcua
+
+        result = run_opcua(seconds=args.seconds)
     else:
-        raise SystemExit(f"bench {args.target}: not built yet")
+        from scale_tests.bench_devices import run_modbus
+
+        result = run_modbus(seconds=args.seconds)
     if not args.json:
         _info(json.dumps(result, indent=2))
     _print_json(result)

@@ -253,4 +253,17 @@ def make_session(spec: ConnectionSpec, on_values: Any, on_state: Any) -> DeviceS
             publishing_interval_ms=spec.publishing_interval_ms,
             on_state=on_state,
         )
-    raise NotImplementedError(f"protocol {spec.protocol.value} is not supported yet")
+    if spec.protocol is Protocol.MODBUS:
+        from ingest.protocols.modbus import ModbusSession
+        from ingest.protocols.modbus_decode import parse_address
+
+        # pymodbus logs every timeout at ERROR with a frame dump; the session counts them instead.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+        return ModbusSession(
+            spec.endpoint,
+            [parse_address(t.address, tag_id=t.tag_id) for t in spec.tags],
+            on_values,
+            poll_interval_ms=spec.publishing_interval_ms,
+            on_state=on_state,
+        )
+    raise NotImplementedError(f"protocol {spec.protocol.value} is not supported")

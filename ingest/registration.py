@@ -48,6 +48,8 @@ class TagCreate(_Strict):
                 "float64", "string"] | None
     ) = None
     byte_order: Literal["ABCD", "DCBA", "BADC", "CDAB"] | None = None
+    modbus_bit: int | None = Field(None, ge=0, le=15, description="one bit of a 16-bit register")
+    modbus_length: int | None = Field(None, ge=1, le=125, description="registers of a string")
     data_type: Literal["Double", "Float", "Int", "Boolean", "String"] = "Double"
     unit: str | None = Field(None, max_length=32)
     scaling_factor: float = 1.0

@@ -21,7 +21,7 @@ _CONN_COLS = (
 _TAG_COLS = (
     "tag_id, connection_id, name, node_id, modbus_unit, modbus_register, modbus_address, "
     "modbus_data_type, byte_order, data_type, unit, scaling_factor, \"offset\", valid_min, "
-    "valid_max, deadband, out_of_range, zscore_threshold, well_id"
+    "valid_max, deadband, out_of_range, zscore_threshold, modbus_bit, modbus_length, well_id"
 )
 
 
@@ -115,11 +115,11 @@ class TenantStore:
             f"""INSERT INTO tag_mappings (connection_id, well_id, name, node_id, modbus_unit,
                     modbus_register, modbus_address, modbus_data_type, byte_order, data_type,
                     unit, scaling_factor, "offset", valid_min, valid_max, deadband, out_of_range,
-                    zscore_threshold)
+                    zscore_threshold, modbus_bit, modbus_length)
                 SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::int[],
                     $6::text[], $7::int[], $8::text[], $9::text[], $10::text[], $11::text[],
                     $12::float8[], $13::float8[], $14::float8[], $15::float8[], $16::float8[],
-                    $17::text[], $18::float8[])
+                    $17::text[], $18::float8[], $19::int[], $20::int[])
                 RETURNING {_TAG_COLS}""",
             connection_id,
             [wells.get(t.well) if t.well else None for t in tags],
@@ -130,6 +130,7 @@ class TenantStore:
             [t.scaling_factor for t in tags], [t.offset for t in tags],
             [t.valid_min for t in tags], [t.valid_max for t in tags], [t.deadband for t in tags],
             [t.out_of_range for t in tags], [t.zscore_threshold for t in tags],
+            [t.modbus_bit for t in tags], [t.modbus_length for t in tags],
         )
         return [_jsonable(r) for r in rows]
 
@@ -242,8 +243,10 @@ class TenantStore:
         )
         tags = await self.pool.fetch(
             "SELECT connection_id, tag_id, name, coalesce(node_id, modbus_register || ':' || "
-            "modbus_unit || ':' || modbus_address || ':' || coalesce(modbus_data_type, 'uint16') "
-            "|| ':' || coalesce(byte_order, 'ABCD')) AS address, data_type, scaling_factor, "
+            "coalesce(modbus_unit, 1) || ':' || modbus_address || ':' || "
+            "coalesce(modbus_data_type, 'uint16') || ':' || coalesce(byte_order, 'ABCD') || "
+            "coalesce(':bit=' || modbus_bit, ':len=' || modbus_length, '')) AS address, "
+            "data_type, scaling_factor, "
             "\"offset\" FROM tag_mappings WHERE deleted_at IS NULL ORDER BY tag_id"
         )
         by_conn: dict[Any, list[TagSpec]] = {}

@@ -8,6 +8,8 @@ flush sequences.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -468,6 +470,9 @@ def test_matches_the_reference_over_many_small_flushes_rule_changes_and_a_clock_
     compare_with_reference(rules, settings, steps)
 
 
+# Hypothesis keeps a cache; keep it out of the checkout.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY",
+                      os.path.join(tempfile.gettempdir(), "scada-ingest-hypothesis"))
 try:
     from hypothesis import given
     from hypothesis import settings as hsettings
@@ -485,7 +490,7 @@ if given is not None:
         st.sampled_from([None, 1.0, 2.0]), st.sampled_from([None, -2.0]),
         st.sampled_from([None, 2.5]))
 
-    @hsettings(max_examples=300, deadline=None)
+    @hsettings(max_examples=300, deadline=None, database=None)  # no .hypothesis/ in the checkout
     @given(rule_draws=st.lists(_rules, min_size=3, max_size=3),
            flushes=st.lists(st.lists(_row, max_size=25), max_size=8),
            window=st.sampled_from([0.0, 5.0, 60.0]), min_samples=st.sampled_from([0, 3]))

@@ -50,15 +50,8 @@ from ingest.protocols.opcua_security import (
     PkiStore,
     configure_client,
 )
-from ingest.protocols.opcua_values import (
-    GapFind,
-    GapTracker,
-    Readings,
-    decode_history,
-    decode_notifications,
-    from_us,
-    now_us,
-)
+from ingest.protocols.opcua_stream import NotificationStream
+from ingest.protocols.opcua_values import now_us
 
 __all__ = [
     "OnGap",
@@ -268,18 +261,13 @@ class OpcUaSession:
         self._dead: str | None = None  # why the current connection is considered lost
         self._connected = False  # the current attempt got as far as a working subscription
         self._ever_connected = False
-        self._last_publish = 0.0
         # What survives a connection: the asyncua client (it holds the session token and
         # nonce a re-activation needs), the subscription, and per-tag gap bookkeeping.
         self._client: Client | None = None
         self._sub: svc.SubscriptionState | None = None
         self._server_start: Any = None
-        self._gaps = GapTracker(len(self._tags))
-        self._historized: npt.NDArray[np.bool_] | None = None
-        self._progress = False  # a publish response arrived on this connection
         self._kept = False  # this connection carried on an existing subscription
         self._resume_ok = True
-        self._gap_warned = False
         self._stats: dict[str, Any] = {
             "state": SessionState.DISCONNECTED.value,
             "values_received": 0,
@@ -300,6 +288,16 @@ class OpcUaSession:
             "callback_errors": 0,
             "last_error": None,
         }
+        self._stream = NotificationStream(
+            endpoint,
+            self._items,
+            self._tag_ids,
+            on_values,
+            on_text,
+            on_gap,
+            self._stats,
+            history_backfill=history_backfill,
+        )
 
     # --- public surface ---------------------------------------------------------------------
 
@@ -359,7 +357,7 @@ class OpcUaSession:
         """Connect, get a subscription, then watch until stop() (returns) or loss (raises)."""
         self._dead = None
         self._wake.clear()
-        self._progress = self._kept = False
+        self._stream.progress = self._kept = False
         if self._client is None:
             self._client = Client(self.endpoint, timeout=_REQUEST_TIMEOUT_S)
             self._client.session_timeout = _SESSION_TIMEOUT_MS
@@ -372,9 +370,9 @@ class OpcUaSession:
                 self._stats["reconnects"] += 1
             self._connected = self._ever_connected = True
             self._set_state(SessionState.CONNECTED, None)
-            self._last_publish = time.monotonic()
+            self._stream.last_response = time.monotonic()
             tasks = [
-                asyncio.create_task(self._publish_loop(client, sub), name="opcua-publish"),
+                asyncio.create_task(self._stream.run(client, sub), name="opcua-publish"),
                 asyncio.create_task(self._renew_channel(client), name="opcua-renew"),
             ]
             for task in tasks:
@@ -391,7 +389,7 @@ class OpcUaSession:
                 with contextlib.suppress(BaseException):
                     await task
             # A resume that never got a publish response through is not tried twice in a row.
-            self._resume_ok = self._progress or not self._kept
+            self._resume_ok = self._stream.progress or not self._kept
             if not self._stop.is_set():
                 # Only the transport: the server keeps our session (and subscription) for
                 # _SESSION_TIMEOUT_MS, so the next attempt can re-activate it.
@@ -466,7 +464,7 @@ class OpcUaSession:
     def _lose_subscription(self, why: str) -> None:
         """The subscription is gone: values it still held may be lost; find out per tag."""
         _log.info("opcua %s: subscription lost (%s); re-creating", self.endpoint, why)
-        self._gaps.open_all()
+        self._stream.gaps.open_all()
         self._sub = None
 
     async def _subscription(self, client: Client, resumed: bool) -> svc.SubscriptionState:
@@ -498,8 +496,8 @@ class OpcUaSession:
             client, float(self._publishing_interval_ms), _KEEPALIVE_EVERY_S, _LIFETIME_S
         )
         self._sub = sub
-        self._historized = None  # the server may have changed what it keeps
-        self._gaps.mark_subscribed(np.arange(len(self._items), dtype=np.int64), now_us())
+        self._stream.historized = None  # the server may have changed what it keeps
+        self._stream.gaps.mark_subscribed(np.arange(len(self._items), dtype=np.int64), now_us())
         failed, calls = await svc.create_items(client, sub.id, self._items, per_call)
         self._stats["item_create_calls"] += calls
         if old is not None:
@@ -522,8 +520,8 @@ class OpcUaSession:
             )
         n = len(failed)
         handles = np.fromiter((h for h, _ in failed), dtype=np.int64, count=n)
-        self._gaps.close(handles)
-        self._emit_values(
+        self._stream.gaps.close(handles)
+        self._stream.emit_values(
             self._tag_ids[handles],
             np.full(n, now_us(), dtype=np.int64),
             np.full(n, np.nan, dtype=np.float64),
@@ -544,7 +542,7 @@ class OpcUaSession:
             if client.uaclient.state is not UaClientState.CONNECTED:
                 self._dead = f"client state {client.uaclient.state.value}"
                 raise DeviceUnreachable(self._dead)
-            silent = time.monotonic() - self._last_publish
+            silent = time.monotonic() - self._stream.last_response
             if silent > stall_timeout:
                 self._dead = f"no publish response or keep-alive for {silent:.1f} s"
                 raise DeviceUnreachable(self._dead)
@@ -606,205 +604,6 @@ class OpcUaSession:
                 await task
             raise _Stopped()
         return task.result()
-
-    # --- the publish loop -----------------------------------------------------------------------
-
-    async def _publish_loop(self, client: Client, sub: svc.SubscriptionState) -> None:
-        """One PublishRequest at a time; each carries the acknowledgements of what was handled."""
-        while True:
-            acks = sorted(sub.unacked)
-            try:
-                response = await client.uaclient.publish(
-                    [
-                        ua.SubscriptionAcknowledgement(SubscriptionId=sub.id, SequenceNumber=s)
-                        for s in acks
-                    ]
-                )
-            except UaStatusCodeError as exc:
-                if exc.code in (StatusCodes.BadTimeout, StatusCodes.BadTooManyPublishRequests):
-                    continue  # the server let this request go; send another
-                raise
-            sub.unacked.difference_update(acks)
-            self._last_publish = time.monotonic()
-            self._stats["publishes_received"] += 1
-            result = response.Parameters
-            if result.SubscriptionId == 0:
-                raise DeviceUnreachable("server reports no subscription for this session")
-            if result.SubscriptionId != sub.id:
-                _log.debug(
-                    "opcua %s: response for subscription %s", self.endpoint, result.SubscriptionId
-                )
-                continue
-            self._progress = True
-            await self._handle(client, sub, result)
-
-    async def _handle(
-        self, client: Client, sub: svc.SubscriptionState, result: ua.PublishResult
-    ) -> None:
-        """Check the sequence number, fetch what is missing, then hand everything over.
-
-        Everything that waits on the server (Republish, HistoryRead) happens first; delivery and
-        bookkeeping follow without a pause, so a cancelled task never half-delivers a message.
-        """
-        msg = result.NotificationMessage
-        seq = int(msg.SequenceNumber)
-        has_data = bool(msg.NotificationData)
-        expected = sub.next_seq
-        if has_data and seq < expected:
-            sub.unacked.add(seq)  # already handled (it came again after a Republish)
-            return
-        # A keep-alive carries the next sequence number, a message its own; both show a gap.
-        missing = range(expected, seq) if seq > expected else range(0)
-        messages: list[tuple[int, ua.NotificationMessage]] = []
-        lost = 0
-        available = set(result.AvailableSequenceNumbers or ())
-        for m in missing:
-            again: ua.NotificationMessage | None = None
-            if m in available:
-                with contextlib.suppress(UaStatusCodeError):  # BadMessageNotAvailable
-                    again = await client.uaclient.session.republish(sub.id, m)
-                self._last_publish = time.monotonic()
-            if again is not None and again.NotificationData:
-                messages.append((m, again))
-            else:
-                lost += 1
-        if has_data:
-            messages.append((seq, msg))
-        if lost:
-            _log.warning("opcua %s: %d notification messages lost", self.endpoint, lost)
-            self._stats["lost_messages"] += lost
-            self._gaps.open_all()
-        parts: list[Readings] = []
-        status_bad: ua.StatusCode | None = None
-        text = self._on_text is not None
-        for _, m_msg in messages:
-            for notif in m_msg.NotificationData or ():
-                if isinstance(notif, ua.DataChangeNotification) and notif.MonitoredItems:
-                    parts.append(decode_notifications(notif.MonitoredItems, text=text))
-                elif isinstance(notif, ua.StatusChangeNotification):
-                    if notif.Status is not None and not notif.Status.is_good():
-                        status_bad = notif.Status
-        readings = self._known(Readings.concat(parts))
-        found = self._gaps.find(readings)
-        backfill, gap_idx = await self._backfill(client, found)
-        # --- no awaits from here on ---
-        self._deliver(backfill)
-        self._report_gaps(found, gap_idx)
-        kept = readings.select(found.keep)
-        self._stats["duplicates_dropped"] += len(readings) - len(kept)
-        self._deliver(kept)
-        self._gaps.close(found.closing)
-        self._gaps.observe(backfill)
-        self._gaps.observe(kept)
-        sub.unacked.update(m for m, _ in messages)
-        self._stats["republished"] += len(messages) - int(has_data)
-        sub.next_seq = max(expected, seq + 1 if has_data else seq)
-        if status_bad is not None:
-            # BadTimeout: the server dropped the subscription. Start over (the next attempt
-            # finds it gone and re-creates it).
-            self._mark_dead(f"subscription status {status_bad}")
-
-    def _known(self, r: Readings) -> Readings:
-        known = (r.handles >= 0) & (r.handles < len(self._tags))
-        if known.all():
-            return r
-        _log.warning("opcua %s: %d values for unknown handles", self.endpoint, int((~known).sum()))
-        return r.select(known)
-
-    async def _backfill(self, client: Client, found: GapFind) -> tuple[Readings, I64]:
-        """History for gaps on nodes that keep it; returns (values, indices of gaps left)."""
-        left = np.arange(len(found.handles), dtype=np.int64)
-        if not len(left) or not self._history_backfill:
-            return Readings.empty(), left
-        try:
-            if self._historized is None:
-                readable = await svc.read_history_readable(
-                    client, [it.node_id for it in self._items]
-                )
-                self._historized = np.array(readable, dtype=np.bool_)
-            candidates = left[self._historized[found.handles]]
-            if not len(candidates):
-                return Readings.empty(), left
-            requests = [
-                (
-                    self._items[int(found.handles[i])].node_id,
-                    from_us(int(found.from_us[i])),
-                    from_us(int(found.to_us[i])),
-                )
-                for i in candidates
-            ]
-            results = await svc.history_read_raw(client, requests)
-        except UaStatusCodeError as exc:
-            _log.warning("opcua %s: history read failed (%s); reporting gaps", self.endpoint, exc)
-            return Readings.empty(), left
-        finally:
-            self._last_publish = time.monotonic()
-        parts: list[Readings] = []
-        done = np.zeros(len(left), dtype=np.bool_)
-        for i, (dvs, code) in zip(candidates.tolist(), results, strict=True):
-            if code & 0x80000000:
-                continue
-            r = decode_history(int(found.handles[i]), dvs, text=self._on_text is not None)
-            inside = (r.times > found.from_us[i]) & (r.times < found.to_us[i])
-            parts.append(r.select(inside))
-            done[i] = True
-        backfill = Readings.concat(parts)
-        self._stats["backfilled"] += len(backfill)
-        return backfill, left[~done]
-
-    # --- handing over --------------------------------------------------------------------------
-
-    def _deliver(self, r: Readings) -> None:
-        if not len(r):
-            return
-        self._stats["bad_values"] += int((r.quality & 0x80000000 != 0).sum())
-        if r.is_text.any():
-            t = r.select(r.is_text)
-            r = r.select(~r.is_text)
-            self._emit_text(
-                self._tag_ids[t.handles],
-                t.times,
-                [s or "" for s in t.texts],
-                t.quality.view(np.int32),
-            )
-        if len(r):
-            self._emit_values(self._tag_ids[r.handles], r.times, r.values, r.quality.view(np.int32))
-
-    def _report_gaps(self, found: GapFind, idx: I64) -> None:
-        if not len(idx):
-            return
-        self._stats["gaps"] += len(idx)
-        tag_ids = self._tag_ids[found.handles[idx]]
-        if self._on_gap is None:
-            if not self._gap_warned:
-                _log.warning("opcua %s: readings lost and no on_gap consumer", self.endpoint)
-                self._gap_warned = True
-            return
-        try:
-            self._on_gap(tag_ids, found.from_us[idx], found.to_us[idx])
-        except Exception:
-            self._stats["callback_errors"] += 1
-            _log.exception("opcua %s: on_gap raised", self.endpoint)
-
-    def _emit_values(
-        self, tag_ids: I32, times: I64, values: npt.NDArray[np.float64], q: I32
-    ) -> None:
-        self._stats["values_received"] += int(tag_ids.shape[0])
-        try:
-            self._on_values(tag_ids, times, values, q)
-        except Exception:
-            # The consumer failed on this chunk; count it loudly. Reconnecting would not help.
-            self._stats["callback_errors"] += 1
-            _log.exception("opcua %s: on_values raised", self.endpoint)
-
-    def _emit_text(self, tag_ids: I32, times: I64, texts: list[str], q: I32) -> None:
-        self._stats["text_values"] += len(texts)
-        assert self._on_text is not None
-        try:
-            self._on_text(tag_ids, times, texts, q)
-        except Exception:
-            self._stats["callback_errors"] += 1
-            _log.exception("opcua %s: on_text raised", self.endpoint)
 
     def _set_state(self, state: SessionState, error: str | None) -> None:
         if self._stats["state"] == state.value and error is None:

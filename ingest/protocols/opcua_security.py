@@ -51,6 +51,20 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
+
+class _NoActivateSessionRecords(logging.Filter):
+    """asyncua logs every request it sends at DEBUG, ActivateSession too, and that one carries
+    the user token: with SignAndEncrypt the password is in it as plain bytes. Never log it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(a, ua.ActivateSessionRequest) for a in args)
+
+
+logging.getLogger("asyncua.client.ua_client.UASocketProtocol").addFilter(
+    _NoActivateSessionRecords()
+)
+
 DEFAULT_PKI_DIR = Path(__file__).resolve().parents[2] / ".local" / "pki"
 CLIENT_APPLICATION_URI = f"urn:{socket.gethostname()}:scada-ingest:client"
 _CERT_DAYS = 730

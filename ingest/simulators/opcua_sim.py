@@ -470,12 +470,14 @@ class _UserManager:
         password: str | None = None,
         certificate: Any = None,
     ) -> User | None:
-        if certificate is not None:  # asyncua has checked the token signature already
-            return User(role=UserRole.User, name="x509")
+        # asyncua passes the channel's certificate along with every token, so ``certificate``
+        # does not tell an X.509 login from an anonymous one. Anonymous tokens are refused
+        # before this point once there is a user list (see ``set_identity_tokens``), and an
+        # X.509 token's signature is checked before it, so: check names, accept the rest.
+        if username is None:
+            return User(role=UserRole.User, name="x509" if certificate is not None else None)
         if self._users is None:
             return User(role=UserRole.User, name=username)
-        if username is None:
-            return None  # anonymous, refused once there is a user list
         expected = self._users.get(username)
         given = (password or "").encode()
         if expected is not None and hmac.compare_digest(expected.encode(), given):
