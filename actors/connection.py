@@ -11,8 +11,8 @@ import ray
 from actors.common import CONCURRENCY_GROUPS, writer_name
 from ingest.batch import ReadingBatch
 from ingest.config import Settings
-from ingest.metrics import Metrics, safe
 from ingest.connection_host import ConnectionHost
+from ingest.metrics import Metrics, safe
 from ingest.models import ConnectionSpec
 from ingest.sender import BatchSender
 

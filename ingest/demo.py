@@ -140,7 +140,7 @@ def run_demo(
             time.sleep(0.3)
         else:
             raise RuntimeError("the demo connection delivered nothing within 60 s")
-        hist0 = ray.get(writer.latency_histogram.remote())
+        hist0: np.ndarray = np.asarray(ray.get(writer.latency_histogram.remote()))
         proc.send_signal(signal.SIGUSR1)  # resume publishing
         t0 = time.monotonic()
         last_n, last_t = 0, t0

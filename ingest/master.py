@@ -111,7 +111,7 @@ class MasterStore:
         )
         if r is None:
             raise TenantNotFound(f"tenant {tenant_id!r} not found")
-        parts = urlsplit(r["database_url"])
+        parts = urlsplit(str(r["database_url"]))
         host = parts.hostname or ""
         netloc = f"{quote(r['db_user'])}:{quote(self.box.decrypt(r['db_password_enc']))}@{host}"
         if parts.port:

@@ -30,7 +30,9 @@ def batch_to_bytes(b: ReadingBatch) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def batch_from_bytes(data: bytes) -> ReadingBatch:
+def batch_from_bytes(data: bytes | str) -> ReadingBatch:
+    if isinstance(data, str):  # a client built with decode_responses=True
+        raise TypeError("the spool's Redis client must return bytes")
     with pa.ipc.open_stream(pa.py_buffer(data)) as r:
         rb = r.read_next_batch()
         return ReadingBatch.from_arrow(rb.replace_schema_metadata(r.schema.metadata))
@@ -103,6 +105,10 @@ class RedisSpool:
             raise SpoolUnavailable(f"spool unreachable: {type(e).__name__}") from e
 
 
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
 class Quarantine:
     """Batches the database refused for good, kept where an operator can inspect and replay."""
 
@@ -122,7 +128,7 @@ class Quarantine:
         for bid, err in errors.items():
             raw = await self.client.hget(self.key, bid)
             rows = len(batch_from_bytes(raw)) if raw else 0
-            out.append({"batch_id": bid.decode(), "rows": rows, "error": err.decode()})
+            out.append({"batch_id": _text(bid), "rows": rows, "error": _text(err)})
         return sorted(out, key=lambda x: x["batch_id"])
 
     async def take(self, batch_id: str) -> ReadingBatch | None:

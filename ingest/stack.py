@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from ingest.config import Settings
 from ingest.localstack import (
-    PostgresParams, RedisParams, ensure_postgres, ensure_redis, postgres_running, redis_running,
-    stop_postgres, stop_redis,
+    PostgresParams,
+    RedisParams,
+    ensure_postgres,
+    ensure_redis,
+    postgres_running,
+    redis_running,
+    stop_postgres,
+    stop_redis,
 )
 
 

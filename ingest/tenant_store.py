@@ -7,9 +7,8 @@ from typing import Any
 
 import asyncpg
 
-from ingest.errors import ConnectionNotFound, InvalidRegistration
+from ingest.errors import ConnectionNotFound, InvalidRegistration, TagNotFound
 from ingest.models import ConnectionSpec, Protocol, SecurityMode, SecurityPolicy, TagSpec, Tenant
-from ingest.errors import TagNotFound
 from ingest.registration import ConnectionCreate, ConnectionUpdate, TagCreate, TagUpdate
 from ingest.secrets import SecretBox
 

@@ -215,7 +215,8 @@ class TenantWriter:
             self._wake.clear()
             try:
                 while self._pending:
-                    take, rows = [], 0
+                    take: list[_Pending] = []
+                    rows = 0
                     while self._pending and (rows < self.flush_rows or not take):
                         p = self._pending.pop(0)
                         take.append(p)
@@ -287,10 +288,11 @@ class TenantWriter:
             await self._to_spool(items)
             return
         except asyncpg.PostgresError:
-            results = await self._isolate(batches)
-            if results is None:  # the database went away while isolating
+            isolated = await self._isolate(batches)
+            if isolated is None:  # the database went away while isolating
                 await self._to_spool(items)
                 return
+            results = isolated
         self._db_up()
         for p, r in zip(items, results, strict=True):
             if not p.done.done():

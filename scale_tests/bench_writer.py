@@ -26,7 +26,13 @@ from ingest.batch import ReadingBatch
 from ingest.config import Settings
 from ingest.copy_binary import encode_readings
 from scale_tests.common import (
-    count_rows, ensure_tenant, log, prepare_stack, ratio, start_private_ray, summary_rates,
+    count_rows,
+    ensure_tenant,
+    log,
+    prepare_stack,
+    ratio,
+    start_private_ray,
+    summary_rates,
     truncate,
 )
 

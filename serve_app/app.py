@@ -16,13 +16,26 @@ from fastapi.responses import JSONResponse
 
 from ingest.config import Settings
 from ingest.errors import (
-    AuthError, ConnectionNotFound, Forbidden, IngestError, InvalidRegistration,
-    StorageUnavailable, TagNotFound, TenantExists, TenantNotFound, TenantUnavailable,
+    AuthError,
+    ConnectionNotFound,
+    Forbidden,
+    IngestError,
+    InvalidRegistration,
+    StorageUnavailable,
+    TagNotFound,
+    TenantExists,
+    TenantNotFound,
+    TenantUnavailable,
 )
 from ingest.master import MasterStore, Principal
 from ingest.models import Tenant, TenantStatus
 from ingest.registration import (
-    ApiKeyCreate, ConnectionCreate, ConnectionUpdate, TagsCreate, TagUpdate, TenantCreate,
+    ApiKeyCreate,
+    ConnectionCreate,
+    ConnectionUpdate,
+    TagsCreate,
+    TagUpdate,
+    TenantCreate,
     TenantStatusUpdate,
 )
 from ingest.tenant_store import TenantStore

@@ -244,7 +244,8 @@ def test_one_tenant_database_down_does_not_slow_the_other(
         db_fetch(su, f'ALTER DATABASE "{a.db}" WITH ALLOW_CONNECTIONS true')
         wait_for(lambda: any(t["slug"] == a.slug and t["state"] == "HEALTHY"
                              for t in cluster_status(stack)["tenants"]), 60, "a recovered")
-        s_a, s_b = sim_a.stop(), sim_b.stop()
+        s_a = sim_a.stop()
+        sim_b.stop()
         tags_a = {n: t for m in conns_a.values() for n, t in m.items()}
         wait_for(lambda: counting_check_with_gaps(stack.dsn(a.db), tags_a, s_a["per_node"])[
             "unaccounted"] == 0, 120, "tenant a caught up from its spool")

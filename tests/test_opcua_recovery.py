@@ -58,7 +58,7 @@ def check_accounting(
         assert len(values) == len(set(values)), f"{t.node_id}: a count arrived twice"
         assert values == sorted(values), f"{t.node_id}: out of order"
         assert values and values[-1] == n, f"{t.node_id}: last count {values[-1:]} != {n}"
-        times = [ts for ts, _ in readings]
+        times = [ts for ts, _, _ in readings]
         tag_gaps = gaps.by_tag.get(t.tag_id, [])
         for a, b in tag_gaps:  # nothing received lies inside a gap
             assert not any(a < ts < b for ts in times), f"{t.node_id}: value inside gap"

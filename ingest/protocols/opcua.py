@@ -266,7 +266,8 @@ class OpcUaSession:
         self._client: Client | None = None
         self._sub: svc.SubscriptionState | None = None
         self._server_start: Any = None
-        self._kept = False  # this connection carried on an existing subscription
+        self._kept = False
+        self._subscribed_before = False  # this connection carried on an existing subscription
         self._resume_ok = True
         self._stats: dict[str, Any] = {
             "state": SessionState.DISCONNECTED.value,
@@ -500,8 +501,9 @@ class OpcUaSession:
         self._stream.gaps.mark_subscribed(np.arange(len(self._items), dtype=np.int64), now_us())
         failed, calls = await svc.create_items(client, sub.id, self._items, per_call)
         self._stats["item_create_calls"] += calls
-        if old is not None:
+        if self._subscribed_before:
             self._stats["resubscribed"] += 1
+        self._subscribed_before = True
         if failed:
             self._report_failed_items(failed)
         return sub

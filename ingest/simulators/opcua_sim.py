@@ -53,6 +53,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import signal
 import socket
 import sys
@@ -67,6 +68,7 @@ from asyncua import ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.history import HistoryDict
+from asyncua.server.history_sql import HistorySQLite
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.internal_subscription import InternalSubscription
 from asyncua.server.server import Server
@@ -292,9 +294,7 @@ class OpcUaSimulator:
 
     async def _setup_history(self, server: Server) -> None:
         if self.history_db is not None:
-            from asyncua.server.history_sql import HistorySQLite
-
-            storage: Any = HistorySQLite(str(self.history_db))
+            storage: Any = _SQLiteHistory(str(self.history_db))
         else:
             storage = HistoryDict()
         server.iserver.history_manager.set_storage(storage)
@@ -455,6 +455,19 @@ class OpcUaSimulator:
             else:
                 out.append(float(v[i]))
         return out
+
+
+class _SQLiteHistory(HistorySQLite):
+    """asyncua's SQLite history, with table names that work for string node ids.
+
+    asyncua names a node's table ``f"{ns}_{identifier!r}"``, so a string identifier brings its
+    quotes along and the table-name check refuses it.
+    """
+
+    def _get_table_name(self, node_id: ua.NodeId) -> str:
+        return (
+            f"{node_id.NamespaceIndex}_{re.sub(r'[^A-Za-z0-9_.-]', '_', str(node_id.Identifier))}"
+        )
 
 
 class _UserManager:
