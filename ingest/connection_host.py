@@ -106,6 +106,8 @@ class ConnectionHost:
         self._builders: dict[str, BatchBuilder] = {}
         self._senders: dict[str, BatchSender] = {}
         self.values_received = 0
+        # Per connection, kept after its session stops: what benchmarks and audits count.
+        self.delivered: dict[str, int] = {}
         self._rate_mark = (time.monotonic(), 0)
         self.values_per_s = 0.0
 
@@ -149,7 +151,9 @@ class ConnectionHost:
                                    np.full(mt.shape[0], GAP_QUALITY, np.int32))
                     self.gap_markers += int(mt.shape[0])
             builder.append(tag_ids, times, scale(tag_ids, values), quality)
-            self.values_received += int(times.shape[0])
+            n = int(times.shape[0])
+            self.values_received += n
+            self.delivered[cid] = self.delivered.get(cid, 0) + n
 
         def on_state(state: str, error: str | None) -> None:
             r = self._running.get(cid)
@@ -221,6 +225,7 @@ class ConnectionHost:
             "values_received": self.values_received,
             "unacked_rows": self.unacked_rows(),
             "gap_markers": self.gap_markers,
+            "delivered": dict(self.delivered),
             "connections": {
                 cid: {
                     "tenant": r.spec.tenant_slug,

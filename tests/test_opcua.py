@@ -55,9 +55,7 @@ class Collector:
         assert values.dtype == np.float64 and quality.dtype == np.int32
         assert len(tag_ids) == len(time_us) == len(values) == len(quality) > 0
         self.calls += 1
-        for t, ts, v, q in zip(
-            tag_ids.tolist(), time_us.tolist(), values.tolist(), quality.tolist(), strict=True
-        ):
+        for t, ts, v, q in zip(tag_ids.tolist(), time_us.tolist(), values.tolist(), quality.tolist(), strict=True):
             self.readings[t].append((ts, v, q))
             self.arrivals.append(t)
 
@@ -123,23 +121,17 @@ async def test_counting_every_value_arrives_exactly_once() -> None:
 @pytest.mark.asyncio
 async def test_five_hundred_tags_all_deliver(monkeypatch: pytest.MonkeyPatch) -> None:
     # Smaller CreateMonitoredItems calls than the server allows, so chunking is exercised too.
-    monkeypatch.setattr("ingest.protocols.opcua._MAX_ITEMS_PER_CALL", 128)
-    sim = OpcUaSimulator(
-        port=free_port(), wells=1, tags_per_well=500, interval_ms=100, mode="realistic"
-    )
+    monkeypatch.setattr("ingest.protocols.opcua_service.MAX_ITEMS_PER_CALL", 128)
+    sim = OpcUaSimulator(port=free_port(), wells=1, tags_per_well=500, interval_ms=100, mode="realistic")
     await sim.start()
     tags = tags_of(sim)
     missing = OpcUaTag(tag_id=1, node_id=f"ns={sim.namespace_index};s=W999.T999")
     got = Collector()
     states: list[tuple[str, str | None]] = []
-    session = OpcUaSession(
-        sim.endpoint, [*tags, missing], got, on_state=lambda s, e: states.append((s, e))
-    )
+    session = OpcUaSession(sim.endpoint, [*tags, missing], got, on_state=lambda s, e: states.append((s, e)))
     runner = asyncio.create_task(session.run())
     try:
-        await wait_until(
-            lambda: all(len(got.good(t.tag_id)) >= 3 for t in tags), "3 values from every tag"
-        )
+        await wait_until(lambda: all(len(got.good(t.tag_id)) >= 3 for t in tags), "3 values from every tag")
         values = np.array([v for t in tags for _, v, _ in got.good(t.tag_id)])
         assert np.isfinite(values).all() and (values >= 0).all()
         assert len(np.unique(values)) > len(tags)  # signals move, not a constant
@@ -184,9 +176,7 @@ async def test_session_survives_server_restart() -> None:
             return [v for _, v, q in got.readings[tag.tag_id][mark[tag.tag_id] :] if q == 0]
 
         await wait_until(lambda: session.stats["reconnects"] >= 1, "a reconnect")
-        await wait_until(
-            lambda: all(len(new_values(t)) >= 3 for t in tags), "values from the second server"
-        )
+        await wait_until(lambda: all(len(new_values(t)) >= 3 for t in tags), "values from the second server")
         # They are the second server's own count (it starts again at 1), without gaps.
         for t in tags:
             new = new_values(t)
@@ -260,3 +250,120 @@ async def test_cli_signals_summary_and_drain(tmp_path: Path) -> None:
     for t in tags:
         n = summary["per_node"][t.node_id]
         assert [v for _, v, _ in got.readings[t.tag_id]] == [float(k) for k in range(n + 1)]
+
+
+class TextCollector:
+    """The on_text callback."""
+
+    def __init__(self) -> None:
+        self.readings: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
+
+    def __call__(
+        self,
+        tag_ids: npt.NDArray[np.int32],
+        time_us: npt.NDArray[np.int64],
+        texts: list[str],
+        quality: npt.NDArray[np.int32],
+    ) -> None:
+        assert tag_ids.dtype == np.int32 and time_us.dtype == np.int64
+        assert quality.dtype == np.int32 and len(tag_ids) == len(texts) == len(quality) > 0
+        for t, ts, s, q in zip(tag_ids.tolist(), time_us.tolist(), texts, quality.tolist(), strict=True):
+            self.readings[t].append((ts, s, q))
+
+
+async def test_strings_go_to_on_text_numbers_stay_numeric() -> None:
+    sim = OpcUaSimulator(port=free_port(), wells=2, tags_per_well=2, interval_ms=50, string_tags=True, paused=True)
+    await sim.start()
+    tags = tags_of(sim)
+    text_nodes = set(sim.text_node_ids())
+    assert len(text_nodes) == 2
+    got, texts, legacy = Collector(), TextCollector(), Collector()
+    session = OpcUaSession(sim.endpoint, tags, got, on_text=texts)
+    without_text = OpcUaSession(sim.endpoint, tags, legacy)  # no on_text: strings are Bad NaN
+    runners = [asyncio.create_task(s.run()) for s in (session, without_text)]
+    try:
+        await wait_until(
+            lambda: (
+                all(got.readings[t.tag_id] or texts.readings[t.tag_id] for t in tags)
+                and all(legacy.readings[t.tag_id] for t in tags)
+            ),
+            "initial snapshots",
+        )
+        await sim.resume()
+        await asyncio.sleep(1.0)
+        await sim.pause()
+        published = sim.published_per_node()
+
+        def arrived(t: OpcUaTag) -> int:
+            return len(texts.readings[t.tag_id] if t.node_id in text_nodes else got.good(t.tag_id))
+
+        await wait_until(lambda: all(arrived(t) > published[t.node_id] for t in tags), "values")
+        await asyncio.sleep(0.3)
+        for t in tags:
+            n = published[t.node_id]
+            if t.node_id in text_nodes:
+                assert [s for _, s, _ in texts.readings[t.tag_id]] == [f"v{k}" for k in range(n + 1)]
+                assert all(q == 0 for _, _, q in texts.readings[t.tag_id])
+                assert not got.readings[t.tag_id]
+                bad = legacy.readings[t.tag_id]
+                assert bad and all(np.isnan(v) and q < 0 for _, v, q in bad)
+            else:
+                assert [v for _, v, _ in got.readings[t.tag_id]] == [float(k) for k in range(n + 1)]
+                assert not texts.readings[t.tag_id]
+        assert session.stats["text_values"] == sum(published[n] + 1 for n in text_nodes)
+    finally:
+        for s in (session, without_text):
+            await s.stop()
+        await asyncio.gather(*runners)
+        await sim.stop()
+
+
+async def test_per_tag_queue_and_deadband_settings() -> None:
+    sim = OpcUaSimulator(port=free_port(), wells=1, tags_per_well=3, interval_ms=20, paused=True)
+    await sim.start()
+    plain, deadband, latest_only = (
+        OpcUaTag(1, sim.node_ids()[0]),
+        # asyncua compares with the previous value: a count moves by 1, never by more than 1.5.
+        OpcUaTag(2, sim.node_ids()[1], deadband_type="absolute", deadband_value=1.5),
+        OpcUaTag(3, sim.node_ids()[2], queue_size=1, discard_oldest=True),
+    )
+    tags = [plain, deadband, latest_only]
+    got = Collector()
+    session = OpcUaSession(sim.endpoint, tags, got, publishing_interval_ms=500)
+    runner = asyncio.create_task(session.run())
+    try:
+        await wait_until(lambda: all(got.readings[t.tag_id] for t in tags), "initial snapshots")
+        await sim.resume()
+        await asyncio.sleep(2.0)
+        await sim.pause()
+        n = sim.published_per_node()[plain.node_id]
+        await wait_until(lambda: len(got.readings[plain.tag_id]) == n + 1, "every plain value")
+        await wait_until(lambda: got.readings[latest_only.tag_id][-1][1] == n, "the last value")
+        await asyncio.sleep(0.6)
+        assert [v for _, v, _ in got.readings[plain.tag_id]] == [float(k) for k in range(n + 1)]
+        assert [v for _, v, _ in got.readings[deadband.tag_id]] == [0.0]
+        latest = [v for _, v, _ in got.readings[latest_only.tag_id]]
+        assert latest == sorted(set(latest)) and len(latest) < n / 2  # one per publish
+    finally:
+        await session.stop()
+        await runner
+        await sim.stop()
+
+
+def test_simulator_command_line_options() -> None:
+    from ingest.models import SecurityMode, SecurityPolicy
+    from ingest.simulators.opcua_sim import _parse_args
+
+    args = _parse_args(
+        [
+            *("--security", "SignAndEncrypt:Aes256_Sha256_RsaPss", "--security", "None"),
+            *("--user", "operator:pa:ss", "--string-tags", "--historize"),
+        ]
+    )
+    assert args.security == [
+        (SecurityMode.SIGN_AND_ENCRYPT, SecurityPolicy.AES256_SHA256_RSAPSS),
+        (SecurityMode.NONE, SecurityPolicy.NONE),
+    ]
+    assert args.user == [("operator", "pa:ss")] and args.string_tags and args.historize
+    with pytest.raises(SystemExit):
+        _parse_args(["--security", "Encrypt:Basic256Sha256"])

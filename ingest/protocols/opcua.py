@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -36,22 +35,13 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import numpy.typing as npt
 from asyncua import ua
-from asyncua.client.client import Client
-from asyncua.client.ua_client import UaClientState
-from asyncua.ua.object_ids import ObjectIds
-from asyncua.ua.status_codes import StatusCodes
-from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+from asyncua.ua.uaerrors import UaError
 
-from ingest.errors import DeviceProtocolError, DeviceUnreachable, IngestError
+from ingest.errors import IngestError
 from ingest.protocols import opcua_service as svc
-from ingest.protocols.opcua_security import (
-    DEFAULT_PKI_DIR,
-    OpcUaSecurity,
-    PkiStore,
-    configure_client,
-)
+from ingest.protocols.opcua_connection import SessionKeeper
+from ingest.protocols.opcua_security import DEFAULT_PKI_DIR, OpcUaSecurity, PkiStore
 from ingest.protocols.opcua_stream import NotificationStream
-from ingest.protocols.opcua_values import now_us
 
 __all__ = [
     "OnGap",
@@ -117,67 +107,11 @@ class OpcUaTag:
             raise ValueError(f"tag {self.tag_id}: deadband_value needs a deadband_type, >= 0")
 
 
-_KEEPALIVE_EVERY_S = 1.0  # ask for a keep-alive at least this often when nothing changes
-_LIFETIME_S = 60.0  # server drops our subscription after this long without a PublishRequest
-_SESSION_TIMEOUT_MS = 60_000  # ... and our session: the window in which a resume is possible
-_MIN_STALL_TIMEOUT_S = 5.0
-_REQUEST_TIMEOUT_S = 10.0
-_DISCONNECT_TIMEOUT_S = 3.0
-_MAX_ITEMS_PER_CALL = svc.MAX_ITEMS_PER_CALL
-
-# Server answers that mean "the device or the path to it is down", as opposed to "you asked for
-# something it will not do"; the first are DeviceUnreachable, the rest DeviceProtocolError.
-_UNREACHABLE_CODES = frozenset(
-    getattr(StatusCodes, name)
-    for name in (
-        "BadTimeout",
-        "BadCommunicationError",
-        "BadConnectionClosed",
-        "BadConnectionRejected",
-        "BadDisconnect",
-        "BadNoCommunication",
-        "BadServerHalted",
-        "BadServerNotConnected",
-        "BadSecureChannelClosed",
-        "BadSecureChannelIdInvalid",
-        "BadSessionClosed",
-        "BadSessionIdInvalid",
-        "BadShutdown",
-        "BadTooManySessions",
-        "BadResourceUnavailable",
-        "BadSubscriptionIdInvalid",
-        "BadNoSubscription",
-        "BadTooManyPublishRequests",
-    )
-)
-_IDENTITY_CODES = frozenset(
-    (
-        StatusCodes.BadUserAccessDenied,
-        StatusCodes.BadIdentityTokenInvalid,
-        StatusCodes.BadIdentityTokenRejected,
-    )
-)
-
 _T = TypeVar("_T")
 
 
 class _Stopped(Exception):
     """stop() was called while the session was waiting on something."""
-
-
-def _translate(exc: BaseException) -> IngestError:
-    """asyncua and socket errors -> ours, so nothing above this module sees asyncua types."""
-    if isinstance(exc, IngestError):
-        return exc
-    if isinstance(exc, UaStatusCodeError):
-        code = getattr(exc, "code", None)
-        cls = DeviceUnreachable if code in _UNREACHABLE_CODES else DeviceProtocolError
-        return cls(f"server answered {exc}")
-    if isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError | EOFError):
-        return DeviceUnreachable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-    if isinstance(exc, UaError):
-        return DeviceProtocolError(f"{type(exc).__name__}: {exc}")
-    return DeviceProtocolError(f"unexpected {type(exc).__name__}: {exc}")
 
 
 class OpcUaSession:
@@ -212,7 +146,7 @@ class OpcUaSession:
         if not 0 < reconnect_initial_s <= reconnect_max_s:
             raise ValueError("need 0 < reconnect_initial_s <= reconnect_max_s")
         seen: set[int] = set()
-        self._items: list[svc.ItemSpec] = []
+        items: list[svc.ItemSpec] = []
         for handle, tag in enumerate(tags):
             if tag.tag_id in seen:
                 raise ValueError(f"tag_id {tag.tag_id} appears twice")
@@ -225,14 +159,12 @@ class OpcUaSession:
                 raise ValueError(f"tag {tag.tag_id}: bad node id {tag.node_id!r}: {exc}") from None
             # Client handle = position in the tag list, so mapping a notification to its tag is
             # one numpy take over the whole publish response.
-            self._items.append(
+            items.append(
                 svc.ItemSpec(
                     handle=handle,
                     node_id=node_id,
                     sampling_interval_ms=float(
-                        sampling_interval_ms
-                        if tag.sampling_interval_ms is None
-                        else tag.sampling_interval_ms
+                        sampling_interval_ms if tag.sampling_interval_ms is None else tag.sampling_interval_ms
                     ),
                     queue_size=queue_size if tag.queue_size is None else tag.queue_size,
                     discard_oldest=tag.discard_oldest,
@@ -241,34 +173,16 @@ class OpcUaSession:
                 )
             )
         self.endpoint = endpoint
-        self._tags = tuple(tags)
-        self._tag_ids = np.array([t.tag_id for t in self._tags], dtype=np.int32)
-        self._on_values = on_values
-        self._on_text = on_text
-        self._on_gap = on_gap
+        self._tag_ids = np.array([t.tag_id for t in tags], dtype=np.int32)
         self._on_state = on_state
-        self._security = security or OpcUaSecurity()
-        self._pki = PkiStore(pki_dir)
-        self._history_backfill = history_backfill
-        self._publishing_interval_ms = publishing_interval_ms
         self._reconnect_initial_s = reconnect_initial_s
         self._reconnect_max_s = reconnect_max_s
 
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
         self._done = asyncio.Event()
         self._running = False
-        self._dead: str | None = None  # why the current connection is considered lost
         self._connected = False  # the current attempt got as far as a working subscription
         self._ever_connected = False
-        # What survives a connection: the asyncua client (it holds the session token and
-        # nonce a re-activation needs), the subscription, and per-tag gap bookkeeping.
-        self._client: Client | None = None
-        self._sub: svc.SubscriptionState | None = None
-        self._server_start: Any = None
-        self._kept = False
-        self._subscribed_before = False  # this connection carried on an existing subscription
-        self._resume_ok = True
         self._stats: dict[str, Any] = {
             "state": SessionState.DISCONNECTED.value,
             "values_received": 0,
@@ -291,13 +205,23 @@ class OpcUaSession:
         }
         self._stream = NotificationStream(
             endpoint,
-            self._items,
+            items,
             self._tag_ids,
             on_values,
             on_text,
             on_gap,
             self._stats,
             history_backfill=history_backfill,
+        )
+        self._keeper = SessionKeeper(
+            endpoint,
+            security or OpcUaSecurity(),
+            PkiStore(pki_dir),
+            items,
+            float(publishing_interval_ms),
+            self._stream,
+            self._stats,
+            self._stop,
         )
 
     # --- public surface ---------------------------------------------------------------------
@@ -339,8 +263,7 @@ class OpcUaSession:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
         finally:
-            if self._client is not None:
-                await self._close(self._client, end_session=True)
+            await self._keeper.close()
             self._set_state(SessionState.DISCONNECTED, None)
             self._running = False
             self._done.set()
@@ -348,7 +271,7 @@ class OpcUaSession:
     async def stop(self) -> None:
         """Ask ``run()`` to disconnect and return; waits for it, so no callback follows."""
         self._stop.set()
-        self._wake.set()
+        self._keeper.wake()
         if self._running:
             await self._done.wait()
 
@@ -356,234 +279,25 @@ class OpcUaSession:
 
     async def _connect_and_watch(self) -> None:
         """Connect, get a subscription, then watch until stop() (returns) or loss (raises)."""
-        self._dead = None
-        self._wake.clear()
-        self._stream.progress = self._kept = False
-        if self._client is None:
-            self._client = Client(self.endpoint, timeout=_REQUEST_TIMEOUT_S)
-            self._client.session_timeout = _SESSION_TIMEOUT_MS
-        client = self._client
-        tasks: list[asyncio.Task[None]] = []
         try:
-            resumed = await self._unless_stopped(self._open_session(client))
-            sub = await self._unless_stopped(self._subscription(client, resumed))
+            sub = await self._unless_stopped(self._keeper.connect())
             if self._ever_connected:
                 self._stats["reconnects"] += 1
             self._connected = self._ever_connected = True
             self._set_state(SessionState.CONNECTED, None)
-            self._stream.last_response = time.monotonic()
-            tasks = [
-                asyncio.create_task(self._stream.run(client, sub), name="opcua-publish"),
-                asyncio.create_task(self._renew_channel(client), name="opcua-renew"),
-            ]
-            for task in tasks:
-                task.add_done_callback(self._on_task_done)
-            await self._watch(client, max(sub.stall_timeout_s, _MIN_STALL_TIMEOUT_S))
+            await self._keeper.watch(sub)
         except Exception as exc:
             # Say so before the teardown, which can take a while on a wedged server.
             self._report_failure(exc)
             raise
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
-            # A resume that never got a publish response through is not tried twice in a row.
-            self._resume_ok = self._stream.progress or not self._kept
             if not self._stop.is_set():
-                # Only the transport: the server keeps our session (and subscription) for
-                # _SESSION_TIMEOUT_MS, so the next attempt can re-activate it.
-                client.disconnect_socket()
-
-    async def _open_session(self, client: Client) -> bool:
-        """Secure channel plus an activated session; True if it is the previous one, resumed."""
-        await configure_client(client, self._security, self._pki, self.endpoint)
-        await self._open_channel(client)
-        session = client.uaclient.session
-        resumed = False
-        if session.has_session:
-            session.rebind_authentication_token()
-            try:
-                await self._activate(client)
-                resumed = True
-            except UaStatusCodeError as exc:
-                _log.info("opcua %s: previous session not resumed (%s)", self.endpoint, exc)
-        if not resumed:
-            session.reset_authentication_token()
-            await client.create_session()
-            await self._activate(client)
-        start = await svc.server_start_time(client)
-        restarted = (
-            self._server_start is not None and start is not None and start != self._server_start
-        )
-        if resumed and restarted:
-            # asyncua servers number their session tokens from a counter that restarts with the
-            # process, so "our" token on a restarted server is someone else's session. Leave it
-            # alone (no CloseSession) and start a session of our own.
-            _log.warning("opcua %s: server restarted; not resuming the old session", self.endpoint)
-            client.disconnect_socket()
-            session.reset_authentication_token()
-            await self._open_channel(client)
-            await client.create_session()
-            await self._activate(client)
-            resumed = False
-        if restarted and self._sub is not None:
-            self._lose_subscription("server restarted")
-        if start is not None:
-            self._server_start = start
-        return resumed
-
-    async def _open_channel(self, client: Client) -> None:
-        await client.connect_socket()
-        try:
-            await client.send_hello()
-            await client.open_secure_channel()
-        except BaseException:
-            client.disconnect_socket()
-            raise
-
-    async def _activate(self, client: Client) -> None:
-        try:
-            await client.activate_session(
-                username=self._security.username,
-                password=self._security.password,
-                certificate=client.user_certificate,
-            )
-        except UaStatusCodeError as exc:
-            if exc.code in _IDENTITY_CODES:
-                who = (
-                    f"user {self._security.username!r}"
-                    if self._security.username
-                    else ("the user certificate" if client.user_certificate else "anonymous")
-                )
-                raise DeviceProtocolError(
-                    f"{self.endpoint}: server refused the identity ({who}): {exc}"
-                ) from None
-            raise
-
-    def _lose_subscription(self, why: str) -> None:
-        """The subscription is gone: values it still held may be lost; find out per tag."""
-        _log.info("opcua %s: subscription lost (%s); re-creating", self.endpoint, why)
-        self._stream.gaps.open_all()
-        self._sub = None
-
-    async def _subscription(self, client: Client, resumed: bool) -> svc.SubscriptionState:
-        """Carry on the subscription we had if the server still has it, else create one."""
-        old = self._sub
-        if old is not None:
-            kept = False
-            if resumed and self._resume_ok:
-                with contextlib.suppress(UaStatusCodeError):
-                    kept = await svc.subscription_alive(client, old.id)
-                self._stats["resumed"] += kept
-            elif resumed:
-                with contextlib.suppress(UaError):  # do not leave it queueing for nobody
-                    await client.uaclient.delete_subscriptions([old.id])
-            elif self._resume_ok:
-                with contextlib.suppress(UaStatusCodeError):
-                    kept = await svc.transfer_subscription(client, old.id)
-                self._stats["transferred"] += kept
-            if kept:
-                self._kept = True
-                return old
-            self._lose_subscription("not on the server any more")
-        per_call = await svc.operation_limit(
-            client,
-            ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
-            _MAX_ITEMS_PER_CALL,
-        )
-        sub = await svc.create_subscription(
-            client, float(self._publishing_interval_ms), _KEEPALIVE_EVERY_S, _LIFETIME_S
-        )
-        self._sub = sub
-        self._stream.historized = None  # the server may have changed what it keeps
-        self._stream.gaps.mark_subscribed(np.arange(len(self._items), dtype=np.int64), now_us())
-        failed, calls = await svc.create_items(client, sub.id, self._items, per_call)
-        self._stats["item_create_calls"] += calls
-        if self._subscribed_before:
-            self._stats["resubscribed"] += 1
-        self._subscribed_before = True
-        if failed:
-            self._report_failed_items(failed)
-        return sub
-
-    def _report_failed_items(self, failed: list[tuple[int, int]]) -> None:
-        # A tag the server will not monitor (unknown node, access denied) becomes one visible
-        # Bad reading with the server's status, instead of silently never reporting.
-        self._stats["failed_items"] += len(failed)
-        for h, code in failed[:10]:
-            _log.warning(
-                "opcua %s: cannot monitor tag %s (%s): %s",
-                self.endpoint,
-                self._tags[h].tag_id,
-                self._tags[h].node_id,
-                ua.StatusCode(ua.UInt32(code)),
-            )
-        n = len(failed)
-        handles = np.fromiter((h for h, _ in failed), dtype=np.int64, count=n)
-        self._stream.gaps.close(handles)
-        self._stream.emit_values(
-            self._tag_ids[handles],
-            np.full(n, now_us(), dtype=np.int64),
-            np.full(n, np.nan, dtype=np.float64),
-            np.fromiter((c for _, c in failed), dtype=np.uint32, count=n).view(np.int32),
-        )
-
-    async def _watch(self, client: Client, stall_timeout: float) -> None:
-        """Return on stop(); raise DeviceUnreachable when the session is lost or stalled."""
-        tick = min(1.0, stall_timeout / 4.0)
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=tick)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            if self._dead is not None:
-                raise DeviceUnreachable(self._dead)
-            if client.uaclient.state is not UaClientState.CONNECTED:
-                self._dead = f"client state {client.uaclient.state.value}"
-                raise DeviceUnreachable(self._dead)
-            silent = time.monotonic() - self._stream.last_response
-            if silent > stall_timeout:
-                self._dead = f"no publish response or keep-alive for {silent:.1f} s"
-                raise DeviceUnreachable(self._dead)
-
-    async def _renew_channel(self, client: Client) -> None:
-        # Part 4 5.5.2.1: ask for a new security token after 75 % of its lifetime.
-        while True:
-            await asyncio.sleep(client.secure_channel_timeout * 0.75 / 1000.0)
-            await client.open_secure_channel(renew=True)
-            client.uaclient.revolve_security_token()
-
-    def _on_task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            err = _translate(exc)
-            self._mark_dead(f"{task.get_name()}: {type(err).__name__}: {err}")
-
-    def _mark_dead(self, reason: str) -> None:
-        if self._dead is None:
-            self._dead = reason
-        self._wake.set()
-
-    async def _close(self, client: Client, *, end_session: bool) -> None:
-        # Closing the session also deletes its subscription on the server. On a dead transport
-        # asyncua skips the requests; on a wedged one the timeout cuts it short.
-        try:
-            if end_session and client.uaclient.state is UaClientState.CONNECTED:
-                await asyncio.wait_for(client.disconnect(), timeout=_DISCONNECT_TIMEOUT_S)
-        except Exception as exc:  # teardown is best effort
-            _log.debug("opcua %s: disconnect failed: %r", self.endpoint, exc)
-        with contextlib.suppress(Exception):
-            client.disconnect_socket()
+                self._keeper.drop_connection()
 
     def _report_failure(self, exc: Exception) -> None:
         if self._stats["state"] == SessionState.DISCONNECTED.value:
             return  # already reported for this attempt
-        err = _translate(exc)
+        err = svc.translate_error(exc)
         if not isinstance(exc, IngestError | OSError | UaError | TimeoutError):
             _log.warning("opcua %s: unexpected error", self.endpoint, exc_info=exc)
         self._stats["last_error"] = f"{type(err).__name__}: {err}"

@@ -20,7 +20,9 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.ua_binary import struct_from_binary
-from asyncua.ua.uaerrors import UaError
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+
+from ingest.errors import DeviceProtocolError, DeviceUnreachable, IngestError
 
 __all__ = [
     "ItemSpec",
@@ -33,12 +35,62 @@ __all__ = [
     "server_start_time",
     "subscription_alive",
     "transfer_subscription",
+    "translate_error",
 ]
 
 MAX_ITEMS_PER_CALL = 1000  # spec-level cap we apply whatever the server says
 _MAX_NODES_PER_READ = 1000
 _MAX_NODES_PER_HISTORY_READ = 100
 _MAX_HISTORY_ROUNDS = 1000  # continuation points followed per node before giving up
+
+# Server answers that mean "the device or the path to it is down", as opposed to "you asked for
+# something it will not do"; the first are DeviceUnreachable, the rest DeviceProtocolError.
+_UNREACHABLE_CODES = frozenset(
+    getattr(StatusCodes, name)
+    for name in (
+        "BadTimeout",
+        "BadCommunicationError",
+        "BadConnectionClosed",
+        "BadConnectionRejected",
+        "BadDisconnect",
+        "BadNoCommunication",
+        "BadServerHalted",
+        "BadServerNotConnected",
+        "BadSecureChannelClosed",
+        "BadSecureChannelIdInvalid",
+        "BadSessionClosed",
+        "BadSessionIdInvalid",
+        "BadShutdown",
+        "BadTooManySessions",
+        "BadResourceUnavailable",
+        "BadSubscriptionIdInvalid",
+        "BadNoSubscription",
+        "BadTooManyPublishRequests",
+    )
+)
+IDENTITY_CODES = frozenset(
+    (
+        StatusCodes.BadUserAccessDenied,
+        StatusCodes.BadIdentityTokenInvalid,
+        StatusCodes.BadIdentityTokenRejected,
+    )
+)
+
+
+def translate_error(exc: BaseException) -> IngestError:
+    """asyncua and socket errors -> ours, so nothing above this package sees asyncua types."""
+    if isinstance(exc, IngestError):
+        return exc
+    if isinstance(exc, UaStatusCodeError):
+        code = getattr(exc, "code", None)
+        cls = DeviceUnreachable if code in _UNREACHABLE_CODES else DeviceProtocolError
+        return cls(f"server answered {exc}")
+    if isinstance(exc, OSError | TimeoutError | EOFError):
+        return DeviceUnreachable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    if isinstance(exc, UaError):
+        return DeviceProtocolError(f"{type(exc).__name__}: {exc}")
+    return DeviceProtocolError(f"unexpected {type(exc).__name__}: {exc}")
+
 
 _FILTER_REFUSED_CODES = frozenset(
     (
@@ -90,9 +142,7 @@ async def create_subscription(
     keepalive = max(1, math.ceil(keepalive_every_s * 1000.0 / publishing_interval_ms))
     params = ua.CreateSubscriptionParameters(
         RequestedPublishingInterval=publishing_interval_ms,
-        RequestedLifetimeCount=max(
-            3 * keepalive, math.ceil(lifetime_s * 1000.0 / publishing_interval_ms)
-        ),
+        RequestedLifetimeCount=max(3 * keepalive, math.ceil(lifetime_s * 1000.0 / publishing_interval_ms)),
         RequestedMaxKeepAliveCount=keepalive,
         MaxNotificationsPerPublish=0,  # 0 = no limit; the item queues bound what piles up
         PublishingEnabled=True,
@@ -212,9 +262,7 @@ async def subscription_alive(client: Client, subscription_id: int) -> bool:
 async def transfer_subscription(client: Client, subscription_id: int) -> bool:
     """TransferSubscriptions to the current (new) session; True if the server moved it."""
     results = await client.uaclient.transfer_subscriptions(
-        ua.TransferSubscriptionsParameters(
-            SubscriptionIds=[subscription_id], SendInitialValues=False
-        )
+        ua.TransferSubscriptionsParameters(SubscriptionIds=[subscription_id], SendInitialValues=False)
     )
     return bool(results) and results[0].StatusCode.is_good()
 
@@ -275,8 +323,7 @@ async def history_read_raw(
                     TimestampsToReturn=ua.TimestampsToReturn.Both,
                     ReleaseContinuationPoints=False,
                     NodesToRead=[
-                        ua.HistoryReadValueId(NodeId=requests[i][0], ContinuationPoint=pending[i])
-                        for i in ids
+                        ua.HistoryReadValueId(NodeId=requests[i][0], ContinuationPoint=pending[i]) for i in ids
                     ],
                 )
             )

@@ -33,6 +33,7 @@ from ingest.protocols.opcua_values import (
     decode_history,
     decode_notifications,
     from_us,
+    now_us,
 )
 
 __all__ = ["NotificationStream"]
@@ -82,10 +83,7 @@ class NotificationStream:
             acks = sorted(sub.unacked)
             try:
                 response = await client.uaclient.publish(
-                    [
-                        ua.SubscriptionAcknowledgement(SubscriptionId=sub.id, SequenceNumber=s)
-                        for s in acks
-                    ]
+                    [ua.SubscriptionAcknowledgement(SubscriptionId=sub.id, SequenceNumber=s) for s in acks]
                 )
             except UaStatusCodeError as exc:
                 if exc.code in (StatusCodes.BadTimeout, StatusCodes.BadTooManyPublishRequests):
@@ -147,9 +145,7 @@ class NotificationStream:
         for _, message in messages:
             for notif in message.NotificationData or ():
                 if isinstance(notif, ua.DataChangeNotification) and notif.MonitoredItems:
-                    parts.append(
-                        decode_notifications(notif.MonitoredItems, text=self._on_text is not None)
-                    )
+                    parts.append(decode_notifications(notif.MonitoredItems, text=self._on_text is not None))
                 elif isinstance(notif, ua.StatusChangeNotification):
                     if notif.Status is not None and not notif.Status.is_good():
                         status = notif.Status
@@ -184,9 +180,7 @@ class NotificationStream:
             return Readings.empty(), left
         try:
             if self.historized is None:
-                readable = await svc.read_history_readable(
-                    client, [it.node_id for it in self._items]
-                )
+                readable = await svc.read_history_readable(client, [it.node_id for it in self._items])
                 self.historized = np.array(readable, dtype=np.bool_)
             candidates = left[self.historized[found.handles]]
             if not len(candidates):
@@ -221,6 +215,28 @@ class NotificationStream:
 
     # --- handing over --------------------------------------------------------------------------
 
+    def report_failed_items(self, failed: list[tuple[int, int]]) -> None:
+        """A tag the server will not monitor (unknown node, access denied) becomes one visible
+        Bad reading with the server's status, instead of silently never reporting."""
+        self._stats["failed_items"] += len(failed)
+        for h, code in failed[:10]:
+            _log.warning(
+                "opcua %s: cannot monitor tag %s (%s): %s",
+                self.endpoint,
+                int(self._tag_ids[h]),
+                self._items[h].node_id.to_string(),
+                ua.StatusCode(ua.UInt32(code)),
+            )
+        n = len(failed)
+        handles = np.fromiter((h for h, _ in failed), dtype=np.int64, count=n)
+        self.gaps.close(handles)
+        self.emit_values(
+            self._tag_ids[handles],
+            np.full(n, now_us(), dtype=np.int64),
+            np.full(n, np.nan, dtype=np.float64),
+            np.fromiter((c for _, c in failed), dtype=np.uint32, count=n).view(np.int32),
+        )
+
     def deliver(self, r: Readings) -> None:
         if not len(r):
             return
@@ -248,9 +264,7 @@ class NotificationStream:
             self._stats["callback_errors"] += 1
             _log.exception("opcua %s: on_gap raised", self.endpoint)
 
-    def emit_values(
-        self, tag_ids: I32, times: I64, values: npt.NDArray[np.float64], quality: I32
-    ) -> None:
+    def emit_values(self, tag_ids: I32, times: I64, values: npt.NDArray[np.float64], quality: I32) -> None:
         self._stats["values_received"] += int(tag_ids.shape[0])
         try:
             self._on_values(tag_ids, times, values, quality)

@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import hmac
 import json
 import logging
@@ -58,7 +59,7 @@ import signal
 import socket
 import sys
 from collections.abc import Coroutine, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -246,11 +247,7 @@ class OpcUaSimulator:
         await self._setup_security(server)
         self._ns = await server.register_namespace(NAMESPACE_URI)
         await server.write_attribute_value(
-            ua.NodeId(
-                ua.Int32(
-                    ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall
-                )
-            ),
+            ua.NodeId(ua.Int32(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)),
             ua.DataValue(ua.Variant(self.max_items_per_call, ua.VariantType.UInt32)),
         )
         self._ua_ids = []
@@ -378,8 +375,7 @@ class OpcUaSimulator:
         # docstring) and treat a layout we do not recognise as "nothing pending".
         subs = getattr(self._server.iserver.subscription_service, "subscriptions", {})
         return any(
-            getattr(sub, "_triggered_datachanges", None)
-            or getattr(sub, "_not_acknowledged_results", None)
+            getattr(sub, "_triggered_datachanges", None) or getattr(sub, "_not_acknowledged_results", None)
             for sub in list(subs.values())
         )
 
@@ -423,12 +419,8 @@ class OpcUaSimulator:
         counts = self._counts
         for i, nid in enumerate(self._ua_ids):
             v = values[i]
-            variant = ua.Variant(
-                v, ua.VariantType.String if self._is_text[i] else ua.VariantType.Double
-            )
-            dv = ua.DataValue(
-                Value=variant, StatusCode=_GOOD, SourceTimestamp=ts, ServerTimestamp=ts
-            )
+            variant = ua.Variant(v, ua.VariantType.String if self._is_text[i] else ua.VariantType.Double)
+            dv = ua.DataValue(Value=variant, StatusCode=_GOOD, SourceTimestamp=ts, ServerTimestamp=ts)
             await write(nid, dv)
             if history is not None:
                 await history.save_node_value(nid, dv)
@@ -440,10 +432,7 @@ class OpcUaSimulator:
 
     def _next_values(self, now_s: float) -> list[float | str]:
         if self.mode == "counting":
-            return [
-                f"v{c + 1}" if t else float(c + 1)
-                for c, t in zip(self._counts, self._is_text, strict=True)
-            ]
+            return [f"v{c + 1}" if t else float(c + 1) for c, t in zip(self._counts, self._is_text, strict=True)]
         t = now_s - self._t0
         base, amp, sigma, period, phase = self._signal_params
         noise = self._rng.normal(0.0, sigma)
@@ -457,6 +446,12 @@ class OpcUaSimulator:
         return out
 
 
+def _plain(ts: datetime | None) -> datetime | None:
+    if ts is None:
+        return None
+    return datetime(*ts.timetuple()[:6], ts.microsecond, tzinfo=ts.tzinfo)
+
+
 class _SQLiteHistory(HistorySQLite):
     """asyncua's SQLite history, with table names that work for string node ids.
 
@@ -464,10 +459,15 @@ class _SQLiteHistory(HistorySQLite):
     quotes along and the table-name check refuses it.
     """
 
+    async def save_node_value(self, node_id: ua.NodeId, datavalue: ua.DataValue) -> None:
+        # sqlite3 adapts datetime, not asyncua's DateTime subclass: store plain datetimes.
+        dv = copy.copy(datavalue)
+        dv.SourceTimestamp = _plain(dv.SourceTimestamp)  # type: ignore[assignment]
+        dv.ServerTimestamp = _plain(dv.ServerTimestamp)  # type: ignore[assignment]
+        await super().save_node_value(node_id, dv)
+
     def _get_table_name(self, node_id: ua.NodeId) -> str:
-        return (
-            f"{node_id.NamespaceIndex}_{re.sub(r'[^A-Za-z0-9_.-]', '_', str(node_id.Identifier))}"
-        )
+        return f"{node_id.NamespaceIndex}_{re.sub(r'[^A-Za-z0-9_.-]', '_', str(node_id.Identifier))}"
 
 
 class _UserManager:
@@ -551,9 +551,7 @@ class _Faults:
         self._frozen_until = 0.0
 
 
-def _signal_params(
-    n: int, wells: int, rng: np.random.Generator
-) -> tuple[npt.NDArray[np.float64], ...]:
+def _signal_params(n: int, wells: int, rng: np.random.Generator) -> tuple[npt.NDArray[np.float64], ...]:
     """Per tag: base, cycle amplitude, noise sigma, period and phase (each well a bit different)."""
     kinds = np.arange(n) % len(_SIGNALS)
     table = np.array([s[1:] for s in _SIGNALS], dtype=np.float64)
@@ -596,9 +594,7 @@ def _user_arg(text: str) -> tuple[str, str]:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m ingest.simulators.opcua_sim", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m ingest.simulators.opcua_sim", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=4840, help="0 picks a free port")
     p.add_argument("--wells", type=int, default=2)
