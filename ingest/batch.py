@@ -135,3 +135,77 @@ class BatchBuilder:
         )
         self._n = 0
         return b
+
+
+TEXT_SCHEMA = pa.schema(
+    [
+        ("time_us", pa.int64()),
+        ("tag_id", pa.int32()),
+        ("value", pa.string()),
+        ("quality", pa.int32()),
+    ]
+)
+
+
+@dataclass
+class TextBatch:
+    """String readings (few, and of any length): they land in ``scada_readings_text``."""
+
+    batch_id: str
+    time_us: npt.NDArray[np.int64]
+    tag_id: npt.NDArray[np.int32]
+    value: list[str]
+    quality: npt.NDArray[np.int32]
+
+    def __len__(self) -> int:
+        return int(self.time_us.shape[0])
+
+    def to_arrow(self) -> pa.RecordBatch:
+        return pa.RecordBatch.from_arrays(
+            [pa.array(self.time_us), pa.array(self.tag_id), pa.array(self.value, pa.string()),
+             pa.array(self.quality)],
+            schema=TEXT_SCHEMA.with_metadata({"batch_id": self.batch_id}),
+        )
+
+    @classmethod
+    def from_arrow(cls, rb: pa.RecordBatch) -> TextBatch:
+        meta = rb.schema.metadata or {}
+        batch_id = meta.get(b"batch_id", b"").decode()
+        if not batch_id:
+            raise ValueError("batch has no batch_id")
+        return cls(batch_id, rb.column(0).to_numpy(), rb.column(1).to_numpy(),
+                   rb.column(2).to_pylist(), rb.column(3).to_numpy())
+
+
+def is_text(rb: pa.RecordBatch) -> bool:
+    return bool(rb.schema.field("value").type == pa.string())
+
+
+class TextBuilder:
+    """Collects string readings of one tenant; cut like BatchBuilder, ids marked ``:text``."""
+
+    def __init__(self, source: str, epoch: str) -> None:
+        self.source = source
+        self.epoch = epoch
+        self._seq = 0
+        self._rows: list[tuple[int, int, str, int]] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def append(self, tag_id: npt.ArrayLike, time_us: npt.ArrayLike, texts: list[str],
+               quality: npt.ArrayLike) -> None:
+        for t, g, v, q in zip(np.asarray(time_us).tolist(), np.asarray(tag_id).tolist(), texts,
+                              np.asarray(quality).tolist(), strict=True):
+            self._rows.append((t, g, v, q))
+
+    def cut(self) -> TextBatch | None:
+        if not self._rows:
+            return None
+        self._seq += 1
+        rows, self._rows = self._rows, []
+        return TextBatch(
+            f"{self.source}:{self.epoch}:text{self._seq}",
+            np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int32),
+            [r[2] for r in rows], np.array([r[3] for r in rows], np.int32),
+        )

@@ -18,8 +18,8 @@ from typing import Protocol as TypingProtocol
 
 import numpy as np
 
-from ingest.batch import BatchBuilder
-from ingest.models import ConnectionSpec, Protocol, Quality, quality_as_int4
+from ingest.batch import BatchBuilder, TextBuilder
+from ingest.models import ConnectionSpec, Protocol, Quality, SecurityMode, quality_as_int4
 from ingest.sender import BatchSender
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class ConnectionHost:
         source: str,
         sender_factory: SenderFactory,
         *,
-        session_factory: Callable[[ConnectionSpec, Any, Any], DeviceSession] | None = None,
+        session_factory: Callable[..., DeviceSession] | None = None,
         last_times: LastTimes | None = None,
     ) -> None:
         self.source = source
@@ -104,6 +104,7 @@ class ConnectionHost:
         self.gap_markers = 0
         self._running: dict[str, _Running] = {}
         self._builders: dict[str, BatchBuilder] = {}
+        self._text_builders: dict[str, TextBuilder] = {}
         self._senders: dict[str, BatchSender] = {}
         self.values_received = 0
         # Per connection, kept after its session stops: what benchmarks and audits count.
@@ -134,10 +135,13 @@ class ConnectionHost:
         tenant = spec.tenant_id
         if tenant not in self._builders:
             self._builders[tenant] = BatchBuilder(f"{self.source}/{spec.tenant_slug}", self.epoch)
+            self._text_builders[tenant] = TextBuilder(f"{self.source}/{spec.tenant_slug}",
+                                                      self.epoch)
             sender = self._sender_factory(spec)
             sender.start()
             self._senders[tenant] = sender
         builder = self._builders[tenant]
+        text_builder = self._text_builders[tenant]
         scale = _Scaler(spec)
         cid = spec.connection_id
         gaps: list[_GapCheck] = []
@@ -160,7 +164,21 @@ class ConnectionHost:
             if r is not None:
                 r.state, r.error = state, error
 
-        session = self._session_factory(spec, on_values, on_state)
+        def on_text(tag_ids: np.ndarray, times: np.ndarray, texts: list[str],
+                    quality: np.ndarray) -> None:
+            text_builder.append(tag_ids, times, texts, quality)
+            n = len(texts)
+            self.values_received += n
+            self.delivered[cid] = self.delivered.get(cid, 0) + n
+
+        def on_gap(tag_ids: np.ndarray, from_us: np.ndarray, to_us: np.ndarray) -> None:
+            # The device session knows readings between from and to are gone (count unknown).
+            n = int(tag_ids.shape[0])
+            builder.append(tag_ids, from_us + 1, np.full(n, np.nan),
+                           np.full(n, GAP_QUALITY, np.int32))
+            self.gap_markers += n
+
+        session = self._session_factory(spec, on_values, on_state, on_text, on_gap)
 
         async def run() -> None:
             if self._last_times is not None:
@@ -196,6 +214,10 @@ class ConnectionHost:
             if batch is not None:
                 self._senders[tenant].submit(batch)
                 rows += len(batch)
+            text = self._text_builders[tenant].cut()
+            if text is not None:
+                self._senders[tenant].submit(text)  # type: ignore[arg-type]
+                rows += len(text)
         return rows
 
     def unacked_rows(self) -> int:
@@ -247,10 +269,12 @@ class ConnectionHost:
         }
 
 
-def make_session(spec: ConnectionSpec, on_values: Any, on_state: Any) -> DeviceSession:
+def make_session(spec: ConnectionSpec, on_values: Any, on_state: Any, on_text: Any = None,
+                 on_gap: Any = None) -> DeviceSession:
     """Build the protocol session for a connection spec."""
     if spec.protocol is Protocol.OPCUA:
         from ingest.protocols.opcua import OpcUaSession, OpcUaTag
+        from ingest.protocols.opcua_security import OpcUaSecurity
 
         return OpcUaSession(
             spec.endpoint,
@@ -258,6 +282,13 @@ def make_session(spec: ConnectionSpec, on_values: Any, on_state: Any) -> DeviceS
             on_values,
             publishing_interval_ms=spec.publishing_interval_ms,
             on_state=on_state,
+            on_text=on_text,
+            on_gap=on_gap,
+            security=OpcUaSecurity(
+                mode=spec.security_mode, policy=spec.security_policy,
+                username=spec.username, password=spec.password,
+                auto_accept=spec.auto_accept_server_cert,
+            ) if spec.security_mode is not SecurityMode.NONE or spec.username else None,
         )
     if spec.protocol is Protocol.MODBUS:
         from ingest.protocols.modbus import ModbusSession
@@ -265,11 +296,18 @@ def make_session(spec: ConnectionSpec, on_values: Any, on_state: Any) -> DeviceS
 
         # pymodbus logs every timeout at ERROR with a frame dump; the session counts them instead.
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+        def on_strings(pairs: list[tuple[int, str]], time_us: int) -> None:
+            if on_text is not None and pairs:
+                n = len(pairs)
+                on_text(np.array([p[0] for p in pairs], np.int32), np.full(n, time_us, np.int64),
+                        [p[1] for p in pairs], np.zeros(n, np.int32))
+
         return ModbusSession(
             spec.endpoint,
             [parse_address(t.address, tag_id=t.tag_id) for t in spec.tags],
             on_values,
             poll_interval_ms=spec.publishing_interval_ms,
             on_state=on_state,
+            on_strings=on_strings,
         )
     raise NotImplementedError(f"protocol {spec.protocol.value} is not supported")

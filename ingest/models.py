@@ -85,6 +85,7 @@ class ConnectionSpec:
     security_policy: SecurityPolicy = SecurityPolicy.NONE
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    auto_accept_server_cert: bool = False
     tags: tuple[TagSpec, ...] = ()
 
     @property

@@ -237,7 +237,7 @@ class TenantStore:
         """Every enabled, live connection of the tenant with its live tags."""
         conns = await self.pool.fetch(
             "SELECT id, protocol, endpoint, security_mode, security_policy, username, "
-            "password_enc, publishing_interval_ms FROM scada_connections "
+            "password_enc, publishing_interval_ms, auto_accept_server_cert FROM scada_connections "
             "WHERE enabled AND deleted_at IS NULL ORDER BY id"
         )
         tags = await self.pool.fetch(
@@ -263,6 +263,7 @@ class TenantStore:
                 security_policy=SecurityPolicy(c["security_policy"]),
                 username=c["username"],
                 password=self.box.decrypt(c["password_enc"]) if c["password_enc"] else None,
+                auto_accept_server_cert=c["auto_accept_server_cert"],
                 tags=tuple(by_conn.get(c["id"], [])),
             )
             for c in conns

@@ -20,13 +20,14 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from datetime import UTC
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import asyncpg
 import numpy as np
 
-from ingest.batch import ReadingBatch
+from ingest.batch import ReadingBatch, TextBatch
 from ingest.copy_binary import encode_readings
 from ingest.errors import IngestError, SpoolFull, SpoolUnavailable, StorageError, StorageUnavailable
 from ingest.models import Quality, quality_as_int4
@@ -191,6 +192,36 @@ class TenantWriter:
         if self._conn is not None:
             self._conn.terminate()
             self._conn = None
+
+    async def write_text(self, batch: TextBatch) -> WriteResult:
+        """String readings: one transaction of their own (they are few), same ledger. While the
+        database is away they stay with the sender, which retries them."""
+        conn = await self._connection()
+        try:
+            async with conn.transaction():
+                inserted = await conn.fetchval(
+                    "INSERT INTO ingest_ledger (batch_id, rows, received, min_time, max_time) "
+                    "VALUES ($1, $2, $2, to_timestamp($3 / 1e6), to_timestamp($4 / 1e6)) "
+                    "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
+                    batch.batch_id, len(batch), int(batch.time_us.min()),
+                    int(batch.time_us.max()),
+                )
+                if inserted is None:
+                    self.stats.duplicates += 1
+                    return WriteResult(batch.batch_id, len(batch), duplicate=True)
+                epoch = np.datetime64("1970-01-01T00:00:00", "us")
+                times = (epoch + batch.time_us.astype("timedelta64[us]")).astype(object)
+                await conn.copy_records_to_table(
+                    "scada_readings_text", columns=COLUMNS,
+                    records=[(t.replace(tzinfo=UTC), g, v, q) for t, g, v, q in zip(
+                        times, batch.tag_id.tolist(), batch.value, batch.quality.tolist(),
+                        strict=True)],
+                )
+        except _TRANSIENT as e:
+            self._conn = None
+            raise StorageUnavailable(f"tenant database unavailable: {type(e).__name__}") from e
+        self.stats.rows_committed += len(batch)
+        return WriteResult(batch.batch_id, len(batch))
 
     async def write(self, batch: ReadingBatch) -> WriteResult:
         """Queue a batch and wait until it is committed, spooled or quarantined."""

@@ -129,9 +129,7 @@ async def test_sign_and_encrypt_delivers_with_each_policy(
         pki_dir=trusting_pki,
         on_state=lambda s, e: states.append((s, e)),
     )
-    await run_until(
-        session, lambda: all(len(got.good(t.tag_id)) >= 3 for t in tags), "3 values per tag"
-    )
+    await run_until(session, lambda: all(len(got.good(t.tag_id)) >= 3 for t in tags), "3 values per tag")
     assert ("connected", None) in states
     assert session.stats["last_error"] is None
     # The client made its own certificate on first use; its key is readable by us only.
@@ -213,9 +211,7 @@ async def test_username_password_accepted_and_wrong_password_refused(
         sim.endpoint,
         tags,
         got,
-        security=OpcUaSecurity(
-            SE, SecurityPolicy.BASIC256SHA256, username="operator", password=PASSWORD
-        ),
+        security=OpcUaSecurity(SE, SecurityPolicy.BASIC256SHA256, username="operator", password=PASSWORD),
         pki_dir=trusting_pki,
     )
     await run_until(ok, lambda: all(got.good(t.tag_id) for t in tags), "values as operator")
@@ -229,11 +225,11 @@ async def test_username_password_accepted_and_wrong_password_refused(
         assert "refused the identity" in errors[0], errors[0]
         assert refused.total() == 0
         assert "wrong-pw" not in errors[0]
-    logged = "\n".join(
-        r.getMessage() for r in caplog.records if not r.name.startswith("asyncua.server")
-    )
+    logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("asyncua.server"))
     assert PASSWORD not in logged and "wrong-pw" not in logged
-    assert PASSWORD not in repr(ok._security)
+    assert PASSWORD not in repr(
+        OpcUaSecurity(SE, SecurityPolicy.BASIC256SHA256, username="operator", password=PASSWORD)
+    )
 
 
 async def test_x509_user_identity(sim: OpcUaSimulator, trusting_pki: Path, tmp_path: Path) -> None:

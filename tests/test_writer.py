@@ -99,3 +99,27 @@ def test_arrow_transport_keeps_columns_and_id() -> None:
     assert back.batch_id == "conn-0/t:abc:7"
     for col in ("time_us", "tag_id", "value", "quality"):
         assert np.array_equal(getattr(back, col), getattr(b, col))
+
+
+async def test_text_readings_land_in_the_text_table_exactly_once(tenant_db: str) -> None:
+    from ingest.batch import TextBatch, TextBuilder, is_text
+
+    builder = TextBuilder("src", "e")
+    builder.append(np.array([7, 7, 8], np.int32), np.array([1, 2, 3]) + 1_700_000_000_000_000,
+                   ["RUNNING", "STOPPED", "v3"], np.zeros(3, np.int32))
+    batch = builder.cut()
+    assert batch is not None and batch.batch_id.endswith(":text1")
+    rb = batch.to_arrow()
+    assert is_text(rb)
+    back = TextBatch.from_arrow(rb)
+    w = TenantWriter(tenant_db)
+    first = await w.write_text(back)
+    again = await w.write_text(back)
+    await w.stop()
+    assert not first.duplicate and again.duplicate
+    conn = await asyncpg.connect(tenant_db)
+    rows = await conn.fetch("SELECT tag_id, value, (extract(epoch FROM time) * 1e6)::int8 AS t "
+                            "FROM scada_readings_text ORDER BY time")
+    await conn.close()
+    assert [(r["tag_id"], r["value"]) for r in rows] == [(7, "RUNNING"), (7, "STOPPED"), (8, "v3")]
+    assert rows[0]["t"] == 1_700_000_000_000_001
