@@ -56,6 +56,8 @@ def test_writer_killed_and_database_stopped_30s_mid_stream(
     wait_for(lambda: counting_check(dsn, tag_ids, published)["stored"] >= summary["published"],
              180, "every published value stored after the outage")
     result = counting_check(dsn, tag_ids, published)
+    print(f"writer kill + 30 s database stop: published {result['published']}, stored "
+          f"{result['stored']}, spool peak {spool_peak} batches")
     assert spool_peak > 0, "the outage should have gone through the durable spool"
     assert result["bad"] == [], result["bad"][:3]
     assert result["stored"] == result["published"] > 10 * 20 * 30

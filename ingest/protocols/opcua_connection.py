@@ -189,11 +189,13 @@ class SessionKeeper:
             svc.MAX_ITEMS_PER_CALL,
         )
         sub = await svc.create_subscription(client, self._publishing_interval_ms, KEEPALIVE_EVERY_S, LIFETIME_S)
-        self._sub = sub
         self._stream.historized = None  # the server may have changed what it keeps
         self._stream.gaps.mark_subscribed(np.arange(len(self._items), dtype=np.int64), now_us())
         failed, calls = await svc.create_items(client, sub.id, self._items, per_call)
         self._stats["item_create_calls"] += calls
+        # Kept for resuming only once every item exists; a half-made one is deleted by the
+        # publish loop of a later connection when it shows up.
+        self._sub = sub
         if self._subscribed_before:
             self._stats["resubscribed"] += 1
         self._subscribed_before = True

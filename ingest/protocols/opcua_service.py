@@ -9,7 +9,7 @@ re-creating it. Everything here is a public asyncua API.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -286,15 +286,18 @@ async def read_history_readable(client: Client, node_ids: Sequence[ua.NodeId]) -
 
 
 async def history_read_raw(
-    client: Client, requests: Sequence[tuple[ua.NodeId, datetime, datetime]]
+    client: Client,
+    requests: Sequence[tuple[ua.NodeId, datetime, datetime]],
+    on_response: Callable[[], None] = lambda: None,
 ) -> list[tuple[list[ua.DataValue], int]]:
     """Raw history of each ``(node, start, end)``, both ends inclusive, following continuation
     points to the end.
 
     Returns per request ``(values, status code)``; a Bad code means the values may be
     incomplete. One HistoryRead carries one time window for all its nodes, so requests are
-    sorted by start and sent in groups over the group's widest window; values outside a
-    node's own window are left out here.
+    sorted by start and sent in groups over the group's widest window: the caller keeps what
+    lies inside each node's own window. ``on_response`` is called after every answer (the
+    caller's stall detection counts them as signs of life).
     """
     per_call = await operation_limit(
         client,
@@ -327,6 +330,7 @@ async def history_read_raw(
                     ],
                 )
             )
+            on_response()
             pending = {}
             for i, res in zip(ids, results, strict=True):
                 values, _code = out[i]

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.ua.status_codes import StatusCodes
-from asyncua.ua.uaerrors import UaStatusCodeError
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from ingest.errors import DeviceUnreachable
 from ingest.protocols import opcua_service as svc
@@ -96,7 +96,11 @@ class NotificationStream:
             if result.SubscriptionId == 0:
                 raise DeviceUnreachable("server reports no subscription for this session")
             if result.SubscriptionId != sub.id:
-                continue  # one we gave up on; the server drops it with its session
+                # One we gave up on (or that a failed connect left half made): it would share
+                # our PublishRequests for as long as it lives, so delete it.
+                with contextlib.suppress(UaError):
+                    await client.uaclient.delete_subscriptions([result.SubscriptionId])
+                continue
             self.progress = True
             status = await self._handle(client, sub, result)
             if status is not None:
@@ -193,7 +197,7 @@ class NotificationStream:
                 )
                 for i in candidates
             ]
-            results = await svc.history_read_raw(client, requests)
+            results = await svc.history_read_raw(client, requests, self._alive)
         except UaStatusCodeError as exc:
             # The server said no; a broken connection on the other hand propagates, and the
             # message is handled again (Republish, or a fresh gap) on the next connection.
@@ -212,6 +216,9 @@ class NotificationStream:
         backfill = Readings.concat(parts)
         self._stats["backfilled"] += len(backfill)
         return backfill, left[~done]
+
+    def _alive(self) -> None:
+        self.last_response = time.monotonic()
 
     # --- handing over --------------------------------------------------------------------------
 
