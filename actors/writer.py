@@ -48,6 +48,7 @@ class WriterActor:
         self._rules_version = ""
         self._rules_task: asyncio.Task[None] | None = None
         self._init_lock = asyncio.Lock()
+        self._rules_stale = asyncio.Event()
 
     async def _ensure(self) -> TenantWriter:
         if self.writer is not None:
@@ -82,6 +83,8 @@ class WriterActor:
             safe(m.db_write_latency.observe, write_s, tags)
 
         def on_event(reason: str, n: int) -> None:
+            if reason == "validation:unknown_tag":
+                self._rules_stale.set()  # tags registered since the last load: reload now
             if reason.startswith("validation:"):
                 safe(m.validation_errors.inc, n, {"tenant": self.slug,
                                                   "reason": reason.split(":", 1)[1]})
@@ -124,7 +127,12 @@ class WriterActor:
 
     async def _rules_loop(self, validator: Validator) -> None:
         while True:
-            await asyncio.sleep(self.settings.rules_refresh_s)
+            try:
+                await asyncio.wait_for(self._rules_stale.wait(), self.settings.rules_refresh_s)
+                await asyncio.sleep(0.2)  # at most a few reloads a second
+            except TimeoutError:
+                pass
+            self._rules_stale.clear()
             try:
                 if self._store is None:
                     continue

@@ -170,6 +170,8 @@ def run_demo(
                 idle_since = time.monotonic()
             stored = n
         p50, p99 = _latency(hist0, ray.get(writer.latency_histogram.remote()))
+        # The simulator is gone: retire its connection so nothing keeps dialling it.
+        client.http.delete(f"/v1/tenants/{DEMO_TENANT}/connections/{conn['id']}")
         return {
             "tenant": tenant["slug"],
             "connection_id": conn["id"],

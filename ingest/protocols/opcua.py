@@ -1,9 +1,11 @@
 """One OPC UA device session: connect, subscribe, hand over values in columns, recover.
 
 asyncua stays behind this package: callers see ``OpcUaTag``, ``OpcUaSecurity``, numpy columns
-and ``ingest.errors``. The module reads top to bottom in the order a connection lives:
-connect (``opcua_security``) -> session (new or re-activated) -> subscription (kept, transferred
-or re-created, ``opcua_service``) -> publish loop -> values (``opcua_values``) -> callbacks.
+and ``ingest.errors``. This module holds the public surface and the reconnect loop; the rest
+follows a connection's life: ``opcua_security`` (certificates, trust list, securing the client)
+-> ``opcua_connection`` (session new or re-activated, subscription kept, transferred or
+re-created) -> ``opcua_stream`` (publish loop, Republish, backfill, gaps) -> ``opcua_values``
+(DataValues to numpy columns) -> the callbacks; ``opcua_service`` wraps the raw services.
 
 Zero loss rests on these choices:
 - every monitored item asks for a FIFO queue (``queue_size``, DiscardOldest) and sampling

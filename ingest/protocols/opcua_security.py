@@ -61,9 +61,7 @@ class _NoActivateSessionRecords(logging.Filter):
         return not any(isinstance(a, ua.ActivateSessionRequest) for a in args)
 
 
-logging.getLogger("asyncua.client.ua_client.UASocketProtocol").addFilter(
-    _NoActivateSessionRecords()
-)
+logging.getLogger("asyncua.client.ua_client.UASocketProtocol").addFilter(_NoActivateSessionRecords())
 
 DEFAULT_PKI_DIR = Path(__file__).resolve().parents[2] / ".local" / "pki"
 CLIENT_APPLICATION_URI = f"urn:{socket.gethostname()}:scada-ingest:client"
@@ -102,10 +100,10 @@ class OpcUaSecurity:
 
     def __post_init__(self) -> None:
         mode, policy = SecurityMode(self.mode), SecurityPolicy(self.policy)
+        object.__setattr__(self, "mode", mode)  # "SignAndEncrypt" given as text becomes the enum
+        object.__setattr__(self, "policy", policy)
         if (mode is SecurityMode.NONE) != (policy is SecurityPolicy.NONE):
-            raise ConfigError(
-                f"security mode {mode} needs a matching policy (None goes with None), got {policy}"
-            )
+            raise ConfigError(f"security mode {mode} needs a matching policy (None goes with None), got {policy}")
         if self.username is not None:
             if not self.username:
                 raise ConfigError("username must not be empty")
@@ -212,9 +210,7 @@ class PkiStore:
         return application_uri in san.get_values_for_type(x509.UniformResourceIdentifier)
 
     @staticmethod
-    def _make_cert(
-        key: rsa.RSAPrivateKey, application_uri: str, *, server: bool
-    ) -> x509.Certificate:
+    def _make_cert(key: rsa.RSAPrivateKey, application_uri: str, *, server: bool) -> x509.Certificate:
         host = socket.gethostname()
         names: list[x509.GeneralName] = [
             x509.UniformResourceIdentifier(application_uri),
@@ -320,9 +316,7 @@ def _first_cert(der: bytes) -> bytes:
     return der
 
 
-async def configure_client(
-    client: Client, security: OpcUaSecurity, pki: PkiStore, endpoint: str
-) -> None:
+async def configure_client(client: Client, security: OpcUaSecurity, pki: PkiStore, endpoint: str) -> None:
     """Set up ``client`` for one connection attempt; raises ConfigError on trust problems.
 
     For Sign / SignAndEncrypt this asks the server for its endpoints over an unsecured
@@ -342,18 +336,9 @@ async def configure_client(
     ua_mode = _UA_MODE[security.mode]
     policy_cls = _POLICY_CLASS[security.policy]
     endpoints = await client.connect_and_get_server_endpoints()
-    match = [
-        ep
-        for ep in endpoints
-        if ep.SecurityMode == ua_mode and ep.SecurityPolicyUri == policy_cls.URI
-    ]
+    match = [ep for ep in endpoints if ep.SecurityMode == ua_mode and ep.SecurityPolicyUri == policy_cls.URI]
     if not match:
-        offered = sorted(
-            {
-                f"{ep.SecurityMode.name}/{ep.SecurityPolicyUri.rsplit('#', 1)[-1]}"
-                for ep in endpoints
-            }
-        )
+        offered = sorted({f"{ep.SecurityMode.name}/{ep.SecurityPolicyUri.rsplit('#', 1)[-1]}" for ep in endpoints})
         raise ConfigError(
             f"{endpoint}: server offers no {security.mode}/{security.policy} endpoint "
             f"(offers {', '.join(offered) or 'nothing'})"

@@ -353,6 +353,11 @@ class OpcUaSimulator:
             raise RuntimeError("the simulator is not running")
         self._faults.freeze(seconds)
 
+    @property
+    def frozen(self) -> bool:
+        """True while ``freeze()`` holds publishing back."""
+        return self._faults is not None and self._faults.frozen
+
     async def drain(self, timeout_s: float = 3.0) -> bool:
         """Wait until every subscriber has been sent, and has acknowledged, what was published.
 
@@ -537,6 +542,10 @@ class _Faults:
             return await publish(requestdata)
 
         sub.publish_results = publish_results  # type: ignore[method-assign]
+
+    @property
+    def frozen(self) -> bool:
+        return self._loop.time() < self._frozen_until
 
     def freeze(self, seconds: float) -> None:
         self._frozen_until = max(self._frozen_until, self._loop.time() + seconds)
