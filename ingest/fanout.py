@@ -19,6 +19,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ingest.aio import cancel_and_wait
 from ingest.batch import ReadingBatch
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,8 @@ class RedisFanout:
             self._task = asyncio.create_task(self._run(), name="redis-fanout")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def submit(self, batch: ReadingBatch) -> None:
         if len(batch) == 0:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ingest.aio import cancel_and_wait
 from ingest.batch import ReadingBatch
 from ingest.models import Quality, quality_as_int4
 
@@ -120,13 +121,8 @@ class BatchSender:
         return True
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for t in list(self._inflight):
             t.cancel()
 

@@ -20,13 +20,14 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from datetime import UTC
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import TYPE_CHECKING
 
 import asyncpg
 import numpy as np
 
+from ingest.aio import cancel_and_wait
 from ingest.batch import ReadingBatch, TextBatch
 from ingest.copy_binary import encode_readings
 from ingest.errors import IngestError, SpoolFull, SpoolUnavailable, StorageError, StorageUnavailable
@@ -180,13 +181,8 @@ class TenantWriter:
             self._task = asyncio.create_task(self._run(), name="writer-flush")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self.fanout is not None:
             await self.fanout.stop()
         if self._conn is not None:

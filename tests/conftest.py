@@ -141,3 +141,20 @@ def make_tenant(admin: httpx.Client, api: str) -> Iterator[Any]:
     for h in made:
         admin.put(f"/v1/tenants/{h.slug}/status", json={"status": "SUSPENDED"})
         h.client.close()
+
+
+async def fresh_database(settings: Settings, prefix: str, migrate: bool = True) -> str:
+    """A new empty database (tenant schema applied unless migrate=False); returns its name."""
+    import asyncpg
+
+    from ingest import migrations
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(settings.dsn("postgres"))
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    if migrate:
+        conn = await asyncpg.connect(settings.dsn(name))
+        await migrations.apply(conn, "tenant")
+        await conn.close()
+    return name

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import uuid
 from pathlib import Path
 
 import asyncpg
@@ -12,14 +11,11 @@ import pytest
 from ingest import migrations
 from ingest.config import Settings
 from ingest.errors import MigrationError
+from tests.conftest import fresh_database
 
 
 async def _fresh_db(settings: Settings) -> str:
-    name = f"mig_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(settings.dsn("postgres"))
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    return name
+    return await fresh_database(settings, "mig", migrate=False)
 
 
 async def test_tenant_migrations_fresh_then_repeat(stack: Settings) -> None:

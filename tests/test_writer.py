@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import asyncpg
 import numpy as np
 import pytest
 
-from ingest import migrations
 from ingest.batch import BatchBuilder, ReadingBatch
 from ingest.config import Settings
 from ingest.writer import TenantWriter
+from tests.conftest import fresh_database
 
 
 @pytest.fixture
 async def tenant_db(stack: Settings) -> str:
-    name = f"w_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(stack.dsn("postgres"))
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    conn = await asyncpg.connect(stack.dsn(name))
-    await migrations.apply(conn, "tenant")
-    await conn.close()
-    return stack.dsn(name)
+    return stack.dsn(await fresh_database(stack, "w"))
 
 
 def _batch(batch_id: str, n: int, tag: int = 1, start_us: int = 1_700_000_000_000_000) -> ReadingBatch:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from ingest import migrations
 from ingest.batch import ReadingBatch
 from ingest.config import Settings
 from ingest.errors import SpoolFull
@@ -22,6 +21,7 @@ from ingest.sender import BatchSender, gap_markers
 from ingest.spool import Quarantine, RedisSpool
 from ingest.validation import TagRules, Validator
 from ingest.writer import TenantWriter
+from tests.conftest import fresh_database
 from tests.tcp_proxy import TcpProxy
 
 T0 = 1_750_000_000_000_000
@@ -29,14 +29,7 @@ T0 = 1_750_000_000_000_000
 
 @pytest.fixture
 async def db(stack: Settings) -> str:
-    name = f"r_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(stack.dsn("postgres"))
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    conn = await asyncpg.connect(stack.dsn(name))
-    await migrations.apply(conn, "tenant")
-    await conn.close()
-    return name
+    return await fresh_database(stack, "r")
 
 
 @pytest.fixture
