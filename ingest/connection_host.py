@@ -288,7 +288,7 @@ def make_session(spec: ConnectionSpec, on_values: Any, on_state: Any, on_text: A
                 mode=spec.security_mode, policy=spec.security_policy,
                 username=spec.username, password=spec.password,
                 auto_accept=spec.auto_accept_server_cert,
-            ) if spec.security_mode is not SecurityMode.NONE or spec.username else None,
+            ) if spec.security_mode is not SecurityMode.NONE else None,
         )
     if spec.protocol is Protocol.MODBUS:
         from ingest.protocols.modbus import ModbusSession

@@ -118,6 +118,9 @@ class ConnectionCreate(_Strict):
                     )
         if (self.security_mode is SecurityMode.NONE) != (self.security_policy is SecurityPolicy.NONE):
             raise ValueError("security_policy: must be None exactly when security_mode is None")
+        if (self.username or self.password) and self.security_mode is SecurityMode.NONE:
+            raise ValueError("username: a password is only sent over a Sign or SignAndEncrypt "
+                             "channel; set security_mode")
         names = [t.name for t in self.tags]
         if len(set(names)) != len(names):
             raise ValueError("tags: tag names must be unique within a connection")

@@ -233,6 +233,32 @@ async def test_dropped_connections_resume_the_same_subscription() -> None:
         await sim.stop()
 
 
+async def test_transfer_when_the_session_cannot_be_resumed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that cannot re-activate its session (here: it forgets the session token) moves
+    the subscription to a new session with TransferSubscriptions, then Republishes."""
+    from asyncua.client.ua_session import UaSession
+
+    monkeypatch.setattr(UaSession, "rebind_authentication_token", UaSession.reset_authentication_token)
+    sim = OpcUaSimulator(port=free_port(), wells=1, tags_per_well=3, interval_ms=20, paused=True)
+    await sim.start()
+    tags = tags_of(sim)
+    run = Run(sim.endpoint, tags, publishing_interval_ms=100)
+    try:
+        await wait_until(lambda: all(run.got.readings[t.tag_id] for t in tags), "snapshots")
+        await sim.resume()
+        for i in range(1, 3):
+            await asyncio.sleep(0.4)
+            sim.drop_sessions()
+            await wait_until(lambda i=i: run.stat("transferred") >= i, f"transfer #{i}")  # type: ignore[misc]
+        await asyncio.sleep(0.5)
+        published = await settle(sim, run, tags)
+        assert check_accounting(tags, run.got, run.gaps, published) == {"missing": 0, "gaps": 0}
+        assert run.stat("resumed") == run.stat("resubscribed") == 0
+    finally:
+        await run.close()
+        await sim.stop()
+
+
 async def test_stalled_publishing_recycles_the_session() -> None:
     sim = OpcUaSimulator(port=free_port(), wells=1, tags_per_well=4, interval_ms=25, paused=True)
     await sim.start()

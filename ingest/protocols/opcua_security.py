@@ -116,6 +116,9 @@ class OpcUaSecurity:
             raise ConfigError("a password needs a username")
         if (self.user_certificate is None) != (self.user_private_key is None):
             raise ConfigError("a user certificate needs its private key (and vice versa)")
+        if self.user_certificate is not None and mode is SecurityMode.NONE:
+            # Its signature covers the server certificate, which a None channel does not carry.
+            raise ConfigError("a user certificate needs security mode Sign or SignAndEncrypt")
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,12 @@ loss rests on:
 - a sent NotificationMessage stays in a retransmission queue until acknowledged (Republish
   takes it out again), and a session whose socket dies is kept, with its subscriptions, until
   its session timeout, so a client can re-activate it on a new connection (Part 4 6.7).
-  TransferSubscriptions on the other hand re-binds only the response side of a subscription in
-  asyncua 2.1, so a transferred subscription never publishes again: the session re-activates.
+  TransferSubscriptions in asyncua 2.1 re-binds only the response side of a subscription, so a
+  transferred subscription never publishes again; the simulator completes the re-binding.
+
+Security: ``security`` lists the (mode, policy) endpoints offered (default None/None only); a
+secure endpoint uses the simulator's own certificate, made on first use in ``pki_dir``. Every
+client certificate is accepted. ``users`` (name -> password) turns anonymous logins off.
 
 Faults for tests: ``drop_sessions()`` cuts every client connection (sessions and subscriptions
 stay), ``freeze(seconds)`` stops answering PublishRequests, ``stop()`` + a new simulator with
@@ -528,8 +532,25 @@ class _Faults:
                 self._make_freezable(sub)
             return result
 
+        transfer = service.transfer_subscriptions
+
+        async def complete_transfer(
+            params: ua.TransferSubscriptionsParameters, session_id: ua.NodeId, callback: Any
+        ) -> list[ua.TransferResult]:
+            # asyncua 2.1 re-binds only where a transferred subscription sends its responses,
+            # not where it takes PublishRequests from (still the old connection), so it never
+            # publishes again. Bind both, as the spec means it.
+            results = await transfer(params, session_id, callback)
+            processor = getattr(callback, "__self__", None)
+            for sub_id, res in zip(params.SubscriptionIds, results, strict=True):
+                sub = service.subscriptions.get(int(sub_id))
+                if res.StatusCode.is_good() and sub is not None and processor is not None:
+                    sub.pub_request_callback = processor.get_publish_request
+            return results
+
         service.create_monitored_items = limited_create_items  # type: ignore[method-assign]
         service.create_subscription = freezable_create_sub  # type: ignore[method-assign]
+        service.transfer_subscriptions = complete_transfer  # type: ignore[method-assign]
 
     def _make_freezable(self, sub: InternalSubscription) -> None:
         publish = sub.publish_results
