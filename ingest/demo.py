@@ -130,7 +130,6 @@ def run_demo(
         })
         tag_ids = [t["tag_id"] for t in conn["tags"]]
         dsn = settings.dsn(f"scada_t_{DEMO_TENANT}")
-        writer = ray.get_actor(writer_name(DEMO_TENANT), namespace=settings.namespace)
         # Start counting only once the subscription delivers (its first notification is each
         # tag's initial value 0), so every counted value was published to a live subscriber.
         deadline = time.monotonic() + 60
@@ -140,6 +139,8 @@ def run_demo(
             time.sleep(0.3)
         else:
             raise RuntimeError("the demo connection delivered nothing within 60 s")
+        # The coordinator created the tenant's writer by now: its first rows have landed.
+        writer = ray.get_actor(writer_name(DEMO_TENANT), namespace=settings.namespace)
         hist0: np.ndarray = np.asarray(ray.get(writer.latency_histogram.remote()))
         proc.send_signal(signal.SIGUSR1)  # resume publishing
         t0 = time.monotonic()
