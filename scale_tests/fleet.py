@@ -18,15 +18,23 @@ import asyncpg
 from ingest.demo import start_simulator, stop_simulator
 
 
-def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.2) -> Any:
-    """Poll until cond() is truthy; fail (not a timed assert: only a guard against hanging)."""
+def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.2,
+             describe: Callable[[], Any] | None = None) -> Any:
+    """Poll until cond() is truthy; fail (not a timed assert: only a guard against hanging).
+    ``describe`` adds the state seen at the end to the failure message."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         v = cond()
         if v:
             return v
         time.sleep(every_s)
-    raise AssertionError(f"gave up waiting {timeout_s:.0f} s for: {what}")
+    state = ""
+    if describe is not None:
+        try:
+            state = f"; last state: {describe()}"
+        except Exception as e:
+            state = f"; state unavailable: {e!r}"
+    raise AssertionError(f"gave up waiting {timeout_s:.0f} s for: {what}{state}")
 
 
 class SimProcess:

@@ -166,7 +166,8 @@ def test_suspend_resume_and_live_edits(
     admin: Any, stack: Settings, tenant: TenantHandle, sim: SimProcess
 ) -> None:
     conns = register_wells(tenant, sim, 3)
-    wait_for(lambda: all_running(stack, set(conns)), 60, "connections running")
+    wait_for(lambda: all_running(stack, set(conns)), 60, "connections running",
+             describe=lambda: cluster_status(stack))
     sim.resume()
     dsn = stack.dsn(tenant.db)
 

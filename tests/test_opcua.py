@@ -367,3 +367,42 @@ def test_simulator_command_line_options() -> None:
     assert args.user == [("operator", "pa:ss")] and args.string_tags and args.historize
     with pytest.raises(SystemExit):
         _parse_args(["--security", "Encrypt:Basic256Sha256"])
+
+
+def test_slow_tag_class_publishes_less_and_counts_stay_exact() -> None:
+    import asyncio
+
+    from ingest.simulators.opcua_sim import OpcUaSimulator
+
+    async def run() -> dict[str, int]:
+        sim = OpcUaSimulator(port=0, wells=1, tags_per_well=4, interval_ms=20, slow_every=5,
+                             slow_fraction=0.5)
+        await sim.start()
+        await asyncio.sleep(1.0)
+        await sim.stop()
+        return sim.published_per_node()
+
+    counts = asyncio.run(run())
+    fast = [v for k, v in counts.items() if k.endswith(("T001", "T002"))]
+    slow = [v for k, v in counts.items() if k.endswith(("T003", "T004"))]
+    assert min(fast) >= 3 * max(slow) > 0
+
+
+def test_one_command_starts_several_simulator_processes() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "ingest.simulators.opcua_sim", "--port", "0",
+                             "--count", "3", "--wells", "1", "--tags", "2"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ready = []
+    while len(ready) < 3:
+        line = proc.stdout.readline()
+        assert line, "a simulator exited before it was ready"
+        if line.startswith("READY "):
+            ready.append(line.split()[1])
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    assert len(set(ready)) == 3  # three servers, three ports

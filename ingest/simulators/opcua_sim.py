@@ -133,6 +133,8 @@ class OpcUaSimulator:
         history_db: Path | None = None,
         start_counts: dict[str, int] | None = None,
         max_items_per_call: int = 1000,
+        slow_every: int = 1,
+        slow_fraction: float = 0.0,
     ) -> None:
         """``paused=True`` starts the server without publishing until ``resume()``.
 
@@ -143,6 +145,8 @@ class OpcUaSimulator:
         certificates are accepted when their signature checks out.
         ``max_items_per_call``: the server's MaxMonitoredItemsPerCall, enforced (a larger
         CreateMonitoredItems call is answered BadTooManyOperations).
+        ``slow_fraction`` of each well's tags form the slow class: they publish only every
+        ``slow_every``-th tick (tank levels beside fast pressures); counting stays exact per tag.
         """
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, got {port}")
@@ -188,6 +192,15 @@ class OpcUaSimulator:
         if unknown:
             raise ValueError(f"start_counts for unknown nodes: {sorted(unknown)[:5]}")
         self._counts = [start.get(n, 0) for n in self._names]
+        if slow_every < 1 or not 0.0 <= slow_fraction <= 1.0:
+            raise ValueError("slow_every must be >= 1 and slow_fraction within 0..1")
+        self.slow_every = slow_every
+        slow_per_well = round(slow_fraction * tags_per_well)
+        self._slow = [
+            not text and int(n.rsplit(".T", 1)[-1]) > tags_per_well - slow_per_well
+            for n, text in zip(self._names, self._is_text, strict=True)
+        ] if slow_per_well and slow_every > 1 else [False] * len(self._names)
+        self._ticks = 0
         self._server: Server | None = None
         self._ns = 0
         self._ua_ids: list[ua.NodeId] = []
@@ -418,15 +431,22 @@ class OpcUaSimulator:
             await asyncio.sleep(max(delay, 0.0))
 
     async def _tick(self, now_s: float) -> None:
-        await self._write_all(self._next_values(now_s), count=True)
+        self._ticks += 1
+        due = None
+        if self.slow_every > 1 and self._ticks % self.slow_every:
+            due = [not slow for slow in self._slow]
+        await self._write_all(self._next_values(now_s), count=True, due=due)
 
-    async def _write_all(self, values: list[float | str], *, count: bool = False) -> None:
+    async def _write_all(self, values: list[float | str], *, count: bool = False,
+                         due: list[bool] | None = None) -> None:
         assert self._server is not None
         ts = ua.DateTime.now(UTC)  # the asyncua subtype, so the types line up
         write = self._server.write_attribute_value
         history = self._history if self.historize else None
         counts = self._counts
         for i, nid in enumerate(self._ua_ids):
+            if due is not None and not due[i]:
+                continue
             v = values[i]
             variant = ua.Variant(v, ua.VariantType.String if self._is_text[i] else ua.VariantType.Double)
             dv = ua.DataValue(Value=variant, StatusCode=_GOOD, SourceTimestamp=ts, ServerTimestamp=ts)
@@ -665,6 +685,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--string-tags", action="store_true", help="one String tag per well")
     p.add_argument("--historize", action="store_true", help="keep history of every tag")
     p.add_argument("--history-db", type=Path, default=None, help="SQLite file for the history")
+    p.add_argument("--slow-fraction", type=float, default=0.0,
+                   help="share of each well's tags in the slow class (0..1)")
+    p.add_argument("--slow-every", type=int, default=10,
+                   help="slow tags publish every this many ticks")
+    p.add_argument("--count", type=int, default=1,
+                   help="simulator servers to run, one process each, each on its own port "
+                        "(needs --port 0); every one prints its own NODES/READY lines")
     return p.parse_args(argv)
 
 
@@ -684,6 +711,8 @@ async def _run(args: argparse.Namespace) -> dict[str, object]:
         string_tags=args.string_tags,
         historize=args.historize,
         history_db=args.history_db,
+        slow_every=args.slow_every,
+        slow_fraction=args.slow_fraction,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -719,9 +748,57 @@ async def _run(args: argparse.Namespace) -> dict[str, object]:
     return summary
 
 
+def _run_many(argv: list[str], count: int) -> int:
+    """Start ``count`` simulator processes, pass their lines through, stop them all on a signal."""
+    import subprocess
+    import threading
+
+    child_argv = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--count":
+            skip = True
+            continue
+        if a.startswith("--count="):
+            continue
+        child_argv.append(a)
+    procs = [subprocess.Popen([sys.executable, "-m", "ingest.simulators.opcua_sim", *child_argv],
+                              stdout=subprocess.PIPE, text=True) for _ in range(count)]
+
+    def relay(proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    threads = [threading.Thread(target=relay, args=(p,), daemon=True) for p in procs]
+    for t in threads:
+        t.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, forward)
+    codes = [p.wait() for p in procs]
+    for t in threads:
+        t.join(5)
+    return max(codes)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    args = _parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = _parse_args(raw)
+    if args.count > 1:
+        if args.port != 0:
+            raise SystemExit("--count > 1 needs --port 0 (each server takes a free port)")
+        return _run_many(raw, args.count)
     asyncio.run(_run(args))
     return 0
 
