@@ -50,6 +50,8 @@ class CoordinatorActor:
         self._slots: dict[str, Any] = {}  # slot name -> handle
         self._slot_nodes: dict[str, str] = {}
         self._last_status: dict[str, dict[str, Any]] = {}
+        self._slow: dict[str, int] = {}  # slot -> consecutive probe timeouts
+        self._last_good: dict[str, dict[str, Any]] = {}  # slot -> its last answered status
         self.last_state = DesiredState()
         self.last_assignment: dict[str, str] = {}
         self.last_pass: dict[str, Any] = {}
@@ -111,16 +113,31 @@ class CoordinatorActor:
         return self._slots[name]
 
     async def _probe(self, names: list[str]) -> dict[str, dict[str, Any] | None]:
-        """Status of each slot, or None when it is dead, gone or not answering in time."""
+        """Status of each slot, or None when it is unhealthy.
+
+        An actor Ray reports dead or unreachable is unhealthy at once, so its connections move
+        in this pass. One that is merely slow to answer (a loaded machine) is only after two
+        probes in a row, so a busy but healthy actor does not lose its connections.
+        """
 
         async def one(name: str) -> dict[str, Any] | None:
             try:
                 st: dict[str, Any] = await asyncio.wait_for(
                     self._slots[name].status.remote(), self.settings.health_timeout_s
                 )
+                self._slow.pop(name, None)
+                self._last_good[name] = st
                 return st
+            except TimeoutError:
+                self._slow[name] = self._slow.get(name, 0) + 1
+                if self._slow[name] < 2 and name in self._last_good:
+                    log.warning("slot %s slow to answer; keeping it this pass", name)
+                    return self._last_good[name]
+                log.warning("slot %s not answering", name)
+                return None
             except Exception as e:
                 log.warning("slot %s unhealthy: %s", name, type(e).__name__)
+                self._last_good.pop(name, None)
                 return None
 
         results = await asyncio.gather(*(one(n) for n in names))

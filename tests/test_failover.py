@@ -249,7 +249,9 @@ def test_one_tenant_database_down_does_not_slow_the_other(
         sim_b.stop()
         tags_a = {n: t for m in conns_a.values() for n, t in m.items()}
         wait_for(lambda: counting_check_with_gaps(stack.dsn(a.db), tags_a, s_a["per_node"])[
-            "unaccounted"] == 0, 120, "tenant a caught up from its spool")
+            "unaccounted"] == 0, 120, "tenant a caught up from its spool",
+            describe=lambda: (counting_check_with_gaps(stack.dsn(a.db), tags_a, s_a["per_node"]),
+                              [t for t in cluster_status(stack)["tenants"] if t["slug"] == a.slug]))
     finally:
         sim_a.kill()
         sim_b.kill()
