@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any
 
@@ -57,15 +58,25 @@ class CoordinatorActor:
         self.last_pass: dict[str, Any] = {}
         self.passes = 0
         self.moves = 0
-        # Start the loop by itself, also after Ray restarts this actor: the call is queued and
-        # runs as soon as __init__ returns.
-        ray.get_runtime_context().current_actor.start.remote()
+        # Start the loop by itself, also after Ray restarts this actor. A call queued from
+        # __init__ can be refused while Ray still marks the actor as restarting, so a watcher
+        # thread repeats it until the loop runs.
+        threading.Thread(target=self._kick, daemon=True, name="coordinator-kick").start()
 
     async def _ensure_master(self) -> DesiredStateReader:
         if self._reader is None:
             self._master = await MasterStore.connect(self.settings)
             self._reader = DesiredStateReader(self._master)
         return self._reader
+
+    def _kick(self) -> None:
+        me = ray.get_runtime_context().current_actor
+        while self._loop_task is None:
+            try:
+                ray.get(me.start.remote(), timeout=30)
+            except Exception as e:
+                log.warning("coordinator self-start not accepted yet: %s", type(e).__name__)
+            time.sleep(1.0)
 
     @ray.method(concurrency_group="data")
     async def start(self) -> bool:
