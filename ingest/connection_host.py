@@ -18,7 +18,7 @@ from typing import Protocol as TypingProtocol
 
 import numpy as np
 
-from ingest.batch import BatchBuilder, TextBuilder
+from ingest.batch import BatchBuilder, TextBuilder, per_tag
 from ingest.models import ConnectionSpec, Protocol, Quality, SecurityMode, quality_as_int4
 from ingest.sender import BatchSender
 
@@ -48,11 +48,11 @@ class _GapCheck:
 
     def markers(self, tag_ids: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out_tags, out_times = [], []
-        for tag in np.unique(tag_ids).tolist():
+        idx, _ = per_tag(tag_ids, times)
+        for tag, first in zip(tag_ids[idx].tolist(), times[idx].tolist(), strict=True):
             last = self.pending.pop(tag, None)
             if last is None:
                 continue
-            first = int(times[tag_ids == tag].min())
             if first > last + 1:
                 out_tags.append(tag)
                 out_times.append(last + 1)

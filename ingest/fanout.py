@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ingest.aio import cancel_and_wait
-from ingest.batch import ReadingBatch
+from ingest.batch import ReadingBatch, per_tag
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,7 @@ class RedisFanout:
     def submit(self, batch: ReadingBatch) -> None:
         if len(batch) == 0:
             return
-        # Last reading per tag in source-time order, found with one lexsort instead of a loop.
-        order = np.lexsort((batch.time_us, batch.tag_id))
-        tags = batch.tag_id[order]
-        last = np.flatnonzero(np.r_[tags[1:] != tags[:-1], True])
-        idx = order[last]
+        idx, _ = per_tag(batch.tag_id, batch.time_us, last=True)
         for tag, t, v, q in zip(batch.tag_id[idx].tolist(), batch.time_us[idx].tolist(),
                                 batch.value[idx].tolist(), batch.quality[idx].tolist(),
                                 strict=True):

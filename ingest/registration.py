@@ -22,6 +22,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+class _TagChecks(_Strict):
+    """Checks shared by tag registration and tag edits."""
+
+    @field_validator("node_id", check_fields=False)
+    @classmethod
+    def _node_id(cls, v: str | None) -> str | None:
+        if v is not None and not _NODE_ID.match(v):
+            raise ValueError("not an OPC UA node id (expected like 'ns=2;s=Name' or 'i=85')")
+        return v
+
+    @field_validator("scaling_factor", "offset", check_fields=False)
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+
 class TenantCreate(_Strict):
     slug: Slug
     name: str = Field(min_length=1, max_length=200)
@@ -37,7 +55,7 @@ class ApiKeyCreate(_Strict):
     scopes: list[Scope] = Field(min_length=1)
 
 
-class TagCreate(_Strict):
+class TagCreate(_TagChecks):
     name: str = Field(min_length=1, max_length=200)
     node_id: str | None = Field(None, description="OPC UA node id, e.g. ns=2;s=W001.T001")
     modbus_unit: int | None = Field(None, ge=0, le=255)
@@ -65,19 +83,6 @@ class TagCreate(_Strict):
     )
     well: str | None = Field(None, max_length=200, description="well (asset) name")
 
-    @field_validator("node_id")
-    @classmethod
-    def _node_id(cls, v: str | None) -> str | None:
-        if v is not None and not _NODE_ID.match(v):
-            raise ValueError("not an OPC UA node id (expected like 'ns=2;s=Name' or 'i=85')")
-        return v
-
-    @field_validator("scaling_factor", "offset")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
 
     @model_validator(mode="after")
     def _range(self) -> Self:
@@ -152,7 +157,7 @@ class ConnectionUpdate(_Strict):
         return v
 
 
-class TagUpdate(_Strict):
+class TagUpdate(_TagChecks):
     """Fields to change on a tag; omitted fields stay as they are."""
 
     name: str | None = Field(None, min_length=1, max_length=200)
@@ -166,16 +171,3 @@ class TagUpdate(_Strict):
     out_of_range: Literal["flag", "reject"] | None = None
     zscore_threshold: float | None = Field(None, gt=0)
 
-    @field_validator("node_id")
-    @classmethod
-    def _node_id(cls, v: str | None) -> str | None:
-        if v is not None and not _NODE_ID.match(v):
-            raise ValueError("not an OPC UA node id (expected like 'ns=2;s=Name' or 'i=85')")
-        return v
-
-    @field_validator("scaling_factor", "offset")
-    @classmethod
-    def _finite(cls, v: float | None) -> float | None:
-        if v is not None and not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v

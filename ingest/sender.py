@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ingest.aio import cancel_and_wait
-from ingest.batch import ReadingBatch
+from ingest.batch import ReadingBatch, per_tag
 from ingest.models import Quality, quality_as_int4
 
 log = logging.getLogger(__name__)
@@ -34,14 +34,11 @@ GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
 
 def gap_markers(batch: ReadingBatch) -> ReadingBatch:
     """One marker row per tag of ``batch``: first timestamp, value = readings of it lost."""
-    order = np.lexsort((batch.time_us, batch.tag_id))
-    tags = batch.tag_id[order]
-    first = np.flatnonzero(np.r_[True, tags[1:] != tags[:-1]])
-    counts = np.diff(np.r_[first, tags.shape[0]])
+    first, counts = per_tag(batch.tag_id, batch.time_us)
     return ReadingBatch(
         batch.batch_id + ":gap",
-        batch.time_us[order][first],
-        tags[first],
+        batch.time_us[first],
+        batch.tag_id[first],
         counts.astype(np.float64),
         np.full(first.shape[0], GAP_QUALITY, np.int32),
     )

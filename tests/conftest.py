@@ -114,20 +114,9 @@ class TenantHandle:
 
 
 @pytest.fixture
-def tenant(admin: httpx.Client, api: str) -> Iterator[TenantHandle]:
-    slug = f"t{uuid.uuid4().hex[:10]}"
-    r = admin.post("/v1/tenants", json={"slug": slug, "name": f"Test {slug}"})
-    assert r.status_code == 201, r.text
-    h = TenantHandle(api, r.json())
-    yield h
-    # Suspend rather than drop: the coordinator stops its sessions; the database stays for
-    # post-mortems of a failed run.
-    admin.put(f"/v1/tenants/{slug}/status", json={"status": "SUSPENDED"})
-    h.client.close()
-
-
-@pytest.fixture
 def make_tenant(admin: httpx.Client, api: str) -> Iterator[Any]:
+    """Creates tenants through the API; suspends them afterwards (their databases stay, for
+    post-mortems of a failed run), which also stops their sessions."""
     made: list[TenantHandle] = []
 
     def _make() -> TenantHandle:
@@ -142,6 +131,11 @@ def make_tenant(admin: httpx.Client, api: str) -> Iterator[Any]:
         admin.put(f"/v1/tenants/{h.slug}/status", json={"status": "SUSPENDED"})
         h.client.close()
 
+
+@pytest.fixture
+def tenant(make_tenant: Any) -> TenantHandle:
+    handle: TenantHandle = make_tenant()
+    return handle
 
 async def fresh_database(settings: Settings, prefix: str, migrate: bool = True) -> str:
     """A new empty database (tenant schema applied unless migrate=False); returns its name."""
