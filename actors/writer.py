@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -160,8 +161,6 @@ class WriterActor:
         r = await w.write(batch)
         e2e = Metrics.get().end_to_end_latency
         if not (r.duplicate or r.spooled or r.quarantined) and len(batch):
-            import time
-
             lat = time.time() - float(np.median(batch.time_us)) / 1e6
             safe(e2e.observe, lat, {"tenant": self.slug})
         return {"batch_id": r.batch_id, "rows": r.rows, "duplicate": r.duplicate,

@@ -42,7 +42,6 @@ class Settings(BaseSettings):
                                     "this time is left out of the assignment")
     reconcile_interval_s: float = Field(2.0, description="Coordinator reconcile period")
     batch_interval_ms: int = Field(100, description="Connection actor micro-batch period")
-    batch_max_rows: int = Field(20_000, description="Rows that make a connection actor send early")
     # Sorted 50k-row flushes measured ~250k rows/s against ~190k for 10k-20k-row flushes on the
     # 2-core machine (README, "Writer figures"); the timer bounds latency at low rates.
     flush_rows: int = Field(50_000, description="Rows that make the writer flush before the timer")
