@@ -38,7 +38,9 @@ def free_port() -> int:
 def settings() -> Settings:
     local = Path(os.environ.get("SCADA_TEST_LOCAL_DIR", REPO_ROOT / ".local" / "test"))
     return Settings(
-        local_dir=local, pg_port=55442, redis_port=56389, namespace="scada-test",
+        # Overridable so two checkouts (worktrees) can run their suites side by side.
+        local_dir=local, pg_port=int(os.environ.get("SCADA_TEST_PG_PORT", "55442")),
+        redis_port=int(os.environ.get("SCADA_TEST_REDIS_PORT", "56389")), namespace="scada-test",
         http_port=free_port(), reconcile_interval_s=1.0,
     ).with_local_secrets()
 
