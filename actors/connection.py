@@ -35,7 +35,7 @@ class ConnectionActor:
         async def send(batch: ReadingBatch) -> Any:
             if not handle:
                 # The coordinator creates writers; until it has, the lookup fails and we retry.
-                handle.append(ray.get_actor(name, namespace=namespace))
+                handle.append(await asyncio.to_thread(ray.get_actor, name, namespace=namespace))
             try:
                 return await handle[0].write.remote(batch.to_arrow())
             except ray.exceptions.RayActorError:
@@ -51,9 +51,13 @@ class ConnectionActor:
             on_gap=lambda n: safe(m.gaps.inc, n, tags),
         )
 
-    async def _last_times(self, spec: ConnectionSpec) -> dict[int, int]:
-        writer = ray.get_actor(writer_name(spec.tenant_slug), namespace=self.settings.namespace)
-        result: dict[int, int] = await writer.last_times.remote([t.tag_id for t in spec.tags])
+    async def _last_times(self, spec: ConnectionSpec, first: dict[int, int]) -> dict[int, int]:
+        """Newest stored time of each tag before its first new reading (the gap check's query);
+        raises while the writer or its database cannot answer, and the check retries."""
+        name = writer_name(spec.tenant_slug)
+        writer = await asyncio.to_thread(ray.get_actor, name, namespace=self.settings.namespace)
+        tags = list(first)
+        result: dict[int, int] = await writer.last_times.remote(tags, [first[t] for t in tags])
         return result
 
     async def _tick_loop(self) -> None:
@@ -62,6 +66,7 @@ class ConnectionActor:
             await asyncio.sleep(period)
             try:
                 self.host.tick()
+                self.host.retry_failed()
             except Exception:
                 log.exception("tick failed")
 

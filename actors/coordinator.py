@@ -34,6 +34,14 @@ from ingest.sharding import assign_connections
 log = logging.getLogger(__name__)
 
 
+def _describe(e: BaseException) -> str:
+    """An error in one line: its type and message (a Ray task error's cause, not its traceback)."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        e = cause
+    return f"{type(e).__name__}: {e}".splitlines()[0][:300]
+
+
 def alive_nodes() -> list[str]:
     return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
 
@@ -53,6 +61,7 @@ class CoordinatorActor:
         self._last_status: dict[str, dict[str, Any]] = {}
         self._slow: dict[str, int] = {}  # slot -> consecutive probe timeouts
         self._last_good: dict[str, dict[str, Any]] = {}  # slot -> its last answered status
+        self._recorded: dict[str, tuple[str, str | None]] = {}  # connection -> state written
         self.last_state = DesiredState()
         self.last_assignment: dict[str, str] = {}
         self.last_pass: dict[str, Any] = {}
@@ -194,10 +203,14 @@ class CoordinatorActor:
             *(asyncio.wait_for(self._slots[slot].apply.remote(w), 30) for slot, w in applies),
             return_exceptions=True,
         )
-        for (slot, _), res in zip(applies, results, strict=True):
-            changes[slot] = res if isinstance(res, dict) else {"error": f"{type(res).__name__}"}
+        for (slot, wanted), res in zip(applies, results, strict=True):
             if isinstance(res, dict):
+                changes[slot] = res
                 self.moves += len(res.get("started", []))
+            else:  # say where and what, not only the exception type
+                changes[slot] = {"error": _describe(res),
+                                 "connections": [sp.connection_id for sp in wanted]}
+                log.warning("slot %s: apply failed: %s", slot, changes[slot]["error"])
         # Slots no longer wanted (their node left, or the pool shrank): retire once emptied.
         for name in [n for n in self._slots if n not in wanted_slots]:
             handle = self._slots.pop(name)
@@ -215,6 +228,7 @@ class CoordinatorActor:
             except Exception as e:
                 log.warning("assignment not persisted: %s", type(e).__name__)
         self._last_status = {k: v for k, v in status.items() if v is not None}
+        await self._record_states(specs, self._last_status)
         self.last_state, self.last_assignment = state, assignment
         self.passes += 1
         self.last_pass = {
@@ -223,6 +237,24 @@ class CoordinatorActor:
             "changes": changes, "degraded": state.degraded,
         }
         return self.last_pass
+
+    async def _record_states(self, specs: dict[str, ConnectionSpec],
+                             status: dict[str, dict[str, Any]]) -> None:
+        """Write each session's state to its tenant's database when it changed."""
+        assert self._reader is not None
+        changed: dict[str, dict[str, tuple[str, str | None]]] = {}
+        for st in status.values():
+            for cid, c in st["connections"].items():
+                now = (str(c["state"]), c.get("error"))
+                if cid in specs and self._recorded.get(cid) != now:
+                    changed.setdefault(specs[cid].tenant_id, {})[cid] = now
+        for tenant_id, states in changed.items():
+            try:
+                await self._reader.record_states(tenant_id, states)
+                self._recorded.update(states)
+            except Exception as e:  # a tenant database away: written on a later pass
+                log.warning("connection states of tenant %s not recorded: %s", tenant_id,
+                            _describe(e))
 
     @ray.method(concurrency_group="health")
     async def assignment(self) -> dict[str, str]:
@@ -238,6 +270,11 @@ class CoordinatorActor:
                 writers[t.slug] = await asyncio.wait_for(w.stats.remote(), 5) if w else None
             except Exception as e:
                 writers[t.slug] = {"error": f"{type(e).__name__}"}
+        failed: dict[str, dict[str, str | None]] = {}  # tenant slug -> connection -> reason
+        for st in slots.values():
+            for cid, c in (st or {}).get("connections", {}).items():
+                if c["state"] == "failed":
+                    failed.setdefault(c["tenant"], {})[cid] = c.get("error")
         nodes: dict[str, Any] = {}
         for name, st in slots.items():
             node = self._slot_nodes.get(name, "?")
@@ -254,8 +291,10 @@ class CoordinatorActor:
             "last_pass": self.last_pass,
             "tenants": [
                 {"id": t.id, "slug": t.slug, "status": t.status.value,
-                 "state": "DEGRADED" if t.id in self.last_state.degraded else "HEALTHY",
+                 "state": "DEGRADED" if (t.id in self.last_state.degraded
+                                         or failed.get(t.slug)) else "HEALTHY",
                  "degraded": self.last_state.degraded.get(t.id),
+                 "failed_connections": failed.get(t.slug, {}),
                  "connections": len(self.last_state.specs.get(t.id, [])),
                  "writer": writers.get(t.slug),
                  "spool_rows": (writers.get(t.slug) or {}).get("spool_rows")}

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from actors.common import CONCURRENCY_GROUPS
 from ingest.batch import ReadingBatch, TextBatch, is_text
 from ingest.config import Settings
+from ingest.errors import StorageUnavailable
 from ingest.fanout import RedisFanout
 from ingest.master import MasterStore
 from ingest.metrics import Metrics, safe
@@ -135,8 +136,7 @@ class WriterActor:
                 pass
             self._rules_stale.clear()
             try:
-                if self._store is None:
-                    continue
+                await self._tenant_store()
                 await self._refresh_rules(validator)
             except Exception as e:
                 log.warning("tag rules refresh failed: %s", type(e).__name__)
@@ -179,12 +179,30 @@ class WriterActor:
                 "quarantined": r.quarantined}
 
     @ray.method(concurrency_group="data")
-    async def last_times(self, tag_ids: list[int]) -> dict[int, int]:
-        """Newest stored source time per tag: where a new device session's gap check starts."""
-        await self._ensure()
+    async def last_times(self, tag_ids: list[int], before_us: list[int]) -> dict[int, int]:
+        """Newest stored source time per tag before the given times: where a new device
+        session's gap check starts. Raises while the tenant database cannot answer (the caller
+        retries); an empty answer would mean "nothing stored" and hide a gap."""
+        w = await self._ensure()
+        if w.stats.spool_rows > 0:  # stored data ends after what the spool still holds
+            raise StorageUnavailable(f"spool still holds {w.stats.spool_rows} rows")
+        store = await self._tenant_store()
+        return await store.last_times(tag_ids, before_us)
+
+    async def _tenant_store(self) -> TenantStore:
+        """The tenant store, connected now if the writer started while its database was away."""
         if self._store is None:
-            return {}
-        return await self._store.last_times(tag_ids)
+            try:
+                master = await MasterStore.connect(self.settings)
+                try:
+                    dsn, box = await master.tenant_dsn(self.tenant_id), master.box
+                finally:
+                    await master.close()
+                self._store = await TenantStore.connect(dsn, box, max_size=2)
+            except Exception as e:
+                raise StorageUnavailable(f"tenant database not reachable: {type(e).__name__}: "
+                                         f"{e}") from e
+        return self._store
 
     @ray.method(concurrency_group="health")
     async def quarantined(self) -> list[dict[str, Any]]:

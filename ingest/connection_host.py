@@ -12,13 +12,16 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from typing import Protocol as TypingProtocol
 
 import numpy as np
 
-from ingest.batch import BatchBuilder, TextBuilder, per_tag
+from ingest.aio import cancel_and_wait
+from ingest.backoff import Backoff
+from ingest.batch import BatchBuilder, TextBuilder
+from ingest.gap_check import SessionStartGaps
 from ingest.models import ConnectionSpec, Protocol, Quality, SecurityMode, quality_as_int4
 from ingest.sender import BatchSender
 
@@ -33,41 +36,26 @@ class DeviceSession(TypingProtocol):
 
 
 SenderFactory = Callable[[ConnectionSpec], BatchSender]
-LastTimes = Callable[[ConnectionSpec], Awaitable[dict[int, int]]]
+# The newest stored time (µs) of each tag before a given time: the session-start gap check's query.
+LastTimes = Callable[[ConnectionSpec, dict[int, int]], Awaitable[dict[int, int]]]
 GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
-
-
-class _GapCheck:
-    """Marks where a new session may have missed readings: for each tag, if its first reading
-    is newer than the newest one already stored, a gap marker (quality Bad_DataLost, value NaN:
-    the count is unknown) goes in right after the stored one. Covers sessions that start after a
-    failover, a move to another actor, or an actor restart."""
-
-    def __init__(self, last: dict[int, int]) -> None:
-        self.pending = dict(last)
-
-    def markers(self, tag_ids: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out_tags, out_times = [], []
-        idx, _ = per_tag(tag_ids, times)
-        for tag, first in zip(tag_ids[idx].tolist(), times[idx].tolist(), strict=True):
-            last = self.pending.pop(tag, None)
-            if last is None:
-                continue
-            if first > last + 1:
-                out_tags.append(tag)
-                out_times.append(last + 1)
-        return np.asarray(out_tags, np.int32), np.asarray(out_times, np.int64)
+FAILED = "failed"
 
 
 @dataclass
 class _Running:
     spec: ConnectionSpec
     fingerprint: str
-    session: DeviceSession
-    task: asyncio.Task[None]
+    session: DeviceSession | None
+    task: asyncio.Task[None] | None
     state: str = "connecting"
     error: str | None = None
     started_at: float = 0.0
+    failures: int = 0
+    retry_at: float = 0.0
+    gaps: SessionStartGaps | None = None
+    gap_task: asyncio.Task[None] | None = None
+    backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 60.0))
 
 
 class _Scaler:
@@ -113,11 +101,16 @@ class ConnectionHost:
         self.values_per_s = 0.0
 
     # -- desired state ------------------------------------------------------------------------
-    async def apply(self, specs: list[ConnectionSpec]) -> dict[str, list[str]]:
+    async def apply(self, specs: list[ConnectionSpec]) -> dict[str, Any]:
         """Run exactly these connections: start new ones, restart edited ones, stop the rest.
-        Connections whose fingerprint did not change are not touched."""
+        Connections whose fingerprint did not change are not touched.
+
+        Each connection starts on its own: one that cannot be built or started is marked FAILED
+        with its reason and retried with backoff (``retry_failed``), and never keeps any other
+        connection, of its tenant or another, from starting."""
         want = {s.connection_id: s for s in specs}
         started, stopped, kept = [], [], []
+        failed: dict[str, str] = {}
         for cid in list(self._running):
             r = self._running[cid]
             if cid not in want or want[cid].fingerprint() != r.fingerprint:
@@ -127,11 +120,54 @@ class ConnectionHost:
             if cid in self._running:
                 kept.append(cid)
                 continue
-            self._start(spec)
-            started.append(cid)
-        return {"started": started, "stopped": stopped, "kept": kept}
+            self._running[cid] = r = _Running(spec, spec.fingerprint(), None, None,
+                                              started_at=time.time())
+            self._launch(r)
+            if r.state == FAILED:
+                failed[cid] = r.error or FAILED
+            else:
+                started.append(cid)
+        return {"started": started, "stopped": stopped, "kept": kept, "failed": failed}
 
-    def _start(self, spec: ConnectionSpec) -> None:
+    def retry_failed(self) -> list[str]:
+        """Start again the connections that failed, once their backoff has passed."""
+        now = time.monotonic()
+        retried = []
+        for cid, r in self._running.items():
+            if r.state == FAILED and r.task is None and now >= r.retry_at:
+                retried.append(cid)
+                self._launch(r)
+        return retried
+
+    def _failed(self, r: _Running, e: BaseException) -> None:
+        r.failures += 1
+        r.state, r.error = FAILED, f"{type(e).__name__}: {e}"[:500]
+        r.retry_at = time.monotonic() + r.backoff.next_delay()
+        log.warning("connection %s (%s) failed: %s", r.spec.connection_id,
+                    r.spec.tenant_slug, r.error)
+
+    def _launch(self, r: _Running) -> None:
+        try:
+            r.session = self._build(r)
+        except Exception as e:
+            r.session, r.task = None, None
+            self._failed(r, e)
+            return
+        r.state, r.error = "connecting", None
+        r.task = asyncio.create_task(self._run_session(r), name=f"session-{r.spec.connection_id}")
+
+    async def _run_session(self, r: _Running) -> None:
+        assert r.session is not None
+        try:
+            await r.session.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the session gave up: FAILED, rebuilt after its backoff
+            self._failed(r, e)
+            r.task = None
+
+    def _build(self, r: _Running) -> DeviceSession:
+        spec = r.spec
         tenant = spec.tenant_id
         if tenant not in self._builders:
             self._builders[tenant] = BatchBuilder(f"{self.source}/{spec.tenant_slug}", self.epoch)
@@ -144,25 +180,38 @@ class ConnectionHost:
         text_builder = self._text_builders[tenant]
         scale = _Scaler(spec)
         cid = spec.connection_id
-        gaps: list[_GapCheck] = []
+
+        def add_markers(tag_ids: np.ndarray, times: np.ndarray) -> None:
+            n = int(tag_ids.shape[0])
+            builder.append(tag_ids, times, np.full(n, np.nan), np.full(n, GAP_QUALITY, np.int32))
+            self.gap_markers += n
+
+        # One check per connection start, kept across rebuilds after a failure: it covers the
+        # time since the readings stored before this connection started here.
+        if r.gaps is None and self._last_times is not None:
+            last_times = self._last_times
+
+            async def last_before(first: dict[int, int]) -> dict[int, int]:
+                return await last_times(spec, first)
+
+            r.gaps = SessionStartGaps(cid, [t.tag_id for t in spec.tags], last_before,
+                                      add_markers)
+            r.gap_task = asyncio.create_task(r.gaps.run(), name=f"gap-check-{cid}")
+        gaps = r.gaps
 
         def on_values(tag_ids: np.ndarray, times: np.ndarray, values: np.ndarray,
                       quality: np.ndarray) -> None:
-            if gaps and gaps[0].pending:
-                mt, mtime = gaps[0].markers(tag_ids, times)
-                if mt.shape[0]:
-                    builder.append(mt, mtime, np.full(mt.shape[0], np.nan),
-                                   np.full(mt.shape[0], GAP_QUALITY, np.int32))
-                    self.gap_markers += int(mt.shape[0])
+            if gaps is not None:
+                gaps.observe(tag_ids, times)
             builder.append(tag_ids, times, scale(tag_ids, values), quality)
             n = int(times.shape[0])
             self.values_received += n
             self.delivered[cid] = self.delivered.get(cid, 0) + n
 
         def on_state(state: str, error: str | None) -> None:
-            r = self._running.get(cid)
-            if r is not None:
-                r.state, r.error = state, error
+            r.state, r.error = state, error
+            if state == "connected":
+                r.backoff.reset()
 
         def on_text(tag_ids: np.ndarray, times: np.ndarray, texts: list[str],
                     quality: np.ndarray) -> None:
@@ -173,37 +222,24 @@ class ConnectionHost:
 
         def on_gap(tag_ids: np.ndarray, from_us: np.ndarray, to_us: np.ndarray) -> None:
             # The device session knows readings between from and to are gone (count unknown).
-            n = int(tag_ids.shape[0])
-            builder.append(tag_ids, from_us + 1, np.full(n, np.nan),
-                           np.full(n, GAP_QUALITY, np.int32))
-            self.gap_markers += n
+            add_markers(tag_ids, from_us + 1)
 
-        session = self._session_factory(spec, on_values, on_state, on_text, on_gap)
-
-        async def run() -> None:
-            if self._last_times is not None:
-                try:
-                    gaps.append(_GapCheck(await asyncio.wait_for(self._last_times(spec), 10)))
-                except Exception as e:  # no gap check rather than no data
-                    log.warning("last stored times unavailable for %s: %s", cid,
-                                type(e).__name__)
-            await session.run()
-
-        task = asyncio.create_task(run(), name=f"session-{cid}")
-        self._running[cid] = _Running(spec, spec.fingerprint(), session, task,
-                                      started_at=time.time())
+        return self._session_factory(spec, on_values, on_state, on_text, on_gap)
 
     async def _stop(self, cid: str) -> None:
         r = self._running.pop(cid)
-        try:
-            await asyncio.wait_for(r.session.stop(), 10)
-        except Exception:
-            log.warning("session %s did not stop cleanly", cid, exc_info=True)
-        r.task.cancel()
-        try:
-            await r.task
-        except BaseException:  # noqa: BLE001 - a cancelled or failed session is gone either way
-            pass
+        await cancel_and_wait(r.gap_task)
+        if r.session is not None:
+            try:
+                await asyncio.wait_for(r.session.stop(), 10)
+            except Exception:
+                log.warning("session %s did not stop cleanly", cid, exc_info=True)
+        if r.task is not None:
+            r.task.cancel()
+            try:
+                await r.task
+            except BaseException:  # noqa: BLE001 - a cancelled or failed session is gone either way
+                pass
 
     # -- batching -----------------------------------------------------------------------------
     def tick(self) -> int:
@@ -258,7 +294,10 @@ class ConnectionHost:
                     "started_at": r.started_at,
                     "state": r.state,
                     "error": r.error,
-                    **{k: v for k, v in r.session.stats.items() if isinstance(v, int | float)},
+                    "failures": r.failures,
+                    "gap_check_failures": r.gaps.failures if r.gaps is not None else 0,
+                    **({k: v for k, v in r.session.stats.items() if isinstance(v, int | float)}
+                       if r.session is not None else {}),
                 }
                 for cid, r in self._running.items()
             },

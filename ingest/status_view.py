@@ -16,6 +16,8 @@ def render(status: dict[str, Any]) -> str:
             f"p99={w.get('latency_p99_ms')}ms"
             + (f"  error: {t['degraded']}" if t.get("degraded") else "")
         )
+        for cid, reason in (t.get("failed_connections") or {}).items():
+            lines.append(f"    connection {cid} FAILED: {reason}")
     lines.append("NODES")
     for node, n in sorted(status.get("nodes", {}).items()):
         lines.append(f"  {node[:12]:<12} actors={len(n['actors'])} connections={n['connections']}"
@@ -34,6 +36,6 @@ def render(status: dict[str, Any]) -> str:
         )
         for cid, c in conns.items():
             err = f" last_error={c['error']}" if c.get("error") else ""
-            lines.append(f"    {cid[:8]} {c['tenant']:<16} {c['protocol']:<6} {c['state']:<12} "
+            lines.append(f"    {cid} {c['tenant']:<16} {c['protocol']:<6} {c['state']:<12} "
                          f"tags={c['tags']}{err}")
     return "\n".join(lines)

@@ -14,8 +14,8 @@ from ingest.secrets import SecretBox
 
 _CONN_COLS = (
     "id, name, protocol, endpoint, security_mode, security_policy, auto_accept_server_cert, "
-    "username, publishing_interval_ms, enabled, last_connected_at, last_error, created_at, "
-    "updated_at"
+    "username, publishing_interval_ms, enabled, state, state_changed_at, last_connected_at, "
+    "last_error, created_at, updated_at"
 )
 _TAG_COLS = (
     "tag_id, connection_id, name, node_id, modbus_unit, modbus_register, modbus_address, "
@@ -222,14 +222,16 @@ class TenantStore:
         )
         return [_jsonable(r) for r in rows]
 
-    async def record_connection_state(
-        self, connection_id: str, connected: bool, error: str | None
-    ) -> None:
+    async def record_connection_state(self, connection_id: str, state: str,
+                                      error: str | None) -> None:
+        """The session's state as the cluster sees it; ``last_error`` keeps the newest error
+        (it is not cleared by a reconnect), ``last_connected_at`` the newest connect."""
         await self.pool.execute(
-            "UPDATE scada_connections SET last_error = $2, "
-            "last_connected_at = CASE WHEN $3 THEN now() ELSE last_connected_at END "
+            "UPDATE scada_connections SET state = $2, state_changed_at = now(), "
+            "last_error = coalesce($3, last_error), "
+            "last_connected_at = CASE WHEN $2 = 'connected' THEN now() ELSE last_connected_at END "
             "WHERE id = $1::uuid",
-            connection_id, error, connected,
+            connection_id, state, error,
         )
 
     # -- what the coordinator hands out ---------------------------------------------------------
@@ -297,12 +299,14 @@ class TenantStore:
         )
         return f"{r['n']}|{r['u']}|{r['d']}"
 
-    async def last_times(self, tag_ids: list[int]) -> dict[int, int]:
-        """Newest stored source time (µs since the Unix epoch) per tag; one index probe each."""
+    async def last_times(self, tag_ids: list[int], before_us: list[int]) -> dict[int, int]:
+        """Newest stored source time (µs since the Unix epoch) of each tag strictly before the
+        given time; one index probe each. Tags with nothing stored before it are left out."""
         rows = await self.pool.fetch(
             "SELECT t, (SELECT (extract(epoch FROM max(time)) * 1e6)::int8 FROM scada_readings "
-            "WHERE tag_id = t) AS last FROM unnest($1::int[]) AS t",
-            tag_ids,
+            "WHERE tag_id = t AND time < 'epoch'::timestamptz + b * interval '1 microsecond') "
+            "AS last FROM unnest($1::int[], $2::int8[]) AS u(t, b)",
+            tag_ids, before_us,
         )
         return {int(r["t"]): int(r["last"]) for r in rows if r["last"] is not None}
 
