@@ -53,6 +53,8 @@ class CoordinatorActor:
         self._master: MasterStore | None = None
         self._reader: DesiredStateReader | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        # Created here, used on the data loop only (the concurrency rule in actors.common).
+        self._data_loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._writers: dict[str, Any] = {}
@@ -90,13 +92,16 @@ class CoordinatorActor:
     @ray.method(concurrency_group="data")
     async def start(self) -> bool:
         if self._loop_task is None:
+            self._data_loop = asyncio.get_running_loop()
             self._loop_task = asyncio.create_task(self._loop())
         return True
 
     @ray.method(concurrency_group="health")
     async def notify(self) -> None:
-        """Something changed in the databases: reconcile now rather than at the next tick."""
-        self._wake.set()
+        """Something changed in the databases: reconcile now rather than at the next tick.
+        The reconcile loop waits on the data loop: the wake-up crosses to it explicitly."""
+        if self._data_loop is not None:
+            self._data_loop.call_soon_threadsafe(self._wake.set)
 
     async def _loop(self) -> None:
         while True:
@@ -260,7 +265,7 @@ class CoordinatorActor:
     async def assignment(self) -> dict[str, str]:
         return dict(self.last_assignment)
 
-    @ray.method(concurrency_group="health")
+    @ray.method(concurrency_group="data")
     async def status(self) -> dict[str, Any]:
         slots = await self._probe(list(self._slots))
         writers: dict[str, Any] = {}

@@ -49,8 +49,10 @@ class WriterActor:
         self._store: TenantStore | None = None
         self._rules_version = ""
         self._rules_task: asyncio.Task[None] | None = None
+        # Used on the data loop only (the concurrency rule in actors.common).
         self._init_lock = asyncio.Lock()
         self._rules_stale = asyncio.Event()
+        self._snapshot: dict[str, Any] = {"tenant": tenant_slug, "started": False}
 
     async def _ensure(self) -> TenantWriter:
         if self.writer is not None:
@@ -117,7 +119,8 @@ class WriterActor:
                 log.warning("writer start attempt %d failed: %s", attempt, type(e).__name__)
                 await asyncio.sleep(1.0)
         self._rules_task = asyncio.create_task(self._rules_loop(validator))
-        asyncio.create_task(self._gauge_loop(w))
+        self._tasks = [asyncio.create_task(self._gauge_loop(w)),
+                       asyncio.create_task(self._snapshot_loop())]
         return w
 
     async def _refresh_rules(self, validator: Validator) -> None:
@@ -204,14 +207,13 @@ class WriterActor:
                                          f"{e}") from e
         return self._store
 
-    @ray.method(concurrency_group="health")
+    @ray.method(concurrency_group="data")
     async def quarantined(self) -> list[dict[str, Any]]:
         w = await self._ensure()
         assert w.quarantine is not None
         return await w.quarantine.list()
 
-    @ray.method(concurrency_group="health")
-    async def stats(self) -> dict[str, Any]:
+    def _stats_now(self) -> dict[str, Any]:
         if self.writer is None:
             return {"tenant": self.slug, "started": False}
         out: dict[str, Any] = {"tenant": self.slug, "started": True,
@@ -220,7 +222,23 @@ class WriterActor:
             out["redis_errors"] = self.writer.fanout.errors
         return out
 
+    async def _snapshot_loop(self) -> None:
+        """Refreshes the snapshot the health group reads (the concurrency rule, actors.common)."""
+        while True:
+            self._snapshot = self._stats_now()
+            await asyncio.sleep(0.5)
+
     @ray.method(concurrency_group="health")
+    async def stats(self) -> dict[str, Any]:
+        """A snapshot at most half a second old."""
+        return self._snapshot
+
+    @ray.method(concurrency_group="data")
+    async def stats_now(self) -> dict[str, Any]:
+        """The writer's figures this instant (waits behind a busy data loop)."""
+        return self._stats_now()
+
+    @ray.method(concurrency_group="data")
     async def latency_histogram(self) -> np.ndarray:
         """Counts per 1 ms bucket since the actor started (callers diff two snapshots)."""
         if self.writer is None:
