@@ -255,7 +255,9 @@ class TenantStore:
             "WHERE enabled AND deleted_at IS NULL ORDER BY id"
         )
         tags = await self.pool.fetch(
-            f"SELECT {_TAG_COLS} FROM tag_mappings WHERE deleted_at IS NULL ORDER BY tag_id"
+            "SELECT connection_id, tag_id, name, node_id, modbus_register, modbus_unit, "
+            "modbus_address, modbus_data_type, byte_order, modbus_bit, modbus_length, data_type, "
+            "scaling_factor, \"offset\" FROM tag_mappings WHERE deleted_at IS NULL ORDER BY tag_id"
         )
         by_conn: dict[Any, list[asyncpg.Record]] = {}
         for t in tags:
