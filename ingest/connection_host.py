@@ -22,8 +22,9 @@ from ingest.aio import cancel_and_wait
 from ingest.backoff import Backoff
 from ingest.batch import BatchBuilder, TextBuilder
 from ingest.gap_check import SessionStartGaps
-from ingest.models import ConnectionSpec, Protocol, Quality, SecurityMode, quality_as_int4
+from ingest.models import ConnectionSpec, Protocol, Quality, quality_as_int4
 from ingest.sender import BatchSender
+from ingest.session_inputs import modbus_points, opcua_security, opcua_tags
 
 log = logging.getLogger(__name__)
 
@@ -310,28 +311,22 @@ class ConnectionHost:
 
 def make_session(spec: ConnectionSpec, on_values: Any, on_state: Any, on_text: Any = None,
                  on_gap: Any = None) -> DeviceSession:
-    """Build the protocol session for a connection spec."""
+    """Build the protocol session for a connection spec (registration checks the same inputs)."""
     if spec.protocol is Protocol.OPCUA:
-        from ingest.protocols.opcua import OpcUaSession, OpcUaTag
-        from ingest.protocols.opcua_security import OpcUaSecurity
+        from ingest.protocols.opcua import OpcUaSession
 
         return OpcUaSession(
             spec.endpoint,
-            [OpcUaTag(t.tag_id, t.address) for t in spec.tags],
+            opcua_tags(spec),
             on_values,
             publishing_interval_ms=spec.publishing_interval_ms,
             on_state=on_state,
             on_text=on_text,
             on_gap=on_gap,
-            security=OpcUaSecurity(
-                mode=spec.security_mode, policy=spec.security_policy,
-                username=spec.username, password=spec.password,
-                auto_accept=spec.auto_accept_server_cert,
-            ) if spec.security_mode is not SecurityMode.NONE else None,
+            security=opcua_security(spec),
         )
     if spec.protocol is Protocol.MODBUS:
         from ingest.protocols.modbus import ModbusSession
-        from ingest.protocols.modbus_decode import parse_address
 
         # pymodbus logs every timeout at ERROR with a frame dump; the session counts them instead.
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -343,7 +338,7 @@ def make_session(spec: ConnectionSpec, on_values: Any, on_state: Any, on_text: A
 
         return ModbusSession(
             spec.endpoint,
-            [parse_address(t.address, tag_id=t.tag_id) for t in spec.tags],
+            modbus_points(spec),
             on_values,
             poll_interval_ms=spec.publishing_interval_ms,
             on_state=on_state,

@@ -18,6 +18,16 @@ class ConfigError(IngestError):
     """A setting is missing or malformed."""
 
 
+class InvalidDeviceSetting(ConfigError, ValueError):
+    """A tag or connection setting no device session can use; ``field`` names it, as the session
+    calls it (``data_type``, ``bit``, ``node_id``, ``endpoint``...), and ``reason`` says why."""
+
+    def __init__(self, field: str, reason: str, where: str = "") -> None:
+        super().__init__(f"{where}: {reason}" if where else reason)
+        self.field = field
+        self.reason = reason
+
+
 class LocalStackError(IngestError):
     """The project-owned PostgreSQL or Redis could not be started or stopped."""
 

@@ -8,9 +8,17 @@ from typing import Any
 import asyncpg
 
 from ingest.errors import ConnectionNotFound, InvalidRegistration, TagNotFound
-from ingest.models import ConnectionSpec, Protocol, SecurityMode, SecurityPolicy, TagSpec, Tenant
-from ingest.registration import ConnectionCreate, ConnectionUpdate, TagCreate, TagUpdate
+from ingest.models import ConnectionSpec, Protocol, SecurityMode, SecurityPolicy, Tenant
+from ingest.registration import (
+    ConnectionCreate,
+    ConnectionUpdate,
+    TagCreate,
+    TagUpdate,
+    check_connection_edit,
+    check_tag_edit,
+)
 from ingest.secrets import SecretBox
+from ingest.session_inputs import check_tags, tag_spec
 
 _CONN_COLS = (
     "id, name, protocol, endpoint, security_mode, security_policy, auto_accept_server_cert, "
@@ -78,11 +86,7 @@ class TenantStore:
             )
             if r is None:
                 raise ConnectionNotFound(f"connection {connection_id} not found")
-            for i, t in enumerate(tags):
-                if r["protocol"] == "opcua" and t.node_id is None:
-                    raise InvalidRegistration(f"tags.{i}.node_id", "required for OPC UA")
-                if r["protocol"] == "modbus" and t.modbus_address is None:
-                    raise InvalidRegistration(f"tags.{i}.modbus_address", "required for Modbus")
+            check_tags(Protocol(r["protocol"]), [t.model_dump() for t in tags])
             taken = {
                 x["name"]
                 for x in await conn.fetch(
@@ -177,14 +181,20 @@ class TenantStore:
                 v = v.value
             args.append(v)
             sets.append(f"{k} = ${len(args) + 1}")
-        if sets:
-            done = await self.pool.execute(
-                f"UPDATE scada_connections SET {', '.join(sets)}, updated_at = now() "
-                "WHERE id = $1::uuid AND deleted_at IS NULL",
-                connection_id, *args,
+        async with self.pool.acquire() as conn, conn.transaction():
+            r = await conn.fetchrow(
+                f"SELECT {_CONN_COLS}, password_enc IS NOT NULL AS has_password "
+                "FROM scada_connections WHERE id = $1::uuid AND deleted_at IS NULL FOR UPDATE",
+                connection_id,
             )
-            if done.endswith(" 0"):
+            if r is None:
                 raise ConnectionNotFound(f"connection {connection_id} not found")
+            check_connection_edit(r, r["has_password"], u)
+            if sets:
+                await conn.execute(
+                    f"UPDATE scada_connections SET {', '.join(sets)}, updated_at = now() "
+                    "WHERE id = $1::uuid", connection_id, *args,
+                )
         return await self.get_connection(connection_id)
 
     async def update_tag(self, tag_id: int, u: TagUpdate) -> dict[str, Any]:
@@ -192,16 +202,20 @@ class TenantStore:
         cols = [("\"offset\"" if k == "offset" else k) for k in fields]
         sets = [f"{c} = ${i + 2}" for i, c in enumerate(cols)]
         async with self.pool.acquire() as conn, conn.transaction():
+            stored = await conn.fetchrow(
+                f"SELECT {_TAG_COLS}, (SELECT protocol FROM scada_connections c "
+                "WHERE c.id = connection_id) AS protocol FROM tag_mappings "
+                "WHERE tag_id = $1 AND deleted_at IS NULL FOR UPDATE",
+                tag_id,
+            )
+            if stored is None:
+                raise TagNotFound(f"tag {tag_id} not found")
+            check_tag_edit(Protocol(stored["protocol"]), stored, u)
             r = await conn.fetchrow(
                 f"UPDATE tag_mappings SET {', '.join(sets + ['updated_at = now()'])} "
-                f"WHERE tag_id = $1 AND deleted_at IS NULL RETURNING {_TAG_COLS}",
+                f"WHERE tag_id = $1 RETURNING {_TAG_COLS}",
                 tag_id, *fields.values(),
             )
-            if r is None:
-                raise TagNotFound(f"tag {tag_id} not found")
-            if r["valid_min"] is not None and r["valid_max"] is not None and (
-                    r["valid_min"] > r["valid_max"]):
-                raise InvalidRegistration("valid_min", "is greater than valid_max")
             await conn.execute("UPDATE scada_connections SET updated_at = now() WHERE id = $1",
                                r["connection_id"])
         return _jsonable(r)
@@ -243,19 +257,13 @@ class TenantStore:
             "WHERE enabled AND deleted_at IS NULL ORDER BY id"
         )
         tags = await self.pool.fetch(
-            "SELECT connection_id, tag_id, name, coalesce(node_id, modbus_register || ':' || "
-            "coalesce(modbus_unit, 1) || ':' || modbus_address || ':' || "
-            "coalesce(modbus_data_type, 'uint16') || ':' || coalesce(byte_order, 'ABCD') || "
-            "coalesce(':bit=' || modbus_bit, ':len=' || modbus_length, '')) AS address, "
-            "data_type, scaling_factor, "
-            "\"offset\" FROM tag_mappings WHERE deleted_at IS NULL ORDER BY tag_id"
+            "SELECT connection_id, tag_id, name, node_id, modbus_register, modbus_unit, "
+            "modbus_address, modbus_data_type, byte_order, modbus_bit, modbus_length, data_type, "
+            "scaling_factor, \"offset\" FROM tag_mappings WHERE deleted_at IS NULL ORDER BY tag_id"
         )
-        by_conn: dict[Any, list[TagSpec]] = {}
+        by_conn: dict[Any, list[asyncpg.Record]] = {}
         for t in tags:
-            by_conn.setdefault(t["connection_id"], []).append(
-                TagSpec(t["tag_id"], t["name"], t["address"], t["data_type"],
-                        t["scaling_factor"], t["offset"])
-            )
+            by_conn.setdefault(t["connection_id"], []).append(t)
         return [
             ConnectionSpec(
                 tenant_id=tenant.id, tenant_slug=tenant.slug, connection_id=str(c["id"]),
@@ -266,7 +274,9 @@ class TenantStore:
                 username=c["username"],
                 password=self.box.decrypt(c["password_enc"]) if c["password_enc"] else None,
                 auto_accept_server_cert=c["auto_accept_server_cert"],
-                tags=tuple(by_conn.get(c["id"], [])),
+                # The address each tag is read at comes from session_inputs, which registration
+                # also runs: a tag it accepted is a tag this session can read.
+                tags=tuple(tag_spec(Protocol(c["protocol"]), t) for t in by_conn.get(c["id"], [])),
             )
             for c in conns
         ]

@@ -41,11 +41,11 @@ import numpy.typing as npt
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from ingest.errors import DeviceProtocolError, DeviceUnreachable, IngestError
+from ingest.errors import DeviceProtocolError, DeviceUnreachable, IngestError, InvalidDeviceSetting
 from ingest.models import Quality, quality_as_int4
 from ingest.protocols.modbus_decode import ModbusPoint, ReadRequest, decode, plan_reads
 
-__all__ = ["ModbusSession", "OnState", "OnStrings", "OnValues", "SessionState"]
+__all__ = ["ModbusSession", "OnState", "OnStrings", "OnValues", "SessionState", "parse_endpoint"]
 
 _log = logging.getLogger(__name__)
 
@@ -113,16 +113,16 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-def _parse_endpoint(endpoint: str) -> tuple[str, int]:
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("tcp", "modbus+tcp") or not parts.hostname:
-        raise ValueError(f"endpoint must look like tcp://host:port, got {endpoint!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"endpoint must look like tcp://host:port, got {endpoint!r}")
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``tcp://host:port`` (or ``modbus+tcp://``) -> (host, port); registration checks with it."""
     try:
+        parts = urlsplit(endpoint)
         port = parts.port or _DEFAULT_PORT
     except ValueError:
-        raise ValueError(f"endpoint {endpoint!r}: bad port") from None
+        raise InvalidDeviceSetting("endpoint", f"bad host or port in {endpoint!r}") from None
+    if (parts.scheme not in ("tcp", "modbus+tcp") or not parts.hostname
+            or parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise InvalidDeviceSetting("endpoint", f"must look like tcp://host:port, got {endpoint!r}")
     return parts.hostname, port
 
 
@@ -144,7 +144,7 @@ class ModbusSession:
         max_register_gap: int = 16,
         max_bit_gap: int = 64,
     ) -> None:
-        self._host, self._port = _parse_endpoint(endpoint)
+        self._host, self._port = parse_endpoint(endpoint)
         if poll_interval_ms <= 0:
             raise ValueError(f"poll_interval_ms must be > 0, got {poll_interval_ms}")
         if timeout_s <= 0:

@@ -1,13 +1,8 @@
-"""Modbus points: the stored address format, read planning and vectorised decoding.
+"""Modbus points: what one tag reads, read planning and vectorised decoding.
 
 Pure numpy, no I/O: ``ingest/protocols/modbus.py`` issues the requests this module plans and hands
-the raw words (or bits) back to ``decode``.
-
-Address format stored in ``tag_mappings`` (see ``parse_address`` / ``format_address``)::
-
-    <register>:<unit>:<address>:<data_type>:<byte_order>[:bit=<n> | :len=<n>]
-    holding:1:100:float32:CDAB        input:3:0:int16:ABCD
-    holding:1:7:bool:ABCD:bit=3       holding:1:200:string:ABCD:len=8      coil:1:12:bool:ABCD
+the raw words (or bits) back to ``decode``. How a point is stored in ``tag_mappings`` (the address
+format) is ``ingest/protocols/modbus_address.py``.
 
 Addresses are 0-based protocol addresses (what goes on the wire), not 40001-style numbers.
 
@@ -31,6 +26,8 @@ from typing import Literal, NamedTuple, cast, get_args
 import numpy as np
 import numpy.typing as npt
 
+from ingest.errors import InvalidDeviceSetting
+
 __all__ = [
     "MAX_BITS_PER_READ",
     "MAX_REGISTERS_PER_READ",
@@ -41,8 +38,6 @@ __all__ = [
     "ReadRequest",
     "RegisterType",
     "decode",
-    "format_address",
-    "parse_address",
     "plan_reads",
     "register_width",
 ]
@@ -103,31 +98,36 @@ class ModbusPoint:
     length: int = 1  # registers; only strings span a configurable number
 
     def __post_init__(self) -> None:
-        where = f"tag {self.tag_id}"
+        # Each refusal names the field at fault, so registration can point at what to change.
+        def bad(field: str, reason: str) -> InvalidDeviceSetting:
+            return InvalidDeviceSetting(field, reason, f"tag {self.tag_id}")
+
         if not -(2**31) <= self.tag_id < 2**31:
-            raise ValueError(f"{where}: tag_id does not fit int32")
+            raise bad("tag_id", "tag_id does not fit int32")
         if not 0 <= self.unit <= 255:
-            raise ValueError(f"{where}: unit must be 0..255, got {self.unit}")
+            raise bad("unit", f"unit must be 0..255, got {self.unit}")
         if self.register not in _REGISTER_TYPES:
-            raise ValueError(f"{where}: register must be one of {_REGISTER_TYPES}")
+            raise bad("register", f"register must be one of {_REGISTER_TYPES}")
         if self.data_type not in _DATA_TYPES:
-            raise ValueError(f"{where}: data_type must be one of {_DATA_TYPES}")
+            raise bad("data_type", f"data_type must be one of {_DATA_TYPES}")
         if self.byte_order not in _BYTE_ORDERS:
-            raise ValueError(f"{where}: byte_order must be one of {_BYTE_ORDERS}")
-        if self.register in _BIT_TYPES and (self.data_type != "bool" or self.bit is not None):
-            raise ValueError(f"{where}: {self.register} points are data_type bool without bit=")
+            raise bad("byte_order", f"byte_order must be one of {_BYTE_ORDERS}")
+        if self.register in _BIT_TYPES and self.data_type != "bool":
+            raise bad("data_type", f"{self.register} points are data_type bool")
+        if self.register in _BIT_TYPES and self.bit is not None:
+            raise bad("bit", f"{self.register} points are single bits already: no bit=")
         if self.bit is not None:
             if self.data_type != "bool":
-                raise ValueError(f"{where}: bit= needs data_type bool")
+                raise bad("bit", "bit= needs data_type bool (one bit of a 16-bit register)")
             if not 0 <= self.bit <= 15:
-                raise ValueError(f"{where}: bit must be 0..15, got {self.bit}")
+                raise bad("bit", f"bit must be 0..15, got {self.bit}")
         if self.data_type == "string":
             if not 1 <= self.length <= MAX_REGISTERS_PER_READ:
-                raise ValueError(f"{where}: string length must be 1..125 registers")
+                raise bad("length", "string length must be 1..125 registers")
         elif self.length != 1:
-            raise ValueError(f"{where}: len= applies to strings only")
+            raise bad("length", "len= applies to strings only")
         if not 0 <= self.address or self.address + self.width > 65536:
-            raise ValueError(f"{where}: address {self.address} (+{self.width}) outside 0..65535")
+            raise bad("address", f"address {self.address} (+{self.width}) outside 0..65535")
 
     @property
     def width(self) -> int:
@@ -141,61 +141,6 @@ def register_width(point: ModbusPoint) -> int:
     if point.data_type == "string":
         return point.length
     return _WORDS[point.data_type]
-
-
-def parse_address(spec: str, *, tag_id: int = 0) -> ModbusPoint:
-    """``"holding:1:100:float32:CDAB"`` (plus ``:bit=n`` or ``:len=n``) -> ModbusPoint."""
-    parts = [p.strip() for p in spec.strip().split(":")]
-    if len(parts) not in (5, 6):
-        raise ValueError(
-            f"modbus address {spec!r}: expected "
-            "<register>:<unit>:<address>:<data_type>:<byte_order>[:bit=<n>|:len=<n>]"
-        )
-    register, unit_s, address_s, data_type, byte_order = parts[:5]
-    register, data_type, byte_order = register.lower(), data_type.lower(), byte_order.upper()
-    if register not in _REGISTER_TYPES:
-        raise ValueError(f"modbus address {spec!r}: register must be one of {_REGISTER_TYPES}")
-    if data_type not in _DATA_TYPES:
-        raise ValueError(f"modbus address {spec!r}: data type must be one of {_DATA_TYPES}")
-    if byte_order not in _BYTE_ORDERS:
-        raise ValueError(f"modbus address {spec!r}: byte order must be one of {_BYTE_ORDERS}")
-    try:
-        unit, address = int(unit_s), int(address_s)
-    except ValueError:
-        raise ValueError(f"modbus address {spec!r}: unit and address must be integers") from None
-    bit: int | None = None
-    length = 1
-    if len(parts) == 6:
-        key, _, val = parts[5].partition("=")
-        if key.strip().lower() not in ("bit", "len") or not val.strip().isdigit():
-            raise ValueError(f"modbus address {spec!r}: suffix must be bit=<n> or len=<n>")
-        if key.strip().lower() == "bit":
-            bit = int(val)
-        else:
-            length = int(val)
-    try:
-        return ModbusPoint(
-            tag_id=tag_id,
-            unit=unit,
-            register=cast(RegisterType, register),
-            address=address,
-            data_type=cast(DataType, data_type),
-            byte_order=cast(ByteOrder, byte_order),
-            bit=bit,
-            length=length,
-        )
-    except ValueError as exc:
-        raise ValueError(f"modbus address {spec!r}: {exc}") from None
-
-
-def format_address(point: ModbusPoint) -> str:
-    """The inverse of ``parse_address``."""
-    spec = f"{point.register}:{point.unit}:{point.address}:{point.data_type}:{point.byte_order}"
-    if point.bit is not None:
-        spec += f":bit={point.bit}"
-    elif point.data_type == "string":
-        spec += f":len={point.length}"
-    return spec
 
 
 # --- planning ------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import numpy.typing as npt
 from asyncua import ua
 from asyncua.ua.uaerrors import UaError
 
-from ingest.errors import IngestError
+from ingest.errors import IngestError, InvalidDeviceSetting
 from ingest.protocols import opcua_service as svc
 from ingest.protocols.opcua_connection import SessionKeeper
 from ingest.protocols.opcua_security import DEFAULT_PKI_DIR, OpcUaSecurity, PkiStore
@@ -54,6 +54,8 @@ __all__ = [
     "OpcUaSession",
     "OpcUaTag",
     "SessionState",
+    "check_endpoint",
+    "parse_node_id",
 ]
 
 _log = logging.getLogger(__name__)
@@ -109,6 +111,30 @@ class OpcUaTag:
             raise ValueError(f"tag {self.tag_id}: deadband_value needs a deadband_type, >= 0")
 
 
+def check_endpoint(endpoint: str) -> None:
+    if not endpoint.startswith("opc.tcp://"):
+        raise InvalidDeviceSetting("endpoint", f"must start with opc.tcp://, got {endpoint!r}")
+
+
+def parse_node_id(text: str, *, where: str = "") -> ua.NodeId:
+    """A node id as the session subscribes to it; registration refuses what this refuses.
+
+    Beyond asyncua's parser: the namespace index and a numeric identifier must fit the UInt16 and
+    UInt32 they are encoded as, or the server's CreateMonitoredItems request could not be built.
+    """
+    try:
+        node_id = ua.NodeId.from_string(text)
+    except Exception as exc:
+        cause = exc.args[1] if len(exc.args) > 1 else exc
+        raise InvalidDeviceSetting("node_id", f"bad node id {text!r}: {cause}", where) from None
+    if not 0 <= node_id.NamespaceIndex <= 0xFFFF:
+        raise InvalidDeviceSetting("node_id", f"namespace index of {text!r} is not 0..65535", where)
+    ident = node_id.Identifier
+    if isinstance(ident, int) and not 0 <= ident <= 0xFFFFFFFF:
+        raise InvalidDeviceSetting("node_id", f"numeric id of {text!r} is not 0..4294967295", where)
+    return node_id
+
+
 _T = TypeVar("_T")
 
 
@@ -137,8 +163,7 @@ class OpcUaSession:
         on_text: OnText | None = None,
         history_backfill: bool = True,
     ) -> None:
-        if not endpoint.startswith("opc.tcp://"):
-            raise ValueError(f"endpoint must start with opc.tcp://, got {endpoint!r}")
+        check_endpoint(endpoint)
         if publishing_interval_ms <= 0:
             raise ValueError(f"publishing_interval_ms must be > 0, got {publishing_interval_ms}")
         if sampling_interval_ms < 0:
@@ -155,10 +180,7 @@ class OpcUaSession:
             if not -(2**31) <= tag.tag_id < 2**31:
                 raise ValueError(f"tag_id {tag.tag_id} does not fit int32")
             seen.add(tag.tag_id)
-            try:
-                node_id = ua.NodeId.from_string(tag.node_id)
-            except Exception as exc:
-                raise ValueError(f"tag {tag.tag_id}: bad node id {tag.node_id!r}: {exc}") from None
+            node_id = parse_node_id(tag.node_id, where=f"tag {tag.tag_id}")
             # Client handle = position in the tag list, so mapping a notification to its tag is
             # one numpy take over the whole publish response.
             items.append(
