@@ -1,4 +1,4 @@
-"""Connection actor ``conn-<n>``: hosts many device sessions (ingest.connection_host)."""
+"""Connection actor ``conn-<n>``: hosts many device sessions (ingest.device.host)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Any
 import ray
 
 from actors.common import CONCURRENCY_GROUPS, writer_name
-from ingest.batch import ReadingBatch
-from ingest.config import Settings
-from ingest.connection_host import ConnectionHost
-from ingest.metrics import Metrics, safe
-from ingest.models import ConnectionSpec
-from ingest.sender import BatchSender
+from ingest.core.batch import ReadingBatch
+from ingest.core.config import Settings
+from ingest.core.metrics import Metrics, safe
+from ingest.core.models import ConnectionSpec
+from ingest.device.host import ConnectionHost
+from ingest.device.sender import BatchSender
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The coordinator: one detached, named actor that reconciles desired state with running actors.
 
-Desired state comes from the databases (ingest.desired_state). Connection actors are pinned to the
-alive nodes (ingest.pool) and connections are spread over the healthy ones by rendezvous hashing
-(ingest.sharding). A slot is re-told its connections only when its set changed or the actor came
+Desired state comes from the databases (ingest.placement.desired_state). Connection actors are pinned to the
+alive nodes (ingest.placement.pool) and connections are spread over the healthy ones by rendezvous hashing
+(ingest.placement.sharding). A slot is re-told its connections only when its set changed or the actor came
 back empty after a restart, so healthy sessions are never restarted by a reconcile pass, and a
 restarted coordinator, computing the same assignment, moves nothing.
 
@@ -24,12 +24,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.common import CONCURRENCY_GROUPS, writer_name
 from actors.connection import ConnectionActor
 from actors.writer import WriterActor
-from ingest.config import Settings
-from ingest.desired_state import DesiredState, DesiredStateReader
-from ingest.master import MasterStore
-from ingest.models import ConnectionSpec
-from ingest.pool import actors_per_node, desired_slots
-from ingest.sharding import assign_connections
+from ingest.core.config import Settings
+from ingest.core.models import ConnectionSpec
+from ingest.placement.desired_state import DesiredState, DesiredStateReader
+from ingest.placement.pool import actors_per_node, desired_slots
+from ingest.placement.sharding import assign_connections
+from ingest.store.master import MasterStore
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class CoordinatorActor:
         healthy = [n for n in wanted_slots if status.get(n) is not None]
         # Pure rendezvous placement (slack None): a slot joining or leaving moves exactly the
         # connections whose best slot changed. Balance comes from the hash; the pool grows with
-        # the tag count (ingest.pool), which is how connection weight enters.
+        # the tag count (ingest.placement.pool), which is how connection weight enters.
         assignment = assign_connections({c: sp.weight for c, sp in specs.items()}, healthy)
         per_slot: dict[str, list[ConnectionSpec]] = {n: [] for n in healthy}
         for cid, slot in assignment.items():

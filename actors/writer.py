@@ -1,4 +1,4 @@
-"""Writer actor: one per tenant, named ``writer-<slug>``; hosts an ingest.writer.TenantWriter
+"""Writer actor: one per tenant, named ``writer-<slug>``; hosts an ingest.write.writer.TenantWriter
 with its durable spool, quarantine, validator and Redis fan-out."""
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import ray
 import redis.asyncio as aioredis
 
 from actors.common import CONCURRENCY_GROUPS
-from ingest.batch import ReadingBatch, TextBatch, is_text
-from ingest.config import Settings
-from ingest.errors import StorageUnavailable
-from ingest.fanout import RedisFanout
-from ingest.master import MasterStore
-from ingest.metrics import Metrics, safe
-from ingest.spool import Quarantine, RedisSpool
-from ingest.tenant_store import TenantStore
-from ingest.validation import TagRules, Validator
-from ingest.writer import TenantWriter
+from ingest.core.batch import ReadingBatch, TextBatch, is_text
+from ingest.core.config import Settings
+from ingest.core.errors import StorageUnavailable
+from ingest.core.metrics import Metrics, safe
+from ingest.store.master import MasterStore
+from ingest.store.tenant_store import TenantStore
+from ingest.write.fanout import RedisFanout
+from ingest.write.spool import Quarantine, RedisSpool
+from ingest.write.validation import TagRules, Validator
+from ingest.write.writer import TenantWriter
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from actors.common import COORDINATOR_NAME, writer_name
 from actors.connection import ConnectionActor
 from actors.coordinator import CoordinatorActor
 from actors.writer import WriterActor
-from ingest.batch import ReadingBatch, TextBatch
-from ingest.config import Settings
-from ingest.models import ConnectionSpec, Protocol, TagSpec
+from ingest.core.batch import ReadingBatch, TextBatch
+from ingest.core.config import Settings
+from ingest.core.models import ConnectionSpec, Protocol, TagSpec
 from tests.conftest import TenantHandle
 from tests.helpers import SimProcess, db_fetch, wait_for
 

@@ -13,8 +13,8 @@ import struct
 import numpy as np
 import pytest
 
-from ingest.protocols.modbus_address import format_address, parse_address
-from ingest.protocols.modbus_decode import (
+from ingest.device.modbus_address import format_address, parse_address
+from ingest.device.modbus_decode import (
     MAX_BITS_PER_READ,
     MAX_REGISTERS_PER_READ,
     ModbusPoint,

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ingest.connection_host import make_session
-from ingest.errors import InvalidRegistration
-from ingest.models import ConnectionSpec, Protocol, SecurityMode, SecurityPolicy
-from ingest.registration import (
+from ingest.core.errors import InvalidRegistration
+from ingest.core.models import ConnectionSpec, Protocol, SecurityMode, SecurityPolicy
+from ingest.device.host import make_session
+from ingest.device.session_inputs import tag_spec
+from ingest.store.registration import (
     ConnectionCreate,
     ConnectionUpdate,
     TagCreate,
@@ -25,7 +26,6 @@ from ingest.registration import (
     check_connection_edit,
     check_tag_edit,
 )
-from ingest.session_inputs import tag_spec
 from tests.conftest import TenantHandle
 
 MODBUS: dict[str, Any] = {"name": "plc", "protocol": "modbus", "endpoint": "tcp://127.0.0.1:1",

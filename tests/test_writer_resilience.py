@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from ingest.batch import ReadingBatch
-from ingest.config import Settings
-from ingest.errors import SpoolFull
-from ingest.fanout import RedisFanout, channel, latest_key
-from ingest.models import Quality, quality_as_int4
-from ingest.sender import BatchSender, gap_markers
-from ingest.spool import Quarantine, RedisSpool
-from ingest.validation import TagRules, Validator
-from ingest.writer import TenantWriter
+from ingest.core.batch import ReadingBatch
+from ingest.core.config import Settings
+from ingest.core.errors import SpoolFull
+from ingest.core.models import Quality, quality_as_int4
+from ingest.device.sender import BatchSender, gap_markers
+from ingest.write.fanout import RedisFanout, channel, latest_key
+from ingest.write.spool import Quarantine, RedisSpool
+from ingest.write.validation import TagRules, Validator
+from ingest.write.writer import TenantWriter
 from tests.conftest import fresh_database
 from tests.tcp_proxy import TcpProxy
 

@@ -1,0 +1,485 @@
+"""The per-tenant writer: merges micro-batches and lands them exactly once with binary COPY.
+
+A flush validates the new readings, then writes one ledger row per batch id and the COPY of the
+kept rows in one transaction. A batch whose id the ledger already holds was committed before (a
+resend after a lost acknowledgement) and is acknowledged without being written again. ``write``
+returns only once its batch is committed, durably spooled or quarantined, so the sender knows when
+it may forget it.
+
+While the database is away, batches go to the durable spool (ingest.write.spool) and every new batch
+follows them there, so the spool drains in order when the database returns; drain attempts back
+off exponentially (capped) meanwhile. A batch the database refuses for good is isolated from its
+flush-mates and quarantined; the rest keep flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import TYPE_CHECKING
+
+import asyncpg
+import numpy as np
+
+from ingest.core.aio import cancel_and_wait
+from ingest.core.batch import ReadingBatch, TextBatch
+from ingest.core.errors import IngestError, SpoolFull, SpoolUnavailable, StorageError, StorageUnavailable
+from ingest.core.models import Quality, quality_as_int4
+from ingest.write.copy_binary import encode_readings
+
+if TYPE_CHECKING:
+    from ingest.write.fanout import RedisFanout
+    from ingest.write.spool import Quarantine, RedisSpool
+    from ingest.write.validation import Validator
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["time", "tag_id", "value", "quality"]
+GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
+# asyncpg's connection-level failures: the database went away or refused us for now.
+_TRANSIENT = (
+    StorageUnavailable,
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
+)
+
+
+class _LedgerRace(Exception):
+    """Another writer committed one of our batch ids between our check and our insert."""
+
+
+class LatencyHistogram:
+    """Source-timestamp-to-commit latency of every row, in 1 ms buckets up to 120 s."""
+
+    def __init__(self, max_ms: int = 120_000) -> None:
+        self.counts = np.zeros(max_ms + 1, np.int64)
+
+    def add(self, latency_us: np.ndarray) -> None:
+        ms = np.clip(latency_us // 1000, 0, self.counts.shape[0] - 1)
+        self.counts += np.bincount(ms, minlength=self.counts.shape[0])
+
+    def percentile(self, q: float) -> float | None:
+        total = int(self.counts.sum())
+        if total == 0:
+            return None
+        return float(np.searchsorted(np.cumsum(self.counts), q / 100.0 * total))
+
+
+@dataclass
+class WriteResult:
+    batch_id: str
+    rows: int
+    duplicate: bool = False  # the ledger already held this id; nothing written again
+    spooled: bool = False  # held in the durable spool; will be committed when the DB returns
+    quarantined: bool = False  # refused by the database for good; kept for an operator
+
+
+@dataclass
+class _Pending:
+    batch: ReadingBatch
+    done: asyncio.Future[WriteResult]
+
+
+@dataclass
+class WriterStats:
+    rows_committed: int = 0
+    batches_committed: int = 0
+    duplicates: int = 0
+    flushes: int = 0
+    failures: int = 0
+    spooled_batches: int = 0
+    drained_batches: int = 0
+    quarantined_batches: int = 0
+    spool_rows: int = 0
+    db_available: bool = True
+    rejections: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "rows_committed": self.rows_committed,
+            "batches_committed": self.batches_committed,
+            "duplicates": self.duplicates,
+            "flushes": self.flushes,
+            "failures": self.failures,
+            "spooled_batches": self.spooled_batches,
+            "drained_batches": self.drained_batches,
+            "quarantined_batches": self.quarantined_batches,
+            "spool_rows": self.spool_rows,
+            "db_available": self.db_available,
+            "validation": dict(self.rejections),
+            "last_error": self.last_error,
+            "latency_p50_ms": self.latency.percentile(50),
+            "latency_p99_ms": self.latency.percentile(99),
+        }
+
+
+OnCommit = Callable[[ReadingBatch, float], None]
+OnEvent = Callable[[str, int], None]
+
+
+class TenantWriter:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        flush_rows: int = 20_000,
+        flush_interval_ms: int = 100,
+        spool: RedisSpool | None = None,
+        quarantine: Quarantine | None = None,
+        validator: Validator | None = None,
+        fanout: RedisFanout | None = None,
+        on_commit: OnCommit | None = None,
+        on_event: OnEvent | None = None,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 15.0,
+    ) -> None:
+        self._dsn = dsn
+        self.flush_rows = flush_rows
+        self.flush_interval_s = flush_interval_ms / 1000.0
+        self.spool = spool
+        self.quarantine = quarantine
+        self.validator = validator
+        self.fanout = fanout
+        self._on_commit = on_commit
+        self._on_event = on_event
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._backoff_s = backoff_initial_s
+        self._next_drain = 0.0
+        self._pending: list[_Pending] = []
+        self._pending_rows = 0
+        self._wake = asyncio.Event()
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.stats = WriterStats()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.spool is not None:
+            # A spool left by a previous incarnation (killed actor, other node) drains first.
+            self.stats.spool_rows = await self.spool.rows()
+        if self.fanout is not None:
+            self.fanout.start()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="writer-flush")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+        if self.fanout is not None:
+            await self.fanout.stop()
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+    async def write_text(self, batch: TextBatch) -> WriteResult:
+        """String readings: one transaction of their own (they are few), same ledger. While the
+        database is away they stay with the sender, which retries them."""
+        conn = await self._connection()
+        try:
+            async with conn.transaction():
+                inserted = await conn.fetchval(
+                    "INSERT INTO ingest_ledger (batch_id, rows, received, min_time, max_time) "
+                    "VALUES ($1, $2, $2, to_timestamp($3 / 1e6), to_timestamp($4 / 1e6)) "
+                    "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
+                    batch.batch_id, len(batch), int(batch.time_us.min()),
+                    int(batch.time_us.max()),
+                )
+                if inserted is None:
+                    self.stats.duplicates += 1
+                    return WriteResult(batch.batch_id, len(batch), duplicate=True)
+                epoch = np.datetime64("1970-01-01T00:00:00", "us")
+                times = (epoch + batch.time_us.astype("timedelta64[us]")).astype(object)
+                await conn.copy_records_to_table(
+                    "scada_readings_text", columns=COLUMNS,
+                    records=[(t.replace(tzinfo=UTC), g, v, q) for t, g, v, q in zip(
+                        times, batch.tag_id.tolist(), batch.value, batch.quality.tolist(),
+                        strict=True)],
+                )
+        except _TRANSIENT as e:
+            self._conn = None
+            raise StorageUnavailable(f"tenant database unavailable: {type(e).__name__}") from e
+        self.stats.rows_committed += len(batch)
+        return WriteResult(batch.batch_id, len(batch))
+
+    async def write(self, batch: ReadingBatch) -> WriteResult:
+        """Queue a batch and wait until it is committed, spooled or quarantined."""
+        fut: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(batch, fut))
+        self._pending_rows += len(batch)
+        if self._pending_rows >= self.flush_rows:
+            self._wake.set()
+        return await fut
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            timeout = self.flush_interval_s
+            if self.stats.spool_rows > 0:
+                timeout = min(timeout, max(0.0, self._next_drain - loop.time()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                while self._pending:
+                    take: list[_Pending] = []
+                    rows = 0
+                    while self._pending and (rows < self.flush_rows or not take):
+                        p = self._pending.pop(0)
+                        take.append(p)
+                        rows += len(p.batch)
+                    self._pending_rows -= rows
+                    if self.stats.spool_rows > 0 or not self.stats.db_available:
+                        await self._to_spool(take)
+                    else:
+                        await self._flush(take)
+                    if self._pending_rows < self.flush_rows:
+                        break
+                if self.stats.spool_rows > 0 and loop.time() >= self._next_drain:
+                    await self._drain()
+            except Exception:  # the loop must survive anything; futures carry the errors
+                log.exception("writer loop iteration failed")
+
+    def _event(self, reason: str, n: int = 1) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(reason, n)
+            except Exception:
+                log.debug("event hook failed", exc_info=True)
+
+    def _db_down(self, e: BaseException) -> None:
+        self.stats.failures += 1
+        self.stats.db_available = False
+        self.stats.last_error = f"{type(e).__name__}: {e}"[:300]
+        if self._conn is not None and not self._conn.is_closed():
+            self._conn.terminate()
+        self._conn = None
+        self._next_drain = asyncio.get_running_loop().time() + self._backoff_s * (
+            0.5 + random.random()
+        )
+        self._backoff_s = min(self._backoff_s * 2, self._backoff_max_s)
+        self._event("db_unavailable")
+
+    def _db_up(self) -> None:
+        self.stats.db_available = True
+        self._backoff_s = self._backoff_initial_s
+
+    async def _to_spool(self, items: list[_Pending]) -> None:
+        if self.spool is None:
+            err: IngestError = StorageUnavailable("tenant database unavailable and no spool")
+            self._fail(items, err)
+            return
+        try:
+            self.stats.spool_rows = await self.spool.push([p.batch for p in items])
+        except (SpoolFull, SpoolUnavailable) as e:
+            self._event("spool_full" if isinstance(e, SpoolFull) else "spool_unavailable")
+            self._fail(items, e)
+            return
+        self.stats.spooled_batches += len(items)
+        for p in items:
+            if not p.done.done():
+                p.done.set_result(WriteResult(p.batch.batch_id, len(p.batch), spooled=True))
+
+    @staticmethod
+    def _fail(items: list[_Pending], err: Exception) -> None:
+        for p in items:
+            if not p.done.done():
+                p.done.set_exception(err)
+
+    async def _flush(self, items: list[_Pending]) -> None:
+        batches = [p.batch for p in items]
+        try:
+            results = await self._commit(batches)
+        except _TRANSIENT as e:
+            self._db_down(e)
+            await self._to_spool(items)
+            return
+        except asyncpg.PostgresError:
+            isolated = await self._isolate(batches)
+            if isolated is None:  # the database went away while isolating
+                await self._to_spool(items)
+                return
+            results = isolated
+        self._db_up()
+        for p, r in zip(items, results, strict=True):
+            if not p.done.done():
+                p.done.set_result(r)
+
+    async def _isolate(self, batches: list[ReadingBatch]) -> list[WriteResult] | None:
+        """Commit batches one by one; quarantine those the database refuses for good."""
+        out: list[WriteResult] = []
+        for b in batches:
+            try:
+                out.extend(await self._commit([b]))
+            except _TRANSIENT as e:
+                self._db_down(e)
+                return None
+            except asyncpg.PostgresError as e:
+                self.stats.last_error = f"{type(e).__name__}: {e}"[:300]
+                if self.quarantine is None:
+                    raise StorageError(f"database refused batch {b.batch_id}: {e}") from e
+                await self.quarantine.add(b, f"{type(e).__name__}: {e}")
+                self.stats.quarantined_batches += 1
+                self._event("quarantined")
+                out.append(WriteResult(b.batch_id, len(b), quarantined=True))
+        return out
+
+    async def _drain(self) -> None:
+        """Commit the spool's oldest batches, in order, until it is empty or the DB fails."""
+        assert self.spool is not None
+        while self.stats.spool_rows > 0:
+            try:
+                batches = await self.spool.peek(self.flush_rows)
+            except SpoolUnavailable as e:
+                self._db_down(e)  # same backoff; the spool's Redis is what is away
+                return
+            if not batches:
+                self.stats.spool_rows = await self.spool.rows()
+                if self.stats.spool_rows > 0:  # counter drifted from the list: trust the list
+                    await self.spool.client.set(self.spool.rows_key, 0)
+                    self.stats.spool_rows = 0
+                return
+            try:
+                await self._commit(batches)
+            except _TRANSIENT as e:
+                self._db_down(e)
+                return
+            except asyncpg.PostgresError:
+                if await self._isolate(batches) is None:
+                    return
+            await self.spool.pop(batches)
+            self.stats.spool_rows -= sum(len(b) for b in batches)
+            self.stats.drained_batches += len(batches)
+            self._db_up()
+            if self._pending_rows >= self.flush_rows:
+                return  # let fresh batches join the spool's tail, then continue draining
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            try:
+                self._conn = await asyncpg.connect(self._dsn, timeout=10)
+            except Exception as e:
+                # Whatever stops us connecting (server down, database not accepting
+                # connections, auth being reset) is the database being away, not the batch.
+                raise StorageUnavailable(f"cannot connect: {type(e).__name__}: {e}") from e
+        return self._conn
+
+    # -- one transaction -------------------------------------------------------------------------
+    async def _commit(self, batches: list[ReadingBatch]) -> list[WriteResult]:
+        for _ in range(3):
+            try:
+                return await self._commit_once(batches)
+            except _LedgerRace:
+                continue
+        raise StorageError("ledger kept changing under this writer (two writers for one tenant?)")
+
+    async def _commit_once(self, batches: list[ReadingBatch]) -> list[WriteResult]:
+        # The same id twice in one flush (a resend racing its original) is written once.
+        unique: dict[str, ReadingBatch] = {}
+        for b in batches:
+            unique.setdefault(b.batch_id, b)
+        ids = list(unique)
+        conn = await self._connection()
+        t0 = time.perf_counter()
+        outcome = None
+        async with conn.transaction():
+            seen = {
+                r[0] for r in await conn.fetch(
+                    "SELECT batch_id FROM ingest_ledger WHERE batch_id = ANY($1::text[])", ids
+                )
+            }
+            new = [unique[i] for i in ids if i not in seen]
+            written = new
+            merged = None
+            if new:
+                merged = ReadingBatch.concat("flush", new) if len(new) > 1 else new[0]
+                keep = np.ones(len(merged), bool)
+                quality = merged.quality
+                if self.validator is not None:
+                    markers = merged.quality == GAP_QUALITY
+                    outcome = self.validator.check(
+                        merged.time_us, merged.tag_id, merged.value, merged.quality
+                    )
+                    keep = outcome.keep | markers
+                    quality = np.where(markers, merged.quality, outcome.quality).astype(np.int32)
+                # Rows written per batch, for its ledger row.
+                owner = np.repeat(np.arange(len(new)), [len(b) for b in new])
+                kept_per_batch = np.bincount(owner, weights=keep, minlength=len(new))
+                inserted = await conn.fetch(
+                    """INSERT INTO ingest_ledger (batch_id, rows, received, min_time, max_time)
+                       SELECT b, w, n, to_timestamp(lo / 1e6), to_timestamp(hi / 1e6)
+                       FROM unnest($1::text[], $2::int[], $3::int[], $4::int8[], $5::int8[])
+                            AS u(b, w, n, lo, hi)
+                       ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id""",
+                    [b.batch_id for b in new],
+                    [int(k) for k in kept_per_batch],
+                    [len(b) for b in new],
+                    [int(b.time_us.min()) if len(b) else None for b in new],
+                    [int(b.time_us.max()) if len(b) else None for b in new],
+                )
+                if len(inserted) != len(new):
+                    raise _LedgerRace()
+                # Rows go in sorted by (tag, time): the (tag_id, time DESC) index then grows in
+                # runs instead of at a thousand scattered places, which about doubles COPY speed
+                # on a 1,000-tag flush (measured: README, "Writer figures").
+                kept = np.flatnonzero(keep)
+                kept = kept[np.lexsort((merged.time_us[kept], merged.tag_id[kept]))]
+                rows_out = ReadingBatch(merged.batch_id, merged.time_us[kept],
+                                        merged.tag_id[kept], merged.value[kept], quality[kept])
+                written = [rows_out]
+                if len(rows_out):
+                    await conn.copy_to_table(
+                        "scada_readings",
+                        source=io.BytesIO(encode_readings(
+                            rows_out.time_us, rows_out.tag_id, rows_out.value, rows_out.quality)),
+                        columns=COLUMNS, format="binary",
+                    )
+        commit_s = time.time()
+        write_s = time.perf_counter() - t0
+        self.stats.flushes += 1
+        if merged is not None and outcome is not None and self.validator is not None:
+            self.validator.commit(merged.time_us, merged.tag_id, merged.value, merged.quality,
+                                  outcome)
+            for reason, n in outcome.counts.items():
+                if n:
+                    self.stats.rejections[reason] = self.stats.rejections.get(reason, 0) + n
+                    self._event(f"validation:{reason}", n)
+        for b in written:
+            if len(b) == 0:
+                continue
+            self.stats.rows_committed += len(b)
+            live = b.quality != GAP_QUALITY
+            self.stats.latency.add(int(commit_s * 1e6) - b.time_us[live])
+            if self.fanout is not None:
+                self.fanout.submit(b)
+            if self._on_commit is not None:
+                try:
+                    self._on_commit(b, write_s)
+                except Exception:  # metrics never break the data path
+                    log.exception("on_commit hook failed")
+        self.stats.batches_committed += len(new)
+        dups = len(batches) - len(new)
+        self.stats.duplicates += dups
+        if dups:
+            self._event("duplicate", dups)
+        return [WriteResult(b.batch_id, len(b), duplicate=b.batch_id in seen) for b in batches]
