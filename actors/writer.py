@@ -14,7 +14,7 @@ import ray
 import redis.asyncio as aioredis
 
 from actors.common import CONCURRENCY_GROUPS
-from ingest.core.batch import ReadingBatch, TextBatch, is_text
+from ingest.core.batch import Batch, ReadingBatch, TextBatch, is_text
 from ingest.core.config import Settings
 from ingest.core.errors import StorageUnavailable
 from ingest.core.metrics import Metrics, safe
@@ -156,11 +156,7 @@ class WriterActor:
     @ray.method(concurrency_group="data")
     async def write(self, rb: pa.RecordBatch) -> dict[str, Any]:
         w = await self._ensure()
-        if is_text(rb):
-            t = await w.write_text(TextBatch.from_arrow(rb))
-            return {"batch_id": t.batch_id, "rows": t.rows, "duplicate": t.duplicate,
-                    "spooled": False, "quarantined": False}
-        batch = ReadingBatch.from_arrow(rb)
+        batch: Batch = TextBatch.from_arrow(rb) if is_text(rb) else ReadingBatch.from_arrow(rb)
         r = await w.write(batch)
         e2e = Metrics.get().end_to_end_latency
         if not (r.duplicate or r.spooled or r.quarantined) and len(batch):

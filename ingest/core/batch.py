@@ -194,6 +194,10 @@ class TextBatch:
                    rb.column(2).to_pylist(), rb.column(3).to_numpy())
 
 
+# What a writer takes: numeric readings, or string readings bound for the text table.
+Batch = ReadingBatch | TextBatch
+
+
 def is_text(rb: pa.RecordBatch) -> bool:
     return bool(rb.schema.field("value").type == pa.string())
 

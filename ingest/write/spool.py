@@ -4,7 +4,9 @@ It lives in Redis (AOF with ``appendfsync always``): a batch is acknowledged to 
 spooled only once Redis has it on disk, and because Redis is shared by the cluster, a writer actor
 restarted on another node finds the spool where the old one left it. Disk on the writer's node
 would not survive the node. Entries are Arrow IPC streams that keep the batch id, so the ledger
-still recognises a batch that was committed just before a crash and replayed after it.
+still recognises a batch that was committed just before a crash and replayed after it. Numeric and
+string batches share the one list, so they drain in the order they arrived; the schema of an
+entry says which it is.
 
 The spool is bounded in rows; a push that would cross the bound raises SpoolFull, which the writer
 passes back to the sender as backpressure.
@@ -18,11 +20,11 @@ import pyarrow as pa
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ingest.core.batch import ReadingBatch
+from ingest.core.batch import Batch, ReadingBatch, TextBatch, is_text
 from ingest.core.errors import SpoolFull, SpoolUnavailable
 
 
-def batch_to_bytes(b: ReadingBatch) -> bytes:
+def batch_to_bytes(b: Batch) -> bytes:
     rb = b.to_arrow()
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, rb.schema) as w:
@@ -30,12 +32,12 @@ def batch_to_bytes(b: ReadingBatch) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def batch_from_bytes(data: bytes | str) -> ReadingBatch:
+def batch_from_bytes(data: bytes | str) -> Batch:
     if isinstance(data, str):  # a client built with decode_responses=True
         raise TypeError("the spool's Redis client must return bytes")
     with pa.ipc.open_stream(pa.py_buffer(data)) as r:
-        rb = r.read_next_batch()
-        return ReadingBatch.from_arrow(rb.replace_schema_metadata(r.schema.metadata))
+        rb = r.read_next_batch().replace_schema_metadata(r.schema.metadata)
+        return TextBatch.from_arrow(rb) if is_text(rb) else ReadingBatch.from_arrow(rb)
 
 
 class RedisSpool:
@@ -58,7 +60,7 @@ class RedisSpool:
         except RedisError as e:
             raise SpoolUnavailable(f"spool unreachable: {type(e).__name__}") from e
 
-    async def push(self, batches: list[ReadingBatch]) -> int:
+    async def push(self, batches: list[Batch]) -> int:
         """Append batches in order; returns the spool's rows afterwards."""
         n = sum(len(b) for b in batches)
         current = await self.rows()
@@ -73,9 +75,9 @@ class RedisSpool:
             raise SpoolUnavailable(f"spool unreachable: {type(e).__name__}") from e
         return int(res[1])
 
-    async def peek(self, max_rows: int) -> list[ReadingBatch]:
+    async def peek(self, max_rows: int) -> list[Batch]:
         """The oldest batches, at least one, up to about max_rows rows."""
-        out: list[ReadingBatch] = []
+        out: list[Batch] = []
         rows = 0
         start = 0
         try:
@@ -94,7 +96,7 @@ class RedisSpool:
             raise SpoolUnavailable(f"spool unreachable: {type(e).__name__}") from e
         return out
 
-    async def pop(self, batches: list[ReadingBatch]) -> None:
+    async def pop(self, batches: list[Batch]) -> None:
         """Remove the oldest len(batches) entries (those just committed)."""
         try:
             async with self.client.pipeline(transaction=True) as p:
@@ -116,7 +118,7 @@ class Quarantine:
         self.client = client
         self.key = f"scada:quarantine:{tenant}"
 
-    async def add(self, batch: ReadingBatch, error: str) -> None:
+    async def add(self, batch: Batch, error: str) -> None:
         async with self.client.pipeline(transaction=True) as p:
             p.hset(self.key, batch.batch_id, batch_to_bytes(batch))
             p.hset(self.key + ":errors", batch.batch_id, error[:1000])
@@ -131,7 +133,7 @@ class Quarantine:
             out.append({"batch_id": _text(bid), "rows": rows, "error": _text(err)})
         return sorted(out, key=lambda x: x["batch_id"])
 
-    async def take(self, batch_id: str) -> ReadingBatch | None:
+    async def take(self, batch_id: str) -> Batch | None:
         raw = await self.client.hget(self.key, batch_id)
         if raw is None:
             return None

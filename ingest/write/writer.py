@@ -1,10 +1,17 @@
 """The per-tenant writer: merges micro-batches and lands them exactly once with binary COPY.
 
 A flush validates the new readings, then writes one ledger row per batch id and the COPY of the
-kept rows in one transaction. A batch whose id the ledger already holds was committed before (a
-resend after a lost acknowledgement) and is acknowledged without being written again. ``write``
-returns only once its batch is committed, durably spooled or quarantined, so the sender knows when
-it may forget it.
+kept rows in one transaction (ingest.write.commit). A batch whose id the ledger already holds was
+committed before (a resend after a lost acknowledgement) and is acknowledged without being written
+again. ``write`` returns only once its batch is committed, durably spooled or quarantined, so the
+sender knows when it may forget it. String readings (TextBatch) take the same path.
+
+One task, the flush loop, owns the database connection: it alone opens transactions on it,
+replaces it when the database fails, and is cancelled before ``stop`` closes it. Text batches are
+queued like numeric ones rather than given a connection or a lock of their own, because sharing
+the loop is what makes their ledger row and rows commit with the flush they ride in, lets them be
+spooled and drained in order while the database is away, and leaves one place where the
+connection can be in a transaction, so none can ever be opened inside another (issue 17).
 
 While the database is away, batches go to the durable spool (ingest.write.spool) and every new batch
 follows them there, so the spool drains in order when the database returns; drain attempts back
@@ -15,23 +22,20 @@ flush-mates and quarantined; the rest keep flowing.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
-import numpy as np
 
 from ingest.core.aio import cancel_and_wait
-from ingest.core.batch import ReadingBatch, TextBatch
+from ingest.core.batch import Batch, ReadingBatch, TextBatch
 from ingest.core.errors import IngestError, SpoolFull, SpoolUnavailable, StorageError, StorageUnavailable
-from ingest.core.models import Quality, quality_as_int4
-from ingest.write.copy_binary import encode_readings
+from ingest.write.commit import GAP_QUALITY, LedgerRace, commit_once
+from ingest.write.stats import WriterStats
 
 if TYPE_CHECKING:
     from ingest.write.fanout import RedisFanout
@@ -40,8 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["time", "tag_id", "value", "quality"]
-GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
 # asyncpg's connection-level failures: the database went away or refused us for now.
 _TRANSIENT = (
     StorageUnavailable,
@@ -59,27 +61,6 @@ _TRANSIENT = (
 )
 
 
-class _LedgerRace(Exception):
-    """Another writer committed one of our batch ids between our check and our insert."""
-
-
-class LatencyHistogram:
-    """Source-timestamp-to-commit latency of every row, in 1 ms buckets up to 120 s."""
-
-    def __init__(self, max_ms: int = 120_000) -> None:
-        self.counts = np.zeros(max_ms + 1, np.int64)
-
-    def add(self, latency_us: np.ndarray) -> None:
-        ms = np.clip(latency_us // 1000, 0, self.counts.shape[0] - 1)
-        self.counts += np.bincount(ms, minlength=self.counts.shape[0])
-
-    def percentile(self, q: float) -> float | None:
-        total = int(self.counts.sum())
-        if total == 0:
-            return None
-        return float(np.searchsorted(np.cumsum(self.counts), q / 100.0 * total))
-
-
 @dataclass
 class WriteResult:
     batch_id: str
@@ -91,43 +72,8 @@ class WriteResult:
 
 @dataclass
 class _Pending:
-    batch: ReadingBatch
+    batch: Batch
     done: asyncio.Future[WriteResult]
-
-
-@dataclass
-class WriterStats:
-    rows_committed: int = 0
-    batches_committed: int = 0
-    duplicates: int = 0
-    flushes: int = 0
-    failures: int = 0
-    spooled_batches: int = 0
-    drained_batches: int = 0
-    quarantined_batches: int = 0
-    spool_rows: int = 0
-    db_available: bool = True
-    rejections: dict[str, int] = field(default_factory=dict)
-    last_error: str | None = None
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "rows_committed": self.rows_committed,
-            "batches_committed": self.batches_committed,
-            "duplicates": self.duplicates,
-            "flushes": self.flushes,
-            "failures": self.failures,
-            "spooled_batches": self.spooled_batches,
-            "drained_batches": self.drained_batches,
-            "quarantined_batches": self.quarantined_batches,
-            "spool_rows": self.spool_rows,
-            "db_available": self.db_available,
-            "validation": dict(self.rejections),
-            "last_error": self.last_error,
-            "latency_p50_ms": self.latency.percentile(50),
-            "latency_p99_ms": self.latency.percentile(99),
-        }
 
 
 OnCommit = Callable[[ReadingBatch, float], None]
@@ -164,6 +110,7 @@ class TenantWriter:
         self._backoff_s = backoff_initial_s
         self._next_drain = 0.0
         self._pending: list[_Pending] = []
+        self._flushing: list[_Pending] = []  # taken off _pending by the flush in progress
         self._pending_rows = 0
         self._wake = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
@@ -181,8 +128,13 @@ class TenantWriter:
             self._task = asyncio.create_task(self._run(), name="writer-flush")
 
     async def stop(self) -> None:
+        # The flush task goes first: only then is nobody in a transaction on the connection.
         await cancel_and_wait(self._task)
         self._task = None
+        # Never acknowledged, so their senders keep them and resend (harmless if the cancelled
+        # flush had committed them: the ledger knows their ids).
+        self._fail(self._flushing + self._pending, StorageUnavailable("writer stopped"))
+        self._flushing, self._pending, self._pending_rows = [], [], 0
         if self.fanout is not None:
             await self.fanout.stop()
         if self._conn is not None:
@@ -190,37 +142,13 @@ class TenantWriter:
             self._conn = None
 
     async def write_text(self, batch: TextBatch) -> WriteResult:
-        """String readings: one transaction of their own (they are few), same ledger. While the
-        database is away they stay with the sender, which retries them."""
-        conn = await self._connection()
-        try:
-            async with conn.transaction():
-                inserted = await conn.fetchval(
-                    "INSERT INTO ingest_ledger (batch_id, rows, received, min_time, max_time) "
-                    "VALUES ($1, $2, $2, to_timestamp($3 / 1e6), to_timestamp($4 / 1e6)) "
-                    "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
-                    batch.batch_id, len(batch), int(batch.time_us.min()),
-                    int(batch.time_us.max()),
-                )
-                if inserted is None:
-                    self.stats.duplicates += 1
-                    return WriteResult(batch.batch_id, len(batch), duplicate=True)
-                epoch = np.datetime64("1970-01-01T00:00:00", "us")
-                times = (epoch + batch.time_us.astype("timedelta64[us]")).astype(object)
-                await conn.copy_records_to_table(
-                    "scada_readings_text", columns=COLUMNS,
-                    records=[(t.replace(tzinfo=UTC), g, v, q) for t, g, v, q in zip(
-                        times, batch.tag_id.tolist(), batch.value, batch.quality.tolist(),
-                        strict=True)],
-                )
-        except _TRANSIENT as e:
-            self._conn = None
-            raise StorageUnavailable(f"tenant database unavailable: {type(e).__name__}") from e
-        self.stats.rows_committed += len(batch)
-        return WriteResult(batch.batch_id, len(batch))
+        """String readings: queued, committed, spooled and quarantined like numeric ones."""
+        return await self.write(batch)
 
-    async def write(self, batch: ReadingBatch) -> WriteResult:
+    async def write(self, batch: Batch) -> WriteResult:
         """Queue a batch and wait until it is committed, spooled or quarantined."""
+        if self._task is None:
+            raise StorageUnavailable("writer is not running")
         fut: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(batch, fut))
         self._pending_rows += len(batch)
@@ -249,16 +177,21 @@ class TenantWriter:
                         take.append(p)
                         rows += len(p.batch)
                     self._pending_rows -= rows
+                    self._flushing = take
                     if self.stats.spool_rows > 0 or not self.stats.db_available:
                         await self._to_spool(take)
                     else:
                         await self._flush(take)
+                    self._flushing = []
                     if self._pending_rows < self.flush_rows:
                         break
                 if self.stats.spool_rows > 0 and loop.time() >= self._next_drain:
                     await self._drain()
-            except Exception:  # the loop must survive anything; futures carry the errors
+            except Exception as e:  # the loop must survive anything; futures carry the errors
                 log.exception("writer loop iteration failed")
+                err = e if isinstance(e, IngestError) else StorageUnavailable(f"flush failed: {e!r}")
+                self._fail(self._flushing, err)
+                self._flushing = []
 
     def _event(self, reason: str, n: int = 1) -> None:
         if self._on_event is not None:
@@ -325,7 +258,7 @@ class TenantWriter:
             if not p.done.done():
                 p.done.set_result(r)
 
-    async def _isolate(self, batches: list[ReadingBatch]) -> list[WriteResult] | None:
+    async def _isolate(self, batches: list[Batch]) -> list[WriteResult] | None:
         """Commit batches one by one; quarantine those the database refuses for good."""
         out: list[WriteResult] = []
         for b in batches:
@@ -375,6 +308,8 @@ class TenantWriter:
                 return  # let fresh batches join the spool's tail, then continue draining
 
     async def _connection(self) -> asyncpg.Connection:
+        # Called by the flush task only (module docstring): replacing the connection here or
+        # closing it in _db_down can never pull it from under another coroutine's transaction.
         if self._conn is None or self._conn.is_closed():
             try:
                 self._conn = await asyncpg.connect(self._dsn, timeout=10)
@@ -385,101 +320,44 @@ class TenantWriter:
         return self._conn
 
     # -- one transaction -------------------------------------------------------------------------
-    async def _commit(self, batches: list[ReadingBatch]) -> list[WriteResult]:
+    async def _commit(self, batches: list[Batch]) -> list[WriteResult]:
         for _ in range(3):
             try:
                 return await self._commit_once(batches)
-            except _LedgerRace:
+            except LedgerRace:
                 continue
         raise StorageError("ledger kept changing under this writer (two writers for one tenant?)")
 
-    async def _commit_once(self, batches: list[ReadingBatch]) -> list[WriteResult]:
-        # The same id twice in one flush (a resend racing its original) is written once.
-        unique: dict[str, ReadingBatch] = {}
-        for b in batches:
-            unique.setdefault(b.batch_id, b)
-        ids = list(unique)
+    async def _commit_once(self, batches: list[Batch]) -> list[WriteResult]:
         conn = await self._connection()
         t0 = time.perf_counter()
-        outcome = None
-        async with conn.transaction():
-            seen = {
-                r[0] for r in await conn.fetch(
-                    "SELECT batch_id FROM ingest_ledger WHERE batch_id = ANY($1::text[])", ids
-                )
-            }
-            new = [unique[i] for i in ids if i not in seen]
-            written = new
-            merged = None
-            if new:
-                merged = ReadingBatch.concat("flush", new) if len(new) > 1 else new[0]
-                keep = np.ones(len(merged), bool)
-                quality = merged.quality
-                if self.validator is not None:
-                    markers = merged.quality == GAP_QUALITY
-                    outcome = self.validator.check(
-                        merged.time_us, merged.tag_id, merged.value, merged.quality
-                    )
-                    keep = outcome.keep | markers
-                    quality = np.where(markers, merged.quality, outcome.quality).astype(np.int32)
-                # Rows written per batch, for its ledger row.
-                owner = np.repeat(np.arange(len(new)), [len(b) for b in new])
-                kept_per_batch = np.bincount(owner, weights=keep, minlength=len(new))
-                inserted = await conn.fetch(
-                    """INSERT INTO ingest_ledger (batch_id, rows, received, min_time, max_time)
-                       SELECT b, w, n, to_timestamp(lo / 1e6), to_timestamp(hi / 1e6)
-                       FROM unnest($1::text[], $2::int[], $3::int[], $4::int8[], $5::int8[])
-                            AS u(b, w, n, lo, hi)
-                       ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id""",
-                    [b.batch_id for b in new],
-                    [int(k) for k in kept_per_batch],
-                    [len(b) for b in new],
-                    [int(b.time_us.min()) if len(b) else None for b in new],
-                    [int(b.time_us.max()) if len(b) else None for b in new],
-                )
-                if len(inserted) != len(new):
-                    raise _LedgerRace()
-                # Rows go in sorted by (tag, time): the (tag_id, time DESC) index then grows in
-                # runs instead of at a thousand scattered places, which about doubles COPY speed
-                # on a 1,000-tag flush (measured: README, "Writer figures").
-                kept = np.flatnonzero(keep)
-                kept = kept[np.lexsort((merged.time_us[kept], merged.tag_id[kept]))]
-                rows_out = ReadingBatch(merged.batch_id, merged.time_us[kept],
-                                        merged.tag_id[kept], merged.value[kept], quality[kept])
-                written = [rows_out]
-                if len(rows_out):
-                    await conn.copy_to_table(
-                        "scada_readings",
-                        source=io.BytesIO(encode_readings(
-                            rows_out.time_us, rows_out.tag_id, rows_out.value, rows_out.quality)),
-                        columns=COLUMNS, format="binary",
-                    )
+        f = await commit_once(conn, batches, self.validator)
         commit_s = time.time()
         write_s = time.perf_counter() - t0
         self.stats.flushes += 1
-        if merged is not None and outcome is not None and self.validator is not None:
-            self.validator.commit(merged.time_us, merged.tag_id, merged.value, merged.quality,
-                                  outcome)
-            for reason, n in outcome.counts.items():
+        if f.merged is not None and f.outcome is not None and self.validator is not None:
+            m = f.merged
+            self.validator.commit(m.time_us, m.tag_id, m.value, m.quality, f.outcome)
+            for reason, n in f.outcome.counts.items():
                 if n:
                     self.stats.rejections[reason] = self.stats.rejections.get(reason, 0) + n
                     self._event(f"validation:{reason}", n)
-        for b in written:
-            if len(b) == 0:
-                continue
-            self.stats.rows_committed += len(b)
-            live = b.quality != GAP_QUALITY
-            self.stats.latency.add(int(commit_s * 1e6) - b.time_us[live])
+        self.stats.rows_committed += f.text_rows
+        rows = f.numeric
+        if rows is not None and len(rows):
+            self.stats.rows_committed += len(rows)
+            live = rows.quality != GAP_QUALITY
+            self.stats.latency.add(int(commit_s * 1e6) - rows.time_us[live])
             if self.fanout is not None:
-                self.fanout.submit(b)
+                self.fanout.submit(rows)
             if self._on_commit is not None:
                 try:
-                    self._on_commit(b, write_s)
+                    self._on_commit(rows, write_s)
                 except Exception:  # metrics never break the data path
                     log.exception("on_commit hook failed")
-        self.stats.batches_committed += len(new)
-        dups = len(batches) - len(new)
+        self.stats.batches_committed += f.new_batches
+        dups = len(batches) - f.new_batches
         self.stats.duplicates += dups
         if dups:
             self._event("duplicate", dups)
-        return [WriteResult(b.batch_id, len(b), duplicate=b.batch_id in seen) for b in batches]
+        return [WriteResult(b.batch_id, len(b), duplicate=b.batch_id in f.seen) for b in batches]
