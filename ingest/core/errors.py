@@ -58,6 +58,10 @@ class TagNotFound(IngestError):
     """No live tag with that id exists for the tenant."""
 
 
+class QuarantinedBatchNotFound(IngestError):
+    """No quarantined batch with that id exists for the tenant."""
+
+
 class InvalidRegistration(IngestError):
     """A registration payload is well-formed JSON but not acceptable (field named in the message)."""
 
@@ -75,12 +79,26 @@ class Forbidden(IngestError):
     """The credential is valid but may not act on this tenant or with this scope."""
 
 
+class TenantMismatch(Forbidden):
+    """The credential belongs to another tenant (or to none, where a tenant's key is needed)."""
+
+
+class InsufficientScope(Forbidden):
+    """The credential belongs to the tenant but lacks the scope the action needs."""
+
+
 class StorageError(IngestError):
     """The database refused a write for a reason that will not go away by retrying."""
 
 
 class StorageUnavailable(IngestError):
     """The database could not be reached or failed transiently; the write may be retried."""
+
+    retriable = True
+
+
+class ClusterUnavailable(IngestError):
+    """A cluster service (the coordinator, a tenant's writer) is not running or did not answer."""
 
     retriable = True
 
