@@ -26,7 +26,7 @@ def deploy(settings: Settings) -> dict[str, Any]:
 
 def undeploy(settings: Settings) -> None:
     try:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
     except Exception:
         pass
     undeploy_actors(settings)

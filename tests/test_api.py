@@ -97,7 +97,8 @@ def test_scopes_are_enforced(tenant: TenantHandle, api: str) -> None:
                       headers={"Authorization": f"Bearer {r.json()['api_key']}"}) as reader:
         assert reader.get(f"/v1/tenants/{tenant.slug}/connections").status_code == 200
         r = reader.post(f"/v1/tenants/{tenant.slug}/connections", json=OPCUA_CONN)
-        assert r.status_code == 403 and "admin" in r.json()["detail"]
+        assert r.status_code == 403 and r.json()["error"] == "insufficient_scope"
+        assert "admin" in r.json()["message"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,195 @@
+"""The one error body of the API, and the one table from error types to HTTP answers.
+
+Every error a route can answer has the shape ``{"error": "<snake_case code>", "message": "...",
+"details": [{"field": ..., "error": ...}]}`` (DESIGN.md, API conventions). Request validation
+errors name each field and never echo the values sent (a password must not come back in a 422).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from ray.exceptions import RayActorError
+from starlette.exceptions import HTTPException
+
+from ingest.core.errors import (
+    AuthError,
+    ClusterUnavailable,
+    ConnectionNotFound,
+    Forbidden,
+    IngestError,
+    InsufficientScope,
+    InvalidDeviceSetting,
+    InvalidRegistration,
+    QuarantinedBatchNotFound,
+    StorageUnavailable,
+    TagNotFound,
+    TenantExists,
+    TenantMismatch,
+    TenantNotFound,
+    TenantUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5
+
+
+class ErrorDetail(BaseModel):
+    field: str = Field(description="the offending field, dotted for nested ones (tags.0.node_id)")
+    error: str = Field(description="what is wrong with it")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: str = Field(description="snake_case code, e.g. invalid_token, tag_not_found")
+    message: str = Field(description="for humans")
+    details: list[ErrorDetail] = Field(default_factory=list)
+
+
+# Most specific first: the first row whose type matches answers. Anything retriable that no row
+# names is a 503; anything else is a 500 (a bug to fix, never a plain-text page).
+ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
+    (AuthError, 401, "invalid_token"),
+    (TenantMismatch, 403, "tenant_mismatch"),
+    (InsufficientScope, 403, "insufficient_scope"),
+    (Forbidden, 403, "forbidden"),
+    (TenantNotFound, 404, "tenant_not_found"),
+    (ConnectionNotFound, 404, "connection_not_found"),
+    (TagNotFound, 404, "tag_not_found"),
+    (QuarantinedBatchNotFound, 404, "batch_not_found"),
+    (TenantExists, 409, "tenant_exists"),
+    (InvalidRegistration, 422, "validation_error"),
+    (InvalidDeviceSetting, 422, "validation_error"),
+    (TenantUnavailable, 503, "tenant_unavailable"),
+    (StorageUnavailable, 503, "storage_unavailable"),
+    (ClusterUnavailable, 503, "cluster_unavailable"),
+    (RayActorError, 503, "cluster_unavailable"),
+    (TimeoutError, 503, "timeout"),
+    (OSError, 503, "storage_unavailable"),
+)
+
+_DESCRIPTIONS = {
+    401: "no valid API key (`invalid_token`)",
+    403: "the key belongs to another tenant (`tenant_mismatch`) or lacks the scope "
+         "(`insufficient_scope`)",
+    404: "no such resource (`<thing>_not_found`)",
+    409: "conflicts with what exists (`tenant_exists`, `conflict`)",
+    422: "a field is not acceptable (`validation_error`; `details` names each field)",
+    503: "a database, Redis or the cluster is unreachable right now; retry after `Retry-After`",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` entry of a route: the one error body for each code it can answer."""
+    return {c: {"model": ErrorBody, "description": _DESCRIPTIONS[c]} for c in codes}
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    for kind, status, code in ERROR_TABLE:
+        if isinstance(exc, kind):
+            return status, code
+    if isinstance(exc, IngestError) and exc.retriable:
+        return 503, "unavailable"
+    return 500, "internal_error"
+
+
+def error_response(status: int, code: str, message: str,
+                   details: Iterable[ErrorDetail] = (),
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+    body = ErrorBody(error=code, message=message, details=list(details))
+    out = dict(headers or {})
+    if status == 401:
+        out["WWW-Authenticate"] = "Bearer"
+    if status == 503:
+        out.setdefault("Retry-After", str(RETRY_AFTER_S))
+    return JSONResponse(body.model_dump(), status_code=status, headers=out)
+
+
+def _message(exc: BaseException, status: int) -> str:
+    if status == 500:
+        return "internal error; the server log has the details"
+    if isinstance(exc, InvalidRegistration):
+        return exc.message
+    if isinstance(exc, RayActorError):
+        return "a cluster actor is not available"
+    return str(exc) or type(exc).__name__
+
+
+def _details(exc: BaseException) -> list[ErrorDetail]:
+    if isinstance(exc, InvalidRegistration):
+        return [ErrorDetail(field=exc.field, error=exc.message)]
+    if isinstance(exc, InvalidDeviceSetting):
+        return [ErrorDetail(field=exc.field, error=exc.reason)]
+    return []
+
+
+async def _known_error(_: Request, exc: Exception) -> JSONResponse:
+    status, code = classify(exc)
+    if status >= 500:
+        log.warning("answering %d %s: %s", status, code, type(exc).__name__, exc_info=status == 500)
+    return error_response(status, code, _message(exc, status), _details(exc))
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    status, code = classify(exc)
+    log.error("unhandled %s", type(exc).__name__, exc_info=exc)
+    return error_response(status, code, _message(exc, status), _details(exc))
+
+
+_LOCATIONS = ("body", "query", "path", "header", "cookie")
+
+
+def validation_details(errors: Sequence[Any]) -> list[ErrorDetail]:
+    """One detail per pydantic error: the field's dotted name and the message, never the input.
+
+    Model-level checks report themselves as ``"<field>: <what>"`` (registration.py does), so
+    the field is taken from the message when pydantic has no location below the body."""
+    out = []
+    for err in errors:
+        loc = [str(x) for x in err.get("loc", ())]
+        if loc and loc[0] in _LOCATIONS:
+            where, loc = loc[0], loc[1:]
+        else:
+            where = "body"
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        field = ".".join(loc)
+        head, sep, rest = message.partition(": ")
+        if sep and head.replace("_", "").replace(".", "").isalnum() and " " not in head:
+            field, message = ".".join([*loc, head]), rest
+        out.append(ErrorDetail(field=field or where, error=message))
+    return out
+
+
+async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = validation_details(exc.errors())
+    fields = ", ".join(dict.fromkeys(d.field for d in details))
+    return error_response(422, "validation_error", f"not acceptable: {fields}", details)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+def install(app: FastAPI) -> None:
+    """Route every error of the app through the table above."""
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(HTTPException, _http_error)
+    for kind, _, _ in ERROR_TABLE:
+        app.add_exception_handler(kind, _known_error)
+    app.add_exception_handler(IngestError, _known_error)
+    # Starlette answers an unexpected exception with this handler, then re-raises it for the log.
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,19 @@
+"""The API's routers, one module per resource. ``serve_app.app`` includes them all.
+
+A route here stays thin: its parameters parse (serve_app.params bounds every id), a dependency
+authorises (serve_app.deps: ``ReadTenant``, ``AdminTenant``, ``ClusterAdmin``), the body calls one
+``ingest`` function, and a response model (serve_app.schemas) shapes the answer. Every route
+declares the errors it can answer with ``responses=error_responses(...)``; the cross-tenant test
+and the schemathesis run (tests/test_api_routes.py) check both for every route, new ones too.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from serve_app.routes import connections, health, keys, operations, readings, tags, tenants
+
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router, tenants.router, keys.router, connections.router, tags.router,
+    readings.router, operations.router,
+)

@@ -1,0 +1,68 @@
+"""Device connections of a tenant, and the tags registered on them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ingest.store.registration import ConnectionCreate, ConnectionUpdate, TagsCreate
+from serve_app.deps import AdminTenant, Api, Caller, ReadTenant
+from serve_app.errors import error_responses
+from serve_app.params import ConnectionId
+from serve_app.schemas import ConnectionDetail, ConnectionSummary, TagOut
+
+router = APIRouter(prefix="/v1/tenants/{tenant}/connections", tags=["connections"])
+
+_ONE = error_responses(401, 403, 404, 422, 503)
+
+
+@router.post("", status_code=201, response_model=ConnectionDetail, responses=_ONE)
+async def create_connection(t: AdminTenant, body: ConnectionCreate, caller: Caller,
+                            api: Api) -> ConnectionDetail:
+    """Register a device connection with its tags; it starts streaming within seconds."""
+    out = await (await api.store(t)).create_connection(body)
+    await (await api.master()).audit(caller.key_id, t.id, "connection.create",
+                                     {"id": out["id"], "tags": len(body.tags)})
+    await api.actors.notify_coordinator()
+    return ConnectionDetail.model_validate(out)
+
+
+@router.get("", response_model=list[ConnectionSummary], responses=_ONE)
+async def list_connections(t: ReadTenant, api: Api) -> list[ConnectionSummary]:
+    rows = await (await api.store(t)).list_connections()
+    return [ConnectionSummary.model_validate(r) for r in rows]
+
+
+@router.get("/{connection_id}", response_model=ConnectionDetail, responses=_ONE)
+async def get_connection(t: ReadTenant, connection_id: ConnectionId, api: Api) -> ConnectionDetail:
+    return ConnectionDetail.model_validate(
+        await (await api.store(t)).get_connection(str(connection_id)))
+
+
+@router.patch("/{connection_id}", response_model=ConnectionDetail, responses=_ONE)
+async def update_connection(t: AdminTenant, connection_id: ConnectionId, body: ConnectionUpdate,
+                            caller: Caller, api: Api) -> ConnectionDetail:
+    """Change a connection; only its own session restarts, within seconds."""
+    out = await (await api.store(t)).update_connection(str(connection_id), body)
+    await (await api.master()).audit(caller.key_id, t.id, "connection.update",
+                                     {"id": str(connection_id),
+                                      "fields": sorted(body.model_fields_set)})
+    await api.actors.notify_coordinator()
+    return ConnectionDetail.model_validate(out)
+
+
+@router.delete("/{connection_id}", status_code=204, response_model=None, responses=_ONE)
+async def delete_connection(t: AdminTenant, connection_id: ConnectionId, caller: Caller,
+                            api: Api) -> None:
+    await (await api.store(t)).delete_connection(str(connection_id))
+    await (await api.master()).audit(caller.key_id, t.id, "connection.delete",
+                                     {"id": str(connection_id)})
+    await api.actors.notify_coordinator()
+
+
+@router.post("/{connection_id}/tags", status_code=201, response_model=list[TagOut],
+             responses=_ONE)
+async def add_tags(t: AdminTenant, connection_id: ConnectionId, body: TagsCreate,
+                   api: Api) -> list[TagOut]:
+    rows = await (await api.store(t)).add_tags(str(connection_id), body.tags)
+    await api.actors.notify_coordinator()
+    return [TagOut.model_validate(r) for r in rows]
