@@ -46,7 +46,7 @@ Caller = Annotated[Principal, Depends(principal)]
 
 async def cluster_admin(caller: Caller) -> Principal:
     if not caller.is_cluster_admin:
-        raise TenantMismatch("needs the cluster admin key")
+        raise InsufficientScope("needs the cluster admin key")
     return caller
 
 

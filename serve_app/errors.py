@@ -175,11 +175,17 @@ async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", f"not acceptable: {fields}", details)
 
 
+_BODY_NOT_PARSED = "There was an error parsing the body"  # fastapi.routing, a 400
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and exc.detail == _BODY_NOT_PARSED:
+        # FastAPI's answer to a body that is not text (bytes that are not UTF-8): as
+        # unacceptable as one that is not JSON, which FastAPI answers 422 itself.
+        return error_response(422, "validation_error", "the body is not JSON",
+                              [ErrorDetail(field="body", error="not UTF-8 JSON")])
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
     return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 

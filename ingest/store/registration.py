@@ -189,6 +189,14 @@ class TagUpdate(_TagChecks):
     modbus_bit: ModbusBit | None = Field(None, description="null clears it")
     modbus_length: ModbusLength | None = Field(None, description="null clears it")
 
+    @model_validator(mode="after")
+    def _not_null(self) -> Self:
+        # Omitted means "unchanged"; an explicit null would reach a NOT NULL column.
+        for name in ("name", "scaling_factor", "offset", "out_of_range"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name}: may be omitted, not null")
+        return self
+
 
 # -- edits are checked on their result: the stored row with the edit applied -------------------
 _CONNECTION_FIELDS = ("name", "protocol", "endpoint", "security_mode", "security_policy",
