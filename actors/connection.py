@@ -19,7 +19,8 @@ from ingest.device.sender import BatchSender
 log = logging.getLogger(__name__)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, concurrency_groups=CONCURRENCY_GROUPS)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0,  # type: ignore[call-overload]
+            concurrency_groups=CONCURRENCY_GROUPS)  # (Ray's stubs lack concurrency_groups)
 class ConnectionActor:
     def __init__(self, settings: Settings, slot: str) -> None:
         self.settings = settings

@@ -43,10 +43,11 @@ def _describe(e: BaseException) -> str:
 
 
 def alive_nodes() -> list[str]:
-    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))  # type: ignore[no-untyped-call]
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, concurrency_groups=CONCURRENCY_GROUPS)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0,  # type: ignore[call-overload]
+            concurrency_groups=CONCURRENCY_GROUPS)  # (Ray's stubs lack concurrency_groups)
 class CoordinatorActor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -106,7 +107,7 @@ class CoordinatorActor:
     async def _loop(self) -> None:
         while True:
             try:
-                await self.reconcile()
+                await self.reconcile()  # type: ignore[operator]  # a ray.method, called in-actor
             except Exception:
                 log.exception("reconcile pass failed")
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -62,11 +63,11 @@ def connect(settings: Settings) -> None:
     if not ray.is_initialized():
         use_token_auth()
         ray.init(address=ray_address(settings), namespace=settings.namespace,
-                 log_to_driver=False, logging_level="WARNING")
+                 log_to_driver=False, logging_level=logging.WARNING)
 
 
 def head_node_id() -> str | None:
-    for n in ray.nodes():
+    for n in ray.nodes():  # type: ignore[no-untyped-call]
         if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {}):
             return str(n["NodeID"])
     return None

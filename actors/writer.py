@@ -39,7 +39,8 @@ def rules_from_rows(rows: list[dict[str, Any]]) -> list[TagRules]:
     ]
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, concurrency_groups=CONCURRENCY_GROUPS)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0,  # type: ignore[call-overload]
+            concurrency_groups=CONCURRENCY_GROUPS)  # (Ray's stubs lack concurrency_groups)
 class WriterActor:
     def __init__(self, settings: Settings, tenant_id: str, tenant_slug: str) -> None:
         self.settings = settings
