@@ -57,15 +57,17 @@ def up(settings: Settings) -> dict[str, Any]:
     deploy.connect(settings)
     info = deploy_app(settings)
     deploy.wait_http(f"{info['api']}/healthz")
-    return {**info, "ray_started": started_ray,
-            "docs": f"{info['api']}/docs",
-            "dashboard": f"http://127.0.0.1:{settings.dashboard_port}"}
+    return {
+        **info,
+        "ray_started": started_ray,
+        "docs": f"{info['api']}/docs",
+        "dashboard": f"http://127.0.0.1:{settings.dashboard_port}",
+    }
 
 
 def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
     info = up(settings)
-    _info(f"API docs: {info['docs']}   Ray dashboard: {info['dashboard']} "
-          "(token: `ray get-auth-token`)")
+    _info(f"API docs: {info['docs']}   Ray dashboard: {info['dashboard']} (token: `ray get-auth-token`)")
     _print_json(info)
     return 0
 
@@ -108,10 +110,11 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
     info = up(settings)
     _info(f"API docs: {info['docs']}")
-    _info(f"Ray dashboard: {info['dashboard']} (token auth on: open it with the token that "
-          "`.venv/bin/ray get-auth-token` prints)")
-    summary = run_demo(settings, info["api"], args.duration, args.wells, args.tags,
-                       args.interval_ms)
+    _info(
+        f"Ray dashboard: {info['dashboard']} (token auth on: open it with the token that "
+        "`.venv/bin/ray get-auth-token` prints)"
+    )
+    summary = run_demo(settings, info["api"], args.duration, args.wells, args.tags, args.interval_ms)
     _print_json(summary)
     return 0 if summary["lost"] == 0 else 1
 
@@ -120,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     # Ray reads its authentication mode once, when it is imported: set it before anything does.
     # Token authentication stays on for clusters we start (`ray start` alone would not turn it on).
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+    )
     p = argparse.ArgumentParser(prog="scada-ingest", description=__doc__)
     sub = p.add_subparsers(dest="verb", required=True)
     sub.add_parser("up", help="start the local stack (or join RAY_ADDRESS) and deploy")
@@ -134,14 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--wells", type=int, default=8)
     d.add_argument("--tags", type=int, default=25, help="tags per well")
     d.add_argument("--interval-ms", type=int, default=100, help="simulator update period")
-    b = sub.add_parser("bench", help="measure a path against its baseline "
-                       "(python -m scale_tests bench TARGET --help for its options)")
+    b = sub.add_parser(
+        "bench",
+        help="measure a path against its baseline (python -m scale_tests bench TARGET --help for its options)",
+    )
     b.add_argument("target", choices=["writer", "opcua", "modbus"])
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of that bench, e.g. --json")
     args = p.parse_args(argv)
     settings = load_settings()
-    verbs = {"up": cmd_up, "down": cmd_down, "migrate": cmd_migrate, "status": cmd_status,
-             "demo": cmd_demo, "bench": cmd_bench}
+    verbs = {
+        "up": cmd_up,
+        "down": cmd_down,
+        "migrate": cmd_migrate,
+        "status": cmd_status,
+        "demo": cmd_demo,
+        "bench": cmd_bench,
+    }
     return verbs[args.verb](settings, args)
 
 

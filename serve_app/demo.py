@@ -24,8 +24,7 @@ DEMO_TENANT = "demo"
 
 class DemoClient:
     def __init__(self, api: str, admin_key: str) -> None:
-        self.http = httpx.Client(base_url=api, timeout=60,
-                                 headers={"Authorization": f"Bearer {admin_key}"})
+        self.http = httpx.Client(base_url=api, timeout=60, headers={"Authorization": f"Bearer {admin_key}"})
 
     def ensure_tenant(self, slug: str) -> dict[str, Any]:
         r = self.http.get(f"/v1/tenants/{slug}")
@@ -84,14 +83,19 @@ def run_demo(
     try:
         client = DemoClient(api, settings.admin_key)
         tenant = client.ensure_tenant(DEMO_TENANT)
-        conn = client.replace_connections(DEMO_TENANT, {
-            "name": f"demo-sim-{int(time.time())}",
-            "protocol": "opcua",
-            "endpoint": endpoint,
-            "publishing_interval_ms": min(interval_ms, 100),
-            "tags": [{"name": n.split(";s=")[-1], "node_id": n, "well": n.split("=")[-1][:4],
-                      "unit": "bar"} for n in node_ids],
-        })
+        conn = client.replace_connections(
+            DEMO_TENANT,
+            {
+                "name": f"demo-sim-{int(time.time())}",
+                "protocol": "opcua",
+                "endpoint": endpoint,
+                "publishing_interval_ms": min(interval_ms, 100),
+                "tags": [
+                    {"name": n.split(";s=")[-1], "node_id": n, "well": n.split("=")[-1][:4], "unit": "bar"}
+                    for n in node_ids
+                ],
+            },
+        )
         tag_ids = [t["tag_id"] for t in conn["tags"]]
         dsn = settings.dsn(f"scada_t_{DEMO_TENANT}")
         # Start counting only once the subscription delivers (its first notification is each

@@ -20,8 +20,7 @@ def deploy(settings: Settings) -> dict[str, Any]:
     deploy_coordinator(settings)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
     serve.run(build(settings), name=APP_NAME, route_prefix="/", blocking=False)
-    return {"coordinator": COORDINATOR_NAME,
-            "api": f"http://{settings.http_host}:{settings.http_port}"}
+    return {"coordinator": COORDINATOR_NAME, "api": f"http://{settings.http_host}:{settings.http_port}"}
 
 
 def undeploy(settings: Settings) -> None:

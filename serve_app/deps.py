@@ -24,8 +24,9 @@ from serve_app.state import ApiState
 def api_state(request: Request) -> ApiState:
     api = getattr(request.app.state, "api", None)
     if not isinstance(api, ApiState):
-        raise RuntimeError("app.state.api is not set: the Serve ingress (serve_app.deployment) "
-                           "or a test must set it")
+        raise RuntimeError(
+            "app.state.api is not set: the Serve ingress (serve_app.deployment) or a test must set it"
+        )
     return api
 
 

@@ -78,8 +78,7 @@ ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
 
 _DESCRIPTIONS = {
     401: "no valid API key (`invalid_token`)",
-    403: "the key belongs to another tenant (`tenant_mismatch`) or lacks the scope "
-         "(`insufficient_scope`)",
+    403: "the key belongs to another tenant (`tenant_mismatch`) or lacks the scope (`insufficient_scope`)",
     404: "no such resource (`<thing>_not_found`)",
     409: "conflicts with what exists (`tenant_exists`, `conflict`)",
     422: "a field is not acceptable (`validation_error`; `details` names each field)",
@@ -101,9 +100,13 @@ def classify(exc: BaseException) -> tuple[int, str]:
     return 500, "internal_error"
 
 
-def error_response(status: int, code: str, message: str,
-                   details: Iterable[ErrorDetail] = (),
-                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Iterable[ErrorDetail] = (),
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     body = ErrorBody(error=code, message=message, details=list(details))
     out = dict(headers or {})
     if status == 401:
@@ -184,8 +187,9 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 400 and exc.detail == _BODY_NOT_PARSED:
         # FastAPI's answer to a body that is not text (bytes that are not UTF-8): as
         # unacceptable as one that is not JSON, which FastAPI answers 422 itself.
-        return error_response(422, "validation_error", "the body is not JSON",
-                              [ErrorDetail(field="body", error="not UTF-8 JSON")])
+        return error_response(
+            422, "validation_error", "the body is not JSON", [ErrorDetail(field="body", error="not UTF-8 JSON")]
+        )
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
     return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 

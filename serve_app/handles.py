@@ -63,8 +63,7 @@ class ActorHandles:
         try:
             return await self.call(writer_name(tenant.slug), method, *args)
         except ClusterUnavailable as e:
-            raise TenantUnavailable(
-                f"the tenant's writer is not available (tenant suspended?): {e}") from e
+            raise TenantUnavailable(f"the tenant's writer is not available (tenant suspended?): {e}") from e
 
     async def notify_coordinator(self) -> None:
         """Wake the coordinator's reconcile now; fire and forget (the periodic pass catches up)."""

@@ -30,20 +30,36 @@ def as_utc(d: datetime) -> datetime:
     return d
 
 
-TenantRef = Annotated[str, Path(
-    min_length=2, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$",
-    description="the tenant's slug (or id)",
-)]
+TenantRef = Annotated[
+    str,
+    Path(
+        min_length=2,
+        max_length=64,
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="the tenant's slug (or id)",
+    ),
+]
 ConnectionId = Annotated[UUID, Path(description="the connection's id (a UUID)")]
 TagId = Annotated[int, Path(ge=1, le=INT4_MAX, description="tag_id from the tag mapping")]
-BatchId = Annotated[str, Path(
-    min_length=1, max_length=200, pattern=r"^[!-~]+$",
-    description="id of a quarantined batch (printable ASCII)",
-)]
+BatchId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[!-~]+$",
+        description="id of a quarantined batch (printable ASCII)",
+    ),
+]
 
 TagIdQuery = Annotated[int, Query(ge=1, le=INT4_MAX, description="tag_id from the tag mapping")]
 Limit = Annotated[int, Query(ge=1, le=100_000, description="at most this many rows")]
-StartQuery = Annotated[datetime | None, Query(description="ISO 8601; default end - 1 h"),
-                       AfterValidator(lambda d: None if d is None else as_utc(d))]
-EndQuery = Annotated[datetime | None, Query(description="ISO 8601; default now"),
-                     AfterValidator(lambda d: None if d is None else as_utc(d))]
+StartQuery = Annotated[
+    datetime | None,
+    Query(description="ISO 8601; default end - 1 h"),
+    AfterValidator(lambda d: None if d is None else as_utc(d)),
+]
+EndQuery = Annotated[
+    datetime | None,
+    Query(description="ISO 8601; default now"),
+    AfterValidator(lambda d: None if d is None else as_utc(d)),
+]

@@ -47,8 +47,7 @@ class ApiState:
                     try:
                         self._stores[tenant.id] = await TenantStore.connect(dsn, master.box)
                     except OSError as e:
-                        raise TenantUnavailable(
-                            f"tenant database unreachable: {type(e).__name__}") from e
+                        raise TenantUnavailable(f"tenant database unreachable: {type(e).__name__}") from e
         return self._stores[tenant.id]
 
     def redis(self) -> aioredis.Redis:
@@ -66,8 +65,7 @@ class ApiState:
             await self.actors.coordinator("health", timeout_s=2.0)
 
         names = ("master_db", "redis", "coordinator")
-        results = await asyncio.gather(master(), ping_redis(self.redis()), coordinator(),
-                                       return_exceptions=True)
+        results = await asyncio.gather(master(), ping_redis(self.redis()), coordinator(), return_exceptions=True)
         out = {}
         for name, r in zip(names, results, strict=True):
             if isinstance(r, BaseException):

@@ -36,8 +36,12 @@ def _order(method: str) -> int:
 
 def _no_sessions(case: Any) -> None:
     """Connections made by the fuzzer stay disabled: no device sessions to random endpoints."""
-    if case.method in ("POST", "PATCH") and "/connections" in case.path and isinstance(
-            case.body, dict) and "tags" not in case.path:
+    if (
+        case.method in ("POST", "PATCH")
+        and "/connections" in case.path
+        and isinstance(case.body, dict)
+        and "tags" not in case.path
+    ):
         case.body["enabled"] = False
 
 
@@ -45,15 +49,15 @@ def _no_sessions(case: Any) -> None:
 def resources(tenant: TenantHandle) -> dict[str, Any]:
     r = tenant.client.post(f"/v1/tenants/{tenant.slug}/connections", json=OPCUA_CONN)
     assert r.status_code == 201, r.text
-    return {"tenant": tenant.slug, "connection_id": r.json()["id"],
-            "tag_id": r.json()["tags"][0]["tag_id"]}
+    return {"tenant": tenant.slug, "connection_id": r.json()["id"], "tag_id": r.json()["tags"][0]["tag_id"]}
 
 
-def test_schemathesis_finds_no_server_error(api: str, tenant: TenantHandle,
-                                            resources: dict[str, Any]) -> None:
+def test_schemathesis_finds_no_server_error(api: str, tenant: TenantHandle, resources: dict[str, Any]) -> None:
     schema = schemathesis.openapi.from_url(f"{api}/openapi.json", timeout=60)
-    operations = sorted((r.ok() for r in schema.get_all_operations()),
-                        key=lambda op: (_order(op.method.upper()), op.path, op.method))
+    operations = sorted(
+        (r.ok() for r in schema.get_all_operations()),
+        key=lambda op: (_order(op.method.upper()), op.path, op.method),
+    )
     documented = {(op.method.upper(), op.path) for op in operations}
     routes = {(r.method, r.path_format) for r in api_routes()}
     assert routes <= documented, f"routes missing from /openapi.json: {routes - documented}"
@@ -68,15 +72,21 @@ def test_schemathesis_finds_no_server_error(api: str, tenant: TenantHandle,
         real = {k: v for k, v in resources.items() if k in names}
         strategies = []
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            strategies.append(op.as_strategy(generation_mode=mode, headers=headers,
-                                             path_parameters=real))
+            strategies.append(op.as_strategy(generation_mode=mode, headers=headers, path_parameters=real))
             if "tenant" in real and len(real) > 1:  # the real tenant, generated other ids
-                strategies.append(op.as_strategy(generation_mode=mode, headers=headers,
-                                                 path_parameters={"tenant": real["tenant"]}))
+                strategies.append(
+                    op.as_strategy(
+                        generation_mode=mode, headers=headers, path_parameters={"tenant": real["tenant"]}
+                    )
+                )
 
-        @settings(max_examples=MAX_EXAMPLES * 2, deadline=None, database=None,
-                  phases=[Phase.explicit, Phase.generate],
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=MAX_EXAMPLES * 2,
+            deadline=None,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=st.one_of(strategies))
         def fuzz(case: Any) -> None:
             label = f"{case.operation.method.upper()} {case.operation.path}"
@@ -87,14 +97,15 @@ def test_schemathesis_finds_no_server_error(api: str, tenant: TenantHandle,
             try:
                 case.validate_response(response, checks=CHECKS)
             except (AssertionError, FailureGroup) as e:  # one error naming every failed check
-                failures.append(f"{label} -> {response.status_code}: {str(e)[:600]}\n"
-                                f"  {case.as_curl_command()}")
+                failures.append(f"{label} -> {response.status_code}: {str(e)[:600]}\n  {case.as_curl_command()}")
 
         fuzz()
     session.close()
     server_errors = sum(n for s, n in statuses.items() if s >= 500)
-    print(f"\nschemathesis: {len(operations)} routes, {sum(examples.values())} examples, "
-          f"{server_errors} responses >= 500, {len(failures)} failed checks; "
-          f"statuses {dict(sorted(statuses.items()))}")
+    print(
+        f"\nschemathesis: {len(operations)} routes, {sum(examples.values())} examples, "
+        f"{server_errors} responses >= 500, {len(failures)} failed checks; "
+        f"statuses {dict(sorted(statuses.items()))}"
+    )
     assert all(examples[f"{op.method.upper()} {op.path}"] > 0 for op in operations), examples
     assert not failures, "\n".join(failures[:20])

@@ -79,8 +79,7 @@ def api_routes() -> Iterator[Route]:
 
 def required_query(route: Route) -> list[str]:
     op = app.openapi()["paths"].get(route.path_format, {}).get(route.method.lower(), {})
-    return [p["name"] for p in op.get("parameters", [])
-            if p["in"] == "query" and p.get("required")]
+    return [p["name"] for p in op.get("parameters", []) if p["in"] == "query" and p.get("required")]
 
 
 def request_for(route: Route, victim: Victim) -> tuple[str, dict[str, str]]:
@@ -170,8 +169,7 @@ def test_read_key_cannot_use_admin_routes(victim: Victim, api: str) -> None:
     a = victim.tenant
     r = a.client.post(f"/v1/tenants/{a.slug}/keys", json={"name": "ro", "scopes": ["read"]})
     assert r.status_code == 201, r.text
-    reader = httpx.Client(base_url=api, timeout=60,
-                          headers={"Authorization": f"Bearer {r.json()['api_key']}"})
+    reader = httpx.Client(base_url=api, timeout=60, headers={"Authorization": f"Bearer {r.json()['api_key']}"})
     for route in api_routes():
         if "{tenant}" not in route.path_format:
             continue

@@ -14,6 +14,11 @@ from fastapi import APIRouter
 from serve_app.routes import connections, health, keys, operations, readings, tags, tenants
 
 ROUTERS: tuple[APIRouter, ...] = (
-    health.router, tenants.router, keys.router, connections.router, tags.router,
-    readings.router, operations.router,
+    health.router,
+    tenants.router,
+    keys.router,
+    connections.router,
+    tags.router,
+    readings.router,
+    operations.router,
 )

@@ -16,12 +16,12 @@ _ONE = error_responses(401, 403, 404, 422, 503)
 
 
 @router.post("", status_code=201, response_model=ConnectionDetail, responses=_ONE)
-async def create_connection(t: AdminTenant, body: ConnectionCreate, caller: Caller,
-                            api: Api) -> ConnectionDetail:
+async def create_connection(t: AdminTenant, body: ConnectionCreate, caller: Caller, api: Api) -> ConnectionDetail:
     """Register a device connection with its tags; it starts streaming within seconds."""
     out = await (await api.store(t)).create_connection(body)
-    await (await api.master()).audit(caller.key_id, t.id, "connection.create",
-                                     {"id": out["id"], "tags": len(body.tags)})
+    await (await api.master()).audit(
+        caller.key_id, t.id, "connection.create", {"id": out["id"], "tags": len(body.tags)}
+    )
     await api.actors.notify_coordinator()
     return ConnectionDetail.model_validate(out)
 
@@ -34,35 +34,34 @@ async def list_connections(t: ReadTenant, api: Api) -> list[ConnectionSummary]:
 
 @router.get("/{connection_id}", response_model=ConnectionDetail, responses=_ONE)
 async def get_connection(t: ReadTenant, connection_id: ConnectionId, api: Api) -> ConnectionDetail:
-    return ConnectionDetail.model_validate(
-        await (await api.store(t)).get_connection(str(connection_id)))
+    return ConnectionDetail.model_validate(await (await api.store(t)).get_connection(str(connection_id)))
 
 
 @router.patch("/{connection_id}", response_model=ConnectionDetail, responses=_ONE)
-async def update_connection(t: AdminTenant, connection_id: ConnectionId, body: ConnectionUpdate,
-                            caller: Caller, api: Api) -> ConnectionDetail:
+async def update_connection(
+    t: AdminTenant, connection_id: ConnectionId, body: ConnectionUpdate, caller: Caller, api: Api
+) -> ConnectionDetail:
     """Change a connection; only its own session restarts, within seconds."""
     out = await (await api.store(t)).update_connection(str(connection_id), body)
-    await (await api.master()).audit(caller.key_id, t.id, "connection.update",
-                                     {"id": str(connection_id),
-                                      "fields": sorted(body.model_fields_set)})
+    await (await api.master()).audit(
+        caller.key_id,
+        t.id,
+        "connection.update",
+        {"id": str(connection_id), "fields": sorted(body.model_fields_set)},
+    )
     await api.actors.notify_coordinator()
     return ConnectionDetail.model_validate(out)
 
 
 @router.delete("/{connection_id}", status_code=204, response_model=None, responses=_ONE)
-async def delete_connection(t: AdminTenant, connection_id: ConnectionId, caller: Caller,
-                            api: Api) -> None:
+async def delete_connection(t: AdminTenant, connection_id: ConnectionId, caller: Caller, api: Api) -> None:
     await (await api.store(t)).delete_connection(str(connection_id))
-    await (await api.master()).audit(caller.key_id, t.id, "connection.delete",
-                                     {"id": str(connection_id)})
+    await (await api.master()).audit(caller.key_id, t.id, "connection.delete", {"id": str(connection_id)})
     await api.actors.notify_coordinator()
 
 
-@router.post("/{connection_id}/tags", status_code=201, response_model=list[TagOut],
-             responses=_ONE)
-async def add_tags(t: AdminTenant, connection_id: ConnectionId, body: TagsCreate,
-                   api: Api) -> list[TagOut]:
+@router.post("/{connection_id}/tags", status_code=201, response_model=list[TagOut], responses=_ONE)
+async def add_tags(t: AdminTenant, connection_id: ConnectionId, body: TagsCreate, api: Api) -> list[TagOut]:
     rows = await (await api.store(t)).add_tags(str(connection_id), body.tags)
     await api.actors.notify_coordinator()
     return [TagOut.model_validate(r) for r in rows]

@@ -12,16 +12,16 @@ from serve_app.schemas import Health, HealthDown
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health,
-            responses={503: {"model": HealthDown, "description": "a component is down"}})
+@router.get(
+    "/healthz", response_model=Health, responses={503: {"model": HealthDown, "description": "a component is down"}}
+)
 async def healthz(api: Api) -> Health | JSONResponse:
     """Each component with ok / error; 503 naming those that are down."""
     checks = await api.checks()
-    down = [ErrorDetail(field=name, error=c.error or "down")
-            for name, c in checks if not c.ok]
+    down = [ErrorDetail(field=name, error=c.error or "down") for name, c in checks if not c.ok]
     if not down:
         return Health(ok=True, checks=checks)
-    body = HealthDown(error="unavailable", message="down: " + ", ".join(d.field for d in down),
-                      details=down, checks=checks)
-    return JSONResponse(body.model_dump(), status_code=503,
-                        headers={"Retry-After": str(RETRY_AFTER_S)})
+    body = HealthDown(
+        error="unavailable", message="down: " + ", ".join(d.field for d in down), details=down, checks=checks
+    )
+    return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})

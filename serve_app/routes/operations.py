@@ -13,24 +13,28 @@ from serve_app.schemas import ClusterStatus, QuarantinedBatch, ReplayOut
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/v1/tenants/{tenant}/quarantine", response_model=list[QuarantinedBatch],
-            responses=error_responses(401, 403, 404, 422, 503))
+@router.get(
+    "/v1/tenants/{tenant}/quarantine",
+    response_model=list[QuarantinedBatch],
+    responses=error_responses(401, 403, 404, 422, 503),
+)
 async def list_quarantine(t: AdminTenant, api: Api) -> list[QuarantinedBatch]:
     """Batches the database refused for good, with the reason, kept for inspection and replay."""
     rows = await api.actors.writer(t, "quarantined")
     return [QuarantinedBatch.model_validate(r) for r in rows]
 
 
-@router.post("/v1/tenants/{tenant}/quarantine/{batch_id}/replay", response_model=ReplayOut,
-             responses=error_responses(401, 403, 404, 422, 503))
-async def replay_quarantine(t: AdminTenant, batch_id: BatchId, caller: Caller,
-                            api: Api) -> ReplayOut:
+@router.post(
+    "/v1/tenants/{tenant}/quarantine/{batch_id}/replay",
+    response_model=ReplayOut,
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def replay_quarantine(t: AdminTenant, batch_id: BatchId, caller: Caller, api: Api) -> ReplayOut:
     """Try a quarantined batch again (after its cause was fixed)."""
     result = await api.actors.writer(t, "replay_quarantined", batch_id)
     if not result.get("found"):
         raise QuarantinedBatchNotFound(f"no quarantined batch {batch_id!r}")
-    await (await api.master()).audit(caller.key_id, t.id, "quarantine.replay",
-                                     {"batch_id": batch_id})
+    await (await api.master()).audit(caller.key_id, t.id, "quarantine.replay", {"batch_id": batch_id})
     return ReplayOut.model_validate(result)
 
 

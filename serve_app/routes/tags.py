@@ -21,11 +21,11 @@ async def list_tags(t: ReadTenant, api: Api) -> list[TagOut]:
 
 
 @router.patch("/{tag_id}", response_model=TagOut, responses=_ONE)
-async def update_tag(t: AdminTenant, tag_id: TagId, body: TagUpdate, caller: Caller,
-                     api: Api) -> TagOut:
+async def update_tag(t: AdminTenant, tag_id: TagId, body: TagUpdate, caller: Caller, api: Api) -> TagOut:
     out = await (await api.store(t)).update_tag(tag_id, body)
-    await (await api.master()).audit(caller.key_id, t.id, "tag.update",
-                                     {"tag_id": tag_id, "fields": sorted(body.model_fields_set)})
+    await (await api.master()).audit(
+        caller.key_id, t.id, "tag.update", {"tag_id": tag_id, "fields": sorted(body.model_fields_set)}
+    )
     await api.actors.notify_coordinator()
     return TagOut.model_validate(out)
 
