@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -72,6 +73,12 @@ ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (StorageUnavailable, 503, "storage_unavailable"),
     (ClusterUnavailable, 503, "cluster_unavailable"),
     (RayActorError, 503, "cluster_unavailable"),
+    # A database connection lost mid-request (the stores translate failures to connect, not
+    # every query's): an outage to retry, not a bug.
+    (asyncpg.PostgresConnectionError, 503, "storage_unavailable"),
+    (asyncpg.exceptions.OperatorInterventionError, 503, "storage_unavailable"),
+    (asyncpg.exceptions.InsufficientResourcesError, 503, "storage_unavailable"),
+    (asyncpg.InterfaceError, 503, "storage_unavailable"),
     (TimeoutError, 503, "timeout"),
     (OSError, 503, "storage_unavailable"),
 )

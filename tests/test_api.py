@@ -111,3 +111,56 @@ def test_duplicate_tenant_slug_is_409(admin: httpx.Client, tenant: TenantHandle)
     assert r.status_code == 409 and "slug" in r.text
     r = admin.post("/v1/tenants", json={"slug": "Bad Slug!", "name": "x"})
     assert r.status_code == 422 and "slug" in r.text
+
+
+def test_ids_out_of_their_column_range_are_4xx(tenant: TenantHandle) -> None:
+    base = f"/v1/tenants/{tenant.slug}"
+    cases = [
+        ("GET", f"{base}/readings", {"tag_id": 3_000_000_000}, None, "tag_id"),
+        ("GET", f"{base}/readings", {"tag_id": 0}, None, "tag_id"),
+        ("GET", f"{base}/readings", {"tag_id": 1, "limit": 10**9}, None, "limit"),
+        ("GET", f"{base}/readings", {"tag_id": 1, "start": "0001-01-01T00:00:00+05:00"}, None,
+         "start"),
+        ("PATCH", f"{base}/tags/381103392619", None, {"unit": "bar"}, "tag_id"),
+        ("DELETE", f"{base}/tags/-1", None, None, "tag_id"),
+        ("GET", f"{base}/connections/not-a-uuid", None, None, "connection_id"),
+        ("POST", f"{base}/quarantine/{'x' * 201}/replay", None, None, "batch_id"),
+        ("GET", "/v1/tenants/NOT%20A%20SLUG", None, None, "tenant"),
+    ]
+    for method, path, params, body, field in cases:
+        r = tenant.client.request(method, path, params=params, json=body)
+        assert r.status_code == 422, (method, path, params, r.status_code, r.text)
+        err = r.json()
+        assert err["error"] == "validation_error", err
+        assert field in [d["field"] for d in err["details"]], err
+    r = tenant.client.get(f"{base}/connections/00000000-0000-0000-0000-000000000000")
+    assert r.status_code == 404 and r.json()["error"] == "connection_not_found"
+    r = tenant.client.patch(f"{base}/tags/2147483647", json={"unit": "bar"})
+    assert r.status_code == 404 and r.json()["error"] == "tag_not_found"
+    r = tenant.client.post(f"{base}/quarantine/no-such-batch/replay")
+    assert r.status_code == 404 and r.json()["error"] == "batch_not_found"
+
+
+def test_validation_errors_name_fields_and_never_echo_values(tenant: TenantHandle) -> None:
+    secret = "hunter2-do-not-echo"
+    body = {**OPCUA_CONN, "username": "op", "password": secret}  # no security mode: refused
+    r = tenant.client.post(f"/v1/tenants/{tenant.slug}/connections", json=body)
+    assert r.status_code == 422 and secret not in r.text
+    assert r.json()["error"] == "validation_error" and r.json()["details"][0]["field"] == "username"
+    body = {**OPCUA_CONN, "password": secret * 40, "publishing_interval_ms": "often"}
+    r = tenant.client.post(f"/v1/tenants/{tenant.slug}/connections", json=body)
+    assert r.status_code == 422 and secret not in r.text
+    fields = {d["field"] for d in r.json()["details"]}
+    assert {"password", "publishing_interval_ms"} <= fields, r.text
+
+
+def test_error_bodies_have_one_shape(tenant: TenantHandle, api: str, admin: httpx.Client) -> None:
+    with httpx.Client(base_url=api, timeout=30) as anon:
+        answers = [anon.get("/v1/tenants"), anon.get("/v1/nothing-here"),
+                   admin.get("/v1/tenants/nosuchtenant"),
+                   admin.post("/v1/tenants", json={"slug": tenant.slug, "name": "again"})]
+    for r, code in zip(answers, ["invalid_token", "not_found", "tenant_not_found",
+                                 "tenant_exists"], strict=True):
+        body = r.json()
+        assert set(body) == {"error", "message", "details"}, body
+        assert body["error"] == code, body
