@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from ingest.errors import InvalidRegistration
+from ingest.errors import InvalidQuery
 
 _TAG_SELECT = """
 SELECT t.tag_id, t.name, w.name AS well, t.unit, t.data_type,
@@ -36,22 +36,22 @@ async def resolve_tags(db: asyncpg.Pool | asyncpg.Connection, tag_ids: list[int]
     """The tags asked for, in the order asked. Unknown ids, wells or names are an error naming
     the field (and the values), never a silently shorter answer."""
     if tag_ids and (well or names):
-        raise InvalidRegistration("tag_id", "give tag_id, or well and tag, not both")
+        raise InvalidQuery("tag_id", "give tag_id, or well and tag, not both")
     if tag_ids:
         if len(tag_ids) > max_tags:
-            raise InvalidRegistration("tag_id", f"{len(tag_ids)} tags; at most {max_tags}")
+            raise InvalidQuery("tag_id", f"{len(tag_ids)} tags; at most {max_tags}")
         rows = {r["tag_id"]: _info(r) for r in await db.fetch(
             _TAG_SELECT + " AND t.tag_id = ANY($1::int4[])", tag_ids)}
         missing = [t for t in tag_ids if t not in rows]
         if missing:
-            raise InvalidRegistration("tag_id", f"no such tags in this tenant: {missing}")
+            raise InvalidQuery("tag_id", f"no such tags in this tenant: {missing}")
         return [rows[t] for t in dict.fromkeys(tag_ids)]
     if not well:
         if names:
-            raise InvalidRegistration("well", "tag names are looked up within a well: give well")
-        raise InvalidRegistration("tag_id", "give tag_id (repeatable), or well and tag")
+            raise InvalidQuery("well", "tag names are looked up within a well: give well")
+        raise InvalidQuery("tag_id", "give tag_id (repeatable), or well and tag")
     if not await db.fetchval("SELECT 1 FROM wells WHERE name = $1 AND deleted_at IS NULL", well):
-        raise InvalidRegistration("well", f"no well named {well!r}")
+        raise InvalidQuery("well", f"no well named {well!r}")
     found = [_info(r) for r in await db.fetch(
         _TAG_SELECT + " AND w.name = $1 AND w.deleted_at IS NULL "
         "AND ($2::text[] IS NULL OR t.name = ANY($2::text[])) ORDER BY t.tag_id", well, names)]
@@ -59,11 +59,11 @@ async def resolve_tags(db: asyncpg.Pool | asyncpg.Connection, tag_ids: list[int]
         have = {t.name for t in found}
         missing_names = [n for n in names if n not in have]
         if missing_names:
-            raise InvalidRegistration("tag", f"no tags named {missing_names} at well {well!r}")
+            raise InvalidQuery("tag", f"no tags named {missing_names} at well {well!r}")
         order = {n: i for i, n in enumerate(dict.fromkeys(names))}
         found.sort(key=lambda t: (order[t.name], t.tag_id))
     if len(found) > max_tags:
-        raise InvalidRegistration("tag", f"{len(found)} tags; at most {max_tags}")
+        raise InvalidQuery("tag", f"{len(found)} tags; at most {max_tags}")
     return found
 
 
