@@ -7,6 +7,8 @@ rebuilds a level from an emptied one.
 
 Raw data is never dropped before its rollups are written: the raw cut stops at the oldest time
 the refresher still has to roll up (pending ranges and ledger rows it has not taken yet).
+Readings arriving later than the raw retention, into an already dropped range, are not rolled
+up: the rollups there are final (rebuilding them from the emptied raw range would erase them).
 """
 
 from __future__ import annotations
