@@ -149,10 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--tags", type=int, default=25, help="tags per well")
     d.add_argument("--interval-ms", type=int, default=100, help="simulator update period")
     b = sub.add_parser("bench", help="measure a path against its baseline")
-    b.add_argument("target", choices=["writer", "opcua", "modbus"])
+    b.add_argument("target", choices=["writer", "opcua", "modbus", "query"])
     b.add_argument("--seconds", type=float, default=20.0, help="measuring window (opcua, modbus)")
     b.add_argument("--rows", type=int, default=1_000_000)
     b.add_argument("--rounds", type=int, default=2)
+    b.add_argument("--tags", type=int, default=100, help="tags with a month of data (query)")
+    b.add_argument("--days", type=int, default=30, help="days of data per tag (query)")
+    b.add_argument("--interval-s", type=int, default=60, help="seconds between readings (query)")
+    b.add_argument("--requests", type=int, default=200, help="requests per query kind (query)")
     b.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     settings = load_settings()
@@ -166,6 +170,11 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         from scale_tests.bench_writer import run as bench_writer
 
         result = bench_writer(settings, args.rows, args.rounds)
+    elif args.target == "query":
+        from scale_tests.bench_query import run as bench_query
+
+        result = bench_query(tags=args.tags, days=args.days, interval_s=args.interval_s,
+                             requests=args.requests)
     elif args.target == "opcua":
         from scale_tests.bench_devices import run_opcua
 
