@@ -1,4 +1,4 @@
-"""Connection actor ``conn-<n>``: hosts many device sessions (ingest.connection_host)."""
+"""Connection actor ``conn-<n>``: hosts many device sessions (ingest.device.host)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Any
 import ray
 
 from actors.common import CONCURRENCY_GROUPS, writer_name
-from ingest.batch import ReadingBatch
-from ingest.config import Settings
-from ingest.connection_host import ConnectionHost
-from ingest.metrics import Metrics, safe
-from ingest.models import ConnectionSpec
-from ingest.sender import BatchSender
+from ingest.core.batch import ReadingBatch
+from ingest.core.config import Settings
+from ingest.core.metrics import Metrics, safe
+from ingest.core.models import ConnectionSpec
+from ingest.device.host import ConnectionHost
+from ingest.device.sender import BatchSender
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,9 @@ class ConnectionActor:
         self.slot = slot
         self.host = ConnectionHost(slot, self._sender_for, last_times=self._last_times)
         self._ticker: asyncio.Task[None] | None = None
+        self._node_id = ray.get_runtime_context().get_node_id()
+        self._status: dict[str, Any] = {}
+        self._refresh_status()
 
     def _sender_for(self, spec: ConnectionSpec) -> BatchSender:
         name = writer_name(spec.tenant_slug)
@@ -62,19 +65,29 @@ class ConnectionActor:
 
     async def _tick_loop(self) -> None:
         period = self.settings.batch_interval_ms / 1000.0
+        n = 0
         while True:
             await asyncio.sleep(period)
+            n += 1
             try:
                 self.host.tick()
                 self.host.retry_failed()
+                if n % 3 == 0:
+                    self._refresh_status()
             except Exception:
                 log.exception("tick failed")
+
+    def _refresh_status(self) -> None:
+        # Replaced whole, never mutated: what the health group reads (actors.common).
+        self._status = {"slot": self.slot, "node_id": self._node_id, **self.host.status()}
 
     @ray.method(concurrency_group="data")
     async def apply(self, specs: list[ConnectionSpec]) -> dict[str, Any]:
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick_loop())
-        return await self.host.apply(specs)
+        result = await self.host.apply(specs)
+        self._refresh_status()
+        return result
 
     @ray.method(concurrency_group="data")
     async def drain(self, timeout_s: float = 30.0) -> bool:
@@ -82,11 +95,8 @@ class ConnectionActor:
 
     @ray.method(concurrency_group="health")
     async def status(self) -> dict[str, Any]:
-        return {
-            "slot": self.slot,
-            "node_id": ray.get_runtime_context().get_node_id(),
-            **self.host.status(),
-        }
+        """A snapshot refreshed by the data loop every few ticks and after each apply."""
+        return self._status
 
     @ray.method(concurrency_group="health")
     async def health(self) -> bool:

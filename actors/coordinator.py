@@ -1,8 +1,8 @@
 """The coordinator: one detached, named actor that reconciles desired state with running actors.
 
-Desired state comes from the databases (ingest.desired_state). Connection actors are pinned to the
-alive nodes (ingest.pool) and connections are spread over the healthy ones by rendezvous hashing
-(ingest.sharding). A slot is re-told its connections only when its set changed or the actor came
+Desired state comes from the databases (ingest.placement.desired_state). Connection actors are pinned to the
+alive nodes (ingest.placement.pool) and connections are spread over the healthy ones by rendezvous hashing
+(ingest.placement.sharding). A slot is re-told its connections only when its set changed or the actor came
 back empty after a restart, so healthy sessions are never restarted by a reconcile pass, and a
 restarted coordinator, computing the same assignment, moves nothing.
 
@@ -24,12 +24,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.common import CONCURRENCY_GROUPS, writer_name
 from actors.connection import ConnectionActor
 from actors.writer import WriterActor
-from ingest.config import Settings
-from ingest.desired_state import DesiredState, DesiredStateReader
-from ingest.master import MasterStore
-from ingest.models import ConnectionSpec
-from ingest.pool import actors_per_node, desired_slots
-from ingest.sharding import assign_connections
+from ingest.core.config import Settings
+from ingest.core.models import ConnectionSpec
+from ingest.placement.desired_state import DesiredState, DesiredStateReader
+from ingest.placement.pool import actors_per_node, desired_slots
+from ingest.placement.sharding import assign_connections
+from ingest.store.master import MasterStore
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class CoordinatorActor:
         self._master: MasterStore | None = None
         self._reader: DesiredStateReader | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        # Created here, used on the data loop only (the concurrency rule in actors.common).
+        self._data_loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._writers: dict[str, Any] = {}
@@ -90,13 +92,16 @@ class CoordinatorActor:
     @ray.method(concurrency_group="data")
     async def start(self) -> bool:
         if self._loop_task is None:
+            self._data_loop = asyncio.get_running_loop()
             self._loop_task = asyncio.create_task(self._loop())
         return True
 
     @ray.method(concurrency_group="health")
     async def notify(self) -> None:
-        """Something changed in the databases: reconcile now rather than at the next tick."""
-        self._wake.set()
+        """Something changed in the databases: reconcile now rather than at the next tick.
+        The reconcile loop waits on the data loop: the wake-up crosses to it explicitly."""
+        if self._data_loop is not None:
+            self._data_loop.call_soon_threadsafe(self._wake.set)
 
     async def _loop(self) -> None:
         while True:
@@ -187,7 +192,7 @@ class CoordinatorActor:
         healthy = [n for n in wanted_slots if status.get(n) is not None]
         # Pure rendezvous placement (slack None): a slot joining or leaving moves exactly the
         # connections whose best slot changed. Balance comes from the hash; the pool grows with
-        # the tag count (ingest.pool), which is how connection weight enters.
+        # the tag count (ingest.placement.pool), which is how connection weight enters.
         assignment = assign_connections({c: sp.weight for c, sp in specs.items()}, healthy)
         per_slot: dict[str, list[ConnectionSpec]] = {n: [] for n in healthy}
         for cid, slot in assignment.items():
@@ -262,7 +267,7 @@ class CoordinatorActor:
     async def assignment(self) -> dict[str, str]:
         return dict(self.last_assignment)
 
-    @ray.method(concurrency_group="health")
+    @ray.method(concurrency_group="data")
     async def status(self) -> dict[str, Any]:
         slots = await self._probe(list(self._slots))
         writers: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-"""Ray plumbing for the CLI: start or join Ray, deploy the coordinator and the Serve app."""
+"""Ray plumbing for the CLI: start or join Ray, deploy (or find) the coordinator, undeploy."""
 
 from __future__ import annotations
 
@@ -9,15 +9,13 @@ import time
 from typing import Any
 
 import ray
-from ray import serve
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.common import COORDINATOR_NAME
 from actors.coordinator import CoordinatorActor
-from ingest.config import Settings
+from ingest.core.config import Settings
 
 RAY_PORT = 6390
-APP_NAME = "scada"
 
 
 def _ray_bin() -> str:
@@ -74,8 +72,8 @@ def head_node_id() -> str | None:
     return None
 
 
-def deploy(settings: Settings) -> dict[str, Any]:
-    """Create (or find) the coordinator, start its loop, deploy the Serve app. Idempotent."""
+def deploy_coordinator(settings: Settings) -> Any:
+    """Create (or find) the coordinator and start its loop. Idempotent."""
     # The coordinator prefers the head node: losing the head loses the cluster anyway, while a
     # coordinator on a worker would have to wait for Ray to notice that worker's death before it
     # could move anything. Soft, so it can still run elsewhere when the head cannot take it.
@@ -86,19 +84,10 @@ def deploy(settings: Settings) -> dict[str, Any]:
         get_if_exists=True, scheduling_strategy=strategy,
     ).remote(settings)
     ray.get(coord.start.remote(), timeout=60)
-    from serve_app.deployment import build
-
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
-    serve.run(build(settings), name=APP_NAME, route_prefix="/", blocking=False)
-    return {"coordinator": COORDINATOR_NAME,
-            "api": f"http://{settings.http_host}:{settings.http_port}"}
+    return coord
 
 
 def undeploy(settings: Settings) -> None:
-    try:
-        serve.shutdown()
-    except Exception:
-        pass
     for actor in ray.util.list_named_actors(all_namespaces=True):
         if actor["namespace"] == settings.namespace:
             try:

@@ -1,4 +1,4 @@
-"""Writer actor: one per tenant, named ``writer-<slug>``; hosts an ingest.writer.TenantWriter
+"""Writer actor: one per tenant, named ``writer-<slug>``; hosts an ingest.write.writer.TenantWriter
 with its durable spool, quarantine, validator and Redis fan-out."""
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ import ray
 import redis.asyncio as aioredis
 
 from actors.common import CONCURRENCY_GROUPS
-from ingest.batch import ReadingBatch, TextBatch, is_text
-from ingest.config import Settings
-from ingest.errors import StorageUnavailable
-from ingest.fanout import RedisFanout
-from ingest.master import MasterStore
-from ingest.metrics import Metrics, safe
+from ingest.core.batch import Batch, ReadingBatch, TextBatch, is_text
+from ingest.core.config import Settings
+from ingest.core.errors import StorageUnavailable
+from ingest.core.metrics import Metrics, safe
 from ingest.read.refresher import RollupRefresher
 from ingest.read.retention import retention_loop
-from ingest.spool import Quarantine, RedisSpool
-from ingest.tenant_store import TenantStore
-from ingest.validation import TagRules, Validator
-from ingest.writer import TenantWriter
+from ingest.store.master import MasterStore
+from ingest.store.tenant_store import TenantStore
+from ingest.write.fanout import RedisFanout
+from ingest.write.spool import Quarantine, RedisSpool
+from ingest.write.validation import TagRules, Validator
+from ingest.write.writer import TenantWriter
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,11 @@ class WriterActor:
         self._store: TenantStore | None = None
         self._rules_version = ""
         self._rules_task: asyncio.Task[None] | None = None
+        # Used on the data loop only (the concurrency rule in actors.common).
         self._init_lock = asyncio.Lock()
         self._rules_stale = asyncio.Event()
+        self._snapshot: dict[str, Any] = {"tenant": tenant_slug, "started": False}
         self.refresher: RollupRefresher | None = None
-        self._read_tasks: list[asyncio.Task[None]] = []
 
     async def _ensure(self) -> TenantWriter:
         if self.writer is not None:
@@ -121,13 +122,14 @@ class WriterActor:
                 log.warning("writer start attempt %d failed: %s", attempt, type(e).__name__)
                 await asyncio.sleep(1.0)
         self._rules_task = asyncio.create_task(self._rules_loop(validator))
-        asyncio.create_task(self._gauge_loop(w))
         # The read side's background work lives here, on the data group's loop, because its
         # connections are this tenant's: the rollup refresher and the retention job.
         self.refresher = RollupRefresher(dsn, interval_s=s.rollup_refresh_interval_s,
                                          max_minutes_per_pass=s.rollup_minutes_per_pass)
-        self._read_tasks = [asyncio.create_task(self.refresher.run()),
-                            asyncio.create_task(retention_loop(dsn, s.retention_interval_s))]
+        self._tasks = [asyncio.create_task(self._gauge_loop(w)),
+                       asyncio.create_task(self._snapshot_loop()),
+                       asyncio.create_task(self.refresher.run()),
+                       asyncio.create_task(retention_loop(dsn, s.retention_interval_s))]
         return w
 
     async def _refresh_rules(self, validator: Validator) -> None:
@@ -163,11 +165,7 @@ class WriterActor:
     @ray.method(concurrency_group="data")
     async def write(self, rb: pa.RecordBatch) -> dict[str, Any]:
         w = await self._ensure()
-        if is_text(rb):
-            t = await w.write_text(TextBatch.from_arrow(rb))
-            return {"batch_id": t.batch_id, "rows": t.rows, "duplicate": t.duplicate,
-                    "spooled": False, "quarantined": False}
-        batch = ReadingBatch.from_arrow(rb)
+        batch: Batch = TextBatch.from_arrow(rb) if is_text(rb) else ReadingBatch.from_arrow(rb)
         r = await w.write(batch)
         e2e = Metrics.get().end_to_end_latency
         if not (r.duplicate or r.spooled or r.quarantined) and len(batch):
@@ -221,14 +219,13 @@ class WriterActor:
                                          f"{e}") from e
         return self._store
 
-    @ray.method(concurrency_group="health")
+    @ray.method(concurrency_group="data")
     async def quarantined(self) -> list[dict[str, Any]]:
         w = await self._ensure()
         assert w.quarantine is not None
         return await w.quarantine.list()
 
-    @ray.method(concurrency_group="health")
-    async def stats(self) -> dict[str, Any]:
+    def _stats_now(self) -> dict[str, Any]:
         if self.writer is None:
             return {"tenant": self.slug, "started": False}
         out: dict[str, Any] = {"tenant": self.slug, "started": True,
@@ -241,7 +238,23 @@ class WriterActor:
             out["rollup_last_error"] = self.refresher.last_error
         return out
 
+    async def _snapshot_loop(self) -> None:
+        """Refreshes the snapshot the health group reads (the concurrency rule, actors.common)."""
+        while True:
+            self._snapshot = self._stats_now()
+            await asyncio.sleep(0.5)
+
     @ray.method(concurrency_group="health")
+    async def stats(self) -> dict[str, Any]:
+        """A snapshot at most half a second old."""
+        return self._snapshot
+
+    @ray.method(concurrency_group="data")
+    async def stats_now(self) -> dict[str, Any]:
+        """The writer's figures this instant (waits behind a busy data loop)."""
+        return self._stats_now()
+
+    @ray.method(concurrency_group="data")
     async def latency_histogram(self) -> np.ndarray:
         """Counts per 1 ms bucket since the actor started (callers diff two snapshots)."""
         if self.writer is None:

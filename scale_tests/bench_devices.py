@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 
-from ingest.config import REPO_ROOT, Settings
+from ingest.core.config import REPO_ROOT, Settings
+from ingest.simulators.fleet import SimProcess, counting_check_with_gaps, db_fetch, wait_for
 from scale_tests.common import log, prepare_stack, ratio, start_private_ray
-from scale_tests.fleet import SimProcess, counting_check_with_gaps, db_fetch, wait_for
 
 
 def _free_port() -> int:
@@ -37,7 +37,8 @@ def _bench_settings() -> Settings:
 
 
 def _deploy(settings: Settings) -> tuple[httpx.Client, str]:
-    from actors.deploy import deploy, wait_http
+    from actors.deploy import wait_http
+    from serve_app.deploy import deploy
 
     prepare_stack(settings)
     start_private_ray()

@@ -20,10 +20,10 @@ import asyncpg
 import httpx
 import numpy as np
 
-from ingest.batch import ReadingBatch
-from ingest.config import Settings
+from ingest.core.batch import ReadingBatch
+from ingest.core.config import Settings
 from ingest.read.refresher import RollupRefresher
-from ingest.writer import TenantWriter
+from ingest.write.writer import TenantWriter
 from scale_tests.common import log
 
 CLIENTS = 10

@@ -22,9 +22,9 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from ingest.batch import ReadingBatch
-from ingest.config import Settings
-from ingest.copy_binary import encode_readings
+from ingest.core.batch import ReadingBatch
+from ingest.core.config import Settings
+from ingest.write.copy_binary import encode_readings
 from scale_tests.common import (
     count_rows,
     ensure_tenant,

@@ -9,11 +9,11 @@ from typing import Any
 
 import asyncpg
 
-from ingest.config import Settings
-from ingest.master import MasterStore
-from ingest.models import Tenant
-from ingest.registration import ConnectionCreate, TagCreate
-from ingest.tenant_store import TenantStore
+from ingest.core.config import Settings
+from ingest.core.models import Tenant
+from ingest.store.master import MasterStore
+from ingest.store.registration import ConnectionCreate, TagCreate
+from ingest.store.tenant_store import TenantStore
 
 
 def log(msg: str) -> None:
@@ -22,10 +22,11 @@ def log(msg: str) -> None:
 
 
 def prepare_stack(settings: Settings) -> None:
-    from ingest.cli import migrate_all, on_cluster
+    from ingest.core.config import on_cluster
+    from ingest.store.master import migrate_all
 
     if not on_cluster():
-        from ingest.stack import start_local
+        from ingest.localstack.stack import start_local
 
         start_local(settings)
     asyncio.run(migrate_all(settings))

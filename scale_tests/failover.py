@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
-from ingest.config import REPO_ROOT, Settings
+from ingest.core.config import REPO_ROOT, Settings
+from ingest.simulators.fleet import SimProcess, counting_check_with_gaps, wait_for
 from scale_tests.common import log, prepare_stack
-from scale_tests.fleet import SimProcess, counting_check_with_gaps, wait_for
 
 
 def _free_port() -> int:
@@ -49,7 +49,8 @@ def run(wells: int = 6, tags: int = 5, interval_ms: int = 50, settle_s: float = 
     from ray.cluster_utils import Cluster
 
     from actors.common import COORDINATOR_NAME
-    from actors.deploy import deploy, wait_http
+    from actors.deploy import wait_http
+    from serve_app.deploy import deploy
 
     settings = Settings(local_dir=REPO_ROOT / ".local" / "scale", pg_port=55452,
                         redis_port=56399, namespace="scada-scale", http_port=_free_port(),

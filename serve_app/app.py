@@ -17,8 +17,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ingest.config import Settings
-from ingest.errors import (
+from ingest.core.config import Settings
+from ingest.core.errors import (
     AuthError,
     ConnectionNotFound,
     Forbidden,
@@ -30,9 +30,9 @@ from ingest.errors import (
     TenantNotFound,
     TenantUnavailable,
 )
-from ingest.master import MasterStore, Principal
-from ingest.models import Tenant, TenantStatus
-from ingest.registration import (
+from ingest.core.models import Tenant, TenantStatus
+from ingest.store.master import MasterStore, Principal
+from ingest.store.registration import (
     ApiKeyCreate,
     ConnectionCreate,
     ConnectionUpdate,
@@ -41,7 +41,7 @@ from ingest.registration import (
     TenantCreate,
     TenantStatusUpdate,
 )
-from ingest.tenant_store import TenantStore
+from ingest.store.tenant_store import TenantStore
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from ray import serve
 
-from ingest.config import Settings
+from ingest.core.config import Settings
 from serve_app.app import app, configure
 
 

@@ -16,13 +16,13 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingest.errors import InvalidQuery
-from ingest.models import Tenant
+from ingest.core.errors import InvalidQuery
+from ingest.core.models import Tenant
 from ingest.read.catalog import TagInfo, list_wells, resolve_tags
 from ingest.read.latest import age_s, latest_values
 from ingest.read.query import ReadAnswer, ReadRequest, quality_code, quality_name, read, stream_rows
 from ingest.read.retention import ReadSettings, check_timezone, load_settings, save_settings
-from ingest.tenant_store import TenantStore
+from ingest.store.tenant_store import TenantStore
 from serve_app.app import Caller, state, tenant_for
 
 MAX_QUERY_TAGS = 100

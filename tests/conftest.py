@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ingest.config import REPO_ROOT, Settings
+from ingest.core.config import REPO_ROOT, Settings
 
 # Tests run Ray the way production does: token authentication on. Ray reads the mode when it is
 # first imported, so it is set here, before any test module imports ray.
@@ -47,8 +47,8 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def stack(settings: Settings) -> Iterator[Settings]:
-    from ingest.cli import migrate_all
-    from ingest.stack import start_local, stop_local
+    from ingest.localstack.stack import start_local, stop_local
+    from ingest.store.master import migrate_all
 
     start_local(settings)
     asyncio.run(migrate_all(settings))
@@ -87,7 +87,8 @@ def ray_instance(ray_cluster: Any) -> None:
 def api(stack: Settings, ray_instance: None) -> Iterator[str]:
     from ray import serve
 
-    from actors.deploy import deploy, wait_http
+    from actors.deploy import wait_http
+    from serve_app.deploy import deploy
 
     info = deploy(stack)
     wait_http(f"{info['api']}/healthz")
@@ -143,7 +144,7 @@ async def fresh_database(settings: Settings, prefix: str, migrate: bool = True) 
     """A new empty database (tenant schema applied unless migrate=False); returns its name."""
     import asyncpg
 
-    from ingest import migrations
+    from ingest.store import migrations
 
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     conn = await asyncpg.connect(settings.dsn("postgres"))

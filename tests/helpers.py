@@ -1,6 +1,7 @@
-"""Shared test helpers (they live in scale_tests.fleet, which the scenarios use too)."""
+"""Shared test helpers (they live with the simulators, in ingest.simulators.fleet, which the
+benches and scenarios use too)."""
 
-from scale_tests.fleet import (  # noqa: F401
+from ingest.simulators.fleet import (  # noqa: F401
     GAP_QUALITY,
     SimProcess,
     counting_check,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import ray
 
-from ingest.config import Settings
+from ingest.core.config import Settings
 from tests.conftest import TenantHandle
 from tests.helpers import SimProcess, counting_check, counting_check_with_gaps, db_fetch, wait_for
 from tests.test_failover import all_running, cluster_status, placement, register_wells

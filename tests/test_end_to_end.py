@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ingest.config import Settings
+from ingest.core.config import Settings
 from tests.conftest import TenantHandle
 from tests.helpers import SimProcess, counting_check, db_fetch, wait_for
 

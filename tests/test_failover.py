@@ -13,8 +13,8 @@ import pytest
 import ray
 
 from actors.common import COORDINATOR_NAME
-from ingest.config import Settings
-from ingest.sharding import assign_connections
+from ingest.core.config import Settings
+from ingest.placement.sharding import assign_connections
 from tests.conftest import TenantHandle
 from tests.helpers import SimProcess, counting_check_with_gaps, db_fetch, wait_for
 

@@ -1,4 +1,4 @@
-"""ingest.localstack against the real PostgreSQL 15 + TimescaleDB and Redis servers.
+"""ingest.localstack.processes against the real PostgreSQL 15 + TimescaleDB and Redis servers.
 
 Everything lives in a fresh directory under /tmp; ports 55901 (PostgreSQL) and 55902 (Redis).
 """
@@ -21,8 +21,8 @@ import asyncpg
 import pytest
 import redis
 
-from ingest.errors import LocalStackError
-from ingest.localstack import (
+from ingest.core.errors import LocalStackError
+from ingest.localstack.processes import (
     PostgresParams,
     RedisParams,
     ensure_postgres,

@@ -8,9 +8,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ingest import migrations
-from ingest.config import Settings
-from ingest.errors import MigrationError
+from ingest.core.config import Settings
+from ingest.core.errors import MigrationError
+from ingest.store import migrations
 from tests.conftest import fresh_database
 
 

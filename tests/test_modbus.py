@@ -20,9 +20,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from ingest.models import Quality, quality_as_int4
-from ingest.protocols.modbus import ModbusSession
-from ingest.protocols.modbus_decode import ModbusPoint
+from ingest.core.models import Quality, quality_as_int4
+from ingest.device.modbus import ModbusSession
+from ingest.device.modbus_decode import ModbusPoint
 from ingest.simulators.modbus_sim import ModbusSimulator
 
 REPO = Path(__file__).resolve().parents[1]

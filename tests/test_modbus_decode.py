@@ -13,13 +13,12 @@ import struct
 import numpy as np
 import pytest
 
-from ingest.protocols.modbus_decode import (
+from ingest.device.modbus_address import format_address, parse_address
+from ingest.device.modbus_decode import (
     MAX_BITS_PER_READ,
     MAX_REGISTERS_PER_READ,
     ModbusPoint,
     decode,
-    format_address,
-    parse_address,
     plan_reads,
 )
 
@@ -358,7 +357,7 @@ def test_address_is_lenient_about_case_and_spaces() -> None:
         ("register:1:100:float32:ABCD", "register must be"),
         ("holding:1:100:float16:ABCD", "data type must be"),
         ("holding:1:100:float32:ABDC", "byte order must be"),
-        ("holding:x:100:float32:ABCD", "integers"),
+        ("holding:x:100:float32:ABCD", "integer"),
         ("holding:256:100:float32:ABCD", "unit must be"),
         ("holding:1:65535:float32:ABCD", "outside"),
         ("holding:1:7:uint16:ABCD:bit=3", "bit= needs data_type bool"),

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ingest.config import Settings
-from ingest.protocols.modbus_decode import ModbusPoint
+from ingest.core.config import Settings
+from ingest.device.modbus_decode import ModbusPoint
 from ingest.simulators.modbus_sim import COUNTER_BASE, ModbusSimulator
 from tests.conftest import TenantHandle
 from tests.helpers import db_fetch, wait_for

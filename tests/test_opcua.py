@@ -23,7 +23,7 @@ import numpy.typing as npt
 import pytest
 from asyncua import ua
 
-from ingest.protocols.opcua import OpcUaSession, OpcUaTag
+from ingest.device.opcua import OpcUaSession, OpcUaTag
 from ingest.simulators import OpcUaSimulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ async def test_counting_every_value_arrives_exactly_once() -> None:
 @pytest.mark.asyncio
 async def test_five_hundred_tags_all_deliver(monkeypatch: pytest.MonkeyPatch) -> None:
     # Smaller CreateMonitoredItems calls than the server allows, so chunking is exercised too.
-    monkeypatch.setattr("ingest.protocols.opcua_service.MAX_ITEMS_PER_CALL", 128)
+    monkeypatch.setattr("ingest.device.opcua_service.MAX_ITEMS_PER_CALL", 128)
     sim = OpcUaSimulator(port=free_port(), wells=1, tags_per_well=500, interval_ms=100, mode="realistic")
     await sim.start()
     tags = tags_of(sim)
@@ -351,7 +351,7 @@ async def test_per_tag_queue_and_deadband_settings() -> None:
 
 
 def test_simulator_command_line_options() -> None:
-    from ingest.models import SecurityMode, SecurityPolicy
+    from ingest.core.models import SecurityMode, SecurityPolicy
     from ingest.simulators.opcua_sim import _parse_args
 
     args = _parse_args(

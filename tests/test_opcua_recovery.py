@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from ingest.protocols.opcua import OpcUaSession, OpcUaTag
+from ingest.device.opcua import OpcUaSession, OpcUaTag
 from ingest.simulators import OpcUaSimulator
 from tests.test_opcua import Collector, free_port, tags_of, wait_until
 

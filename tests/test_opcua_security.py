@@ -22,10 +22,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ingest.errors import ConfigError
-from ingest.models import SecurityMode, SecurityPolicy
-from ingest.protocols.opcua import OpcUaSecurity, OpcUaSession, OpcUaTag
-from ingest.protocols.opcua_security import thumbprint
+from ingest.core.errors import ConfigError
+from ingest.core.models import SecurityMode, SecurityPolicy
+from ingest.device.opcua import OpcUaSecurity, OpcUaSession, OpcUaTag
+from ingest.device.opcua_security import thumbprint
 from ingest.simulators import OpcUaSimulator
 from tests.test_opcua import Collector, free_port, tags_of, wait_until
 

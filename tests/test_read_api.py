@@ -17,9 +17,9 @@ import ray
 import redis
 
 from actors.common import writer_name
-from ingest.batch import ReadingBatch, TextBatch
-from ingest.config import Settings
-from ingest.models import Quality, quality_as_int4
+from ingest.core.batch import ReadingBatch, TextBatch
+from ingest.core.config import Settings
+from ingest.core.models import Quality, quality_as_int4
 from ingest.read.retention import apply_retention
 from tests.conftest import TenantHandle
 from tests.helpers import db_fetch, wait_for

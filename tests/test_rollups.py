@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.batch import ReadingBatch
-from ingest.config import Settings
-from ingest.models import Quality, quality_as_int4
+from ingest.core.batch import ReadingBatch
+from ingest.core.config import Settings
+from ingest.core.models import Quality, quality_as_int4
 from ingest.read.refresher import RollupRefresher, refresh_pass
-from ingest.writer import TenantWriter
+from ingest.write.writer import TenantWriter
 from tests.conftest import fresh_database
 
 TZ = "America/New_York"

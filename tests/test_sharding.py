@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from ingest.sharding import assign_connections
+from ingest.placement.sharding import assign_connections
 
 
 def _conns(n: int) -> dict[str, float]:

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from ingest.models import Quality, quality_as_int4
-from ingest.validation import (
+from ingest.core.models import Quality, quality_as_int4
+from ingest.write.validation import (
     FLAG_REASONS,
     REJECT_REASONS,
     TagRules,
@@ -288,7 +288,7 @@ def test_a_flush_spanning_weeks_is_ordered_correctly() -> None:
 
 
 class Reference:
-    """The rules of ingest/validation.py, one Python step per reading, for comparison."""
+    """The rules of ingest/write/validation.py, one Python step per reading, for comparison."""
 
     def __init__(self, rules: Sequence[TagRules], settings: ValidationSettings) -> None:
         self.rules = {r.tag_id: r for r in rules}

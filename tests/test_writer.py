@@ -8,9 +8,9 @@ import asyncpg
 import numpy as np
 import pytest
 
-from ingest.batch import BatchBuilder, ReadingBatch
-from ingest.config import Settings
-from ingest.writer import TenantWriter
+from ingest.core.batch import BatchBuilder, ReadingBatch
+from ingest.core.config import Settings
+from ingest.write.writer import TenantWriter
 from tests.conftest import fresh_database
 
 
@@ -94,7 +94,7 @@ def test_arrow_transport_keeps_columns_and_id() -> None:
 
 
 async def test_text_readings_land_in_the_text_table_exactly_once(tenant_db: str) -> None:
-    from ingest.batch import TextBatch, TextBuilder, is_text
+    from ingest.core.batch import TextBatch, TextBuilder, is_text
 
     builder = TextBuilder("src", "e")
     builder.append(np.array([7, 7, 8], np.int32), np.array([1, 2, 3]) + 1_700_000_000_000_000,
@@ -104,7 +104,8 @@ async def test_text_readings_land_in_the_text_table_exactly_once(tenant_db: str)
     rb = batch.to_arrow()
     assert is_text(rb)
     back = TextBatch.from_arrow(rb)
-    w = TenantWriter(tenant_db)
+    w = TenantWriter(tenant_db, flush_interval_ms=20)
+    await w.start()
     first = await w.write_text(back)
     again = await w.write_text(back)
     await w.stop()

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from ingest.errors import InvalidQuery
+from ingest.core.errors import InvalidQuery
 
 _TAG_SELECT = """
 SELECT t.tag_id, t.name, w.name AS well, t.unit, t.data_type,

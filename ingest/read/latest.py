@@ -14,9 +14,9 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ingest.fanout import latest_key
 from ingest.read.catalog import TagInfo
 from ingest.read.rollups import EPOCH, RAW_TABLE, TEXT_TABLE
+from ingest.write.fanout import latest_key
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import asyncpg
 
-from ingest.errors import InvalidQuery
-from ingest.models import Quality
+from ingest.core.errors import InvalidQuery
+from ingest.core.models import Quality
 from ingest.read.catalog import TagInfo
 from ingest.read.rollups import (
     EPOCH,

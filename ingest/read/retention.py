@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
-from ingest.errors import InvalidRegistration
+from ingest.core.errors import InvalidRegistration
 from ingest.read.rollups import (
     LOCAL_DAY_TABLE,
     RAW_TABLE,

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from ingest.models import Quality, quality_as_int4
+from ingest.core.models import Quality, quality_as_int4
 
 GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -56,7 +56,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimDataType
 from pymodbus.simulator import SimData, SimDevice
 
-from ingest.protocols.modbus_decode import ByteOrder, DataType, ModbusPoint, RegisterType
+from ingest.device.modbus_decode import ByteOrder, DataType, ModbusPoint, RegisterType
 
 __all__ = [
     "COUNTER_BASE",

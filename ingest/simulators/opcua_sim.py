@@ -81,7 +81,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
-from ingest.models import SecurityMode, SecurityPolicy
+from ingest.core.models import SecurityMode, SecurityPolicy
 
 __all__ = ["NAMESPACE_URI", "OpcUaSimulator", "SimulatorMode", "main"]
 
@@ -292,7 +292,7 @@ class OpcUaSimulator:
         self._task = asyncio.create_task(self._publish_loop(), name=f"opcua-sim-{self.port}")
 
     async def _setup_security(self, server: Server) -> None:
-        from ingest.protocols.opcua_security import PkiStore, server_policy_type
+        from ingest.device.opcua_security import PkiStore, server_policy_type
 
         server.set_security_policy([server_policy_type(m, p) for m, p in self.security])
         tokens: list[type] = [ua.UserNameIdentityToken, ua.X509IdentityToken]

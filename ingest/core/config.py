@@ -1,0 +1,118 @@
+"""Settings as one typed object, built from the environment (prefix ``SCADA_``).
+
+Every knob has a default, a unit in its name and a line of doc. ``Settings.local()`` fills the
+connection strings and secrets of the project-owned local stack (``.local/`` in the checkout).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    """All scada-ingest settings; environment variables ``SCADA_<NAME>`` override each field."""
+
+    model_config = SettingsConfigDict(env_prefix="SCADA_", extra="ignore")
+
+    local_dir: Path = Field(REPO_ROOT / ".local", description="Folder of the local stack's state")
+    pg_host: str = Field("127.0.0.1", description="PostgreSQL host (loopback for the local stack)")
+    pg_port: int = Field(55432, description="PostgreSQL port of the project-owned cluster")
+    pg_superuser: str = Field("scada", description="Role that owns the master DB and creates tenants")
+    pg_password: str = Field("", repr=False, description="Password of pg_superuser; read from .local if empty")
+    master_db: str = Field("scada_master", description="Name of the master database")
+    redis_host: str = Field("127.0.0.1", description="Redis host")
+    redis_port: int = Field(56379, description="Redis port of the project-owned server")
+    redis_password: str = Field("", repr=False, description="Redis password; read from .local if empty")
+    master_key: str = Field("", repr=False, description="Fernet key encrypting secrets at rest; .local if empty")
+    admin_key: str = Field("", repr=False, description="Cluster admin API key (creates tenants); .local if empty")
+    namespace: str = Field("scada", description="Ray namespace of the detached actors")
+    http_host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds")
+    http_port: int = Field(8000, description="Port of the Serve HTTP proxy")
+    dashboard_port: int = Field(8265, description="Port of the Ray dashboard (loopback)")
+    tags_per_actor: int = Field(20_000, description="Tags one connection actor carries at most")
+    max_actors_per_node: int = Field(4, description="Connection actors per node at most")
+    health_timeout_s: float = Field(1.0, description="A slot not answering its status call in "
+                                    "this time is left out of the assignment")
+    reconcile_interval_s: float = Field(2.0, description="Coordinator reconcile period")
+    batch_interval_ms: int = Field(100, description="Connection actor micro-batch period")
+    # Sorted 50k-row flushes measured ~250k rows/s against ~190k for 10k-20k-row flushes on the
+    # 2-core machine (README, "Writer figures"); the timer bounds latency at low rates.
+    flush_rows: int = Field(50_000, description="Rows that make the writer flush before the timer")
+    flush_interval_ms: int = Field(100, description="Longest time a row waits in the writer")
+    spool_max_rows: int = Field(20_000_000, description="Rows a tenant's spool may hold")
+    rules_refresh_s: float = Field(3.0, description="How often writers reload tag validation rules")
+    sender_max_unacked_rows: int = Field(
+        2_000_000, description="Rows a connection actor holds per tenant before recording gaps"
+    )
+    writer_inflight_max: int = Field(4, description="Unacknowledged batches per tenant per sender")
+    rollup_refresh_interval_s: float = Field(
+        5.0, description="Pause between rollup refresh passes; a reading is in every rollup level "
+        "within two of these")
+    rollup_minutes_per_pass: int = Field(
+        360, description="Minutes of data one rollup refresh pass rebuilds at most (bounded work)")
+    retention_interval_s: float = Field(3600.0, description="How often retention drops old chunks")
+
+    @property
+    def master_dsn(self) -> str:
+        return self.dsn(self.master_db)
+
+    def dsn(self, database: str, user: str | None = None, password: str | None = None) -> str:
+        u = quote(user or self.pg_superuser)
+        p = quote(self.pg_password if password is None else password)
+        return f"postgresql://{u}:{p}@{self.pg_host}:{self.pg_port}/{database}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://:{quote(self.redis_password)}@{self.redis_host}:{self.redis_port}/0"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.local_dir / "secrets"
+
+    def with_local_secrets(self) -> Settings:
+        """Fill empty secrets from (or into) ``.local/secrets``, created 0600 on first use."""
+        from ingest.localstack.processes import read_or_create_secret
+        from ingest.store.secrets import new_master_key
+
+        d = self.secrets_dir
+        updates: dict[str, str] = {}
+        if not self.pg_password:
+            updates["pg_password"] = read_or_create_secret(d / "pg_password")
+        if not self.redis_password:
+            updates["redis_password"] = read_or_create_secret(d / "redis_password")
+        if not self.master_key:
+            path = d / "master.key"
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(new_master_key())
+            updates["master_key"] = path.read_text().strip()
+        if not self.admin_key:
+            path = d / "admin_api_key"
+            if not path.exists():
+                from ingest.store.secrets import new_api_key
+
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(new_api_key("adm")[0])
+            updates["admin_key"] = path.read_text().strip()
+        return self.model_copy(update=updates)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, secrets filled from the local stack where not given."""
+    return Settings().with_local_secrets()
+
+
+def on_cluster() -> bool:
+    """Joined to a Ray cluster through RAY_ADDRESS: start no local services."""
+    return bool(os.environ.get("RAY_ADDRESS"))

@@ -1,0 +1,115 @@
+"""Every error type of scada-ingest.
+
+Lower-layer errors (asyncpg, asyncua, pymodbus, redis) are translated into these where they enter
+our code. ``retriable`` says whether the same operation may succeed later, so retry policy is one
+rule (``if err.retriable``) rather than a list of cases.
+"""
+
+from __future__ import annotations
+
+
+class IngestError(Exception):
+    """Base class of every error raised by scada-ingest."""
+
+    retriable: bool = False
+
+
+class ConfigError(IngestError):
+    """A setting is missing or malformed."""
+
+
+class InvalidDeviceSetting(ConfigError, ValueError):
+    """A tag or connection setting no device session can use; ``field`` names it, as the session
+    calls it (``data_type``, ``bit``, ``node_id``, ``endpoint``...), and ``reason`` says why."""
+
+    def __init__(self, field: str, reason: str, where: str = "") -> None:
+        super().__init__(f"{where}: {reason}" if where else reason)
+        self.field = field
+        self.reason = reason
+
+
+class LocalStackError(IngestError):
+    """The project-owned PostgreSQL or Redis could not be started or stopped."""
+
+
+class MigrationError(IngestError):
+    """A migration failed, or an applied migration file was changed afterwards."""
+
+
+class TenantNotFound(IngestError):
+    """No tenant with that id or slug exists."""
+
+
+class TenantExists(IngestError):
+    """A tenant with that slug exists already."""
+
+
+class TenantUnavailable(IngestError):
+    """The tenant's database cannot be reached right now."""
+
+    retriable = True
+
+
+class ConnectionNotFound(IngestError):
+    """No connection with that id exists for the tenant."""
+
+
+class TagNotFound(IngestError):
+    """No live tag with that id exists for the tenant."""
+
+
+class InvalidRegistration(IngestError):
+    """A registration payload is well-formed JSON but not acceptable (field named in the message)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class InvalidQuery(InvalidRegistration):
+    """A query parameter is well-formed but not acceptable: unknown tag, cursor of another query."""
+
+
+class AuthError(IngestError):
+    """The request carries no valid credential."""
+
+
+class Forbidden(IngestError):
+    """The credential is valid but may not act on this tenant or with this scope."""
+
+
+class StorageError(IngestError):
+    """The database refused a write for a reason that will not go away by retrying."""
+
+
+class StorageUnavailable(IngestError):
+    """The database could not be reached or failed transiently; the write may be retried."""
+
+    retriable = True
+
+
+class DeviceUnreachable(IngestError):
+    """A field device could not be reached or dropped the session."""
+
+    retriable = True
+
+
+class DeviceProtocolError(IngestError):
+    """A field device answered, but not in a way the protocol allows."""
+
+
+class SecretError(IngestError):
+    """A secret could not be decrypted (wrong key or tampered ciphertext)."""
+
+
+class SpoolFull(IngestError):
+    """The tenant's spool reached its configured size: the sender must hold back (backpressure)."""
+
+    retriable = True
+
+
+class SpoolUnavailable(IngestError):
+    """Redis, which holds the spool, cannot be reached."""
+
+    retriable = True

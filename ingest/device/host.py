@@ -1,0 +1,347 @@
+"""Many device sessions in one process: the plain-Python heart of a connection actor.
+
+Readings flow: protocol session -> ``_on_values`` (scaling and offset applied here, once, vectorised)
+-> the tenant's BatchBuilder -> every ``batch_interval_ms`` a micro-batch -> the tenant's
+BatchSender, which keeps it until the writer acknowledges the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+import numpy as np
+
+from ingest.core.aio import cancel_and_wait
+from ingest.core.backoff import Backoff
+from ingest.core.batch import BatchBuilder, TextBuilder
+from ingest.core.models import ConnectionSpec, Protocol, Quality, quality_as_int4
+from ingest.device.gap_check import SessionStartGaps
+from ingest.device.sender import BatchSender
+from ingest.device.session_inputs import modbus_points, opcua_security, opcua_tags
+
+log = logging.getLogger(__name__)
+
+
+class DeviceSession(TypingProtocol):
+    async def run(self) -> None: ...
+    async def stop(self) -> None: ...
+    @property
+    def stats(self) -> dict[str, Any]: ...
+
+
+SenderFactory = Callable[[ConnectionSpec], BatchSender]
+# The newest stored time (µs) of each tag before a given time: the session-start gap check's query.
+LastTimes = Callable[[ConnectionSpec, dict[int, int]], Awaitable[dict[int, int]]]
+GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
+FAILED = "failed"
+
+
+@dataclass
+class _Running:
+    spec: ConnectionSpec
+    fingerprint: str
+    session: DeviceSession | None
+    task: asyncio.Task[None] | None
+    state: str = "connecting"
+    error: str | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    retry_at: float = 0.0
+    gaps: SessionStartGaps | None = None
+    gap_task: asyncio.Task[None] | None = None
+    backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 60.0))
+
+
+class _Scaler:
+    """Applies each tag's scaling factor and offset to a chunk of readings."""
+
+    def __init__(self, spec: ConnectionSpec) -> None:
+        order = sorted(spec.tags, key=lambda t: t.tag_id)
+        self.ids = np.array([t.tag_id for t in order], np.int32)
+        self.factor = np.array([t.scaling_factor for t in order], np.float64)
+        self.offset = np.array([t.offset for t in order], np.float64)
+        self.trivial = bool(np.all(self.factor == 1.0) and np.all(self.offset == 0.0))
+
+    def __call__(self, tag_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+        if self.trivial:
+            return values
+        idx = np.searchsorted(self.ids, tag_ids)
+        return values * self.factor[idx] + self.offset[idx]
+
+
+class ConnectionHost:
+    def __init__(
+        self,
+        source: str,
+        sender_factory: SenderFactory,
+        *,
+        session_factory: Callable[..., DeviceSession] | None = None,
+        last_times: LastTimes | None = None,
+    ) -> None:
+        self.source = source
+        self.epoch = uuid.uuid4().hex[:8]
+        self._sender_factory = sender_factory
+        self._session_factory = session_factory or make_session
+        self._last_times = last_times
+        self.gap_markers = 0
+        self._running: dict[str, _Running] = {}
+        self._builders: dict[str, BatchBuilder] = {}
+        self._text_builders: dict[str, TextBuilder] = {}
+        self._senders: dict[str, BatchSender] = {}
+        self.values_received = 0
+        # Per connection, kept after its session stops: what benchmarks and audits count.
+        self.delivered: dict[str, int] = {}
+        self._rate_mark = (time.monotonic(), 0)
+        self.values_per_s = 0.0
+
+    # -- desired state ------------------------------------------------------------------------
+    async def apply(self, specs: list[ConnectionSpec]) -> dict[str, Any]:
+        """Run exactly these connections: start new ones, restart edited ones, stop the rest.
+        Connections whose fingerprint did not change are not touched.
+
+        Each connection starts on its own: one that cannot be built or started is marked FAILED
+        with its reason and retried with backoff (``retry_failed``), and never keeps any other
+        connection, of its tenant or another, from starting."""
+        want = {s.connection_id: s for s in specs}
+        started, stopped, kept = [], [], []
+        failed: dict[str, str] = {}
+        for cid in list(self._running):
+            r = self._running[cid]
+            if cid not in want or want[cid].fingerprint() != r.fingerprint:
+                await self._stop(cid)
+                stopped.append(cid)
+        for cid, spec in want.items():
+            if cid in self._running:
+                kept.append(cid)
+                continue
+            self._running[cid] = r = _Running(spec, spec.fingerprint(), None, None,
+                                              started_at=time.time())
+            self._launch(r)
+            if r.state == FAILED:
+                failed[cid] = r.error or FAILED
+            else:
+                started.append(cid)
+        return {"started": started, "stopped": stopped, "kept": kept, "failed": failed}
+
+    def retry_failed(self) -> list[str]:
+        """Start again the connections that failed, once their backoff has passed."""
+        now = time.monotonic()
+        retried = []
+        for cid, r in self._running.items():
+            if r.state == FAILED and r.task is None and now >= r.retry_at:
+                retried.append(cid)
+                self._launch(r)
+        return retried
+
+    def _failed(self, r: _Running, e: BaseException) -> None:
+        r.failures += 1
+        r.state, r.error = FAILED, f"{type(e).__name__}: {e}"[:500]
+        r.retry_at = time.monotonic() + r.backoff.next_delay()
+        log.warning("connection %s (%s) failed: %s", r.spec.connection_id,
+                    r.spec.tenant_slug, r.error)
+
+    def _launch(self, r: _Running) -> None:
+        try:
+            r.session = self._build(r)
+        except Exception as e:
+            r.session, r.task = None, None
+            self._failed(r, e)
+            return
+        r.state, r.error = "connecting", None
+        r.task = asyncio.create_task(self._run_session(r), name=f"session-{r.spec.connection_id}")
+
+    async def _run_session(self, r: _Running) -> None:
+        assert r.session is not None
+        try:
+            await r.session.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the session gave up: FAILED, rebuilt after its backoff
+            self._failed(r, e)
+            r.task = None
+
+    def _build(self, r: _Running) -> DeviceSession:
+        spec = r.spec
+        tenant = spec.tenant_id
+        if tenant not in self._builders:
+            self._builders[tenant] = BatchBuilder(f"{self.source}/{spec.tenant_slug}", self.epoch)
+            self._text_builders[tenant] = TextBuilder(f"{self.source}/{spec.tenant_slug}",
+                                                      self.epoch)
+            sender = self._sender_factory(spec)
+            sender.start()
+            self._senders[tenant] = sender
+        builder = self._builders[tenant]
+        text_builder = self._text_builders[tenant]
+        scale = _Scaler(spec)
+        cid = spec.connection_id
+
+        def add_markers(tag_ids: np.ndarray, times: np.ndarray) -> None:
+            n = int(tag_ids.shape[0])
+            builder.append(tag_ids, times, np.full(n, np.nan), np.full(n, GAP_QUALITY, np.int32))
+            self.gap_markers += n
+
+        # One check per connection start, kept across rebuilds after a failure: it covers the
+        # time since the readings stored before this connection started here.
+        if r.gaps is None and self._last_times is not None:
+            last_times = self._last_times
+
+            async def last_before(first: dict[int, int]) -> dict[int, int]:
+                return await last_times(spec, first)
+
+            r.gaps = SessionStartGaps(cid, [t.tag_id for t in spec.tags], last_before,
+                                      add_markers)
+            r.gap_task = asyncio.create_task(r.gaps.run(), name=f"gap-check-{cid}")
+        gaps = r.gaps
+
+        def on_values(tag_ids: np.ndarray, times: np.ndarray, values: np.ndarray,
+                      quality: np.ndarray) -> None:
+            if gaps is not None:
+                gaps.observe(tag_ids, times)
+            builder.append(tag_ids, times, scale(tag_ids, values), quality)
+            n = int(times.shape[0])
+            self.values_received += n
+            self.delivered[cid] = self.delivered.get(cid, 0) + n
+
+        def on_state(state: str, error: str | None) -> None:
+            r.state, r.error = state, error
+            if state == "connected":
+                r.backoff.reset()
+
+        def on_text(tag_ids: np.ndarray, times: np.ndarray, texts: list[str],
+                    quality: np.ndarray) -> None:
+            text_builder.append(tag_ids, times, texts, quality)
+            n = len(texts)
+            self.values_received += n
+            self.delivered[cid] = self.delivered.get(cid, 0) + n
+
+        def on_gap(tag_ids: np.ndarray, from_us: np.ndarray, to_us: np.ndarray) -> None:
+            # The device session knows readings between from and to are gone (count unknown).
+            add_markers(tag_ids, from_us + 1)
+
+        return self._session_factory(spec, on_values, on_state, on_text, on_gap)
+
+    async def _stop(self, cid: str) -> None:
+        r = self._running.pop(cid)
+        await cancel_and_wait(r.gap_task)
+        if r.session is not None:
+            try:
+                await asyncio.wait_for(r.session.stop(), 10)
+            except Exception:
+                log.warning("session %s did not stop cleanly", cid, exc_info=True)
+        if r.task is not None:
+            r.task.cancel()
+            try:
+                await r.task
+            except BaseException:  # noqa: BLE001 - a cancelled or failed session is gone either way
+                pass
+
+    # -- batching -----------------------------------------------------------------------------
+    def tick(self) -> int:
+        """Cut every tenant's collected readings into a batch and hand it to its sender."""
+        rows = 0
+        for tenant, builder in self._builders.items():
+            batch = builder.cut()
+            if batch is not None:
+                self._senders[tenant].submit(batch)
+                rows += len(batch)
+            text = self._text_builders[tenant].cut()
+            if text is not None:
+                self._senders[tenant].submit(text)  # type: ignore[arg-type]
+                rows += len(text)
+        return rows
+
+    def unacked_rows(self) -> int:
+        return sum(s.unacked_rows for s in self._senders.values())
+
+    async def drain(self, timeout_s: float) -> bool:
+        self.tick()
+        results = await asyncio.gather(*(s.drain(timeout_s) for s in self._senders.values()))
+        return all(results)
+
+    async def close(self) -> None:
+        for cid in list(self._running):
+            await self._stop(cid)
+        self.tick()
+        for s in self._senders.values():
+            await s.stop()
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        t0, v0 = self._rate_mark
+        if now - t0 >= 1.0:
+            self.values_per_s = round((self.values_received - v0) / (now - t0), 1)
+            self._rate_mark = (now, self.values_received)
+        return {
+            "values_per_s": self.values_per_s,
+            "epoch": self.epoch,
+            "values_received": self.values_received,
+            "unacked_rows": self.unacked_rows(),
+            "gap_markers": self.gap_markers,
+            "delivered": dict(self.delivered),
+            "connections": {
+                cid: {
+                    "tenant": r.spec.tenant_slug,
+                    "protocol": r.spec.protocol.value,
+                    "endpoint": r.spec.endpoint,
+                    "tags": len(r.spec.tags),
+                    "fingerprint": r.fingerprint,
+                    "started_at": r.started_at,
+                    "state": r.state,
+                    "error": r.error,
+                    "failures": r.failures,
+                    "gap_check_failures": r.gaps.failures if r.gaps is not None else 0,
+                    **({k: v for k, v in r.session.stats.items() if isinstance(v, int | float)}
+                       if r.session is not None else {}),
+                }
+                for cid, r in self._running.items()
+            },
+            "senders": {
+                t: {"acked_rows": s.acked_rows, "retries": s.retries, "last_error": s.last_error}
+                for t, s in self._senders.items()
+            },
+        }
+
+
+def make_session(spec: ConnectionSpec, on_values: Any, on_state: Any, on_text: Any = None,
+                 on_gap: Any = None) -> DeviceSession:
+    """Build the protocol session for a connection spec (registration checks the same inputs)."""
+    if spec.protocol is Protocol.OPCUA:
+        from ingest.device.opcua import OpcUaSession
+
+        return OpcUaSession(
+            spec.endpoint,
+            opcua_tags(spec),
+            on_values,
+            publishing_interval_ms=spec.publishing_interval_ms,
+            on_state=on_state,
+            on_text=on_text,
+            on_gap=on_gap,
+            security=opcua_security(spec),
+        )
+    if spec.protocol is Protocol.MODBUS:
+        from ingest.device.modbus import ModbusSession
+
+        # pymodbus logs every timeout at ERROR with a frame dump; the session counts them instead.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+        def on_strings(pairs: list[tuple[int, str]], time_us: int) -> None:
+            if on_text is not None and pairs:
+                n = len(pairs)
+                on_text(np.array([p[0] for p in pairs], np.int32), np.full(n, time_us, np.int64),
+                        [p[1] for p in pairs], np.zeros(n, np.int32))
+
+        return ModbusSession(
+            spec.endpoint,
+            modbus_points(spec),
+            on_values,
+            poll_interval_ms=spec.publishing_interval_ms,
+            on_state=on_state,
+            on_strings=on_strings,
+        )
+    raise NotImplementedError(f"protocol {spec.protocol.value} is not supported")

@@ -1,0 +1,500 @@
+"""One Modbus TCP device session: poll on a fixed schedule, hand over values in columns, reconnect.
+
+pymodbus stays behind this module: callers see ``ModbusPoint``, numpy columns and
+``ingest.core.errors``. Reads are planned once (``plan_reads``: the fewest requests per unit and
+register type) and decoded with numpy (``modbus_decode``).
+
+What a caller can rely on:
+- polls run on a fixed schedule (tick k at start + k * interval, no drift). A tick that cannot be
+  polled (disconnected, or an earlier poll ran over) is recorded, not skipped: every point gets a
+  row with value NaN and a Bad quality, stamped with the tick's time, and ``missed_polls`` counts
+  it. The same holds per request inside a poll: a timeout or a refused connection gives
+  ``BAD_NO_COMMUNICATION`` rows, a Modbus exception response ``BAD`` rows.
+- source time is when the response arrived (microseconds since the Unix epoch, UTC).
+- each session runs in its own asyncio task and only ever waits on its own socket with short
+  timeouts; pymodbus retries are off, so a silent device costs one timeout per unit per poll and
+  never delays another session on the same event loop.
+- the TCP connection is re-established with capped exponential backoff and jitter.
+
+pymodbus 3.16 behaviour this relies on (read in ``pymodbus/transaction/transaction.py``):
+- ``execute`` serialises requests with a lock (one outstanding request per connection), waits
+  ``timeout`` for the answer and, with ``retries=0``, raises ``ModbusIOException`` after one wait;
+- after ``retries + 3`` further unanswered requests in a row it closes the connection itself;
+- responses with a stale transaction id (a late answer to a request that timed out) are skipped;
+- ``reconnect_delay=0`` turns its own background reconnect off, so this module owns reconnecting;
+- a lost connection does not fail the request in flight: that one still waits for its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import numpy.typing as npt
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from ingest.core.errors import DeviceProtocolError, DeviceUnreachable, IngestError, InvalidDeviceSetting
+from ingest.core.models import Quality, quality_as_int4
+from ingest.device.modbus_decode import ModbusPoint, ReadRequest, decode, plan_reads
+
+__all__ = ["ModbusSession", "OnState", "OnStrings", "OnValues", "SessionState", "parse_endpoint"]
+
+_log = logging.getLogger(__name__)
+
+OnValues = Callable[
+    [npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int32]],
+    None,
+]
+"""``(tag_ids, source_time_us, values, quality)``: one call per poll (or per recorded missed poll).
+
+quality is the OPC UA StatusCode with its 32 bits stored signed (0 = Good). Called on the event
+loop: keep it short (append to a batch), never block.
+"""
+
+OnState = Callable[[str, str | None], None]
+"""``(state, error)``; state is a ``SessionState`` value, error the reason for a disconnect."""
+
+OnStrings = Callable[[list[tuple[int, str]], int], None]
+"""``([(tag_id, text), ...], source_time_us)`` for string points read Good in one response."""
+
+
+class SessionState(StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+_GOOD = quality_as_int4(Quality.GOOD)
+_BAD = quality_as_int4(Quality.BAD)
+_NO_COMM = quality_as_int4(Quality.BAD_NO_COMMUNICATION)
+# Gateway exceptions (0x0A path unavailable, 0x0B target failed to respond) mean the device behind
+# the gateway could not be reached: that is no communication, not a bad value.
+_GATEWAY_CODES = frozenset((0x0A, 0x0B))
+_DEFAULT_PORT = 502
+
+
+class _ExceptionCode(DeviceProtocolError):
+    """The device answered with a Modbus exception response."""
+
+    def __init__(self, code: int, request: ReadRequest) -> None:
+        super().__init__(
+            f"exception code {code} for {request.register} {request.address}+{request.count} "
+            f"on unit {request.unit}"
+        )
+        self.code = code
+
+
+def _translate(exc: BaseException) -> IngestError:
+    """pymodbus and socket errors -> ours, so nothing above this module sees pymodbus types."""
+    if isinstance(exc, IngestError):
+        return exc
+    if isinstance(exc, ModbusIOException):
+        # With retries=0 the only ModbusIOException execute() raises is "no response"; bad frames
+        # are dropped by the framer and so also end as a timeout.
+        return DeviceUnreachable(f"no response: {exc.string}")
+    if isinstance(exc, ConnectionException):
+        return DeviceUnreachable(f"not connected: {exc.string}")
+    if isinstance(exc, OSError | TimeoutError | EOFError):
+        return DeviceUnreachable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    if isinstance(exc, ModbusException):
+        return DeviceProtocolError(exc.string)
+    return DeviceProtocolError(f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``tcp://host:port`` (or ``modbus+tcp://``) -> (host, port); registration checks with it."""
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port or _DEFAULT_PORT
+    except ValueError:
+        raise InvalidDeviceSetting("endpoint", f"bad host or port in {endpoint!r}") from None
+    if (parts.scheme not in ("tcp", "modbus+tcp") or not parts.hostname
+            or parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise InvalidDeviceSetting("endpoint", f"must look like tcp://host:port, got {endpoint!r}")
+    return parts.hostname, port
+
+
+class ModbusSession:
+    """Polls one Modbus TCP device (all its units) and delivers values in numpy columns."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        points: Sequence[ModbusPoint],
+        on_values: OnValues,
+        *,
+        poll_interval_ms: int = 1000,
+        timeout_s: float = 1.0,
+        reconnect_initial_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        on_state: OnState | None = None,
+        on_strings: OnStrings | None = None,
+        max_register_gap: int = 16,
+        max_bit_gap: int = 64,
+    ) -> None:
+        self._host, self._port = parse_endpoint(endpoint)
+        if poll_interval_ms <= 0:
+            raise ValueError(f"poll_interval_ms must be > 0, got {poll_interval_ms}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if not 0 < reconnect_initial_s <= reconnect_max_s:
+            raise ValueError("need 0 < reconnect_initial_s <= reconnect_max_s")
+        if not points:
+            raise ValueError("a Modbus session needs at least one point")
+        seen: set[int] = set()
+        for p in points:
+            if p.tag_id in seen:
+                raise ValueError(f"tag_id {p.tag_id} appears twice")
+            seen.add(p.tag_id)
+        self.endpoint = endpoint
+        self._requests = plan_reads(
+            points, max_register_gap=max_register_gap, max_bit_gap=max_bit_gap
+        )
+        # String points read Good: with a text sink (on_strings) their text goes there and they
+        # leave the float columns; without one they stay visible as NaN rows marked Bad (as the
+        # OPC UA session does) instead of vanishing. Failed reads are Bad rows either way.
+        self._string_mask: list[npt.NDArray[np.bool_] | None] = []
+        for r in self._requests:
+            mask = np.array([p.data_type == "string" for p in r.points], dtype=np.bool_)
+            self._string_mask.append(mask if mask.any() else None)
+        self._all_tag_ids = np.concatenate([r.tag_ids for r in self._requests])
+        self._on_values = on_values
+        self._on_state = on_state
+        self._on_strings = on_strings
+        self._interval_s = poll_interval_ms / 1000.0
+        self._timeout_s = timeout_s
+        self._reconnect_initial_s = reconnect_initial_s
+        self._reconnect_max_s = reconnect_max_s
+
+        self._client: AsyncModbusTcpClient | None = None
+        self._failures = 0  # connection attempts / connections since the device last answered
+        self._reconnect_at = 0.0  # loop time of the next connection attempt
+        self._ever_connected = False
+        self._stop = asyncio.Event()
+        self._done = asyncio.Event()
+        self._running = False
+        self._inner: asyncio.Task[None] | None = None
+        self._state = SessionState.DISCONNECTED
+        self._stats: dict[str, Any] = {
+            "state": SessionState.DISCONNECTED.value,
+            "polls": 0,
+            "missed_polls": 0,
+            "overruns": 0,  # missed polls because an earlier poll (or connect) ran too long
+            "requests": 0,
+            "values_delivered": 0,
+            "bad_values": 0,
+            "timeouts": 0,
+            "exceptions": 0,
+            "reconnects": 0,
+            "callback_errors": 0,
+            "last_error": None,
+        }
+
+    # --- public surface ---------------------------------------------------------------------
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return dict(self._stats)
+
+    @property
+    def requests(self) -> tuple[ReadRequest, ...]:
+        """The reads issued every poll, as planned."""
+        return tuple(self._requests)
+
+    async def run(self) -> None:
+        """Poll until ``stop()``; never raises for device failures (see ``stats``, ``on_state``).
+
+        A session runs once: after ``stop()``, ``run()`` returns at once.
+        """
+        if self._running:
+            raise RuntimeError("run() is already running for this session")
+        if self._stop.is_set():
+            return
+        self._running = True
+        self._done.clear()
+        # The polling lives in an inner task so that stop() can cut a wait short by cancelling
+        # it, while the caller's task (awaiting run()) simply sees run() return.
+        inner = asyncio.create_task(self._poll_loop(), name=f"modbus {self.endpoint}")
+        self._inner = inner
+        try:
+            await inner
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not (self._stop.is_set() and inner.cancelled()) or (
+                current is not None and current.cancelling()
+            ):
+                inner.cancel()
+                raise
+        finally:
+            self._drop_client()
+            self._set_state(SessionState.DISCONNECTED, None)
+            self._running = False
+            self._done.set()
+
+    async def stop(self) -> None:
+        """Ask ``run()`` to return; waits for it, so no ``on_values`` call follows."""
+        self._stop.set()
+        if self._inner is not None and not self._inner.done():
+            self._inner.cancel()
+        if self._running:
+            await self._done.wait()
+
+    # --- the schedule -------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self._interval_s
+        t0 = loop.time()
+        k = 0
+        # The flag, not only the cancellation stop() sends: on Python 3.11 a cancellation that
+        # arrives as pymodbus' wait_for() completes is swallowed (fixed in 3.12).
+        while not self._stop.is_set():
+            delay = t0 + k * interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._tick()
+            if self._stop.is_set():
+                return
+            k += 1
+            now = loop.time()
+            # Ticks that fell due while this one ran (a slow connect, timeouts) are recorded as
+            # missed rather than polled in a burst, so the schedule keeps its phase.
+            while t0 + (k + 1) * interval <= now:
+                self._stats["overruns"] += 1
+                self._record_missed(_now_us() - round((now - (t0 + k * interval)) * 1e6))
+                k += 1
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._client is None and loop.time() >= self._reconnect_at:
+            await self._connect()
+        if self._stop.is_set():
+            return
+        client = self._client
+        if client is None:
+            self._record_missed(_now_us())
+            return
+        self._stats["polls"] += 1
+        if not await self._poll(client):
+            self._stats["missed_polls"] += 1
+        if not client.connected:
+            self._lost(DeviceUnreachable("connection lost"))
+
+    def _record_missed(self, time_us: int) -> None:
+        self._stats["polls"] += 1
+        self._stats["missed_polls"] += 1
+        n = self._all_tag_ids.shape[0]
+        self._emit(
+            self._all_tag_ids,
+            np.full(n, time_us, dtype=np.int64),
+            np.full(n, np.nan, dtype=np.float64),
+            np.full(n, _NO_COMM, dtype=np.int32),
+        )
+
+    # --- connection ---------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        self._set_state(SessionState.CONNECTING, None)
+        client = AsyncModbusTcpClient(
+            self._host,
+            port=self._port,
+            name=f"modbus {self.endpoint}",
+            timeout=self._timeout_s,  # connect timeout and per-request response timeout
+            retries=0,
+            reconnect_delay=0,  # no background reconnects: this class owns the policy
+        )
+        try:
+            # pymodbus bounds connect() by the timeout already; this is belt and braces.
+            async with asyncio.timeout(self._timeout_s * 2 + 0.5):
+                ok = await client.connect()
+            err: IngestError = DeviceUnreachable(f"cannot connect to {self._host}:{self._port}")
+        except (OSError, TimeoutError, ModbusException) as exc:
+            ok, err = False, _translate(exc)
+        if not ok:
+            client.close()
+            self._failures += 1
+            self._schedule_reconnect()
+            self._report(err)
+            return
+        if self._ever_connected:
+            self._stats["reconnects"] += 1
+        self._ever_connected = True
+        self._client = client
+        self._set_state(SessionState.CONNECTED, None)
+
+    def _lost(self, err: IngestError) -> None:
+        self._drop_client()
+        self._failures += 1
+        self._schedule_reconnect()
+        self._report(err)
+
+    def _schedule_reconnect(self) -> None:
+        backoff = self._reconnect_initial_s * 2.0 ** max(self._failures - 1, 0)
+        # Jitter, so that a fleet of sessions cut off together does not come back in step.
+        delay = min(self._reconnect_max_s, backoff) * random.uniform(0.5, 1.0)
+        self._reconnect_at = asyncio.get_running_loop().time() + delay
+        _log.info("modbus %s: reconnecting in %.2f s", self.endpoint, delay)
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _report(self, err: IngestError) -> None:
+        self._stats["last_error"] = f"{type(err).__name__}: {err}"
+        self._set_state(SessionState.DISCONNECTED, self._stats["last_error"])
+
+    # --- one poll -----------------------------------------------------------------------------
+
+    async def _poll(self, client: AsyncModbusTcpClient) -> bool:
+        """Issue every planned read once and deliver the rows; True when all came back Good."""
+        ids: list[npt.NDArray[np.int32]] = []
+        times: list[npt.NDArray[np.int64]] = []
+        values: list[npt.NDArray[np.float64]] = []
+        quality: list[npt.NDArray[np.int32]] = []
+        all_good = True
+        silent_units: set[int] = set()
+        try:
+            for i, req in enumerate(self._requests):
+                if self._stop.is_set():
+                    break
+                n = len(req.points)
+                q = _GOOD
+                if req.unit in silent_units or not client.connected:
+                    # This unit just timed out (or the link is gone): its other reads in this poll
+                    # would each cost another timeout for the same answer, so record them now.
+                    vals, t_us, q = np.full(n, np.nan), _now_us(), _NO_COMM
+                else:
+                    try:
+                        vals, t_us = await self._read(client, i, req)
+                    except _ExceptionCode as exc:
+                        self._stats["exceptions"] += 1
+                        q = _NO_COMM if exc.code in _GATEWAY_CODES else _BAD
+                        vals, t_us = np.full(n, np.nan), _now_us()
+                        self._note(exc)
+                    except DeviceUnreachable as exc:
+                        self._stats["timeouts"] += 1
+                        silent_units.add(req.unit)
+                        vals, t_us, q = np.full(n, np.nan), _now_us(), _NO_COMM
+                        self._note(exc)
+                    except DeviceProtocolError as exc:
+                        vals, t_us, q = np.full(n, np.nan), _now_us(), _BAD
+                        self._note(exc)
+                req_ids = req.tag_ids
+                t_col = np.full(n, t_us, dtype=np.int64)
+                q_col = np.full(n, q, dtype=np.int32)
+                strings = self._string_mask[i]
+                if q == _GOOD and strings is not None:
+                    if self._on_strings is None:
+                        q_col[strings] = _BAD
+                    else:
+                        keep = ~strings
+                        req_ids, t_col, vals, q_col = (
+                            req_ids[keep],
+                            t_col[keep],
+                            vals[keep],
+                            q_col[keep],
+                        )
+                ids.append(req_ids)
+                times.append(t_col)
+                values.append(vals)
+                quality.append(q_col)
+                all_good = all_good and q == _GOOD
+        finally:
+            # Also on cancellation (stop() during a poll): what was read is delivered.
+            if ids and sum(a.shape[0] for a in ids):
+                self._emit(
+                    np.concatenate(ids),
+                    np.concatenate(times),
+                    np.concatenate(values),
+                    np.concatenate(quality),
+                )
+        return all_good
+
+    async def _read(
+        self, client: AsyncModbusTcpClient, i: int, req: ReadRequest
+    ) -> tuple[npt.NDArray[np.float64], int]:
+        self._stats["requests"] += 1
+        try:
+            # pymodbus times the response out itself (timeout_s); this outer bound only guards
+            # against a wait pymodbus does not time.
+            async with asyncio.timeout(self._timeout_s * 2 + 0.5):
+                if req.register == "holding":
+                    rsp = await client.read_holding_registers(
+                        req.address, count=req.count, device_id=req.unit
+                    )
+                elif req.register == "input":
+                    rsp = await client.read_input_registers(
+                        req.address, count=req.count, device_id=req.unit
+                    )
+                elif req.register == "coil":
+                    rsp = await client.read_coils(req.address, count=req.count, device_id=req.unit)
+                else:
+                    rsp = await client.read_discrete_inputs(
+                        req.address, count=req.count, device_id=req.unit
+                    )
+        except (ModbusException, OSError, TimeoutError) as exc:
+            raise _translate(exc) from None
+        t_us = _now_us()
+        if rsp.isError():
+            raise _ExceptionCode(int(getattr(rsp, "exception_code", 0)), req)
+        # Any answer means the device is there: the next loss starts its backoff from scratch.
+        self._failures = 0
+        try:
+            if req.is_bits:
+                decoded = decode(req, np.array(rsp.bits[: req.count], dtype=np.bool_))
+            else:
+                decoded = decode(req, np.array(rsp.registers, dtype=np.uint16))
+        except ValueError as exc:
+            raise DeviceProtocolError(f"{req.register} {req.address}+{req.count}: {exc}") from None
+        if decoded.strings and self._on_strings is not None:
+            try:
+                self._on_strings(decoded.strings, t_us)
+            except Exception:
+                self._stats["callback_errors"] += 1
+                _log.exception("modbus %s: on_strings raised", self.endpoint)
+        return decoded.values, t_us
+
+    def _note(self, err: IngestError) -> None:
+        self._stats["last_error"] = f"{type(err).__name__}: {err}"
+
+    def _emit(
+        self,
+        tag_ids: npt.NDArray[np.int32],
+        times: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float64],
+        quality: npt.NDArray[np.int32],
+    ) -> None:
+        n = int(tag_ids.shape[0])
+        self._stats["values_delivered"] += n
+        self._stats["bad_values"] += int(np.count_nonzero(quality))
+        try:
+            self._on_values(tag_ids, times, values, quality)
+        except Exception:
+            # The consumer failed on this chunk; count it loudly. Reconnecting would not help.
+            self._stats["callback_errors"] += 1
+            _log.exception("modbus %s: on_values raised", self.endpoint)
+
+    def _set_state(self, state: SessionState, error: str | None) -> None:
+        if self._state == state and error is None:
+            return
+        self._state = state
+        self._stats["state"] = state.value
+        if self._on_state is None:
+            return
+        try:
+            self._on_state(state.value, error)
+        except Exception:
+            _log.exception("modbus %s: on_state raised", self.endpoint)

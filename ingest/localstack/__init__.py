@@ -1,0 +1,1 @@
+"""The embedded local stack: project-owned PostgreSQL (+ TimescaleDB) and Redis processes."""

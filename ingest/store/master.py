@@ -1,0 +1,270 @@
+"""The master database: tenants, where their databases live, API credentials, audit log.
+
+Creating a tenant provisions a database of its own with a login role of its own (the only role,
+besides the cluster superuser, allowed to connect to it), installs TimescaleDB there and migrates it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as pysecrets
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+
+from ingest.core.config import Settings
+from ingest.core.errors import AuthError, StorageUnavailable, TenantExists, TenantNotFound
+from ingest.core.models import Tenant, TenantStatus
+from ingest.store import migrations
+from ingest.store.secrets import SecretBox, hash_secret, new_api_key, secret_matches, split_api_key
+
+ALL_TENANT_SCOPES = ("read", "ingest", "admin")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a key id, its tenant (None for the cluster admin) and its scopes."""
+
+    key_id: str
+    tenant_id: str | None
+    scopes: frozenset[str]
+
+    @property
+    def is_cluster_admin(self) -> bool:
+        return "cluster-admin" in self.scopes
+
+
+def _tenant(r: asyncpg.Record) -> Tenant:
+    return Tenant(str(r["id"]), r["slug"], r["name"], TenantStatus(r["status"]), r["database_url"])
+
+
+async def _ensure_database(settings: Settings, name: str) -> None:
+    conn = await asyncpg.connect(settings.dsn("postgres"))
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def migrate_master(settings: Settings) -> list[str]:
+    """Create the master database if needed and apply its migrations."""
+    await _ensure_database(settings, settings.master_db)
+    conn = await asyncpg.connect(settings.master_dsn)
+    try:
+        done = await migrations.apply(conn, "master")
+        # The license setting is readable once the extension is installed in the database.
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        edition = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
+        await conn.execute(
+            "INSERT INTO cluster_info (key, value) VALUES ('timescaledb_edition', $1) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            edition or "none",
+        )
+        return done
+    finally:
+        await conn.close()
+
+
+class MasterStore:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.box = SecretBox(settings.master_key)
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> MasterStore:
+        try:
+            pool = await asyncpg.create_pool(settings.master_dsn, min_size=1, max_size=8)
+        except (OSError, asyncpg.PostgresError) as e:
+            raise StorageUnavailable(f"master database unreachable: {type(e).__name__}") from e
+        return cls(pool, settings)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # -- tenants ---------------------------------------------------------------------------
+    async def list_tenants(self, status: TenantStatus | None = None) -> list[Tenant]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM tenants WHERE deleted_at IS NULL AND ($1::text IS NULL OR status = $1) "
+            "ORDER BY slug",
+            status.value if status else None,
+        )
+        return [_tenant(r) for r in rows]
+
+    async def get_tenant(self, ref: str) -> Tenant:
+        """By id or slug."""
+        r = await self.pool.fetchrow(
+            "SELECT * FROM tenants WHERE deleted_at IS NULL AND (slug = $1 OR id::text = $1)", ref
+        )
+        if r is None:
+            raise TenantNotFound(f"tenant {ref!r} not found")
+        return _tenant(r)
+
+    async def tenant_dsn(self, tenant_id: str) -> str:
+        """The tenant database's URL with its decrypted password (kept in memory only)."""
+        r = await self.pool.fetchrow(
+            "SELECT database_url, db_user, db_password_enc FROM tenants WHERE id = $1::uuid",
+            tenant_id,
+        )
+        if r is None:
+            raise TenantNotFound(f"tenant {tenant_id!r} not found")
+        parts = urlsplit(str(r["database_url"]))
+        host = parts.hostname or ""
+        netloc = f"{quote(r['db_user'])}:{quote(self.box.decrypt(r['db_password_enc']))}@{host}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+    async def set_status(self, tenant_id: str, status: TenantStatus) -> None:
+        done = await self.pool.execute(
+            "UPDATE tenants SET status = $2 WHERE id = $1::uuid AND deleted_at IS NULL",
+            tenant_id, status.value,
+        )
+        if done.endswith(" 0"):
+            raise TenantNotFound(f"tenant {tenant_id!r} not found")
+
+    async def create_tenant(
+        self, slug: str, name: str, retention_days: int | None = None
+    ) -> tuple[Tenant, str]:
+        """Provision database, role and schema; return the tenant and its first admin API key."""
+        if await self.pool.fetchval("SELECT 1 FROM tenants WHERE slug = $1", slug):
+            raise TenantExists(f"slug: tenant {slug!r} exists already")
+        db, role = f"scada_t_{slug}", f"scada_t_{slug}"
+        password = pysecrets.token_urlsafe(24)
+        admin = await asyncpg.connect(self.settings.dsn("postgres"))
+        try:
+            # DDL takes no parameters; format() quotes the identifier and the literal server-side.
+            exists = await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+            verb = "ALTER" if exists else "CREATE"
+            stmt = await admin.fetchval(
+                f"SELECT format('{verb} ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
+                role, password,
+            )
+            await admin.execute(stmt)
+            if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", db):
+                await admin.execute(f'CREATE DATABASE "{db}" OWNER "{role}"')
+            await admin.execute(f'REVOKE ALL ON DATABASE "{db}" FROM PUBLIC')
+        finally:
+            await admin.close()
+        # TimescaleDB is not a trusted extension: the superuser installs it, the tenant role owns
+        # everything else.
+        su = await asyncpg.connect(self.settings.dsn(db))
+        try:
+            await su.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        finally:
+            await su.close()
+        tconn = await asyncpg.connect(self.settings.dsn(db, user=role, password=password))
+        try:
+            await migrations.apply(tconn, "tenant")
+            if retention_days is not None:  # the tenant database holds its read settings
+                await tconn.execute(
+                    "UPDATE tenant_meta SET value = CASE key WHEN 'raw_retention_days' THEN $1 "
+                    "ELSE greatest(value::int, $1::int)::text END "
+                    "WHERE key IN ('raw_retention_days', 'rollup_retention_days')",
+                    str(retention_days))
+            edition = await tconn.fetchval(
+                "SELECT value FROM tenant_meta WHERE key = 'timescaledb_edition'"
+            )
+        finally:
+            await tconn.close()
+        url = f"postgresql://{self.settings.pg_host}:{self.settings.pg_port}/{db}"
+        async with self.pool.acquire() as conn, conn.transaction():
+            r = await conn.fetchrow(
+                """INSERT INTO tenants (slug, name, database_url, db_user, db_password_enc,
+                                        timescaledb_edition, retention_days)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *""",
+                slug, name, url, role, self.box.encrypt(password), edition, retention_days,
+            )
+            tenant = _tenant(r)
+            key = await self._insert_key(conn, tenant.id, "initial admin key", ALL_TENANT_SCOPES)
+        return tenant, key
+
+    async def migrate_tenant(self, tenant_id: str) -> list[str]:
+        conn = await asyncpg.connect(await self.tenant_dsn(tenant_id))
+        try:
+            return await migrations.apply(conn, "tenant")
+        finally:
+            await conn.close()
+
+    # -- credentials -------------------------------------------------------------------------
+    async def _insert_key(
+        self, conn: asyncpg.Connection, tenant_id: str | None, name: str, scopes: tuple[str, ...]
+    ) -> str:
+        key, key_id, digest = new_api_key("sk")
+        await conn.execute(
+            "INSERT INTO api_credentials (key_id, tenant_id, name, secret_hash, scopes) "
+            "VALUES ($1, $2::uuid, $3, $4, $5)",
+            key_id, tenant_id, name, digest, list(scopes),
+        )
+        return key
+
+    async def create_api_key(self, tenant_id: str, name: str, scopes: tuple[str, ...]) -> str:
+        async with self.pool.acquire() as conn:
+            return await self._insert_key(conn, tenant_id, name, scopes)
+
+    async def ensure_admin_key(self, admin_key: str) -> None:
+        """Register the cluster admin key (from the local secrets or the environment)."""
+        key_id, secret = split_api_key(admin_key)
+        await self.pool.execute(
+            """INSERT INTO api_credentials (key_id, tenant_id, name, secret_hash, scopes)
+               VALUES ($1, NULL, 'cluster admin', $2, ARRAY['cluster-admin'])
+               ON CONFLICT (key_id) DO UPDATE SET secret_hash = excluded.secret_hash""",
+            key_id, hash_secret(secret),
+        )
+
+    async def authenticate(self, key: str) -> Principal:
+        try:
+            key_id, secret = split_api_key(key)
+        except ValueError as e:
+            raise AuthError("malformed API key") from e
+        r = await self.pool.fetchrow(
+            "SELECT tenant_id, secret_hash, scopes FROM api_credentials "
+            "WHERE key_id = $1 AND revoked_at IS NULL",
+            key_id,
+        )
+        if r is None or not secret_matches(secret, r["secret_hash"]):
+            raise AuthError("invalid API key")
+        tid = str(r["tenant_id"]) if r["tenant_id"] else None
+        return Principal(key_id, tid, frozenset(r["scopes"]))
+
+    async def audit(
+        self, actor: str, tenant_id: str | None, action: str, detail: dict[str, Any]
+    ) -> None:
+        await self.pool.execute(
+            "INSERT INTO audit_log (actor, tenant_id, action, detail) VALUES ($1,$2::uuid,$3,$4)",
+            actor, tenant_id, action, json.dumps(detail),
+        )
+
+    # -- coordinator state -------------------------------------------------------------------
+    async def load_assignments(self) -> dict[str, tuple[str, str]]:
+        rows = await self.pool.fetch(
+            "SELECT connection_id, slot, fingerprint FROM coordinator_assignments"
+        )
+        return {str(r["connection_id"]): (r["slot"], r["fingerprint"]) for r in rows}
+
+    async def save_assignments(self, rows: dict[str, tuple[str, str, str]]) -> None:
+        """Replace the persisted assignment: connection_id -> (tenant_id, slot, fingerprint)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM coordinator_assignments")
+            await conn.executemany(
+                "INSERT INTO coordinator_assignments (connection_id, tenant_id, slot, fingerprint) "
+                "VALUES ($1::uuid, $2::uuid, $3, $4)",
+                [(cid, t, s, f) for cid, (t, s, f) in rows.items()],
+            )
+
+
+async def migrate_all(settings: Settings) -> dict[str, Any]:
+    """Master migrations, then every tenant's; the admin key's hash ensured."""
+    applied_master = await migrate_master(settings)
+    master = await MasterStore.connect(settings)
+    try:
+        tenants: dict[str, list[str]] = {}
+        for t in await master.list_tenants():
+            tenants[t.slug] = await master.migrate_tenant(t.id)
+        await master.ensure_admin_key(settings.admin_key)
+    finally:
+        await master.close()
+    return {"master": applied_master, "tenants": tenants}

@@ -1,0 +1,228 @@
+"""Payloads of the registration API, validated before anything touches a database.
+
+pydantic names the offending field in every error, which the API turns into a 422.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ingest.core.errors import InvalidRegistration
+from ingest.core.models import ConnectionSpec, Protocol, SecurityMode, SecurityPolicy
+from ingest.device.session_inputs import check_connection, check_tags
+
+Slug = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{1,39}$", description="lowercase id")]
+_NODE_ID = re.compile(r"^(ns=\d+;)?[isgb]=.+$")
+Scope = Literal["read", "ingest", "admin"]
+ModbusUnit = Annotated[int, Field(ge=0, le=255)]
+ModbusRegister = Literal["coil", "discrete", "holding", "input"]
+ModbusAddress = Annotated[int, Field(ge=0, le=65535)]
+ModbusDataType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32",
+                         "float64", "string"]
+ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
+ModbusBit = Annotated[int, Field(ge=0, le=15, description="one bit of a 16-bit register (bool)")]
+ModbusLength = Annotated[int, Field(ge=1, le=125, description="registers of a string (required)")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class _TagChecks(_Strict):
+    """Checks shared by tag registration and tag edits."""
+
+    @field_validator("node_id", check_fields=False)
+    @classmethod
+    def _node_id(cls, v: str | None) -> str | None:
+        if v is not None and not _NODE_ID.match(v):
+            raise ValueError("not an OPC UA node id (expected like 'ns=2;s=Name' or 'i=85')")
+        return v
+
+    @field_validator("scaling_factor", "offset", check_fields=False)
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+
+class TenantCreate(_Strict):
+    slug: Slug
+    name: str = Field(min_length=1, max_length=200)
+    retention_days: int | None = Field(None, gt=0, le=36500)
+
+
+class TenantStatusUpdate(_Strict):
+    status: Literal["ACTIVE", "SUSPENDED"]
+
+
+class ApiKeyCreate(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[Scope] = Field(min_length=1)
+
+
+class TagCreate(_TagChecks):
+    name: str = Field(min_length=1, max_length=200)
+    node_id: str | None = Field(None, description="OPC UA node id, e.g. ns=2;s=W001.T001")
+    modbus_unit: ModbusUnit | None = None
+    modbus_register: ModbusRegister | None = None
+    modbus_address: ModbusAddress | None = None
+    modbus_data_type: ModbusDataType | None = Field(None, description="default uint16")
+    byte_order: ByteOrder | None = None
+    modbus_bit: ModbusBit | None = None
+    modbus_length: ModbusLength | None = None
+    data_type: Literal["Double", "Float", "Int", "Boolean", "String"] = "Double"
+    unit: str | None = Field(None, max_length=32)
+    scaling_factor: float = 1.0
+    offset: float = 0.0
+    valid_min: float | None = None
+    valid_max: float | None = None
+    deadband: float | None = Field(None, ge=0)
+    out_of_range: Literal["flag", "reject"] = Field(
+        "flag", description="flag: keep with quality Bad; reject: drop (counted)"
+    )
+    zscore_threshold: float | None = Field(
+        4.0, gt=0, description="values this many standard deviations off are flagged Uncertain"
+    )
+    well: str | None = Field(None, max_length=200, description="well (asset) name")
+
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        if (self.valid_min is not None and self.valid_max is not None
+                and self.valid_min > self.valid_max):
+            raise ValueError("valid_min is greater than valid_max")
+        return self
+
+
+class ConnectionCreate(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    protocol: Protocol
+    endpoint: str = Field(min_length=1, max_length=500)
+    security_mode: SecurityMode = SecurityMode.NONE
+    security_policy: SecurityPolicy = SecurityPolicy.NONE
+    auto_accept_server_cert: bool = False
+    username: str | None = Field(None, min_length=1, max_length=200)
+    password: str | None = Field(None, max_length=500, repr=False)
+    publishing_interval_ms: int = Field(1000, ge=10, le=3_600_000)
+    enabled: bool = True
+    tags: list[TagCreate] = Field(default_factory=list, max_length=100_000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.protocol is Protocol.OPCUA:
+            if not self.endpoint.startswith("opc.tcp://"):
+                raise ValueError("endpoint: an OPC UA endpoint starts with opc.tcp://")
+        elif not re.match(r"^(modbus\+)?tcp://[^/:]+(:\d+)?/?$", self.endpoint):
+            raise ValueError("endpoint: a Modbus TCP endpoint looks like tcp://host:502")
+        if (self.security_mode is SecurityMode.NONE) != (self.security_policy is SecurityPolicy.NONE):
+            raise ValueError("security_policy: must be None exactly when security_mode is None")
+        if (self.username or self.password) and self.security_mode is SecurityMode.NONE:
+            raise ValueError("username: a password is only sent over a Sign or SignAndEncrypt "
+                             "channel; set security_mode")
+        if self.password is not None and self.username is None:
+            raise ValueError("password: a password needs a username")
+        names = [t.name for t in self.tags]
+        if len(set(names)) != len(names):
+            raise ValueError("tags: tag names must be unique within a connection")
+        try:
+            # What a session would be built from, checked by the code that builds it.
+            check_connection(ConnectionSpec(
+                "", "", "", self.protocol, self.endpoint, self.publishing_interval_ms,
+                self.security_mode, self.security_policy, self.username, self.password,
+                self.auto_accept_server_cert,
+            ))
+            check_tags(self.protocol, [t.model_dump() for t in self.tags])
+        except InvalidRegistration as e:
+            raise ValueError(str(e)) from None
+        return self
+
+
+class TagsCreate(_Strict):
+    tags: list[TagCreate] = Field(min_length=1, max_length=100_000)
+
+
+class ConnectionUpdate(_Strict):
+    """Fields to change on a connection; omitted fields stay as they are."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    endpoint: str | None = Field(None, min_length=1, max_length=500)
+    security_mode: SecurityMode | None = None
+    security_policy: SecurityPolicy | None = None
+    auto_accept_server_cert: bool | None = None
+    username: str | None = Field(None, max_length=200)
+    password: str | None = Field(None, max_length=500, repr=False)
+    publishing_interval_ms: int | None = Field(None, ge=10, le=3_600_000)
+    enabled: bool | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(opc\.tcp|tcp|modbus\+tcp)://", v):
+            raise ValueError("endpoint: expected opc.tcp://... or tcp://host:port")
+        return v
+
+
+class TagUpdate(_TagChecks):
+    """Fields to change on a tag; omitted fields stay as they are."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    node_id: str | None = None
+    unit: str | None = Field(None, max_length=32)
+    scaling_factor: float | None = None
+    offset: float | None = None
+    valid_min: float | None = None
+    valid_max: float | None = None
+    deadband: float | None = Field(None, ge=0)
+    out_of_range: Literal["flag", "reject"] | None = None
+    zscore_threshold: float | None = Field(None, gt=0)
+    modbus_unit: ModbusUnit | None = None
+    modbus_register: ModbusRegister | None = None
+    modbus_address: ModbusAddress | None = None
+    modbus_data_type: ModbusDataType | None = None
+    byte_order: ByteOrder | None = None
+    modbus_bit: ModbusBit | None = Field(None, description="null clears it")
+    modbus_length: ModbusLength | None = Field(None, description="null clears it")
+
+
+# -- edits are checked on their result: the stored row with the edit applied -------------------
+_CONNECTION_FIELDS = ("name", "protocol", "endpoint", "security_mode", "security_policy",
+                      "auto_accept_server_cert", "username", "publishing_interval_ms", "enabled")
+
+
+def check_connection_edit(stored: Mapping[str, Any], has_password: bool,
+                          update: ConnectionUpdate) -> None:
+    """Refuse an edit that leaves a connection registration would refuse (its tags are checked
+    when they change, so an edit can always disable a connection whose tags are stale)."""
+    merged = {k: stored[k] for k in _CONNECTION_FIELDS} | update.model_dump(exclude_unset=True)
+    if "password" not in update.model_fields_set:
+        # Only whether one is stored matters to the checks; no need to decrypt it.
+        merged["password"] = "(stored)" if has_password else None
+    try:
+        ConnectionCreate.model_validate(merged)
+    except ValidationError as e:
+        raise _first_error(e) from None
+
+
+def check_tag_edit(protocol: Protocol, stored: Mapping[str, Any], update: TagUpdate) -> None:
+    """Refuse an edit that leaves a tag registration would refuse, naming the field."""
+    merged = dict(stored) | update.model_dump(exclude_unset=True)
+    check_tags(protocol, [merged], field_prefix="")
+    if (merged["valid_min"] is not None and merged["valid_max"] is not None
+            and merged["valid_min"] > merged["valid_max"]):
+        raise InvalidRegistration("valid_min", "is greater than valid_max")
+
+
+def _first_error(e: ValidationError) -> InvalidRegistration:
+    err = e.errors()[0]
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["loc"]:
+        return InvalidRegistration(".".join(str(x) for x in err["loc"]), message)
+    field, _, rest = message.partition(": ")  # model checks start "<field>: "
+    return InvalidRegistration(field, rest) if rest else InvalidRegistration("body", message)
+

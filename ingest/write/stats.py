@@ -1,0 +1,60 @@
+"""What a tenant writer counts: committed rows and batches, failures, spool use, rejections, and
+the latency from each reading's source timestamp to its commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class LatencyHistogram:
+    """Source-timestamp-to-commit latency of every row, in 1 ms buckets up to 120 s."""
+
+    def __init__(self, max_ms: int = 120_000) -> None:
+        self.counts = np.zeros(max_ms + 1, np.int64)
+
+    def add(self, latency_us: np.ndarray) -> None:
+        ms = np.clip(latency_us // 1000, 0, self.counts.shape[0] - 1)
+        self.counts += np.bincount(ms, minlength=self.counts.shape[0])
+
+    def percentile(self, q: float) -> float | None:
+        total = int(self.counts.sum())
+        if total == 0:
+            return None
+        return float(np.searchsorted(np.cumsum(self.counts), q / 100.0 * total))
+
+
+@dataclass
+class WriterStats:
+    rows_committed: int = 0
+    batches_committed: int = 0
+    duplicates: int = 0
+    flushes: int = 0
+    failures: int = 0
+    spooled_batches: int = 0
+    drained_batches: int = 0
+    quarantined_batches: int = 0
+    spool_rows: int = 0
+    db_available: bool = True
+    rejections: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "rows_committed": self.rows_committed,
+            "batches_committed": self.batches_committed,
+            "duplicates": self.duplicates,
+            "flushes": self.flushes,
+            "failures": self.failures,
+            "spooled_batches": self.spooled_batches,
+            "drained_batches": self.drained_batches,
+            "quarantined_batches": self.quarantined_batches,
+            "spool_rows": self.spool_rows,
+            "db_available": self.db_available,
+            "validation": dict(self.rejections),
+            "last_error": self.last_error,
+            "latency_p50_ms": self.latency.percentile(50),
+            "latency_p99_ms": self.latency.percentile(99),
+        }

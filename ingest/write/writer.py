@@ -1,0 +1,363 @@
+"""The per-tenant writer: merges micro-batches and lands them exactly once with binary COPY.
+
+A flush validates the new readings, then writes one ledger row per batch id and the COPY of the
+kept rows in one transaction (ingest.write.commit). A batch whose id the ledger already holds was
+committed before (a resend after a lost acknowledgement) and is acknowledged without being written
+again. ``write`` returns only once its batch is committed, durably spooled or quarantined, so the
+sender knows when it may forget it. String readings (TextBatch) take the same path.
+
+One task, the flush loop, owns the database connection: it alone opens transactions on it,
+replaces it when the database fails, and is cancelled before ``stop`` closes it. Text batches are
+queued like numeric ones rather than given a connection or a lock of their own, because sharing
+the loop is what makes their ledger row and rows commit with the flush they ride in, lets them be
+spooled and drained in order while the database is away, and leaves one place where the
+connection can be in a transaction, so none can ever be opened inside another (issue 17).
+
+While the database is away, batches go to the durable spool (ingest.write.spool) and every new batch
+follows them there, so the spool drains in order when the database returns; drain attempts back
+off exponentially (capped) meanwhile. A batch the database refuses for good is isolated from its
+flush-mates and quarantined; the rest keep flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from ingest.core.aio import cancel_and_wait
+from ingest.core.batch import Batch, ReadingBatch, TextBatch
+from ingest.core.errors import IngestError, SpoolFull, SpoolUnavailable, StorageError, StorageUnavailable
+from ingest.write.commit import GAP_QUALITY, LedgerRace, commit_once
+from ingest.write.stats import WriterStats
+
+if TYPE_CHECKING:
+    from ingest.write.fanout import RedisFanout
+    from ingest.write.spool import Quarantine, RedisSpool
+    from ingest.write.validation import Validator
+
+log = logging.getLogger(__name__)
+
+# asyncpg's connection-level failures: the database went away or refused us for now.
+_TRANSIENT = (
+    StorageUnavailable,
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
+)
+
+
+@dataclass
+class WriteResult:
+    batch_id: str
+    rows: int
+    duplicate: bool = False  # the ledger already held this id; nothing written again
+    spooled: bool = False  # held in the durable spool; will be committed when the DB returns
+    quarantined: bool = False  # refused by the database for good; kept for an operator
+
+
+@dataclass
+class _Pending:
+    batch: Batch
+    done: asyncio.Future[WriteResult]
+
+
+OnCommit = Callable[[ReadingBatch, float], None]
+OnEvent = Callable[[str, int], None]
+
+
+class TenantWriter:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        flush_rows: int = 20_000,
+        flush_interval_ms: int = 100,
+        spool: RedisSpool | None = None,
+        quarantine: Quarantine | None = None,
+        validator: Validator | None = None,
+        fanout: RedisFanout | None = None,
+        on_commit: OnCommit | None = None,
+        on_event: OnEvent | None = None,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 15.0,
+    ) -> None:
+        self._dsn = dsn
+        self.flush_rows = flush_rows
+        self.flush_interval_s = flush_interval_ms / 1000.0
+        self.spool = spool
+        self.quarantine = quarantine
+        self.validator = validator
+        self.fanout = fanout
+        self._on_commit = on_commit
+        self._on_event = on_event
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._backoff_s = backoff_initial_s
+        self._next_drain = 0.0
+        self._pending: list[_Pending] = []
+        self._flushing: list[_Pending] = []  # taken off _pending by the flush in progress
+        self._pending_rows = 0
+        self._wake = asyncio.Event()
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.stats = WriterStats()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.spool is not None:
+            # A spool left by a previous incarnation (killed actor, other node) drains first.
+            self.stats.spool_rows = await self.spool.rows()
+        if self.fanout is not None:
+            self.fanout.start()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="writer-flush")
+
+    async def stop(self) -> None:
+        # The flush task goes first: only then is nobody in a transaction on the connection.
+        await cancel_and_wait(self._task)
+        self._task = None
+        # Never acknowledged, so their senders keep them and resend (harmless if the cancelled
+        # flush had committed them: the ledger knows their ids).
+        self._fail(self._flushing + self._pending, StorageUnavailable("writer stopped"))
+        self._flushing, self._pending, self._pending_rows = [], [], 0
+        if self.fanout is not None:
+            await self.fanout.stop()
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+    async def write_text(self, batch: TextBatch) -> WriteResult:
+        """String readings: queued, committed, spooled and quarantined like numeric ones."""
+        return await self.write(batch)
+
+    async def write(self, batch: Batch) -> WriteResult:
+        """Queue a batch and wait until it is committed, spooled or quarantined."""
+        if self._task is None:
+            raise StorageUnavailable("writer is not running")
+        fut: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(batch, fut))
+        self._pending_rows += len(batch)
+        if self._pending_rows >= self.flush_rows:
+            self._wake.set()
+        return await fut
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            timeout = self.flush_interval_s
+            if self.stats.spool_rows > 0:
+                timeout = min(timeout, max(0.0, self._next_drain - loop.time()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                while self._pending:
+                    take: list[_Pending] = []
+                    rows = 0
+                    while self._pending and (rows < self.flush_rows or not take):
+                        p = self._pending.pop(0)
+                        take.append(p)
+                        rows += len(p.batch)
+                    self._pending_rows -= rows
+                    self._flushing = take
+                    if self.stats.spool_rows > 0 or not self.stats.db_available:
+                        await self._to_spool(take)
+                    else:
+                        await self._flush(take)
+                    self._flushing = []
+                    if self._pending_rows < self.flush_rows:
+                        break
+                if self.stats.spool_rows > 0 and loop.time() >= self._next_drain:
+                    await self._drain()
+            except Exception as e:  # the loop must survive anything; futures carry the errors
+                log.exception("writer loop iteration failed")
+                err = e if isinstance(e, IngestError) else StorageUnavailable(f"flush failed: {e!r}")
+                self._fail(self._flushing, err)
+                self._flushing = []
+
+    def _event(self, reason: str, n: int = 1) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(reason, n)
+            except Exception:
+                log.debug("event hook failed", exc_info=True)
+
+    def _db_down(self, e: BaseException) -> None:
+        self.stats.failures += 1
+        self.stats.db_available = False
+        self.stats.last_error = f"{type(e).__name__}: {e}"[:300]
+        if self._conn is not None and not self._conn.is_closed():
+            self._conn.terminate()
+        self._conn = None
+        self._next_drain = asyncio.get_running_loop().time() + self._backoff_s * (
+            0.5 + random.random()
+        )
+        self._backoff_s = min(self._backoff_s * 2, self._backoff_max_s)
+        self._event("db_unavailable")
+
+    def _db_up(self) -> None:
+        self.stats.db_available = True
+        self._backoff_s = self._backoff_initial_s
+
+    async def _to_spool(self, items: list[_Pending]) -> None:
+        if self.spool is None:
+            err: IngestError = StorageUnavailable("tenant database unavailable and no spool")
+            self._fail(items, err)
+            return
+        try:
+            self.stats.spool_rows = await self.spool.push([p.batch for p in items])
+        except (SpoolFull, SpoolUnavailable) as e:
+            self._event("spool_full" if isinstance(e, SpoolFull) else "spool_unavailable")
+            self._fail(items, e)
+            return
+        self.stats.spooled_batches += len(items)
+        for p in items:
+            if not p.done.done():
+                p.done.set_result(WriteResult(p.batch.batch_id, len(p.batch), spooled=True))
+
+    @staticmethod
+    def _fail(items: list[_Pending], err: Exception) -> None:
+        for p in items:
+            if not p.done.done():
+                p.done.set_exception(err)
+
+    async def _flush(self, items: list[_Pending]) -> None:
+        batches = [p.batch for p in items]
+        try:
+            results = await self._commit(batches)
+        except _TRANSIENT as e:
+            self._db_down(e)
+            await self._to_spool(items)
+            return
+        except asyncpg.PostgresError:
+            isolated = await self._isolate(batches)
+            if isolated is None:  # the database went away while isolating
+                await self._to_spool(items)
+                return
+            results = isolated
+        self._db_up()
+        for p, r in zip(items, results, strict=True):
+            if not p.done.done():
+                p.done.set_result(r)
+
+    async def _isolate(self, batches: list[Batch]) -> list[WriteResult] | None:
+        """Commit batches one by one; quarantine those the database refuses for good."""
+        out: list[WriteResult] = []
+        for b in batches:
+            try:
+                out.extend(await self._commit([b]))
+            except _TRANSIENT as e:
+                self._db_down(e)
+                return None
+            except asyncpg.PostgresError as e:
+                self.stats.last_error = f"{type(e).__name__}: {e}"[:300]
+                if self.quarantine is None:
+                    raise StorageError(f"database refused batch {b.batch_id}: {e}") from e
+                await self.quarantine.add(b, f"{type(e).__name__}: {e}")
+                self.stats.quarantined_batches += 1
+                self._event("quarantined")
+                out.append(WriteResult(b.batch_id, len(b), quarantined=True))
+        return out
+
+    async def _drain(self) -> None:
+        """Commit the spool's oldest batches, in order, until it is empty or the DB fails."""
+        assert self.spool is not None
+        while self.stats.spool_rows > 0:
+            try:
+                batches = await self.spool.peek(self.flush_rows)
+            except SpoolUnavailable as e:
+                self._db_down(e)  # same backoff; the spool's Redis is what is away
+                return
+            if not batches:
+                self.stats.spool_rows = await self.spool.rows()
+                if self.stats.spool_rows > 0:  # counter drifted from the list: trust the list
+                    await self.spool.client.set(self.spool.rows_key, 0)
+                    self.stats.spool_rows = 0
+                return
+            try:
+                await self._commit(batches)
+            except _TRANSIENT as e:
+                self._db_down(e)
+                return
+            except asyncpg.PostgresError:
+                if await self._isolate(batches) is None:
+                    return
+            await self.spool.pop(batches)
+            self.stats.spool_rows -= sum(len(b) for b in batches)
+            self.stats.drained_batches += len(batches)
+            self._db_up()
+            if self._pending_rows >= self.flush_rows:
+                return  # let fresh batches join the spool's tail, then continue draining
+
+    async def _connection(self) -> asyncpg.Connection:
+        # Called by the flush task only (module docstring): replacing the connection here or
+        # closing it in _db_down can never pull it from under another coroutine's transaction.
+        if self._conn is None or self._conn.is_closed():
+            try:
+                self._conn = await asyncpg.connect(self._dsn, timeout=10)
+            except Exception as e:
+                # Whatever stops us connecting (server down, database not accepting
+                # connections, auth being reset) is the database being away, not the batch.
+                raise StorageUnavailable(f"cannot connect: {type(e).__name__}: {e}") from e
+        return self._conn
+
+    # -- one transaction -------------------------------------------------------------------------
+    async def _commit(self, batches: list[Batch]) -> list[WriteResult]:
+        for _ in range(3):
+            try:
+                return await self._commit_once(batches)
+            except LedgerRace:
+                continue
+        raise StorageError("ledger kept changing under this writer (two writers for one tenant?)")
+
+    async def _commit_once(self, batches: list[Batch]) -> list[WriteResult]:
+        conn = await self._connection()
+        t0 = time.perf_counter()
+        f = await commit_once(conn, batches, self.validator)
+        commit_s = time.time()
+        write_s = time.perf_counter() - t0
+        self.stats.flushes += 1
+        if f.merged is not None and f.outcome is not None and self.validator is not None:
+            m = f.merged
+            self.validator.commit(m.time_us, m.tag_id, m.value, m.quality, f.outcome)
+            for reason, n in f.outcome.counts.items():
+                if n:
+                    self.stats.rejections[reason] = self.stats.rejections.get(reason, 0) + n
+                    self._event(f"validation:{reason}", n)
+        self.stats.rows_committed += f.text_rows
+        rows = f.numeric
+        if rows is not None and len(rows):
+            self.stats.rows_committed += len(rows)
+            live = rows.quality != GAP_QUALITY
+            self.stats.latency.add(int(commit_s * 1e6) - rows.time_us[live])
+            if self.fanout is not None:
+                self.fanout.submit(rows)
+            if self._on_commit is not None:
+                try:
+                    self._on_commit(rows, write_s)
+                except Exception:  # metrics never break the data path
+                    log.exception("on_commit hook failed")
+        self.stats.batches_committed += f.new_batches
+        dups = len(batches) - f.new_batches
+        self.stats.duplicates += dups
+        if dups:
+            self._event("duplicate", dups)
+        return [WriteResult(b.batch_id, len(b), duplicate=b.batch_id in f.seen) for b in batches]
