@@ -24,3 +24,7 @@ app = FastAPI(
 errors.install(app)
 for router in ROUTERS:
     app.include_router(router)
+
+from serve_app.routes_read import router as read_router  # noqa: E402
+
+app.include_router(read_router)

@@ -154,25 +154,24 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error_response(status, code, _message(exc, status), _details(exc))
 
 
-_LOCATIONS = ("body", "query", "path", "header", "cookie")
-
-
 def validation_details(errors: Sequence[Any]) -> list[ErrorDetail]:
-    """One detail per pydantic error: the field's dotted name and the message, never the input.
+    """One detail per pydantic error: the field's name and the message, never the input.
 
-    Model-level checks report themselves as ``"<field>: <what>"`` (registration.py does), so
-    the field is taken from the message when pydantic has no location below the body."""
+    A query, path or header parameter is named as sent (``tag_id``, not ``tag_id.0``); a body
+    field by its dotted path (``tags.0.node_id``). Model-level checks report themselves as
+    ``"<field>: <what>"`` (registration.py does), so there the field comes from the message."""
     out = []
     for err in errors:
         loc = [str(x) for x in err.get("loc", ())]
-        if loc and loc[0] in _LOCATIONS:
-            where, loc = loc[0], loc[1:]
-        else:
-            where = "body"
+        where = loc[0] if loc else "body"
+        if where in ("query", "path", "header", "cookie") and len(loc) > 1:
+            loc = loc[1:2]
+        elif where == "body":
+            loc = loc[1:]
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         field = ".".join(loc)
         head, sep, rest = message.partition(": ")
-        if sep and head.replace("_", "").replace(".", "").isalnum() and " " not in head:
+        if sep and " " not in head and head.replace("_", "").replace(".", "").isalnum():
             field, message = ".".join([*loc, head]), rest
         out.append(ErrorDetail(field=field or where, error=message))
     return out

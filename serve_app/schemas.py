@@ -60,6 +60,7 @@ class TagOut(BaseModel):
     modbus_bit: int | None
     modbus_length: int | None
     well_id: str | None
+    well: str | None = Field(None, description="the well's name (in tag listings)")
 
 
 class ConnectionOut(BaseModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from serve_app.routes import connections, health, keys, operations, readings, tags, tenants
+from serve_app.routes import connections, health, keys, operations, tags, tenants
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
@@ -19,6 +19,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     keys.router,
     connections.router,
     tags.router,
-    readings.router,
     operations.router,
 )
