@@ -71,8 +71,10 @@ def test_every_published_value_lands_exactly_once(
     # And the HTTP query returns the same readings, oldest first.
     node, tag = next(iter(tag_ids.items()))
     r = tenant.client.get(f"/v1/tenants/{tenant.slug}/readings",
-                          params={"tag_id": tag, "limit": 100000})
-    values = [x["value"] for x in r.json()["readings"] if x["value"] >= 1]
+                          params={"tag_id": tag, "limit": 100000, "resolution": "raw"})
+    body = r.json()
+    at = body["fields"].index("value")
+    values = [p[at] for p in body["series"][0]["points"] if p[at] >= 1]
     assert values == [float(i) for i in range(1, summary_count(result, node, sim) + 1)]
 
 
