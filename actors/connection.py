@@ -12,6 +12,7 @@ from actors.common import CONCURRENCY_GROUPS, writer_name
 from ingest.batch import ReadingBatch
 from ingest.config import Settings
 from ingest.connection_host import ConnectionHost
+from ingest.connection_metrics import ConnectionGauges
 from ingest.metrics import Metrics, safe
 from ingest.models import ConnectionSpec
 from ingest.sender import BatchSender
@@ -24,7 +25,12 @@ class ConnectionActor:
     def __init__(self, settings: Settings, slot: str) -> None:
         self.settings = settings
         self.slot = slot
-        self.host = ConnectionHost(slot, self._sender_for, last_times=self._last_times)
+        self.gauges = ConnectionGauges(Metrics.get())
+        self.host = ConnectionHost(
+            slot, self._sender_for, last_times=self._last_times,
+            on_state_change=lambda spec, state, error: self.gauges.on_state_change(
+                spec.tenant_slug, spec.protocol.value, state, error),
+        )
         self._ticker: asyncio.Task[None] | None = None
 
     def _sender_for(self, spec: ConnectionSpec) -> BatchSender:
@@ -58,12 +64,20 @@ class ConnectionActor:
 
     async def _tick_loop(self) -> None:
         period = self.settings.batch_interval_ms / 1000.0
+        ticks_per_gauge = max(1, round(1.0 / period))  # session gauges about once a second
+        n = 0
         while True:
             await asyncio.sleep(period)
             try:
                 self.host.tick()
             except Exception:
                 log.exception("tick failed")
+            n += 1
+            if n % ticks_per_gauge == 0:
+                try:
+                    self.gauges.publish(self.host.status())
+                except Exception:
+                    log.exception("session gauges failed")
 
     @ray.method(concurrency_group="data")
     async def apply(self, specs: list[ConnectionSpec]) -> dict[str, Any]:
