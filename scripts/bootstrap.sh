@@ -51,6 +51,46 @@ install_debian_packages() {
     # Debian's default cluster (if one was created) is left alone; we run our own cluster.
 }
 
+# ---------------------------------------------------------------- Prometheus (promtool)
+# Debian's `prometheus` package brings promtool (alert rule checks and unit tests) and the
+# server the metrics test starts on loopback. The package's own service must never run here:
+# it would listen on all interfaces. Service starts are refused during the install (Debian's
+# policy-rc.d mechanism), and the service is disabled and stopped afterwards in case an init
+# system started it anyway.
+install_prometheus() {
+    if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
+        log "prometheus: present"
+        disable_prometheus_service
+        return
+    fi
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [[ ! -e "${policy}" ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "${policy}" >/dev/null
+        "${SUDO[@]}" chmod 755 "${policy}"
+        made_policy=1
+    fi
+    log "prometheus: installing Debian's package (service start refused)"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        -o DPkg::Lock::Timeout=300 --no-install-recommends prometheus >&2 \
+        || { [[ ${made_policy} -eq 1 ]] && "${SUDO[@]}" rm -f "${policy}"; die "prometheus install failed"; }
+    [[ ${made_policy} -eq 1 ]] && "${SUDO[@]}" rm -f "${policy}"
+    disable_prometheus_service
+}
+
+disable_prometheus_service() {
+    # deb-systemd-helper removes the unit's enablement symlink even where systemd is not running.
+    if command -v deb-systemd-helper >/dev/null 2>&1; then
+        "${SUDO[@]}" deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true
+    fi
+    if [[ -d /run/systemd/system ]]; then
+        "${SUDO[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    fi
+    if [[ -x /etc/init.d/prometheus ]]; then
+        "${SUDO[@]}" update-rc.d prometheus disable >/dev/null 2>&1 || true
+        "${SUDO[@]}" /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    fi
+}
+
 # ---------------------------------------------------------------- mirror discovery
 # Print the first mirror URI of the machine's apt sources that serves the "bookworm" suite.
 find_debian_mirror() {
@@ -171,6 +211,7 @@ setup_python() {
 
 main() {
     install_debian_packages
+    install_prometheus
     build_timescaledb
     setup_python
     log "done"
