@@ -20,6 +20,17 @@ RAY_PORT = 6390
 APP_NAME = "scada"
 
 
+# Structured logs from every actor, task and Serve replica: Ray's own JSON encoding (one object
+# per line, with job, worker, actor and task ids). Actors inherit it from the job that creates
+# them, so the driver that deploys sets it.
+SERVE_LOGGING: dict[str, Any] = {"encoding": "JSON", "log_level": "INFO",
+                                 "enable_access_log": True}
+
+
+def ray_logging_config() -> ray.LoggingConfig:
+    return ray.LoggingConfig(encoding="JSON", log_level="INFO")
+
+
 def _ray_bin() -> str:
     return os.path.join(os.path.dirname(sys.executable), "ray")
 
@@ -64,7 +75,8 @@ def connect(settings: Settings) -> None:
     if not ray.is_initialized():
         use_token_auth()
         ray.init(address=ray_address(settings), namespace=settings.namespace,
-                 log_to_driver=False, logging_level="WARNING")
+                 log_to_driver=False, logging_level="WARNING",
+                 logging_config=ray_logging_config())
 
 
 def head_node_id() -> str | None:
@@ -88,8 +100,10 @@ def deploy(settings: Settings) -> dict[str, Any]:
     ray.get(coord.start.remote(), timeout=60)
     from serve_app.deployment import build
 
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
-    serve.run(build(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port},
+                logging_config=SERVE_LOGGING)
+    serve.run(build(settings), name=APP_NAME, route_prefix="/", blocking=False,
+              logging_config=SERVE_LOGGING)
     return {"coordinator": COORDINATOR_NAME,
             "api": f"http://{settings.http_host}:{settings.http_port}"}
 
