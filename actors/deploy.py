@@ -86,8 +86,10 @@ def head_node_id() -> str | None:
     return None
 
 
-def deploy(settings: Settings) -> dict[str, Any]:
-    """Create (or find) the coordinator, start its loop, deploy the Serve app. Idempotent."""
+def ensure_coordinator(settings: Settings) -> None:
+    """Create (or find) the detached coordinator and start its loop. Idempotent: after a
+    cluster upgrade (a new Ray cluster) it creates the coordinator again, which creates the
+    writers and connection actors from the desired state kept in PostgreSQL."""
     # The coordinator prefers the head node: losing the head loses the cluster anyway, while a
     # coordinator on a worker would have to wait for Ray to notice that worker's death before it
     # could move anything. Soft, so it can still run elsewhere when the head cannot take it.
@@ -98,6 +100,11 @@ def deploy(settings: Settings) -> dict[str, Any]:
         get_if_exists=True, scheduling_strategy=strategy,
     ).remote(settings)
     ray.get(coord.start.remote(), timeout=60)
+
+
+def deploy(settings: Settings) -> dict[str, Any]:
+    """Create (or find) the coordinator, start its loop, deploy the Serve app. Idempotent."""
+    ensure_coordinator(settings)
     from serve_app.deployment import build
 
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port},
