@@ -2,7 +2,9 @@
 # Bootstrap the local scada-ingest stack prerequisites (idempotent, fast when done):
 #   - Debian packages (PostgreSQL 15, Redis, build tools)
 #   - TimescaleDB (Apache edition) built from Debian trixie's source package
-#   - the project's Python venv (editable install, redone only when pyproject.toml changes)
+#   - Debian's prometheus package (promtool; its service kept disabled)
+#   - the project's Python venv from requirements.lock (hashes checked), then the project
+#     itself (editable); redone only when pyproject.toml or the lock changes
 # Mirror addresses are derived at runtime from the machine's own apt sources; the machine's
 # apt configuration is never modified (a private apt state under $SCADA_LOCAL_DIR/apt is used).
 set -euo pipefail
@@ -18,6 +20,7 @@ TSDB_VERSION="2.19.3"
 KEYRING="/usr/share/keyrings/debian-archive-keyring.gpg"
 VENV="${REPO_ROOT}/.venv"
 PYPROJECT="${REPO_ROOT}/pyproject.toml"
+LOCK="${REPO_ROOT}/requirements.lock"
 PIP_STAMP="${VENV}/.scada-pyproject.sha256"
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
@@ -188,6 +191,8 @@ build_timescaledb() {
 }
 
 # ---------------------------------------------------------------- Python env
+# Dependencies come from requirements.lock (every package pinned, with hashes: pip refuses
+# anything else), then the project itself without dependencies. scripts/lock.sh updates the lock.
 setup_python() {
     if [[ ! -x "${VENV}/bin/python" ]]; then
         log "python: creating ${VENV}"
@@ -198,14 +203,16 @@ setup_python() {
         return
     fi
     local want have=""
-    want="$(sha256sum "${PYPROJECT}" | cut -d' ' -f1)"
+    want="$(cat "${PYPROJECT}" "${LOCK}" | sha256sum | cut -d' ' -f1)"
     [[ -f "${PIP_STAMP}" ]] && have="$(cat "${PIP_STAMP}")"
     if [[ "${want}" == "${have}" ]]; then
         log "python: up to date"
         return
     fi
-    log "python: pip install -e '${REPO_ROOT}[dev]'"
-    "${VENV}/bin/python" -m pip install -q -e "${REPO_ROOT}[dev]" >&2
+    log "python: pip install --require-hashes -r requirements.lock"
+    "${VENV}/bin/python" -m pip install -q --require-hashes -r "${LOCK}" >&2
+    log "python: pip install --no-deps -e ${REPO_ROOT}"
+    "${VENV}/bin/python" -m pip install -q --no-deps -e "${REPO_ROOT}" >&2
     printf '%s\n' "${want}" > "${PIP_STAMP}"
 }
 

@@ -62,3 +62,28 @@ def test_cluster_yaml_hands_one_token_to_every_node() -> None:
     starts = cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
     assert not cfg.get("head_setup_commands"), "a token generated on the head reaches no worker"
+
+
+def _locked() -> dict[str, str]:
+    import re
+
+    text = (REPO_ROOT / "requirements.lock").read_text()
+    pins = dict(re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", text, re.M))
+    # Every pin carries at least one hash (pip's --require-hashes refuses the file otherwise).
+    assert text.count("==") == len(pins) and len(re.findall(r"==\S+ \\\n +--hash=sha256:",
+                                                             text)) == len(pins)
+    return {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in pins.items()}
+
+
+def test_lock_pins_every_dependency_and_the_venv_matches_it() -> None:
+    import re
+    import tomllib
+    from importlib.metadata import version
+
+    locked = _locked()
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    for req in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0]).lower()
+        assert name in locked, f"{name} is not in requirements.lock: run scripts/lock.sh"
+    # scripts/bootstrap.sh installed exactly the locked versions.
+    assert {n: version(n) for n in locked} == locked
