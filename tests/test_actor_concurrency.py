@@ -86,6 +86,7 @@ def test_every_remote_method_on_fresh_actors(
         "health": lambda w: w.health.remote(),
         "stats": lambda w: w.stats.remote(),
         "stats_now": lambda w: w.stats_now.remote(),
+        "start": lambda w: w.start.remote(),
         "write": lambda w: w.write.remote(_batch(tag, 100, "fresh").to_arrow()),
         "last_times": lambda w: w.last_times.remote([tag], [2_000_000_000_000_000]),
         "quarantined": lambda w: w.quarantined.remote(),
