@@ -22,13 +22,13 @@ import pytest
 import redis
 
 from ingest.core.errors import LocalStackError
+from ingest.core.keys import read_or_create_secret
 from ingest.localstack.processes import (
     PostgresParams,
     RedisParams,
     ensure_postgres,
     ensure_redis,
     postgres_running,
-    read_or_create_secret,
     redis_running,
     stop_postgres,
     stop_redis,

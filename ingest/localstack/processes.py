@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import secrets
 import socket
 import stat
 import subprocess
@@ -40,7 +39,6 @@ __all__ = [
     "ensure_redis",
     "stop_redis",
     "redis_running",
-    "read_or_create_secret",
 ]
 
 PG_MAJOR = 15
@@ -643,42 +641,3 @@ def stop_redis(r: RedisParams) -> None:
 def redis_running(r: RedisParams) -> bool:
     """True when a server answers an authenticated PING with ``r.password`` on host:port."""
     return _redis_ping(r)
-
-
-# --------------------------------------------------------------------------- secrets
-
-
-def read_or_create_secret(path: Path, nbytes: int = 24) -> str:
-    """Return the secret stored in ``path``; create it first (URL-safe token, file mode 0600,
-    parent created with mode 0700) when missing. Safe against concurrent callers."""
-    try:
-        existing = path.read_text().strip()
-    except FileNotFoundError:
-        existing = None
-    if existing is None:
-        if not path.parent.exists():
-            path.parent.mkdir(parents=True, mode=0o700)
-            os.chmod(path.parent, 0o700)
-        token = secrets.token_urlsafe(nbytes)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, (token + "\n").encode())
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            try:
-                os.link(tmp, path)  # atomic; fails if another caller won the race
-                return token
-            except FileExistsError:
-                pass
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            Path(tmp).unlink(missing_ok=True)
-        existing = path.read_text().strip()
-    if not existing:
-        raise LocalStackError(f"secret file {path} is empty")
-    if stat.S_IMODE(path.stat().st_mode) & 0o077:
-        os.chmod(path, 0o600)
-    return existing
