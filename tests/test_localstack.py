@@ -1,4 +1,4 @@
-"""ingest.localstack.processes against the real PostgreSQL 15 + TimescaleDB and Redis servers.
+"""ingest.localstack (postgres, redis_server) against the real PostgreSQL 15 + TimescaleDB and Redis servers.
 
 Everything lives in a fresh directory under /tmp; ports 55901 (PostgreSQL) and 55902 (Redis).
 """
@@ -23,16 +23,8 @@ import redis
 
 from ingest.core.errors import LocalStackError
 from ingest.core.keys import read_or_create_secret
-from ingest.localstack.processes import (
-    PostgresParams,
-    RedisParams,
-    ensure_postgres,
-    ensure_redis,
-    postgres_running,
-    redis_running,
-    stop_postgres,
-    stop_redis,
-)
+from ingest.localstack.postgres import PostgresParams, ensure_postgres, postgres_running, stop_postgres
+from ingest.localstack.redis_server import RedisParams, ensure_redis, redis_running, stop_redis
 
 PG_PORT = 55901
 REDIS_PORT = 55902

@@ -11,7 +11,7 @@ import redis
 
 from actors.common import writer_name
 from ingest.core.config import Settings
-from ingest.localstack.processes import ensure_postgres, stop_postgres
+from ingest.localstack.postgres import ensure_postgres, stop_postgres
 from ingest.localstack.stack import pg_params
 from tests.conftest import TenantHandle
 from tests.helpers import SimProcess, counting_check, db_fetch, wait_for

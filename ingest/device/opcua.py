@@ -30,7 +30,6 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -44,6 +43,7 @@ from ingest.device import opcua_service as svc
 from ingest.device.opcua_connection import SessionKeeper
 from ingest.device.opcua_security import DEFAULT_PKI_DIR, OpcUaSecurity, PkiStore
 from ingest.device.opcua_stream import NotificationStream
+from ingest.device.session_events import OnState, OnValues, SessionState
 
 __all__ = [
     "OnGap",
@@ -63,30 +63,12 @@ _log = logging.getLogger(__name__)
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 
-OnValues = Callable[[I32, I64, npt.NDArray[np.float64], I32], None]
-"""``(tag_ids, source_time_us, values, quality)``: numbers (bool and int as float).
-
-source_time_us is microseconds since the Unix epoch (UTC); quality is the OPC UA StatusCode with
-its 32 bits stored signed (0 = Good, Bad codes are negative). Called on the event loop inside the
-publish loop: keep it short (append to a batch), never block.
-"""
-
 OnText = Callable[[I32, I64, list[str], I32], None]
 """``(tag_ids, source_time_us, texts, quality)``: string values, when the caller takes them."""
 
 OnGap = Callable[[I32, I64, I64], None]
 """``(tag_ids, from_time_us, to_time_us)``: readings of each tag between its last value seen
 (``from``) and its first value after recovery (``to``), both exclusive, are lost."""
-
-OnState = Callable[[str, str | None], None]
-"""``(state, error)``; state is a ``SessionState`` value, error the reason for a disconnect."""
-
-
-class SessionState(StrEnum):
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    DISCONNECTED = "disconnected"
-
 
 @dataclass(frozen=True)
 class OpcUaTag:
