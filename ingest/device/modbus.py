@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from ingest.core.backoff import Backoff
 from ingest.core.errors import DeviceProtocolError, DeviceUnreachable, IngestError
 from ingest.core.models import Quality, quality_as_int4
 from ingest.device.modbus_decode import ModbusPoint, ReadRequest, decode, plan_reads
@@ -99,11 +99,10 @@ class ModbusSession:
         self._on_strings = on_strings
         self._interval_s = poll_interval_ms / 1000.0
         self._timeout_s = timeout_s
-        self._reconnect_initial_s = reconnect_initial_s
-        self._reconnect_max_s = reconnect_max_s
 
         self._link: ModbusLink | None = None
-        self._failures = 0  # connection attempts / connections since the device last answered
+        # Counts connection attempts / connections since the device last answered.
+        self._backoff = Backoff(reconnect_initial_s, reconnect_max_s)
         self._reconnect_at = 0.0  # loop time of the next connection attempt
         self._ever_connected = False
         self._stop = asyncio.Event()
@@ -235,7 +234,6 @@ class ModbusSession:
             link = await ModbusLink.open(self._host, self._port, name=f"modbus {self.endpoint}",
                                          timeout_s=self._timeout_s)
         except IngestError as err:
-            self._failures += 1
             self._schedule_reconnect()
             self._report(err)
             return
@@ -247,14 +245,11 @@ class ModbusSession:
 
     def _lost(self, err: IngestError) -> None:
         self._drop_link()
-        self._failures += 1
         self._schedule_reconnect()
         self._report(err)
 
     def _schedule_reconnect(self) -> None:
-        backoff = self._reconnect_initial_s * 2.0 ** max(self._failures - 1, 0)
-        # Jitter, so that a fleet of sessions cut off together does not come back in step.
-        delay = min(self._reconnect_max_s, backoff) * random.uniform(0.5, 1.0)
+        delay = self._backoff.next_delay()
         self._reconnect_at = asyncio.get_running_loop().time() + delay
         _log.info("modbus %s: reconnecting in %.2f s", self.endpoint, delay)
 
@@ -340,7 +335,7 @@ class ModbusSession:
         self._stats["requests"] += 1
         raw, t_us = await client.read(req)
         # Any answer means the device is there: the next loss starts its backoff from scratch.
-        self._failures = 0
+        self._backoff.reset()
         try:
             decoded = decode(req, raw)
         except ValueError as exc:

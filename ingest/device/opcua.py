@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy.typing as npt
 from asyncua import ua
 from asyncua.ua.uaerrors import UaError
 
+from ingest.core.backoff import Backoff
 from ingest.core.errors import IngestError, InvalidDeviceSetting
 from ingest.device import opcua_service as svc
 from ingest.device.opcua_connection import SessionKeeper
@@ -246,7 +246,9 @@ class OpcUaSession:
             raise RuntimeError("run() is already running for this session")
         self._running = True
         self._done.clear()
-        failures = 0  # consecutive attempts that did not get as far as "connected"
+        # Consecutive attempts that did not get as far as "connected"; jittered, so a fleet of
+        # sessions cut off together does not come back in step.
+        backoff = Backoff(self._reconnect_initial_s, self._reconnect_max_s)
         try:
             while not self._stop.is_set():
                 self._set_state(SessionState.CONNECTING, None)
@@ -261,10 +263,9 @@ class OpcUaSession:
                     self._report_failure(exc)
                 if self._stop.is_set():
                     break
-                failures = 0 if self._connected else failures + 1
-                backoff = self._reconnect_initial_s * 2.0 ** max(failures - 1, 0)
-                # Jitter, so that a fleet of sessions cut off together does not come back in step.
-                delay = min(self._reconnect_max_s, backoff) * random.uniform(0.5, 1.0)
+                if self._connected:  # it got as far as a session: start the backoff over
+                    backoff.reset()
+                delay = backoff.next_delay()
                 _log.info("opcua %s: reconnecting in %.2f s", self.endpoint, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from ingest.core.aio import cancel_and_wait
+from ingest.core.backoff import Backoff
 from ingest.core.batch import Batch, ReadingBatch, TextBatch
 from ingest.core.errors import IngestError, SpoolFull, SpoolUnavailable, StorageError, StorageUnavailable
 from ingest.write.commit import GAP_QUALITY, LedgerRace, commit_once
@@ -105,9 +105,7 @@ class TenantWriter:
         self.fanout = fanout
         self._on_commit = on_commit
         self._on_event = on_event
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
-        self._backoff_s = backoff_initial_s
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s)  # between drain attempts
         self._next_drain = 0.0
         self._pending: list[_Pending] = []
         self._flushing: list[_Pending] = []  # taken off _pending by the flush in progress
@@ -207,15 +205,12 @@ class TenantWriter:
         if self._conn is not None and not self._conn.is_closed():
             self._conn.terminate()
         self._conn = None
-        self._next_drain = asyncio.get_running_loop().time() + self._backoff_s * (
-            0.5 + random.random()
-        )
-        self._backoff_s = min(self._backoff_s * 2, self._backoff_max_s)
+        self._next_drain = asyncio.get_running_loop().time() + self._backoff.next_delay()
         self._event("db_unavailable")
 
     def _db_up(self) -> None:
         self.stats.db_available = True
-        self._backoff_s = self._backoff_initial_s
+        self._backoff.reset()
 
     async def _to_spool(self, items: list[_Pending]) -> None:
         if self.spool is None:
