@@ -108,7 +108,7 @@ def parse_node_id(text: str, *, where: str = "") -> ua.NodeId:
         node_id = ua.NodeId.from_string(text)
     except Exception as exc:
         cause = exc.args[1] if len(exc.args) > 1 else exc
-        raise InvalidDeviceSetting("node_id", f"bad node id {text!r}: {cause}", where) from None
+        raise InvalidDeviceSetting("node_id", f"bad node id {text!r}: {cause}", where) from exc
     if not 0 <= node_id.NamespaceIndex <= 0xFFFF:
         raise InvalidDeviceSetting("node_id", f"namespace index of {text!r} is not 0..65535", where)
     ident = node_id.Identifier

@@ -144,7 +144,10 @@ class BatchSender:
                     break
                 except asyncio.CancelledError:
                     raise
-                except Exception as e:  # every failure is retried; the id makes it harmless
+                except Exception as e:
+                    # Every failure is retried, ``retriable`` or not: the batch id makes a resend
+                    # harmless, and giving up would drop readings silently. A batch the database
+                    # refuses for good is the writer's to quarantine, which acknowledges it.
                     self.retries += 1
                     self.last_error = f"{type(e).__name__}: {e}"[:500]
                     if self._on_error is not None:
