@@ -374,3 +374,7 @@ def _uuid(value: str) -> str:
         return str(uuid.UUID(value))
     except ValueError as e:
         raise InvalidRegistration("connection_id", "not a UUID") from e
+
+from serve_app.routes_push import push_router  # noqa: E402  (push ingest, audit: its own module)
+
+app.include_router(push_router)

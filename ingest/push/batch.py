@@ -15,7 +15,7 @@ import numpy as np
 from ingest.core.batch import ReadingBatch
 from ingest.push.payload import QUALITY_CODES, DataPoint, time_us
 from ingest.push.tags import Pair, PushTag
-from ingest.push.units import UnitError, coefficients
+from ingest.push.units import UnitError, check_unit, coefficients
 
 MAX_REJECTED_LISTED = 100
 
@@ -41,7 +41,9 @@ class Prepared:
 
 
 def prepare_batch(batch_id: str, points: list[DataPoint], tags: dict[Pair, PushTag],
-                  now_us: int, max_future_s: int) -> Prepared:
+                  now_us: int, max_future_s: int, auto_register: bool = False) -> Prepared:
+    """``auto_register``: the missing tags were just created, so a point still without one
+    carries a unit nobody can read, and is rejected for that."""
     n = len(points)
     t_us = time_us(points)
     values = np.fromiter((p.value for p in points), np.float64, n)
@@ -58,6 +60,12 @@ def prepare_batch(batch_id: str, points: list[DataPoint], tags: dict[Pair, PushT
     groups: dict[tuple[str, str], list[int]] = {}
     for i, p in enumerate(points):
         tag = tags.get((p.well_id, p.parameter_name))
+        if tag is None and auto_register:
+            try:
+                check_unit(p.unit)
+            except UnitError as e:
+                reject(i, "unit", e.reason, str(e))
+                continue
         if tag is None:
             reject(i, "parameter_name", "unknown_tag",
                    f"no tag for well {p.well_id!r} and parameter {p.parameter_name!r}")

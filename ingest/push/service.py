@@ -108,7 +108,7 @@ class PushService:
         ingestion_id = key or new_ingestion_id()
         now_us = time.time_ns() // 1000
         prepared = prepare_batch(f"push:{ingestion_id}", points, known, now_us,
-                                 settings.max_future_s)
+                                 settings.max_future_s, settings.auto_register)
         stored: Stored = "none"
         if prepared.batch is not None:
             stored = await write(prepared.batch)
