@@ -178,7 +178,9 @@ class CoordinatorActor:
         s = self.settings
         state = await (await self._ensure_master()).read()
         for t in state.tenants:
-            self._writer(t.id, t.slug)
+            # Idempotent: starts the writer's rollup refresher and retention job (again, after
+            # a restart of the actor) even while no batch arrives.
+            self._writer(t.id, t.slug).start.remote()
         specs = {c.connection_id: c for c in state.all_specs()}
         nodes = alive_nodes()
         per_node = actors_per_node(sum(len(c.tags) for c in specs.values()), len(nodes),

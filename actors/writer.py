@@ -18,6 +18,8 @@ from ingest.core.batch import Batch, ReadingBatch, TextBatch, is_text
 from ingest.core.config import Settings
 from ingest.core.errors import StorageUnavailable
 from ingest.core.metrics import Metrics, safe
+from ingest.read.refresher import RollupRefresher
+from ingest.read.retention import retention_loop
 from ingest.store.master import MasterStore
 from ingest.store.tenant_store import TenantStore
 from ingest.write.fanout import RedisFanout
@@ -53,6 +55,7 @@ class WriterActor:
         self._init_lock = asyncio.Lock()
         self._rules_stale = asyncio.Event()
         self._snapshot: dict[str, Any] = {"tenant": tenant_slug, "started": False}
+        self.refresher: RollupRefresher | None = None
 
     async def _ensure(self) -> TenantWriter:
         if self.writer is not None:
@@ -119,8 +122,14 @@ class WriterActor:
                 log.warning("writer start attempt %d failed: %s", attempt, type(e).__name__)
                 await asyncio.sleep(1.0)
         self._rules_task = asyncio.create_task(self._rules_loop(validator))
+        # The read side's background work lives here, on the data group's loop, because its
+        # connections are this tenant's: the rollup refresher and the retention job.
+        self.refresher = RollupRefresher(dsn, interval_s=s.rollup_refresh_interval_s,
+                                         max_minutes_per_pass=s.rollup_minutes_per_pass)
         self._tasks = [asyncio.create_task(self._gauge_loop(w)),
-                       asyncio.create_task(self._snapshot_loop())]
+                       asyncio.create_task(self._snapshot_loop()),
+                       asyncio.create_task(self.refresher.run()),
+                       asyncio.create_task(retention_loop(dsn, s.retention_interval_s))]
         return w
 
     async def _refresh_rules(self, validator: Validator) -> None:
@@ -164,6 +173,13 @@ class WriterActor:
             safe(e2e.observe, lat, {"tenant": self.slug})
         return {"batch_id": r.batch_id, "rows": r.rows, "duplicate": r.duplicate,
                 "spooled": r.spooled, "quarantined": r.quarantined}
+
+    @ray.method(concurrency_group="data")
+    async def start(self) -> bool:
+        """Build the writer and start its background work (rollups, retention) without waiting
+        for the first batch; the coordinator calls it for every active tenant."""
+        await self._ensure()
+        return True
 
     @ray.method(concurrency_group="data")
     async def replay_quarantined(self, batch_id: str) -> dict[str, Any]:
@@ -216,6 +232,10 @@ class WriterActor:
                                **self.writer.stats.as_dict()}
         if self.writer.fanout is not None:
             out["redis_errors"] = self.writer.fanout.errors
+        if self.refresher is not None:
+            out["rollup_passes"] = self.refresher.passes
+            out["rollup_failures"] = self.refresher.failures
+            out["rollup_last_error"] = self.refresher.last_error
         return out
 
     async def _snapshot_loop(self) -> None:

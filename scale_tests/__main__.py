@@ -19,15 +19,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="repeat the scenario; prints each run, then the worst as the summary")
     f.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="a path against its baseline, side by side in one run")
-    b.add_argument("target", choices=["writer", "opcua", "modbus"])
+    b.add_argument("target", choices=["writer", "opcua", "modbus", "query"])
     b.add_argument("--seconds", type=float, default=20.0, help="measuring window (opcua, modbus)")
     b.add_argument("--rows", type=int, default=1_000_000)
     b.add_argument("--rounds", type=int, default=2)
+    b.add_argument("--tags", type=int, default=100, help="tags with a month of data (query)")
+    b.add_argument("--days", type=int, default=30, help="days of data per tag (query)")
+    b.add_argument("--interval-s", type=int, default=60, help="seconds between readings (query)")
+    b.add_argument("--requests", type=int, default=200, help="requests per query kind (query)")
     b.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     ok = True
     if args.scenario == "bench":
         result = run_bench(args)
+    else:
         from scale_tests.failover import run
 
         runs = []
@@ -60,6 +65,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         from scale_tests.bench_writer import run as bench_writer
 
         return bench_writer(load_settings(), args.rows, args.rounds)
+    if args.target == "query":
+        from scale_tests.bench_query import run as bench_query
+
+        return bench_query(tags=args.tags, days=args.days, interval_s=args.interval_s,
+                           requests=args.requests)
     if args.target == "opcua":
         from scale_tests.bench_devices import run_opcua
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ingest.core.config import Settings
@@ -107,14 +110,36 @@ _STATUS = {
 }
 
 
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
 @app.exception_handler(IngestError)
 async def _ingest_error(_: Request, exc: IngestError) -> JSONResponse:
     code = next((c for t, c in _STATUS.items() if isinstance(exc, t)), 500)
-    body: dict[str, Any] = {"error": type(exc).__name__, "detail": str(exc)}
+    # DESIGN's one error body; "detail" and "field" stay for clients of the first version.
+    body: dict[str, Any] = {"error": _snake(type(exc).__name__), "message": str(exc),
+                            "details": [], "detail": str(exc)}
     if isinstance(exc, InvalidRegistration):
         body["field"] = exc.field
+        body["details"] = [{"field": exc.field, "error": exc.message}]
     headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
     return JSONResponse(body, status_code=code, headers=headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    def field(loc: tuple[Any, ...]) -> str:
+        # A query, path or header parameter by its name (not "tag_id.0"); a body by its path.
+        if loc and loc[0] in ("query", "path", "header") and len(loc) > 1:
+            return str(loc[1])
+        return ".".join(str(p) for p in loc if p != "body")
+
+    details = [{"field": field(tuple(e["loc"])), "error": e["msg"]} for e in exc.errors()]
+    names = ", ".join(d["field"] for d in details)
+    return JSONResponse({"error": "validation_error", "message": f"invalid: {names}",
+                         "details": details, "detail": jsonable_encoder(exc.errors())},
+                        status_code=422)
 
 
 async def principal(
@@ -296,30 +321,6 @@ async def list_tags(tenant: str, caller: Caller) -> list[dict[str, Any]]:
     return await (await state().store(t)).list_tags()
 
 
-# -- queries -----------------------------------------------------------------------------------
-@app.get("/v1/tenants/{tenant}/readings", tags=["queries"])
-async def readings(
-    tenant: str,
-    caller: Caller,
-    tag_id: Annotated[int, Query(ge=1, description="tag_id from the tag mapping")],
-    start: Annotated[datetime | None, Query(description="ISO 8601; default end - 1 h")] = None,
-    end: Annotated[datetime | None, Query(description="ISO 8601; default now")] = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
-) -> dict[str, Any]:
-    """Raw readings of one tag in [start, end), oldest first."""
-    t = await tenant_for(tenant, caller, "read")
-    end = _aware(end) if end else datetime.now(UTC)
-    start = _aware(start) if start else end - timedelta(hours=1)
-    if start >= end:
-        raise InvalidRegistration("start", "must be before end")
-    store = await state().store(t)
-    if not await store.tag_exists(tag_id):
-        raise InvalidRegistration("tag_id", f"no tag {tag_id} in this tenant")
-    rows = await store.query_raw(tag_id, start, end, limit)
-    return {"tag_id": tag_id, "start": start.isoformat(), "end": end.isoformat(),
-            "resolution": "raw", "count": len(rows), "readings": rows}
-
-
 # -- operations ----------------------------------------------------------------------------------
 def _writer_actor(t: Tenant) -> Any:
     import ray
@@ -374,6 +375,11 @@ def _uuid(value: str) -> str:
         return str(uuid.UUID(value))
     except ValueError as e:
         raise InvalidRegistration("connection_id", "not a UUID") from e
+
+
+from serve_app.routes_read import router as read_router  # noqa: E402
+
+app.include_router(read_router)
 
 from serve_app.routes_push import push_router  # noqa: E402  (push ingest, audit: its own module)
 

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         2_000_000, description="Rows a connection actor holds per tenant before recording gaps"
     )
     writer_inflight_max: int = Field(4, description="Unacknowledged batches per tenant per sender")
+    rollup_refresh_interval_s: float = Field(
+        5.0, description="Pause between rollup refresh passes; a reading is in every rollup level "
+        "within two of these")
+    rollup_minutes_per_pass: int = Field(
+        360, description="Minutes of data one rollup refresh pass rebuilds at most (bounded work)")
+    retention_interval_s: float = Field(3600.0, description="How often retention drops old chunks")
 
     @property
     def master_dsn(self) -> str:

@@ -67,6 +67,10 @@ class InvalidRegistration(IngestError):
         self.message = message
 
 
+class InvalidQuery(InvalidRegistration):
+    """A query parameter is well-formed but not acceptable: unknown tag, cursor of another query."""
+
+
 class AuthError(IngestError):
     """The request carries no valid credential."""
 

@@ -159,6 +159,12 @@ class MasterStore:
         tconn = await asyncpg.connect(self.settings.dsn(db, user=role, password=password))
         try:
             await migrations.apply(tconn, "tenant")
+            if retention_days is not None:  # the tenant database holds its read settings
+                await tconn.execute(
+                    "UPDATE tenant_meta SET value = CASE key WHEN 'raw_retention_days' THEN $1 "
+                    "ELSE greatest(value::int, $1::int)::text END "
+                    "WHERE key IN ('raw_retention_days', 'rollup_retention_days')",
+                    str(retention_days))
             edition = await tconn.fetchval(
                 "SELECT value FROM tenant_meta WHERE key = 'timescaledb_edition'"
             )

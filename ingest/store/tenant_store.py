@@ -230,7 +230,8 @@ class TenantStore:
 
     async def list_tags(self, connection_id: str | None = None) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
-            f"SELECT {_TAG_COLS} FROM tag_mappings WHERE deleted_at IS NULL "
+            f"SELECT {_TAG_COLS}, (SELECT name FROM wells w WHERE w.id = well_id) AS well "
+            "FROM tag_mappings WHERE deleted_at IS NULL "
             "AND ($1::uuid IS NULL OR connection_id = $1::uuid) ORDER BY tag_id",
             connection_id,
         )

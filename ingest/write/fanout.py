@@ -25,6 +25,19 @@ from ingest.core.batch import ReadingBatch, per_tag
 log = logging.getLogger(__name__)
 
 
+# A late batch (backfill, spool drain) must not replace a newer latest value: set a tag's field
+# only when the stored one is not newer. Arguments: tag, value JSON, time (µs), repeated.
+_SET_IF_NEWER = """
+for i = 1, #ARGV, 3 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if (not cur) or cjson.decode(cur)['t'] <= tonumber(ARGV[i + 2]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 0
+"""
+
+
 def latest_key(tenant: str) -> str:
     return f"scada:latest:{tenant}"
 
@@ -88,10 +101,11 @@ class RedisFanout:
         try:
             async with self.client.pipeline(transaction=False) as p:
                 if latest:
-                    p.hset(latest_key(self.tenant), mapping={
-                        str(tag): json.dumps({"t": t, "v": None if v != v else v, "q": q})
-                        for tag, (t, v, q) in latest.items()
-                    })
+                    args: list[str | int] = []
+                    for tag, (t, v, q) in latest.items():
+                        args += [str(tag), json.dumps({"t": t, "v": None if v != v else v,
+                                                       "q": q}), t]
+                    p.eval(_SET_IF_NEWER, 1, latest_key(self.tenant), *args)
                 for m in messages:
                     p.publish(channel(self.tenant), m)
                 await p.execute()

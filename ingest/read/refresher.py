@@ -1,0 +1,185 @@
+"""The rollup refresher: turns the ledger's committed time ranges into rebuilt rollup buckets.
+
+One pass, in one transaction:
+1. take the ledger rows of transactions that finished since the last pass (at most
+   ``max_xacts_per_pass`` of them), as minute-aligned ranges, into ``rollup_pending``;
+2. rebuild at most ``max_minutes_per_pass`` minutes of pending ranges, newest first (current data
+   stays fresh while a large backfill is worked through), at every level;
+3. keep the rest pending and advance the watermark.
+
+A crash anywhere rolls the whole pass back, so nothing is lost or counted twice. Only one pass runs
+per tenant database at a time (an advisory lock), so two writer actors briefly alive during a
+failover do not race.
+
+Why transaction ids rather than a sequence number: numbers are drawn when a row is inserted but
+become visible when its transaction commits, so a lower number can appear after a higher one was
+already passed. ``pg_snapshot_xmin`` is the oldest transaction still running; every ledger row of
+an older transaction is final (committed and visible, or rolled back), so "everything below it"
+is a watermark nothing can slip under. The price: the refresher waits for the oldest write
+transaction running in the cluster, so a long one (a bulk load) delays rollups until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from ingest.read.rollups import MINUTE, Horizons, ceil_to, floor_to, merge_ranges, rebuild
+
+log = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same for every refresher of a tenant database.
+_LOCK_KEY = 0x5CADA + 6
+# Ledger min/max times pass through a float (to_timestamp) on their way in and may be a
+# microsecond off: widen before rounding to minutes, so a reading on a boundary is never missed.
+_SLACK = timedelta(milliseconds=1)
+
+_INTAKE = """
+WITH x AS (SELECT DISTINCT xact FROM ingest_ledger
+           WHERE xact >= $1 AND xact < $2 ORDER BY xact LIMIT $3)
+SELECT l.xact, l.min_time, l.max_time FROM ingest_ledger l JOIN x USING (xact)"""
+
+
+@dataclass(frozen=True)
+class PassResult:
+    ledger_rows: int = 0
+    minutes_rebuilt: int = 0
+    pending_minutes: int = 0  # still to rebuild after this pass
+    more: bool = False  # another pass has work now (ledger backlog or pending ranges)
+    busy: bool = False  # another refresher holds the lock
+
+
+def take_newest(ranges: list[tuple[datetime, datetime]], budget: timedelta,
+                ) -> tuple[list[tuple[datetime, datetime]], list[tuple[datetime, datetime]]]:
+    """Split merged minute ranges into (rebuild now, keep pending): newest first up to budget."""
+    take: list[tuple[datetime, datetime]] = []
+    keep: list[tuple[datetime, datetime]] = []
+    left = budget
+    for lo, hi in sorted(ranges, key=lambda r: r[1], reverse=True):
+        if left <= timedelta(0):
+            keep.append((lo, hi))
+        elif hi - lo <= left:
+            take.append((lo, hi))
+            left -= hi - lo
+        else:
+            cut = hi - left
+            take.append((cut, hi))
+            keep.append((lo, cut))
+            left = timedelta(0)
+    return take, keep
+
+
+async def read_timezone(conn: asyncpg.Connection) -> str:
+    tz = await conn.fetchval("SELECT value FROM tenant_meta WHERE key = 'timezone'")
+    return str(tz or "UTC")
+
+
+async def refresh_pass(conn: asyncpg.Connection, *, max_xacts: int = 2000,
+                       max_minutes: int = 360) -> PassResult:
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY):
+            return PassResult(busy=True)
+        # Read before this transaction takes an id of its own (it writes below).
+        xmin = await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8")
+        done = await conn.fetchval("SELECT done_below FROM rollup_state FOR UPDATE")
+        rows = await conn.fetch(_INTAKE, done, xmin, max_xacts)
+        xacts = {r["xact"] for r in rows}
+        backlog = len(xacts) >= max_xacts
+        new_done = max(xacts) + 1 if backlog else max(xmin, done)
+        ranges = [
+            (floor_to(r["min_time"] - _SLACK, MINUTE), ceil_to(r["max_time"] + _SLACK, MINUTE))
+            for r in rows if r["min_time"] is not None and r["max_time"] is not None
+        ]
+        ranges += [(r["lo"], r["hi"]) for r in
+                   await conn.fetch("DELETE FROM rollup_pending RETURNING lo, hi")]
+        take, keep = take_newest(merge_ranges(ranges), MINUTE * max_minutes)
+        minutes = 0
+        if take:
+            minutes = await rebuild(conn, take, await read_timezone(conn),
+                                    await Horizons.load(conn))
+        if keep:
+            await conn.executemany("INSERT INTO rollup_pending (lo, hi) VALUES ($1, $2)", keep)
+        await conn.execute("UPDATE rollup_state SET done_below = $1", new_done)
+    pending = sum(int((hi - lo) / MINUTE) for lo, hi in keep)
+    return PassResult(len(rows), minutes, pending, backlog or bool(keep))
+
+
+class RollupRefresher:
+    """Runs refresh passes for one tenant database: every ``interval_s``, and back to back while
+    a pass leaves work behind (each pass itself stays bounded)."""
+
+    def __init__(self, dsn: str, *, interval_s: float = 5.0, max_xacts_per_pass: int = 2000,
+                 max_minutes_per_pass: int = 360,
+                 on_pass: Callable[[PassResult, float], None] | None = None) -> None:
+        self._dsn = dsn
+        self.interval_s = interval_s
+        self.max_xacts_per_pass = max_xacts_per_pass
+        self.max_minutes_per_pass = max_minutes_per_pass
+        self._on_pass = on_pass
+        self._conn: asyncpg.Connection | None = None
+        self.passes = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self._dsn, timeout=10)
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def run_pass(self) -> PassResult:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            r = await refresh_pass(await self._connection(), max_xacts=self.max_xacts_per_pass,
+                                   max_minutes=self.max_minutes_per_pass)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            if self._conn is not None and not self._conn.is_closed():
+                self._conn.terminate()
+            self._conn = None
+            raise
+        self.passes += 1
+        if self._on_pass is not None:
+            try:
+                self._on_pass(r, loop.time() - t0)
+            except Exception:  # metrics never break the loop
+                log.debug("on_pass hook failed", exc_info=True)
+        return r
+
+    async def run_until_idle(self, max_passes: int = 100_000) -> int:
+        """Passes until everything committed before the call is rolled up; returns how many
+        ran. A transaction still running anywhere in the cluster (an autovacuum's ANALYZE, say)
+        can hold the watermark back for a moment: then passes repeat until it has moved on."""
+        conn = await self._connection()
+        target = await conn.fetchval("SELECT coalesce(max(xact), -1) FROM ingest_ledger")
+        for n in range(1, max_passes + 1):
+            r = await self.run_pass()
+            if not (r.more or r.busy) and await conn.fetchval(
+                    "SELECT done_below FROM rollup_state") > target:
+                return n
+            if r.busy or not r.more:
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"rollups still behind after {max_passes} passes")
+
+    async def run(self) -> None:
+        """Forever; a failing pass (database away) is retried at the next tick."""
+        while True:
+            try:
+                r = await self.run_pass()
+                if r.more:
+                    await asyncio.sleep(0)  # let the writer in between bounded passes
+                    continue
+            except Exception as e:
+                self.failures += 1
+                self.last_error = f"{type(e).__name__}: {e}"[:300]
+                log.warning("rollup refresh failed: %s", self.last_error)
+            await asyncio.sleep(self.interval_s)

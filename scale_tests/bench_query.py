@@ -1,0 +1,220 @@
+"""``scada-ingest bench query``: read queries through the HTTP API under 10 concurrent clients,
+beside the same answers computed by plain SQL over the raw hypertable in the same run.
+
+Data set (built fresh each run, through the writer's COPY + ledger path, then rolled up by the
+refresher): ``tags`` tags x ``days`` days at one reading per ``interval_s``, plus ``year_tags``
+tags with a year at one reading per ``year_interval_s``. The JSON says how big it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import numpy as np
+
+from ingest.core.batch import ReadingBatch
+from ingest.core.config import Settings
+from ingest.read.refresher import RollupRefresher
+from ingest.write.writer import TenantWriter
+from scale_tests.common import log
+
+CLIENTS = 10
+_BASELINE = """
+SELECT time_bucket($4::interval, time) AS b, count(*) FILTER (WHERE quality >= 0) AS n,
+       min(value) FILTER (WHERE quality >= 0) AS min, max(value) FILTER (WHERE quality >= 0) AS max,
+       sum(value) FILTER (WHERE quality >= 0) AS sum,
+       first(value, time) FILTER (WHERE quality >= 0) AS first,
+       last(value, time) FILTER (WHERE quality >= 0) AS last
+FROM scada_readings WHERE tag_id = $1 AND time >= $2 AND time < $3 GROUP BY 1 ORDER BY 1"""
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return round(s[min(len(s) - 1, int(math.ceil(q / 100 * len(s))) - 1)] * 1000, 2)
+
+
+async def _load(dsn: str, tag_ids: list[int], end: datetime, days: int, interval_s: int,
+                prefix: str) -> int:
+    """Readings of every tag from end - days to end, in flushes of about 50,000 rows."""
+    w = TenantWriter(dsn, flush_rows=50_000, flush_interval_ms=50)
+    await w.start()
+    end_us = int(end.timestamp() * 1e6)
+    start_us = end_us - days * 86_400_000_000
+    step_us = interval_s * 1_000_000
+    per_batch = max(1, 50_000 // len(tag_ids))
+    times = np.arange(start_us, end_us, step_us, dtype=np.int64)
+    tags = np.array(tag_ids, np.int32)
+    rows = 0
+    rng = np.random.default_rng(7)
+    for i in range(0, len(times), per_batch):
+        t = times[i:i + per_batch]
+        tt = np.repeat(t, len(tags))
+        gg = np.tile(tags, len(t))
+        vv = 100 + 10 * np.sin(tt / 3.6e9 + gg) + rng.normal(0, 1, len(tt))
+        await w.write(ReadingBatch(f"{prefix}:{i}", tt, gg, vv, np.zeros(len(tt), np.int32)))
+        rows += len(tt)
+    await w.stop()
+    return rows
+
+
+async def _measure(api: str, key: str, make: list[Any], requests: int) -> list[float]:
+    """``requests`` GETs made by ``make`` (a list of (path, params) factories), 10 at a time."""
+    lat: list[float] = []
+    todo = list(range(requests))
+    async with httpx.AsyncClient(base_url=api, timeout=60,
+                                 headers={"Authorization": f"Bearer {key}"},
+                                 limits=httpx.Limits(max_connections=CLIENTS)) as c:
+        async def client() -> None:
+            while todo:
+                todo.pop()
+                path, params = random.choice(make)()
+                t0 = time.perf_counter()
+                r = await c.get(path, params=params)
+                lat.append(time.perf_counter() - t0)
+                r.raise_for_status()
+
+        await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    return lat
+
+
+async def _baseline(dsn: str, queries: list[tuple[int, datetime, datetime, timedelta]],
+                    requests: int) -> tuple[list[float], dict[tuple[int, datetime, datetime], Any]]:
+    pool = await asyncpg.create_pool(dsn, min_size=CLIENTS, max_size=CLIENTS)
+    lat: list[float] = []
+    answers: dict[tuple[int, datetime, datetime], Any] = {}
+    todo = list(range(requests))
+
+    async def client() -> None:
+        while todo:
+            todo.pop()
+            tag, lo, hi, width = random.choice(queries)
+            t0 = time.perf_counter()
+            rows = await pool.fetch(_BASELINE, tag, lo, hi, width)
+            lat.append(time.perf_counter() - t0)
+            answers[(tag, lo, hi)] = rows
+
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    await pool.close()
+    return lat, answers
+
+
+def _mismatches(api_rows: list[list[Any]], fields: list[str], sql_rows: list[Any]) -> int:
+    f = {k: i for i, k in enumerate(fields)}
+    bad = abs(len(api_rows) - len(sql_rows))
+    for a, s in zip(api_rows, sql_rows, strict=False):
+        same = (datetime.fromisoformat(a[f["time"]]) == s["b"] and a[f["count"]] == s["n"]
+                and a[f["min"]] == s["min"] and a[f["max"]] == s["max"]
+                and a[f["first"]] == s["first"] and a[f["last"]] == s["last"]
+                and math.isclose(a[f["sum"]], s["sum"], rel_tol=1e-9))
+        bad += 0 if same else 1
+    return bad
+
+
+def run(tags: int = 100, days: int = 30, interval_s: int = 60, year_tags: int = 4,
+        year_interval_s: int = 600, requests: int = 200) -> dict[str, Any]:
+    from scale_tests.bench_devices import _deploy, _free_port
+
+    # The stack's folder and ports come from the environment (SCADA_LOCAL_DIR, SCADA_PG_PORT,
+    # ...) so a checkout can bench against its own stack.
+    settings = Settings(namespace="scada-bench", http_port=_free_port()).with_local_secrets()
+    client, slug = _deploy(settings)
+    api, key = str(client.base_url).rstrip("/"), client.headers["Authorization"][7:]
+    return asyncio.run(_run(settings, client, api, key, slug, tags, days, interval_s, year_tags,
+                            year_interval_s, requests))
+
+
+async def _run(settings: Settings, client: httpx.Client, api: str, key: str, slug: str,
+               tags: int, days: int, interval_s: int, year_tags: int, year_interval_s: int,
+               requests: int) -> dict[str, Any]:
+    ac = httpx.AsyncClient(base_url=api, timeout=120, headers={"Authorization": f"Bearer {key}"})
+    r = await ac.post(f"/v1/tenants/{slug}/connections", json={
+        "name": "bench", "protocol": "opcua", "endpoint": "opc.tcp://127.0.0.1:1/bench",
+        "enabled": False, "tags": [{"name": f"t{i}", "node_id": f"ns=2;s=T{i}", "well": f"W{i % 10}"}
+                                   for i in range(tags + year_tags)]})
+    r.raise_for_status()
+    ids = [t["tag_id"] for t in r.json()["tags"]]
+    month_ids, year_ids = ids[:tags], ids[tags:]
+    dsn = settings.dsn(f"scada_t_{slug}")
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    t0 = time.perf_counter()
+    rows = await _load(dsn, month_ids, end, days, interval_s, "m")
+    year_rows = await _load(dsn, year_ids, end, 365, year_interval_s, "y")
+    load_s = time.perf_counter() - t0
+    log(f"loaded {rows + year_rows} rows in {load_s:.0f} s; rolling up")
+    t0 = time.perf_counter()
+    refresher = RollupRefresher(dsn, max_minutes_per_pass=1440)
+    await refresher.run_until_idle()
+    await refresher.close()
+    rollup_s = time.perf_counter() - t0
+    # Refresh lag: one reading committed now, until the writer actor's refresher has it in 1m.
+    conn = await asyncpg.connect(dsn)
+    w = TenantWriter(dsn, flush_interval_ms=10)
+    await w.start()
+    now = datetime.now(UTC)
+    await w.write(ReadingBatch("lag", np.array([int(now.timestamp() * 1e6)], np.int64),
+                               np.array([month_ids[0]], np.int32), np.array([1.0]),
+                               np.zeros(1, np.int32)))
+    committed = time.perf_counter()
+    await w.stop()
+    # The refresher commits in another process: polling the database is the only signal.
+    while not await conn.fetchval(  # noqa: ASYNC110
+            "SELECT 1 FROM rollup_1d WHERE tag_id = $1 AND last_time >= $2", month_ids[0], now):
+        await asyncio.sleep(0.1)
+    lag_s = time.perf_counter() - committed
+    await conn.close()
+
+    def iso(t: datetime) -> str:
+        return t.isoformat()
+
+    readings = f"/v1/tenants/{slug}/readings"
+    month_lo, year_lo = end - timedelta(days=days), end - timedelta(days=365)
+    kinds: dict[str, list[Any]] = {
+        "latest_100": [lambda: (f"/v1/tenants/{slug}/latest", {"tag_id": ids[:100]})],
+        "raw_1h": [lambda: (readings, {"tag_id": random.choice(month_ids), "resolution": "raw",
+                                       "start": iso(end - timedelta(hours=1)), "end": iso(end)})],
+        "auto_24h": [lambda: (readings, {"tag_id": random.choice(month_ids),
+                                         "start": iso(end - timedelta(days=1)), "end": iso(end)})],
+        "auto_30d": [lambda: (readings, {"tag_id": random.choice(month_ids),
+                                         "start": iso(month_lo), "end": iso(end)})],
+        "auto_1y": [lambda: (readings, {"tag_id": random.choice(year_ids), "days": "utc",
+                                        "start": iso(year_lo), "end": iso(end)})],
+    }
+    queries: dict[str, Any] = {}
+    for kind, make in kinds.items():
+        lat = await _measure(api, key, make, requests)
+        queries[kind] = {"p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "n": len(lat)}
+        log(f"{kind}: {queries[kind]}")
+    # The same answers by plain SQL over raw, timed under the same concurrency, compared.
+    base_lat, answers = await _baseline(
+        dsn, [(t, month_lo, end, timedelta(hours=1)) for t in month_ids[:20]], requests)
+    queries["sql_raw_30d"] = {"p50_ms": _pct(base_lat, 50), "p99_ms": _pct(base_lat, 99),
+                              "n": len(base_lat)}
+    _, year_answers = await _baseline(dsn, [(t, year_lo, end, timedelta(days=1)) for t in year_ids],
+                                      len(year_ids) * 4)
+    mismatches = 0
+    compared = 0
+    for (tag, lo, hi), sql_rows in list(answers.items()) + list(year_answers.items()):
+        params: dict[str, Any] = {"tag_id": tag, "start": iso(lo), "end": iso(hi), "days": "utc"}
+        body = (await ac.get(readings, params=params)).json()
+        mismatches += _mismatches(body["series"][0]["points"], body["fields"], sql_rows)
+        compared += len(sql_rows)
+    await ac.aclose()
+    return {
+        "dataset": {"tags": tags, "days": days, "interval_s": interval_s, "rows": rows,
+                    "year_tags": year_tags, "year_interval_s": year_interval_s,
+                    "year_rows": year_rows},
+        "load_s": round(load_s, 1), "rollup_build_s": round(rollup_s, 1),
+        "refresh_lag_s": round(lag_s, 2), "clients": CLIENTS,
+        "queries": queries,
+        "speedup_30d_vs_raw": round(statistics.median(base_lat) * 1000
+                                    / max(queries["auto_30d"]["p50_ms"], 1e-3), 1),
+        "rollup_mismatches": mismatches, "buckets_compared": compared,
+    }
