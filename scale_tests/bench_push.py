@@ -29,7 +29,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 from ingest.core.batch import ReadingBatch  # noqa: E402
 from ingest.simulators.fleet import db_fetch  # noqa: E402
 from scale_tests.bench_devices import _bench_settings  # noqa: E402
-from scale_tests.common import log, prepare_stack, ratio, start_private_ray  # noqa: E402
+from scale_tests.common import log, prepare_stack, ratio  # noqa: E402
 
 PARAMS = [("wellhead_pressure", "psi"), ("hookload", "klbs"), ("flow_rate", "bbl/day"),
           ("downhole_temperature", "degF")]
@@ -133,9 +133,29 @@ def _feed_writer(slug: str, namespace: str, tag_ids: list[int], n_rows: int, bas
 
 def run(seconds: float = 60.0, clients: int = 8, wells: int = 250,
         dup_seconds: float = 10.0) -> dict[str, Any]:
+    import ray
+    from ray.cluster_utils import Cluster
+
     settings = _bench_settings()
     prepare_stack(settings)
-    start_private_ray()
+    # A head of its own on free ports (not Ray's default port, which a demo or another
+    # checkout's benchmark may hold).
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "include_dashboard": False})
+    ray.init(address=cluster.address, namespace=settings.namespace, log_to_driver=False,
+             logging_level="WARNING")
+    try:
+        return _run(settings, seconds, clients, wells, dup_seconds)
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _run(settings: Any, seconds: float, clients: int, wells: int,
+         dup_seconds: float) -> dict[str, Any]:
     from actors.deploy import wait_http
     from serve_app.deploy import deploy
 
