@@ -13,6 +13,7 @@ from ingest.core.batch import ReadingBatch
 from ingest.core.config import Settings
 from ingest.core.metrics import Metrics, safe
 from ingest.core.models import ConnectionSpec
+from ingest.device.connection_metrics import ConnectionGauges
 from ingest.device.host import ConnectionHost
 from ingest.device.sender import BatchSender
 
@@ -24,7 +25,12 @@ class ConnectionActor:
     def __init__(self, settings: Settings, slot: str) -> None:
         self.settings = settings
         self.slot = slot
-        self.host = ConnectionHost(slot, self._sender_for, last_times=self._last_times)
+        self.gauges = ConnectionGauges(Metrics.get())
+        self.host = ConnectionHost(
+            slot, self._sender_for, last_times=self._last_times,
+            on_state_change=lambda spec, state, error: self.gauges.on_state_change(
+                spec.tenant_slug, spec.protocol.value, state, error),
+        )
         self._ticker: asyncio.Task[None] | None = None
         self._node_id = ray.get_runtime_context().get_node_id()
         self._status: dict[str, Any] = {}
@@ -65,6 +71,7 @@ class ConnectionActor:
 
     async def _tick_loop(self) -> None:
         period = self.settings.batch_interval_ms / 1000.0
+        ticks_per_gauge = max(1, round(1.0 / period))  # session gauges about once a second
         n = 0
         while True:
             await asyncio.sleep(period)
@@ -76,6 +83,11 @@ class ConnectionActor:
                     self._refresh_status()
             except Exception:
                 log.exception("tick failed")
+            if n % ticks_per_gauge == 0:
+                try:
+                    self.gauges.publish(self.host.status())
+                except Exception:
+                    log.exception("session gauges failed")
 
     def _refresh_status(self) -> None:
         # Replaced whole, never mutated: what the health group reads (actors.common).

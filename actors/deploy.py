@@ -18,6 +18,13 @@ from ingest.core.config import Settings
 RAY_PORT = 6390
 
 
+# Structured logs from every actor and task: Ray's own JSON encoding (one object per line, with
+# job, worker, actor and task ids). Actors inherit it from the job that creates them, so the
+# driver that deploys sets it.
+def ray_logging_config() -> ray.LoggingConfig:
+    return ray.LoggingConfig(encoding="JSON", log_level="INFO")
+
+
 def _ray_bin() -> str:
     return os.path.join(os.path.dirname(sys.executable), "ray")
 
@@ -62,7 +69,8 @@ def connect(settings: Settings) -> None:
     if not ray.is_initialized():
         use_token_auth()
         ray.init(address=ray_address(settings), namespace=settings.namespace,
-                 log_to_driver=False, logging_level="WARNING")
+                 log_to_driver=False, logging_level="WARNING",
+                 logging_config=ray_logging_config())
 
 
 def head_node_id() -> str | None:
@@ -72,8 +80,10 @@ def head_node_id() -> str | None:
     return None
 
 
-def deploy_coordinator(settings: Settings) -> Any:
-    """Create (or find) the coordinator and start its loop. Idempotent."""
+def ensure_coordinator(settings: Settings) -> Any:
+    """Create (or find) the detached coordinator and start its loop. Idempotent: after a
+    cluster upgrade (a new Ray cluster) it creates the coordinator again, which creates the
+    writers and connection actors from the desired state kept in PostgreSQL."""
     # The coordinator prefers the head node: losing the head loses the cluster anyway, while a
     # coordinator on a worker would have to wait for Ray to notice that worker's death before it
     # could move anything. Soft, so it can still run elsewhere when the head cannot take it.

@@ -2,7 +2,9 @@
 # Bootstrap the local scada-ingest stack prerequisites (idempotent, fast when done):
 #   - Debian packages (PostgreSQL 15, Redis, build tools)
 #   - TimescaleDB (Apache edition) built from Debian trixie's source package
-#   - the project's Python venv (editable install, redone only when pyproject.toml changes)
+#   - Debian's prometheus package (promtool; its service kept disabled)
+#   - the project's Python venv from requirements.lock (hashes checked), then the project
+#     itself (editable); redone only when pyproject.toml or the lock changes
 # Mirror addresses are derived at runtime from the machine's own apt sources; the machine's
 # apt configuration is never modified (a private apt state under $SCADA_LOCAL_DIR/apt is used).
 set -euo pipefail
@@ -18,6 +20,7 @@ TSDB_VERSION="2.19.3"
 KEYRING="/usr/share/keyrings/debian-archive-keyring.gpg"
 VENV="${REPO_ROOT}/.venv"
 PYPROJECT="${REPO_ROOT}/pyproject.toml"
+LOCK="${REPO_ROOT}/requirements.lock"
 PIP_STAMP="${VENV}/.scada-pyproject.sha256"
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
@@ -49,6 +52,46 @@ install_debian_packages() {
     "${SUDO[@]}" apt-get update -qq
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
     # Debian's default cluster (if one was created) is left alone; we run our own cluster.
+}
+
+# ---------------------------------------------------------------- Prometheus (promtool)
+# Debian's `prometheus` package brings promtool (alert rule checks and unit tests) and the
+# server the metrics test starts on loopback. The package's own service must never run here:
+# it would listen on all interfaces. Service starts are refused during the install (Debian's
+# policy-rc.d mechanism), and the service is disabled and stopped afterwards in case an init
+# system started it anyway.
+install_prometheus() {
+    if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
+        log "prometheus: present"
+        disable_prometheus_service
+        return
+    fi
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [[ ! -e "${policy}" ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "${policy}" >/dev/null
+        "${SUDO[@]}" chmod 755 "${policy}"
+        made_policy=1
+    fi
+    log "prometheus: installing Debian's package (service start refused)"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        -o DPkg::Lock::Timeout=300 --no-install-recommends prometheus >&2 \
+        || { [[ ${made_policy} -eq 1 ]] && "${SUDO[@]}" rm -f "${policy}"; die "prometheus install failed"; }
+    [[ ${made_policy} -eq 1 ]] && "${SUDO[@]}" rm -f "${policy}"
+    disable_prometheus_service
+}
+
+disable_prometheus_service() {
+    # deb-systemd-helper removes the unit's enablement symlink even where systemd is not running.
+    if command -v deb-systemd-helper >/dev/null 2>&1; then
+        "${SUDO[@]}" deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true
+    fi
+    if [[ -d /run/systemd/system ]]; then
+        "${SUDO[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    fi
+    if [[ -x /etc/init.d/prometheus ]]; then
+        "${SUDO[@]}" update-rc.d prometheus disable >/dev/null 2>&1 || true
+        "${SUDO[@]}" /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    fi
 }
 
 # ---------------------------------------------------------------- mirror discovery
@@ -148,6 +191,8 @@ build_timescaledb() {
 }
 
 # ---------------------------------------------------------------- Python env
+# Dependencies come from requirements.lock (every package pinned, with hashes: pip refuses
+# anything else), then the project itself without dependencies. scripts/lock.sh updates the lock.
 setup_python() {
     if [[ ! -x "${VENV}/bin/python" ]]; then
         log "python: creating ${VENV}"
@@ -158,19 +203,22 @@ setup_python() {
         return
     fi
     local want have=""
-    want="$(sha256sum "${PYPROJECT}" | cut -d' ' -f1)"
+    want="$(cat "${PYPROJECT}" "${LOCK}" | sha256sum | cut -d' ' -f1)"
     [[ -f "${PIP_STAMP}" ]] && have="$(cat "${PIP_STAMP}")"
     if [[ "${want}" == "${have}" ]]; then
         log "python: up to date"
         return
     fi
-    log "python: pip install -e '${REPO_ROOT}[dev]'"
-    "${VENV}/bin/python" -m pip install -q -e "${REPO_ROOT}[dev]" >&2
+    log "python: pip install --require-hashes -r requirements.lock"
+    "${VENV}/bin/python" -m pip install -q --require-hashes -r "${LOCK}" >&2
+    log "python: pip install --no-deps -e ${REPO_ROOT}"
+    "${VENV}/bin/python" -m pip install -q --no-deps -e "${REPO_ROOT}" >&2
     printf '%s\n' "${want}" > "${PIP_STAMP}"
 }
 
 main() {
     install_debian_packages
+    install_prometheus
     build_timescaledb
     setup_python
     log "done"

@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from ingest.core.config import Settings, load_settings, on_cluster
+from ingest.core.logging_json import configure_json_logging
 from ingest.store.master import migrate_all
 
 
@@ -120,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ray reads its authentication mode once, when it is imported: set it before anything does.
     # Token authentication stays on for clusters we start (`ray start` alone would not turn it on).
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+    configure_json_logging(logging.WARNING)
     p = argparse.ArgumentParser(prog="scada-ingest", description=__doc__)
     sub = p.add_subparsers(dest="verb", required=True)
     sub.add_parser("up", help="start the local stack (or join RAY_ADDRESS) and deploy")

@@ -71,8 +71,10 @@ def ray_cluster(stack: Settings) -> Iterator[Any]:
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 4, "include_dashboard": False, "_system_config": FAST_HEALTH})
+    from actors.deploy import ray_logging_config
+
     ray.init(address=cluster.address, namespace=stack.namespace, log_to_driver=False,
-             logging_level="WARNING")
+             logging_level="WARNING", logging_config=ray_logging_config())
     yield cluster
     ray.shutdown()
     cluster.shutdown()

@@ -84,12 +84,14 @@ class ConnectionHost:
         *,
         session_factory: Callable[..., DeviceSession] | None = None,
         last_times: LastTimes | None = None,
+        on_state_change: Callable[[ConnectionSpec, str, str | None], None] | None = None,
     ) -> None:
         self.source = source
         self.epoch = uuid.uuid4().hex[:8]
         self._sender_factory = sender_factory
         self._session_factory = session_factory or make_session
         self._last_times = last_times
+        self._on_state_change = on_state_change
         self.gap_markers = 0
         self._running: dict[str, _Running] = {}
         self._builders: dict[str, BatchBuilder] = {}
@@ -213,6 +215,8 @@ class ConnectionHost:
             r.state, r.error = state, error
             if state == "connected":
                 r.backoff.reset()
+            if self._on_state_change is not None:
+                self._on_state_change(spec, state, error)
 
         def on_text(tag_ids: np.ndarray, times: np.ndarray, texts: list[str],
                     quality: np.ndarray) -> None:

@@ -554,7 +554,9 @@ def _strip_count_and_port(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from ingest.core.logging_json import configure_json_logging
+
+    configure_json_logging(logging.WARNING)
     raw = list(sys.argv[1:] if argv is None else argv)
     args = _parse_args(raw)
     if args.count > 1:

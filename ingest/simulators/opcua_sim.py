@@ -792,7 +792,9 @@ def _run_many(argv: list[str], count: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from ingest.core.logging_json import configure_json_logging
+
+    configure_json_logging(logging.WARNING)
     raw = list(sys.argv[1:] if argv is None else argv)
     args = _parse_args(raw)
     if args.count > 1:
