@@ -54,16 +54,18 @@ async def cluster_admin(caller: Caller) -> Principal:
 ClusterAdmin = Annotated[Principal, Depends(cluster_admin)]
 
 
-async def authorize(api: ApiState, caller: Principal, ref: str, scope: Scope) -> Tenant:
-    """The tenant ``ref`` names, if ``caller`` may act on it with ``scope``."""
-    master = await api.master()
+async def authorize(api: ApiState, caller: Principal, ref: str, scope: Scope,
+                    lookup: Callable[[str], Awaitable[Tenant]] | None = None) -> Tenant:
+    """The tenant ``ref`` names, if ``caller`` may act on it with ``scope``. ``lookup`` finds
+    a tenant by reference (default: the master database; the read routes pass a cache)."""
+    get_tenant = lookup or (await api.master()).get_tenant
     if caller.is_cluster_admin:
-        return await master.get_tenant(ref)
+        return await get_tenant(ref)
     # A tenant that does not exist answers exactly like another tenant's: 403.
     if caller.tenant_id is None:
         raise TenantMismatch("this key belongs to no tenant")
     try:
-        tenant = await master.get_tenant(ref)
+        tenant = await get_tenant(ref)
     except TenantNotFound as e:
         raise TenantMismatch(f"no access to tenant {ref!r}") from e
     if tenant.id != caller.tenant_id:

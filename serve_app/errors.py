@@ -36,6 +36,7 @@ from ingest.core.errors import (
     TenantNotFound,
     TenantUnavailable,
 )
+from ingest.push.errors import PushError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class ErrorBody(BaseModel):
     error: str = Field(description="snake_case code, e.g. invalid_token, tag_not_found")
     message: str = Field(description="for humans")
     details: list[ErrorDetail] = Field(default_factory=list)
+    retry_after_seconds: int | None = Field(
+        None, description="on 429 and 503 of the push route, beside Retry-After")
 
 
 # Most specific first: the first row whose type matches answers. Anything retriable that no row
@@ -99,6 +102,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def classify(exc: BaseException) -> tuple[int, str]:
+    if isinstance(exc, PushError):  # the push side's refusals carry their own status and code
+        return exc.status, exc.code
     for kind, status, code in ERROR_TABLE:
         if isinstance(exc, kind):
             return status, code
@@ -120,7 +125,7 @@ def error_response(
         out["WWW-Authenticate"] = "Bearer"
     if status == 503:
         out.setdefault("Retry-After", str(RETRY_AFTER_S))
-    return JSONResponse(body.model_dump(), status_code=status, headers=out)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=out)
 
 
 def _message(exc: BaseException, status: int) -> str:
@@ -128,12 +133,17 @@ def _message(exc: BaseException, status: int) -> str:
         return "internal error; the server log has the details"
     if isinstance(exc, InvalidRegistration):
         return exc.message
+    if isinstance(exc, PushError):
+        return exc.message
     if isinstance(exc, RayActorError):
         return "a cluster actor is not available"
     return str(exc) or type(exc).__name__
 
 
 def _details(exc: BaseException) -> list[ErrorDetail]:
+    if isinstance(exc, PushError):
+        return [ErrorDetail(field=str(d.get("field", "")), error=str(d.get("error", "")))
+                for d in exc.details]
     if isinstance(exc, InvalidRegistration):
         return [ErrorDetail(field=exc.field, error=exc.message)]
     if isinstance(exc, InvalidDeviceSetting):
@@ -145,7 +155,10 @@ async def _known_error(_: Request, exc: Exception) -> JSONResponse:
     status, code = classify(exc)
     if status >= 500:
         log.warning("answering %d %s: %s", status, code, type(exc).__name__, exc_info=status == 500)
-    return error_response(status, code, _message(exc, status), _details(exc))
+    headers = None
+    if isinstance(exc, PushError) and exc.retry_after_s is not None:
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    return error_response(status, code, _message(exc, status), _details(exc), headers)
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

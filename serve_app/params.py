@@ -30,6 +30,8 @@ def as_utc(d: datetime) -> datetime:
     return d
 
 
+InstantQuery = Annotated[datetime, AfterValidator(as_utc)]
+
 TenantRef = Annotated[
     str,
     Path(

@@ -1,35 +1,145 @@
 """Read-side routes: readings at any resolution, latest values, wells, read settings.
 
 Handlers stay thin: parse, authorise, call one ingest.read function, shape the answer.
+
+The hot routes (readings, latest) are built to cost one database round trip, or one Redis
+round trip, per request: the caller's key and the tenant are remembered for a few seconds
+(``AUTH_TTL_S``: a revoked key or a suspended tenant is refused by this replica within that
+time), the tenant's tags and time zone come from a per-tenant catalog cache (``ingest.read.
+catalog``), queries run on a read pool of the replica's own (more connections than the
+registration pool; no reset query on release, since read handlers leave no session state), and
+answers are encoded by orjson straight from rows, past pydantic (the models below still
+document them in OpenAPI). These caches are the replica's (``ReadCaches``, held by the ingress'
+``ApiState``), not module globals.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query
+import asyncpg
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingest.core.errors import InvalidQuery
+from ingest.core.errors import InvalidQuery, TenantUnavailable
 from ingest.core.models import Tenant
-from ingest.read.catalog import TagInfo, list_wells, resolve_tags
-from ingest.read.latest import age_s, latest_values
+from ingest.read.catalog import Catalog, CatalogCache, TagInfo, list_wells
+from ingest.read.latest import latest_values
 from ingest.read.query import ReadAnswer, ReadRequest, quality_code, quality_name, read, stream_rows
 from ingest.read.retention import ReadSettings, check_timezone, load_settings, save_settings
-from ingest.store.tenant_store import TenantStore
-from serve_app.deps import AdminTenant, Api, Caller, ReadTenant
+from ingest.store.master import Principal
+from serve_app.deps import AdminTenant, Api, Caller, ReadTenant, authorize, principal
 from serve_app.errors import error_responses
-from serve_app.params import INT4_MAX, EndQuery, StartQuery
+from serve_app.params import INT4_MAX, EndQuery, StartQuery, TenantRef
+from serve_app.state import ApiState
 
 MAX_QUERY_TAGS = 100
 MAX_LATEST_TAGS = 1000
 
 router = APIRouter(tags=["queries"], responses=error_responses(401, 403, 404, 422, 503))
+
+AUTH_TTL_S = 5.0
+READ_POOL_SIZE = 10
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    # Read handlers set no session state; only a request cancelled inside a transaction (CSV
+    # streaming) leaves something behind.
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+class ReadCaches:
+    """One replica's read-side caches: keys and tenants for ``AUTH_TTL_S``, a read pool per
+    tenant, tenant catalogs. Built once per ``ApiState`` (``api.part(ReadCaches)``)."""
+
+    def __init__(self, api: ApiState) -> None:
+        self.api = api
+        self.principals: dict[str, tuple[float, Principal]] = {}
+        self.tenants: dict[str, tuple[float, Tenant]] = {}
+        self.read_pools: dict[str, asyncpg.Pool] = {}
+        self.pool_lock = asyncio.Lock()
+        self.catalogs = CatalogCache(ttl_s=AUTH_TTL_S)
+
+    async def tenant(self, ref: str) -> Tenant:
+        hit = self.tenants.get(ref)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        t = await (await self.api.master()).get_tenant(ref)
+        if len(self.tenants) > 10_000:
+            self.tenants.clear()
+        self.tenants[ref] = (now + AUTH_TTL_S, t)
+        return t
+
+    async def read_pool(self, t: Tenant) -> asyncpg.Pool:
+        pool = self.read_pools.get(t.id)
+        if pool is not None:
+            return pool
+        async with self.pool_lock:
+            if t.id not in self.read_pools:
+                dsn = await (await self.api.master()).tenant_dsn(t.id)
+                try:
+                    self.read_pools[t.id] = await asyncpg.create_pool(
+                        dsn, min_size=1, max_size=READ_POOL_SIZE, reset=_no_reset,
+                        max_inactive_connection_lifetime=60)
+                except OSError as e:
+                    raise TenantUnavailable(
+                        f"tenant database unreachable: {type(e).__name__}") from e
+            return self.read_pools[t.id]
+
+
+async def cached_principal(
+    api: Api,
+    authorization: Annotated[str | None, Header(description="Bearer <api key>")] = None,
+) -> Principal:
+    """``principal``, remembered for ``AUTH_TTL_S`` per key (refusals are not remembered)."""
+    caches = api.part(ReadCaches)
+    hit = caches.principals.get(authorization or "")
+    now = time.monotonic()
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    p = await principal(api, authorization)
+    if len(caches.principals) > 10_000:
+        caches.principals.clear()
+    caches.principals[authorization or ""] = (now + AUTH_TTL_S, p)
+    return p
+
+
+ReadCaller = Annotated[Principal, Depends(cached_principal)]
+
+
+async def _cached_read_tenant(tenant: TenantRef, caller: ReadCaller, api: Api) -> Tenant:
+    """``ReadTenant`` with the tenant row remembered for ``AUTH_TTL_S``: the same checks in the
+    same order, so a foreign key learns nothing about other tenants."""
+    return await authorize(api, caller, tenant, "read", lookup=api.part(ReadCaches).tenant)
+
+
+HotReadTenant = Annotated[Tenant, Depends(_cached_read_tenant)]
+
+
+async def _catalog_and_tags(api: ApiState, t: Tenant, pool: asyncpg.Pool,
+                            tag_id: list[int] | None, well: str | None, tag: list[str] | None,
+                            max_tags: int) -> tuple[Catalog, list[TagInfo]]:
+    return await api.part(ReadCaches).catalogs.resolve(
+        t.id, lambda: Catalog.load(pool), pool, tag_id, well, tag, max_tags)
+
+
+def _json(body: Any) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")
+
+
+def _tag_dict(t: TagInfo) -> dict[str, Any]:
+    return {"tag_id": t.tag_id, "name": t.name, "well": t.well, "unit": t.unit,
+            "data_type": t.data_type}
 
 
 class TagBrief(BaseModel):
@@ -73,7 +183,7 @@ TagNames = Annotated[list[str] | None, Query(description="tag names within `well
             responses={200: {"content": {"text/csv": {}},
                              "description": "JSON, or CSV with `Accept: text/csv`"}})
 async def readings(
-    t: ReadTenant,
+    t: HotReadTenant,
     api: Api,
     tag_id: TagIds = None,
     well: Annotated[str | None, Query(max_length=200)] = None,
@@ -93,37 +203,35 @@ async def readings(
     `max_points`. Aggregate rows: bucket start, count, avg, min, max, sum, first and last with
     their times, count of Bad readings (Bad readings and gap markers are never in the numbers).
     Past `limit` rows the answer carries `next`."""
-    store = await api.store(t)
     end = end or datetime.now(UTC)
     start = start or end - timedelta(hours=1)
     if start >= end:
         raise InvalidQuery("start", "must be before end")
-    async with store.pool.acquire() as conn:
-        tags = await resolve_tags(conn, tag_id, well, tag, MAX_QUERY_TAGS)
-        tz = (await load_settings(conn)).timezone
-        req = ReadRequest(tags, start, end, resolution, max_points, limit, days == "local",
-                          cursor)
-        if accept and "text/csv" in accept:
-            await read(conn, ReadRequest(tags, start, end, resolution, max_points, 1,
-                                         days == "local", cursor), tz)  # errors before 200
-            return StreamingResponse(_csv(store, req, tz), media_type="text/csv")
-        answer = await read(conn, req, tz)
-    return _shape(answer, req, resolution)
+    pool = await api.part(ReadCaches).read_pool(t)
+    cat, tags = await _catalog_and_tags(api, t, pool, tag_id, well, tag, MAX_QUERY_TAGS)
+    tz = cat.timezone
+    req = ReadRequest(tags, start, end, resolution, max_points, limit, days == "local", cursor)
+    if accept and "text/csv" in accept:
+        await read(pool, ReadRequest(tags, start, end, resolution, max_points, 1,
+                                     days == "local", cursor), tz)  # errors before 200
+        return StreamingResponse(_csv(pool, req, tz), media_type="text/csv")
+    return _json(_shape(await read(pool, req, tz), req, resolution))
 
 
-def _shape(a: ReadAnswer, req: ReadRequest, requested: str) -> ReadingsOut:
-    return ReadingsOut(
-        start=req.start, end=req.end, requested=requested, resolution=a.level.value,
-        timezone=a.timezone, fields=a.fields, next=a.next,
-        raw_dropped_before=a.raw_dropped_before, notices=a.notices,
-        series=[SeriesOut(**_tag(s.tag).model_dump(), points=s.points) for s in a.series])
+def _shape(a: ReadAnswer, req: ReadRequest, requested: str) -> dict[str, Any]:
+    """``ReadingsOut`` as plain data (encoded by orjson: rows go out as they came)."""
+    return {
+        "start": req.start, "end": req.end, "requested": requested, "resolution": a.level.value,
+        "timezone": a.timezone, "fields": a.fields,
+        "series": [{**_tag_dict(s.tag), "points": s.points} for s in a.series],
+        "next": a.next, "raw_dropped_before": a.raw_dropped_before, "notices": a.notices}
 
 
-async def _csv(store: TenantStore, req: ReadRequest, tz: str) -> AsyncIterator[str]:
+async def _csv(pool: asyncpg.Pool, req: ReadRequest, tz: str) -> AsyncIterator[str]:
     buf = io.StringIO()
     out = csv.writer(buf)
     header = False
-    async with store.pool.acquire() as conn:
+    async with pool.acquire() as conn:
         async for answer, t, row in stream_rows(conn, req, tz):
             if not header:
                 out.writerow(["tag_id", "well", "tag", "unit", "resolution", *answer.fields])
@@ -152,23 +260,24 @@ class LatestOut(TagBrief):
 
 @router.get("/v1/tenants/{tenant}/latest", response_model=list[LatestOut])
 async def latest(
-    t: ReadTenant,
+    t: HotReadTenant,
     api: Api,
     tag_id: TagIds = None,
     well: Annotated[str | None, Query(max_length=200, description="every tag of the well, or "
                                       "those named in `tag`")] = None,
     tag: TagNames = None,
-) -> list[LatestOut]:
+) -> Any:
     """Newest value of each tag: from Redis, or from the database for tags Redis does not hold."""
-    store = await api.store(t)
-    async with store.pool.acquire() as conn:
-        tags = await resolve_tags(conn, tag_id, well, tag, MAX_LATEST_TAGS)
-        values = await latest_values(api.redis(), conn, t.slug, tags)
+    pool = await api.part(ReadCaches).read_pool(t)
+    _, tags = await _catalog_and_tags(api, t, pool, tag_id, well, tag, MAX_LATEST_TAGS)
+    values = await latest_values(api.redis(), pool, t.slug, tags)
     now = datetime.now(UTC)
-    return [LatestOut(**_tag(v.tag).model_dump(), time=v.time, value=v.value,
-                      quality=None if v.quality is None else quality_code(v.quality),
-                      quality_name=None if v.quality is None else quality_name(v.quality),
-                      age_s=age_s(v, now), source=v.source) for v in values]
+    return _json([{
+        **_tag_dict(v.tag), "time": v.time, "value": v.value,
+        "quality": None if v.quality is None else quality_code(v.quality),
+        "quality_name": None if v.quality is None else quality_name(v.quality),
+        "age_s": None if v.time is None else (now - v.time).total_seconds(),
+        "source": v.source} for v in values])
 
 
 # -- wells -------------------------------------------------------------------------------------
@@ -220,6 +329,7 @@ async def update_tenant(t: AdminTenant, body: TenantSettingsUpdate, caller: Call
         s = await save_settings(conn, timezone=body.timezone,
                                 raw_retention_days=body.raw_retention_days,
                                 rollup_retention_days=body.rollup_retention_days)
+    api.part(ReadCaches).catalogs.invalidate(t.id)
     master = await api.master()
     if body.raw_retention_days is not None:
         await master.pool.execute("UPDATE tenants SET retention_days = $2 WHERE id = $1::uuid",

@@ -8,6 +8,8 @@ and pools are created lazily, on the replica's event loop, by the first request 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -20,6 +22,8 @@ from ingest.store.tenant_store import TenantStore
 from serve_app.handles import ActorHandles
 from serve_app.schemas import Check, Checks
 
+T = TypeVar("T")
+
 
 class ApiState:
     def __init__(self, settings: Settings) -> None:
@@ -28,7 +32,16 @@ class ApiState:
         self._master: MasterStore | None = None
         self._redis: aioredis.Redis | None = None
         self._stores: dict[str, TenantStore] = {}
+        self._parts: dict[Callable[[ApiState], Any], Any] = {}
         self._lock = asyncio.Lock()
+
+    def part(self, kind: Callable[[ApiState], T]) -> T:
+        """What a router keeps per replica (caches, clients), built once from this state:
+        ``api.part(ReadCaches)``. Held here, so no router needs a module global."""
+        if kind not in self._parts:
+            self._parts[kind] = kind(self)
+        out: T = self._parts[kind]
+        return out
 
     async def master(self) -> MasterStore:
         if self._master is None:

@@ -2,6 +2,11 @@
 
 The test stack lives under .local/test with its own ports, so it never touches a running demo.
 Each test that needs a tenant gets its own (and so its own database).
+
+Tests come in three tiers, selected with ``-m``: ``unit`` (no services: in-process code and device
+simulators), ``integration`` (PostgreSQL and Redis) and ``system`` (Ray and Serve too). A test's
+tier follows from the fixtures it uses (see ``pytest_collection_modifyitems``); a module that
+starts services without them (test_localstack) marks itself.
 """
 
 from __future__ import annotations
@@ -26,6 +31,27 @@ if not (Path.home() / ".ray" / "auth_token").exists():
     from ray._private.authentication.authentication_token_setup import generate_and_save_token
 
     generate_and_save_token()
+
+
+TIERS = ("unit", "integration", "system")
+# A test using any of these (directly or through another fixture) needs that tier's services.
+SYSTEM_FIXTURES = frozenset({"ray_cluster", "ray_instance", "api"})
+INTEGRATION_FIXTURES = frozenset({"stack"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        needs = ("system" if used & SYSTEM_FIXTURES else
+                 "integration" if used & INTEGRATION_FIXTURES else "unit")
+        marked = [t for t in TIERS if item.get_closest_marker(t) is not None]
+        if len(marked) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: marked {marked}, one tier only")
+        if marked and TIERS.index(marked[0]) < TIERS.index(needs):
+            # -m unit must never start a service: a test marked below what it uses is a bug.
+            raise pytest.UsageError(f"{item.nodeid}: marked {marked[0]} but uses {needs} fixtures")
+        if not marked:
+            item.add_marker(needs)
 
 
 def free_port() -> int:

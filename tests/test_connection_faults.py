@@ -10,7 +10,6 @@ readings silently.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -97,7 +96,9 @@ def test_unrunnable_connection_fails_alone(
     # Every value of the healthy connections lands exactly once.
     sim_a.resume()
     sim_b.resume()
-    time.sleep(3)
+    for t in (a, b):  # the healthy connections of both tenants stream before the stop
+        wait_for(lambda t=t: db_fetch(stack.dsn(t.db), "SELECT count(*) AS n FROM scada_readings")[
+            0]["n"] > 100, 60, f"tenant {t.slug} streaming")
     for sim, t, conns in ((sim_a, a, conns_a), (sim_b, b, conns_b)):
         summary = sim.stop()
         tag_ids = {n: i for m in conns.values() for n, i in m.items()}
@@ -142,7 +143,9 @@ def test_session_restarted_while_database_away_records_its_gap(
                  "gap check waiting for the database")
     finally:
         db_fetch(su, f'ALTER DATABASE "{tenant.db}" WITH ALLOW_CONNECTIONS true')
-    time.sleep(1)
+    n = db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"]
+    wait_for(lambda: db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"] > n, 60,
+             "readings landing again after the database returned")
     summary = sim.stop()
     tag_ids = {n: i for n, i in conns[cid].items()}
     wait_for(lambda: counting_check_with_gaps(dsn, tag_ids, summary["per_node"])["unaccounted"]

@@ -41,6 +41,8 @@ def _stream_and_check(dsn: str, sim: SimProcess, tag_ids: dict[str, int], second
     import time
 
     sim.resume()
+    # The streaming window (half before the fault ``during`` injects, half after): the test's
+    # scenario, not a wait for a condition.
     time.sleep(seconds / 2)
     if during is not None:
         during()

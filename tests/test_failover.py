@@ -1,7 +1,9 @@
 """The coordinator on a real multi-node Ray cluster (ray.cluster_utils.Cluster on this machine).
 
 Node loss, node join, coordinator restart, a tenant database going away, suspend and resume, and
-live edits, each with the simulators in counting mode and the real database.
+live edits, each with the simulators in counting mode and the real database. These tests assert
+where connections run and where every value went; how fast failover is and how much a tenant's
+outage costs the others are measured by ``python -m scale_tests failover``, not asserted here.
 """
 
 from __future__ import annotations
@@ -54,6 +56,27 @@ def register_wells(t: TenantHandle, sim: SimProcess, wells: int) -> dict[str, di
     return out
 
 
+def row_count(dsn: str, tag_id: int | None = None) -> int:
+    if tag_id is None:
+        return int(db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"])
+    return int(db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings WHERE tag_id = $1",
+                        tag_id)[0]["n"])
+
+
+def settled(count: Any, what: str, quiet_s: float = 1.0) -> int:
+    """Poll ``count()`` until it stays the same for ``quiet_s`` (in-flight batches landed)."""
+    seen = {"n": -1, "since": 0.0}
+
+    def quiet() -> bool:
+        n, now = count(), time.monotonic()
+        if n != seen["n"]:
+            seen["n"], seen["since"] = n, now
+        return now - seen["since"] >= quiet_s
+
+    wait_for(quiet, 30, what, every_s=0.25)
+    return seen["n"]
+
+
 def all_running(settings: Settings, conns: set[str]) -> dict[str, dict[str, Any]] | None:
     p = placement(settings)
     if conns <= p.keys() and all(p[c]["state"] == "connected" for c in conns):
@@ -68,7 +91,7 @@ def sim() -> Any:
     s.kill()
 
 
-def test_node_loss_recovers_within_seconds_and_nothing_is_lost_silently(
+def test_node_loss_moves_only_the_lost_nodes_connections_and_nothing_is_lost_silently(
     ray_cluster: Any, stack: Settings, tenant: TenantHandle, sim: SimProcess
 ) -> None:
     workers = [ray_cluster.add_node(num_cpus=1, resources={"worker": 1}) for _ in range(2)]
@@ -78,7 +101,9 @@ def test_node_loss_recovers_within_seconds_and_nothing_is_lost_silently(
         dsn = stack.dsn(tenant.db)
         before = wait_for(lambda: all_running(stack, set(conns)), 60, "connections running")
         sim.resume()
-        time.sleep(3)
+        # The node dies mid-stream: once every tag has readings stored.
+        wait_for(lambda: len(db_fetch(dsn, "SELECT DISTINCT tag_id FROM scada_readings"))
+                 == sum(len(m) for m in conns.values()), 60, "every tag streaming")
         # The worker hosting the most connections dies without warning.
         by_node: dict[str, int] = {}
         for c in conns:
@@ -87,17 +112,22 @@ def test_node_loss_recovers_within_seconds_and_nothing_is_lost_silently(
                      key=lambda w: by_node[w.node_id], default=None)
         assert victim is not None, "no worker node got connections"
         moved = {c for c in conns if before[c]["node"] == victim.node_id}
-        t_kill = time.monotonic()
         ray_cluster.remove_node(victim, allow_graceful=False)
         after = wait_for(lambda: (p := all_running(stack, set(conns))) and all(
             p[c]["node"] != victim.node_id for c in conns) and p, 60, "failover")
-        recovery_s = time.monotonic() - t_kill
-        print(f"recovery after node loss: {recovery_s:.1f} s for {len(moved)} connections")
-        assert recovery_s <= 10.0
         # Connections that were not on the lost node were not restarted.
         for c in set(conns) - moved:
             assert after[c]["started_at"] == before[c]["started_at"]
-        time.sleep(2)
+        # The moved connections stream from their new place before the simulator stops.
+        moved_tags = [t for c in moved for t in conns[c].values()]
+
+        def moved_rows() -> int:
+            return int(db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings "
+                                "WHERE tag_id = ANY($1::int[])", moved_tags)[0]["n"])
+
+        n_moved = moved_rows()
+        wait_for(lambda: moved_rows() > n_moved, 60,
+                 "readings of the moved connections after the failover")
         summary = sim.stop()
         tag_ids = {n: t for m in conns.values() for n, t in m.items()}
         wait_for(lambda: counting_check_with_gaps(dsn, tag_ids, summary["per_node"])["unaccounted"]
@@ -172,15 +202,14 @@ def test_suspend_resume_and_live_edits(
     dsn = stack.dsn(tenant.db)
 
     def rows() -> int:
-        return int(db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"])
+        return row_count(dsn)
 
     # Suspend: every session of the tenant stops within seconds, and the count stands still.
     r = admin.put(f"/v1/tenants/{tenant.slug}/status", json={"status": "SUSPENDED"})
     assert r.status_code == 200
     wait_for(lambda: not (set(conns) & placement(stack).keys()), 20, "sessions stopped")
-    time.sleep(1)
-    n = rows()
-    time.sleep(2)
+    n = settled(rows, "batches in flight at the suspension landed")
+    time.sleep(2)  # a window: nothing may arrive in it
     assert rows() == n
     r = admin.put(f"/v1/tenants/{tenant.slug}/status", json={"status": "ACTIVE"})
     before = wait_for(lambda: all_running(stack, set(conns)), 30, "sessions resumed")
@@ -199,11 +228,9 @@ def test_suspend_resume_and_live_edits(
     assert tenant.client.delete(f"/v1/tenants/{tenant.slug}/tags/{tag}").status_code == 204
     wait_for(lambda: (p := all_running(stack, set(conns))) and
              p[ids[1]]["started_at"] != after[ids[1]]["started_at"], 30, "tag removal applied")
-    time.sleep(1)
-    last = db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings WHERE tag_id = $1", tag)[0]["n"]
-    time.sleep(2)
-    assert db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings WHERE tag_id = $1",
-                    tag)[0]["n"] == last
+    last = settled(lambda: row_count(dsn, tag), "readings of the removed tag in flight landed")
+    time.sleep(2)  # a window: no reading of the removed tag may arrive in it
+    assert row_count(dsn, tag) == last
     # Delete the third connection: it stops, the others keep going.
     assert tenant.client.delete(
         f"/v1/tenants/{tenant.slug}/connections/{ids[2]}").status_code == 204
@@ -211,7 +238,7 @@ def test_suspend_resume_and_live_edits(
     assert all_running(stack, set(ids[:2]))
 
 
-def test_one_tenant_database_down_does_not_slow_the_other(
+def test_one_tenant_database_down_does_not_stop_the_other(
     make_tenant: Any, stack: Settings
 ) -> None:
     a, b = make_tenant(), make_tenant()
@@ -223,15 +250,7 @@ def test_one_tenant_database_down_does_not_slow_the_other(
         sim_a.resume()
         sim_b.resume()
         dsn_b = stack.dsn(b.db)
-
-        def rate_b(seconds: float) -> float:
-            n0 = db_fetch(dsn_b, "SELECT count(*) AS n FROM scada_readings")[0]["n"]
-            time.sleep(seconds)
-            n1 = db_fetch(dsn_b, "SELECT count(*) AS n FROM scada_readings")[0]["n"]
-            return (n1 - n0) / seconds
-
-        time.sleep(2)
-        normal = rate_b(4)
+        wait_for(lambda: row_count(dsn_b) > 0, 60, "tenant b streaming")
         # Tenant a's database refuses connections (as if its server were down).
         su = stack.dsn("postgres")
         db_fetch(su, f'ALTER DATABASE "{a.db}" WITH ALLOW_CONNECTIONS false')
@@ -239,9 +258,11 @@ def test_one_tenant_database_down_does_not_slow_the_other(
                  a.db)
         wait_for(lambda: any(t["slug"] == a.slug and t["state"] == "DEGRADED"
                              for t in cluster_status(stack)["tenants"]), 30, "a degraded")
-        degraded = rate_b(4)
-        print(f"tenant b: {normal:.0f} readings/s normally, {degraded:.0f} while a is down")
-        assert degraded >= 0.8 * normal
+        # Tenant b keeps landing readings while a is down (how fast: scale_tests).
+        n_b = row_count(dsn_b)
+        wait_for(lambda: row_count(dsn_b) > n_b + 100, 30, "tenant b still streaming")
+        assert any(t["slug"] == a.slug and t["state"] == "DEGRADED"
+                   for t in cluster_status(stack)["tenants"])
         db_fetch(su, f'ALTER DATABASE "{a.db}" WITH ALLOW_CONNECTIONS true')
         wait_for(lambda: any(t["slug"] == a.slug and t["state"] == "HEALTHY"
                              for t in cluster_status(stack)["tenants"]), 60, "a recovered")

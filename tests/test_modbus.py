@@ -196,7 +196,7 @@ async def test_silent_device_does_not_slow_a_healthy_neighbour() -> None:
         async with Running(a), Running(b):
             await wait_until(lambda: len(healthy.calls) >= 1, "the healthy device")
             start, calls_a, calls_b = time.monotonic(), len(healthy.calls), len(silent.calls)
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(3.0)  # the measuring window
             window_s = time.monotonic() - start
             good_a = healthy.good_calls() - calls_a
             rows_b = silent.calls[calls_b:]

@@ -90,7 +90,7 @@ async def test_counting_every_value_arrives_exactly_once() -> None:
         # Subscribed once every tag has reported its initial 0.0 (not a count).
         await wait_until(lambda: all(got.readings[t.tag_id] for t in tags), "initial snapshots")
         await sim.resume()
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(2.0)  # the publishing window
         await sim.pause()
         published = sim.published_per_node()
         assert all(n > 0 for n in published.values())
@@ -290,7 +290,7 @@ async def test_strings_go_to_on_text_numbers_stay_numeric() -> None:
             "initial snapshots",
         )
         await sim.resume()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the publishing window
         await sim.pause()
         published = sim.published_per_node()
 
@@ -298,7 +298,7 @@ async def test_strings_go_to_on_text_numbers_stay_numeric() -> None:
             return len(texts.readings[t.tag_id] if t.node_id in text_nodes else got.good(t.tag_id))
 
         await wait_until(lambda: all(arrived(t) > published[t.node_id] for t in tags), "values")
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a quiet window: anything extra (a duplicate) would show up now
         for t in tags:
             n = published[t.node_id]
             if t.node_id in text_nodes:
@@ -334,12 +334,12 @@ async def test_per_tag_queue_and_deadband_settings() -> None:
     try:
         await wait_until(lambda: all(got.readings[t.tag_id] for t in tags), "initial snapshots")
         await sim.resume()
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(2.0)  # the publishing window
         await sim.pause()
         n = sim.published_per_node()[plain.node_id]
         await wait_until(lambda: len(got.readings[plain.tag_id]) == n + 1, "every plain value")
         await wait_until(lambda: got.readings[latest_only.tag_id][-1][1] == n, "the last value")
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.6)  # a quiet window: a value the filters should drop would show up
         assert [v for _, v, _ in got.readings[plain.tag_id]] == [float(k) for k in range(n + 1)]
         assert [v for _, v, _ in got.readings[deadband.tag_id]] == [0.0]
         latest = [v for _, v, _ in got.readings[latest_only.tag_id]]
@@ -378,7 +378,7 @@ def test_slow_tag_class_publishes_less_and_counts_stay_exact() -> None:
         sim = OpcUaSimulator(port=0, wells=1, tags_per_well=4, interval_ms=20, slow_every=5,
                              slow_fraction=0.5)
         await sim.start()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the publishing window
         await sim.stop()
         return sim.published_per_node()
 

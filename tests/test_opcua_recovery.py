@@ -152,7 +152,7 @@ async def test_restart_without_history_reports_exact_gaps() -> None:
         await wait_until(lambda: all(len(run.got.good(t.tag_id)) > 5 for t in tags), "values")
         second = await restart(first, run, make)
         await wait_until(lambda: run.stat("resubscribed") >= 1, "a new subscription")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # a window: values flow on the new subscription before the stop
         published = await settle(second, run, tags)
         totals = check_accounting(tags, run.got, run.gaps, published)
         # The successor published for a while before the session could subscribe again: those
@@ -192,7 +192,7 @@ async def test_restart_with_history_backfills_every_value(tmp_path: Path) -> Non
         await wait_until(lambda: all(len(run.got.good(t.tag_id)) > 5 for t in tags), "values")
         second = await restart(first, run, make)
         await wait_until(lambda: run.stat("resubscribed") >= 1, "a new subscription")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # a window: values flow on the new subscription before the stop
         published = await settle(second, run, tags)
         totals = check_accounting(tags, run.got, run.gaps, published)
         assert totals == {"missing": 0, "gaps": 0}
@@ -215,10 +215,10 @@ async def test_dropped_connections_resume_the_same_subscription() -> None:
         await wait_until(lambda: all(run.got.readings[t.tag_id] for t in tags), "snapshots")
         await sim.resume()
         for i in range(1, 5):
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(0.4)  # a window of streaming between two faults
             assert sim.drop_sessions() >= 1
             await wait_until(lambda i=i: run.stat("resumed") >= i, f"resume #{i}")  # type: ignore[misc]
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # a window: values flow after the last fault before the stop
         published = await settle(sim, run, tags)
         totals = check_accounting(tags, run.got, run.gaps, published)
         assert totals == {"missing": 0, "gaps": 0}
@@ -247,10 +247,10 @@ async def test_transfer_when_the_session_cannot_be_resumed(monkeypatch: pytest.M
         await wait_until(lambda: all(run.got.readings[t.tag_id] for t in tags), "snapshots")
         await sim.resume()
         for i in range(1, 3):
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(0.4)  # a window of streaming between two faults
             sim.drop_sessions()
             await wait_until(lambda i=i: run.stat("transferred") >= i, f"transfer #{i}")  # type: ignore[misc]
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # a window: values flow after the last fault before the stop
         published = await settle(sim, run, tags)
         assert check_accounting(tags, run.got, run.gaps, published) == {"missing": 0, "gaps": 0}
         assert run.stat("resumed") == run.stat("resubscribed") == 0
@@ -267,14 +267,14 @@ async def test_stalled_publishing_recycles_the_session() -> None:
     try:
         await wait_until(lambda: all(run.got.readings[t.tag_id] for t in tags), "snapshots")
         await sim.resume()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # a window of streaming before the freeze
         # Connected, but no publish response and no keep-alive: longer than the 5 s budget.
         sim.freeze(8.0)
         await wait_until(lambda: run.stat("reconnects") >= 1, "the stall to recycle", 30)
         errors = [e for s, e in run.states if s == "disconnected" and e]
         assert any("no publish response" in e for e in errors), errors
         await wait_until(lambda: not sim.frozen, "the thaw", 30)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # a window: values flow after the thaw before the stop
         published = await settle(sim, run, tags)
         totals = check_accounting(tags, run.got, run.gaps, published)
         # The server still held the session and its queues: the recycled session carried on.

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from ingest.core.batch import ReadingBatch
 from ingest.core.config import Settings
 from ingest.core.models import Quality, quality_as_int4
+from ingest.read.catalog import Catalog
+from ingest.read.query import ReadRequest, _read_one, _read_paged
 from ingest.read.refresher import RollupRefresher, refresh_pass
 from ingest.write.writer import TenantWriter
 from tests.conftest import fresh_database
@@ -141,6 +143,29 @@ async def check_levels(conn: asyncpg.Connection) -> None:
             assert g["last_value"] == await value_at(conn, g["tag_id"], w["last_time"]), where
 
 
+async def check_read_paths(conn: asyncpg.Connection) -> None:
+    """The one-statement read path answers exactly as the paged one (rows, level, cursor, the
+    fresh buckets from raw), over these readings' Bad values, gaps, NaN and DST days."""
+    tags = list((await Catalog.load(conn)).tags.values())
+    for anchor in ANCHORS:
+        now = anchor + timedelta(hours=2, minutes=30)  # fresh buckets from raw inside the data
+        for span, res, local, limit in (
+                (timedelta(hours=3), "auto", True, 10_000), (timedelta(hours=3), "raw", True, 7),
+                (timedelta(hours=30), "auto", True, 10_000), (timedelta(days=3), "auto", True, 50),
+                (timedelta(days=3), "1h", False, 10_000), (timedelta(days=20), "auto", True, 10_000),
+                (timedelta(days=40), "auto", False, 10_000), (timedelta(days=3), "1d", True, 2)):
+            for n in (1, len(tags)):
+                req = ReadRequest(tags[:n], now - span + timedelta(seconds=17),
+                                  now + timedelta(hours=1), res, 200, limit, local)
+                one = await _read_one(conn, req, TZ, timedelta(seconds=30), now)
+                paged = await _read_paged(conn, req, TZ, fresh_window=timedelta(seconds=30),
+                                          now=now)
+                if one is None:
+                    continue
+                assert repr((one.level, one.next, [x.points for x in one.series])) == \
+                    repr((paged.level, paged.next, [x.points for x in paged.series])), req
+
+
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(actions=st.lists(action, min_size=1, max_size=12))
@@ -173,6 +198,7 @@ async def _scenario(dsn: str, actions: list[tuple[str, Any]]) -> None:
                 await refresher.run_pass()
         await refresher.run_until_idle()
         await check_levels(conn)
+        await check_read_paths(conn)
     finally:
         await w.stop()
         await refresher.close()

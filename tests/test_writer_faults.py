@@ -11,7 +11,7 @@ import redis
 
 from actors.common import writer_name
 from ingest.core.config import Settings
-from ingest.localstack.processes import ensure_postgres, stop_postgres
+from ingest.localstack.postgres import ensure_postgres, stop_postgres
 from ingest.localstack.stack import pg_params
 from tests.conftest import TenantHandle
 from tests.helpers import SimProcess, counting_check, db_fetch, wait_for
@@ -34,23 +34,29 @@ def test_writer_killed_and_database_stopped_30s_mid_stream(
     dsn = stack.dsn(tenant.db)
     wait_for(lambda: db_fetch(dsn, "SELECT count(DISTINCT tag_id) AS n FROM scada_readings")[0]["n"]
              == len(tag_ids), 60, "subscription delivering")
+    def rows() -> int:
+        return int(db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"])
+
     sim.resume()
-    time.sleep(3)
+    n = rows()
+    wait_for(lambda: rows() > n + 1000, 60, "counts streaming in")
     # 1. The writer actor dies mid-stream; Ray restarts it; senders resend unacknowledged batches.
     ray.kill(ray.get_actor(writer_name(tenant.slug), namespace=stack.namespace), no_restart=False)
-    time.sleep(4)
+    n = rows()
+    wait_for(lambda: rows() > n + 1000, 60, "the restarted writer committing")
     # 2. The database stops for 30 s while devices keep publishing.
     rds = redis.Redis.from_url(stack.redis_url)
     stop_postgres(pg_params(stack))
     spool_peak = 0
-    t_end = time.monotonic() + 30
+    t_end = time.monotonic() + 30  # the outage's length: a window, not a wait for a condition
     try:
         while time.monotonic() < t_end:
             spool_peak = max(spool_peak, int(rds.llen(f"scada:spool:{tenant.slug}")))
             time.sleep(0.5)
     finally:
         ensure_postgres(pg_params(stack))
-    time.sleep(5)
+    n = rows()
+    wait_for(lambda: rows() > n, 60, "the database taking readings again")
     summary = sim.stop()
     published = summary["per_node"]
     wait_for(lambda: counting_check(dsn, tag_ids, published)["stored"] >= summary["published"],

@@ -22,6 +22,7 @@ from ingest.write.spool import Quarantine, RedisSpool
 from ingest.write.validation import TagRules, Validator
 from ingest.write.writer import TenantWriter
 from tests.conftest import fresh_database
+from tests.helpers import wait_until
 from tests.tcp_proxy import TcpProxy
 
 T0 = 1_750_000_000_000_000
@@ -82,10 +83,7 @@ async def test_outage_spools_then_drains_in_order_exactly_once(
     await w.write(seq_batch("p", 7))
     await proxy.restore()
     after = [await w.write(seq_batch("p", i)) for i in range(15, 20)]
-    for _ in range(200):
-        if w.stats.spool_rows == 0:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: w.stats.spool_rows == 0, "the spool drained", 10)
     await w.stop()
     await proxy.cut()
     assert w.stats.spool_rows == 0 and await spool.depth() == 0 and await spool.rows() == 0
@@ -163,7 +161,7 @@ async def test_full_spool_pushes_back_and_sender_records_gaps(
     sender.start()
     for i in range(5):
         sender.submit(seq_batch("q", i))
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: sender.gap_readings >= 2_000, "the oldest readings shed into gaps")
     await sender.stop()
     assert sender.unacked_rows <= 2_500
     assert sum(gaps) == sender.gap_readings and sender.gap_readings >= 2_000
@@ -259,7 +257,6 @@ async def test_redis_down_never_blocks_database_writes(stack: Settings, db: str)
     for i in range(5):
         r = await asyncio.wait_for(w.write(seq_batch("d", i)), 30)
         assert r.rows == 1000
-    await asyncio.sleep(0.5)
+    await wait_until(lambda: fan.errors >= 1, "the fan-out to notice Redis is away")
     await w.stop()
-    assert fan.errors >= 1
     await count_check(stack.dsn(db), tags=10, per_tag_total=500)

@@ -26,7 +26,10 @@ class Backoff:
     def next_delay(self) -> float:
         """Count one more failure and return how long to wait before the next try."""
         self.failures += 1
-        base = min(self.max_s, self.initial_s * 2.0 ** (self.failures - 1))
+        # The exponent stops growing once the cap is reached: 2.0 ** 1024 raises OverflowError,
+        # which a device away for hours (a thousand retries) would otherwise hit.
+        doublings = min(self.failures - 1, 64)
+        base = min(self.max_s, self.initial_s * 2.0**doublings)
         return base * random.uniform(1.0 - self.jitter, 1.0)
 
     def reset(self) -> None:

@@ -13,6 +13,8 @@ from urllib.parse import quote
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ingest.core.keys import new_api_key, new_master_key, read_or_create_secret
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -78,9 +80,6 @@ class Settings(BaseSettings):
 
     def with_local_secrets(self) -> Settings:
         """Fill empty secrets from (or into) ``.local/secrets``, created 0600 on first use."""
-        from ingest.localstack.processes import read_or_create_secret
-        from ingest.store.secrets import new_master_key
-
         d = self.secrets_dir
         updates: dict[str, str] = {}
         if not self.pg_password:
@@ -98,8 +97,6 @@ class Settings(BaseSettings):
         if not self.admin_key:
             path = d / "admin_api_key"
             if not path.exists():
-                from ingest.store.secrets import new_api_key
-
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as f:

@@ -95,6 +95,10 @@ class StorageError(IngestError):
     """The database refused a write for a reason that will not go away by retrying."""
 
 
+class BatchRejected(StorageError):
+    """The database refused the rows of a batch for good (a value or constraint it rejects)."""
+
+
 class StorageUnavailable(IngestError):
     """The database could not be reached or failed transiently; the write may be retried."""
 

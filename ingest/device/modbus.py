@@ -1,6 +1,6 @@
 """One Modbus TCP device session: poll on a fixed schedule, hand over values in columns, reconnect.
 
-pymodbus stays behind this module: callers see ``ModbusPoint``, numpy columns and
+pymodbus stays behind ``modbus_link``: callers see ``ModbusPoint``, numpy columns and
 ``ingest.core.errors``. Reads are planned once (``plan_reads``: the fewest requests per unit and
 register type) and decoded with numpy (``modbus_decode``).
 
@@ -15,61 +15,31 @@ What a caller can rely on:
   timeouts; pymodbus retries are off, so a silent device costs one timeout per unit per poll and
   never delays another session on the same event loop.
 - the TCP connection is re-established with capped exponential backoff and jitter.
-
-pymodbus 3.16 behaviour this relies on (read in ``pymodbus/transaction/transaction.py``):
-- ``execute`` serialises requests with a lock (one outstanding request per connection), waits
-  ``timeout`` for the answer and, with ``retries=0``, raises ``ModbusIOException`` after one wait;
-- after ``retries + 3`` further unanswered requests in a row it closes the connection itself;
-- responses with a stale transaction id (a late answer to a request that timed out) are skipped;
-- ``reconnect_delay=0`` turns its own background reconnect off, so this module owns reconnecting;
-- a lost connection does not fail the request in flight: that one still waits for its timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from collections.abc import Callable, Sequence
-from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from ingest.core.errors import DeviceProtocolError, DeviceUnreachable, IngestError, InvalidDeviceSetting
+from ingest.core.backoff import Backoff
+from ingest.core.errors import DeviceProtocolError, DeviceUnreachable, IngestError
 from ingest.core.models import Quality, quality_as_int4
 from ingest.device.modbus_decode import ModbusPoint, ReadRequest, decode, plan_reads
+from ingest.device.modbus_link import ExceptionResponse, ModbusLink, now_us, parse_endpoint
+from ingest.device.session_events import OnState, OnValues, SessionState
 
 __all__ = ["ModbusSession", "OnState", "OnStrings", "OnValues", "SessionState", "parse_endpoint"]
 
 _log = logging.getLogger(__name__)
 
-OnValues = Callable[
-    [npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int32]],
-    None,
-]
-"""``(tag_ids, source_time_us, values, quality)``: one call per poll (or per recorded missed poll).
-
-quality is the OPC UA StatusCode with its 32 bits stored signed (0 = Good). Called on the event
-loop: keep it short (append to a batch), never block.
-"""
-
-OnState = Callable[[str, str | None], None]
-"""``(state, error)``; state is a ``SessionState`` value, error the reason for a disconnect."""
-
 OnStrings = Callable[[list[tuple[int, str]], int], None]
 """``([(tag_id, text), ...], source_time_us)`` for string points read Good in one response."""
-
-
-class SessionState(StrEnum):
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    DISCONNECTED = "disconnected"
 
 
 _GOOD = quality_as_int4(Quality.GOOD)
@@ -78,52 +48,6 @@ _NO_COMM = quality_as_int4(Quality.BAD_NO_COMMUNICATION)
 # Gateway exceptions (0x0A path unavailable, 0x0B target failed to respond) mean the device behind
 # the gateway could not be reached: that is no communication, not a bad value.
 _GATEWAY_CODES = frozenset((0x0A, 0x0B))
-_DEFAULT_PORT = 502
-
-
-class _ExceptionCode(DeviceProtocolError):
-    """The device answered with a Modbus exception response."""
-
-    def __init__(self, code: int, request: ReadRequest) -> None:
-        super().__init__(
-            f"exception code {code} for {request.register} {request.address}+{request.count} "
-            f"on unit {request.unit}"
-        )
-        self.code = code
-
-
-def _translate(exc: BaseException) -> IngestError:
-    """pymodbus and socket errors -> ours, so nothing above this module sees pymodbus types."""
-    if isinstance(exc, IngestError):
-        return exc
-    if isinstance(exc, ModbusIOException):
-        # With retries=0 the only ModbusIOException execute() raises is "no response"; bad frames
-        # are dropped by the framer and so also end as a timeout.
-        return DeviceUnreachable(f"no response: {exc.string}")
-    if isinstance(exc, ConnectionException):
-        return DeviceUnreachable(f"not connected: {exc.string}")
-    if isinstance(exc, OSError | TimeoutError | EOFError):
-        return DeviceUnreachable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-    if isinstance(exc, ModbusException):
-        return DeviceProtocolError(exc.string)
-    return DeviceProtocolError(f"unexpected {type(exc).__name__}: {exc}")
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``tcp://host:port`` (or ``modbus+tcp://``) -> (host, port); registration checks with it."""
-    try:
-        parts = urlsplit(endpoint)
-        port = parts.port or _DEFAULT_PORT
-    except ValueError:
-        raise InvalidDeviceSetting("endpoint", f"bad host or port in {endpoint!r}") from None
-    if (parts.scheme not in ("tcp", "modbus+tcp") or not parts.hostname
-            or parts.path not in ("", "/") or parts.query or parts.fragment):
-        raise InvalidDeviceSetting("endpoint", f"must look like tcp://host:port, got {endpoint!r}")
-    return parts.hostname, port
 
 
 class ModbusSession:
@@ -175,11 +99,10 @@ class ModbusSession:
         self._on_strings = on_strings
         self._interval_s = poll_interval_ms / 1000.0
         self._timeout_s = timeout_s
-        self._reconnect_initial_s = reconnect_initial_s
-        self._reconnect_max_s = reconnect_max_s
 
-        self._client: AsyncModbusTcpClient | None = None
-        self._failures = 0  # connection attempts / connections since the device last answered
+        self._link: ModbusLink | None = None
+        # Counts connection attempts / connections since the device last answered.
+        self._backoff = Backoff(reconnect_initial_s, reconnect_max_s)
         self._reconnect_at = 0.0  # loop time of the next connection attempt
         self._ever_connected = False
         self._stop = asyncio.Event()
@@ -238,7 +161,7 @@ class ModbusSession:
                 inner.cancel()
                 raise
         finally:
-            self._drop_client()
+            self._drop_link()
             self._set_state(SessionState.DISCONNECTED, None)
             self._running = False
             self._done.set()
@@ -273,18 +196,18 @@ class ModbusSession:
             # missed rather than polled in a burst, so the schedule keeps its phase.
             while t0 + (k + 1) * interval <= now:
                 self._stats["overruns"] += 1
-                self._record_missed(_now_us() - round((now - (t0 + k * interval)) * 1e6))
+                self._record_missed(now_us() - round((now - (t0 + k * interval)) * 1e6))
                 k += 1
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._client is None and loop.time() >= self._reconnect_at:
+        if self._link is None and loop.time() >= self._reconnect_at:
             await self._connect()
         if self._stop.is_set():
             return
-        client = self._client
+        client = self._link
         if client is None:
-            self._record_missed(_now_us())
+            self._record_missed(now_us())
             return
         self._stats["polls"] += 1
         if not await self._poll(client):
@@ -307,48 +230,31 @@ class ModbusSession:
 
     async def _connect(self) -> None:
         self._set_state(SessionState.CONNECTING, None)
-        client = AsyncModbusTcpClient(
-            self._host,
-            port=self._port,
-            name=f"modbus {self.endpoint}",
-            timeout=self._timeout_s,  # connect timeout and per-request response timeout
-            retries=0,
-            reconnect_delay=0,  # no background reconnects: this class owns the policy
-        )
         try:
-            # pymodbus bounds connect() by the timeout already; this is belt and braces.
-            async with asyncio.timeout(self._timeout_s * 2 + 0.5):
-                ok = await client.connect()
-            err: IngestError = DeviceUnreachable(f"cannot connect to {self._host}:{self._port}")
-        except (OSError, TimeoutError, ModbusException) as exc:
-            ok, err = False, _translate(exc)
-        if not ok:
-            client.close()
-            self._failures += 1
+            link = await ModbusLink.open(self._host, self._port, name=f"modbus {self.endpoint}",
+                                         timeout_s=self._timeout_s)
+        except IngestError as err:
             self._schedule_reconnect()
             self._report(err)
             return
         if self._ever_connected:
             self._stats["reconnects"] += 1
         self._ever_connected = True
-        self._client = client
+        self._link = link
         self._set_state(SessionState.CONNECTED, None)
 
     def _lost(self, err: IngestError) -> None:
-        self._drop_client()
-        self._failures += 1
+        self._drop_link()
         self._schedule_reconnect()
         self._report(err)
 
     def _schedule_reconnect(self) -> None:
-        backoff = self._reconnect_initial_s * 2.0 ** max(self._failures - 1, 0)
-        # Jitter, so that a fleet of sessions cut off together does not come back in step.
-        delay = min(self._reconnect_max_s, backoff) * random.uniform(0.5, 1.0)
+        delay = self._backoff.next_delay()
         self._reconnect_at = asyncio.get_running_loop().time() + delay
         _log.info("modbus %s: reconnecting in %.2f s", self.endpoint, delay)
 
-    def _drop_client(self) -> None:
-        client, self._client = self._client, None
+    def _drop_link(self) -> None:
+        client, self._link = self._link, None
         if client is not None:
             client.close()
 
@@ -358,7 +264,7 @@ class ModbusSession:
 
     # --- one poll -----------------------------------------------------------------------------
 
-    async def _poll(self, client: AsyncModbusTcpClient) -> bool:
+    async def _poll(self, client: ModbusLink) -> bool:
         """Issue every planned read once and deliver the rows; True when all came back Good."""
         ids: list[npt.NDArray[np.int32]] = []
         times: list[npt.NDArray[np.int64]] = []
@@ -375,22 +281,22 @@ class ModbusSession:
                 if req.unit in silent_units or not client.connected:
                     # This unit just timed out (or the link is gone): its other reads in this poll
                     # would each cost another timeout for the same answer, so record them now.
-                    vals, t_us, q = np.full(n, np.nan), _now_us(), _NO_COMM
+                    vals, t_us, q = np.full(n, np.nan), now_us(), _NO_COMM
                 else:
                     try:
                         vals, t_us = await self._read(client, i, req)
-                    except _ExceptionCode as exc:
+                    except ExceptionResponse as exc:
                         self._stats["exceptions"] += 1
                         q = _NO_COMM if exc.code in _GATEWAY_CODES else _BAD
-                        vals, t_us = np.full(n, np.nan), _now_us()
+                        vals, t_us = np.full(n, np.nan), now_us()
                         self._note(exc)
                     except DeviceUnreachable as exc:
                         self._stats["timeouts"] += 1
                         silent_units.add(req.unit)
-                        vals, t_us, q = np.full(n, np.nan), _now_us(), _NO_COMM
+                        vals, t_us, q = np.full(n, np.nan), now_us(), _NO_COMM
                         self._note(exc)
                     except DeviceProtocolError as exc:
-                        vals, t_us, q = np.full(n, np.nan), _now_us(), _BAD
+                        vals, t_us, q = np.full(n, np.nan), now_us(), _BAD
                         self._note(exc)
                 req_ids = req.tag_ids
                 t_col = np.full(n, t_us, dtype=np.int64)
@@ -424,39 +330,14 @@ class ModbusSession:
         return all_good
 
     async def _read(
-        self, client: AsyncModbusTcpClient, i: int, req: ReadRequest
+        self, client: ModbusLink, i: int, req: ReadRequest
     ) -> tuple[npt.NDArray[np.float64], int]:
         self._stats["requests"] += 1
-        try:
-            # pymodbus times the response out itself (timeout_s); this outer bound only guards
-            # against a wait pymodbus does not time.
-            async with asyncio.timeout(self._timeout_s * 2 + 0.5):
-                if req.register == "holding":
-                    rsp = await client.read_holding_registers(
-                        req.address, count=req.count, device_id=req.unit
-                    )
-                elif req.register == "input":
-                    rsp = await client.read_input_registers(
-                        req.address, count=req.count, device_id=req.unit
-                    )
-                elif req.register == "coil":
-                    rsp = await client.read_coils(req.address, count=req.count, device_id=req.unit)
-                else:
-                    rsp = await client.read_discrete_inputs(
-                        req.address, count=req.count, device_id=req.unit
-                    )
-        except (ModbusException, OSError, TimeoutError) as exc:
-            raise _translate(exc) from None
-        t_us = _now_us()
-        if rsp.isError():
-            raise _ExceptionCode(int(getattr(rsp, "exception_code", 0)), req)
+        raw, t_us = await client.read(req)
         # Any answer means the device is there: the next loss starts its backoff from scratch.
-        self._failures = 0
+        self._backoff.reset()
         try:
-            if req.is_bits:
-                decoded = decode(req, np.array(rsp.bits[: req.count], dtype=np.bool_))
-            else:
-                decoded = decode(req, np.array(rsp.registers, dtype=np.uint16))
+            decoded = decode(req, raw)
         except ValueError as exc:
             raise DeviceProtocolError(f"{req.register} {req.address}+{req.count}: {exc}") from None
         if decoded.strings and self._on_strings is not None:

@@ -27,10 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -39,11 +37,13 @@ import numpy.typing as npt
 from asyncua import ua
 from asyncua.ua.uaerrors import UaError
 
+from ingest.core.backoff import Backoff
 from ingest.core.errors import IngestError, InvalidDeviceSetting
 from ingest.device import opcua_service as svc
 from ingest.device.opcua_connection import SessionKeeper
 from ingest.device.opcua_security import DEFAULT_PKI_DIR, OpcUaSecurity, PkiStore
 from ingest.device.opcua_stream import NotificationStream
+from ingest.device.session_events import OnState, OnValues, SessionState
 
 __all__ = [
     "OnGap",
@@ -63,30 +63,12 @@ _log = logging.getLogger(__name__)
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 
-OnValues = Callable[[I32, I64, npt.NDArray[np.float64], I32], None]
-"""``(tag_ids, source_time_us, values, quality)``: numbers (bool and int as float).
-
-source_time_us is microseconds since the Unix epoch (UTC); quality is the OPC UA StatusCode with
-its 32 bits stored signed (0 = Good, Bad codes are negative). Called on the event loop inside the
-publish loop: keep it short (append to a batch), never block.
-"""
-
 OnText = Callable[[I32, I64, list[str], I32], None]
 """``(tag_ids, source_time_us, texts, quality)``: string values, when the caller takes them."""
 
 OnGap = Callable[[I32, I64, I64], None]
 """``(tag_ids, from_time_us, to_time_us)``: readings of each tag between its last value seen
 (``from``) and its first value after recovery (``to``), both exclusive, are lost."""
-
-OnState = Callable[[str, str | None], None]
-"""``(state, error)``; state is a ``SessionState`` value, error the reason for a disconnect."""
-
-
-class SessionState(StrEnum):
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    DISCONNECTED = "disconnected"
-
 
 @dataclass(frozen=True)
 class OpcUaTag:
@@ -126,7 +108,7 @@ def parse_node_id(text: str, *, where: str = "") -> ua.NodeId:
         node_id = ua.NodeId.from_string(text)
     except Exception as exc:
         cause = exc.args[1] if len(exc.args) > 1 else exc
-        raise InvalidDeviceSetting("node_id", f"bad node id {text!r}: {cause}", where) from None
+        raise InvalidDeviceSetting("node_id", f"bad node id {text!r}: {cause}", where) from exc
     if not 0 <= node_id.NamespaceIndex <= 0xFFFF:
         raise InvalidDeviceSetting("node_id", f"namespace index of {text!r} is not 0..65535", where)
     ident = node_id.Identifier
@@ -264,7 +246,9 @@ class OpcUaSession:
             raise RuntimeError("run() is already running for this session")
         self._running = True
         self._done.clear()
-        failures = 0  # consecutive attempts that did not get as far as "connected"
+        # Consecutive attempts that did not get as far as "connected"; jittered, so a fleet of
+        # sessions cut off together does not come back in step.
+        backoff = Backoff(self._reconnect_initial_s, self._reconnect_max_s)
         try:
             while not self._stop.is_set():
                 self._set_state(SessionState.CONNECTING, None)
@@ -279,10 +263,9 @@ class OpcUaSession:
                     self._report_failure(exc)
                 if self._stop.is_set():
                     break
-                failures = 0 if self._connected else failures + 1
-                backoff = self._reconnect_initial_s * 2.0 ** max(failures - 1, 0)
-                # Jitter, so that a fleet of sessions cut off together does not come back in step.
-                delay = min(self._reconnect_max_s, backoff) * random.uniform(0.5, 1.0)
+                if self._connected:  # it got as far as a session: start the backoff over
+                    backoff.reset()
+                delay = backoff.next_delay()
                 _log.info("opcua %s: reconnecting in %.2f s", self.endpoint, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)

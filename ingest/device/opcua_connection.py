@@ -154,7 +154,7 @@ class SessionKeeper:
                     if self._security.username
                     else ("the user certificate" if client.user_certificate else "anonymous")
                 )
-                raise DeviceProtocolError(f"{self.endpoint}: server refused the identity ({who}): {exc}") from None
+                raise DeviceProtocolError(f"{self.endpoint}: server refused the identity ({who}): {exc}") from exc
             raise
 
     def _lose_subscription(self, why: str) -> None:

@@ -268,7 +268,7 @@ class PkiStore:
         try:
             cert = x509.load_der_x509_certificate(der)
         except ValueError as exc:
-            raise ConfigError(f"{endpoint}: server sent an unreadable certificate: {exc}") from None
+            raise ConfigError(f"{endpoint}: server sent an unreadable certificate: {exc}") from exc
         thumb = thumbprint(der)
         if not self.is_trusted(cert):
             path = self.reject(cert)

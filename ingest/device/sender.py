@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ingest.core.aio import cancel_and_wait
+from ingest.core.backoff import Backoff
 from ingest.core.batch import ReadingBatch, per_tag
 from ingest.core.models import Quality, quality_as_int4
 
@@ -136,7 +136,7 @@ class BatchSender:
             t.add_done_callback(self._inflight.discard)
 
     async def _deliver(self, batch: ReadingBatch) -> None:
-        delay = self._backoff_initial_s
+        backoff = Backoff(self._backoff_initial_s, self._backoff_max_s)
         try:
             while True:
                 try:
@@ -144,13 +144,15 @@ class BatchSender:
                     break
                 except asyncio.CancelledError:
                     raise
-                except Exception as e:  # every failure is retried; the id makes it harmless
+                except Exception as e:
+                    # Every failure is retried, ``retriable`` or not: the batch id makes a resend
+                    # harmless, and giving up would drop readings silently. A batch the database
+                    # refuses for good is the writer's to quarantine, which acknowledges it.
                     self.retries += 1
                     self.last_error = f"{type(e).__name__}: {e}"[:500]
                     if self._on_error is not None:
                         self._on_error(e)
-                    await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, self._backoff_max_s)
+                    await asyncio.sleep(backoff.next_delay())
             self.unacked_rows -= len(batch)
             self.acked_rows += len(batch)
             self.acked_batches += 1

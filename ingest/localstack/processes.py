@@ -1,16 +1,5 @@
-"""The project-owned local PostgreSQL 15 (+ TimescaleDB) cluster and Redis server.
-
-All state lives under directories passed in by the caller (by default the checkout's ``.local``).
-PostgreSQL refuses to run as root, so when this process is root every PostgreSQL program runs as
-the ``postgres`` OS user through ``runuser``; otherwise it runs as the current user. Redis runs as
-the current user. Passwords are never put on a command line nor into an error message: PostgreSQL
-gets its superuser password through a temporary ``--pwfile`` and Redis reads ``requirepass`` from a
-config file of mode 0600.
-
-Layout used for PostgreSQL: ``<data_dir>`` (the cluster, owned by postgres, mode 0700, also holds
-``postgresql.log``) and ``<data_dir>/../pgrun`` (the unix socket directory, owned by postgres).
-Layout used for Redis: ``<dir>`` holds ``redis.conf``, ``redis.pid``, ``redis.log``, the RDB dump
-and the AOF directory.
+"""Process plumbing shared by the local stack's PostgreSQL and Redis: running a program,
+checking a pid, writing a config file atomically, quoting the tail of a log into an error.
 
 Everything here is synchronous and uses only the standard library.
 """
@@ -18,85 +7,20 @@ Everything here is synchronous and uses only the standard library.
 from __future__ import annotations
 
 import os
-import pwd
-import secrets
-import socket
-import stat
 import subprocess
-import tempfile
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ingest.core.errors import LocalStackError
 
-__all__ = [
-    "PostgresParams",
-    "RedisParams",
-    "ensure_postgres",
-    "stop_postgres",
-    "postgres_running",
-    "ensure_redis",
-    "stop_redis",
-    "redis_running",
-    "read_or_create_secret",
-]
-
-PG_MAJOR = 15
-PG_BIN = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
-PG_LIBDIR = Path(f"/usr/lib/postgresql/{PG_MAJOR}/lib")
-PG_SHAREDIR = Path(f"/usr/share/postgresql/{PG_MAJOR}")
-PG_OS_USER = "postgres"
-REDIS_SERVER = "redis-server"
-
-SETTINGS_FILE = "scada_ingest.conf"
-INCLUDE_LINE = f"include_if_exists = '{SETTINGS_FILE}'"
-PG_LOG_FILE = "postgresql.log"
-PG_START_TIMEOUT_S = 120
-PG_STOP_TIMEOUT_S = 120
-REDIS_START_TIMEOUT_S = 60.0
-REDIS_STOP_TIMEOUT_S = 60.0
 LOG_TAIL_LINES = 30
 
 
-@dataclass(frozen=True)
-class PostgresParams:
-    data_dir: Path
-    port: int
-    superuser: str
-    password: str
-    host: str = "127.0.0.1"
-
-    def __repr__(self) -> str:  # keep the password out of logs and tracebacks
-        return (
-            f"PostgresParams(data_dir={str(self.data_dir)!r}, port={self.port}, "
-            f"superuser={self.superuser!r}, password='***', host={self.host!r})"
-        )
-
-
-@dataclass(frozen=True)
-class RedisParams:
-    dir: Path
-    port: int
-    password: str
-    host: str = "127.0.0.1"
-
-    def __repr__(self) -> str:
-        return (
-            f"RedisParams(dir={str(self.dir)!r}, port={self.port}, password='***', "
-            f"host={self.host!r})"
-        )
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _is_root() -> bool:
+def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)
@@ -111,13 +35,13 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return f"last lines of {path}:\n" + "\n".join(text)
 
 
-def _fail(message: str, log: Path | None = None) -> LocalStackError:
+def fail(message: str, log: Path | None = None) -> LocalStackError:
     if log is not None:
-        message = f"{message}\n{_tail(log)}"
+        message = f"{message}\n{tail(log)}"
     return LocalStackError(message)
 
 
-def _run(
+def run(
     cmd: Sequence[str],
     *,
     cwd: Path | None = None,
@@ -141,28 +65,7 @@ def _run(
         raise LocalStackError(f"{Path(cmd[0]).name} timed out after {timeout:.0f}s") from e
 
 
-def _pg_cmd(program: str, *args: str) -> list[str]:
-    cmd = [str(PG_BIN / program), *args]
-    if _is_root():
-        return ["runuser", "-u", PG_OS_USER, "--", *cmd]
-    return cmd
-
-
-def _pg_ids() -> tuple[int, int] | None:
-    """uid/gid that owns the cluster files, or None when running as the current user."""
-    if not _is_root():
-        return None
-    try:
-        pw = pwd.getpwnam(PG_OS_USER)
-    except KeyError as e:
-        raise LocalStackError(
-            f"OS user {PG_OS_USER!r} does not exist; install postgresql-{PG_MAJOR} "
-            "(scripts/bootstrap.sh)"
-        ) from e
-    return pw.pw_uid, pw.pw_gid
-
-
-def _proc_alive(pid: int, comm: str) -> bool:
+def proc_alive(pid: int, comm: str) -> bool:
     """True when ``pid`` is a live process whose command name starts with ``comm``."""
     if pid <= 0:
         return False
@@ -180,7 +83,7 @@ def _proc_alive(pid: int, comm: str) -> bool:
     return name.startswith(comm) and state not in ("Z", "X")  # a zombie has exited
 
 
-def _read_pid(path: Path) -> int | None:
+def read_pid(path: Path) -> int | None:
     try:
         first = path.read_text().splitlines()[0].strip()
         return int(first)
@@ -188,19 +91,7 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _pg_run_dir(p: PostgresParams) -> Path:
-    return p.data_dir.parent / "pgrun"
-
-
-def _pg_log(p: PostgresParams) -> Path:
-    return p.data_dir / PG_LOG_FILE
-
-
-def _conf_quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def _write_if_changed(path: Path, content: str, mode: int, ids: tuple[int, int] | None) -> bool:
+def write_if_changed(path: Path, content: str, mode: int, ids: tuple[int, int] | None) -> bool:
     try:
         if path.read_text() == content:
             return False
@@ -217,468 +108,3 @@ def _write_if_changed(path: Path, content: str, mode: int, ids: tuple[int, int] 
         os.close(fd)
     os.replace(tmp, path)
     return True
-
-
-# --------------------------------------------------------------------------- PostgreSQL
-
-
-def _check_pg_installed() -> None:
-    for program in ("initdb", "pg_ctl", "postgres", "pg_isready"):
-        if not (PG_BIN / program).exists():
-            raise LocalStackError(
-                f"{PG_BIN / program} not found; install postgresql-{PG_MAJOR} "
-                "(run scripts/bootstrap.sh)"
-            )
-    if (
-        not (PG_SHAREDIR / "extension" / "timescaledb.control").exists()
-        or not (PG_LIBDIR / "timescaledb.so").exists()
-    ):
-        raise LocalStackError(
-            f"TimescaleDB is not installed for PostgreSQL {PG_MAJOR}; run scripts/bootstrap.sh"
-        )
-
-
-def _prepare_pg_dirs(p: PostgresParams) -> tuple[int, int] | None:
-    ids = _pg_ids()
-    base = p.data_dir.parent
-    run_dir = _pg_run_dir(p)
-    base.mkdir(parents=True, exist_ok=True)
-    for d in (p.data_dir, run_dir):
-        d.mkdir(mode=0o700 if d == p.data_dir else 0o755, exist_ok=True)
-        if ids is not None:
-            st = d.stat()
-            if (st.st_uid, st.st_gid) != ids:
-                os.chown(d, *ids)
-    os.chmod(p.data_dir, 0o700)
-    os.chmod(run_dir, 0o755)
-    if ids is not None:
-        # The postgres user must be able to traverse to its directories: add o+x on the
-        # directory holding them and on its parent (the local-state folder) when missing.
-        for d in (base, base.parent):
-            mode = stat.S_IMODE(d.stat().st_mode)
-            if not mode & stat.S_IXOTH:
-                os.chmod(d, mode | stat.S_IXOTH)
-        probe = _run(["runuser", "-u", PG_OS_USER, "--", "test", "-x", str(p.data_dir)])
-        if probe.returncode != 0:
-            raise LocalStackError(
-                f"the {PG_OS_USER} OS user cannot reach {p.data_dir}: some parent directory "
-                "lacks execute permission for others (chmod o+x it)"
-            )
-    return ids
-
-
-def _initdb(p: PostgresParams, ids: tuple[int, int] | None) -> None:
-    if (p.data_dir / "PG_VERSION").exists():
-        return
-    if any(p.data_dir.iterdir()):
-        raise LocalStackError(
-            f"{p.data_dir} is not empty but holds no PostgreSQL cluster; "
-            "remove it or choose another directory"
-        )
-    run_dir = _pg_run_dir(p)
-    fd, pwfile = tempfile.mkstemp(prefix=".pwfile-", dir=run_dir)
-    try:
-        os.fchmod(fd, 0o600)
-        if ids is not None:
-            os.fchown(fd, *ids)
-        os.write(fd, (p.password + "\n").encode())
-        os.close(fd)
-        fd = -1
-        res = _run(
-            _pg_cmd(
-                "initdb",
-                "-D",
-                str(p.data_dir),
-                "-U",
-                p.superuser,
-                f"--pwfile={pwfile}",
-                "--auth-host=scram-sha-256",
-                "--auth-local=peer",
-                "--encoding=UTF8",
-                "--no-locale",
-                "--no-instructions",
-            ),
-            cwd=run_dir,
-        )
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        Path(pwfile).unlink(missing_ok=True)
-    if res.returncode != 0:
-        output = (res.stdout + res.stderr).strip().splitlines()[-LOG_TAIL_LINES:]
-        raise LocalStackError(
-            f"initdb of {p.data_dir} failed (exit {res.returncode}):\n" + "\n".join(output)
-        )
-
-
-def _pg_settings(p: PostgresParams) -> str:
-    settings = [
-        ("listen_addresses", _conf_quote(p.host)),
-        ("port", str(p.port)),
-        ("unix_socket_directories", _conf_quote(str(_pg_run_dir(p).resolve()))),
-        ("shared_preload_libraries", "'timescaledb'"),
-        ("timescaledb.telemetry_level", "off"),
-        ("max_connections", "200"),
-        ("shared_buffers", "'512MB'"),
-        ("max_wal_size", "'4GB'"),
-        ("checkpoint_timeout", "'15min'"),
-        ("wal_compression", "on"),
-        ("password_encryption", "'scram-sha-256'"),
-        # Logging: the server's stderr goes to <data_dir>/postgresql.log (pg_ctl -l).
-        ("logging_collector", "off"),
-        ("log_destination", "'stderr'"),
-        ("log_line_prefix", "'%m [%p] %q%u@%d '"),
-        ("log_timezone", "'UTC'"),
-    ]
-    lines = ["# Written by ingest.localstack.processes; edits are overwritten.\n"]
-    lines += [f"{k} = {v}\n" for k, v in settings]
-    return "".join(lines)
-
-
-def _write_pg_config(p: PostgresParams, ids: tuple[int, int] | None) -> bool:
-    """Write the settings file (and its include line); True when anything changed."""
-    main_conf = p.data_dir / "postgresql.conf"
-    try:
-        text = main_conf.read_text()
-    except OSError as e:
-        raise LocalStackError(f"cannot read {main_conf}: {e.strerror}") from e
-    changed = False
-    if INCLUDE_LINE not in text.splitlines():
-        if not text.endswith("\n"):
-            text += "\n"
-        text += f"\n# scada-ingest local stack settings\n{INCLUDE_LINE}\n"
-        _write_if_changed(main_conf, text, 0o600, ids)
-        changed = True
-    if _write_if_changed(p.data_dir / SETTINGS_FILE, _pg_settings(p), 0o600, ids):
-        changed = True
-    return changed
-
-
-def _is_our_postmaster(pid: int, data_dir: Path) -> bool:
-    """A live postgres process whose working directory (a postmaster chdirs into its data
-    directory) is ``data_dir`` when that can be read."""
-    if not _proc_alive(pid, "postgres"):
-        return False
-    try:
-        cwd = os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return True  # not allowed to look; trust the pid file
-    return Path(cwd) == data_dir.resolve()
-
-
-def _postmaster_pid(p: PostgresParams) -> int | None:
-    """PID of the live postmaster of this cluster, or None (a stale pid file gives None)."""
-    pid = _read_pid(p.data_dir / "postmaster.pid")
-    if pid is not None and _is_our_postmaster(pid, p.data_dir):
-        return pid
-    return None
-
-
-def _postmaster_port(p: PostgresParams) -> int | None:
-    try:
-        lines = (p.data_dir / "postmaster.pid").read_text().splitlines()
-        return int(lines[3].strip())
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _remove_stale_pg_locks(p: PostgresParams) -> None:
-    """Remove lock files left by a postmaster that is gone (crash, container restart)."""
-    candidates = [p.data_dir / "postmaster.pid"]
-    run_dir = _pg_run_dir(p)
-    if run_dir.is_dir():
-        candidates += sorted(run_dir.glob(".s.PGSQL.*.lock"))
-    for lock in candidates:
-        if not lock.exists():
-            continue
-        pid = _read_pid(lock)
-        if pid is None or not _is_our_postmaster(pid, p.data_dir):
-            lock.unlink(missing_ok=True)
-            if lock.name.endswith(".lock"):
-                lock.with_suffix("").unlink(missing_ok=True)  # the socket itself
-
-
-def _pg_ready(p: PostgresParams) -> bool:
-    res = _run(
-        [str(PG_BIN / "pg_isready"), "-q", "-h", p.host, "-p", str(p.port), "-t", "2"],
-        timeout=10,
-    )
-    return res.returncode == 0
-
-
-def _wait_pg_ready(p: PostgresParams, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if _pg_ready(p):
-            return
-        if _postmaster_pid(p) is None:
-            raise _fail(f"PostgreSQL in {p.data_dir} exited during startup", _pg_log(p))
-        if time.monotonic() > deadline:
-            raise _fail(
-                f"PostgreSQL in {p.data_dir} does not accept connections on "
-                f"{p.host}:{p.port} after {timeout:.0f}s",
-                _pg_log(p),
-            )
-        time.sleep(0.2)
-
-
-def _pg_ctl(p: PostgresParams, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return _run(_pg_cmd("pg_ctl", *args), cwd=_pg_run_dir(p), timeout=timeout)
-
-
-def _pg_start(p: PostgresParams) -> None:
-    _remove_stale_pg_locks(p)
-    res = _pg_ctl(
-        p,
-        "start",
-        "-D",
-        str(p.data_dir),
-        "-l",
-        str(_pg_log(p)),
-        "-w",
-        "-t",
-        str(PG_START_TIMEOUT_S),
-        "-s",
-        timeout=PG_START_TIMEOUT_S + 30,
-    )
-    if res.returncode != 0:
-        raise _fail(
-            f"pg_ctl start of {p.data_dir} failed (exit {res.returncode}): "
-            f"{(res.stdout + res.stderr).strip()}",
-            _pg_log(p),
-        )
-    _wait_pg_ready(p, PG_START_TIMEOUT_S)
-
-
-def ensure_postgres(p: PostgresParams) -> None:
-    """Create (initdb), configure and start the cluster as needed; return once it accepts
-    TCP connections on ``p.host:p.port``. Idempotent. A running cluster whose settings file
-    changed (e.g. a new port) is restarted."""
-    _check_pg_installed()
-    ids = _prepare_pg_dirs(p)
-    _initdb(p, ids)
-    changed = _write_pg_config(p, ids)
-    if _postmaster_pid(p) is not None:
-        if not changed and _postmaster_port(p) == p.port:
-            _wait_pg_ready(p, PG_START_TIMEOUT_S)
-            return
-        stop_postgres(p)
-    _pg_start(p)
-
-
-def stop_postgres(p: PostgresParams) -> None:
-    """Stop the cluster (fast shutdown) if it runs. Idempotent."""
-    if _postmaster_pid(p) is None:
-        _remove_stale_pg_locks(p)
-        return
-    res = _pg_ctl(
-        p,
-        "stop",
-        "-D",
-        str(p.data_dir),
-        "-m",
-        "fast",
-        "-w",
-        "-t",
-        str(PG_STOP_TIMEOUT_S),
-        "-s",
-        timeout=PG_STOP_TIMEOUT_S + 30,
-    )
-    if res.returncode != 0 and _postmaster_pid(p) is not None:
-        raise _fail(
-            f"pg_ctl stop of {p.data_dir} failed (exit {res.returncode}): "
-            f"{(res.stdout + res.stderr).strip()}",
-            _pg_log(p),
-        )
-
-
-def postgres_running(p: PostgresParams) -> bool:
-    """True when this cluster's postmaster is alive and accepts connections on host:port."""
-    if _postmaster_pid(p) is None:
-        return False
-    return _pg_ready(p)
-
-
-# --------------------------------------------------------------------------- Redis
-
-
-def _redis_conf_quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _redis_paths(r: RedisParams) -> tuple[Path, Path, Path]:
-    d = r.dir.resolve()
-    return d / "redis.conf", d / "redis.pid", d / "redis.log"
-
-
-def _redis_conf(r: RedisParams) -> str:
-    conf, pidfile, logfile = _redis_paths(r)
-    settings = [
-        ("bind", r.host),
-        ("port", str(r.port)),
-        ("protected-mode", "yes"),
-        ("daemonize", "yes"),
-        ("dir", _redis_conf_quote(str(r.dir.resolve()))),
-        ("pidfile", _redis_conf_quote(str(pidfile))),
-        ("logfile", _redis_conf_quote(str(logfile))),
-        ("appendonly", "yes"),
-        ("appendfsync", "always"),  # a spooled batch is acknowledged only once on disk
-        ("requirepass", _redis_conf_quote(r.password)),
-    ]
-    lines = ["# Written by ingest.localstack.processes; edits are overwritten.\n"]
-    lines += [f"{k} {v}\n" for k, v in settings]
-    return "".join(lines)
-
-
-def _resp_command(*args: str) -> bytes:
-    out = [f"*{len(args)}\r\n".encode()]
-    for a in args:
-        b = a.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
-def _read_line(sock: socket.socket, buf: bytearray) -> bytes:
-    while b"\r\n" not in buf:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("connection closed")
-        buf += chunk
-    line, _, rest = bytes(buf).partition(b"\r\n")
-    buf[:] = rest
-    return line
-
-
-def _redis_call(r: RedisParams, *commands: Sequence[str], timeout: float = 2.0) -> list[bytes]:
-    """Send commands (AUTH first) over a raw socket; return each simple reply line.
-    Raises OSError/ConnectionError when the server is unreachable or closes the connection."""
-    with socket.create_connection((r.host, r.port), timeout=timeout) as sock:
-        sock.sendall(b"".join(_resp_command(*c) for c in commands))
-        buf = bytearray()
-        replies: list[bytes] = []
-        for _ in commands:
-            replies.append(_read_line(sock, buf))
-        return replies
-
-
-def _redis_ping(r: RedisParams) -> bool:
-    try:
-        auth, pong = _redis_call(r, ("AUTH", r.password), ("PING",))
-    except (OSError, ConnectionError):
-        return False
-    return auth == b"+OK" and pong == b"+PONG"
-
-
-def _redis_pid(r: RedisParams) -> int | None:
-    _, pidfile, _ = _redis_paths(r)
-    pid = _read_pid(pidfile)
-    if pid is not None and _proc_alive(pid, "redis-server"):
-        return pid
-    return None
-
-
-def ensure_redis(r: RedisParams) -> None:
-    """Start the project's redis-server (daemonized, AOF on, password required) unless it
-    already answers an authenticated PING on ``r.host:r.port``. Idempotent."""
-    if _redis_ping(r):
-        return
-    r.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(r.dir, 0o700)
-    conf, pidfile, logfile = _redis_paths(r)
-    _write_if_changed(conf, _redis_conf(r), 0o600, None)
-    pid = _redis_pid(r)
-    if pid is None:
-        pidfile.unlink(missing_ok=True)
-        res = _run([REDIS_SERVER, str(conf)], cwd=r.dir, timeout=60)
-        if res.returncode != 0:
-            raise _fail(
-                f"redis-server in {r.dir} failed to start (exit {res.returncode}): "
-                f"{(res.stdout + res.stderr).strip()}",
-                logfile,
-            )
-    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-    started = time.monotonic()
-    while not _redis_ping(r):
-        # The daemon writes its pid file shortly after forking; give it a moment.
-        if time.monotonic() - started > 2.0 and _redis_pid(r) is None:
-            raise _fail(f"redis-server in {r.dir} exited during startup", logfile)
-        if time.monotonic() > deadline:
-            raise _fail(
-                f"redis-server in {r.dir} does not answer PING on {r.host}:{r.port} "
-                f"after {REDIS_START_TIMEOUT_S:.0f}s",
-                logfile,
-            )
-        time.sleep(0.1)
-
-
-def stop_redis(r: RedisParams) -> None:
-    """Shut the server down (SHUTDOWN saves the dataset) if it runs. Idempotent."""
-    _, pidfile, logfile = _redis_paths(r)
-    pid = _redis_pid(r)
-    if _redis_ping(r):
-        try:
-            # On success the server closes the connection without replying.
-            replies = _redis_call(r, ("AUTH", r.password), ("SHUTDOWN",), timeout=30.0)
-        except (OSError, ConnectionError):
-            replies = []
-        if len(replies) == 2 and replies[1].startswith(b"-"):
-            reason = replies[1][1:].decode(errors="replace")
-            raise _fail(
-                f"redis-server in {r.dir} refused SHUTDOWN: {reason}",
-                logfile,
-            )
-    elif pid is not None:
-        os.kill(pid, 15)  # SIGTERM: graceful shutdown, also saves
-    if pid is None:
-        pid = _redis_pid(r)
-    deadline = time.monotonic() + REDIS_STOP_TIMEOUT_S
-    while pid is not None and _proc_alive(pid, "redis-server"):
-        if time.monotonic() > deadline:
-            raise _fail(f"redis-server (pid {pid}) in {r.dir} did not exit", logfile)
-        time.sleep(0.1)
-    if _redis_pid(r) is None:
-        pidfile.unlink(missing_ok=True)
-
-
-def redis_running(r: RedisParams) -> bool:
-    """True when a server answers an authenticated PING with ``r.password`` on host:port."""
-    return _redis_ping(r)
-
-
-# --------------------------------------------------------------------------- secrets
-
-
-def read_or_create_secret(path: Path, nbytes: int = 24) -> str:
-    """Return the secret stored in ``path``; create it first (URL-safe token, file mode 0600,
-    parent created with mode 0700) when missing. Safe against concurrent callers."""
-    try:
-        existing = path.read_text().strip()
-    except FileNotFoundError:
-        existing = None
-    if existing is None:
-        if not path.parent.exists():
-            path.parent.mkdir(parents=True, mode=0o700)
-            os.chmod(path.parent, 0o700)
-        token = secrets.token_urlsafe(nbytes)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, (token + "\n").encode())
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            try:
-                os.link(tmp, path)  # atomic; fails if another caller won the race
-                return token
-            except FileExistsError:
-                pass
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            Path(tmp).unlink(missing_ok=True)
-        existing = path.read_text().strip()
-    if not existing:
-        raise LocalStackError(f"secret file {path} is empty")
-    if stat.S_IMODE(path.stat().st_mode) & 0o077:
-        os.chmod(path, 0o600)
-    return existing

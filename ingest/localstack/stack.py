@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 from ingest.core.config import Settings
-from ingest.localstack.processes import (
-    PostgresParams,
-    RedisParams,
-    ensure_postgres,
-    ensure_redis,
-    postgres_running,
-    redis_running,
-    stop_postgres,
-    stop_redis,
-)
+from ingest.localstack.postgres import PostgresParams, ensure_postgres, postgres_running, stop_postgres
+from ingest.localstack.redis_server import RedisParams, ensure_redis, redis_running, stop_redis
 
 
 def pg_params(s: Settings) -> PostgresParams:

@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from ingest.core.backoff import Backoff
 from ingest.core.models import ConnectionSpec, Tenant, TenantStatus
 from ingest.store.master import MasterStore
 from ingest.store.tenant_store import TenantStore
@@ -35,8 +36,8 @@ class DesiredStateReader:
         self._stores: dict[str, TenantStore] = {}
         self._last: dict[str, list[ConnectionSpec]] = {}
         # Degraded tenants are retried with capped exponential backoff: tenant id -> (next try,
-        # current delay).
-        self._retry: dict[str, tuple[float, float]] = {}
+        # its backoff).
+        self._retry: dict[str, tuple[float, Backoff]] = {}
         self._errors: dict[str, str] = {}
 
     async def _store(self, tenant: Tenant) -> TenantStore:
@@ -65,8 +66,8 @@ class DesiredStateReader:
             except Exception as e:  # any failure of one tenant must not stop the others
                 err = f"{type(e).__name__}: {e}"[:300]
                 state.degraded[t.id] = self._errors[t.id] = err
-                delay = min(2 * retry[1], 30.0) if retry else 1.0
-                self._retry[t.id] = (now + delay, delay)
+                backoff = retry[1] if retry else Backoff(1.0, 30.0)
+                self._retry[t.id] = (now + backoff.next_delay(), backoff)
                 stale = self._stores.pop(t.id, None)
                 if stale is not None:
                     stale.pool.terminate()

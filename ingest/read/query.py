@@ -161,10 +161,7 @@ async def choose_level(db: asyncpg.Connection, req: ReadRequest,
             "LIMIT $4 + 1) x) c", numeric, req.start, req.end, req.max_points)
         if over or (horizon is not None and req.start < horizon):
             level = Level.MINUTE
-    while level in _COARSER and level is not Level.RAW and \
-            buckets_in(req.end - req.start, level) > req.max_points:
-        level = _COARSER[level]
-    return level
+    return _coarsen(req, level)
 
 
 _AGG_RAW = """
@@ -255,24 +252,193 @@ async def fresh_from(db: asyncpg.Connection, level: Level, local_days: bool, tz:
     return floor_to(t, STEP[level])
 
 
-async def read(db: asyncpg.Connection, req: ReadRequest, tz: str, *,
-               fresh_window: timedelta = timedelta(seconds=30),
-               now: datetime | None = None) -> ReadAnswer:
-    if req.start >= req.end:
-        raise InvalidQuery("start", "must be before end")
-    horizon = await raw_horizon(db)
-    cur = _Cursor.decode(req, req.cursor) if req.cursor else None
-    level = cur.level if cur else await choose_level(db, req, horizon)
-    fetch = _Fetcher(db, req, level, tz, await fresh_from(
-        db, level, req.local_days, tz, now or datetime.now(UTC), fresh_window))
+# -- one statement per request -------------------------------------------------------------------
+# The common request (no cursor, numeric tags, an answer that cannot pass ``limit``) is answered
+# by one statement: every tag through unnest + LATERAL, the rollup rows before the fresh split and
+# the newest buckets aggregated from raw after it, and the retention horizon beside them. Bucket
+# bounds are computed in the statement from its parameters with immutable functions, so chunks
+# outside the range are excluded while planning. Everything else takes the paged path below.
+_HORIZON = ("(SELECT dropped_before FROM retention_horizon "
+            f"WHERE table_name = '{RAW_TABLE}') AS horizon")
+_ONE_AGG = """
+SELECT {horizon}, x.*
+FROM (SELECT 1) one LEFT JOIN LATERAL (
+  SELECT u.i, r.* FROM unnest($1::int4[]) WITH ORDINALITY AS u(t, i) CROSS JOIN LATERAL (
+    (SELECT bucket AS b, n, sum, min, max, first_time, first_value AS fv, last_time,
+            last_value AS lv, bad
+     FROM {table} WHERE tag_id = u.t AND bucket >= {lo} AND bucket < {split})
+    UNION ALL
+    (SELECT {bucket} AS b, count(*) FILTER (WHERE ok) AS n, sum(value) FILTER (WHERE ok) AS sum,
+            min(value) FILTER (WHERE ok) AS min, max(value) FILTER (WHERE ok) AS max,
+            min(time) FILTER (WHERE ok) AS first_time, first(value, time) FILTER (WHERE ok) AS fv,
+            max(time) FILTER (WHERE ok) AS last_time, last(value, time) FILTER (WHERE ok) AS lv,
+            count(*) FILTER (WHERE quality < 0 AND quality <> {gap}) AS bad
+     FROM (SELECT time, value, quality,
+                  quality >= 0 AND value IS NOT NULL AND value <> 'NaN' AS ok
+           FROM {raw} WHERE tag_id = u.t AND time >= {split} AND time < $3) fresh
+     GROUP BY 1)
+  ) r
+) x ON true
+ORDER BY x.i, x.b"""
+_ONE_RAW = """
+SELECT {horizon}, x.*
+FROM (SELECT 1) one LEFT JOIN LATERAL (
+  SELECT u.i, r.* FROM unnest($1::int4[]) WITH ORDINALITY AS u(t, i) CROSS JOIN LATERAL (
+    SELECT time, value, quality FROM {raw}
+    WHERE tag_id = u.t AND time >= $2 AND time < $3 ORDER BY time LIMIT $4) r
+) x ON true
+ORDER BY x.i, x.time"""
+
+
+def _one_agg_sql(level: Level, local_days: bool) -> str:
+    """Parameters: $1 tag ids, $2 start, $3 end, $4 now - fresh window, [$5 time zone]."""
+    if level is Level.DAY and local_days:
+        table, step = LOCAL_DAY_TABLE, "INTERVAL '1 day'"
+        lo = f"time_bucket({step}, $2::timestamptz, $5::text)"
+        fresh = f"time_bucket({step}, $4::timestamptz, $5::text)"
+        bucket = f"time_bucket({step}, time, $5::text)"
+    else:
+        table, step = TABLE[level], f"INTERVAL '{int(STEP[level].total_seconds())} s'"
+        lo = f"time_bucket({step}, $2::timestamptz)"
+        fresh = f"time_bucket({step}, $4::timestamptz)"
+        bucket = f"time_bucket({step}, time)"
+    split = f"greatest({lo}, least({fresh}, $3::timestamptz))"
+    return _ONE_AGG.format(horizon=_HORIZON, table=table, lo=lo, split=split, bucket=bucket,
+                           gap=GAP_QUALITY, raw=RAW_TABLE)
+
+
+_ONE_RAW_SQL = _ONE_RAW.format(horizon=_HORIZON, raw=RAW_TABLE)
+
+
+def _fixed_level(req: ReadRequest) -> Level | None:
+    """The level, when no data decides it: None for ``auto`` over a span the rule answers raw
+    (then the tags' row counts and the retention horizon decide)."""
+    if req.resolution != AUTO:
+        return Level(req.resolution)
+    level = level_for_span(req.end - req.start)
+    if level is Level.RAW:
+        return None
+    return _coarsen(req, level)
+
+
+def _coarsen(req: ReadRequest, level: Level) -> Level:
+    while level in _COARSER and level is not Level.RAW and \
+            buckets_in(req.end - req.start, level) > req.max_points:
+        level = _COARSER[level]
+    return level
+
+
+def _max_buckets(req: ReadRequest, level: Level) -> int:
+    if level is Level.DAY:  # local days last 23 to 25 hours
+        return -(-(req.end - req.start) // timedelta(hours=23)) + 2
+    return buckets_in(req.end - req.start, level)
+
+
+def _agg_row(r: asyncpg.Record) -> list[Any]:
+    n, total = r["n"], r["sum"]
+    return [r["b"], n, (total / n) if n and total is not None else None, r["min"], r["max"],
+            total, r["fv"], r["first_time"], r["lv"], r["last_time"], r["bad"]]
+
+
+def _raw_row(r: asyncpg.Record) -> list[Any]:
+    q = r["quality"]
+    return [r["time"], r["value"], quality_code(q), quality_name(q)]
+
+
+def _answer(req: ReadRequest, level: Level, tz: str, horizon: datetime | None,
+            per_tag: list[list[list[Any]]]) -> ReadAnswer:
+    """The answer from every tag's complete rows, cut at ``limit`` exactly as the paged path
+    cuts it (same points, same cursor)."""
     answer = ReadAnswer(level, RAW_FIELDS if level is Level.RAW else AGG_FIELDS,
                         [Series(t) for t in req.tags], tz if req.local_days else "UTC")
+    _note_horizon(answer, req, level, horizon)
+    left = req.limit
+    for i, rows in enumerate(per_tag):
+        if len(rows) > left:
+            answer.series[i].points = rows[:left]
+            answer.next = _Cursor(level, i, rows[left - 1][0] if left else None).encode(req)
+            break
+        answer.series[i].points = rows
+        left -= len(rows)
+    return answer
+
+
+def _note_horizon(answer: ReadAnswer, req: ReadRequest, level: Level,
+                  horizon: datetime | None) -> None:
     if horizon is not None and req.start < horizon:
         answer.raw_dropped_before = horizon
         if level is Level.RAW:
             answer.notices.append(
                 f"raw readings before {horizon.isoformat()} were dropped by retention; "
                 "ask resolution=1m, 1h or 1d for that range")
+
+
+def _split(req: ReadRequest, rows: list[asyncpg.Record], convert: Any,
+           ) -> tuple[datetime | None, list[list[list[Any]]]]:
+    per_tag: list[list[list[Any]]] = [[] for _ in req.tags]
+    horizon = rows[0]["horizon"] if rows else None
+    for r in rows:
+        if r["i"] is not None:
+            per_tag[r["i"] - 1].append(convert(r))
+    return horizon, per_tag
+
+
+async def _read_one(db: asyncpg.Connection | asyncpg.Pool, req: ReadRequest, tz: str,
+                    fresh_window: timedelta, now: datetime) -> ReadAnswer | None:
+    """The answer in one statement (two for ``auto`` over a short span whose raw rows are too
+    many), or None when the request needs the paged path."""
+    if any(t.is_text for t in req.tags):
+        return None
+    ids = [t.tag_id for t in req.tags]
+    level = _fixed_level(req)
+    if level is None or level is Level.RAW:
+        if level is Level.RAW and len(ids) > 1:
+            return None  # rows per tag unknown: the paged path fetches only what fits
+        cap = req.limit + 1 if level is Level.RAW else req.max_points + 1
+        rows = await db.fetch(_ONE_RAW_SQL, ids, req.start, req.end, cap)
+        horizon, per_tag = _split(req, rows, _raw_row)
+        if level is Level.RAW or not (
+                any(len(p) > req.max_points for p in per_tag)
+                or (horizon is not None and req.start < horizon)):
+            return _answer(req, Level.RAW, tz, horizon, per_tag)
+        level = _coarsen(req, Level.MINUTE)
+    if len(ids) * _max_buckets(req, level) > req.limit:
+        return None
+    local = level is Level.DAY and req.local_days
+    args: list[Any] = [ids, req.start, req.end, now - fresh_window]
+    if local:
+        args.append(tz)
+    rows = await db.fetch(_one_agg_sql(level, req.local_days), *args)
+    horizon, per_tag = _split(req, rows, _agg_row)
+    return _answer(req, level, tz, horizon, per_tag)
+
+
+async def read(db: asyncpg.Connection | asyncpg.Pool, req: ReadRequest, tz: str, *,
+               fresh_window: timedelta = timedelta(seconds=30),
+               now: datetime | None = None) -> ReadAnswer:
+    if req.start >= req.end:
+        raise InvalidQuery("start", "must be before end")
+    now = now or datetime.now(UTC)
+    if req.cursor is None:
+        answer = await _read_one(db, req, tz, fresh_window, now)
+        if answer is not None:
+            return answer
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            return await _read_paged(conn, req, tz, fresh_window=fresh_window, now=now)
+    return await _read_paged(db, req, tz, fresh_window=fresh_window, now=now)
+
+
+async def _read_paged(db: asyncpg.Connection, req: ReadRequest, tz: str, *,
+                      fresh_window: timedelta, now: datetime) -> ReadAnswer:
+    horizon = await raw_horizon(db)
+    cur = _Cursor.decode(req, req.cursor) if req.cursor else None
+    level = cur.level if cur else await choose_level(db, req, horizon)
+    fetch = _Fetcher(db, req, level, tz, await fresh_from(
+        db, level, req.local_days, tz, now, fresh_window))
+    answer = ReadAnswer(level, RAW_FIELDS if level is Level.RAW else AGG_FIELDS,
+                        [Series(t) for t in req.tags], tz if req.local_days else "UTC")
+    _note_horizon(answer, req, level, horizon)
     left = req.limit
     first = cur.position if cur else 0
     for i in range(first, len(req.tags)):

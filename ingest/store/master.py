@@ -16,9 +16,10 @@ import asyncpg
 
 from ingest.core.config import Settings
 from ingest.core.errors import AuthError, StorageUnavailable, TenantExists, TenantNotFound
+from ingest.core.keys import hash_secret, new_api_key, secret_matches, split_api_key
 from ingest.core.models import Tenant, TenantStatus
 from ingest.store import migrations
-from ingest.store.secrets import SecretBox, hash_secret, new_api_key, secret_matches, split_api_key
+from ingest.store.secrets import SecretBox
 
 ALL_TENANT_SCOPES = ("read", "ingest", "admin")
 

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ingest.core.aio import cancel_and_wait
+from ingest.core.backoff import Backoff
 from ingest.core.batch import ReadingBatch, per_tag
 
 log = logging.getLogger(__name__)
@@ -120,17 +121,16 @@ class RedisFanout:
         self.sent_messages += len(messages)
 
     async def _run(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         while True:
             await self._wake.wait()
             self._wake.clear()
             try:
                 await self._send()
-                delay = 0.2
+                backoff.reset()
             except (RedisError, OSError) as e:
                 self.errors += 1
                 if self._on_error is not None:
                     self._on_error(e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await asyncio.sleep(backoff.next_delay())
                 self._wake.set()

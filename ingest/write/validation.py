@@ -32,7 +32,7 @@ flagged forever; Bad and NaN values never do.
 
 Cost: a fixed number of numpy passes per flush, the rows sorted once by (tag, time) and that
 order reused by ``commit``; no Python step per reading, deadband included (see
-``_deadband_drops``). 20,000 rows over 1,000 tags take a few milliseconds for check + commit.
+``ingest.write.deadband``). 20,000 rows over 1,000 tags take a few milliseconds for check + commit.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ingest.core.models import Quality, quality_as_int4
+from ingest.write.deadband import NO_TIME, UNCERTAIN, deadband_drops
+from ingest.write.dedup_memory import TIME_BITS, TIME_MASK, DuplicateMemory
+from ingest.write.zscore import ZScoreStats
 
 Bools = npt.NDArray[np.bool_]
 Ints = npt.NDArray[np.intp]
@@ -55,19 +58,12 @@ F64 = npt.NDArray[np.float64]
 
 BAD = int(quality_as_int4(Quality.BAD))
 BAD_OUT_OF_RANGE = int(quality_as_int4(Quality.BAD_OUT_OF_RANGE))
-UNCERTAIN = int(quality_as_int4(Quality.UNCERTAIN))  # the first non-Good code: Good is [0, this)
 
 REJECT_REASONS = ("duplicate", "out_of_range_rejected", "deadband")
 FLAG_REASONS = ("nan", "inf", "out_of_range_flagged", "anomaly", "unknown_tag")
 
-# Duplicate memory keys pack (rule index, source time modulo 2**40 us = 12.7 days) into one
-# int64, sorted. A tag's remembered times span at most the window (7 days at most), and the
-# stored full time confirms every hit.
-_TIME_BITS = 40
-_TIME_MASK = (1 << _TIME_BITS) - 1
-_MAX_TAGS = 1 << (63 - _TIME_BITS)
+_MAX_TAGS = 1 << (63 - TIME_BITS)  # the rule index shares an int64 with the time (dedup_memory)
 _MAX_WINDOW_S = 7 * 86_400.0
-_NO_TIME = int(np.iinfo(np.int64).min)
 _DAY_US = 86_400 * 1_000_000
 
 
@@ -144,8 +140,6 @@ class Validator:
         settings: ValidationSettings = ValidationSettings(),  # noqa: B008 (frozen, immutable)
     ) -> None:
         self.settings = settings
-        self._alpha = 2.0 / (settings.zscore_window + 1)
-        self._warmup = (settings.zscore_window + 1) // 2  # max(alpha, 1/n) is 1/n up to here
         self._window_us = round(settings.dedup_window_s * 1e6)
         self._version = 0
         self._tags: I64 = np.empty(0, np.int64)
@@ -154,10 +148,8 @@ class Validator:
         self._ref_time: I64 = np.empty(0, np.int64)  # newest written row: deadband reference
         self._ref_value: F64 = np.empty(0, np.float64)
         self._ref_quality: I32 = np.empty(0, np.int32)
-        self._z_mean: F64 = np.empty(0, np.float64)
-        self._z_var: F64 = np.empty(0, np.float64)
-        self._z_count: I64 = np.empty(0, np.int64)
-        self._memory = _DuplicateMemory()
+        self._z = ZScoreStats(settings.zscore_window)
+        self._memory = DuplicateMemory()
         self._pruned_at: I64 = np.empty(0, np.int64)  # per tag: its horizon at the last full merge
         self.update_rules(rules)
 
@@ -177,14 +169,12 @@ class Validator:
         stay[stay] = tags[pos[stay]] == self._tags[stay]
         remap = np.where(stay, pos, -1)
         src, dst = np.flatnonzero(stay), remap[stay]
-        self._horizon = _carry(self._horizon, n, src, dst, _NO_TIME)
-        self._ref_time = _carry(self._ref_time, n, src, dst, _NO_TIME)
+        self._horizon = _carry(self._horizon, n, src, dst, NO_TIME)
+        self._ref_time = _carry(self._ref_time, n, src, dst, NO_TIME)
         self._ref_value = _carry(self._ref_value, n, src, dst, np.nan)
         self._ref_quality = _carry(self._ref_quality, n, src, dst, 0)
-        self._z_mean = _carry(self._z_mean, n, src, dst, 0.0)
-        self._z_var = _carry(self._z_var, n, src, dst, 0.0)
-        self._z_count = _carry(self._z_count, n, src, dst, 0)
-        self._pruned_at = _carry(self._pruned_at, n, src, dst, _NO_TIME)
+        self._z.carry(n, src, dst)
+        self._pruned_at = _carry(self._pruned_at, n, src, dst, NO_TIME)
         self._memory.reindex(remap)
         self._tags = tags
         self._version += 1
@@ -233,7 +223,7 @@ class Validator:
         maybe = np.flatnonzero((ts <= self._ref_time[gs]) & (ts >= self._horizon[gs]))
         if maybe.size:
             mt = ts[maybe]
-            mk = (gs[maybe] << _TIME_BITS) | (mt & _TIME_MASK)
+            mk = (gs[maybe] << TIME_BITS) | (mt & TIME_MASK)
             dup[maybe] |= self._memory.holds(mk, mt)
         live = ~dup
         counts["duplicate"] = m - int(np.count_nonzero(live))
@@ -259,11 +249,11 @@ class Validator:
                 np.count_nonzero(rejected))
             judged &= ~out
 
-        mean, var = self._z_mean[gs], self._z_var[gs]
+        mean, var = self._z.mean[gs], self._z.var[gs]
         dev = vs - mean
         with np.errstate(invalid="ignore", over="ignore"):  # inf * 0 for tags without z
             spike = (judged & (qs < UNCERTAIN)
-                     & (self._z_count[gs] >= self.settings.zscore_min_samples)
+                     & (self._z.count[gs] >= self.settings.zscore_min_samples)
                      & (var > 1e-18 * np.maximum(1.0, mean * mean))
                      & (dev * dev > self._zthr2[gs] * var))
         quals[spike] = UNCERTAIN
@@ -273,7 +263,8 @@ class Validator:
         cand = keeps & ~np.isnan(band) & (ts > self._ref_time[gs])  # late rows pass
         if cand.any():
             c = np.flatnonzero(cand)
-            dropped = c[self._deadband_drops(gs[c], vs[c], quals[c], band[c])]
+            dropped = c[deadband_drops(gs[c], vs[c], quals[c], band[c], self._ref_time,
+                                       self._ref_value, self._ref_quality)]
             keeps[dropped] = False
             counts["deadband"] = int(dropped.size)
         keep[o] = keeps
@@ -307,14 +298,14 @@ class Validator:
 
         w = self._window_us
         newest = self._ref_time[tags]  # now the newest written, this flush included
-        horizon = np.maximum(self._horizon[tags], np.maximum(newest, _NO_TIME + w) - w)
+        horizon = np.maximum(self._horizon[tags], np.maximum(newest, NO_TIME + w) - w)
         self._horizon[tags] = horizon
         recent = kt >= self._horizon[kg]
         if not recent.all():
             kg_r, kt_r = kg[recent], kt[recent]
         else:
             kg_r, kt_r = kg, kt
-        keys = (kg_r << _TIME_BITS) | (kt_r & _TIME_MASK)  # sorted, unless a time wraps 2**40
+        keys = (kg_r << TIME_BITS) | (kt_r & TIME_MASK)  # sorted, unless a time wraps 2**40
         if keys.size > 1 and not bool(np.all(keys[1:] >= keys[:-1])):
             o = np.argsort(keys, kind="stable")
             keys, kt_r = keys[o], kt_r[o]
@@ -323,12 +314,12 @@ class Validator:
         # A tag whose horizon moved a day since the last full merge forces one, so its expired
         # and live keys span under 2**40 us and never share a packed key.
         pruned_at = self._pruned_at[tags]
-        pruned_at = np.where(pruned_at == _NO_TIME, horizon, pruned_at)  # a new tag: nothing old
+        pruned_at = np.where(pruned_at == NO_TIME, horizon, pruned_at)  # a new tag: nothing old
         self._pruned_at[tags] = pruned_at
         if bool(np.any(horizon - pruned_at >= _DAY_US)):
             self._memory.merge(0, self._horizon)
             self._pruned_at = self._horizon.copy()
-        self._fold_stats(kg, kv, kq)
+        self._z.fold(kg, kv, kq)
 
     def _plan(self, t: I64, g: I32) -> _Plan:
         n = t.size
@@ -349,8 +340,8 @@ class Validator:
         if rt.size == 0:
             return _Plan(t, g, self._version, np.empty(0, np.intp), rt, ri)
         lo = int(rt.min())
-        if int(rt.max()) - lo <= _TIME_MASK:
-            key = (ri << _TIME_BITS) | (rt - lo)
+        if int(rt.max()) - lo <= TIME_MASK:
+            key = (ri << TIME_BITS) | (rt - lo)
             # Equal keys must stay in row order (the first of duplicates wins). Timsort is
             # stable and fast on the usual few sorted runs; on shuffled rows introsort is
             # several times faster, and is only redone stably when two keys are equal.
@@ -365,198 +356,6 @@ class Validator:
             o = np.lexsort((rt, ri))
         order = o if rows is None else rows[o]
         return _Plan(t, g, self._version, order, rt[o], ri[o])
-
-    def _deadband_drops(self, cg: Ints, cv: F64, cq: I32, cd: F64) -> Ints:
-        """Indices of the rows deadband removes; rows by (tag, time), strictly newer in time.
-
-        A run is a stretch of one tag's rows with one quality code. In a Good run the row kept
-        after a kept row i is the first later one that leaves i's deadband, so most rows pass
-        because they leave the previous row's band at once. Only the others ("slow" rows, and a
-        committed reference the first row stays within) need a search: binary lifting over
-        running max/min tables. Pointer doubling over slow rows then finds those that are kept,
-        and the rows each one skips are removed. All vectorised over tags: O(n + s log n).
-        """
-        k = cg.size
-        new_tag = np.ones(k, bool)
-        new_tag[1:] = cg[1:] != cg[:-1]
-        start = new_tag.copy()
-        start[1:] |= cq[1:] != cq[:-1]
-        good = (cq >= 0) & (cq < UNCERTAIN)
-        firsts = np.flatnonzero(new_tag)
-        ft = cg[firsts]
-        rq, rv = self._ref_quality[ft], self._ref_value[ft]
-        with np.errstate(invalid="ignore"):  # inf - inf in Bad rows, which are never slow
-            slow = np.flatnonzero(good[:-1] & ~start[1:] & (np.abs(cv[1:] - cv[:-1]) < cd[:-1]))
-            held = ((self._ref_time[ft] != _NO_TIME) & (rq == cq[firsts]) & (rq >= 0)
-                    & (rq < UNCERTAIN) & (np.abs(cv[firsts] - rv) < cd[firsts]))
-        if slow.size == 0 and not held.any():
-            return slow
-        # A node skips rows [skip, stop): a slow row i skips from i + 1, a reference held by its
-        # tag's first row f skips from f (it sits at f - 1/2, before f, hence ranks 2i and 2f-1).
-        skip = np.concatenate([slow + 1, firsts[held]])
-        base = np.concatenate([cv[slow], rv[held]])
-        rank = np.concatenate([2 * slow, 2 * firsts[held] - 1])
-        by_rank = np.argsort(rank, kind="stable")
-        skip, base, rank = skip[by_rank], base[by_rank], rank[by_rank]
-        band = cd[skip]
-        run_starts = np.flatnonzero(start)
-        run_end = np.append(run_starts[1:], k)
-        node_run = np.searchsorted(run_starts, skip, "right") - 1
-        end = run_end[node_run]
-        s = skip.size
-        # Binary lifting over sparse tables (level j: max and min of cv[i : i + 2**j]) finds how
-        # far each node's band holds. fl(a - b) is monotone in a, so testing a block's max and
-        # min against the base is exact.
-        stop = skip + 1  # row `skip` is within the band: that is why the node exists
-        mx, mn = cv, cv
-        tables = [(mx, mn)]
-        for j in range(1, int((end - stop).max()).bit_length()):
-            h = 1 << (j - 1)
-            mx, mn = np.maximum(mx[:-h], mx[h:]), np.minimum(mn[:-h], mn[h:])
-            tables.append((mx, mn))
-        nodes = np.arange(s)
-        for j in reversed(range(len(tables))):
-            mx, mn = tables[j]
-            nodes = nodes[stop[nodes] < end[nodes]]  # settled once at the end of its run
-            st = stop[nodes]
-            at = np.minimum(st, mx.size - 1)
-            b, d = base[nodes], band[nodes]
-            inside = (mx[at] - b < d) & (b - mn[at] < d) & (st + (1 << j) <= end[nodes])
-            stop[nodes[inside]] += 1 << j
-        nxt = np.searchsorted(rank, 2 * stop)  # the first slow row not skipped
-        ok = nxt < s
-        ok[ok] = node_run[nxt[ok]] == node_run[ok]
-        jump = np.append(np.where(ok, nxt, s), s)  # s is a sink
-        kept = np.zeros(s + 1, bool)
-        kept[:s] = np.append(True, node_run[1:] != node_run[:-1])  # a run's first node is kept
-        marked = 0
-        while True:  # after r rounds, each chain's first 2**r nodes are marked
-            kept[jump[kept]] = True
-            now = int(np.count_nonzero(kept))
-            if now == marked:  # no chain is longer than what is marked
-                break
-            marked, jump = now, jump[jump]
-        kept = kept[:s]
-        lo, hi = skip[kept], stop[kept]  # disjoint intervals: list their rows
-        length = hi - lo
-        dropped: Ints = np.arange(int(length.sum())) + np.repeat(lo - np.cumsum(length) + length,
-                                                                  length)
-        return dropped
-
-    def _fold_stats(self, kg: Ints, x: F64, kq: I32) -> None:
-        """EWMA mean/variance of written, finite, non-Bad values; rows by (tag, time).
-
-        The n-th value of a tag enters with weight a_n = max(alpha, 1/n): a plain running mean
-        and variance while n <= span/2, so the warm-up is not biased to the first value, then
-        exponential. Folding a tag's values at once as a mixture, the old state weighted
-        prod(1 - a_j) and each value a_i * prod_{j>i}(1 - a_j), equals the sequential update
-        mean += a*d, var = (1-a) * (var + a*d**2) up to rounding. With J = span/2 the product
-        from n+1 to N is min(n, J) / min(N, J) * (1 - alpha)**max(0, N - max(n, J)).
-        """
-        use = np.isfinite(x) & (kq >= 0)
-        if not use.all():
-            kg, x = kg[use], x[use]
-        if x.size == 0:
-            return
-        first = np.flatnonzero(np.append(True, kg[1:] != kg[:-1]))
-        size = np.diff(np.append(first, x.size))
-        tags = kg[first]
-        count0 = self._z_count[tags]
-        total = count0 + size
-        lam_pow = (1.0 - self._alpha) ** np.arange(int(size.max()) + 1, dtype=np.float64)
-        warm = self._warmup
-        if int(count0.min()) >= warm:  # past the warm-up: plain exponential weights
-            from_end = np.repeat(first + size - 1, size) - np.arange(x.size)
-            wts = self._alpha * lam_pow[from_end]
-            old_w = lam_pow[size]
-        else:
-            nth = np.arange(x.size) + np.repeat(count0 - first + 1, size)
-            cap = np.minimum(total, warm)
-
-            def survive(n: I64, big_n: I64, c_big: I64) -> F64:
-                expo = np.maximum(0, big_n - np.maximum(n, warm))
-                out: F64 = np.minimum(n, warm) / c_big * lam_pow[expo]
-                return out
-
-            wts = np.maximum(self._alpha, 1.0 / nth) * survive(
-                nth, np.repeat(total, size), np.repeat(cap, size))
-            old_w = survive(count0, total, cap)  # 0 for a tag's first values
-        m0, v0 = self._z_mean[tags], self._z_var[tags]
-        mean = old_w * m0 + np.add.reduceat(wts * x, first)
-        dev = x - np.repeat(mean, size)
-        var = old_w * (v0 + (m0 - mean) ** 2) + np.add.reduceat(wts * dev * dev, first)
-        self._z_mean[tags] = mean
-        self._z_var[tags] = var
-        self._z_count[tags] = total
-
-
-@dataclass
-class _Segment:
-    keys: I64  # packed (rule index, time mod 2**40), sorted
-    times: I64
-    tags: Ints  # rule indices present
-    newest: I64  # per tag: its newest time here
-
-    @classmethod
-    def of(cls, keys: I64, times: I64) -> _Segment:
-        tag = keys >> _TIME_BITS
-        first = np.flatnonzero(np.append(True, tag[1:] != tag[:-1]))
-        return cls(keys, times, tag[first].astype(np.intp), np.maximum.reduceat(times, first))
-
-
-class _DuplicateMemory:
-    """Written (tag, source time) pairs within the window, as sorted segments, oldest first.
-
-    Each commit adds a segment, and a segment whose keys have all expired is dropped whole: in a
-    steady stream that is all the forgetting there is, and nothing is re-sorted. Past 16
-    segments (small flushes) the adjacent pair with the fewest keys merges, dropping expired
-    keys, so the search for a resent row stays short.
-    """
-
-    MAX_SEGMENTS = 16
-
-    def __init__(self) -> None:
-        self.segments: list[_Segment] = []
-
-    def holds(self, keys: I64, times: I64) -> Bools:
-        found = np.zeros(keys.size, bool)
-        for s in self.segments:
-            at = np.minimum(np.searchsorted(s.keys, keys), s.keys.size - 1)
-            found |= (s.keys[at] == keys) & (s.times[at] == times)
-        return found
-
-    def add(self, keys: I64, times: I64, horizon: I64) -> None:
-        if keys.size:
-            self.segments.append(_Segment.of(keys, times))
-        self.segments = [s for s in self.segments if bool(np.any(s.newest >= horizon[s.tags]))]
-        while len(self.segments) > self.MAX_SEGMENTS:
-            sizes = np.array([s.keys.size for s in self.segments])
-            self.merge(int(np.argmin(sizes[1:] + sizes[:-1])), horizon, 2)
-
-    def merge(self, at: int, horizon: I64, count: int | None = None) -> None:
-        """Merge ``count`` segments from ``at`` (or all from there), dropping expired keys."""
-        end = len(self.segments) if count is None else at + count
-        parts = self.segments[at:end]
-        if not parts:
-            return
-        keys = np.concatenate([s.keys for s in parts])
-        times = np.concatenate([s.times for s in parts])
-        alive = times >= horizon[keys >> _TIME_BITS]
-        keys, times = keys[alive], times[alive]
-        o = np.argsort(keys, kind="stable")  # timsort: a merge of sorted runs
-        self.segments[at:end] = [_Segment.of(keys[o], times[o])] if keys.size else []
-
-    def reindex(self, remap: Ints) -> None:
-        """Follow a rules change: old rule index -> new one (monotone), or -1 when removed."""
-        kept = []
-        for s in self.segments:
-            new_idx = remap[s.keys >> _TIME_BITS]
-            alive = new_idx >= 0
-            if alive.any():
-                keys = (new_idx[alive] << _TIME_BITS) | (s.keys[alive] & _TIME_MASK)
-                kept.append(_Segment.of(keys, s.times[alive]))
-        self.segments = kept
-
 
 _S = TypeVar("_S", bound=np.generic)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,8 +31,16 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from ingest.core.aio import cancel_and_wait
+from ingest.core.backoff import Backoff
 from ingest.core.batch import Batch, ReadingBatch, TextBatch
-from ingest.core.errors import IngestError, SpoolFull, SpoolUnavailable, StorageError, StorageUnavailable
+from ingest.core.errors import (
+    BatchRejected,
+    IngestError,
+    SpoolFull,
+    SpoolUnavailable,
+    StorageError,
+    StorageUnavailable,
+)
 from ingest.write.commit import GAP_QUALITY, LedgerRace, commit_once
 from ingest.write.stats import WriterStats
 
@@ -46,7 +53,6 @@ log = logging.getLogger(__name__)
 
 # asyncpg's connection-level failures: the database went away or refused us for now.
 _TRANSIENT = (
-    StorageUnavailable,
     OSError,
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -59,6 +65,13 @@ _TRANSIENT = (
     asyncpg.InsufficientResourcesError,
     asyncpg.OperatorInterventionError,
 )
+
+
+def _translate(e: BaseException) -> IngestError:
+    """A failed commit's asyncpg or socket error -> ours: StorageUnavailable (retriable: the
+    database is away, spool and retry) or BatchRejected (not: isolate and quarantine)."""
+    detail = f"{type(e).__name__}: {e}"
+    return StorageUnavailable(detail) if isinstance(e, _TRANSIENT) else BatchRejected(detail)
 
 
 @dataclass
@@ -105,9 +118,7 @@ class TenantWriter:
         self.fanout = fanout
         self._on_commit = on_commit
         self._on_event = on_event
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
-        self._backoff_s = backoff_initial_s
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s)  # between drain attempts
         self._next_drain = 0.0
         self._pending: list[_Pending] = []
         self._flushing: list[_Pending] = []  # taken off _pending by the flush in progress
@@ -207,15 +218,12 @@ class TenantWriter:
         if self._conn is not None and not self._conn.is_closed():
             self._conn.terminate()
         self._conn = None
-        self._next_drain = asyncio.get_running_loop().time() + self._backoff_s * (
-            0.5 + random.random()
-        )
-        self._backoff_s = min(self._backoff_s * 2, self._backoff_max_s)
+        self._next_drain = asyncio.get_running_loop().time() + self._backoff.next_delay()
         self._event("db_unavailable")
 
     def _db_up(self) -> None:
         self.stats.db_available = True
-        self._backoff_s = self._backoff_initial_s
+        self._backoff.reset()
 
     async def _to_spool(self, items: list[_Pending]) -> None:
         if self.spool is None:
@@ -243,16 +251,18 @@ class TenantWriter:
         batches = [p.batch for p in items]
         try:
             results = await self._commit(batches)
-        except _TRANSIENT as e:
-            self._db_down(e)
-            await self._to_spool(items)
-            return
-        except asyncpg.PostgresError:
+        except BatchRejected:
             isolated = await self._isolate(batches)
             if isolated is None:  # the database went away while isolating
                 await self._to_spool(items)
                 return
             results = isolated
+        except IngestError as e:
+            if not e.retriable:
+                raise
+            self._db_down(e)
+            await self._to_spool(items)
+            return
         self._db_up()
         for p, r in zip(items, results, strict=True):
             if not p.done.done():
@@ -264,17 +274,19 @@ class TenantWriter:
         for b in batches:
             try:
                 out.extend(await self._commit([b]))
-            except _TRANSIENT as e:
-                self._db_down(e)
-                return None
-            except asyncpg.PostgresError as e:
-                self.stats.last_error = f"{type(e).__name__}: {e}"[:300]
+            except BatchRejected as e:
+                self.stats.last_error = str(e)[:300]
                 if self.quarantine is None:
                     raise StorageError(f"database refused batch {b.batch_id}: {e}") from e
-                await self.quarantine.add(b, f"{type(e).__name__}: {e}")
+                await self.quarantine.add(b, str(e))
                 self.stats.quarantined_batches += 1
                 self._event("quarantined")
                 out.append(WriteResult(b.batch_id, len(b), quarantined=True))
+            except IngestError as e:
+                if not e.retriable:
+                    raise
+                self._db_down(e)
+                return None
         return out
 
     async def _drain(self) -> None:
@@ -294,12 +306,14 @@ class TenantWriter:
                 return
             try:
                 await self._commit(batches)
-            except _TRANSIENT as e:
-                self._db_down(e)
-                return
-            except asyncpg.PostgresError:
+            except BatchRejected:
                 if await self._isolate(batches) is None:
                     return
+            except IngestError as e:
+                if not e.retriable:
+                    raise
+                self._db_down(e)
+                return
             await self.spool.pop(batches)
             self.stats.spool_rows -= sum(len(b) for b in batches)
             self.stats.drained_batches += len(batches)
@@ -326,6 +340,8 @@ class TenantWriter:
                 return await self._commit_once(batches)
             except LedgerRace:
                 continue
+            except (*_TRANSIENT, asyncpg.PostgresError) as e:  # where asyncpg's errors enter
+                raise _translate(e) from e
         raise StorageError("ledger kept changing under this writer (two writers for one tenant?)")
 
     async def _commit_once(self, batches: list[Batch]) -> list[WriteResult]:

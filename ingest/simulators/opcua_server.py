@@ -1,0 +1,385 @@
+"""The simulated well field served over OPC UA (asyncua's server).
+
+Values are written server-side (``Server.write_attribute_value``) with SourceTimestamp =
+ServerTimestamp = now (UTC) and status Good; which tags and values: ``well_field``.
+
+What asyncua 2.1's server does with the values between two publish responses (read in
+``asyncua/server/monitored_item_service.py`` and ``internal_subscription.py``), which is what zero
+loss rests on:
+- every write calls each monitored item's ``datachange_callback``; it passes the item's trigger
+  filter and ``enqueue_datachange_event`` appends it to a per-item list, dropping the *oldest*
+  entry only once the revised queue size (``min(requested, 10 000)``) is full;
+- the subscription loop publishes every publishing interval; without an outstanding
+  PublishRequest the queue keeps growing until one arrives, and then *all* queued notifications
+  go out in a single message;
+- a sent NotificationMessage stays in a retransmission queue until acknowledged (Republish
+  takes it out again), and a session whose socket dies is kept, with its subscriptions, until
+  its session timeout, so a client can re-activate it on a new connection (Part 4 6.7).
+  TransferSubscriptions in asyncua 2.1 re-binds only the response side of a subscription, so a
+  transferred subscription never publishes again; the simulator completes the re-binding
+  (``opcua_server_hooks``).
+
+Security: ``security`` lists the (mode, policy) endpoints offered (default None/None only); a
+secure endpoint uses the simulator's own certificate, made on first use in ``pki_dir``. Every
+client certificate is accepted. ``users`` (name -> password) turns anonymous logins off.
+
+Faults for tests: ``drop_sessions()`` cuts every client connection (sessions and subscriptions
+stay), ``freeze(seconds)`` stops answering PublishRequests, ``stop()`` + a new simulator with
+``start_counts`` is a restart. ``historize`` keeps every written value in asyncua's history
+storage (in memory, or in SQLite at ``history_db`` so it survives a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Sequence
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from asyncua import ua
+from asyncua.server.history import HistoryDict
+from asyncua.server.server import Server
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
+
+from ingest.core.models import SecurityMode, SecurityPolicy
+from ingest.simulators.opcua_server_hooks import ServerFaults, SQLiteHistory, UserManager
+from ingest.simulators.well_field import SimulatorMode, WellField
+
+__all__ = ["NAMESPACE_URI", "OpcUaSimulator", "SecuritySpec", "free_port"]
+
+NAMESPACE_URI = "urn:scada-ingest:sim"
+SERVER_APPLICATION_URI = "urn:scada-ingest:simulator"
+DEFAULT_SIM_PKI_DIR = Path(__file__).resolve().parents[2] / ".local" / "pki-sim"
+
+SecuritySpec = tuple[SecurityMode, SecurityPolicy]
+
+_GOOD = ua.StatusCode(ua.UInt32(StatusCodes.Good))
+
+
+class OpcUaSimulator:
+    """A simulated well field served over OPC UA."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 4840,
+        wells: int = 2,
+        tags_per_well: int = 5,
+        interval_ms: int = 100,
+        mode: SimulatorMode = "counting",
+        name: str = "scada-sim",
+        *,
+        paused: bool = False,
+        seed: int = 0,
+        security: Sequence[SecuritySpec] | None = None,
+        pki_dir: Path | None = None,
+        users: dict[str, str] | None = None,
+        string_tags: bool = False,
+        historize: bool = False,
+        history_db: Path | None = None,
+        start_counts: dict[str, int] | None = None,
+        max_items_per_call: int = 1000,
+        slow_every: int = 1,
+        slow_fraction: float = 0.0,
+    ) -> None:
+        """``paused=True`` starts the server without publishing until ``resume()``.
+
+        ``security``: the (mode, policy) endpoints to offer; None offers only None/None. Any
+        secure endpoint makes the simulator use (and on first use create) its certificate in
+        ``pki_dir`` (default ``<repo>/.local/pki-sim``). It accepts every client certificate.
+        ``users``: username -> password; when given, anonymous logins are refused. X.509 user
+        certificates are accepted when their signature checks out.
+        ``max_items_per_call``: the server's MaxMonitoredItemsPerCall, enforced (a larger
+        CreateMonitoredItems call is answered BadTooManyOperations).
+        ``slow_fraction`` of each well's tags form the slow class: they publish only every
+        ``slow_every``-th tick (tank levels beside fast pressures); counting stays exact per tag.
+        """
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {port}")
+        if interval_ms < 1:
+            raise ValueError(f"interval_ms must be >= 1, got {interval_ms}")
+        if not name or "/" in name:
+            raise ValueError(f"name must be a non-empty path segment, got {name!r}")
+        if max_items_per_call < 1:
+            raise ValueError(f"max_items_per_call must be >= 1, got {max_items_per_call}")
+        self.host = host
+        self.port = port
+        self.wells = wells
+        self.tags_per_well = tags_per_well
+        self.interval_ms = interval_ms
+        self.mode: SimulatorMode = mode
+        self.name = name
+        self.security: list[SecuritySpec] = [
+            (SecurityMode(m), SecurityPolicy(p))
+            for m, p in (security or [(SecurityMode.NONE, SecurityPolicy.NONE)])
+        ]
+        self.pki_dir = pki_dir or DEFAULT_SIM_PKI_DIR
+        self._users = dict(users) if users is not None else None
+        self.historize = historize or history_db is not None
+        self.history_db = history_db
+        self.max_items_per_call = max_items_per_call
+        self._field = WellField(wells, tags_per_well, mode, string_tags=string_tags, seed=seed,
+                                start_counts=start_counts, slow_every=slow_every,
+                                slow_fraction=slow_fraction)
+        self.slow_every = slow_every
+        self._server: Server | None = None
+        self._ns = 0
+        self._ua_ids: list[ua.NodeId] = []
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._running = asyncio.Event()
+        if not paused:
+            self._running.set()
+        self._tick_lock = asyncio.Lock()
+        self._t0 = 0.0
+        self._faults: ServerFaults | None = None
+        self._history: Any = None
+
+    # --- public surface ---------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://{self.host}:{self.port}/{self.name}/"
+
+    @property
+    def total_published(self) -> int:
+        return sum(self._field.counts)
+
+    @property
+    def namespace_index(self) -> int:
+        return self._ns
+
+    @property
+    def certificate_path(self) -> Path:
+        """The server certificate (DER); exists once a secure simulator has started."""
+        return self.pki_dir / "own" / "cert.der"
+
+    def published_per_node(self) -> dict[str, int]:
+        """Values written so far, keyed by full node id (``ns=2;s=W001.T001``).
+
+        With ``start_counts`` this is the count reached, including the earlier run's values.
+        """
+        return dict(zip(self.node_ids(), self._field.counts, strict=True))
+
+    def node_ids(self) -> list[str]:
+        """Full string node ids in the namespace index the server actually registered."""
+        if not self._ua_ids:
+            raise RuntimeError("node ids are known once the simulator has started")
+        return [f"ns={self._ns};s={n}" for n in self._field.names]
+
+    def text_node_ids(self) -> list[str]:
+        return [n for n, t in zip(self.node_ids(), self._field.is_text, strict=True) if t]
+
+    async def start(self) -> None:
+        if self._server is not None or self._stopped:
+            raise RuntimeError("a simulator starts once; make a new one to restart")
+        if self.port == 0:
+            self.port = free_port(self.host)
+        server = Server(user_manager=UserManager(self._users))  # type: ignore[arg-type]
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name(self.name)
+        await server.set_application_uri(SERVER_APPLICATION_URI)
+        await self._setup_security(server)
+        self._ns = await server.register_namespace(NAMESPACE_URI)
+        await server.write_attribute_value(
+            ua.NodeId(ua.Int32(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)),
+            ua.DataValue(ua.Variant(self.max_items_per_call, ua.VariantType.UInt32)),
+        )
+        self._ua_ids = []
+        objects = server.nodes.objects
+        wells: dict[str, Any] = {}
+        for name, is_text in zip(self._field.names, self._field.is_text, strict=True):
+            well_name, tag_name = name.split(".")
+            if well_name not in wells:
+                wells[well_name] = await objects.add_object(
+                    ua.NodeId(ua.String(well_name), ua.Int16(self._ns)), well_name
+                )
+            nid = ua.NodeId(ua.String(name), ua.Int16(self._ns))
+            vtype = ua.VariantType.String if is_text else ua.VariantType.Double
+            await wells[well_name].add_variable(nid, tag_name, "" if is_text else 0.0, vtype)
+            self._ua_ids.append(nid)
+        self._server = server
+        if self.historize:
+            await self._setup_history(server)
+        # Initial values are not counted: 0.0 in counting mode, a first sample in realistic mode.
+        field = self._field
+        initial = field.neutral() if self.mode == "counting" else field.next_values(0.0)
+        await self._write_all(initial)
+        self._faults = ServerFaults(server, self.max_items_per_call)
+        await server.start()
+        self._t0 = asyncio.get_running_loop().time()
+        self._task = asyncio.create_task(self._publish_loop(), name=f"opcua-sim-{self.port}")
+
+    async def _setup_security(self, server: Server) -> None:
+        from ingest.device.opcua_security import PkiStore, server_policy_type
+
+        server.set_security_policy([server_policy_type(m, p) for m, p in self.security])
+        tokens: list[type] = [ua.UserNameIdentityToken, ua.X509IdentityToken]
+        if self._users is None:
+            tokens.insert(0, ua.AnonymousIdentityToken)
+        server.set_identity_tokens(tokens)
+        if any(m is not SecurityMode.NONE for m, _ in self.security):
+            own = await asyncio.to_thread(
+                PkiStore(self.pki_dir).own_certificate, SERVER_APPLICATION_URI, server=True
+            )
+            await server.load_certificate(str(own.cert_path))
+            await server.load_private_key(own.key_path)
+
+    async def _setup_history(self, server: Server) -> None:
+        if self.history_db is not None:
+            storage: Any = SQLiteHistory(str(self.history_db))
+        else:
+            storage = HistoryDict()
+        server.iserver.history_manager.set_storage(storage)
+        await storage.init()
+        # Values go to the storage from the write path itself (see _write_all), not through
+        # asyncua's historizing subscription: that one saves with fire-and-forget tasks, so the
+        # last values before a stop could be missing from history.
+        for nid in self._ua_ids:
+            node = server.get_node(nid)
+            await node.write_attribute(
+                AttributeIds.Historizing, ua.DataValue(ua.Variant(True, ua.VariantType.Boolean))
+            )
+            await node.set_attr_bit(AttributeIds.AccessLevel, ua.AccessLevel.HistoryRead)
+            await node.set_attr_bit(AttributeIds.UserAccessLevel, ua.AccessLevel.HistoryRead)
+            await storage.new_historized_node(nid, None, 0)
+        self._history = storage
+
+    async def pause(self) -> None:
+        """Stop publishing; when this returns no further value is written until ``resume()``."""
+        self._running.clear()
+        async with self._tick_lock:  # waits for a tick in progress
+            pass
+
+    async def resume(self) -> None:
+        self._running.set()
+
+    async def stop(self) -> None:
+        """Stop publishing, then shut the server down (connected clients see the socket close)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.pause()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._faults is not None:
+            self._faults.close()
+        if self._server is not None:
+            await self._server.stop()
+
+    def drop_sessions(self) -> int:
+        """Cut every client connection abruptly; sessions and subscriptions stay on the server.
+
+        Returns how many connections were cut.
+        """
+        if self._faults is None:
+            raise RuntimeError("the simulator is not running")
+        return self._faults.drop_connections()
+
+    def freeze(self, seconds: float) -> None:
+        """For ``seconds``, answer no PublishRequest (not even with a keep-alive).
+
+        Values keep being written and queue up per monitored item, as on a server whose
+        publishing has stalled; other services still answer.
+        """
+        if self._faults is None:
+            raise RuntimeError("the simulator is not running")
+        self._faults.freeze(seconds)
+
+    @property
+    def frozen(self) -> bool:
+        """True while ``freeze()`` holds publishing back."""
+        return self._faults is not None and self._faults.frozen
+
+    async def drain(self, timeout_s: float = 3.0) -> bool:
+        """Wait until every subscriber has been sent, and has acknowledged, what was published.
+
+        Call after ``pause()`` and before ``stop()`` so the last values queued for a client are
+        not thrown away with the server. Returns False if ``timeout_s`` passed first (a client
+        that went away leaves its queue behind until its session times out).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._has_undelivered():
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    def _has_undelivered(self) -> bool:
+        if self._server is None:
+            return False
+        # asyncua keeps no public view of this: read the per-subscription queues (see the module
+        # docstring) and treat a layout we do not recognise as "nothing pending".
+        subs = getattr(self._server.iserver.subscription_service, "subscriptions", {})
+        return any(
+            getattr(sub, "_triggered_datachanges", None) or getattr(sub, "_not_acknowledged_results", None)
+            for sub in list(subs.values())
+        )
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "published": self.total_published,
+            "per_node": self.published_per_node(),
+            "endpoint": self.endpoint,
+        }
+
+    # --- publishing ---------------------------------------------------------------------------
+
+    async def _publish_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.interval_ms / 1000.0
+        next_at = loop.time()
+        while True:
+            if not self._running.is_set():
+                await self._running.wait()
+                next_at = loop.time()
+            async with self._tick_lock:
+                if self._running.is_set():
+                    await self._tick(loop.time())
+            next_at += period
+            delay = next_at - loop.time()
+            if delay < -period:
+                # Fell behind by more than a tick (server saturated): carry on from now instead of
+                # bursting to catch up; every write is still counted, the rate is just lower.
+                next_at = loop.time()
+                delay = 0.0
+            await asyncio.sleep(max(delay, 0.0))
+
+    async def _tick(self, now_s: float) -> None:
+        due = self._field.due()
+        await self._write_all(self._field.next_values(now_s - self._t0), count=True, due=due)
+
+    async def _write_all(self, values: list[float | str], *, count: bool = False,
+                         due: list[bool] | None = None) -> None:
+        assert self._server is not None
+        ts = ua.DateTime.now(UTC)  # the asyncua subtype, so the types line up
+        write = self._server.write_attribute_value
+        history = self._history if self.historize else None
+        counts, is_text = self._field.counts, self._field.is_text
+        for i, nid in enumerate(self._ua_ids):
+            if due is not None and not due[i]:
+                continue
+            v = values[i]
+            variant = ua.Variant(v, ua.VariantType.String if is_text[i] else ua.VariantType.Double)
+            dv = ua.DataValue(Value=variant, StatusCode=_GOOD, SourceTimestamp=ts, ServerTimestamp=ts)
+            await write(nid, dv)
+            if history is not None:
+                await history.save_node_value(nid, dv)
+            if count:
+                counts[i] += 1
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,150 @@
+"""What the simulator adds to asyncua's server: SQLite history that takes string node ids, a
+user list, and fault hooks (freeze publishing, cut connections, enforce MaxMonitoredItemsPerCall,
+complete TransferSubscriptions). Instance-level wrappers only, nothing global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hmac
+import re
+from datetime import datetime
+from typing import Any
+
+from asyncua import ua
+from asyncua.common.utils import ServiceError
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.history_sql import HistorySQLite
+from asyncua.server.internal_server import InternalServer
+from asyncua.server.internal_subscription import InternalSubscription
+from asyncua.server.server import Server
+from asyncua.ua.status_codes import StatusCodes
+
+__all__ = ["SQLiteHistory", "ServerFaults", "UserManager"]
+
+
+def _plain(ts: datetime | None) -> datetime | None:
+    if ts is None:
+        return None
+    return datetime(*ts.timetuple()[:6], ts.microsecond, tzinfo=ts.tzinfo)
+
+
+class SQLiteHistory(HistorySQLite):
+    """asyncua's SQLite history, with table names that work for string node ids.
+
+    asyncua names a node's table ``f"{ns}_{identifier!r}"``, so a string identifier brings its
+    quotes along and the table-name check refuses it.
+    """
+
+    async def save_node_value(self, node_id: ua.NodeId, datavalue: ua.DataValue) -> None:
+        # sqlite3 adapts datetime, not asyncua's DateTime subclass: store plain datetimes.
+        dv = copy.copy(datavalue)
+        dv.SourceTimestamp = _plain(dv.SourceTimestamp)  # type: ignore[assignment]
+        dv.ServerTimestamp = _plain(dv.ServerTimestamp)  # type: ignore[assignment]
+        await super().save_node_value(node_id, dv)
+
+    def _get_table_name(self, node_id: ua.NodeId) -> str:
+        return f"{node_id.NamespaceIndex}_{re.sub(r'[^A-Za-z0-9_.-]', '_', str(node_id.Identifier))}"
+
+
+class UserManager:
+    """Logins the simulator accepts: a user list, or anyone when there is none."""
+
+    def __init__(self, users: dict[str, str] | None) -> None:
+        self._users = users
+
+    def get_user(
+        self,
+        iserver: InternalServer,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        # asyncua passes the channel's certificate along with every token, so ``certificate``
+        # does not tell an X.509 login from an anonymous one. Anonymous tokens are refused
+        # before this point once there is a user list (see ``set_identity_tokens``), and an
+        # X.509 token's signature is checked before it, so: check names, accept the rest.
+        if username is None:
+            return User(role=UserRole.User, name="x509" if certificate is not None else None)
+        if self._users is None:
+            return User(role=UserRole.User, name=username)
+        expected = self._users.get(username)
+        given = (password or "").encode()
+        if expected is not None and hmac.compare_digest(expected.encode(), given):
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+class ServerFaults:
+    """Fault hooks on a running asyncua server (instance-level wrappers, nothing global)."""
+
+    def __init__(self, server: Server, max_items_per_call: int) -> None:
+        self._server = server
+        self._frozen_until = 0.0
+        self._loop = asyncio.get_running_loop()
+        service = server.iserver.subscription_service
+        create_items = service.create_monitored_items
+        create_sub = service.create_subscription
+
+        async def limited_create_items(params: ua.CreateMonitoredItemsParameters) -> Any:
+            # asyncua publishes MaxMonitoredItemsPerCall but does not enforce it; we do, so a
+            # client that ignores the limit is caught.
+            if len(params.ItemsToCreate) > max_items_per_call:
+                raise ServiceError(StatusCodes.BadTooManyOperations)
+            return await create_items(params)
+
+        async def freezable_create_sub(*args: Any, **kwargs: Any) -> Any:
+            result = await create_sub(*args, **kwargs)
+            sub = service.subscriptions.get(result.SubscriptionId)
+            if sub is not None:
+                self._make_freezable(sub)
+            return result
+
+        transfer = service.transfer_subscriptions
+
+        async def complete_transfer(
+            params: ua.TransferSubscriptionsParameters, session_id: ua.NodeId, callback: Any
+        ) -> list[ua.TransferResult]:
+            # asyncua 2.1 re-binds only where a transferred subscription sends its responses,
+            # not where it takes PublishRequests from (still the old connection), so it never
+            # publishes again. Bind both, as the spec means it.
+            results = await transfer(params, session_id, callback)
+            processor = getattr(callback, "__self__", None)
+            for sub_id, res in zip(params.SubscriptionIds, results, strict=True):
+                sub = service.subscriptions.get(int(sub_id))
+                if res.StatusCode.is_good() and sub is not None and processor is not None:
+                    sub.pub_request_callback = processor.get_publish_request
+            return results
+
+        service.create_monitored_items = limited_create_items  # type: ignore[method-assign]
+        service.create_subscription = freezable_create_sub  # type: ignore[method-assign]
+        service.transfer_subscriptions = complete_transfer  # type: ignore[method-assign]
+
+    def _make_freezable(self, sub: InternalSubscription) -> None:
+        publish = sub.publish_results
+
+        async def publish_results(requestdata: Any = None) -> bool:
+            # While frozen a client-facing subscription publishes nothing, not even keep-alives,
+            # and its publish cycle count stands still (so it does not expire meanwhile).
+            if sub.pub_request_callback is not None and self._loop.time() < self._frozen_until:
+                return False
+            return await publish(requestdata)
+
+        sub.publish_results = publish_results  # type: ignore[method-assign]
+
+    @property
+    def frozen(self) -> bool:
+        return self._loop.time() < self._frozen_until
+
+    def freeze(self, seconds: float) -> None:
+        self._frozen_until = max(self._frozen_until, self._loop.time() + seconds)
+
+    def drop_connections(self) -> int:
+        transports = list(self._server.iserver.asyncio_transports)
+        for transport in transports:
+            transport.abort()
+        return len(transports)
+
+    def close(self) -> None:
+        self._frozen_until = 0.0
