@@ -27,9 +27,12 @@ class ConnectionActor:
         self.slot = slot
         self.gauges = ConnectionGauges(Metrics.get())
         self.host = ConnectionHost(
-            slot, self._sender_for, last_times=self._last_times,
+            slot,
+            self._sender_for,
+            last_times=self._last_times,
             on_state_change=lambda spec, state, error: self.gauges.on_state_change(
-                spec.tenant_slug, spec.protocol.value, state, error),
+                spec.tenant_slug, spec.protocol.value, state, error
+            ),
         )
         self._ticker: asyncio.Task[None] | None = None
         self._node_id = ray.get_runtime_context().get_node_id()

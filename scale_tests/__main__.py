@@ -15,8 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--wells", type=int, default=6)
     f.add_argument("--tags", type=int, default=5)
     f.add_argument("--interval-ms", type=int, default=50)
-    f.add_argument("--runs", type=int, default=1,
-                   help="repeat the scenario; prints each run, then the worst as the summary")
+    f.add_argument(
+        "--runs", type=int, default=1, help="repeat the scenario; prints each run, then the worst as the summary"
+    )
     f.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="a path against its baseline, side by side in one run")
     b.add_argument("target", choices=["writer", "opcua", "modbus", "query"])
@@ -39,17 +40,22 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.runs):
             runs.append(run(args.wells, args.tags, args.interval_ms))
             sys.stderr.write(f"run {i + 1}/{args.runs}: {json.dumps(runs[-1])}\n")
-        result = runs[0] if len(runs) == 1 else {
-            "scenario": "failover", "runs": len(runs),
-            "worst_silent_loss": max(r["silent_loss"] for r in runs),
-            "worst_recovery_s": max(r["recovery_s"] for r in runs),
-            "worst_duplicates": max(r["duplicates"] for r in runs),
-            "silent_loss": [r["silent_loss"] for r in runs],
-            "recovery_s": [r["recovery_s"] for r in runs],
-            "gaps_recorded": [r["gaps_recorded"] for r in runs],
-            "published": [r["published"] for r in runs],
-            "moved_connections": [r["moved_connections"] for r in runs],
-        }
+        result = (
+            runs[0]
+            if len(runs) == 1
+            else {
+                "scenario": "failover",
+                "runs": len(runs),
+                "worst_silent_loss": max(r["silent_loss"] for r in runs),
+                "worst_recovery_s": max(r["recovery_s"] for r in runs),
+                "worst_duplicates": max(r["duplicates"] for r in runs),
+                "silent_loss": [r["silent_loss"] for r in runs],
+                "recovery_s": [r["recovery_s"] for r in runs],
+                "gaps_recorded": [r["gaps_recorded"] for r in runs],
+                "published": [r["published"] for r in runs],
+                "moved_connections": [r["moved_connections"] for r in runs],
+            }
+        )
         # Loss and duplicates decide; recovery time is reported, not judged (a loaded machine).
         ok = all(r["silent_loss"] == 0 and r["duplicates"] == 0 for r in runs)
     if not args.json:
@@ -68,8 +74,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.target == "query":
         from scale_tests.bench_query import run as bench_query
 
-        return bench_query(tags=args.tags, days=args.days, interval_s=args.interval_s,
-                           requests=args.requests)
+        return bench_query(tags=args.tags, days=args.days, interval_s=args.interval_s, requests=args.requests)
     if args.target == "opcua":
         from scale_tests.bench_devices import run_opcua
 

@@ -41,8 +41,7 @@ def _pct(xs: list[float], q: float) -> float:
     return round(s[min(len(s) - 1, int(math.ceil(q / 100 * len(s))) - 1)] * 1000, 2)
 
 
-async def _load(dsn: str, tag_ids: list[int], end: datetime, days: int, interval_s: int,
-                prefix: str) -> int:
+async def _load(dsn: str, tag_ids: list[int], end: datetime, days: int, interval_s: int, prefix: str) -> int:
     """Readings of every tag from end - days to end, in flushes of about 50,000 rows."""
     w = TenantWriter(dsn, flush_rows=50_000, flush_interval_ms=50)
     await w.start()
@@ -55,7 +54,7 @@ async def _load(dsn: str, tag_ids: list[int], end: datetime, days: int, interval
     rows = 0
     rng = np.random.default_rng(7)
     for i in range(0, len(times), per_batch):
-        t = times[i:i + per_batch]
+        t = times[i : i + per_batch]
         tt = np.repeat(t, len(tags))
         gg = np.tile(tags, len(t))
         vv = 100 + 10 * np.sin(tt / 3.6e9 + gg) + rng.normal(0, 1, len(tt))
@@ -69,9 +68,13 @@ async def _measure(api: str, key: str, make: list[Any], requests: int) -> list[f
     """``requests`` GETs made by ``make`` (a list of (path, params) factories), 10 at a time."""
     lat: list[float] = []
     todo = list(range(requests))
-    async with httpx.AsyncClient(base_url=api, timeout=60,
-                                 headers={"Authorization": f"Bearer {key}"},
-                                 limits=httpx.Limits(max_connections=CLIENTS)) as c:
+    async with httpx.AsyncClient(
+        base_url=api,
+        timeout=60,
+        headers={"Authorization": f"Bearer {key}"},
+        limits=httpx.Limits(max_connections=CLIENTS),
+    ) as c:
+
         async def client() -> None:
             while todo:
                 todo.pop()
@@ -85,8 +88,9 @@ async def _measure(api: str, key: str, make: list[Any], requests: int) -> list[f
     return lat
 
 
-async def _baseline(dsn: str, queries: list[tuple[int, datetime, datetime, timedelta]],
-                    requests: int) -> tuple[list[float], dict[tuple[int, datetime, datetime], Any]]:
+async def _baseline(
+    dsn: str, queries: list[tuple[int, datetime, datetime, timedelta]], requests: int
+) -> tuple[list[float], dict[tuple[int, datetime, datetime], Any]]:
     pool = await asyncpg.create_pool(dsn, min_size=CLIENTS, max_size=CLIENTS)
     lat: list[float] = []
     answers: dict[tuple[int, datetime, datetime], Any] = {}
@@ -110,16 +114,27 @@ def _mismatches(api_rows: list[list[Any]], fields: list[str], sql_rows: list[Any
     f = {k: i for i, k in enumerate(fields)}
     bad = abs(len(api_rows) - len(sql_rows))
     for a, s in zip(api_rows, sql_rows, strict=False):
-        same = (datetime.fromisoformat(a[f["time"]]) == s["b"] and a[f["count"]] == s["n"]
-                and a[f["min"]] == s["min"] and a[f["max"]] == s["max"]
-                and a[f["first"]] == s["first"] and a[f["last"]] == s["last"]
-                and math.isclose(a[f["sum"]], s["sum"], rel_tol=1e-9))
+        same = (
+            datetime.fromisoformat(a[f["time"]]) == s["b"]
+            and a[f["count"]] == s["n"]
+            and a[f["min"]] == s["min"]
+            and a[f["max"]] == s["max"]
+            and a[f["first"]] == s["first"]
+            and a[f["last"]] == s["last"]
+            and math.isclose(a[f["sum"]], s["sum"], rel_tol=1e-9)
+        )
         bad += 0 if same else 1
     return bad
 
 
-def run(tags: int = 100, days: int = 30, interval_s: int = 60, year_tags: int = 4,
-        year_interval_s: int = 600, requests: int = 200) -> dict[str, Any]:
+def run(
+    tags: int = 100,
+    days: int = 30,
+    interval_s: int = 60,
+    year_tags: int = 4,
+    year_interval_s: int = 600,
+    requests: int = 200,
+) -> dict[str, Any]:
     from scale_tests.bench_devices import _deploy, _free_port
 
     # The stack's folder and ports come from the environment (SCADA_LOCAL_DIR, SCADA_PG_PORT,
@@ -127,18 +142,37 @@ def run(tags: int = 100, days: int = 30, interval_s: int = 60, year_tags: int = 
     settings = Settings(namespace="scada-bench", http_port=_free_port()).with_local_secrets()
     client, slug = _deploy(settings)
     api, key = str(client.base_url).rstrip("/"), client.headers["Authorization"][7:]
-    return asyncio.run(_run(settings, client, api, key, slug, tags, days, interval_s, year_tags,
-                            year_interval_s, requests))
+    return asyncio.run(
+        _run(settings, client, api, key, slug, tags, days, interval_s, year_tags, year_interval_s, requests)
+    )
 
 
-async def _run(settings: Settings, client: httpx.Client, api: str, key: str, slug: str,
-               tags: int, days: int, interval_s: int, year_tags: int, year_interval_s: int,
-               requests: int) -> dict[str, Any]:
+async def _run(
+    settings: Settings,
+    client: httpx.Client,
+    api: str,
+    key: str,
+    slug: str,
+    tags: int,
+    days: int,
+    interval_s: int,
+    year_tags: int,
+    year_interval_s: int,
+    requests: int,
+) -> dict[str, Any]:
     ac = httpx.AsyncClient(base_url=api, timeout=120, headers={"Authorization": f"Bearer {key}"})
-    r = await ac.post(f"/v1/tenants/{slug}/connections", json={
-        "name": "bench", "protocol": "opcua", "endpoint": "opc.tcp://127.0.0.1:1/bench",
-        "enabled": False, "tags": [{"name": f"t{i}", "node_id": f"ns=2;s=T{i}", "well": f"W{i % 10}"}
-                                   for i in range(tags + year_tags)]})
+    r = await ac.post(
+        f"/v1/tenants/{slug}/connections",
+        json={
+            "name": "bench",
+            "protocol": "opcua",
+            "endpoint": "opc.tcp://127.0.0.1:1/bench",
+            "enabled": False,
+            "tags": [
+                {"name": f"t{i}", "node_id": f"ns=2;s=T{i}", "well": f"W{i % 10}"} for i in range(tags + year_tags)
+            ],
+        },
+    )
     r.raise_for_status()
     ids = [t["tag_id"] for t in r.json()["tags"]]
     month_ids, year_ids = ids[:tags], ids[tags:]
@@ -159,14 +193,21 @@ async def _run(settings: Settings, client: httpx.Client, api: str, key: str, slu
     w = TenantWriter(dsn, flush_interval_ms=10)
     await w.start()
     now = datetime.now(UTC)
-    await w.write(ReadingBatch("lag", np.array([int(now.timestamp() * 1e6)], np.int64),
-                               np.array([month_ids[0]], np.int32), np.array([1.0]),
-                               np.zeros(1, np.int32)))
+    await w.write(
+        ReadingBatch(
+            "lag",
+            np.array([int(now.timestamp() * 1e6)], np.int64),
+            np.array([month_ids[0]], np.int32),
+            np.array([1.0]),
+            np.zeros(1, np.int32),
+        )
+    )
     committed = time.perf_counter()
     await w.stop()
     # The refresher commits in another process: polling the database is the only signal.
     while not await conn.fetchval(  # noqa: ASYNC110
-            "SELECT 1 FROM rollup_1d WHERE tag_id = $1 AND last_time >= $2", month_ids[0], now):
+        "SELECT 1 FROM rollup_1d WHERE tag_id = $1 AND last_time >= $2", month_ids[0], now
+    ):
         await asyncio.sleep(0.1)
     lag_s = time.perf_counter() - committed
     await conn.close()
@@ -178,14 +219,32 @@ async def _run(settings: Settings, client: httpx.Client, api: str, key: str, slu
     month_lo, year_lo = end - timedelta(days=days), end - timedelta(days=365)
     kinds: dict[str, list[Any]] = {
         "latest_100": [lambda: (f"/v1/tenants/{slug}/latest", {"tag_id": ids[:100]})],
-        "raw_1h": [lambda: (readings, {"tag_id": random.choice(month_ids), "resolution": "raw",
-                                       "start": iso(end - timedelta(hours=1)), "end": iso(end)})],
-        "auto_24h": [lambda: (readings, {"tag_id": random.choice(month_ids),
-                                         "start": iso(end - timedelta(days=1)), "end": iso(end)})],
-        "auto_30d": [lambda: (readings, {"tag_id": random.choice(month_ids),
-                                         "start": iso(month_lo), "end": iso(end)})],
-        "auto_1y": [lambda: (readings, {"tag_id": random.choice(year_ids), "days": "utc",
-                                        "start": iso(year_lo), "end": iso(end)})],
+        "raw_1h": [
+            lambda: (
+                readings,
+                {
+                    "tag_id": random.choice(month_ids),
+                    "resolution": "raw",
+                    "start": iso(end - timedelta(hours=1)),
+                    "end": iso(end),
+                },
+            )
+        ],
+        "auto_24h": [
+            lambda: (
+                readings,
+                {"tag_id": random.choice(month_ids), "start": iso(end - timedelta(days=1)), "end": iso(end)},
+            )
+        ],
+        "auto_30d": [
+            lambda: (readings, {"tag_id": random.choice(month_ids), "start": iso(month_lo), "end": iso(end)})
+        ],
+        "auto_1y": [
+            lambda: (
+                readings,
+                {"tag_id": random.choice(year_ids), "days": "utc", "start": iso(year_lo), "end": iso(end)},
+            )
+        ],
     }
     queries: dict[str, Any] = {}
     for kind, make in kinds.items():
@@ -194,11 +253,12 @@ async def _run(settings: Settings, client: httpx.Client, api: str, key: str, slu
         log(f"{kind}: {queries[kind]}")
     # The same answers by plain SQL over raw, timed under the same concurrency, compared.
     base_lat, answers = await _baseline(
-        dsn, [(t, month_lo, end, timedelta(hours=1)) for t in month_ids[:20]], requests)
-    queries["sql_raw_30d"] = {"p50_ms": _pct(base_lat, 50), "p99_ms": _pct(base_lat, 99),
-                              "n": len(base_lat)}
-    _, year_answers = await _baseline(dsn, [(t, year_lo, end, timedelta(days=1)) for t in year_ids],
-                                      len(year_ids) * 4)
+        dsn, [(t, month_lo, end, timedelta(hours=1)) for t in month_ids[:20]], requests
+    )
+    queries["sql_raw_30d"] = {"p50_ms": _pct(base_lat, 50), "p99_ms": _pct(base_lat, 99), "n": len(base_lat)}
+    _, year_answers = await _baseline(
+        dsn, [(t, year_lo, end, timedelta(days=1)) for t in year_ids], len(year_ids) * 4
+    )
     mismatches = 0
     compared = 0
     for (tag, lo, hi), sql_rows in list(answers.items()) + list(year_answers.items()):
@@ -208,13 +268,23 @@ async def _run(settings: Settings, client: httpx.Client, api: str, key: str, slu
         compared += len(sql_rows)
     await ac.aclose()
     return {
-        "dataset": {"tags": tags, "days": days, "interval_s": interval_s, "rows": rows,
-                    "year_tags": year_tags, "year_interval_s": year_interval_s,
-                    "year_rows": year_rows},
-        "load_s": round(load_s, 1), "rollup_build_s": round(rollup_s, 1),
-        "refresh_lag_s": round(lag_s, 2), "clients": CLIENTS,
+        "dataset": {
+            "tags": tags,
+            "days": days,
+            "interval_s": interval_s,
+            "rows": rows,
+            "year_tags": year_tags,
+            "year_interval_s": year_interval_s,
+            "year_rows": year_rows,
+        },
+        "load_s": round(load_s, 1),
+        "rollup_build_s": round(rollup_s, 1),
+        "refresh_lag_s": round(lag_s, 2),
+        "clients": CLIENTS,
         "queries": queries,
-        "speedup_30d_vs_raw": round(statistics.median(base_lat) * 1000
-                                    / max(queries["auto_30d"]["p50_ms"], 1e-3), 1),
-        "rollup_mismatches": mismatches, "buckets_compared": compared,
+        "speedup_30d_vs_raw": round(
+            statistics.median(base_lat) * 1000 / max(queries["auto_30d"]["p50_ms"], 1e-3), 1
+        ),
+        "rollup_mismatches": mismatches,
+        "buckets_compared": compared,
     }
