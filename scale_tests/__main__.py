@@ -20,14 +20,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     f.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="a path against its baseline, side by side in one run")
-    b.add_argument("target", choices=["writer", "opcua", "modbus", "query"])
-    b.add_argument("--seconds", type=float, default=20.0, help="measuring window (opcua, modbus)")
+    b.add_argument("target", choices=["writer", "opcua", "modbus", "query", "push"])
+    b.add_argument("--seconds", type=float, default=None,
+                   help="measuring window (opcua, modbus: 20 s; push: 60 s)")
     b.add_argument("--rows", type=int, default=1_000_000)
     b.add_argument("--rounds", type=int, default=2)
     b.add_argument("--tags", type=int, default=100, help="tags with a month of data (query)")
     b.add_argument("--days", type=int, default=30, help="days of data per tag (query)")
     b.add_argument("--interval-s", type=int, default=60, help="seconds between readings (query)")
     b.add_argument("--requests", type=int, default=200, help="requests per query kind (query)")
+    b.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients (push)")
+    b.add_argument("--dup-seconds", type=float, default=10.0,
+                   help="duplicate-send phase (push)")
     b.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     ok = True
@@ -71,6 +75,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         from scale_tests.bench_writer import run as bench_writer
 
         return bench_writer(load_settings(), args.rows, args.rounds)
+    if args.target == "push":
+        from scale_tests.bench_push import run as bench_push
+
+        return bench_push(seconds=args.seconds or 60.0, clients=args.clients, dup_seconds=args.dup_seconds)
     if args.target == "query":
         from scale_tests.bench_query import run as bench_query
 
@@ -78,10 +86,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.target == "opcua":
         from scale_tests.bench_devices import run_opcua
 
-        return run_opcua(seconds=args.seconds)
+        return run_opcua(seconds=args.seconds or 20.0)
     from scale_tests.bench_devices import run_modbus
 
-    return run_modbus(seconds=args.seconds)
+    return run_modbus(seconds=args.seconds or 20.0)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ tags with a year at one reading per ``year_interval_s``. The JSON says how big i
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
 import statistics
@@ -22,11 +23,15 @@ import numpy as np
 
 from ingest.core.batch import ReadingBatch
 from ingest.core.config import Settings
+from ingest.core.models import Quality, quality_as_int4
 from ingest.read.refresher import RollupRefresher
+from ingest.read.rollups import EPOCH
+from ingest.write.fanout import latest_key
 from ingest.write.writer import TenantWriter
 from scale_tests.common import log
 
 CLIENTS = 10
+BAD = quality_as_int4(Quality.BAD)
 _BASELINE = """
 SELECT time_bucket($4::interval, time) AS b, count(*) FILTER (WHERE quality >= 0) AS n,
        min(value) FILTER (WHERE quality >= 0) AS min, max(value) FILTER (WHERE quality >= 0) AS max,
@@ -41,40 +46,91 @@ def _pct(xs: list[float], q: float) -> float:
     return round(s[min(len(s) - 1, int(math.ceil(q / 100 * len(s))) - 1)] * 1000, 2)
 
 
-async def _load(dsn: str, tag_ids: list[int], end: datetime, days: int, interval_s: int, prefix: str) -> int:
-    """Readings of every tag from end - days to end, in flushes of about 50,000 rows."""
-    w = TenantWriter(dsn, flush_rows=50_000, flush_interval_ms=50)
-    await w.start()
-    end_us = int(end.timestamp() * 1e6)
-    start_us = end_us - days * 86_400_000_000
-    step_us = interval_s * 1_000_000
-    per_batch = max(1, 50_000 // len(tag_ids))
-    times = np.arange(start_us, end_us, step_us, dtype=np.int64)
-    tags = np.array(tag_ids, np.int32)
+# The bench's readings, made by the database itself (no Python loop, no client round trip per
+# batch): a slow wave per tag plus a deterministic wobble, and one reading in 997 Bad.
+_GEN = f"""
+INSERT INTO scada_readings (time, tag_id, value, quality)
+SELECT t, g, 100 + 10 * sin(extract(epoch FROM t) / 3600 + g)
+             + ((extract(epoch FROM t)::int8 * 7919 + g * 104729) % 1000) / 500.0,
+       CASE WHEN (extract(epoch FROM t)::int8 / $4::int8 + g) % 997 = 0 THEN {BAD} ELSE 0 END
+FROM unnest($1::int4[]) AS g,
+     generate_series($2::timestamptz, $3::timestamptz - INTERVAL '1 microsecond',
+                     make_interval(secs => $4::int8)) AS t"""
+_LEDGER = ("INSERT INTO ingest_ledger (batch_id, rows, received, min_time, max_time) "
+           "VALUES ($1, $2, $2, $3, $4)")
+_INDEX = "CREATE INDEX scada_readings_tag_time ON scada_readings (tag_id, time DESC)"
+
+
+async def _build(dsn: str, pieces: list[tuple[str, list[int], datetime, datetime, int]],
+                 workers: int = 2) -> int:
+    """Every piece (batch id, tags, lo, hi, step) straight into the hypertable by the server,
+    each with its ledger row in the same transaction, as the writer would record it: the
+    refresher rolls them up from the ledger like any backfill. The (tag_id, time) index is built
+    once after the load rather than row by row during it (the usual bulk-load order)."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("DROP INDEX scada_readings_tag_time")
+    todo = list(pieces)
     rows = 0
-    rng = np.random.default_rng(7)
-    for i in range(0, len(times), per_batch):
-        t = times[i : i + per_batch]
-        tt = np.repeat(t, len(tags))
-        gg = np.tile(tags, len(t))
-        vv = 100 + 10 * np.sin(tt / 3.6e9 + gg) + rng.normal(0, 1, len(tt))
-        await w.write(ReadingBatch(f"{prefix}:{i}", tt, gg, vv, np.zeros(len(tt), np.int32)))
-        rows += len(tt)
-    await w.stop()
+
+    async def worker() -> None:
+        nonlocal rows
+        c = await asyncpg.connect(dsn)
+        try:
+            while todo:
+                batch_id, tags, lo, hi, step = todo.pop()
+                async with c.transaction():
+                    n = int((await c.execute(_GEN, tags, lo, hi, step)).split()[-1])
+                    await c.execute(_LEDGER, batch_id, n, lo, hi - timedelta(microseconds=1))
+                rows += n
+        finally:
+            await c.close()
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    finally:
+        await conn.execute("SET maintenance_work_mem = '256MB'")
+        await conn.execute(_INDEX)
+        await conn.execute("ANALYZE scada_readings")
+        await conn.close()
     return rows
+
+
+def _pieces(prefix: str, tag_ids: list[int], end: datetime, days: int, step_s: int,
+            piece: timedelta) -> list[tuple[str, list[int], datetime, datetime, int]]:
+    out = []
+    t = end - timedelta(days=days)
+    while t < end:
+        hi = min(end, t + piece)
+        out.append((f"bench:{prefix}:{t.isoformat()}", tag_ids, t, hi, step_s))
+        t = hi
+    return out
+
+
+async def _seed_latest(settings: Settings, dsn: str, slug: str, tag_ids: list[int]) -> None:
+    """What the writer's fan-out leaves in Redis after a commit: the newest reading per tag (the
+    bench loaded its data past the writer, so it puts them there itself)."""
+    import redis.asyncio as aioredis
+
+    conn = await asyncpg.connect(dsn)
+    rows = await conn.fetch(
+        "SELECT u.t, r.time, r.value, r.quality FROM unnest($1::int4[]) AS u(t) CROSS JOIN LATERAL "
+        "(SELECT time, value, quality FROM scada_readings WHERE tag_id = u.t "
+        "ORDER BY time DESC LIMIT 1) r", tag_ids)
+    await conn.close()
+    r = aioredis.from_url(settings.redis_url)
+    await r.hset(latest_key(slug), mapping={
+        str(x["t"]): json.dumps({"t": int((x["time"] - EPOCH) / timedelta(microseconds=1)),
+                                 "v": x["value"], "q": x["quality"]}) for x in rows})
+    await r.aclose()
 
 
 async def _measure(api: str, key: str, make: list[Any], requests: int) -> list[float]:
     """``requests`` GETs made by ``make`` (a list of (path, params) factories), 10 at a time."""
     lat: list[float] = []
     todo = list(range(requests))
-    async with httpx.AsyncClient(
-        base_url=api,
-        timeout=60,
-        headers={"Authorization": f"Bearer {key}"},
-        limits=httpx.Limits(max_connections=CLIENTS),
-    ) as c:
-
+    async with httpx.AsyncClient(base_url=api, timeout=60,
+                                 headers={"Authorization": f"Bearer {key}"},
+                                 limits=httpx.Limits(max_connections=CLIENTS)) as c:
         async def client() -> None:
             while todo:
                 todo.pop()
@@ -88,9 +144,56 @@ async def _measure(api: str, key: str, make: list[Any], requests: int) -> list[f
     return lat
 
 
-async def _baseline(
-    dsn: str, queries: list[tuple[int, datetime, datetime, timedelta]], requests: int
-) -> tuple[list[float], dict[tuple[int, datetime, datetime], Any]]:
+async def _round_trips(settings: Settings, api: str, key: str, kinds: dict[str, list[Any]],
+                       dbs: dict[str, str], n: int = 50) -> dict[str, dict[str, float]]:
+    """Statements per request, by database, and Redis commands per request: each kind's
+    ``n`` requests one after another, counted from the servers' own statistics (PostgreSQL's
+    transactions per database, every statement outside a transaction block being one; Redis's
+    commands processed), less what the same time window holds while idle (the refresher and
+    the coordinator run meanwhile). PostgreSQL publishes a backend's counts within 10 s of it
+    going idle, hence the waits."""
+    import redis.asyncio as aioredis
+
+    obs = await asyncpg.connect(settings.dsn("postgres"))
+    red = aioredis.from_url(settings.redis_url)
+
+    async def snap() -> dict[str, float]:
+        rows = await obs.fetch("SELECT datname, xact_commit + xact_rollback AS n "
+                               "FROM pg_stat_database WHERE datname = ANY($1::text[])",
+                               list(dbs.values()))
+        by = {r["datname"]: float(r["n"]) for r in rows}
+        out = {role: by.get(db, 0.0) for role, db in dbs.items()}
+        out["redis"] = float((await red.info("stats"))["total_commands_processed"])
+        return out
+
+    settle = 11.0
+    await asyncio.sleep(settle)
+    a, t0 = await snap(), time.perf_counter()
+    await asyncio.sleep(settle)
+    b = await snap()
+    idle_rate = {k: (b[k] - a[k] - (1 if k == "redis" else 0)) / (time.perf_counter() - t0)
+                 for k in a}
+    out: dict[str, dict[str, float]] = {}
+    async with httpx.AsyncClient(base_url=api, timeout=60,
+                                 headers={"Authorization": f"Bearer {key}"}) as c:
+        for kind, make in kinds.items():
+            a, t0 = await snap(), time.perf_counter()
+            for _ in range(n):
+                path, params = make[0]()
+                (await c.get(path, params=params)).raise_for_status()
+            await asyncio.sleep(settle)
+            b = await snap()
+            span = time.perf_counter() - t0
+            out[kind] = {k: round(max(0.0, (b[k] - a[k] - (1 if k == "redis" else 0)
+                                             - idle_rate[k] * span) / n), 1) for k in a}
+            log(f"{kind}: round trips per request {out[kind]}")
+    await red.aclose()
+    await obs.close()
+    return out
+
+
+async def _baseline(dsn: str, queries: list[tuple[int, datetime, datetime, timedelta]],
+                    requests: int) -> tuple[list[float], dict[tuple[int, datetime, datetime], Any]]:
     pool = await asyncpg.create_pool(dsn, min_size=CLIENTS, max_size=CLIENTS)
     lat: list[float] = []
     answers: dict[tuple[int, datetime, datetime], Any] = {}
@@ -114,27 +217,16 @@ def _mismatches(api_rows: list[list[Any]], fields: list[str], sql_rows: list[Any
     f = {k: i for i, k in enumerate(fields)}
     bad = abs(len(api_rows) - len(sql_rows))
     for a, s in zip(api_rows, sql_rows, strict=False):
-        same = (
-            datetime.fromisoformat(a[f["time"]]) == s["b"]
-            and a[f["count"]] == s["n"]
-            and a[f["min"]] == s["min"]
-            and a[f["max"]] == s["max"]
-            and a[f["first"]] == s["first"]
-            and a[f["last"]] == s["last"]
-            and math.isclose(a[f["sum"]], s["sum"], rel_tol=1e-9)
-        )
+        same = (datetime.fromisoformat(a[f["time"]]) == s["b"] and a[f["count"]] == s["n"]
+                and a[f["min"]] == s["min"] and a[f["max"]] == s["max"]
+                and a[f["first"]] == s["first"] and a[f["last"]] == s["last"]
+                and math.isclose(a[f["sum"]], s["sum"], rel_tol=1e-9))
         bad += 0 if same else 1
     return bad
 
 
-def run(
-    tags: int = 100,
-    days: int = 30,
-    interval_s: int = 60,
-    year_tags: int = 4,
-    year_interval_s: int = 600,
-    requests: int = 200,
-) -> dict[str, Any]:
+def run(tags: int = 100, days: int = 30, interval_s: int = 60, year_tags: int = 4,
+        year_interval_s: int = 600, requests: int = 200) -> dict[str, Any]:
     from scale_tests.bench_devices import _deploy, _free_port
 
     # The stack's folder and ports come from the environment (SCADA_LOCAL_DIR, SCADA_PG_PORT,
@@ -142,45 +234,28 @@ def run(
     settings = Settings(namespace="scada-bench", http_port=_free_port()).with_local_secrets()
     client, slug = _deploy(settings)
     api, key = str(client.base_url).rstrip("/"), client.headers["Authorization"][7:]
-    return asyncio.run(
-        _run(settings, client, api, key, slug, tags, days, interval_s, year_tags, year_interval_s, requests)
-    )
+    return asyncio.run(_run(settings, client, api, key, slug, tags, days, interval_s, year_tags,
+                            year_interval_s, requests))
 
 
-async def _run(
-    settings: Settings,
-    client: httpx.Client,
-    api: str,
-    key: str,
-    slug: str,
-    tags: int,
-    days: int,
-    interval_s: int,
-    year_tags: int,
-    year_interval_s: int,
-    requests: int,
-) -> dict[str, Any]:
+async def _run(settings: Settings, client: httpx.Client, api: str, key: str, slug: str,
+               tags: int, days: int, interval_s: int, year_tags: int, year_interval_s: int,
+               requests: int) -> dict[str, Any]:
     ac = httpx.AsyncClient(base_url=api, timeout=120, headers={"Authorization": f"Bearer {key}"})
-    r = await ac.post(
-        f"/v1/tenants/{slug}/connections",
-        json={
-            "name": "bench",
-            "protocol": "opcua",
-            "endpoint": "opc.tcp://127.0.0.1:1/bench",
-            "enabled": False,
-            "tags": [
-                {"name": f"t{i}", "node_id": f"ns=2;s=T{i}", "well": f"W{i % 10}"} for i in range(tags + year_tags)
-            ],
-        },
-    )
+    r = await ac.post(f"/v1/tenants/{slug}/connections", json={
+        "name": "bench", "protocol": "opcua", "endpoint": "opc.tcp://127.0.0.1:1/bench",
+        "enabled": False, "tags": [{"name": f"t{i}", "node_id": f"ns=2;s=T{i}", "well": f"W{i % 10}"}
+                                   for i in range(tags + year_tags)]})
     r.raise_for_status()
     ids = [t["tag_id"] for t in r.json()["tags"]]
     month_ids, year_ids = ids[:tags], ids[tags:]
     dsn = settings.dsn(f"scada_t_{slug}")
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     t0 = time.perf_counter()
-    rows = await _load(dsn, month_ids, end, days, interval_s, "m")
-    year_rows = await _load(dsn, year_ids, end, 365, year_interval_s, "y")
+    rows = await _build(dsn, _pieces("m", month_ids, end, days, interval_s, timedelta(days=1))
+                        + _pieces("y", year_ids, end, 365, year_interval_s, timedelta(days=30)))
+    year_rows = len(year_ids) * (365 * 86_400 // year_interval_s)
+    rows -= year_rows
     load_s = time.perf_counter() - t0
     log(f"loaded {rows + year_rows} rows in {load_s:.0f} s; rolling up")
     t0 = time.perf_counter()
@@ -188,26 +263,25 @@ async def _run(
     await refresher.run_until_idle()
     await refresher.close()
     rollup_s = time.perf_counter() - t0
-    # Refresh lag: one reading committed now, until the writer actor's refresher has it in 1m.
+    log(f"rolled up in {rollup_s:.0f} s")
+    await _seed_latest(settings, dsn, slug, ids)
+    conn = await asyncpg.connect(dsn)
+    for table in ("rollup_1m", "rollup_1h", "rollup_1d", "rollup_1d_local"):
+        await conn.execute(f"ANALYZE {table}")
+    await conn.close()
+    # Refresh lag: one reading committed now, until the writer actor's refresher has it in 1d.
     conn = await asyncpg.connect(dsn)
     w = TenantWriter(dsn, flush_interval_ms=10)
     await w.start()
     now = datetime.now(UTC)
-    await w.write(
-        ReadingBatch(
-            "lag",
-            np.array([int(now.timestamp() * 1e6)], np.int64),
-            np.array([month_ids[0]], np.int32),
-            np.array([1.0]),
-            np.zeros(1, np.int32),
-        )
-    )
+    await w.write(ReadingBatch("lag", np.array([int(now.timestamp() * 1e6)], np.int64),
+                               np.array([month_ids[0]], np.int32), np.array([1.0]),
+                               np.zeros(1, np.int32)))
     committed = time.perf_counter()
     await w.stop()
     # The refresher commits in another process: polling the database is the only signal.
     while not await conn.fetchval(  # noqa: ASYNC110
-        "SELECT 1 FROM rollup_1d WHERE tag_id = $1 AND last_time >= $2", month_ids[0], now
-    ):
+            "SELECT 1 FROM rollup_1d WHERE tag_id = $1 AND last_time >= $2", month_ids[0], now):
         await asyncio.sleep(0.1)
     lag_s = time.perf_counter() - committed
     await conn.close()
@@ -219,33 +293,17 @@ async def _run(
     month_lo, year_lo = end - timedelta(days=days), end - timedelta(days=365)
     kinds: dict[str, list[Any]] = {
         "latest_100": [lambda: (f"/v1/tenants/{slug}/latest", {"tag_id": ids[:100]})],
-        "raw_1h": [
-            lambda: (
-                readings,
-                {
-                    "tag_id": random.choice(month_ids),
-                    "resolution": "raw",
-                    "start": iso(end - timedelta(hours=1)),
-                    "end": iso(end),
-                },
-            )
-        ],
-        "auto_24h": [
-            lambda: (
-                readings,
-                {"tag_id": random.choice(month_ids), "start": iso(end - timedelta(days=1)), "end": iso(end)},
-            )
-        ],
-        "auto_30d": [
-            lambda: (readings, {"tag_id": random.choice(month_ids), "start": iso(month_lo), "end": iso(end)})
-        ],
-        "auto_1y": [
-            lambda: (
-                readings,
-                {"tag_id": random.choice(year_ids), "days": "utc", "start": iso(year_lo), "end": iso(end)},
-            )
-        ],
+        "raw_1h": [lambda: (readings, {"tag_id": random.choice(month_ids), "resolution": "raw",
+                                       "start": iso(end - timedelta(hours=1)), "end": iso(end)})],
+        "auto_24h": [lambda: (readings, {"tag_id": random.choice(month_ids),
+                                         "start": iso(end - timedelta(days=1)), "end": iso(end)})],
+        "auto_30d": [lambda: (readings, {"tag_id": random.choice(month_ids),
+                                         "start": iso(month_lo), "end": iso(end)})],
+        "auto_1y": [lambda: (readings, {"tag_id": random.choice(year_ids), "days": "utc",
+                                        "start": iso(year_lo), "end": iso(end)})],
     }
+    round_trips = await _round_trips(settings, api, key, kinds, {
+        "tenant_db": f"scada_t_{slug}", "master_db": settings.master_db})
     queries: dict[str, Any] = {}
     for kind, make in kinds.items():
         lat = await _measure(api, key, make, requests)
@@ -253,12 +311,11 @@ async def _run(
         log(f"{kind}: {queries[kind]}")
     # The same answers by plain SQL over raw, timed under the same concurrency, compared.
     base_lat, answers = await _baseline(
-        dsn, [(t, month_lo, end, timedelta(hours=1)) for t in month_ids[:20]], requests
-    )
-    queries["sql_raw_30d"] = {"p50_ms": _pct(base_lat, 50), "p99_ms": _pct(base_lat, 99), "n": len(base_lat)}
-    _, year_answers = await _baseline(
-        dsn, [(t, year_lo, end, timedelta(days=1)) for t in year_ids], len(year_ids) * 4
-    )
+        dsn, [(t, month_lo, end, timedelta(hours=1)) for t in month_ids[:20]], requests)
+    queries["sql_raw_30d"] = {"p50_ms": _pct(base_lat, 50), "p99_ms": _pct(base_lat, 99),
+                              "n": len(base_lat)}
+    _, year_answers = await _baseline(dsn, [(t, year_lo, end, timedelta(days=1)) for t in year_ids],
+                                      len(year_ids) * 4)
     mismatches = 0
     compared = 0
     for (tag, lo, hi), sql_rows in list(answers.items()) + list(year_answers.items()):
@@ -268,23 +325,15 @@ async def _run(
         compared += len(sql_rows)
     await ac.aclose()
     return {
-        "dataset": {
-            "tags": tags,
-            "days": days,
-            "interval_s": interval_s,
-            "rows": rows,
-            "year_tags": year_tags,
-            "year_interval_s": year_interval_s,
-            "year_rows": year_rows,
-        },
-        "load_s": round(load_s, 1),
-        "rollup_build_s": round(rollup_s, 1),
-        "refresh_lag_s": round(lag_s, 2),
-        "clients": CLIENTS,
+        "dataset": {"tags": tags, "days": days, "interval_s": interval_s, "rows": rows,
+                    "year_tags": year_tags, "year_interval_s": year_interval_s,
+                    "year_rows": year_rows},
+        "load_s": round(load_s, 1), "rollup_build_s": round(rollup_s, 1),
+        "build_s": round(load_s + rollup_s, 1),
+        "refresh_lag_s": round(lag_s, 2), "clients": CLIENTS,
         "queries": queries,
-        "speedup_30d_vs_raw": round(
-            statistics.median(base_lat) * 1000 / max(queries["auto_30d"]["p50_ms"], 1e-3), 1
-        ),
-        "rollup_mismatches": mismatches,
-        "buckets_compared": compared,
+        "round_trips_per_request": round_trips,
+        "speedup_30d_vs_raw": round(statistics.median(base_lat) * 1000
+                                    / max(queries["auto_30d"]["p50_ms"], 1e-3), 1),
+        "rollup_mismatches": mismatches, "buckets_compared": compared,
     }

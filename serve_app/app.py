@@ -380,3 +380,7 @@ def _uuid(value: str) -> str:
 from serve_app.routes_read import router as read_router  # noqa: E402
 
 app.include_router(read_router)
+
+from serve_app.routes_push import push_router  # noqa: E402  (push ingest, audit: its own module)
+
+app.include_router(push_router)

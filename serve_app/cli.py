@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--interval-ms", type=int, default=100, help="simulator update period")
     b = sub.add_parser("bench", help="measure a path against its baseline "
                        "(python -m scale_tests bench TARGET --help for its options)")
-    b.add_argument("target", choices=["writer", "opcua", "modbus", "query"])
+    b.add_argument("target", choices=["writer", "opcua", "modbus", "query", "push"])
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of that bench, e.g. --json")
     args = p.parse_args(argv)
     settings = load_settings()

@@ -1,29 +1,43 @@
 """Read-side routes: readings at any resolution, latest values, wells, read settings.
 
 Handlers stay thin: parse, authorise, call one ingest.read function, shape the answer.
+
+The hot routes (readings, latest) are built to cost one database round trip, or one Redis
+round trip, per request: the caller's key and the tenant are remembered for a few seconds
+(``AUTH_TTL_S``: a revoked key or a suspended tenant is refused by this replica within that
+time), the tenant's tags and time zone come from a per-tenant catalog cache (``ingest.read.
+catalog``), queries run on a read pool of the replica's own (more connections than the
+registration pool; no reset query on release, since read handlers leave no session state), and
+answers are encoded by orjson straight from rows, past pydantic (the models below still
+document them in OpenAPI).
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import asyncpg
+import orjson
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingest.core.errors import InvalidQuery
+from ingest.core.errors import Forbidden, InvalidQuery, TenantNotFound, TenantUnavailable
 from ingest.core.models import Tenant
-from ingest.read.catalog import TagInfo, list_wells, resolve_tags
-from ingest.read.latest import age_s, latest_values
+from ingest.read.catalog import Catalog, CatalogCache, TagInfo, list_wells
+from ingest.read.latest import latest_values
 from ingest.read.query import ReadAnswer, ReadRequest, quality_code, quality_name, read, stream_rows
 from ingest.read.retention import ReadSettings, check_timezone, load_settings, save_settings
+from ingest.store.master import Principal
 from ingest.store.tenant_store import TenantStore
-from serve_app.app import Caller, state, tenant_for
+from serve_app.app import principal, state, tenant_for
 
 MAX_QUERY_TAGS = 100
 MAX_LATEST_TAGS = 1000
@@ -52,6 +66,102 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(tags=["queries"], responses=_ERRORS)
 _redis: dict[str, aioredis.Redis] = {}
 
+AUTH_TTL_S = 5.0
+READ_POOL_SIZE = 10
+_principals: dict[str, tuple[float, Principal]] = {}
+_tenants: dict[str, tuple[float, Tenant]] = {}
+_read_pools: dict[str, asyncpg.Pool] = {}
+_pool_lock = asyncio.Lock()
+catalogs = CatalogCache(ttl_s=AUTH_TTL_S)
+
+
+async def cached_principal(
+    authorization: Annotated[str | None, Header(description="Bearer <api key>")] = None,
+) -> Principal:
+    """``principal``, remembered for ``AUTH_TTL_S`` per key (refusals are not remembered)."""
+    hit = _principals.get(authorization or "")
+    now = time.monotonic()
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    p = await principal(authorization)
+    if len(_principals) > 10_000:
+        _principals.clear()
+    _principals[authorization or ""] = (now + AUTH_TTL_S, p)
+    return p
+
+
+ReadCaller = Annotated[Principal, Depends(cached_principal)]
+
+
+async def _tenant_cached(ref: str) -> Tenant:
+    hit = _tenants.get(ref)
+    now = time.monotonic()
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    t = await (await state().master()).get_tenant(ref)
+    if len(_tenants) > 10_000:
+        _tenants.clear()
+    _tenants[ref] = (now + AUTH_TTL_S, t)
+    return t
+
+
+async def _read_tenant(tenant: str, caller: Principal, scope: str = "read") -> Tenant:
+    """``tenant_for`` with the tenant row remembered for ``AUTH_TTL_S``: the same checks in the
+    same order, so a foreign key learns nothing about other tenants."""
+    if caller.is_cluster_admin:
+        return await _tenant_cached(tenant)
+    if caller.tenant_id is None:
+        raise Forbidden("this key belongs to no tenant")
+    try:
+        t = await _tenant_cached(tenant)
+    except TenantNotFound as e:
+        raise Forbidden(f"no access to tenant {tenant!r}") from e
+    if t.id != caller.tenant_id:
+        raise Forbidden(f"no access to tenant {tenant!r}")
+    if scope not in caller.scopes and "admin" not in caller.scopes:
+        raise Forbidden(f"this key lacks the {scope!r} scope")
+    return t
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    # Read handlers set no session state; only a request cancelled inside a transaction (CSV
+    # streaming) leaves something behind.
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+async def _read_pool(t: Tenant) -> asyncpg.Pool:
+    pool = _read_pools.get(t.id)
+    if pool is not None:
+        return pool
+    async with _pool_lock:
+        if t.id not in _read_pools:
+            dsn = await (await state().master()).tenant_dsn(t.id)
+            try:
+                _read_pools[t.id] = await asyncpg.create_pool(
+                    dsn, min_size=1, max_size=READ_POOL_SIZE, reset=_no_reset,
+                    max_inactive_connection_lifetime=60)
+            except OSError as e:
+                raise TenantUnavailable(
+                    f"tenant database unreachable: {type(e).__name__}") from e
+        return _read_pools[t.id]
+
+
+async def _catalog_and_tags(t: Tenant, pool: asyncpg.Pool, tag_id: list[int] | None,
+                            well: str | None, tag: list[str] | None, max_tags: int,
+                            ) -> tuple[Catalog, list[TagInfo]]:
+    return await catalogs.resolve(t.id, lambda: Catalog.load(pool), pool, tag_id, well, tag,
+                                  max_tags)
+
+
+def _json(body: Any) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")
+
+
+def _tag_dict(t: TagInfo) -> dict[str, Any]:
+    return {"tag_id": t.tag_id, "name": t.name, "well": t.well, "unit": t.unit,
+            "data_type": t.data_type}
+
 
 def _redis_client() -> aioredis.Redis:
     url = state().settings.redis_url
@@ -60,7 +170,8 @@ def _redis_client() -> aioredis.Redis:
     return _redis[url]
 
 
-async def _store(tenant: str, caller: Caller, scope: str = "read") -> tuple[Tenant, TenantStore]:
+async def _store(tenant: str, caller: Principal, scope: str = "read",
+                 ) -> tuple[Tenant, TenantStore]:
     t = await tenant_for(tenant, caller, scope)
     return t, await state().store(t)
 
@@ -111,7 +222,7 @@ TagNames = Annotated[list[str] | None, Query(description="tag names within `well
                              "description": "JSON, or CSV with `Accept: text/csv`"}})
 async def readings(
     tenant: str,
-    caller: Caller,
+    caller: ReadCaller,
     tag_id: TagIds = None,
     well: Annotated[str | None, Query(max_length=200)] = None,
     tag: TagNames = None,
@@ -130,37 +241,36 @@ async def readings(
     `max_points`. Aggregate rows: bucket start, count, avg, min, max, sum, first and last with
     their times, count of Bad readings (Bad readings and gap markers are never in the numbers).
     Past `limit` rows the answer carries `next`."""
-    _, store = await _store(tenant, caller)
+    t = await _read_tenant(tenant, caller)
     end = _aware(end) if end else datetime.now(UTC)
     start = _aware(start) if start else end - timedelta(hours=1)
     if start >= end:
         raise InvalidQuery("start", "must be before end")
-    async with store.pool.acquire() as conn:
-        tags = await resolve_tags(conn, tag_id, well, tag, MAX_QUERY_TAGS)
-        tz = (await load_settings(conn)).timezone
-        req = ReadRequest(tags, start, end, resolution, max_points, limit, days == "local",
-                          cursor)
-        if accept and "text/csv" in accept:
-            await read(conn, ReadRequest(tags, start, end, resolution, max_points, 1,
-                                         days == "local", cursor), tz)  # errors before 200
-            return StreamingResponse(_csv(store, req, tz), media_type="text/csv")
-        answer = await read(conn, req, tz)
-    return _shape(answer, req, resolution)
+    pool = await _read_pool(t)
+    cat, tags = await _catalog_and_tags(t, pool, tag_id, well, tag, MAX_QUERY_TAGS)
+    tz = cat.timezone
+    req = ReadRequest(tags, start, end, resolution, max_points, limit, days == "local", cursor)
+    if accept and "text/csv" in accept:
+        await read(pool, ReadRequest(tags, start, end, resolution, max_points, 1,
+                                     days == "local", cursor), tz)  # errors before 200
+        return StreamingResponse(_csv(pool, req, tz), media_type="text/csv")
+    return _json(_shape(await read(pool, req, tz), req, resolution))
 
 
-def _shape(a: ReadAnswer, req: ReadRequest, requested: str) -> ReadingsOut:
-    return ReadingsOut(
-        start=req.start, end=req.end, requested=requested, resolution=a.level.value,
-        timezone=a.timezone, fields=a.fields, next=a.next,
-        raw_dropped_before=a.raw_dropped_before, notices=a.notices,
-        series=[SeriesOut(**_tag(s.tag).model_dump(), points=s.points) for s in a.series])
+def _shape(a: ReadAnswer, req: ReadRequest, requested: str) -> dict[str, Any]:
+    """``ReadingsOut`` as plain data (encoded by orjson: rows go out as they came)."""
+    return {
+        "start": req.start, "end": req.end, "requested": requested, "resolution": a.level.value,
+        "timezone": a.timezone, "fields": a.fields,
+        "series": [{**_tag_dict(s.tag), "points": s.points} for s in a.series],
+        "next": a.next, "raw_dropped_before": a.raw_dropped_before, "notices": a.notices}
 
 
-async def _csv(store: TenantStore, req: ReadRequest, tz: str) -> AsyncIterator[str]:
+async def _csv(pool: asyncpg.Pool, req: ReadRequest, tz: str) -> AsyncIterator[str]:
     buf = io.StringIO()
     out = csv.writer(buf)
     header = False
-    async with store.pool.acquire() as conn:
+    async with pool.acquire() as conn:
         async for answer, t, row in stream_rows(conn, req, tz):
             if not header:
                 out.writerow(["tag_id", "well", "tag", "unit", "resolution", *answer.fields])
@@ -190,22 +300,24 @@ class LatestOut(TagOut):
 @router.get("/v1/tenants/{tenant}/latest", response_model=list[LatestOut])
 async def latest(
     tenant: str,
-    caller: Caller,
+    caller: ReadCaller,
     tag_id: TagIds = None,
     well: Annotated[str | None, Query(max_length=200, description="every tag of the well, or "
                                       "those named in `tag`")] = None,
     tag: TagNames = None,
-) -> list[LatestOut]:
+) -> Any:
     """Newest value of each tag: from Redis, or from the database for tags Redis does not hold."""
-    t, store = await _store(tenant, caller)
-    async with store.pool.acquire() as conn:
-        tags = await resolve_tags(conn, tag_id, well, tag, MAX_LATEST_TAGS)
-        values = await latest_values(_redis_client(), conn, t.slug, tags)
+    t = await _read_tenant(tenant, caller)
+    pool = await _read_pool(t)
+    _, tags = await _catalog_and_tags(t, pool, tag_id, well, tag, MAX_LATEST_TAGS)
+    values = await latest_values(_redis_client(), pool, t.slug, tags)
     now = datetime.now(UTC)
-    return [LatestOut(**_tag(v.tag).model_dump(), time=v.time, value=v.value,
-                      quality=None if v.quality is None else quality_code(v.quality),
-                      quality_name=None if v.quality is None else quality_name(v.quality),
-                      age_s=age_s(v, now), source=v.source) for v in values]  # type: ignore[arg-type]
+    return _json([{
+        **_tag_dict(v.tag), "time": v.time, "value": v.value,
+        "quality": None if v.quality is None else quality_code(v.quality),
+        "quality_name": None if v.quality is None else quality_name(v.quality),
+        "age_s": None if v.time is None else (now - v.time).total_seconds(),
+        "source": v.source} for v in values])
 
 
 # -- wells -------------------------------------------------------------------------------------
@@ -218,7 +330,7 @@ class WellOut(BaseModel):
 
 
 @router.get("/v1/tenants/{tenant}/wells", response_model=list[WellOut], tags=["connections"])
-async def wells(tenant: str, caller: Caller) -> list[WellOut]:
+async def wells(tenant: str, caller: ReadCaller) -> list[WellOut]:
     _, store = await _store(tenant, caller)
     return [WellOut(**w) for w in await list_wells(store.pool)]
 
@@ -247,7 +359,7 @@ def _settings_out(t: Tenant, s: ReadSettings) -> TenantSettingsOut:
 
 @router.patch("/v1/tenants/{tenant}", response_model=TenantSettingsOut, tags=["tenants"])
 async def update_tenant(tenant: str, body: TenantSettingsUpdate,
-                        caller: Caller) -> TenantSettingsOut:
+                        caller: Annotated[Principal, Depends(principal)]) -> TenantSettingsOut:
     """Change the tenant's time zone (1-day rollups are rebuilt for it) and retention of raw
     readings and of rollups; the retention job applies them at its next run."""
     t, store = await _store(tenant, caller, "admin")
@@ -257,6 +369,7 @@ async def update_tenant(tenant: str, body: TenantSettingsUpdate,
         s = await save_settings(conn, timezone=body.timezone,
                                 raw_retention_days=body.raw_retention_days,
                                 rollup_retention_days=body.rollup_retention_days)
+    catalogs.invalidate(t.id)
     master = await state().master()
     if body.raw_retention_days is not None:
         await master.pool.execute("UPDATE tenants SET retention_days = $2 WHERE id = $1::uuid",
@@ -267,6 +380,6 @@ async def update_tenant(tenant: str, body: TenantSettingsUpdate,
 
 
 @router.get("/v1/tenants/{tenant}/settings", response_model=TenantSettingsOut, tags=["tenants"])
-async def tenant_settings(tenant: str, caller: Caller) -> TenantSettingsOut:
+async def tenant_settings(tenant: str, caller: ReadCaller) -> TenantSettingsOut:
     t, store = await _store(tenant, caller)
     return _settings_out(t, await load_settings(store.pool))

@@ -12,6 +12,7 @@ from typing import Any
 class Protocol(enum.StrEnum):
     OPCUA = "opcua"
     MODBUS = "modbus"
+    PUSH = "push"  # values arrive over HTTP (ingest.push); no device session
 
 
 class SecurityMode(enum.StrEnum):

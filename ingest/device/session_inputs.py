@@ -119,6 +119,8 @@ def check_connection(spec: ConnectionSpec) -> None:
 def check_tags(protocol: Protocol, rows: Sequence[Mapping[str, Any]], field_prefix: str = "tags.{i}.") -> None:
     """Refuse tags no session could read: each row (``tag_mappings`` columns, as registered or
     as an edit would leave it) goes through ``tag_spec`` and the session's own parser."""
+    if protocol is Protocol.PUSH:
+        return  # a pushed tag has no device address (ingest.push.tags)
     points: list[ModbusPoint] = []
     for i, row in enumerate(rows):
         where = field_prefix.format(i=i)

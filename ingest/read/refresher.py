@@ -38,6 +38,7 @@ _LOCK_KEY = 0x5CADA + 6
 # Ledger min/max times pass through a float (to_timestamp) on their way in and may be a
 # microsecond off: widen before rounding to minutes, so a reading on a boundary is never missed.
 _SLACK = timedelta(milliseconds=1)
+_WORK_MEM = "64MB"
 
 _INTAKE = """
 WITH x AS (SELECT DISTINCT xact FROM ingest_ledger
@@ -85,6 +86,9 @@ async def refresh_pass(conn: asyncpg.Connection, *, max_xacts: int = 2000, max_m
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY):
             return PassResult(busy=True)
+        # A pass over a backfill aggregates hours of raw rows of every tag at once: let its
+        # hash aggregate stay in memory instead of spilling batches to disk.
+        await conn.execute(f"SET LOCAL work_mem = '{_WORK_MEM}'")
         # Read before this transaction takes an id of its own (it writes below).
         xmin = await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8")
         done = await conn.fetchval("SELECT done_below FROM rollup_state FOR UPDATE")

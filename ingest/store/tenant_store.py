@@ -270,7 +270,8 @@ class TenantStore:
         conns = await self.pool.fetch(
             "SELECT id, protocol, endpoint, security_mode, security_policy, username, "
             "password_enc, publishing_interval_ms, auto_accept_server_cert FROM scada_connections "
-            "WHERE enabled AND deleted_at IS NULL ORDER BY id"
+            # Pushed values arrive over HTTP: no session to run for a push connection.
+            "WHERE enabled AND deleted_at IS NULL AND protocol <> 'push' ORDER BY id"
         )
         tags = await self.pool.fetch(
             "SELECT connection_id, tag_id, name, node_id, modbus_register, modbus_unit, "

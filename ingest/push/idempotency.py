@@ -1,0 +1,90 @@
+"""The first answer to each idempotency key, kept in Redis, so a retry gets it back.
+
+This is the fast path only: exactly-once in the database rests on the writer's ledger, because
+the batch id derives from the key. If Redis lost the answer, the retry is written again, the
+ledger finds the id committed, and nothing lands twice; the answer is rebuilt the same way.
+
+While a first request is running, its key holds a "pending" marker; a concurrent retry waits
+for the answer (bounded) rather than racing it. A key reused with another body is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from ingest.push.errors import IdempotencyConflict
+
+_PENDING = b"pending"
+
+
+@dataclass(frozen=True)
+class Stored:
+    status: int
+    body: dict[str, Any]
+
+
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+class IdempotencyStore:
+    def __init__(self, redis: aioredis.Redis, prefix: str = "scada:push:idem",
+                 ttl_s: int = 86_400, pending_ttl_s: int = 120) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self.pending_ttl_s = pending_ttl_s
+
+    def _key(self, tenant_id: str, key: str) -> str:
+        return f"{self.prefix}:{tenant_id}:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+
+    async def begin(self, tenant_id: str, key: str, digest: str,
+                    wait_s: float = 30.0) -> Stored | None:
+        """None: this request owns the key and must ``finish`` or ``abandon`` it. Otherwise the
+        first request's answer (after waiting for it, if it is still running)."""
+        k = self._key(tenant_id, key)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        delay = 0.02
+        while True:
+            if await self.redis.set(k, _PENDING + b":" + digest.encode(), nx=True,
+                                    ex=self.pending_ttl_s):
+                return None
+            got = await self.redis.get(k)
+            if got is None:
+                continue  # expired or abandoned between the two calls: try to own it
+            raw = got if isinstance(got, bytes) else got.encode()
+            if raw.startswith(_PENDING + b":"):
+                if raw[len(_PENDING) + 1:].decode() != digest:
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key is in use by a request with another body",
+                        [{"field": "Idempotency-Key", "error": "reused with another body"}])
+                if loop.time() >= deadline:
+                    raise IdempotencyConflict(
+                        "the first request with this Idempotency-Key is still running",
+                        [{"field": "Idempotency-Key", "error": "request in progress"}],
+                        retry_after_s=1)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            stored = json.loads(raw)
+            if stored["digest"] != digest:
+                raise IdempotencyConflict(
+                    "this Idempotency-Key was used before with another body",
+                    [{"field": "Idempotency-Key", "error": "reused with another body"}])
+            return Stored(stored["status"], stored["body"])
+
+    async def finish(self, tenant_id: str, key: str, digest: str, status: int,
+                     body: dict[str, Any]) -> None:
+        payload = json.dumps({"digest": digest, "status": status, "body": body})
+        await self.redis.set(self._key(tenant_id, key), payload, ex=self.ttl_s)
+
+    async def abandon(self, tenant_id: str, key: str) -> None:
+        """The request failed before an answer worth keeping: let a retry run it again."""
+        await self.redis.delete(self._key(tenant_id, key))

@@ -1,0 +1,222 @@
+"""``scada-ingest bench push``: HTTP push ingest against the writer actor fed directly, one run.
+
+Phases, all against one bench tenant of the real Serve app, writer actor and TimescaleDB:
+  push       K concurrent keep-alive clients post 1,000-point batches (seed 002's payload, each
+             with its own Idempotency-Key) for ``seconds``; a refused request is resent with the
+             same key until it is acknowledged. Ack latency is timed per request.
+  duplicate  for ``dup_seconds``, every request is sent twice at once with the same key.
+  writer     the same number of rows, as 1,000-row batches, handed to the writer actor directly
+             by K concurrent callers: the ceiling the HTTP path is compared with.
+Then the database is counted: every acknowledged point must be stored once (``lost``,
+``duplicates``), none more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import msgspec
+import numpy as np
+
+# Ray reads its auth mode when first imported, and the imports below may bring it in.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+from ingest.core.batch import ReadingBatch  # noqa: E402
+from ingest.simulators.fleet import db_fetch  # noqa: E402
+from scale_tests.bench_devices import _bench_settings  # noqa: E402
+from scale_tests.common import log, prepare_stack, ratio  # noqa: E402
+
+PARAMS = [("wellhead_pressure", "psi"), ("hookload", "klbs"), ("flow_rate", "bbl/day"),
+          ("downhole_temperature", "degF")]
+POINTS = 1000
+
+
+class Clients:
+    """Counts shared by the client tasks of one phase."""
+
+    def __init__(self) -> None:
+        self.sent_requests = 0
+        self.acked_requests = 0
+        self.refused = 0
+        self.replayed = 0
+        self.acked_points = 0
+        self.latencies_ms: list[float] = []
+
+
+def _body(slug: str, wells: int, base_us: int, seq: int) -> bytes:
+    """1,000 points over the bench tags, at times no other batch uses (seq picks them)."""
+    t0 = base_us + seq * POINTS
+    points = []
+    for k in range(POINTS):
+        w, (name, unit) = divmod(k, len(PARAMS))[0] % wells, PARAMS[k % len(PARAMS)]
+        ts = datetime.fromtimestamp((t0 + k) / 1e6, UTC).isoformat()
+        points.append({"well_id": f"W{w:04d}", "timestamp": ts, "parameter_name": name,
+                       "value": 100.0 + k % 97, "unit": unit})
+    return msgspec.json.encode({"tenant_id": slug, "data_points": points})
+
+
+async def _client(api: str, key: str, slug: str, wells: int, base_us: int, seqs: Any,
+                  stop_at: float, stats: Clients, twice: bool) -> None:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)
+    async with httpx.AsyncClient(base_url=api, headers=headers, timeout=120,
+                                 limits=limits) as c:
+        while time.perf_counter() < stop_at:
+            seq = next(seqs)
+            body = _body(slug, wells, base_us, seq)
+            idem = {"Idempotency-Key": f"bench-{base_us}-{seq}"}
+            while True:
+                t = time.perf_counter()
+                stats.sent_requests += 2 if twice else 1
+                if twice:
+                    rs = await asyncio.gather(*(c.post("/v1/ingest/realtime", content=body,
+                                                       headers=idem) for _ in range(2)))
+                else:
+                    rs = [await c.post("/v1/ingest/realtime", content=body, headers=idem)]
+                ms = (time.perf_counter() - t) * 1000
+                ok = [r for r in rs if r.status_code == 200]
+                stats.replayed += sum(1 for r in ok if r.headers.get("idempotent-replayed"))
+                if len(ok) == len(rs):
+                    stats.acked_requests += 1
+                    stats.acked_points += ok[0].json()["accepted_count"]
+                    stats.latencies_ms.append(ms)
+                    break
+                stats.refused += 1
+                await asyncio.sleep(float(rs[0].headers.get("retry-after", "0.2")))
+
+
+def _phase(api: str, key: str, slug: str, wells: int, base_us: int, seqs: Any, clients: int,
+           seconds: float, twice: bool) -> tuple[Clients, float]:
+    stats = Clients()
+
+    async def run() -> float:
+        t = time.perf_counter()
+        await asyncio.gather(*(_client(api, key, slug, wells, base_us, seqs, t + seconds,
+                                        stats, twice) for _ in range(clients)))
+        return time.perf_counter() - t
+
+    return stats, asyncio.run(run())
+
+
+def _feed_writer(slug: str, namespace: str, tag_ids: list[int], n_rows: int, base_us: int,
+                 clients: int) -> float:
+    import ray
+
+    from actors.common import writer_name
+
+    writer = ray.get_actor(writer_name(slug), namespace=namespace)
+    tags = np.asarray(tag_ids, np.int32)
+    k = np.arange(POINTS)
+    batches = [ReadingBatch(f"bench-writer-{base_us}-{i}", base_us + i * POINTS + k,
+                            tags[k % tags.shape[0]], 100.0 + k % 97,
+                            np.zeros(POINTS, np.int32)).to_arrow()
+               for i in range(max(1, n_rows // POINTS))]
+
+    async def run() -> float:
+        queue = iter(batches)
+
+        async def caller() -> None:
+            for rb in queue:
+                await writer.write.remote(rb)
+
+        t = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(clients)))
+        return len(batches) * POINTS / (time.perf_counter() - t)
+
+    return asyncio.run(run())
+
+
+def run(seconds: float = 60.0, clients: int = 8, wells: int = 250,
+        dup_seconds: float = 10.0) -> dict[str, Any]:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    settings = _bench_settings()
+    prepare_stack(settings)
+    # A head of its own on free ports (not Ray's default port, which a demo or another
+    # checkout's benchmark may hold).
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "include_dashboard": False})
+    ray.init(address=cluster.address, namespace=settings.namespace, log_to_driver=False,
+             logging_level="WARNING")
+    try:
+        return _run(settings, seconds, clients, wells, dup_seconds)
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _run(settings: Any, seconds: float, clients: int, wells: int,
+         dup_seconds: float) -> dict[str, Any]:
+    from actors.deploy import wait_http
+    from serve_app.deploy import deploy
+
+    info = deploy(settings)
+    api = info["api"]
+    wait_http(f"{api}/healthz")
+    admin = httpx.Client(base_url=api, timeout=120,
+                         headers={"Authorization": f"Bearer {settings.admin_key}"})
+    slug = f"bpush{int(time.time())}"
+    r = admin.post("/v1/tenants", json={"slug": slug, "name": "push benchmark"})
+    r.raise_for_status()
+    key = r.json()["api_key"]
+    tenant = httpx.Client(base_url=api, timeout=120, headers={"Authorization": f"Bearer {key}"})
+    r = tenant.post(f"/v1/tenants/{slug}/push/tags", json={"tags": [
+        {"well_id": f"W{w:04d}", "parameter_name": n, "unit": u}
+        for w in range(wells) for n, u in PARAMS]})
+    r.raise_for_status()
+    tag_ids = [t["tag_id"] for t in r.json()]
+    admin.patch(f"/v1/tenants/{slug}/push/settings", json={
+        "requests_per_minute": 1_000_000, "bytes_per_day": 1 << 44}).raise_for_status()
+    dsn = settings.dsn(f"scada_t_{slug}")
+    # Every batch's times are its own: base + seq * 1000 + k microseconds, an hour ago.
+    base_us = int((time.time() - 3600) * 1e6)
+    seqs = iter(range(10**9))
+    # A short warm-up: the writer, the tag map and the connection pools come up.
+    warm, _ = _phase(api, key, slug, wells, base_us, seqs, 1, 2.0, False)
+    log(f"push: {clients} clients x {POINTS}-point batches for {seconds:.0f} s")
+    push, push_s = _phase(api, key, slug, wells, base_us, seqs, clients, seconds, False)
+    rate = push.acked_points / push_s
+    lat = np.asarray(push.latencies_ms)
+    log(f"push: {rate:,.0f} readings/s acknowledged, p50 {np.percentile(lat, 50):.1f} ms, "
+        f"p99 {np.percentile(lat, 99):.1f} ms, {push.refused} refused and resent")
+    log(f"duplicate phase: every request twice with one key for {dup_seconds:.0f} s")
+    dup, _ = _phase(api, key, slug, wells, base_us, seqs, clients, dup_seconds, True)
+    # Every acknowledged point once, nothing else: (tag, time) pairs are unique per point sent.
+    acked = warm.acked_points + push.acked_points + dup.acked_points
+    counts = db_fetch(dsn, "SELECT count(*) AS n, count(DISTINCT (tag_id, time)) AS d "
+                           "FROM scada_readings")[0]
+    log(f"stored {counts['n']:,} rows for {acked:,} acknowledged points")
+    log(f"writer: {push.acked_points:,} rows fed to the writer actor directly")
+    writer_rate = _feed_writer(slug, settings.namespace, tag_ids, push.acked_points,
+                               base_us - 2 * 86_400 * 10**6, clients)
+    log(f"writer actor direct: {writer_rate:,.0f} rows/s")
+    admin.close()
+    tenant.close()
+    return {
+        "bench": "push", "clients": clients, "points_per_request": POINTS,
+        "seconds": round(push_s, 1), "tags": len(tag_ids),
+        "readings_per_s": round(rate),
+        "writer_readings_per_s": round(writer_rate),
+        "ratio_vs_writer": ratio(rate, writer_rate),
+        "ack_p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "ack_p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "requests_sent": warm.sent_requests + push.sent_requests + dup.sent_requests,
+        "requests_acked": warm.acked_requests + push.acked_requests + dup.acked_requests,
+        "refused_and_resent": warm.refused + push.refused + dup.refused,
+        "duplicate_phase": {"requests_acked": dup.acked_requests, "replayed": dup.replayed},
+        "points_sent": (warm.sent_requests + push.sent_requests + dup.sent_requests) * POINTS,
+        "points_acked": acked,
+        "rows_stored": counts["n"],
+        "lost": max(0, acked - counts["d"]),
+        "duplicates": counts["n"] - counts["d"],
+        "extra": max(0, counts["d"] - acked),
+    }
