@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="a path against its baseline, side by side in one run")
     b.add_argument("target", choices=["writer", "opcua", "modbus", "query", "push"])
-    b.add_argument("--seconds", type=float, default=None,
-                   help="measuring window (opcua, modbus: 20 s; push: 60 s)")
+    b.add_argument(
+        "--seconds", type=float, default=None, help="measuring window (opcua, modbus: 20 s; push: 60 s)"
+    )
     b.add_argument("--rows", type=int, default=1_000_000)
     b.add_argument("--rounds", type=int, default=2)
     b.add_argument("--tags", type=int, default=100, help="tags with a month of data (query)")
@@ -30,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--interval-s", type=int, default=60, help="seconds between readings (query)")
     b.add_argument("--requests", type=int, default=200, help="requests per query kind (query)")
     b.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients (push)")
-    b.add_argument("--dup-seconds", type=float, default=10.0,
-                   help="duplicate-send phase (push)")
+    b.add_argument("--dup-seconds", type=float, default=10.0, help="duplicate-send phase (push)")
     b.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     ok = True

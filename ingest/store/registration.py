@@ -115,8 +115,9 @@ class ConnectionCreate(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.protocol is Protocol.PUSH:
-            raise ValueError("protocol: pushed tags are registered with POST "
-                             "/v1/tenants/{tenant}/push/tags (or on first push)")
+            raise ValueError(
+                "protocol: pushed tags are registered with POST /v1/tenants/{tenant}/push/tags (or on first push)"
+            )
         if self.protocol is Protocol.OPCUA:
             if not self.endpoint.startswith("opc.tcp://"):
                 raise ValueError("endpoint: an OPC UA endpoint starts with opc.tcp://")
