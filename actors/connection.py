@@ -20,17 +20,24 @@ from ingest.device.sender import BatchSender
 log = logging.getLogger(__name__)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0,  # type: ignore[call-overload]
-            concurrency_groups=CONCURRENCY_GROUPS)  # (Ray's stubs lack concurrency_groups)
+@ray.remote(
+    num_cpus=0,
+    max_restarts=-1,
+    max_task_retries=0,  # type: ignore[call-overload]  # Ray's stubs lack concurrency_groups
+    concurrency_groups=CONCURRENCY_GROUPS,
+)
 class ConnectionActor:
     def __init__(self, settings: Settings, slot: str) -> None:
         self.settings = settings
         self.slot = slot
         self.gauges = ConnectionGauges(Metrics.get())
         self.host = ConnectionHost(
-            slot, self._sender_for, last_times=self._last_times,
+            slot,
+            self._sender_for,
+            last_times=self._last_times,
             on_state_change=lambda spec, state, error: self.gauges.on_state_change(
-                spec.tenant_slug, spec.protocol.value, state, error),
+                spec.tenant_slug, spec.protocol.value, state, error
+            ),
         )
         self._ticker: asyncio.Task[None] | None = None
         self._node_id = ray.get_runtime_context().get_node_id()

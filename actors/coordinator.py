@@ -46,8 +46,12 @@ def alive_nodes() -> list[str]:
     return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))  # type: ignore[no-untyped-call]
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0,  # type: ignore[call-overload]
-            concurrency_groups=CONCURRENCY_GROUPS)  # (Ray's stubs lack concurrency_groups)
+@ray.remote(
+    num_cpus=0,
+    max_restarts=-1,
+    max_task_retries=0,  # type: ignore[call-overload]  # Ray's stubs lack concurrency_groups
+    concurrency_groups=CONCURRENCY_GROUPS,
+)
 class CoordinatorActor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -122,7 +126,9 @@ class CoordinatorActor:
             # and a writer on the head does not wait out a worker's death detection.
             here = ray.get_runtime_context().get_node_id()
             self._writers[tenant_id] = WriterActor.options(  # type: ignore[attr-defined]
-                name=writer_name(slug), namespace=self.settings.namespace, lifetime="detached",
+                name=writer_name(slug),
+                namespace=self.settings.namespace,
+                lifetime="detached",
                 get_if_exists=True,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
             ).remote(self.settings, tenant_id, slug)
@@ -131,7 +137,9 @@ class CoordinatorActor:
     def _slot(self, name: str, node_id: str) -> Any:
         if name not in self._slots:
             self._slots[name] = ConnectionActor.options(  # type: ignore[attr-defined]
-                name=name, namespace=self.settings.namespace, lifetime="detached",
+                name=name,
+                namespace=self.settings.namespace,
+                lifetime="detached",
                 get_if_exists=True,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
             ).remote(self.settings, name)
@@ -184,8 +192,9 @@ class CoordinatorActor:
             self._writer(t.id, t.slug).start.remote()
         specs = {c.connection_id: c for c in state.all_specs()}
         nodes = alive_nodes()
-        per_node = actors_per_node(sum(len(c.tags) for c in specs.values()), len(nodes),
-                                   s.tags_per_actor, s.max_actors_per_node)
+        per_node = actors_per_node(
+            sum(len(c.tags) for c in specs.values()), len(nodes), s.tags_per_actor, s.max_actors_per_node
+        )
         wanted_slots = desired_slots(nodes, per_node)
         for name, node in wanted_slots.items():
             self._slot(name, node)
@@ -216,8 +225,7 @@ class CoordinatorActor:
                 changes[slot] = res
                 self.moves += len(res.get("started", []))
             else:  # say where and what, not only the exception type
-                changes[slot] = {"error": _describe(res),
-                                 "connections": [sp.connection_id for sp in wanted]}
+                changes[slot] = {"error": _describe(res), "connections": [sp.connection_id for sp in wanted]}
                 log.warning("slot %s: apply failed: %s", slot, changes[slot]["error"])
         # Slots no longer wanted (their node left, or the pool shrank): retire once emptied.
         for name in [n for n in self._slots if n not in wanted_slots]:
@@ -231,8 +239,8 @@ class CoordinatorActor:
         if assignment != self.last_assignment and self._master is not None:
             try:
                 await self._master.save_assignments(
-                    {c: (specs[c].tenant_id, sl, specs[c].fingerprint())
-                     for c, sl in assignment.items()})
+                    {c: (specs[c].tenant_id, sl, specs[c].fingerprint()) for c, sl in assignment.items()}
+                )
             except Exception as e:
                 log.warning("assignment not persisted: %s", type(e).__name__)
         self._last_status = {k: v for k, v in status.items() if v is not None}
@@ -240,14 +248,17 @@ class CoordinatorActor:
         self.last_state, self.last_assignment = state, assignment
         self.passes += 1
         self.last_pass = {
-            "at": time.time(), "duration_s": round(time.monotonic() - t0, 3),
-            "nodes": len(nodes), "slots": len(wanted_slots), "healthy_slots": len(healthy),
-            "changes": changes, "degraded": state.degraded,
+            "at": time.time(),
+            "duration_s": round(time.monotonic() - t0, 3),
+            "nodes": len(nodes),
+            "slots": len(wanted_slots),
+            "healthy_slots": len(healthy),
+            "changes": changes,
+            "degraded": state.degraded,
         }
         return self.last_pass
 
-    async def _record_states(self, specs: dict[str, ConnectionSpec],
-                             status: dict[str, dict[str, Any]]) -> None:
+    async def _record_states(self, specs: dict[str, ConnectionSpec], status: dict[str, dict[str, Any]]) -> None:
         """Write each session's state to its tenant's database when it changed."""
         assert self._reader is not None
         changed: dict[str, dict[str, tuple[str, str | None]]] = {}
@@ -261,8 +272,7 @@ class CoordinatorActor:
                 await self._reader.record_states(tenant_id, states)
                 self._recorded.update(states)
             except Exception as e:  # a tenant database away: written on a later pass
-                log.warning("connection states of tenant %s not recorded: %s", tenant_id,
-                            _describe(e))
+                log.warning("connection states of tenant %s not recorded: %s", tenant_id, _describe(e))
 
     @ray.method(concurrency_group="health")
     async def assignment(self) -> dict[str, str]:
@@ -286,8 +296,7 @@ class CoordinatorActor:
         nodes: dict[str, Any] = {}
         for name, st in slots.items():
             node = self._slot_nodes.get(name, "?")
-            entry = nodes.setdefault(node, {"actors": [], "connections": 0, "tags": 0,
-                                            "values_per_s": 0.0})
+            entry = nodes.setdefault(node, {"actors": [], "connections": 0, "tags": 0, "values_per_s": 0.0})
             entry["actors"].append(name)
             if st:
                 entry["connections"] += len(st["connections"])
@@ -298,19 +307,21 @@ class CoordinatorActor:
             "moves": self.moves,
             "last_pass": self.last_pass,
             "tenants": [
-                {"id": t.id, "slug": t.slug, "status": t.status.value,
-                 "state": "DEGRADED" if (t.id in self.last_state.degraded
-                                         or failed.get(t.slug)) else "HEALTHY",
-                 "degraded": self.last_state.degraded.get(t.id),
-                 "failed_connections": failed.get(t.slug, {}),
-                 "connections": len(self.last_state.specs.get(t.id, [])),
-                 "writer": writers.get(t.slug),
-                 "spool_rows": (writers.get(t.slug) or {}).get("spool_rows")}
+                {
+                    "id": t.id,
+                    "slug": t.slug,
+                    "status": t.status.value,
+                    "state": "DEGRADED" if (t.id in self.last_state.degraded or failed.get(t.slug)) else "HEALTHY",
+                    "degraded": self.last_state.degraded.get(t.id),
+                    "failed_connections": failed.get(t.slug, {}),
+                    "connections": len(self.last_state.specs.get(t.id, [])),
+                    "writer": writers.get(t.slug),
+                    "spool_rows": (writers.get(t.slug) or {}).get("spool_rows"),
+                }
                 for t in self.last_state.tenants
             ],
             "nodes": nodes,
-            "actors": {n: (st if st is not None else {"error": "unhealthy"})
-                       for n, st in slots.items()},
+            "actors": {n: (st if st is not None else {"error": "unhealthy"}) for n, st in slots.items()},
         }
 
     @ray.method(concurrency_group="health")

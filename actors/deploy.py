@@ -44,20 +44,30 @@ def start_local_ray(settings: Settings) -> bool:
     """Start a local Ray head bound to loopback, with token authentication on; False if running."""
     use_token_auth()
     # A token must exist before `ray start` for the head to turn token authentication on.
-    subprocess.run([_ray_bin(), "get-auth-token", "--generate"], check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run([_ray_bin(), "get-auth-token", "--generate"], check=True, capture_output=True, timeout=60)
     probe = subprocess.run(
         [_ray_bin(), "status", "--address", ray_address(settings)],
-        capture_output=True, timeout=60,
+        capture_output=True,
+        timeout=60,
     )
     if probe.returncode == 0:
         return False
     env = dict(os.environ)
     subprocess.run(
-        [_ray_bin(), "start", "--head", f"--port={RAY_PORT}", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={settings.dashboard_port}",
-         "--disable-usage-stats"],
-        check=True, capture_output=True, timeout=180, env=env,
+        [
+            _ray_bin(),
+            "start",
+            "--head",
+            f"--port={RAY_PORT}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={settings.dashboard_port}",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+        env=env,
     )
     return True
 
@@ -69,9 +79,13 @@ def stop_local_ray() -> None:
 def connect(settings: Settings) -> None:
     if not ray.is_initialized():
         use_token_auth()
-        ray.init(address=ray_address(settings), namespace=settings.namespace,
-                 log_to_driver=False, logging_level=logging.WARNING,
-                 logging_config=ray_logging_config())
+        ray.init(
+            address=ray_address(settings),
+            namespace=settings.namespace,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            logging_config=ray_logging_config(),
+        )
 
 
 def head_node_id() -> str | None:
@@ -91,8 +105,11 @@ def ensure_coordinator(settings: Settings) -> Any:
     head = head_node_id()
     strategy = NodeAffinitySchedulingStrategy(head, soft=True) if head else "DEFAULT"
     coord = CoordinatorActor.options(  # type: ignore[attr-defined]
-        name=COORDINATOR_NAME, namespace=settings.namespace, lifetime="detached",
-        get_if_exists=True, scheduling_strategy=strategy,
+        name=COORDINATOR_NAME,
+        namespace=settings.namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        scheduling_strategy=strategy,
     ).remote(settings)
     ray.get(coord.start.remote(), timeout=60)
     return coord

@@ -33,16 +33,23 @@ log = logging.getLogger(__name__)
 def rules_from_rows(rows: list[dict[str, Any]]) -> list[TagRules]:
     return [
         TagRules(
-            tag_id=r["tag_id"], valid_min=r["valid_min"], valid_max=r["valid_max"],
-            out_of_range=r["out_of_range"], deadband=r["deadband"],
+            tag_id=r["tag_id"],
+            valid_min=r["valid_min"],
+            valid_max=r["valid_max"],
+            out_of_range=r["out_of_range"],
+            deadband=r["deadband"],
             zscore_threshold=r["zscore_threshold"],
         )
         for r in rows
     ]
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0,  # type: ignore[call-overload]
-            concurrency_groups=CONCURRENCY_GROUPS)  # (Ray's stubs lack concurrency_groups)
+@ray.remote(
+    num_cpus=0,
+    max_restarts=-1,
+    max_task_retries=0,  # type: ignore[call-overload]  # Ray's stubs lack concurrency_groups
+    concurrency_groups=CONCURRENCY_GROUPS,
+)
 class WriterActor:
     def __init__(self, settings: Settings, tenant_id: str, tenant_slug: str) -> None:
         self.settings = settings
@@ -94,8 +101,7 @@ class WriterActor:
             if reason == "validation:unknown_tag":
                 self._rules_stale.set()  # tags registered since the last load: reload now
             if reason.startswith("validation:"):
-                safe(m.validation_errors.inc, n, {"tenant": self.slug,
-                                                  "reason": reason.split(":", 1)[1]})
+                safe(m.validation_errors.inc, n, {"tenant": self.slug, "reason": reason.split(":", 1)[1]})
             elif reason == "duplicate":
                 safe(m.duplicate_batches.inc, n, tags)
             else:
@@ -125,12 +131,15 @@ class WriterActor:
         self._rules_task = asyncio.create_task(self._rules_loop(validator))
         # The read side's background work lives here, on the data group's loop, because its
         # connections are this tenant's: the rollup refresher and the retention job.
-        self.refresher = RollupRefresher(dsn, interval_s=s.rollup_refresh_interval_s,
-                                         max_minutes_per_pass=s.rollup_minutes_per_pass)
-        self._tasks = [asyncio.create_task(self._gauge_loop(w)),
-                       asyncio.create_task(self._snapshot_loop()),
-                       asyncio.create_task(self.refresher.run()),
-                       asyncio.create_task(retention_loop(dsn, s.retention_interval_s))]
+        self.refresher = RollupRefresher(
+            dsn, interval_s=s.rollup_refresh_interval_s, max_minutes_per_pass=s.rollup_minutes_per_pass
+        )
+        self._tasks = [
+            asyncio.create_task(self._gauge_loop(w)),
+            asyncio.create_task(self._snapshot_loop()),
+            asyncio.create_task(self.refresher.run()),
+            asyncio.create_task(retention_loop(dsn, s.retention_interval_s)),
+        ]
         return w
 
     async def _refresh_rules(self, validator: Validator) -> None:
@@ -172,8 +181,13 @@ class WriterActor:
         if not (r.duplicate or r.spooled or r.quarantined) and len(batch):
             lat = time.time() - float(np.median(batch.time_us)) / 1e6
             safe(e2e.observe, lat, {"tenant": self.slug})
-        return {"batch_id": r.batch_id, "rows": r.rows, "duplicate": r.duplicate,
-                "spooled": r.spooled, "quarantined": r.quarantined}
+        return {
+            "batch_id": r.batch_id,
+            "rows": r.rows,
+            "duplicate": r.duplicate,
+            "spooled": r.spooled,
+            "quarantined": r.quarantined,
+        }
 
     @ray.method(concurrency_group="data")
     async def start(self) -> bool:
@@ -191,8 +205,7 @@ class WriterActor:
         if batch is None:
             return {"batch_id": batch_id, "found": False}
         r = await w.write(batch)
-        return {"batch_id": batch_id, "found": True, "rows": r.rows,
-                "quarantined": r.quarantined}
+        return {"batch_id": batch_id, "found": True, "rows": r.rows, "quarantined": r.quarantined}
 
     @ray.method(concurrency_group="data")
     async def last_times(self, tag_ids: list[int], before_us: list[int]) -> dict[int, int]:
@@ -216,8 +229,7 @@ class WriterActor:
                     await master.close()
                 self._store = await TenantStore.connect(dsn, box, max_size=2)
             except Exception as e:
-                raise StorageUnavailable(f"tenant database not reachable: {type(e).__name__}: "
-                                         f"{e}") from e
+                raise StorageUnavailable(f"tenant database not reachable: {type(e).__name__}: {e}") from e
         return self._store
 
     @ray.method(concurrency_group="data")
@@ -229,8 +241,7 @@ class WriterActor:
     def _stats_now(self) -> dict[str, Any]:
         if self.writer is None:
             return {"tenant": self.slug, "started": False}
-        out: dict[str, Any] = {"tenant": self.slug, "started": True,
-                               **self.writer.stats.as_dict()}
+        out: dict[str, Any] = {"tenant": self.slug, "started": True, **self.writer.stats.as_dict()}
         if self.writer.fanout is not None:
             out["redis_errors"] = self.writer.fanout.errors
         if self.refresher is not None:

@@ -15,13 +15,15 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--wells", type=int, default=6)
     f.add_argument("--tags", type=int, default=5)
     f.add_argument("--interval-ms", type=int, default=50)
-    f.add_argument("--runs", type=int, default=1,
-                   help="repeat the scenario; prints each run, then the worst as the summary")
+    f.add_argument(
+        "--runs", type=int, default=1, help="repeat the scenario; prints each run, then the worst as the summary"
+    )
     f.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="a path against its baseline, side by side in one run")
     b.add_argument("target", choices=["writer", "opcua", "modbus", "query", "push"])
-    b.add_argument("--seconds", type=float, default=None,
-                   help="measuring window (opcua, modbus: 20 s; push: 60 s)")
+    b.add_argument(
+        "--seconds", type=float, default=None, help="measuring window (opcua, modbus: 20 s; push: 60 s)"
+    )
     b.add_argument("--rows", type=int, default=1_000_000)
     b.add_argument("--rounds", type=int, default=2)
     b.add_argument("--tags", type=int, default=100, help="tags with a month of data (query)")
@@ -29,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--interval-s", type=int, default=60, help="seconds between readings (query)")
     b.add_argument("--requests", type=int, default=200, help="requests per query kind (query)")
     b.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients (push)")
-    b.add_argument("--dup-seconds", type=float, default=10.0,
-                   help="duplicate-send phase (push)")
+    b.add_argument("--dup-seconds", type=float, default=10.0, help="duplicate-send phase (push)")
     b.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     ok = True
@@ -43,17 +44,22 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.runs):
             runs.append(run(args.wells, args.tags, args.interval_ms))
             sys.stderr.write(f"run {i + 1}/{args.runs}: {json.dumps(runs[-1])}\n")
-        result = runs[0] if len(runs) == 1 else {
-            "scenario": "failover", "runs": len(runs),
-            "worst_silent_loss": max(r["silent_loss"] for r in runs),
-            "worst_recovery_s": max(r["recovery_s"] for r in runs),
-            "worst_duplicates": max(r["duplicates"] for r in runs),
-            "silent_loss": [r["silent_loss"] for r in runs],
-            "recovery_s": [r["recovery_s"] for r in runs],
-            "gaps_recorded": [r["gaps_recorded"] for r in runs],
-            "published": [r["published"] for r in runs],
-            "moved_connections": [r["moved_connections"] for r in runs],
-        }
+        result = (
+            runs[0]
+            if len(runs) == 1
+            else {
+                "scenario": "failover",
+                "runs": len(runs),
+                "worst_silent_loss": max(r["silent_loss"] for r in runs),
+                "worst_recovery_s": max(r["recovery_s"] for r in runs),
+                "worst_duplicates": max(r["duplicates"] for r in runs),
+                "silent_loss": [r["silent_loss"] for r in runs],
+                "recovery_s": [r["recovery_s"] for r in runs],
+                "gaps_recorded": [r["gaps_recorded"] for r in runs],
+                "published": [r["published"] for r in runs],
+                "moved_connections": [r["moved_connections"] for r in runs],
+            }
+        )
         # Loss and duplicates decide; recovery time is reported, not judged (a loaded machine).
         ok = all(r["silent_loss"] == 0 and r["duplicates"] == 0 for r in runs)
     if not args.json:
@@ -76,8 +82,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.target == "query":
         from scale_tests.bench_query import run as bench_query
 
-        return bench_query(tags=args.tags, days=args.days, interval_s=args.interval_s,
-                           requests=args.requests)
+        return bench_query(tags=args.tags, days=args.days, interval_s=args.interval_s, requests=args.requests)
     if args.target == "opcua":
         from scale_tests.bench_devices import run_opcua
 

@@ -31,8 +31,12 @@ from ingest.simulators.fleet import db_fetch  # noqa: E402
 from scale_tests.bench_devices import _bench_settings  # noqa: E402
 from scale_tests.common import log, prepare_stack, ratio  # noqa: E402
 
-PARAMS = [("wellhead_pressure", "psi"), ("hookload", "klbs"), ("flow_rate", "bbl/day"),
-          ("downhole_temperature", "degF")]
+PARAMS = [
+    ("wellhead_pressure", "psi"),
+    ("hookload", "klbs"),
+    ("flow_rate", "bbl/day"),
+    ("downhole_temperature", "degF"),
+]
 POINTS = 1000
 
 
@@ -55,17 +59,24 @@ def _body(slug: str, wells: int, base_us: int, seq: int) -> bytes:
     for k in range(POINTS):
         w, (name, unit) = divmod(k, len(PARAMS))[0] % wells, PARAMS[k % len(PARAMS)]
         ts = datetime.fromtimestamp((t0 + k) / 1e6, UTC).isoformat()
-        points.append({"well_id": f"W{w:04d}", "timestamp": ts, "parameter_name": name,
-                       "value": 100.0 + k % 97, "unit": unit})
+        points.append(
+            {
+                "well_id": f"W{w:04d}",
+                "timestamp": ts,
+                "parameter_name": name,
+                "value": 100.0 + k % 97,
+                "unit": unit,
+            }
+        )
     return msgspec.json.encode({"tenant_id": slug, "data_points": points})
 
 
-async def _client(api: str, key: str, slug: str, wells: int, base_us: int, seqs: Any,
-                  stop_at: float, stats: Clients, twice: bool) -> None:
+async def _client(
+    api: str, key: str, slug: str, wells: int, base_us: int, seqs: Any, stop_at: float, stats: Clients, twice: bool
+) -> None:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)
-    async with httpx.AsyncClient(base_url=api, headers=headers, timeout=120,
-                                 limits=limits) as c:
+    async with httpx.AsyncClient(base_url=api, headers=headers, timeout=120, limits=limits) as c:
         while time.perf_counter() < stop_at:
             seq = next(seqs)
             body = _body(slug, wells, base_us, seq)
@@ -74,8 +85,9 @@ async def _client(api: str, key: str, slug: str, wells: int, base_us: int, seqs:
                 t = time.perf_counter()
                 stats.sent_requests += 2 if twice else 1
                 if twice:
-                    rs = await asyncio.gather(*(c.post("/v1/ingest/realtime", content=body,
-                                                       headers=idem) for _ in range(2)))
+                    rs = await asyncio.gather(
+                        *(c.post("/v1/ingest/realtime", content=body, headers=idem) for _ in range(2))
+                    )
                 else:
                     rs = [await c.post("/v1/ingest/realtime", content=body, headers=idem)]
                 ms = (time.perf_counter() - t) * 1000
@@ -90,21 +102,22 @@ async def _client(api: str, key: str, slug: str, wells: int, base_us: int, seqs:
                 await asyncio.sleep(float(rs[0].headers.get("retry-after", "0.2")))
 
 
-def _phase(api: str, key: str, slug: str, wells: int, base_us: int, seqs: Any, clients: int,
-           seconds: float, twice: bool) -> tuple[Clients, float]:
+def _phase(
+    api: str, key: str, slug: str, wells: int, base_us: int, seqs: Any, clients: int, seconds: float, twice: bool
+) -> tuple[Clients, float]:
     stats = Clients()
 
     async def run() -> float:
         t = time.perf_counter()
-        await asyncio.gather(*(_client(api, key, slug, wells, base_us, seqs, t + seconds,
-                                        stats, twice) for _ in range(clients)))
+        await asyncio.gather(
+            *(_client(api, key, slug, wells, base_us, seqs, t + seconds, stats, twice) for _ in range(clients))
+        )
         return time.perf_counter() - t
 
     return stats, asyncio.run(run())
 
 
-def _feed_writer(slug: str, namespace: str, tag_ids: list[int], n_rows: int, base_us: int,
-                 clients: int) -> float:
+def _feed_writer(slug: str, namespace: str, tag_ids: list[int], n_rows: int, base_us: int, clients: int) -> float:
     import ray
 
     from actors.common import writer_name
@@ -112,10 +125,16 @@ def _feed_writer(slug: str, namespace: str, tag_ids: list[int], n_rows: int, bas
     writer = ray.get_actor(writer_name(slug), namespace=namespace)
     tags = np.asarray(tag_ids, np.int32)
     k = np.arange(POINTS)
-    batches = [ReadingBatch(f"bench-writer-{base_us}-{i}", base_us + i * POINTS + k,
-                            tags[k % tags.shape[0]], 100.0 + k % 97,
-                            np.zeros(POINTS, np.int32)).to_arrow()
-               for i in range(max(1, n_rows // POINTS))]
+    batches = [
+        ReadingBatch(
+            f"bench-writer-{base_us}-{i}",
+            base_us + i * POINTS + k,
+            tags[k % tags.shape[0]],
+            100.0 + k % 97,
+            np.zeros(POINTS, np.int32),
+        ).to_arrow()
+        for i in range(max(1, n_rows // POINTS))
+    ]
 
     async def run() -> float:
         queue = iter(batches)
@@ -131,8 +150,7 @@ def _feed_writer(slug: str, namespace: str, tag_ids: list[int], n_rows: int, bas
     return asyncio.run(run())
 
 
-def run(seconds: float = 60.0, clients: int = 8, wells: int = 250,
-        dup_seconds: float = 10.0) -> dict[str, Any]:
+def run(seconds: float = 60.0, clients: int = 8, wells: int = 250, dup_seconds: float = 10.0) -> dict[str, Any]:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -140,10 +158,8 @@ def run(seconds: float = 60.0, clients: int = 8, wells: int = 250,
     prepare_stack(settings)
     # A head of its own on free ports (not Ray's default port, which a demo or another
     # checkout's benchmark may hold).
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "include_dashboard": False})
-    ray.init(address=cluster.address, namespace=settings.namespace, log_to_driver=False,
-             logging_level="WARNING")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    ray.init(address=cluster.address, namespace=settings.namespace, log_to_driver=False, logging_level="WARNING")
     try:
         return _run(settings, seconds, clients, wells, dup_seconds)
     finally:
@@ -154,28 +170,32 @@ def run(seconds: float = 60.0, clients: int = 8, wells: int = 250,
         cluster.shutdown()
 
 
-def _run(settings: Any, seconds: float, clients: int, wells: int,
-         dup_seconds: float) -> dict[str, Any]:
+def _run(settings: Any, seconds: float, clients: int, wells: int, dup_seconds: float) -> dict[str, Any]:
     from actors.deploy import wait_http
     from serve_app.deploy import deploy
 
     info = deploy(settings)
     api = info["api"]
     wait_http(f"{api}/healthz")
-    admin = httpx.Client(base_url=api, timeout=120,
-                         headers={"Authorization": f"Bearer {settings.admin_key}"})
+    admin = httpx.Client(base_url=api, timeout=120, headers={"Authorization": f"Bearer {settings.admin_key}"})
     slug = f"bpush{int(time.time())}"
     r = admin.post("/v1/tenants", json={"slug": slug, "name": "push benchmark"})
     r.raise_for_status()
     key = r.json()["api_key"]
     tenant = httpx.Client(base_url=api, timeout=120, headers={"Authorization": f"Bearer {key}"})
-    r = tenant.post(f"/v1/tenants/{slug}/push/tags", json={"tags": [
-        {"well_id": f"W{w:04d}", "parameter_name": n, "unit": u}
-        for w in range(wells) for n, u in PARAMS]})
+    r = tenant.post(
+        f"/v1/tenants/{slug}/push/tags",
+        json={
+            "tags": [
+                {"well_id": f"W{w:04d}", "parameter_name": n, "unit": u} for w in range(wells) for n, u in PARAMS
+            ]
+        },
+    )
     r.raise_for_status()
     tag_ids = [t["tag_id"] for t in r.json()]
-    admin.patch(f"/v1/tenants/{slug}/push/settings", json={
-        "requests_per_minute": 1_000_000, "bytes_per_day": 1 << 44}).raise_for_status()
+    admin.patch(
+        f"/v1/tenants/{slug}/push/settings", json={"requests_per_minute": 1_000_000, "bytes_per_day": 1 << 44}
+    ).raise_for_status()
     dsn = settings.dsn(f"scada_t_{slug}")
     # Every batch's times are its own: base + seq * 1000 + k microseconds, an hour ago.
     base_us = int((time.time() - 3600) * 1e6)
@@ -186,24 +206,29 @@ def _run(settings: Any, seconds: float, clients: int, wells: int,
     push, push_s = _phase(api, key, slug, wells, base_us, seqs, clients, seconds, False)
     rate = push.acked_points / push_s
     lat = np.asarray(push.latencies_ms)
-    log(f"push: {rate:,.0f} readings/s acknowledged, p50 {np.percentile(lat, 50):.1f} ms, "
-        f"p99 {np.percentile(lat, 99):.1f} ms, {push.refused} refused and resent")
+    log(
+        f"push: {rate:,.0f} readings/s acknowledged, p50 {np.percentile(lat, 50):.1f} ms, "
+        f"p99 {np.percentile(lat, 99):.1f} ms, {push.refused} refused and resent"
+    )
     log(f"duplicate phase: every request twice with one key for {dup_seconds:.0f} s")
     dup, _ = _phase(api, key, slug, wells, base_us, seqs, clients, dup_seconds, True)
     # Every acknowledged point once, nothing else: (tag, time) pairs are unique per point sent.
     acked = warm.acked_points + push.acked_points + dup.acked_points
-    counts = db_fetch(dsn, "SELECT count(*) AS n, count(DISTINCT (tag_id, time)) AS d "
-                           "FROM scada_readings")[0]
+    counts = db_fetch(dsn, "SELECT count(*) AS n, count(DISTINCT (tag_id, time)) AS d FROM scada_readings")[0]
     log(f"stored {counts['n']:,} rows for {acked:,} acknowledged points")
     log(f"writer: {push.acked_points:,} rows fed to the writer actor directly")
-    writer_rate = _feed_writer(slug, settings.namespace, tag_ids, push.acked_points,
-                               base_us - 2 * 86_400 * 10**6, clients)
+    writer_rate = _feed_writer(
+        slug, settings.namespace, tag_ids, push.acked_points, base_us - 2 * 86_400 * 10**6, clients
+    )
     log(f"writer actor direct: {writer_rate:,.0f} rows/s")
     admin.close()
     tenant.close()
     return {
-        "bench": "push", "clients": clients, "points_per_request": POINTS,
-        "seconds": round(push_s, 1), "tags": len(tag_ids),
+        "bench": "push",
+        "clients": clients,
+        "points_per_request": POINTS,
+        "seconds": round(push_s, 1),
+        "tags": len(tag_ids),
         "readings_per_s": round(rate),
         "writer_readings_per_s": round(writer_rate),
         "ratio_vs_writer": ratio(rate, writer_rate),

@@ -56,13 +56,11 @@ SELECT t, g, 100 + 10 * sin(extract(epoch FROM t) / 3600 + g)
 FROM unnest($1::int4[]) AS g,
      generate_series($2::timestamptz, $3::timestamptz - INTERVAL '1 microsecond',
                      make_interval(secs => $4::int8)) AS t"""
-_LEDGER = ("INSERT INTO ingest_ledger (batch_id, rows, received, min_time, max_time) "
-           "VALUES ($1, $2, $2, $3, $4)")
+_LEDGER = "INSERT INTO ingest_ledger (batch_id, rows, received, min_time, max_time) VALUES ($1, $2, $2, $3, $4)"
 _INDEX = "CREATE INDEX scada_readings_tag_time ON scada_readings (tag_id, time DESC)"
 
 
-async def _build(dsn: str, pieces: list[tuple[str, list[int], datetime, datetime, int]],
-                 workers: int = 2) -> int:
+async def _build(dsn: str, pieces: list[tuple[str, list[int], datetime, datetime, int]], workers: int = 2) -> int:
     """Every piece (batch id, tags, lo, hi, step) straight into the hypertable by the server,
     each with its ledger row in the same transaction, as the writer would record it: the
     refresher rolls them up from the ledger like any backfill. The (tag_id, time) index is built
@@ -95,8 +93,9 @@ async def _build(dsn: str, pieces: list[tuple[str, list[int], datetime, datetime
     return rows
 
 
-def _pieces(prefix: str, tag_ids: list[int], end: datetime, days: int, step_s: int,
-            piece: timedelta) -> list[tuple[str, list[int], datetime, datetime, int]]:
+def _pieces(
+    prefix: str, tag_ids: list[int], end: datetime, days: int, step_s: int, piece: timedelta
+) -> list[tuple[str, list[int], datetime, datetime, int]]:
     out = []
     t = end - timedelta(days=days)
     while t < end:
@@ -115,12 +114,20 @@ async def _seed_latest(settings: Settings, dsn: str, slug: str, tag_ids: list[in
     rows = await conn.fetch(
         "SELECT u.t, r.time, r.value, r.quality FROM unnest($1::int4[]) AS u(t) CROSS JOIN LATERAL "
         "(SELECT time, value, quality FROM scada_readings WHERE tag_id = u.t "
-        "ORDER BY time DESC LIMIT 1) r", tag_ids)
+        "ORDER BY time DESC LIMIT 1) r",
+        tag_ids,
+    )
     await conn.close()
     r = aioredis.from_url(settings.redis_url)
-    await r.hset(latest_key(slug), mapping={
-        str(x["t"]): json.dumps({"t": int((x["time"] - EPOCH) / timedelta(microseconds=1)),
-                                 "v": x["value"], "q": x["quality"]}) for x in rows})
+    await r.hset(
+        latest_key(slug),
+        mapping={
+            str(x["t"]): json.dumps(
+                {"t": int((x["time"] - EPOCH) / timedelta(microseconds=1)), "v": x["value"], "q": x["quality"]}
+            )
+            for x in rows
+        },
+    )
     await r.aclose()
 
 
@@ -128,9 +135,13 @@ async def _measure(api: str, key: str, make: list[Any], requests: int) -> list[f
     """``requests`` GETs made by ``make`` (a list of (path, params) factories), 10 at a time."""
     lat: list[float] = []
     todo = list(range(requests))
-    async with httpx.AsyncClient(base_url=api, timeout=60,
-                                 headers={"Authorization": f"Bearer {key}"},
-                                 limits=httpx.Limits(max_connections=CLIENTS)) as c:
+    async with httpx.AsyncClient(
+        base_url=api,
+        timeout=60,
+        headers={"Authorization": f"Bearer {key}"},
+        limits=httpx.Limits(max_connections=CLIENTS),
+    ) as c:
+
         async def client() -> None:
             while todo:
                 todo.pop()
@@ -144,8 +155,9 @@ async def _measure(api: str, key: str, make: list[Any], requests: int) -> list[f
     return lat
 
 
-async def _round_trips(settings: Settings, api: str, key: str, kinds: dict[str, list[Any]],
-                       dbs: dict[str, str], n: int = 50) -> dict[str, dict[str, float]]:
+async def _round_trips(
+    settings: Settings, api: str, key: str, kinds: dict[str, list[Any]], dbs: dict[str, str], n: int = 50
+) -> dict[str, dict[str, float]]:
     """Statements per request, by database, and Redis commands per request: each kind's
     ``n`` requests one after another, counted from the servers' own statistics (PostgreSQL's
     transactions per database, every statement outside a transaction block being one; Redis's
@@ -158,9 +170,11 @@ async def _round_trips(settings: Settings, api: str, key: str, kinds: dict[str, 
     red = aioredis.from_url(settings.redis_url)
 
     async def snap() -> dict[str, float]:
-        rows = await obs.fetch("SELECT datname, xact_commit + xact_rollback AS n "
-                               "FROM pg_stat_database WHERE datname = ANY($1::text[])",
-                               list(dbs.values()))
+        rows = await obs.fetch(
+            "SELECT datname, xact_commit + xact_rollback AS n "
+            "FROM pg_stat_database WHERE datname = ANY($1::text[])",
+            list(dbs.values()),
+        )
         by = {r["datname"]: float(r["n"]) for r in rows}
         out = {role: by.get(db, 0.0) for role, db in dbs.items()}
         out["redis"] = float((await red.info("stats"))["total_commands_processed"])
@@ -171,11 +185,9 @@ async def _round_trips(settings: Settings, api: str, key: str, kinds: dict[str, 
     a, t0 = await snap(), time.perf_counter()
     await asyncio.sleep(settle)
     b = await snap()
-    idle_rate = {k: (b[k] - a[k] - (1 if k == "redis" else 0)) / (time.perf_counter() - t0)
-                 for k in a}
+    idle_rate = {k: (b[k] - a[k] - (1 if k == "redis" else 0)) / (time.perf_counter() - t0) for k in a}
     out: dict[str, dict[str, float]] = {}
-    async with httpx.AsyncClient(base_url=api, timeout=60,
-                                 headers={"Authorization": f"Bearer {key}"}) as c:
+    async with httpx.AsyncClient(base_url=api, timeout=60, headers={"Authorization": f"Bearer {key}"}) as c:
         for kind, make in kinds.items():
             a, t0 = await snap(), time.perf_counter()
             for _ in range(n):
@@ -184,16 +196,19 @@ async def _round_trips(settings: Settings, api: str, key: str, kinds: dict[str, 
             await asyncio.sleep(settle)
             b = await snap()
             span = time.perf_counter() - t0
-            out[kind] = {k: round(max(0.0, (b[k] - a[k] - (1 if k == "redis" else 0)
-                                             - idle_rate[k] * span) / n), 1) for k in a}
+            out[kind] = {
+                k: round(max(0.0, (b[k] - a[k] - (1 if k == "redis" else 0) - idle_rate[k] * span) / n), 1)
+                for k in a
+            }
             log(f"{kind}: round trips per request {out[kind]}")
     await red.aclose()
     await obs.close()
     return out
 
 
-async def _baseline(dsn: str, queries: list[tuple[int, datetime, datetime, timedelta]],
-                    requests: int) -> tuple[list[float], dict[tuple[int, datetime, datetime], Any]]:
+async def _baseline(
+    dsn: str, queries: list[tuple[int, datetime, datetime, timedelta]], requests: int
+) -> tuple[list[float], dict[tuple[int, datetime, datetime], Any]]:
     pool = await asyncpg.create_pool(dsn, min_size=CLIENTS, max_size=CLIENTS)
     lat: list[float] = []
     answers: dict[tuple[int, datetime, datetime], Any] = {}
@@ -217,16 +232,27 @@ def _mismatches(api_rows: list[list[Any]], fields: list[str], sql_rows: list[Any
     f = {k: i for i, k in enumerate(fields)}
     bad = abs(len(api_rows) - len(sql_rows))
     for a, s in zip(api_rows, sql_rows, strict=False):
-        same = (datetime.fromisoformat(a[f["time"]]) == s["b"] and a[f["count"]] == s["n"]
-                and a[f["min"]] == s["min"] and a[f["max"]] == s["max"]
-                and a[f["first"]] == s["first"] and a[f["last"]] == s["last"]
-                and math.isclose(a[f["sum"]], s["sum"], rel_tol=1e-9))
+        same = (
+            datetime.fromisoformat(a[f["time"]]) == s["b"]
+            and a[f["count"]] == s["n"]
+            and a[f["min"]] == s["min"]
+            and a[f["max"]] == s["max"]
+            and a[f["first"]] == s["first"]
+            and a[f["last"]] == s["last"]
+            and math.isclose(a[f["sum"]], s["sum"], rel_tol=1e-9)
+        )
         bad += 0 if same else 1
     return bad
 
 
-def run(tags: int = 100, days: int = 30, interval_s: int = 60, year_tags: int = 4,
-        year_interval_s: int = 600, requests: int = 200) -> dict[str, Any]:
+def run(
+    tags: int = 100,
+    days: int = 30,
+    interval_s: int = 60,
+    year_tags: int = 4,
+    year_interval_s: int = 600,
+    requests: int = 200,
+) -> dict[str, Any]:
     from scale_tests.bench_devices import _deploy, _free_port
 
     # The stack's folder and ports come from the environment (SCADA_LOCAL_DIR, SCADA_PG_PORT,
@@ -234,26 +260,48 @@ def run(tags: int = 100, days: int = 30, interval_s: int = 60, year_tags: int = 
     settings = Settings(namespace="scada-bench", http_port=_free_port()).with_local_secrets()
     client, slug = _deploy(settings)
     api, key = str(client.base_url).rstrip("/"), client.headers["Authorization"][7:]
-    return asyncio.run(_run(settings, client, api, key, slug, tags, days, interval_s, year_tags,
-                            year_interval_s, requests))
+    return asyncio.run(
+        _run(settings, client, api, key, slug, tags, days, interval_s, year_tags, year_interval_s, requests)
+    )
 
 
-async def _run(settings: Settings, client: httpx.Client, api: str, key: str, slug: str,
-               tags: int, days: int, interval_s: int, year_tags: int, year_interval_s: int,
-               requests: int) -> dict[str, Any]:
+async def _run(
+    settings: Settings,
+    client: httpx.Client,
+    api: str,
+    key: str,
+    slug: str,
+    tags: int,
+    days: int,
+    interval_s: int,
+    year_tags: int,
+    year_interval_s: int,
+    requests: int,
+) -> dict[str, Any]:
     ac = httpx.AsyncClient(base_url=api, timeout=120, headers={"Authorization": f"Bearer {key}"})
-    r = await ac.post(f"/v1/tenants/{slug}/connections", json={
-        "name": "bench", "protocol": "opcua", "endpoint": "opc.tcp://127.0.0.1:1/bench",
-        "enabled": False, "tags": [{"name": f"t{i}", "node_id": f"ns=2;s=T{i}", "well": f"W{i % 10}"}
-                                   for i in range(tags + year_tags)]})
+    r = await ac.post(
+        f"/v1/tenants/{slug}/connections",
+        json={
+            "name": "bench",
+            "protocol": "opcua",
+            "endpoint": "opc.tcp://127.0.0.1:1/bench",
+            "enabled": False,
+            "tags": [
+                {"name": f"t{i}", "node_id": f"ns=2;s=T{i}", "well": f"W{i % 10}"} for i in range(tags + year_tags)
+            ],
+        },
+    )
     r.raise_for_status()
     ids = [t["tag_id"] for t in r.json()["tags"]]
     month_ids, year_ids = ids[:tags], ids[tags:]
     dsn = settings.dsn(f"scada_t_{slug}")
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     t0 = time.perf_counter()
-    rows = await _build(dsn, _pieces("m", month_ids, end, days, interval_s, timedelta(days=1))
-                        + _pieces("y", year_ids, end, 365, year_interval_s, timedelta(days=30)))
+    rows = await _build(
+        dsn,
+        _pieces("m", month_ids, end, days, interval_s, timedelta(days=1))
+        + _pieces("y", year_ids, end, 365, year_interval_s, timedelta(days=30)),
+    )
     year_rows = len(year_ids) * (365 * 86_400 // year_interval_s)
     rows -= year_rows
     load_s = time.perf_counter() - t0
@@ -274,14 +322,21 @@ async def _run(settings: Settings, client: httpx.Client, api: str, key: str, slu
     w = TenantWriter(dsn, flush_interval_ms=10)
     await w.start()
     now = datetime.now(UTC)
-    await w.write(ReadingBatch("lag", np.array([int(now.timestamp() * 1e6)], np.int64),
-                               np.array([month_ids[0]], np.int32), np.array([1.0]),
-                               np.zeros(1, np.int32)))
+    await w.write(
+        ReadingBatch(
+            "lag",
+            np.array([int(now.timestamp() * 1e6)], np.int64),
+            np.array([month_ids[0]], np.int32),
+            np.array([1.0]),
+            np.zeros(1, np.int32),
+        )
+    )
     committed = time.perf_counter()
     await w.stop()
     # The refresher commits in another process: polling the database is the only signal.
     while not await conn.fetchval(  # noqa: ASYNC110
-            "SELECT 1 FROM rollup_1d WHERE tag_id = $1 AND last_time >= $2", month_ids[0], now):
+        "SELECT 1 FROM rollup_1d WHERE tag_id = $1 AND last_time >= $2", month_ids[0], now
+    ):
         await asyncio.sleep(0.1)
     lag_s = time.perf_counter() - committed
     await conn.close()
@@ -293,17 +348,36 @@ async def _run(settings: Settings, client: httpx.Client, api: str, key: str, slu
     month_lo, year_lo = end - timedelta(days=days), end - timedelta(days=365)
     kinds: dict[str, list[Any]] = {
         "latest_100": [lambda: (f"/v1/tenants/{slug}/latest", {"tag_id": ids[:100]})],
-        "raw_1h": [lambda: (readings, {"tag_id": random.choice(month_ids), "resolution": "raw",
-                                       "start": iso(end - timedelta(hours=1)), "end": iso(end)})],
-        "auto_24h": [lambda: (readings, {"tag_id": random.choice(month_ids),
-                                         "start": iso(end - timedelta(days=1)), "end": iso(end)})],
-        "auto_30d": [lambda: (readings, {"tag_id": random.choice(month_ids),
-                                         "start": iso(month_lo), "end": iso(end)})],
-        "auto_1y": [lambda: (readings, {"tag_id": random.choice(year_ids), "days": "utc",
-                                        "start": iso(year_lo), "end": iso(end)})],
+        "raw_1h": [
+            lambda: (
+                readings,
+                {
+                    "tag_id": random.choice(month_ids),
+                    "resolution": "raw",
+                    "start": iso(end - timedelta(hours=1)),
+                    "end": iso(end),
+                },
+            )
+        ],
+        "auto_24h": [
+            lambda: (
+                readings,
+                {"tag_id": random.choice(month_ids), "start": iso(end - timedelta(days=1)), "end": iso(end)},
+            )
+        ],
+        "auto_30d": [
+            lambda: (readings, {"tag_id": random.choice(month_ids), "start": iso(month_lo), "end": iso(end)})
+        ],
+        "auto_1y": [
+            lambda: (
+                readings,
+                {"tag_id": random.choice(year_ids), "days": "utc", "start": iso(year_lo), "end": iso(end)},
+            )
+        ],
     }
-    round_trips = await _round_trips(settings, api, key, kinds, {
-        "tenant_db": f"scada_t_{slug}", "master_db": settings.master_db})
+    round_trips = await _round_trips(
+        settings, api, key, kinds, {"tenant_db": f"scada_t_{slug}", "master_db": settings.master_db}
+    )
     queries: dict[str, Any] = {}
     for kind, make in kinds.items():
         lat = await _measure(api, key, make, requests)
@@ -311,11 +385,12 @@ async def _run(settings: Settings, client: httpx.Client, api: str, key: str, slu
         log(f"{kind}: {queries[kind]}")
     # The same answers by plain SQL over raw, timed under the same concurrency, compared.
     base_lat, answers = await _baseline(
-        dsn, [(t, month_lo, end, timedelta(hours=1)) for t in month_ids[:20]], requests)
-    queries["sql_raw_30d"] = {"p50_ms": _pct(base_lat, 50), "p99_ms": _pct(base_lat, 99),
-                              "n": len(base_lat)}
-    _, year_answers = await _baseline(dsn, [(t, year_lo, end, timedelta(days=1)) for t in year_ids],
-                                      len(year_ids) * 4)
+        dsn, [(t, month_lo, end, timedelta(hours=1)) for t in month_ids[:20]], requests
+    )
+    queries["sql_raw_30d"] = {"p50_ms": _pct(base_lat, 50), "p99_ms": _pct(base_lat, 99), "n": len(base_lat)}
+    _, year_answers = await _baseline(
+        dsn, [(t, year_lo, end, timedelta(days=1)) for t in year_ids], len(year_ids) * 4
+    )
     mismatches = 0
     compared = 0
     for (tag, lo, hi), sql_rows in list(answers.items()) + list(year_answers.items()):
@@ -325,15 +400,25 @@ async def _run(settings: Settings, client: httpx.Client, api: str, key: str, slu
         compared += len(sql_rows)
     await ac.aclose()
     return {
-        "dataset": {"tags": tags, "days": days, "interval_s": interval_s, "rows": rows,
-                    "year_tags": year_tags, "year_interval_s": year_interval_s,
-                    "year_rows": year_rows},
-        "load_s": round(load_s, 1), "rollup_build_s": round(rollup_s, 1),
+        "dataset": {
+            "tags": tags,
+            "days": days,
+            "interval_s": interval_s,
+            "rows": rows,
+            "year_tags": year_tags,
+            "year_interval_s": year_interval_s,
+            "year_rows": year_rows,
+        },
+        "load_s": round(load_s, 1),
+        "rollup_build_s": round(rollup_s, 1),
         "build_s": round(load_s + rollup_s, 1),
-        "refresh_lag_s": round(lag_s, 2), "clients": CLIENTS,
+        "refresh_lag_s": round(lag_s, 2),
+        "clients": CLIENTS,
         "queries": queries,
         "round_trips_per_request": round_trips,
-        "speedup_30d_vs_raw": round(statistics.median(base_lat) * 1000
-                                    / max(queries["auto_30d"]["p50_ms"], 1e-3), 1),
-        "rollup_mismatches": mismatches, "buckets_compared": compared,
+        "speedup_30d_vs_raw": round(
+            statistics.median(base_lat) * 1000 / max(queries["auto_30d"]["p50_ms"], 1e-3), 1
+        ),
+        "rollup_mismatches": mismatches,
+        "buckets_compared": compared,
     }

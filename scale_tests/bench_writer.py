@@ -57,8 +57,9 @@ def slices(rows: ReadingBatch, prefix: str) -> list[ReadingBatch]:
     out = []
     for i, s in enumerate(range(0, len(rows), BATCH)):
         sl = slice(s, s + BATCH)
-        out.append(ReadingBatch(f"{prefix}:{i}", rows.time_us[sl], rows.tag_id[sl],
-                                rows.value[sl], rows.quality[sl]))
+        out.append(
+            ReadingBatch(f"{prefix}:{i}", rows.time_us[sl], rows.tag_id[sl], rows.value[sl], rows.quality[sl])
+        )
     return out
 
 
@@ -72,10 +73,7 @@ async def run_server_copy(settings: Settings, db: str, rows: ReadingBatch) -> fl
         conn = await asyncpg.connect(settings.dsn(db))
         try:
             t = time.perf_counter()
-            await conn.execute(
-                f"COPY scada_readings (time, tag_id, value, quality) FROM '{path}' "
-                "(FORMAT binary)"
-            )
+            await conn.execute(f"COPY scada_readings (time, tag_id, value, quality) FROM '{path}' (FORMAT binary)")
             return len(rows) / (time.perf_counter() - t)
         finally:
             await conn.close()
@@ -88,8 +86,14 @@ async def run_unnest(settings: Settings, db: str, rows: ReadingBatch) -> float:
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     args = []
     for b in slices(rows, "u"):
-        args.append(([epoch + timedelta(microseconds=int(t)) for t in b.time_us],
-                     b.tag_id.tolist(), b.value.tolist(), b.quality.tolist()))
+        args.append(
+            (
+                [epoch + timedelta(microseconds=int(t)) for t in b.time_us],
+                b.tag_id.tolist(),
+                b.value.tolist(),
+                b.quality.tolist(),
+            )
+        )
     conn = await asyncpg.connect(settings.dsn(db))
     try:
         t = time.perf_counter()
@@ -123,7 +127,8 @@ def new_writer(settings: Settings, tenant_id: str, slug: str, tag: str) -> Any:
     from actors.writer import WriterActor
 
     w = WriterActor.options(name=f"bench-writer-{slug}-{tag}").remote(  # type: ignore[attr-defined]
-        settings, tenant_id, slug)
+        settings, tenant_id, slug
+    )
     ray.get(w.health.remote())
     return w
 
@@ -140,7 +145,7 @@ def run(settings: Settings, n_rows: int, rounds: int = 2) -> dict[str, Any]:
     results: dict[str, list[float]] = {"writer": [], "server_copy": [], "unnest": []}
     order = ["server_copy", "writer", "unnest"]
     for r in range(rounds):
-        for method in order[r % 3:] + order[:r % 3]:
+        for method in order[r % 3 :] + order[: r % 3]:
             asyncio.run(truncate(settings, db))
             if method == "server_copy":
                 rate = asyncio.run(run_server_copy(settings, db, rows))
@@ -165,8 +170,9 @@ def run(settings: Settings, n_rows: int, rounds: int = 2) -> dict[str, Any]:
     rows_a = make_rows(n_rows // 2, tag_ids, seed=9)
 
     async def both() -> list[float]:
-        return list(await asyncio.gather(feed_writer(wa, slices(rows_a, "ca")),
-                                         feed_writer(wb, slices(rows_b, "cb"))))
+        return list(
+            await asyncio.gather(feed_writer(wa, slices(rows_a, "ca")), feed_writer(wb, slices(rows_b, "cb")))
+        )
 
     conc = asyncio.run(both())
     ray.kill(wa)

@@ -38,8 +38,14 @@ def start_private_ray(num_cpus: int = 2) -> None:
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING", namespace="scada-bench")
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+            namespace="scada-bench",
+        )
 
 
 async def ensure_tenant(settings: Settings, slug: str, tags: int) -> tuple[Tenant, list[int]]:
@@ -55,10 +61,14 @@ async def ensure_tenant(settings: Settings, slug: str, tags: int) -> tuple[Tenan
             have = await store.list_tags()
             if len(have) < tags:
                 body = ConnectionCreate(
-                    name=f"bench-{len(have)}", protocol="opcua",
-                    endpoint="opc.tcp://127.0.0.1:1/bench", enabled=False,
-                    tags=[TagCreate(name=f"t{i}", node_id=f"ns=2;s=T{i}", valid_min=0,
-                                    valid_max=1e9) for i in range(tags - len(have))],
+                    name=f"bench-{len(have)}",
+                    protocol="opcua",
+                    endpoint="opc.tcp://127.0.0.1:1/bench",
+                    enabled=False,
+                    tags=[
+                        TagCreate(name=f"t{i}", node_id=f"ns=2;s=T{i}", valid_min=0, valid_max=1e9)
+                        for i in range(tags - len(have))
+                    ],
                 )
                 await store.create_connection(body)
                 have = await store.list_tags()

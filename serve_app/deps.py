@@ -54,8 +54,13 @@ async def cluster_admin(caller: Caller) -> Principal:
 ClusterAdmin = Annotated[Principal, Depends(cluster_admin)]
 
 
-async def authorize(api: ApiState, caller: Principal, ref: str, scope: Scope,
-                    lookup: Callable[[str], Awaitable[Tenant]] | None = None) -> Tenant:
+async def authorize(
+    api: ApiState,
+    caller: Principal,
+    ref: str,
+    scope: Scope,
+    lookup: Callable[[str], Awaitable[Tenant]] | None = None,
+) -> Tenant:
     """The tenant ``ref`` names, if ``caller`` may act on it with ``scope``. ``lookup`` finds
     a tenant by reference (default: the master database; the read routes pass a cache)."""
     get_tenant = lookup or (await api.master()).get_tenant

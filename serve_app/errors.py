@@ -55,7 +55,8 @@ class ErrorBody(BaseModel):
     message: str = Field(description="for humans")
     details: list[ErrorDetail] = Field(default_factory=list)
     retry_after_seconds: int | None = Field(
-        None, description="on 429 and 503 of the push route, beside Retry-After")
+        None, description="on 429 and 503 of the push route, beside Retry-After"
+    )
 
 
 # Most specific first: the first row whose type matches answers. Anything retriable that no row
@@ -142,8 +143,7 @@ def _message(exc: BaseException, status: int) -> str:
 
 def _details(exc: BaseException) -> list[ErrorDetail]:
     if isinstance(exc, PushError):
-        return [ErrorDetail(field=str(d.get("field", "")), error=str(d.get("error", "")))
-                for d in exc.details]
+        return [ErrorDetail(field=str(d.get("field", "")), error=str(d.get("error", ""))) for d in exc.details]
     if isinstance(exc, InvalidRegistration):
         return [ErrorDetail(field=exc.field, error=exc.message)]
     if isinstance(exc, InvalidDeviceSetting):

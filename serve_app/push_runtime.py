@@ -32,8 +32,7 @@ class PushRuntime:
     def __init__(self, api: ApiState) -> None:
         self.api = api
         settings = api.settings
-        self.redis = aioredis.from_url(settings.redis_url, socket_timeout=5,
-                                       socket_connect_timeout=5)
+        self.redis = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.limiter = PushLimiter(self.redis)
         self.service = PushService(self.limiter, IdempotencyStore(self.redis))
         self._principals: dict[str, tuple[float, Principal]] = {}
@@ -102,11 +101,11 @@ class PushRuntime:
             r: dict[str, Any] = await handle.write.remote(batch.to_arrow())
         except SpoolFull:
             # Ray re-raises the actor's exception as a subclass of it: the spool is full.
-            raise PushUnavailable("the tenant's database is away and its spool is full; "
-                                  "nothing was written", retry_after_s=30) from None
+            raise PushUnavailable(
+                "the tenant's database is away and its spool is full; nothing was written", retry_after_s=30
+            ) from None
         except (SpoolUnavailable, StorageUnavailable):
-            raise PushUnavailable("storage unavailable; nothing was written",
-                                  retry_after_s=5) from None
+            raise PushUnavailable("storage unavailable; nothing was written", retry_after_s=5) from None
         except ray.exceptions.RayActorError:
             self._writers.pop(slug, None)
             raise PushUnavailable("the tenant's writer restarted; retry", retry_after_s=2) from None

@@ -56,8 +56,15 @@ _KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 class RejectedPoint(BaseModel):
     index: int = Field(description="position in data_points")
     field: str = Field(examples=["data_points[3].unit"])
-    reason: str = Field(examples=["unknown_tag", "unknown_unit", "incompatible_unit",
-                                  "timestamp_in_future", "timestamp_out_of_range"])
+    reason: str = Field(
+        examples=[
+            "unknown_tag",
+            "unknown_unit",
+            "incompatible_unit",
+            "timestamp_in_future",
+            "timestamp_out_of_range",
+        ]
+    )
     message: str
 
 
@@ -71,7 +78,8 @@ class PushResponse(BaseModel):
     processing_time_ms: float
     rejected: list[RejectedPoint] = Field(description="the first 100 rejected points")
     stored: Literal["committed", "spooled", "quarantined", "none"] = Field(
-        description="committed to the database, or held in the durable spool until it returns")
+        description="committed to the database, or held in the durable spool until it returns"
+    )
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:
@@ -94,25 +102,31 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
 
 _REQUEST_SCHEMA = _inline(msgspec.json.schema(PushPayload))
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "malformed JSON or not the schema "
-                                             "(`validation_error`, details name each field)"},
+    400: {
+        "model": ErrorBody,
+        "description": "malformed JSON or not the schema (`validation_error`, details name each field)",
+    },
     401: {"model": ErrorBody, "description": "`invalid_token`"},
     403: {"model": ErrorBody, "description": "`tenant_mismatch` or `insufficient_scope`"},
-    409: {"model": ErrorBody, "description": "`idempotency_conflict`: key reused with another "
-                                             "body, or its first request still running"},
-    413: {"model": ErrorBody, "description": "`payload_too_large`: body or decompressed body "
-                                             "over the tenant's limit"},
+    409: {
+        "model": ErrorBody,
+        "description": "`idempotency_conflict`: key reused with another body, or its first request still running",
+    },
+    413: {
+        "model": ErrorBody,
+        "description": "`payload_too_large`: body or decompressed body over the tenant's limit",
+    },
     415: {"model": ErrorBody, "description": "Content-Encoding other than gzip"},
-    429: {"model": ErrorBody, "description": "`rate_limit_exceeded` or `volume_limit_exceeded`"
-                                             ", with Retry-After"},
+    429: {"model": ErrorBody, "description": "`rate_limit_exceeded` or `volume_limit_exceeded`, with Retry-After"},
     503: {"model": ErrorBody, "description": "spool full or writer away; with Retry-After"},
 }
 
 
 def _answer(a: PushAnswer) -> Response:
     headers = {"Idempotent-Replayed": "true"} if a.replayed else None
-    return Response(msgspec.json.encode(a.body), status_code=a.status, headers=headers,
-                    media_type="application/json")
+    return Response(
+        msgspec.json.encode(a.body), status_code=a.status, headers=headers, media_type="application/json"
+    )
 
 
 def _refusal(e: PushError) -> Response:
@@ -121,25 +135,33 @@ def _refusal(e: PushError) -> Response:
         headers["Retry-After"] = str(e.retry_after_s)
     if e.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return Response(msgspec.json.encode(e.body()), status_code=e.status, headers=headers,
-                    media_type="application/json")
+    return Response(
+        msgspec.json.encode(e.body()), status_code=e.status, headers=headers, media_type="application/json"
+    )
 
 
 # -- the push route ----------------------------------------------------------------------------
 @push_router.post(
-    "/v1/ingest/realtime", tags=["push"], response_model=PushResponse, responses=_ERRORS,
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": _REQUEST_SCHEMA}}}},
+    "/v1/ingest/realtime",
+    tags=["push"],
+    response_model=PushResponse,
+    responses=_ERRORS,
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST_SCHEMA}}}
+    },
 )
 async def ingest_realtime(
     request: Request,
     api: Api,
-    authorization: Annotated[str | None, Header(description="Bearer <api key>, `ingest` scope")]
-    = None,
-    idempotency_key: Annotated[str | None, Header(
-        alias="Idempotency-Key",
-        description="up to 200 printable ASCII characters; a retry with the same key returns "
-                    "the first answer and writes nothing again (kept 24 h)")] = None,
+    authorization: Annotated[str | None, Header(description="Bearer <api key>, `ingest` scope")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="up to 200 printable ASCII characters; a retry with the same key returns "
+            "the first answer and writes nothing again (kept 24 h)",
+        ),
+    ] = None,
     content_length: Annotated[str | None, Header(include_in_schema=False)] = None,
     content_encoding: Annotated[str | None, Header(description="identity or gzip")] = None,
 ) -> Response:
@@ -150,11 +172,14 @@ async def ingest_realtime(
     try:
         caller = await rt.principal(authorization)
         if "ingest" not in caller.scopes:
-            raise InsufficientScope("this key lacks the 'ingest' scope",
-                                    [{"field": "scope", "error": "ingest required"}])
+            raise InsufficientScope(
+                "this key lacks the 'ingest' scope", [{"field": "scope", "error": "ingest required"}]
+            )
         if idempotency_key is not None and not _KEY.match(idempotency_key):
-            raise PayloadInvalid("Invalid Idempotency-Key", [
-                {"field": "Idempotency-Key", "error": "1 to 200 printable ASCII characters"}])
+            raise PayloadInvalid(
+                "Invalid Idempotency-Key",
+                [{"field": "Idempotency-Key", "error": "1 to 200 printable ASCII characters"}],
+            )
         if caller.tenant_id is None:
             raise InsufficientScope("push needs a tenant's key, not the cluster admin key")
         tenant = await rt.tenant(caller.tenant_id)
@@ -162,11 +187,10 @@ async def ingest_realtime(
             raise PushUnavailable("the tenant is suspended", retry_after_s=60)
         settings = await rt.limiter.admit(tenant.id)
         check_declared_length(content_length, settings.max_body_bytes)
-        body, _wire = await read_limited(request.stream(), content_encoding,
-                                         settings.max_body_bytes,
-                                         settings.max_decompressed_bytes)
-        ctx = PushContext(tenant.id, tenant.slug, caller.key_id,
-                          request.client.host if request.client else None)
+        body, _wire = await read_limited(
+            request.stream(), content_encoding, settings.max_body_bytes, settings.max_decompressed_bytes
+        )
+        ctx = PushContext(tenant.id, tenant.slug, caller.key_id, request.client.host if request.client else None)
         master = await api.master()
 
         async def audit(action: str, detail: dict[str, Any]) -> None:
@@ -175,14 +199,14 @@ async def ingest_realtime(
         async def write(batch: ReadingBatch) -> Stored:
             return await rt.write(tenant.slug, batch)
 
-        answer = await rt.service.push(ctx, settings, body, idempotency_key,
-                                       await rt.tag_map(tenant), write, audit)
+        answer = await rt.service.push(
+            ctx, settings, body, idempotency_key, await rt.tag_map(tenant), write, audit
+        )
     except PushError as e:
         return _refusal(e)
     except (TenantNotFound, StorageUnavailable, OSError) as e:
         log.warning("push refused: %s", type(e).__name__)
-        return _refusal(PushUnavailable(f"storage unavailable: {type(e).__name__}",
-                                        retry_after_s=5))
+        return _refusal(PushUnavailable(f"storage unavailable: {type(e).__name__}", retry_after_s=5))
     return _answer(answer)
 
 
@@ -213,21 +237,23 @@ class PushSettingsUpdate(BaseModel):
 
 async def _settings_body(rt: PushRuntime, t: Tenant, s: PushSettings) -> PushSettingsBody:
     used = await rt.limiter.volume_today(t.id)
-    return PushSettingsBody(**s.to_redis() | {"auto_register": s.auto_register},
-                            bytes_today=used)
+    return PushSettingsBody(**s.to_redis() | {"auto_register": s.auto_register}, bytes_today=used)
 
 
-@push_router.get("/v1/tenants/{tenant}/push/settings", tags=["push"],
-                 response_model=PushSettingsBody, responses=_TENANT_ROUTE)
+@push_router.get(
+    "/v1/tenants/{tenant}/push/settings", tags=["push"], response_model=PushSettingsBody, responses=_TENANT_ROUTE
+)
 async def get_push_settings(t: AdminTenant, api: Api) -> PushSettingsBody:
     rt = api.part(PushRuntime)
     return await _settings_body(rt, t, await rt.limiter.settings(t.id))
 
 
-@push_router.patch("/v1/tenants/{tenant}/push/settings", tags=["push"],
-                   response_model=PushSettingsBody, responses=_TENANT_ROUTE)
-async def update_push_settings(t: AdminTenant, body: PushSettingsUpdate, caller: Caller,
-                               api: Api) -> PushSettingsBody:
+@push_router.patch(
+    "/v1/tenants/{tenant}/push/settings", tags=["push"], response_model=PushSettingsBody, responses=_TENANT_ROUTE
+)
+async def update_push_settings(
+    t: AdminTenant, body: PushSettingsUpdate, caller: Caller, api: Api
+) -> PushSettingsBody:
     """Change a tenant's push limits (cluster admin) or auto_register (tenant admin)."""
     rt = api.part(PushRuntime)
     changes = body.model_dump(exclude_none=True)
@@ -262,24 +288,36 @@ class PushTagOut(BaseModel):
     created: bool
 
 
-@push_router.post("/v1/tenants/{tenant}/push/tags", status_code=201, tags=["push"],
-                  response_model=list[PushTagOut], responses=_TENANT_ROUTE)
-async def register_push_tags(t: AdminTenant, body: PushTagsIn, caller: Caller,
-                             api: Api) -> list[PushTagOut]:
+@push_router.post(
+    "/v1/tenants/{tenant}/push/tags",
+    status_code=201,
+    tags=["push"],
+    response_model=list[PushTagOut],
+    responses=_TENANT_ROUTE,
+)
+async def register_push_tags(t: AdminTenant, body: PushTagsIn, caller: Caller, api: Api) -> list[PushTagOut]:
     """Register pushed tags by (well_id, parameter_name) with their unit; existing ones are
     returned as they are (`created: false`)."""
-    tags = [PushTagCreate(x.well_id, x.parameter_name, x.unit, x.valid_min, x.valid_max,
-                          x.out_of_range) for x in body.tags]
+    tags = [
+        PushTagCreate(x.well_id, x.parameter_name, x.unit, x.valid_min, x.valid_max, x.out_of_range)
+        for x in body.tags
+    ]
     try:
         out = await (await api.part(PushRuntime).tag_map(t)).register(tags)
     except UnitError as e:
         raise InvalidRegistration("tags.unit", str(e)) from None
     new = [c for c in out if c["created"]]
     if new:
-        await (await api.master()).audit(caller.key_id, t.id, "tag.create", {
-            "by": "push/tags", "count": len(new),
-            "tags": [{k: c[k] for k in ("tag_id", "well", "parameter", "unit")}
-                     for c in new[:100]]})
+        await (await api.master()).audit(
+            caller.key_id,
+            t.id,
+            "tag.create",
+            {
+                "by": "push/tags",
+                "count": len(new),
+                "tags": [{k: c[k] for k in ("tag_id", "well", "parameter", "unit")} for c in new[:100]],
+            },
+        )
     return [PushTagOut(**c) for c in out]
 
 
@@ -296,19 +334,22 @@ class AuditPage(BaseModel):
     next_before_id: int | None = Field(description="pass as before_id for the next page")
 
 
-@push_router.get("/v1/tenants/{tenant}/audit", tags=["operations"], response_model=AuditPage,
-                 responses=_TENANT_ROUTE)
+@push_router.get(
+    "/v1/tenants/{tenant}/audit", tags=["operations"], response_model=AuditPage, responses=_TENANT_ROUTE
+)
 async def tenant_audit(
-    t: AdminTenant, api: Api,
-    action: Annotated[str | None, Query(max_length=100, description="exact, or a prefix "
-                                        "ending in .* (push.*)")] = None,
+    t: AdminTenant,
+    api: Api,
+    action: Annotated[
+        str | None, Query(max_length=100, description="exact, or a prefix ending in .* (push.*)")
+    ] = None,
     since: Annotated[InstantQuery | None, Query(description="ISO 8601, inclusive")] = None,
     until: Annotated[InstantQuery | None, Query(description="ISO 8601, exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before_id: Annotated[int | None, Query(ge=1, le=(1 << 63) - 1)] = None,
 ) -> AuditPage:
     """The tenant's audit log, newest first (admin scope)."""
-    rows, nxt = await list_audit((await api.master()).pool, t.id, action=action,
-                                 since=since, until=until, limit=limit, before_id=before_id)
+    rows, nxt = await list_audit(
+        (await api.master()).pool, t.id, action=action, since=since, until=until, limit=limit, before_id=before_id
+    )
     return AuditPage(items=[AuditRow(**r) for r in rows], next_before_id=nxt)
-

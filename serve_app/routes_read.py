@@ -89,11 +89,14 @@ class ReadCaches:
                 dsn = await (await self.api.master()).tenant_dsn(t.id)
                 try:
                     self.read_pools[t.id] = await asyncpg.create_pool(
-                        dsn, min_size=1, max_size=READ_POOL_SIZE, reset=_no_reset,
-                        max_inactive_connection_lifetime=60)
+                        dsn,
+                        min_size=1,
+                        max_size=READ_POOL_SIZE,
+                        reset=_no_reset,
+                        max_inactive_connection_lifetime=60,
+                    )
                 except OSError as e:
-                    raise TenantUnavailable(
-                        f"tenant database unreachable: {type(e).__name__}") from e
+                    raise TenantUnavailable(f"tenant database unreachable: {type(e).__name__}") from e
             return self.read_pools[t.id]
 
 
@@ -126,11 +129,18 @@ async def _cached_read_tenant(tenant: TenantRef, caller: ReadCaller, api: Api) -
 HotReadTenant = Annotated[Tenant, Depends(_cached_read_tenant)]
 
 
-async def _catalog_and_tags(api: ApiState, t: Tenant, pool: asyncpg.Pool,
-                            tag_id: list[int] | None, well: str | None, tag: list[str] | None,
-                            max_tags: int) -> tuple[Catalog, list[TagInfo]]:
+async def _catalog_and_tags(
+    api: ApiState,
+    t: Tenant,
+    pool: asyncpg.Pool,
+    tag_id: list[int] | None,
+    well: str | None,
+    tag: list[str] | None,
+    max_tags: int,
+) -> tuple[Catalog, list[TagInfo]]:
     return await api.part(ReadCaches).catalogs.resolve(
-        t.id, lambda: Catalog.load(pool), pool, tag_id, well, tag, max_tags)
+        t.id, lambda: Catalog.load(pool), pool, tag_id, well, tag, max_tags
+    )
 
 
 def _json(body: Any) -> Response:
@@ -138,8 +148,7 @@ def _json(body: Any) -> Response:
 
 
 def _tag_dict(t: TagInfo) -> dict[str, Any]:
-    return {"tag_id": t.tag_id, "name": t.name, "well": t.well, "unit": t.unit,
-            "data_type": t.data_type}
+    return {"tag_id": t.tag_id, "name": t.name, "well": t.well, "unit": t.unit, "data_type": t.data_type}
 
 
 class TagBrief(BaseModel):
@@ -169,19 +178,20 @@ class ReadingsOut(BaseModel):
     series: list[SeriesOut]
     next: str | None = Field(None, description="cursor: repeat the query with it for the rest")
     raw_dropped_before: datetime | None = Field(
-        None, description="raw readings before this were dropped by retention")
+        None, description="raw readings before this were dropped by retention"
+    )
     notices: list[str] = []
 
 
-TagIds = Annotated[list[Annotated[int, Field(ge=1, le=INT4_MAX)]] | None,
-                   Query(description="tag ids; repeatable")]
-TagNames = Annotated[list[str] | None, Query(description="tag names within `well`; repeatable",
-                                             max_length=200)]
+TagIds = Annotated[list[Annotated[int, Field(ge=1, le=INT4_MAX)]] | None, Query(description="tag ids; repeatable")]
+TagNames = Annotated[list[str] | None, Query(description="tag names within `well`; repeatable", max_length=200)]
 
 
-@router.get("/v1/tenants/{tenant}/readings", response_model=ReadingsOut,
-            responses={200: {"content": {"text/csv": {}},
-                             "description": "JSON, or CSV with `Accept: text/csv`"}})
+@router.get(
+    "/v1/tenants/{tenant}/readings",
+    response_model=ReadingsOut,
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `Accept: text/csv`"}},
+)
 async def readings(
     t: HotReadTenant,
     api: Api,
@@ -193,8 +203,9 @@ async def readings(
     resolution: Literal["auto", "raw", "1m", "1h", "1d"] = "auto",
     max_points: Annotated[int, Query(ge=1, le=100_000, description="per tag, for auto")] = 2000,
     limit: Annotated[int, Query(ge=1, le=100_000, description="rows per answer")] = 10_000,
-    days: Annotated[Literal["local", "utc"], Query(
-        description="1-day buckets from the tenant's local midnight, or UTC")] = "local",
+    days: Annotated[
+        Literal["local", "utc"], Query(description="1-day buckets from the tenant's local midnight, or UTC")
+    ] = "local",
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Any:
@@ -212,8 +223,9 @@ async def readings(
     tz = cat.timezone
     req = ReadRequest(tags, start, end, resolution, max_points, limit, days == "local", cursor)
     if accept and "text/csv" in accept:
-        await read(pool, ReadRequest(tags, start, end, resolution, max_points, 1,
-                                     days == "local", cursor), tz)  # errors before 200
+        await read(
+            pool, ReadRequest(tags, start, end, resolution, max_points, 1, days == "local", cursor), tz
+        )  # errors before 200
         return StreamingResponse(_csv(pool, req, tz), media_type="text/csv")
     return _json(_shape(await read(pool, req, tz), req, resolution))
 
@@ -221,10 +233,17 @@ async def readings(
 def _shape(a: ReadAnswer, req: ReadRequest, requested: str) -> dict[str, Any]:
     """``ReadingsOut`` as plain data (encoded by orjson: rows go out as they came)."""
     return {
-        "start": req.start, "end": req.end, "requested": requested, "resolution": a.level.value,
-        "timezone": a.timezone, "fields": a.fields,
+        "start": req.start,
+        "end": req.end,
+        "requested": requested,
+        "resolution": a.level.value,
+        "timezone": a.timezone,
+        "fields": a.fields,
         "series": [{**_tag_dict(s.tag), "points": s.points} for s in a.series],
-        "next": a.next, "raw_dropped_before": a.raw_dropped_before, "notices": a.notices}
+        "next": a.next,
+        "raw_dropped_before": a.raw_dropped_before,
+        "notices": a.notices,
+    }
 
 
 async def _csv(pool: asyncpg.Pool, req: ReadRequest, tz: str) -> AsyncIterator[str]:
@@ -236,9 +255,16 @@ async def _csv(pool: asyncpg.Pool, req: ReadRequest, tz: str) -> AsyncIterator[s
             if not header:
                 out.writerow(["tag_id", "well", "tag", "unit", "resolution", *answer.fields])
                 header = True
-            out.writerow([t.tag_id, t.well or "", t.name, t.unit or "", answer.level.value,
-                          *("" if v is None else v.isoformat() if isinstance(v, datetime) else v
-                            for v in row)])
+            out.writerow(
+                [
+                    t.tag_id,
+                    t.well or "",
+                    t.name,
+                    t.unit or "",
+                    answer.level.value,
+                    *("" if v is None else v.isoformat() if isinstance(v, datetime) else v for v in row),
+                ]
+            )
             if buf.tell() > 64_000:
                 yield buf.getvalue()
                 buf.seek(0)
@@ -263,8 +289,9 @@ async def latest(
     t: HotReadTenant,
     api: Api,
     tag_id: TagIds = None,
-    well: Annotated[str | None, Query(max_length=200, description="every tag of the well, or "
-                                      "those named in `tag`")] = None,
+    well: Annotated[
+        str | None, Query(max_length=200, description="every tag of the well, or those named in `tag`")
+    ] = None,
     tag: TagNames = None,
 ) -> Any:
     """Newest value of each tag: from Redis, or from the database for tags Redis does not hold."""
@@ -272,12 +299,20 @@ async def latest(
     _, tags = await _catalog_and_tags(api, t, pool, tag_id, well, tag, MAX_LATEST_TAGS)
     values = await latest_values(api.redis(), pool, t.slug, tags)
     now = datetime.now(UTC)
-    return _json([{
-        **_tag_dict(v.tag), "time": v.time, "value": v.value,
-        "quality": None if v.quality is None else quality_code(v.quality),
-        "quality_name": None if v.quality is None else quality_name(v.quality),
-        "age_s": None if v.time is None else (now - v.time).total_seconds(),
-        "source": v.source} for v in values])
+    return _json(
+        [
+            {
+                **_tag_dict(v.tag),
+                "time": v.time,
+                "value": v.value,
+                "quality": None if v.quality is None else quality_code(v.quality),
+                "quality_name": None if v.quality is None else quality_name(v.quality),
+                "age_s": None if v.time is None else (now - v.time).total_seconds(),
+                "source": v.source,
+            }
+            for v in values
+        ]
+    )
 
 
 # -- wells -------------------------------------------------------------------------------------
@@ -312,30 +347,36 @@ class TenantSettingsOut(BaseModel):
 
 
 def _settings_out(t: Tenant, s: ReadSettings) -> TenantSettingsOut:
-    return TenantSettingsOut(id=t.id, slug=t.slug, timezone=s.timezone,
-                             raw_retention_days=s.raw_retention_days,
-                             rollup_retention_days=s.rollup_retention_days)
+    return TenantSettingsOut(
+        id=t.id,
+        slug=t.slug,
+        timezone=s.timezone,
+        raw_retention_days=s.raw_retention_days,
+        rollup_retention_days=s.rollup_retention_days,
+    )
 
 
 @router.patch("/v1/tenants/{tenant}", response_model=TenantSettingsOut, tags=["tenants"])
-async def update_tenant(t: AdminTenant, body: TenantSettingsUpdate, caller: Caller,
-                        api: Api) -> TenantSettingsOut:
+async def update_tenant(t: AdminTenant, body: TenantSettingsUpdate, caller: Caller, api: Api) -> TenantSettingsOut:
     """Change the tenant's time zone (1-day rollups are rebuilt for it) and retention of raw
     readings and of rollups; the retention job applies them at its next run."""
     store = await api.store(t)
     if body.timezone is not None:
         check_timezone(body.timezone)
     async with store.pool.acquire() as conn:
-        s = await save_settings(conn, timezone=body.timezone,
-                                raw_retention_days=body.raw_retention_days,
-                                rollup_retention_days=body.rollup_retention_days)
+        s = await save_settings(
+            conn,
+            timezone=body.timezone,
+            raw_retention_days=body.raw_retention_days,
+            rollup_retention_days=body.rollup_retention_days,
+        )
     api.part(ReadCaches).catalogs.invalidate(t.id)
     master = await api.master()
     if body.raw_retention_days is not None:
-        await master.pool.execute("UPDATE tenants SET retention_days = $2 WHERE id = $1::uuid",
-                                  t.id, body.raw_retention_days)
-    await master.audit(caller.key_id, t.id, "tenant.update",
-                       {"fields": sorted(body.model_fields_set)})
+        await master.pool.execute(
+            "UPDATE tenants SET retention_days = $2 WHERE id = $1::uuid", t.id, body.raw_retention_days
+        )
+    await master.audit(caller.key_id, t.id, "tenant.update", {"fields": sorted(body.model_fields_set)})
     return _settings_out(t, s)
 
 

@@ -42,8 +42,7 @@ INTEGRATION_FIXTURES = frozenset({"stack"})
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
-        needs = ("system" if used & SYSTEM_FIXTURES else
-                 "integration" if used & INTEGRATION_FIXTURES else "unit")
+        needs = "system" if used & SYSTEM_FIXTURES else "integration" if used & INTEGRATION_FIXTURES else "unit"
         marked = [t for t in TIERS if item.get_closest_marker(t) is not None]
         if len(marked) > 1:
             raise pytest.UsageError(f"{item.nodeid}: marked {marked}, one tier only")
@@ -65,9 +64,12 @@ def settings() -> Settings:
     local = Path(os.environ.get("SCADA_TEST_LOCAL_DIR", REPO_ROOT / ".local" / "test"))
     return Settings(
         # Overridable so two checkouts (worktrees) can run their suites side by side.
-        local_dir=local, pg_port=int(os.environ.get("SCADA_TEST_PG_PORT", "55442")),
-        redis_port=int(os.environ.get("SCADA_TEST_REDIS_PORT", "56389")), namespace="scada-test",
-        http_port=free_port(), reconcile_interval_s=1.0,
+        local_dir=local,
+        pg_port=int(os.environ.get("SCADA_TEST_PG_PORT", "55442")),
+        redis_port=int(os.environ.get("SCADA_TEST_REDIS_PORT", "56389")),
+        namespace="scada-test",
+        http_port=free_port(),
+        reconcile_interval_s=1.0,
     ).with_local_secrets()
 
 
@@ -85,8 +87,11 @@ def stack(settings: Settings) -> Iterator[Settings]:
 
 # Node failure is noticed by Ray's health checks; the defaults take ~15 s. The failover tests
 # need the coordinator's own probe to decide, so the cluster checks fast too.
-FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
-               "health_check_failure_threshold": 3}
+FAST_HEALTH = {
+    "health_check_initial_delay_ms": 0,
+    "health_check_period_ms": 1000,
+    "health_check_failure_threshold": 3,
+}
 
 
 @pytest.fixture(scope="session")
@@ -95,12 +100,19 @@ def ray_cluster(stack: Settings) -> Iterator[Any]:
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 4, "include_dashboard": False, "_system_config": FAST_HEALTH})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 4, "include_dashboard": False, "_system_config": FAST_HEALTH},
+    )
     from actors.deploy import ray_logging_config
 
-    ray.init(address=cluster.address, namespace=stack.namespace, log_to_driver=False,
-             logging_level="WARNING", logging_config=ray_logging_config())
+    ray.init(
+        address=cluster.address,
+        namespace=stack.namespace,
+        log_to_driver=False,
+        logging_level="WARNING",
+        logging_config=ray_logging_config(),
+    )
     yield cluster
     ray.shutdown()
     cluster.shutdown()
@@ -126,8 +138,7 @@ def api(stack: Settings, ray_instance: None) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def admin(api: str, stack: Settings) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api, timeout=60,
-                      headers={"Authorization": f"Bearer {stack.admin_key}"}) as c:
+    with httpx.Client(base_url=api, timeout=60, headers={"Authorization": f"Bearer {stack.admin_key}"}) as c:
         yield c
 
 
@@ -136,8 +147,7 @@ class TenantHandle:
         self.slug: str = created["slug"]
         self.id: str = created["id"]
         self.key: str = created["api_key"]
-        self.client = httpx.Client(base_url=api, timeout=60,
-                                   headers={"Authorization": f"Bearer {self.key}"})
+        self.client = httpx.Client(base_url=api, timeout=60, headers={"Authorization": f"Bearer {self.key}"})
 
     @property
     def db(self) -> str:
@@ -167,6 +177,7 @@ def make_tenant(admin: httpx.Client, api: str) -> Iterator[Any]:
 def tenant(make_tenant: Any) -> TenantHandle:
     handle: TenantHandle = make_tenant()
     return handle
+
 
 async def fresh_database(settings: Settings, prefix: str, migrate: bool = True) -> str:
     """A new empty database (tenant schema applied unless migrate=False); returns its name."""

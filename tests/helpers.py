@@ -16,8 +16,7 @@ from ingest.simulators.fleet import (  # noqa: F401
 )
 
 
-async def wait_until(cond: Callable[[], Any], what: str, timeout_s: float = 30.0,
-                     every_s: float = 0.05) -> Any:
+async def wait_until(cond: Callable[[], Any], what: str, timeout_s: float = 30.0, every_s: float = 0.05) -> Any:
     """``wait_for`` for async tests: poll ``cond()`` on the event loop until it is truthy; fail
     after ``timeout_s`` (a guard against hanging, not a timed assert)."""
     deadline = time.monotonic() + timeout_s

@@ -34,9 +34,11 @@ Call = Callable[[Any], Any]
 def remote_methods(actor_cls: Any) -> dict[str, str]:
     """Public methods of an actor class -> their concurrency group."""
     cls = actor_cls.__ray_actor_class__
-    return {name: getattr(fn, "__ray_concurrency_group__", "default")
-            for name, fn in inspect.getmembers(cls, inspect.isfunction)
-            if not name.startswith("_")}
+    return {
+        name: getattr(fn, "__ray_concurrency_group__", "default")
+        for name, fn in inspect.getmembers(cls, inspect.isfunction)
+        if not name.startswith("_")
+    }
 
 
 def run_in_rule_order(actor_cls: Any, handle: Any, calls: dict[str, Call]) -> None:
@@ -56,8 +58,7 @@ def run_in_rule_order(actor_cls: Any, handle: Any, calls: dict[str, Call]) -> No
                     raise
                 time.sleep(1.0)
             except Exception as e:
-                raise AssertionError(
-                    f"{actor_cls.__ray_actor_class__.__name__}.{name}: {e!r}") from e
+                raise AssertionError(f"{actor_cls.__ray_actor_class__.__name__}.{name}: {e!r}") from e
 
 
 @pytest.fixture
@@ -69,9 +70,13 @@ def sim() -> Any:
 
 def _batch(tag_id: int, n: int, prefix: str) -> ReadingBatch:
     t0 = 1_700_000_000_000_000
-    return ReadingBatch(f"{prefix}:{uuid.uuid4().hex}", np.arange(n, dtype=np.int64) * 1000 + t0,
-                        np.full(n, tag_id, np.int32), np.arange(n, dtype=np.float64) + 1,
-                        np.zeros(n, np.int32))
+    return ReadingBatch(
+        f"{prefix}:{uuid.uuid4().hex}",
+        np.arange(n, dtype=np.int64) * 1000 + t0,
+        np.full(n, tag_id, np.int32),
+        np.arange(n, dtype=np.float64) + 1,
+        np.zeros(n, np.int32),
+    )
 
 
 def test_every_remote_method_on_fresh_actors(
@@ -89,19 +94,28 @@ def test_every_remote_method_on_fresh_actors(
 
     # The writer: a fresh actor for the tenant beside the coordinator's (same ledger: safe).
     writer = WriterActor.remote(stack, tenant.id, tenant.slug)  # type: ignore[attr-defined]
-    text = TextBatch(f"fresh-text:{uuid.uuid4().hex}", np.array([1_700_000_000_000_000]),
-                     np.array([tag], np.int32), ["hello"], np.zeros(1, np.int32))
-    run_in_rule_order(WriterActor, writer, {
-        "health": lambda w: w.health.remote(),
-        "stats": lambda w: w.stats.remote(),
-        "stats_now": lambda w: w.stats_now.remote(),
-        "start": lambda w: w.start.remote(),
-        "write": lambda w: w.write.remote(_batch(tag, 100, "fresh").to_arrow()),
-        "last_times": lambda w: w.last_times.remote([tag], [2_000_000_000_000_000]),
-        "quarantined": lambda w: w.quarantined.remote(),
-        "replay_quarantined": lambda w: w.replay_quarantined.remote("no-such-batch"),
-        "latency_histogram": lambda w: w.latency_histogram.remote(),
-    })
+    text = TextBatch(
+        f"fresh-text:{uuid.uuid4().hex}",
+        np.array([1_700_000_000_000_000]),
+        np.array([tag], np.int32),
+        ["hello"],
+        np.zeros(1, np.int32),
+    )
+    run_in_rule_order(
+        WriterActor,
+        writer,
+        {
+            "health": lambda w: w.health.remote(),
+            "stats": lambda w: w.stats.remote(),
+            "stats_now": lambda w: w.stats_now.remote(),
+            "start": lambda w: w.start.remote(),
+            "write": lambda w: w.write.remote(_batch(tag, 100, "fresh").to_arrow()),
+            "last_times": lambda w: w.last_times.remote([tag], [2_000_000_000_000_000]),
+            "quarantined": lambda w: w.quarantined.remote(),
+            "replay_quarantined": lambda w: w.replay_quarantined.remote("no-such-batch"),
+            "latency_histogram": lambda w: w.latency_histogram.remote(),
+        },
+    )
     ray.get(writer.write.remote(text.to_arrow()))
     assert ray.get(writer.stats_now.remote())["rows_committed"] == 101  # 100 numbers, 1 text
     ray.kill(writer)
@@ -109,24 +123,36 @@ def test_every_remote_method_on_fresh_actors(
     # A connection actor, fresh: status before anything built, then a real session.
     slot = f"conn-fresh-{uuid.uuid4().hex[:6]}"
     host = ConnectionActor.remote(stack, slot)  # type: ignore[attr-defined]
-    spec = ConnectionSpec(tenant.id, tenant.slug, conn["id"], Protocol.OPCUA, sim.endpoint, 50,
-                          tags=tags)
-    run_in_rule_order(ConnectionActor, host, {
-        "health": lambda h: h.health.remote(),
-        "status": lambda h: h.status.remote(),
-        "apply": lambda h: h.apply.remote([spec]),
-        "drain": lambda h: h.drain.remote(5.0),
-    })
+    spec = ConnectionSpec(tenant.id, tenant.slug, conn["id"], Protocol.OPCUA, sim.endpoint, 50, tags=tags)
+    run_in_rule_order(
+        ConnectionActor,
+        host,
+        {
+            "health": lambda h: h.health.remote(),
+            "status": lambda h: h.status.remote(),
+            "apply": lambda h: h.apply.remote([spec]),
+            "drain": lambda h: h.drain.remote(5.0),
+        },
+    )
     sim.resume()
 
     def stored() -> int:
-        return int(db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings WHERE tag_id = "
-                                 "ANY($1::int[]) AND time > now() - interval '1 hour'",
-                            [t.tag_id for t in tags])[0]["n"])
+        return int(
+            db_fetch(
+                dsn,
+                "SELECT count(*) AS n FROM scada_readings WHERE tag_id = "
+                "ANY($1::int[]) AND time > now() - interval '1 hour'",
+                [t.tag_id for t in tags],
+            )[0]["n"]
+        )
 
     # Readings flow after every method ran, through the tenant's own writer.
-    wait_for(lambda: stored() > 30, 60, "readings from the fresh connection actor",
-             describe=lambda: ray.get(host.status.remote()))
+    wait_for(
+        lambda: stored() > 30,
+        60,
+        "readings from the fresh connection actor",
+        describe=lambda: ray.get(host.status.remote()),
+    )
     ray.get(host.apply.remote([]))
     ray.kill(host)
 
@@ -141,15 +167,22 @@ def test_every_remote_method_on_fresh_actors(
             return False
 
     wait_for(back, 60, "coordinator restarted")
-    run_in_rule_order(CoordinatorActor, coord, {
-        "health": lambda c: c.health.remote(),
-        "assignment": lambda c: c.assignment.remote(),
-        "notify": lambda c: c.notify.remote(),
-        "start": lambda c: c.start.remote(),
-        "reconcile": lambda c: c.reconcile.remote(),
-        "status": lambda c: c.status.remote(),
-    })
+    run_in_rule_order(
+        CoordinatorActor,
+        coord,
+        {
+            "health": lambda c: c.health.remote(),
+            "assignment": lambda c: c.assignment.remote(),
+            "notify": lambda c: c.notify.remote(),
+            "start": lambda c: c.start.remote(),
+            "reconcile": lambda c: c.reconcile.remote(),
+            "status": lambda c: c.status.remote(),
+        },
+    )
     # The restarted coordinator still runs the tenant's writer.
-    wait_for(lambda: any(t["slug"] == tenant.slug for t in
-                         ray.get(coord.status.remote())["tenants"]), 60, "coordinator status")
+    wait_for(
+        lambda: any(t["slug"] == tenant.slug for t in ray.get(coord.status.remote())["tenants"]),
+        60,
+        "coordinator status",
+    )
     assert ray.get_actor(writer_name(tenant.slug), namespace=stack.namespace)

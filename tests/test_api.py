@@ -15,8 +15,15 @@ OPCUA_CONN: dict[str, Any] = {
     "endpoint": "opc.tcp://127.0.0.1:1/never",
     "publishing_interval_ms": 500,
     "enabled": False,
-    "tags": [{"name": "tubing_pressure", "node_id": "ns=2;s=W001.T001", "unit": "bar",
-              "scaling_factor": 0.1, "well": "W001"}],
+    "tags": [
+        {
+            "name": "tubing_pressure",
+            "node_id": "ns=2;s=W001.T001",
+            "unit": "bar",
+            "scaling_factor": 0.1,
+            "well": "W001",
+        }
+    ],
 }
 
 
@@ -45,13 +52,14 @@ def test_register_list_and_read_back(tenant: TenantHandle) -> None:
     one = tenant.client.get(f"/v1/tenants/{tenant.slug}/connections/{conn['id']}").json()
     assert one["tags"][0]["node_id"] == "ns=2;s=W001.T001"
     assert "password" not in one and "password_enc" not in one
-    r = tenant.client.post(f"/v1/tenants/{tenant.slug}/connections/{conn['id']}/tags",
-                           json={"tags": [{"name": "casing_pressure", "node_id": "ns=2;s=W001.T002"}]})
+    r = tenant.client.post(
+        f"/v1/tenants/{tenant.slug}/connections/{conn['id']}/tags",
+        json={"tags": [{"name": "casing_pressure", "node_id": "ns=2;s=W001.T002"}]},
+    )
     assert r.status_code == 201, r.text
     tags = tenant.client.get(f"/v1/tenants/{tenant.slug}/tags").json()
     assert [t["name"] for t in tags] == ["tubing_pressure", "casing_pressure"]
-    r = tenant.client.get(f"/v1/tenants/{tenant.slug}/readings",
-                          params={"tag_id": tags[0]["tag_id"]})
+    r = tenant.client.get(f"/v1/tenants/{tenant.slug}/readings", params={"tag_id": tags[0]["tag_id"]})
     assert r.status_code == 200 and r.json()["series"][0]["points"] == []
 
 
@@ -59,11 +67,11 @@ def test_register_list_and_read_back(tenant: TenantHandle) -> None:
 
 
 def test_scopes_are_enforced(tenant: TenantHandle, api: str) -> None:
-    r = tenant.client.post(f"/v1/tenants/{tenant.slug}/keys",
-                           json={"name": "dashboard", "scopes": ["read"]})
+    r = tenant.client.post(f"/v1/tenants/{tenant.slug}/keys", json={"name": "dashboard", "scopes": ["read"]})
     assert r.status_code == 201
-    with httpx.Client(base_url=api, timeout=30,
-                      headers={"Authorization": f"Bearer {r.json()['api_key']}"}) as reader:
+    with httpx.Client(
+        base_url=api, timeout=30, headers={"Authorization": f"Bearer {r.json()['api_key']}"}
+    ) as reader:
         assert reader.get(f"/v1/tenants/{tenant.slug}/connections").status_code == 200
         r = reader.post(f"/v1/tenants/{tenant.slug}/connections", json=OPCUA_CONN)
         assert r.status_code == 403 and r.json()["error"] == "insufficient_scope"
@@ -78,15 +86,12 @@ def test_scopes_are_enforced(tenant: TenantHandle, api: str) -> None:
         ({"publishing_interval_ms": 1}, "publishing_interval_ms"),
         ({"tags": [{"name": "t", "node_id": "not a node id"}]}, "node_id"),
         ({"tags": [{"name": "t"}]}, "node_id"),
-        ({"tags": [{"name": "t", "node_id": "ns=2;s=A", "valid_min": 5, "valid_max": 1}]},
-         "valid_min"),
+        ({"tags": [{"name": "t", "node_id": "ns=2;s=A", "valid_min": 5, "valid_max": 1}]}, "valid_min"),
         ({"name": ""}, "name"),
         ({"surprise": 1}, "surprise"),
     ],
 )
-def test_wrong_payloads_get_422_naming_the_field(
-    tenant: TenantHandle, patch: dict[str, Any], field: str
-) -> None:
+def test_wrong_payloads_get_422_naming_the_field(tenant: TenantHandle, patch: dict[str, Any], field: str) -> None:
     body = {**OPCUA_CONN, **patch}
     r = tenant.client.post(f"/v1/tenants/{tenant.slug}/connections", json=body)
     assert r.status_code == 422, r.text
@@ -101,8 +106,9 @@ def test_bad_query_parameters_get_422(tenant: TenantHandle) -> None:
     assert r.status_code == 422 and "start" in r.text
     r = tenant.client.get(base, params={"tag_id": 999999})
     assert r.status_code == 422 and "tag_id" in r.text
-    r = tenant.client.get(base, params={"tag_id": 1, "start": "2026-01-02T00:00:00Z",
-                                        "end": "2026-01-01T00:00:00Z"})
+    r = tenant.client.get(
+        base, params={"tag_id": 1, "start": "2026-01-02T00:00:00Z", "end": "2026-01-01T00:00:00Z"}
+    )
     assert r.status_code == 422 and "start" in r.text
 
 
@@ -119,8 +125,7 @@ def test_ids_out_of_their_column_range_are_4xx(tenant: TenantHandle) -> None:
         ("GET", f"{base}/readings", {"tag_id": 3_000_000_000}, None, "tag_id"),
         ("GET", f"{base}/readings", {"tag_id": 0}, None, "tag_id"),
         ("GET", f"{base}/readings", {"tag_id": 1, "limit": 10**9}, None, "limit"),
-        ("GET", f"{base}/readings", {"tag_id": 1, "start": "0001-01-01T00:00:00+05:00"}, None,
-         "start"),
+        ("GET", f"{base}/readings", {"tag_id": 1, "start": "0001-01-01T00:00:00+05:00"}, None, "start"),
         ("PATCH", f"{base}/tags/381103392619", None, {"unit": "bar"}, "tag_id"),
         ("DELETE", f"{base}/tags/-1", None, None, "tag_id"),
         ("GET", f"{base}/connections/not-a-uuid", None, None, "connection_id"),
@@ -156,11 +161,13 @@ def test_validation_errors_name_fields_and_never_echo_values(tenant: TenantHandl
 
 def test_error_bodies_have_one_shape(tenant: TenantHandle, api: str, admin: httpx.Client) -> None:
     with httpx.Client(base_url=api, timeout=30) as anon:
-        answers = [anon.get("/v1/tenants"), anon.get("/v1/nothing-here"),
-                   admin.get("/v1/tenants/nosuchtenant"),
-                   admin.post("/v1/tenants", json={"slug": tenant.slug, "name": "again"})]
-    for r, code in zip(answers, ["invalid_token", "not_found", "tenant_not_found",
-                                 "tenant_exists"], strict=True):
+        answers = [
+            anon.get("/v1/tenants"),
+            anon.get("/v1/nothing-here"),
+            admin.get("/v1/tenants/nosuchtenant"),
+            admin.post("/v1/tenants", json={"slug": tenant.slug, "name": "again"}),
+        ]
+    for r, code in zip(answers, ["invalid_token", "not_found", "tenant_not_found", "tenant_exists"], strict=True):
         body = r.json()
         assert set(body) == {"error", "message", "details"}, body
         assert body["error"] == code, body

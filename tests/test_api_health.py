@@ -17,9 +17,14 @@ from tests.conftest import free_port
 def test_healthy_stack_reports_each_component(api: str) -> None:
     r = httpx.get(f"{api}/healthz", timeout=30)
     assert r.status_code == 200, r.text
-    assert r.json() == {"ok": True, "checks": {"master_db": {"ok": True, "error": None},
-                                               "redis": {"ok": True, "error": None},
-                                               "coordinator": {"ok": True, "error": None}}}
+    assert r.json() == {
+        "ok": True,
+        "checks": {
+            "master_db": {"ok": True, "error": None},
+            "redis": {"ok": True, "error": None},
+            "coordinator": {"ok": True, "error": None},
+        },
+    }
 
 
 @pytest.fixture
@@ -36,8 +41,7 @@ def _answer(client: TestClient, settings: Settings) -> httpx.Response:
     return client.get("/healthz")
 
 
-def test_master_down_is_a_503_naming_it(local_app: TestClient, api: str,
-                                        stack: Settings) -> None:
+def test_master_down_is_a_503_naming_it(local_app: TestClient, api: str, stack: Settings) -> None:
     r = _answer(local_app, stack.model_copy(update={"pg_port": free_port()}))
     assert r.status_code == 503 and r.headers["retry-after"], r.text
     body = r.json()
@@ -46,10 +50,10 @@ def test_master_down_is_a_503_naming_it(local_app: TestClient, api: str,
     assert body["checks"]["redis"]["ok"] and body["checks"]["coordinator"]["ok"], body
 
 
-def test_everything_down_names_everything(local_app: TestClient, api: str,
-                                          stack: Settings) -> None:
-    down = stack.model_copy(update={"pg_port": free_port(), "redis_port": free_port(),
-                                    "namespace": "no-such-namespace"})
+def test_everything_down_names_everything(local_app: TestClient, api: str, stack: Settings) -> None:
+    down = stack.model_copy(
+        update={"pg_port": free_port(), "redis_port": free_port(), "namespace": "no-such-namespace"}
+    )
     r = _answer(local_app, down)
     assert r.status_code == 503, r.text
     assert {d["field"] for d in r.json()["details"]} == {"master_db", "redis", "coordinator"}

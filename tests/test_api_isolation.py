@@ -52,9 +52,18 @@ QUERY_VALUES: dict[str, Callable[[Victim], str]] = {
 # Bodies that aim at tenant A where the body, not the path, names the tenant; others send {}
 # (authorisation comes before the body is read).
 BODIES: dict[tuple[str, str], Callable[[Victim], dict[str, Any]]] = {
-    ("POST", "/v1/ingest/realtime"): lambda v: {"tenant_id": v.tenant.slug, "data_points": [
-        {"well_id": "W001", "timestamp": "2026-01-01T00:00:00Z", "parameter_name": "p",
-         "value": 1.0, "unit": "bar"}]},
+    ("POST", "/v1/ingest/realtime"): lambda v: {
+        "tenant_id": v.tenant.slug,
+        "data_points": [
+            {
+                "well_id": "W001",
+                "timestamp": "2026-01-01T00:00:00Z",
+                "parameter_name": "p",
+                "value": 1.0,
+                "unit": "bar",
+            }
+        ],
+    },
 }
 
 
@@ -185,8 +194,7 @@ def test_read_key_cannot_use_admin_routes(victim: Victim, api: str) -> None:
     a = victim.tenant
     r = a.client.post(f"/v1/tenants/{a.slug}/keys", json={"name": "ro", "scopes": ["read"]})
     assert r.status_code == 201, r.text
-    reader = httpx.Client(base_url=api, timeout=60,
-                          headers={"Authorization": f"Bearer {r.json()['api_key']}"})
+    reader = httpx.Client(base_url=api, timeout=60, headers={"Authorization": f"Bearer {r.json()['api_key']}"})
     for route in api_routes():
         if (route.method, route.path_format) in PUBLIC:
             continue

@@ -46,9 +46,16 @@ def test_a_long_outage_never_overflows_the_cap() -> None:
     assert d == 30.0
 
 
-@pytest.mark.parametrize(("initial", "cap", "jitter"), [
-    (0.0, 1.0, 0.5), (-1.0, 1.0, 0.5), (2.0, 1.0, 0.5), (0.1, 1.0, 1.0), (0.1, 1.0, -0.1),
-])
+@pytest.mark.parametrize(
+    ("initial", "cap", "jitter"),
+    [
+        (0.0, 1.0, 0.5),
+        (-1.0, 1.0, 0.5),
+        (2.0, 1.0, 0.5),
+        (0.1, 1.0, 1.0),
+        (0.1, 1.0, -0.1),
+    ],
+)
 def test_bad_arguments_are_refused_up_front(initial: float, cap: float, jitter: float) -> None:
     with pytest.raises(ValueError):
         Backoff(initial, cap, jitter=jitter)

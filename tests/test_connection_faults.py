@@ -38,14 +38,23 @@ def _insert_unrunnable(dsn: str) -> dict[str, str]:
     """Two connections no session can run, written straight into the tenant database."""
     out = {}
     for name, protocol, endpoint, tag in [
-        ("bad-coil", "modbus", "tcp://127.0.0.1:1502",
-         "modbus_unit, modbus_register, modbus_address, modbus_data_type, byte_order) "
-         "VALUES ($1, 'x', 1, 'coil', 0, 'uint16', 'ABCD')"),
+        (
+            "bad-coil",
+            "modbus",
+            "tcp://127.0.0.1:1502",
+            "modbus_unit, modbus_register, modbus_address, modbus_data_type, byte_order) "
+            "VALUES ($1, 'x', 1, 'coil', 0, 'uint16', 'ABCD')",
+        ),
         ("bad-node", "opcua", "opc.tcp://127.0.0.1:1/x", "node_id) VALUES ($1, 'x', 'i=abc')"),
     ]:
-        cid = db_fetch(dsn, "INSERT INTO scada_connections (name, protocol, endpoint, "
-                            "publishing_interval_ms) VALUES ($1, $2, $3, 100) RETURNING id::text",
-                       name, protocol, endpoint)[0]["id"]
+        cid = db_fetch(
+            dsn,
+            "INSERT INTO scada_connections (name, protocol, endpoint, "
+            "publishing_interval_ms) VALUES ($1, $2, $3, 100) RETURNING id::text",
+            name,
+            protocol,
+            endpoint,
+        )[0]["id"]
         db_fetch(dsn, f"INSERT INTO tag_mappings (connection_id, name, {tag}", cid)
         out[name] = cid
     return out
@@ -58,9 +67,7 @@ def _conn_states(settings: Settings) -> dict[str, dict[str, Any]]:
     return out
 
 
-def test_unrunnable_connection_fails_alone(
-    make_tenant: Any, stack: Settings, sims: Any
-) -> None:
+def test_unrunnable_connection_fails_alone(make_tenant: Any, stack: Settings, sims: Any) -> None:
     a, b = make_tenant(), make_tenant()
     sim_a, sim_b = sims(1, 4, 20), sims(1, 4, 20)
     conns_a = register_wells(a, sim_a, 1)
@@ -69,21 +76,27 @@ def test_unrunnable_connection_fails_alone(
 
     def failed_twice() -> bool:
         st = _conn_states(stack)
-        return all(st.get(c, {}).get("state") == "failed" and st[c]["failures"] >= 2
-                   for c in bad.values())
+        return all(st.get(c, {}).get("state") == "failed" and st[c]["failures"] >= 2 for c in bad.values())
 
     # Retried with backoff (1 s, then 2 s...): a second failure shows the retry happened.
-    wait_for(failed_twice, 60, "unrunnable connections failed and retried",
-             describe=lambda: _conn_states(stack))
-    wait_for(lambda: all_running(stack, set(conns_a) | set(conns_b)), 60,
-             "healthy connections of both tenants running", describe=lambda: _conn_states(stack))
+    wait_for(failed_twice, 60, "unrunnable connections failed and retried", describe=lambda: _conn_states(stack))
+    wait_for(
+        lambda: all_running(stack, set(conns_a) | set(conns_b)),
+        60,
+        "healthy connections of both tenants running",
+        describe=lambda: _conn_states(stack),
+    )
+
     # What the failure says, where a user looks for it: the connection routes ...
     def listed() -> dict[str, Any]:
         rows = a.client.get(f"/v1/tenants/{a.slug}/connections").json()
         return {c["id"]: c for c in rows if c["id"] in bad.values()}
 
-    shown = wait_for(lambda: (x := listed()) and all(c["state"] == "failed" for c in x.values())
-                     and x, 30, "failed state recorded in the tenant database")
+    shown = wait_for(
+        lambda: (x := listed()) and all(c["state"] == "failed" for c in x.values()) and x,
+        30,
+        "failed state recorded in the tenant database",
+    )
     assert "coil" in shown[bad["bad-coil"]]["last_error"]
     assert "i=abc" in shown[bad["bad-node"]]["last_error"]
     one = a.client.get(f"/v1/tenants/{a.slug}/connections/{bad['bad-coil']}").json()
@@ -97,16 +110,18 @@ def test_unrunnable_connection_fails_alone(
     sim_a.resume()
     sim_b.resume()
     for t in (a, b):  # the healthy connections of both tenants stream before the stop
-        wait_for(lambda t=t: db_fetch(stack.dsn(t.db), "SELECT count(*) AS n FROM scada_readings")[
-            0]["n"] > 100, 60, f"tenant {t.slug} streaming")
+        wait_for(
+            lambda t=t: db_fetch(stack.dsn(t.db), "SELECT count(*) AS n FROM scada_readings")[0]["n"] > 100,
+            60,
+            f"tenant {t.slug} streaming",
+        )
     for sim, t, conns in ((sim_a, a, conns_a), (sim_b, b, conns_b)):
         summary = sim.stop()
         tag_ids = {n: i for m in conns.values() for n, i in m.items()}
         dsn = stack.dsn(t.db)
-        def landed(dsn: str = dsn, tag_ids: dict[str, int] = tag_ids,
-                   summary: dict[str, Any] = summary) -> bool:
-            return bool(counting_check(dsn, tag_ids, summary["per_node"])["stored"]
-                        >= summary["published"])
+
+        def landed(dsn: str = dsn, tag_ids: dict[str, int] = tag_ids, summary: dict[str, Any] = summary) -> bool:
+            return bool(counting_check(dsn, tag_ids, summary["per_node"])["stored"] >= summary["published"])
 
         wait_for(landed, 60, "values stored")
         result = counting_check(dsn, tag_ids, summary["per_node"])
@@ -124,34 +139,48 @@ def test_session_restarted_while_database_away_records_its_gap(
     before = wait_for(lambda: all_running(stack, {cid}), 60, "connection running")
     dsn = stack.dsn(tenant.db)
     sim.resume()
-    wait_for(lambda: db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"] > 100,
-             30, "readings stored")
+    wait_for(
+        lambda: db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"] > 100, 30, "readings stored"
+    )
     su = stack.dsn("postgres")
     db_fetch(su, f'ALTER DATABASE "{tenant.db}" WITH ALLOW_CONNECTIONS false')
-    db_fetch(su, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-             tenant.db)
+    db_fetch(su, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", tenant.db)
     try:
         # The actor hosting the session dies; Ray restarts it and the coordinator gives it the
         # connection again. Readings published meanwhile are gone, and where the stored data
         # ends cannot be asked of the database now.
         slot = before[cid]["slot"]
         ray.kill(ray.get_actor(slot, namespace=stack.namespace), no_restart=False)
-        wait_for(lambda: (p := placement(stack)).get(cid, {}).get("started_at", 0)
-                 > before[cid]["started_at"] and p[cid]["state"] == "connected", 60,
-                 "session restarted")
-        wait_for(lambda: _conn_states(stack)[cid]["gap_check_failures"] >= 1, 30,
-                 "gap check waiting for the database")
+        wait_for(
+            lambda: (
+                (p := placement(stack)).get(cid, {}).get("started_at", 0) > before[cid]["started_at"]
+                and p[cid]["state"] == "connected"
+            ),
+            60,
+            "session restarted",
+        )
+        wait_for(
+            lambda: _conn_states(stack)[cid]["gap_check_failures"] >= 1, 30, "gap check waiting for the database"
+        )
     finally:
         db_fetch(su, f'ALTER DATABASE "{tenant.db}" WITH ALLOW_CONNECTIONS true')
     n = db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"]
-    wait_for(lambda: db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"] > n, 60,
-             "readings landing again after the database returned")
+    wait_for(
+        lambda: db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"] > n,
+        60,
+        "readings landing again after the database returned",
+    )
     summary = sim.stop()
     tag_ids = {n: i for n, i in conns[cid].items()}
-    wait_for(lambda: counting_check_with_gaps(dsn, tag_ids, summary["per_node"])["unaccounted"]
-             == 0, 90, "every value stored or inside a recorded gap",
-             describe=lambda: counting_check_with_gaps(dsn, tag_ids, summary["per_node"]))
+    wait_for(
+        lambda: counting_check_with_gaps(dsn, tag_ids, summary["per_node"])["unaccounted"] == 0,
+        90,
+        "every value stored or inside a recorded gap",
+        describe=lambda: counting_check_with_gaps(dsn, tag_ids, summary["per_node"]),
+    )
     result = counting_check_with_gaps(dsn, tag_ids, summary["per_node"])
-    print(f"published {result['published']} stored {result['stored']} in recorded gaps "
-          f"{result['gap_values']} duplicates {result['duplicates']}")
+    print(
+        f"published {result['published']} stored {result['stored']} in recorded gaps "
+        f"{result['gap_values']} duplicates {result['duplicates']}"
+    )
     assert result["gap_values"] > 0 and result["duplicates"] == 0

@@ -31,13 +31,17 @@ def _register(t: TenantHandle, sim: SimProcess, name: str) -> dict[str, int]:
 
 
 def _initial_values_landed(dsn: str, tag_ids: dict[str, int]) -> bool:
-    rows = db_fetch(dsn, "SELECT count(DISTINCT tag_id) AS n FROM scada_readings "
-                         "WHERE tag_id = ANY($1::int[])", list(tag_ids.values()))
+    rows = db_fetch(
+        dsn,
+        "SELECT count(DISTINCT tag_id) AS n FROM scada_readings WHERE tag_id = ANY($1::int[])",
+        list(tag_ids.values()),
+    )
     return rows[0]["n"] == len(tag_ids)
 
 
-def _stream_and_check(dsn: str, sim: SimProcess, tag_ids: dict[str, int], seconds: float,
-                      during: Any = None) -> dict[str, Any]:
+def _stream_and_check(
+    dsn: str, sim: SimProcess, tag_ids: dict[str, int], seconds: float, during: Any = None
+) -> dict[str, Any]:
     import time
 
     sim.resume()
@@ -49,14 +53,15 @@ def _stream_and_check(dsn: str, sim: SimProcess, tag_ids: dict[str, int], second
     time.sleep(seconds / 2)
     summary = sim.stop()
     published = summary["per_node"]
-    wait_for(lambda: counting_check(dsn, tag_ids, published)["stored"]
-             >= summary["published"], 60, "every published value stored")
+    wait_for(
+        lambda: counting_check(dsn, tag_ids, published)["stored"] >= summary["published"],
+        60,
+        "every published value stored",
+    )
     return counting_check(dsn, tag_ids, published)
 
 
-def test_every_published_value_lands_exactly_once(
-    tenant: TenantHandle, stack: Settings, sims: Any
-) -> None:
+def test_every_published_value_lands_exactly_once(tenant: TenantHandle, stack: Settings, sims: Any) -> None:
     sim = sims(wells=2, tags=5, interval_ms=20)
     tag_ids = _register(tenant, sim, "well-pad-a")
     dsn = stack.dsn(tenant.db)
@@ -72,8 +77,10 @@ def test_every_published_value_lands_exactly_once(
     assert ledger == total
     # And the HTTP query returns the same readings, oldest first.
     node, tag = next(iter(tag_ids.items()))
-    r = tenant.client.get(f"/v1/tenants/{tenant.slug}/readings",
-                          params={"tag_id": tag, "limit": 100000, "resolution": "raw"})
+    r = tenant.client.get(
+        f"/v1/tenants/{tenant.slug}/readings",
+        params={"tag_id": tag, "limit": 100000, "resolution": "raw"},
+    )
     body = r.json()
     at = body["fields"].index("value")
     values = [p[at] for p in body["series"][0]["points"] if p[at] >= 1]
@@ -97,16 +104,18 @@ def test_connection_registered_while_streaming_starts_without_restart(
 
     def register_second() -> None:
         tags_second.update(_register(tenant, second, "second"))
-        wait_for(lambda: _initial_values_landed(dsn, tags_second), 60,
-                 "second connection delivering")
+        wait_for(lambda: _initial_values_landed(dsn, tags_second), 60, "second connection delivering")
         second.resume()
 
     # The first connection streams throughout; registering the second must not disturb it.
     result_first = _stream_and_check(dsn, first, tags_first, 4.0, during=register_second)
     assert result_first["bad"] == [] and result_first["stored"] == result_first["published"]
     summary = second.stop()
-    wait_for(lambda: counting_check(dsn, tags_second, summary["per_node"])["stored"]
-             >= summary["published"], 60, "second connection's values stored")
+    wait_for(
+        lambda: counting_check(dsn, tags_second, summary["per_node"])["stored"] >= summary["published"],
+        60,
+        "second connection's values stored",
+    )
     result_second = counting_check(dsn, tags_second, summary["per_node"])
     assert result_second["published"] > 0
     assert result_second["bad"] == []

@@ -38,8 +38,13 @@ def placement(settings: Settings) -> dict[str, dict[str, Any]]:
         for slot in info["actors"]:
             a = st["actors"].get(slot, {})
             for cid, c in a.get("connections", {}).items():
-                out[cid] = {"slot": slot, "node": node, "state": c["state"],
-                            "started_at": c["started_at"], "values": c.get("values_received", 0)}
+                out[cid] = {
+                    "slot": slot,
+                    "node": node,
+                    "state": c["state"],
+                    "started_at": c["started_at"],
+                    "values": c.get("values_received", 0),
+                }
     return out
 
 
@@ -59,8 +64,7 @@ def register_wells(t: TenantHandle, sim: SimProcess, wells: int) -> dict[str, di
 def row_count(dsn: str, tag_id: int | None = None) -> int:
     if tag_id is None:
         return int(db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"])
-    return int(db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings WHERE tag_id = $1",
-                        tag_id)[0]["n"])
+    return int(db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings WHERE tag_id = $1", tag_id)[0]["n"])
 
 
 def settled(count: Any, what: str, quiet_s: float = 1.0) -> int:
@@ -102,19 +106,29 @@ def test_node_loss_moves_only_the_lost_nodes_connections_and_nothing_is_lost_sil
         before = wait_for(lambda: all_running(stack, set(conns)), 60, "connections running")
         sim.resume()
         # The node dies mid-stream: once every tag has readings stored.
-        wait_for(lambda: len(db_fetch(dsn, "SELECT DISTINCT tag_id FROM scada_readings"))
-                 == sum(len(m) for m in conns.values()), 60, "every tag streaming")
+        wait_for(
+            lambda: (
+                len(db_fetch(dsn, "SELECT DISTINCT tag_id FROM scada_readings"))
+                == sum(len(m) for m in conns.values())
+            ),
+            60,
+            "every tag streaming",
+        )
         # The worker hosting the most connections dies without warning.
         by_node: dict[str, int] = {}
         for c in conns:
             by_node[before[c]["node"]] = by_node.get(before[c]["node"], 0) + 1
-        victim = max((w for w in workers if w.node_id in by_node),
-                     key=lambda w: by_node[w.node_id], default=None)
+        victim = max((w for w in workers if w.node_id in by_node), key=lambda w: by_node[w.node_id], default=None)
         assert victim is not None, "no worker node got connections"
         moved = {c for c in conns if before[c]["node"] == victim.node_id}
         ray_cluster.remove_node(victim, allow_graceful=False)
-        after = wait_for(lambda: (p := all_running(stack, set(conns))) and all(
-            p[c]["node"] != victim.node_id for c in conns) and p, 60, "failover")
+        after = wait_for(
+            lambda: (
+                (p := all_running(stack, set(conns))) and all(p[c]["node"] != victim.node_id for c in conns) and p
+            ),
+            60,
+            "failover",
+        )
         # Connections that were not on the lost node were not restarted.
         for c in set(conns) - moved:
             assert after[c]["started_at"] == before[c]["started_at"]
@@ -122,19 +136,26 @@ def test_node_loss_moves_only_the_lost_nodes_connections_and_nothing_is_lost_sil
         moved_tags = [t for c in moved for t in conns[c].values()]
 
         def moved_rows() -> int:
-            return int(db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings "
-                                "WHERE tag_id = ANY($1::int[])", moved_tags)[0]["n"])
+            return int(
+                db_fetch(
+                    dsn, "SELECT count(*) AS n FROM scada_readings WHERE tag_id = ANY($1::int[])", moved_tags
+                )[0]["n"]
+            )
 
         n_moved = moved_rows()
-        wait_for(lambda: moved_rows() > n_moved, 60,
-                 "readings of the moved connections after the failover")
+        wait_for(lambda: moved_rows() > n_moved, 60, "readings of the moved connections after the failover")
         summary = sim.stop()
         tag_ids = {n: t for m in conns.values() for n, t in m.items()}
-        wait_for(lambda: counting_check_with_gaps(dsn, tag_ids, summary["per_node"])["unaccounted"]
-                 == 0, 60, "every value stored or inside a recorded gap")
+        wait_for(
+            lambda: counting_check_with_gaps(dsn, tag_ids, summary["per_node"])["unaccounted"] == 0,
+            60,
+            "every value stored or inside a recorded gap",
+        )
         result = counting_check_with_gaps(dsn, tag_ids, summary["per_node"])
-        print(f"published {result['published']} stored {result['stored']} "
-              f"in recorded gaps {result['gap_values']} duplicates {result['duplicates']}")
+        print(
+            f"published {result['published']} stored {result['stored']} "
+            f"in recorded gaps {result['gap_values']} duplicates {result['duplicates']}"
+        )
         assert result["unaccounted"] == 0 and result["duplicates"] == 0
     finally:
         for w in workers:
@@ -152,21 +173,24 @@ def test_node_join_moves_only_what_rendezvous_requires_and_coordinator_restart_m
     ray_cluster.wait_for_nodes()
     try:
         slots_after = wait_for(
-            lambda: (x := sorted(cluster_status(stack)["actors"])) != slots_before and x, 60,
-            "a connection actor on the new node")
+            lambda: (x := sorted(cluster_status(stack)["actors"])) != slots_before and x,
+            60,
+            "a connection actor on the new node",
+        )
         new_slots = [s for s in slots_after if s not in slots_before]
         # What rendezvous hashing requires: exactly the connections whose best slot is new.
-        required = {c for c in conns
-                    if assign_connections({c: 1.0}, slots_after)[c] in new_slots}
+        required = {c for c in conns if assign_connections({c: 1.0}, slots_after)[c] in new_slots}
 
         def moved_set(p: dict[str, dict[str, Any]]) -> set[str]:
             return {c for c in conns if p[c]["slot"] != before[c]["slot"]}
 
-        after = wait_for(lambda: (p := all_running(stack, set(conns))) and
-                         moved_set(p) == required and p, 60, "the required moves done")
+        after = wait_for(
+            lambda: (p := all_running(stack, set(conns))) and moved_set(p) == required and p,
+            60,
+            "the required moves done",
+        )
         moved = moved_set(after)
-        print(f"node joined: {len(moved)} of {len(conns)} connections moved "
-              f"(rendezvous requires {len(required)})")
+        print(f"node joined: {len(moved)} of {len(conns)} connections moved (rendezvous requires {len(required)})")
         assert all(after[c]["slot"] in new_slots for c in moved)
         for c in set(conns) - moved:
             assert after[c]["started_at"] == before[c]["started_at"]
@@ -192,12 +216,11 @@ def cluster_status_slots(stack: Settings) -> list[dict[str, Any]]:
     return [{"slot": s} for s in cluster_status(stack)["actors"]]
 
 
-def test_suspend_resume_and_live_edits(
-    admin: Any, stack: Settings, tenant: TenantHandle, sim: SimProcess
-) -> None:
+def test_suspend_resume_and_live_edits(admin: Any, stack: Settings, tenant: TenantHandle, sim: SimProcess) -> None:
     conns = register_wells(tenant, sim, 3)
-    wait_for(lambda: all_running(stack, set(conns)), 60, "connections running",
-             describe=lambda: cluster_status(stack))
+    wait_for(
+        lambda: all_running(stack, set(conns)), 60, "connections running", describe=lambda: cluster_status(stack)
+    )
     sim.resume()
     dsn = stack.dsn(tenant.db)
 
@@ -216,31 +239,37 @@ def test_suspend_resume_and_live_edits(
     wait_for(lambda: rows() > n, 30, "readings flowing again")
     # Edit one connection: only its session restarts.
     ids = list(conns)
-    r = tenant.client.patch(f"/v1/tenants/{tenant.slug}/connections/{ids[0]}",
-                            json={"publishing_interval_ms": 200})
+    r = tenant.client.patch(
+        f"/v1/tenants/{tenant.slug}/connections/{ids[0]}", json={"publishing_interval_ms": 200}
+    )
     assert r.status_code == 200, r.text
-    after = wait_for(lambda: (p := all_running(stack, set(conns))) and
-                     p[ids[0]]["started_at"] != before[ids[0]]["started_at"] and p, 30, "edit")
+    after = wait_for(
+        lambda: (
+            (p := all_running(stack, set(conns))) and p[ids[0]]["started_at"] != before[ids[0]]["started_at"] and p
+        ),
+        30,
+        "edit",
+    )
     for c in ids[1:]:
         assert after[c]["started_at"] == before[c]["started_at"]
     # Delete a tag of the second connection: it stops being read.
     tag = next(iter(conns[ids[1]].values()))
     assert tenant.client.delete(f"/v1/tenants/{tenant.slug}/tags/{tag}").status_code == 204
-    wait_for(lambda: (p := all_running(stack, set(conns))) and
-             p[ids[1]]["started_at"] != after[ids[1]]["started_at"], 30, "tag removal applied")
+    wait_for(
+        lambda: (p := all_running(stack, set(conns))) and p[ids[1]]["started_at"] != after[ids[1]]["started_at"],
+        30,
+        "tag removal applied",
+    )
     last = settled(lambda: row_count(dsn, tag), "readings of the removed tag in flight landed")
     time.sleep(2)  # a window: no reading of the removed tag may arrive in it
     assert row_count(dsn, tag) == last
     # Delete the third connection: it stops, the others keep going.
-    assert tenant.client.delete(
-        f"/v1/tenants/{tenant.slug}/connections/{ids[2]}").status_code == 204
+    assert tenant.client.delete(f"/v1/tenants/{tenant.slug}/connections/{ids[2]}").status_code == 204
     wait_for(lambda: ids[2] not in placement(stack), 20, "connection removed")
     assert all_running(stack, set(ids[:2]))
 
 
-def test_one_tenant_database_down_does_not_stop_the_other(
-    make_tenant: Any, stack: Settings
-) -> None:
+def test_one_tenant_database_down_does_not_stop_the_other(make_tenant: Any, stack: Settings) -> None:
     a, b = make_tenant(), make_tenant()
     sim_a, sim_b = SimProcess(2, 5, 20), SimProcess(2, 5, 20)
     try:
@@ -254,25 +283,36 @@ def test_one_tenant_database_down_does_not_stop_the_other(
         # Tenant a's database refuses connections (as if its server were down).
         su = stack.dsn("postgres")
         db_fetch(su, f'ALTER DATABASE "{a.db}" WITH ALLOW_CONNECTIONS false')
-        db_fetch(su, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                 a.db)
-        wait_for(lambda: any(t["slug"] == a.slug and t["state"] == "DEGRADED"
-                             for t in cluster_status(stack)["tenants"]), 30, "a degraded")
+        db_fetch(su, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", a.db)
+        wait_for(
+            lambda: any(
+                t["slug"] == a.slug and t["state"] == "DEGRADED" for t in cluster_status(stack)["tenants"]
+            ),
+            30,
+            "a degraded",
+        )
         # Tenant b keeps landing readings while a is down (how fast: scale_tests).
         n_b = row_count(dsn_b)
         wait_for(lambda: row_count(dsn_b) > n_b + 100, 30, "tenant b still streaming")
-        assert any(t["slug"] == a.slug and t["state"] == "DEGRADED"
-                   for t in cluster_status(stack)["tenants"])
+        assert any(t["slug"] == a.slug and t["state"] == "DEGRADED" for t in cluster_status(stack)["tenants"])
         db_fetch(su, f'ALTER DATABASE "{a.db}" WITH ALLOW_CONNECTIONS true')
-        wait_for(lambda: any(t["slug"] == a.slug and t["state"] == "HEALTHY"
-                             for t in cluster_status(stack)["tenants"]), 60, "a recovered")
+        wait_for(
+            lambda: any(t["slug"] == a.slug and t["state"] == "HEALTHY" for t in cluster_status(stack)["tenants"]),
+            60,
+            "a recovered",
+        )
         s_a = sim_a.stop()
         sim_b.stop()
         tags_a = {n: t for m in conns_a.values() for n, t in m.items()}
-        wait_for(lambda: counting_check_with_gaps(stack.dsn(a.db), tags_a, s_a["per_node"])[
-            "unaccounted"] == 0, 120, "tenant a caught up from its spool",
-            describe=lambda: (counting_check_with_gaps(stack.dsn(a.db), tags_a, s_a["per_node"]),
-                              [t for t in cluster_status(stack)["tenants"] if t["slug"] == a.slug]))
+        wait_for(
+            lambda: counting_check_with_gaps(stack.dsn(a.db), tags_a, s_a["per_node"])["unaccounted"] == 0,
+            120,
+            "tenant a caught up from its spool",
+            describe=lambda: (
+                counting_check_with_gaps(stack.dsn(a.db), tags_a, s_a["per_node"]),
+                [t for t in cluster_status(stack)["tenants"] if t["slug"] == a.slug],
+            ),
+        )
     finally:
         sim_a.kill()
         sim_b.kill()

@@ -30,12 +30,15 @@ PG_PORT = 55901
 REDIS_PORT = 55902
 HOST = "127.0.0.1"
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(
-    not Path("/usr/lib/postgresql/15/bin/initdb").exists()
-    or not Path("/usr/share/postgresql/15/extension/timescaledb.control").exists()
-    or shutil.which("redis-server") is None,
-    reason="PostgreSQL 15 + TimescaleDB + redis-server not installed (run scripts/bootstrap.sh)",
-)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not Path("/usr/lib/postgresql/15/bin/initdb").exists()
+        or not Path("/usr/share/postgresql/15/extension/timescaledb.control").exists()
+        or shutil.which("redis-server") is None,
+        reason="PostgreSQL 15 + TimescaleDB + redis-server not installed (run scripts/bootstrap.sh)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +54,7 @@ def local_dir() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def pg(local_dir: Path) -> Iterator[PostgresParams]:
     password = read_or_create_secret(local_dir / "secrets" / "pg_password")
-    params = PostgresParams(
-        data_dir=local_dir / "pg" / "data", port=PG_PORT, superuser="scada", password=password
-    )
+    params = PostgresParams(data_dir=local_dir / "pg" / "data", port=PG_PORT, superuser="scada", password=password)
     try:
         yield params
     finally:
@@ -121,9 +122,7 @@ def test_postgres_start_and_timescaledb(pg: PostgresParams) -> None:
         conn = await _connect(pg, "tsdb_check")
         try:
             await conn.execute("CREATE EXTENSION timescaledb")
-            version = await conn.fetchval(
-                "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
-            )
+            version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
             await conn.execute("CREATE TABLE m (ts timestamptz NOT NULL, v double precision)")
             await conn.execute("SELECT create_hypertable('m', 'ts')")
             await conn.execute("INSERT INTO m VALUES (now(), 42.0)")
@@ -152,9 +151,7 @@ def test_postgres_wrong_password_refused(pg: PostgresParams) -> None:
     ensure_postgres(pg)
 
     async def attempt() -> None:
-        conn = await asyncpg.connect(
-            host=pg.host, port=pg.port, user=pg.superuser, password="not-the-password"
-        )
+        conn = await asyncpg.connect(host=pg.host, port=pg.port, user=pg.superuser, password="not-the-password")
         await conn.close()
 
     with pytest.raises(asyncpg.InvalidPasswordError):

@@ -26,25 +26,25 @@ async def test_tenant_migrations_fresh_then_repeat(stack: Settings) -> None:
         assert first == [m.name for m in migrations.load("tenant")]
         assert await migrations.apply(conn, "tenant") == []
         # The narrow readings table is a hypertable with the (tag_id, time DESC) index.
-        assert await conn.fetchval(
-            "SELECT count(*) FROM timescaledb_information.hypertables "
-            "WHERE hypertable_name = 'scada_readings'"
-        ) == 1
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'scada_readings'"
+            )
+            == 1
+        )
         cols = await conn.fetch(
             "SELECT column_name, data_type FROM information_schema.columns "
             "WHERE table_name = 'scada_readings' ORDER BY ordinal_position"
         )
         assert [(c["column_name"], c["data_type"]) for c in cols] == [
-            ("time", "timestamp with time zone"), ("tag_id", "integer"),
-            ("value", "double precision"), ("quality", "integer"),
+            ("time", "timestamp with time zone"),
+            ("tag_id", "integer"),
+            ("value", "double precision"),
+            ("quality", "integer"),
         ]
-        idx = await conn.fetchval(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = 'scada_readings_tag_time'"
-        )
-        assert "(tag_id, \"time\" DESC)" in idx
-        assert await conn.fetchval(
-            "SELECT value FROM tenant_meta WHERE key = 'timescaledb_edition'"
-        ) == "apache"
+        idx = await conn.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = 'scada_readings_tag_time'")
+        assert '(tag_id, "time" DESC)' in idx
+        assert await conn.fetchval("SELECT value FROM tenant_meta WHERE key = 'timescaledb_edition'") == "apache"
     finally:
         await conn.close()
 
@@ -71,9 +71,7 @@ async def test_changed_checksum_is_an_error(stack: Settings, tmp_path: Path) -> 
 async def test_master_is_migrated_and_edition_recorded(stack: Settings) -> None:
     conn = await asyncpg.connect(stack.master_dsn)
     try:
-        assert await conn.fetchval(
-            "SELECT value FROM cluster_info WHERE key = 'timescaledb_edition'"
-        ) == "apache"
+        assert await conn.fetchval("SELECT value FROM cluster_info WHERE key = 'timescaledb_edition'") == "apache"
         versions = await conn.fetch("SELECT version FROM schema_migrations")
         assert len(versions) == len(migrations.load("master"))
     finally:

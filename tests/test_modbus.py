@@ -232,9 +232,7 @@ async def test_exception_codes_give_bad_rows_and_are_counted(sim: ModbusSimulato
         await wait_until(lambda: got.bad_calls(NO_COMM) >= 1, "a gateway exception")
         sim.set_exception(None)
         mark = len(got.calls)
-        await wait_until(
-            lambda: any(all(q == GOOD for q in c[3]) for c in got.calls[mark:]), "good values again"
-        )
+        await wait_until(lambda: any(all(q == GOOD for q in c[3]) for c in got.calls[mark:]), "good values again")
     stats = session.stats
     assert stats["exceptions"] >= 4
     assert stats["missed_polls"] >= 4 and stats["timeouts"] == 0
@@ -262,10 +260,7 @@ async def test_server_restart_reconnects_by_itself(sim: ModbusSimulator) -> None
         # While the device is gone every scheduled poll still leaves explicit Bad rows.
         mark = len(got.calls)
         await wait_until(
-            lambda: (
-                got.calls[mark:]
-                and sum(1 for c in got.calls[mark:] if all(q == NO_COMM for q in c[3])) >= 5
-            ),
+            lambda: got.calls[mark:] and sum(1 for c in got.calls[mark:] if all(q == NO_COMM for q in c[3])) >= 5,
             "Bad rows while the device is down",
         )
         await sim.start()  # same port
@@ -352,9 +347,7 @@ async def test_cli_starts_several_simulator_processes() -> None:
             got = Collector()
             points = probe.counter_points(50, unit=2)
             async with Running(ModbusSession(endpoint, points, got, poll_interval_ms=50)):
-                await wait_until(
-                    lambda got=got: got.good_calls() >= 1, f"a good poll of {endpoint}"
-                )
+                await wait_until(lambda got=got: got.good_calls() >= 1, f"a good poll of {endpoint}")
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)

@@ -71,9 +71,7 @@ def as_stored(value: int | float, data_type: str) -> float:
 
 
 def same(a: float, b: float) -> bool:
-    return (math.isnan(a) and math.isnan(b)) or (
-        a == b and math.copysign(1, a) == math.copysign(1, b)
-    )
+    return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
 
 
 # --- every data type x every byte order -------------------------------------------------------
@@ -296,9 +294,7 @@ def test_random_plans_cover_every_point_within_limits() -> None:
         for tid in range(1, rng.randint(1, 400)):
             reg = rng.choice(["holding", "input", "coil", "discrete"])
             if reg in ("coil", "discrete"):
-                points.append(
-                    ModbusPoint(tid, rng.randint(1, 3), reg, rng.randint(0, 5000), "bool")
-                )
+                points.append(ModbusPoint(tid, rng.randint(1, 3), reg, rng.randint(0, 5000), "bool"))
             else:
                 dt = rng.choice(list(FORMATS))
                 points.append(

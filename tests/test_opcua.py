@@ -375,8 +375,7 @@ def test_slow_tag_class_publishes_less_and_counts_stay_exact() -> None:
     from ingest.simulators.opcua_sim import OpcUaSimulator
 
     async def run() -> dict[str, int]:
-        sim = OpcUaSimulator(port=0, wells=1, tags_per_well=4, interval_ms=20, slow_every=5,
-                             slow_fraction=0.5)
+        sim = OpcUaSimulator(port=0, wells=1, tags_per_well=4, interval_ms=20, slow_every=5, slow_fraction=0.5)
         await sim.start()
         await asyncio.sleep(1.0)  # the publishing window
         await sim.stop()
@@ -393,9 +392,23 @@ def test_one_command_starts_several_simulator_processes() -> None:
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "ingest.simulators.opcua_sim", "--port", "0",
-                             "--count", "3", "--wells", "1", "--tags", "2"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ingest.simulators.opcua_sim",
+            "--port",
+            "0",
+            "--count",
+            "3",
+            "--wells",
+            "1",
+            "--tags",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     ready = []
     while len(ready) < 3:

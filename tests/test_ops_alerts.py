@@ -13,8 +13,11 @@ from ingest.core.metrics_catalog import CATALOG, Kind, exported_names, spec_for_
 from tests.ops_helpers import ALERT_TESTS, ALERTS, DEPLOY, alert_rules, metric_names
 
 # Ray Serve's own proxy metrics (ray/serve/_private/request_ingress_metrics.py in Ray 2.60).
-SERVE_METRICS = {"ray_serve_num_http_requests_total", "ray_serve_num_http_error_requests_total",
-                 "ray_serve_http_request_latency_ms_bucket"}
+SERVE_METRICS = {
+    "ray_serve_num_http_requests_total",
+    "ray_serve_num_http_error_requests_total",
+    "ray_serve_http_request_latency_ms_bucket",
+}
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -30,8 +33,7 @@ def test_rules_file_is_valid() -> None:
 
 
 def test_every_alert_has_a_firing_and_a_quiet_case_and_they_pass() -> None:
-    cases = [c for t in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
-             for c in t.get("alert_rule_test", [])]
+    cases = [c for t in yaml.safe_load(ALERT_TESTS.read_text())["tests"] for c in t.get("alert_rule_test", [])]
     for rule in alert_rules():
         mine = [c for c in cases if c["alertname"] == rule["alert"]]
         assert any(c.get("exp_alerts") for c in mine), f"{rule['alert']}: no firing case"
@@ -43,9 +45,17 @@ def test_every_alert_has_a_firing_and_a_quiet_case_and_they_pass() -> None:
 
 def test_the_alerts_cover_the_failures_an_operator_pages_on() -> None:
     names = {r["alert"] for r in alert_rules()}
-    assert names >= {"ScadaSpoolFilling", "ScadaGapsRecorded", "ScadaWriterFailing",
-                     "ScadaNoIngest", "ScadaDeviceDown", "ScadaApiErrors", "ScadaRollupLag",
-                     "ScadaLiveConflation", "ScadaPushThrottled"}
+    assert names >= {
+        "ScadaSpoolFilling",
+        "ScadaGapsRecorded",
+        "ScadaWriterFailing",
+        "ScadaNoIngest",
+        "ScadaDeviceDown",
+        "ScadaApiErrors",
+        "ScadaRollupLag",
+        "ScadaLiveConflation",
+        "ScadaPushThrottled",
+    }
 
 
 def test_every_metric_the_rules_read_is_declared_under_its_exported_name() -> None:
@@ -53,7 +63,8 @@ def test_every_metric_the_rules_read_is_declared_under_its_exported_name() -> No
         for name in metric_names(rule["expr"]):
             assert spec_for_series(name) is not None or name in SERVE_METRICS, (
                 f"{rule['alert']} reads {name}: neither in ingest/metrics_catalog.py "
-                f"(exported as ray_<name>, counters with _total) nor a Ray Serve metric")
+                f"(exported as ray_<name>, counters with _total) nor a Ray Serve metric"
+            )
 
 
 def test_catalog_and_metrics_class_declare_the_same_metrics() -> None:

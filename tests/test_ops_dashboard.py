@@ -45,8 +45,16 @@ def test_tenant_variable_filters_every_per_tenant_query() -> None:
 
 def test_panels_an_operator_needs() -> None:
     titles = {p["title"] for p in _board()["panels"]}
-    assert titles >= {"Ingest rate", "Rejects and flags by reason", "Spool depth", "DB write p99",
-                      "End-to-end latency", "Device sessions by state", "Gaps recorded",
-                      "Push ingest 429 / 413", "Live subscribers"}
+    assert titles >= {
+        "Ingest rate",
+        "Rejects and flags by reason",
+        "Spool depth",
+        "DB write p99",
+        "End-to-end latency",
+        "Device sessions by state",
+        "Gaps recorded",
+        "Push ingest 429 / 413",
+        "Live subscribers",
+    }
     exprs = " ".join(dashboard_exprs())
     assert "histogram_quantile(0.99" in exprs and 'status_code=~"413|429"' in exprs

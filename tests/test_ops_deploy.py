@@ -22,7 +22,8 @@ def _load(name: str) -> Any:
 def test_committed_files_are_what_the_app_generates() -> None:
     for name, text in render().items():
         assert (DEPLOY / name).read_text() == text, (
-            f"deploy/{name} is stale: run `python -m serve_app.deploy_config`")
+            f"deploy/{name} is stale: run `python -m serve_app.deploy_config`"
+        )
 
 
 def test_serve_config_is_valid_for_serve_deploy_and_builds_the_app() -> None:
@@ -33,8 +34,9 @@ def test_serve_config_is_valid_for_serve_deploy_and_builds_the_app() -> None:
     # What Serve does with the import path: call the builder with the config's args.
     module, attr = IMPORT_PATH.split(":")
     builder = getattr(__import__(module, fromlist=[attr]), attr)
-    built = build_app(call_user_app_builder_with_args_if_necessary(
-        builder, {"ensure_coordinator": "false"}), name=app.name)
+    built = build_app(
+        call_user_app_builder_with_args_if_necessary(builder, {"ensure_coordinator": "false"}), name=app.name
+    )
     assert {d.name for d in built.deployments} == {d.name for d in app.deployments}
 
 
@@ -70,8 +72,7 @@ def _locked() -> dict[str, str]:
     text = (REPO_ROOT / "requirements.lock").read_text()
     pins = dict(re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", text, re.M))
     # Every pin carries at least one hash (pip's --require-hashes refuses the file otherwise).
-    assert text.count("==") == len(pins) and len(re.findall(r"==\S+ \\\n +--hash=sha256:",
-                                                             text)) == len(pins)
+    assert text.count("==") == len(pins) and len(re.findall(r"==\S+ \\\n +--hash=sha256:", text)) == len(pins)
     return {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in pins.items()}
 
 

@@ -43,16 +43,28 @@ def test_the_formatter_keeps_one_valid_object_per_line_whatever_the_message() ->
         log.removeHandler(handler)
     first, second = _json_lines(out.getvalue())
     assert first["message"] == 'device "pump-1" said:\n  {bad} \\ ünïcode'
-    assert (first["level"], first["logger"], first["tenant"]) == ("WARNING", "scada.test.json",
-                                                                 "acme")
+    assert (first["level"], first["logger"], first["tenant"]) == ("WARNING", "scada.test.json", "acme")
     assert second["level"] == "ERROR" and "ValueError: boom" in second["exc"]
 
 
 def test_the_simulator_logs_json_lines() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ingest.simulators.opcua_sim", "--port", "0", "--wells", "1",
-         "--tags", "1", "--start-paused"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "ingest.simulators.opcua_sim",
+            "--port",
+            "0",
+            "--wells",
+            "1",
+            "--tags",
+            "1",
+            "--start-paused",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     try:
         for line in proc.stdout:
@@ -85,16 +97,24 @@ def test_a_run_leaves_no_key_or_password_in_any_log(
     import ray
 
     device_password = f"dev-pw-{uuid.uuid4().hex}"
-    body = {"name": "secured", "protocol": "opcua", "endpoint": "opc.tcp://127.0.0.1:1/never",
-            "security_mode": "SignAndEncrypt", "security_policy": "Basic256Sha256",
-            "username": "operator", "password": device_password, "publishing_interval_ms": 100,
-            "tags": [{"name": "t1", "node_id": "ns=2;s=W1.T1"}]}
+    body = {
+        "name": "secured",
+        "protocol": "opcua",
+        "endpoint": "opc.tcp://127.0.0.1:1/never",
+        "security_mode": "SignAndEncrypt",
+        "security_policy": "Basic256Sha256",
+        "username": "operator",
+        "password": device_password,
+        "publishing_interval_ms": 100,
+        "tags": [{"name": "t1", "node_id": "ns=2;s=W1.T1"}],
+    }
     r = tenant.client.post(f"/v1/tenants/{tenant.slug}/connections", json=body)
     assert r.status_code == 201, r.text
     cid = r.json()["id"]
     # A wrong key too: refused requests are where keys most often end up in logs.
-    bad = httpx.get(f"{api}/v1/tenants/{tenant.slug}/tags", timeout=30,
-                    headers={"Authorization": f"Bearer {tenant.key}x"})
+    bad = httpx.get(
+        f"{api}/v1/tenants/{tenant.slug}/tags", timeout=30, headers={"Authorization": f"Bearer {tenant.key}x"}
+    )
     assert bad.status_code == 401
 
     def session_failed() -> bool:
@@ -113,13 +133,17 @@ def test_a_run_leaves_no_key_or_password_in_any_log(
     wait_for(session_failed, 120, "the device session to fail and be reported", every_s=1.0)
 
     secrets = {
-        "admin key": stack.admin_key, "tenant API key": tenant.key,
-        "device password": device_password, "PostgreSQL password": stack.pg_password,
-        "Redis password": stack.redis_password, "master key": stack.master_key,
+        "admin key": stack.admin_key,
+        "tenant API key": tenant.key,
+        "device password": device_password,
+        "PostgreSQL password": stack.pg_password,
+        "Redis password": stack.redis_password,
+        "master key": stack.master_key,
         "tenant DB password": _tenant_db_password(stack, tenant.id),
     }
-    assert all(len(v) >= 16 for k, v in secrets.items() if k != "device password"), \
+    assert all(len(v) >= 16 for k, v in secrets.items() if k != "device password"), (
         "a short secret would match by chance"
+    )
     session = Path(ray._private.worker._global_node.get_session_dir_path())
     files = [p for p in (session / "logs").rglob("*") if p.is_file()]
     files += [p for p in Path(stack.local_dir).rglob("*.log") if p.is_file()]

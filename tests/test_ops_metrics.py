@@ -53,8 +53,7 @@ def _series(text: str) -> list[tuple[str, str]]:
 def _metrics_targets() -> list[str]:
     import ray
 
-    return [f"{n['NodeManagerAddress']}:{n['MetricsExportPort']}" for n in ray.nodes()
-            if n["Alive"]]
+    return [f"{n['NodeManagerAddress']}:{n['MetricsExportPort']}" for n in ray.nodes() if n["Alive"]]
 
 
 def _scrape() -> list[tuple[str, str]]:
@@ -91,19 +90,42 @@ def ingesting(api: str, admin: httpx.Client, stack: Settings) -> Iterator[dict[s
         r = tenant.client.post(f"/v1/tenants/{tenant.slug}/connections", json=body)
         assert r.status_code == 201, r.text
         opcua_ids = [t["tag_id"] for t in r.json()["tags"]][1:]  # the first rejects its values
-        dead = {"name": "dead-plc", "protocol": "modbus",
-                "endpoint": f"tcp://127.0.0.1:{_free_port()}", "publishing_interval_ms": 200,
-                "tags": [{"name": "p1", "modbus_unit": 1, "modbus_register": "holding",
-                          "modbus_address": 0, "modbus_data_type": "uint16"}]}
+        dead = {
+            "name": "dead-plc",
+            "protocol": "modbus",
+            "endpoint": f"tcp://127.0.0.1:{_free_port()}",
+            "publishing_interval_ms": 200,
+            "tags": [
+                {
+                    "name": "p1",
+                    "modbus_unit": 1,
+                    "modbus_register": "holding",
+                    "modbus_address": 0,
+                    "modbus_data_type": "uint16",
+                }
+            ],
+        }
         r = tenant.client.post(f"/v1/tenants/{tenant.slug}/connections", json=dead)
         assert r.status_code == 201, r.text
         # The simulator counts 1, 2, 3... from its resume: resume once subscribed, so 7 is seen.
-        wait_for(lambda: db_fetch(dsn, "SELECT count(DISTINCT tag_id) AS n FROM scada_readings "
-                                       "WHERE tag_id = ANY($1::int[])", opcua_ids)[0]["n"]
-                 == len(opcua_ids), 120, "subscription delivering")
+        wait_for(
+            lambda: (
+                db_fetch(
+                    dsn,
+                    "SELECT count(DISTINCT tag_id) AS n FROM scada_readings WHERE tag_id = ANY($1::int[])",
+                    opcua_ids,
+                )[0]["n"]
+                == len(opcua_ids)
+            ),
+            120,
+            "subscription delivering",
+        )
         sim.resume()
-        wait_for(lambda: db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings "
-                                       "WHERE value > 20")[0]["n"] > 0, 120, "readings landed")
+        wait_for(
+            lambda: db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings WHERE value > 20")[0]["n"] > 0,
+            120,
+            "readings landed",
+        )
         # A 404 and a 401 through the API, so Ray Serve's request metrics carry error codes too.
         assert tenant.client.get(f"/v1/tenants/{tenant.slug}/connections/{uuid.uuid4()}").status_code == 404
         assert httpx.get(f"{api}/v1/tenants", timeout=30).status_code == 401
@@ -131,34 +153,46 @@ def _wanted(slug: str) -> dict[str, str]:
 
 def _missing(slug: str) -> dict[str, str]:
     seen = _scrape()
-    return {n: lab for n, lab in _wanted(slug).items()
-            if not any(s == n and lab in labels for s, labels in seen)}
+    return {n: lab for n, lab in _wanted(slug).items() if not any(s == n and lab in labels for s, labels in seen)}
 
 
 def test_every_metric_the_alerts_and_dashboard_read_is_exported(ingesting: dict[str, Any]) -> None:
     slug = ingesting["tenant"]
     used = used_metric_names()
     # Ray exports a metric once it is recorded and at most every few seconds: poll, bounded.
-    wait_for(lambda: not _missing(slug), 120, "every used metric exported for the tenant",
-             every_s=2.0, describe=lambda: sorted(_missing(slug)))
+    wait_for(
+        lambda: not _missing(slug),
+        120,
+        "every used metric exported for the tenant",
+        every_s=2.0,
+        describe=lambda: sorted(_missing(slug)),
+    )
     exported = {s for s, _ in _scrape()}
     planned = {n for n in used if (s := spec_for_series(n)) and s.emitted is Emitted.PLANNED}
-    on_event = {s.name for n in used if (s := spec_for_series(n))
-                and s.emitted is Emitted.ON_EVENT and s.name not in TRIGGERED}
+    on_event = {
+        s.name
+        for n in used
+        if (s := spec_for_series(n)) and s.emitted is Emitted.ON_EVENT and s.name not in TRIGGERED
+    }
     # Planned metrics are declared for features that do not write them yet: once one is
     # exported, its catalog entry must say so (and this run must then see it with the tenant).
     assert not planned & exported, f"written now, mark them in the catalog: {planned & exported}"
     assert on_event == NOT_TRIGGERED
     assert {"ray_scada_readings_ingested_total", "ray_serve_num_http_requests_total"} <= exported
     # The ingested counter is the one a no-ingest alert reads: it must count this tenant's rows.
-    lines = [lab for s, lab in _scrape() if s == "ray_scada_readings_ingested_total"
-             and f'tenant="{slug}"' in lab]
+    lines = [lab for s, lab in _scrape() if s == "ray_scada_readings_ingested_total" and f'tenant="{slug}"' in lab]
     assert lines
     # Serve labels requests with the matched route pattern (what the push-429 alert filters on).
     pattern = 'route="/v1/tenants/{tenant}/connections/{connection_id}"'
-    wait_for(lambda: any(s == "ray_serve_num_http_requests_total" and 'status_code="404"' in lab
-                         and pattern in lab for s, lab in _scrape()),
-             60, "Serve's request counter with the route pattern and the 404", every_s=2.0)
+    wait_for(
+        lambda: any(
+            s == "ray_serve_num_http_requests_total" and 'status_code="404"' in lab and pattern in lab
+            for s, lab in _scrape()
+        ),
+        60,
+        "Serve's request counter with the route pattern and the 404",
+        every_s=2.0,
+    )
 
 
 def test_sessions_by_state_show_the_dead_device(ingesting: dict[str, Any]) -> None:
@@ -169,16 +203,20 @@ def test_sessions_by_state_show_the_dead_device(ingesting: dict[str, Any]) -> No
         for target in _metrics_targets():
             for line in httpx.get(f"http://{target}/metrics", timeout=10).text.splitlines():
                 if line.startswith("ray_scada_connections{") and f'tenant="{slug}"' in line:
-                    labels = line[line.index("{") + 1:line.rindex("}")]
+                    labels = line[line.index("{") + 1 : line.rindex("}")]
                     proto = labels.split('protocol="')[1].split('"')[0]
                     state = labels.split('state="')[1].split('"')[0]
                     key = (proto, state)
                     out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
         return out
 
-    got = wait_for(lambda: (s := states()).get(("modbus", "disconnected")) == 1
-                   and s.get(("opcua", "connected")) == 1 and s, 120,
-                   "opcua connected and modbus disconnected", every_s=2.0, describe=states)
+    got = wait_for(
+        lambda: (s := states()).get(("modbus", "disconnected")) == 1 and s.get(("opcua", "connected")) == 1 and s,
+        120,
+        "opcua connected and modbus disconnected",
+        every_s=2.0,
+        describe=states,
+    )
     assert got[("modbus", "connected")] == 0
 
 
@@ -195,11 +233,17 @@ def _service_discovery_file() -> Path:
     session = Path(node.get_session_dir_path())
     sd = session / SD_FILE
     if not sd.exists():
-        code = ("import sys; from ray._private.metrics_agent import "
-                "PrometheusServiceDiscoveryWriter as W; "
-                "W(sys.argv[1], sys.argv[2], sys.argv[2]).write()")
-        subprocess.run([sys.executable, "-c", code, node.gcs_address, str(session)],
-                       check=True, capture_output=True, timeout=120)
+        code = (
+            "import sys; from ray._private.metrics_agent import "
+            "PrometheusServiceDiscoveryWriter as W; "
+            "W(sys.argv[1], sys.argv[2], sys.argv[2]).write()"
+        )
+        subprocess.run(
+            [sys.executable, "-c", code, node.gcs_address, str(session)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     return sd
 
 
@@ -213,47 +257,69 @@ def test_prometheus_discovers_the_stack_and_queries_ingest(ingesting: dict[str, 
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "prometheus.yml"
-        cfg.write_text(json.dumps({  # JSON is YAML; the same job as deploy/prometheus.yml
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "ray", "file_sd_configs": [{"files": [str(sd)]}],
-                                "metric_relabel_configs": [{"source_labels": ["__name__"],
-                                                            "regex": "ray_.*",
-                                                            "action": "keep"}]}],
-        }))
+        cfg.write_text(
+            json.dumps(
+                {  # JSON is YAML; the same job as deploy/prometheus.yml
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "scrape_configs": [
+                        {
+                            "job_name": "ray",
+                            "file_sd_configs": [{"files": [str(sd)]}],
+                            "metric_relabel_configs": [
+                                {"source_labels": ["__name__"], "regex": "ray_.*", "action": "keep"}
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
         proc = subprocess.Popen(
-            [exe, f"--config.file={cfg}", f"--storage.tsdb.path={tmp}/data",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "prometheus.log", "w"),
+            [
+                exe,
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={tmp}/data",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(Path(tmp) / "prometheus.log", "w"),
         )
         try:
             base = f"http://127.0.0.1:{port}"
 
             def ingested() -> float:
                 try:
-                    r = httpx.get(f"{base}/api/v1/query", timeout=5, params={
-                        "query": f'sum(ray_scada_readings_ingested_total{{tenant="{slug}"}})'})
+                    r = httpx.get(
+                        f"{base}/api/v1/query",
+                        timeout=5,
+                        params={"query": f'sum(ray_scada_readings_ingested_total{{tenant="{slug}"}})'},
+                    )
                 except httpx.HTTPError:
                     return 0.0
                 result = r.json()["data"]["result"] if r.status_code == 200 else []
                 return float(result[0]["value"][1]) if result else 0.0
 
-            total = wait_for(ingested, 120, "the ingest counter queryable from Prometheus",
-                             every_s=1.0, describe=lambda: (Path(tmp) / "prometheus.log")
-                             .read_text()[-2000:])
+            total = wait_for(
+                ingested,
+                120,
+                "the ingest counter queryable from Prometheus",
+                every_s=1.0,
+                describe=lambda: (Path(tmp) / "prometheus.log").read_text()[-2000:],
+            )
             # What Prometheus saw was committed: never more than the rows stored since.
             stored = db_fetch(ingesting["dsn"], "SELECT count(*) AS n FROM scada_readings")
             assert 0 < total <= stored[0]["n"]
             up = httpx.get(f"{base}/api/v1/query", params={"query": 'up{job="ray"}'}).json()
-            assert {r["metric"]["instance"] for r in up["data"]["result"]
-                    if r["value"][1] == "1"} >= set(_metrics_targets())
+            assert {r["metric"]["instance"] for r in up["data"]["result"] if r["value"][1] == "1"} >= set(
+                _metrics_targets()
+            )
             # Every dashboard and alert expression is valid PromQL for this Prometheus, and the
             # ingest-rate panel answers for the tenant once two scrapes are in.
             for expr in dashboard_exprs() + [r["expr"] for r in alert_rules()]:
                 q = expr.replace("$__rate_interval", "1m").replace("$tenant", slug)
                 r = httpx.get(f"{base}/api/v1/query", params={"query": q}, timeout=30)
                 assert r.status_code == 200 and r.json()["status"] == "success", (expr, r.text)
-            rate_expr = dashboard_exprs()[0].replace("$__rate_interval", "1m").replace(
-                "$tenant", slug)
+            rate_expr = dashboard_exprs()[0].replace("$__rate_interval", "1m").replace("$tenant", slug)
 
             def rate_seen() -> bool:
                 r = httpx.get(f"{base}/api/v1/query", params={"query": rate_expr}, timeout=30)

@@ -27,8 +27,13 @@ def ts(seconds_ago: float = 60.0) -> str:
 
 
 def point(i: int = 0, **over: Any) -> dict[str, Any]:
-    p = {"well_id": "WELL_001", "timestamp": ts(600 - i * 0.001),
-         "parameter_name": "wellhead_pressure", "value": 1000.0 + i, "unit": "psi"}
+    p = {
+        "well_id": "WELL_001",
+        "timestamp": ts(600 - i * 0.001),
+        "parameter_name": "wellhead_pressure",
+        "value": 1000.0 + i,
+        "unit": "psi",
+    }
     p.update(over)
     return p
 
@@ -61,10 +66,15 @@ def error_of(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
 @pytest.fixture
 def pushed(tenant: TenantHandle) -> Iterator[TenantHandle]:
     """A tenant with two pushed tags registered: pressure in psi, temperature in degC."""
-    r = tenant.client.post(f"/v1/tenants/{tenant.slug}/push/tags", json={"tags": [
-        {"well_id": "WELL_001", "parameter_name": "wellhead_pressure", "unit": "psi"},
-        {"well_id": "WELL_001", "parameter_name": "downhole_temperature", "unit": "degC"},
-    ]})
+    r = tenant.client.post(
+        f"/v1/tenants/{tenant.slug}/push/tags",
+        json={
+            "tags": [
+                {"well_id": "WELL_001", "parameter_name": "wellhead_pressure", "unit": "psi"},
+                {"well_id": "WELL_001", "parameter_name": "downhole_temperature", "unit": "degC"},
+            ]
+        },
+    )
     assert r.status_code == 201, r.text
     assert [x["created"] for x in r.json()] == [True, True]
     yield tenant
@@ -76,27 +86,26 @@ def test_auth_shapes(api: str, pushed: TenantHandle, make_tenant: Any) -> None:
         r = anon.post(PUSH, json=body)
         error_of(r, 401, "invalid_token")
         assert r.headers["www-authenticate"] == "Bearer"
-        error_of(anon.post(PUSH, json=body, headers={"Authorization": "Bearer sk_x_y"}), 401,
-                 "invalid_token")
-    key = pushed.client.post(f"/v1/tenants/{pushed.slug}/keys",
-                             json={"name": "reader", "scopes": ["read"]}).json()["api_key"]
-    with httpx.Client(base_url=api, timeout=30,
-                      headers={"Authorization": f"Bearer {key}"}) as reader:
+        error_of(anon.post(PUSH, json=body, headers={"Authorization": "Bearer sk_x_y"}), 401, "invalid_token")
+    key = pushed.client.post(
+        f"/v1/tenants/{pushed.slug}/keys", json={"name": "reader", "scopes": ["read"]}
+    ).json()["api_key"]
+    with httpx.Client(base_url=api, timeout=30, headers={"Authorization": f"Bearer {key}"}) as reader:
         error_of(reader.post(PUSH, json=body), 403, "insufficient_scope")
     other: TenantHandle = make_tenant()
     error_of(other.client.post(PUSH, json=body), 403, "tenant_mismatch")
 
 
-def test_push_lands_converted_with_rejections_listed(settings: Settings,
-                                                     pushed: TenantHandle) -> None:
-    pts = [point(0, value=100.0, unit="bar"),                     # -> 1450.377 psi
-           point(1, parameter_name="downhole_temperature", value=212.0, unit="degF"),  # 100 C
-           point(2, well_id="WELL_404"),                           # no such tag
-           point(3, unit="degC"),                                  # wrong dimension
-           point(4, timestamp=(datetime.now(UTC) + timedelta(days=3650)).isoformat()),
-           point(5, value=6750.5, quality_code="UNCERTAIN", source="SCADA_OPC_UA")]
-    r = pushed.client.post(PUSH, json=payload(pushed, pts,
-                                              ingestion_timestamp=ts(0)))
+def test_push_lands_converted_with_rejections_listed(settings: Settings, pushed: TenantHandle) -> None:
+    pts = [
+        point(0, value=100.0, unit="bar"),  # -> 1450.377 psi
+        point(1, parameter_name="downhole_temperature", value=212.0, unit="degF"),  # 100 C
+        point(2, well_id="WELL_404"),  # no such tag
+        point(3, unit="degC"),  # wrong dimension
+        point(4, timestamp=(datetime.now(UTC) + timedelta(days=3650)).isoformat()),
+        point(5, value=6750.5, quality_code="UNCERTAIN", source="SCADA_OPC_UA"),
+    ]
+    r = pushed.client.post(PUSH, json=payload(pushed, pts, ingestion_timestamp=ts(0)))
     assert r.status_code == 200, r.text
     b = r.json()
     assert b["status"] == "partial" and b["tenant_id"] == pushed.slug
@@ -105,44 +114,55 @@ def test_push_lands_converted_with_rejections_listed(settings: Settings,
     assert [(x["index"], x["field"], x["reason"]) for x in b["rejected"]] == [
         (2, "data_points[2].parameter_name", "unknown_tag"),
         (3, "data_points[3].unit", "incompatible_unit"),
-        (4, "data_points[4].timestamp", "timestamp_in_future")]
-    rows = sql(settings, pushed, "SELECT r.value, r.quality, t.name FROM scada_readings r "
-               "JOIN tag_mappings t USING (tag_id) ORDER BY r.time")
+        (4, "data_points[4].timestamp", "timestamp_in_future"),
+    ]
+    rows = sql(
+        settings,
+        pushed,
+        "SELECT r.value, r.quality, t.name FROM scada_readings r "
+        "JOIN tag_mappings t USING (tag_id) ORDER BY r.time",
+    )
     assert [(round(x["value"], 6), x["name"]) for x in rows] == [
-        (1450.377377, "wellhead_pressure"), (100.0, "downhole_temperature"),
-        (6750.5, "wellhead_pressure")]
+        (1450.377377, "wellhead_pressure"),
+        (100.0, "downhole_temperature"),
+        (6750.5, "wellhead_pressure"),
+    ]
     assert rows[2]["quality"] == 0x40000000
     # Registered like any other tag, under a connection of protocol push.
     conns = pushed.client.get(f"/v1/tenants/{pushed.slug}/connections").json()
-    assert [(c["name"], c["protocol"], c["tag_count"]) for c in conns] == [
-        ("push:WELL_001", "push", 2)]
+    assert [(c["name"], c["protocol"], c["tag_count"]) for c in conns] == [("push:WELL_001", "push", 2)]
 
 
 def test_auto_register_takes_the_first_unit(settings: Settings, tenant: TenantHandle) -> None:
-    body = payload(tenant, [point(0, well_id="W9", parameter_name="hookload", value=100.0,
-                                  unit="klbs")])
+    body = payload(tenant, [point(0, well_id="W9", parameter_name="hookload", value=100.0, unit="klbs")])
     b = tenant.client.post(PUSH, json=body).json()
     assert b["accepted_count"] == 0 and b["rejected"][0]["reason"] == "unknown_tag"
-    r = tenant.client.patch(f"/v1/tenants/{tenant.slug}/push/settings",
-                            json={"auto_register": True})
+    r = tenant.client.patch(f"/v1/tenants/{tenant.slug}/push/settings", json={"auto_register": True})
     assert r.status_code == 200 and r.json()["auto_register"] is True
     b = tenant.client.post(PUSH, json=body).json()
     assert b["accepted_count"] == 1, b
-    b = tenant.client.post(PUSH, json=payload(tenant, [
-        point(1, well_id="W9", parameter_name="hookload", value=100.0, unit="kN"),
-        point(2, well_id="W9", parameter_name="flow_rate", value=1.0, unit="bogus_unit")])).json()
+    b = tenant.client.post(
+        PUSH,
+        json=payload(
+            tenant,
+            [
+                point(1, well_id="W9", parameter_name="hookload", value=100.0, unit="kN"),
+                point(2, well_id="W9", parameter_name="flow_rate", value=1.0, unit="bogus_unit"),
+            ],
+        ),
+    ).json()
     assert b["accepted_count"] == 1 and b["rejected"][0]["reason"] == "unknown_unit", b
     tags = tenant.client.get(f"/v1/tenants/{tenant.slug}/tags").json()
     assert [(t["name"], t["unit"]) for t in tags] == [("hookload", "klbs")]
     rows = sql(settings, tenant, "SELECT value FROM scada_readings ORDER BY time")
     assert [round(x["value"], 6) for x in rows] == [100.0, 22.480894]
-    audit = tenant.client.get(f"/v1/tenants/{tenant.slug}/audit",
-                              params={"action": "tag.create"}).json()["items"]
+    audit = tenant.client.get(f"/v1/tenants/{tenant.slug}/audit", params={"action": "tag.create"}).json()["items"]
     assert audit[0]["detail"]["tags"][0]["parameter"] == "hookload"
 
 
-def test_exactly_once_by_key_and_by_ingestion_id(settings: Settings, stack: Settings,
-                                                pushed: TenantHandle) -> None:
+def test_exactly_once_by_key_and_by_ingestion_id(
+    settings: Settings, stack: Settings, pushed: TenantHandle
+) -> None:
     body = payload(pushed, [point(i) for i in range(500)])
     key = f"k-{uuid.uuid4()}"
     first = pushed.client.post(PUSH, json=body, headers={"Idempotency-Key": key})
@@ -152,8 +172,7 @@ def test_exactly_once_by_key_and_by_ingestion_id(settings: Settings, stack: Sett
     assert first.json()["ingestion_id"] == key
     # Same key, other body: refused rather than answered with the first request's answer.
     other = payload(pushed, [point(0, value=1.0)])
-    error_of(pushed.client.post(PUSH, json=other, headers={"Idempotency-Key": key}), 409,
-             "idempotency_conflict")
+    error_of(pushed.client.post(PUSH, json=other, headers={"Idempotency-Key": key}), 409, "idempotency_conflict")
     # The answer lost from Redis: the writer's ledger still writes nothing twice.
     import redis
 
@@ -169,29 +188,30 @@ def test_exactly_once_by_key_and_by_ingestion_id(settings: Settings, stack: Sett
     n = sql(settings, pushed, "SELECT count(*) AS n FROM scada_readings")[0]["n"]
     assert n == 510
     ledger = sql(settings, pushed, "SELECT batch_id FROM ingest_ledger ORDER BY batch_id")
-    assert sorted(x["batch_id"] for x in ledger) == sorted([f"push:{key}",
-                                                            "push:agent-7-batch-1"])
+    assert sorted(x["batch_id"] for x in ledger) == sorted([f"push:{key}", "push:agent-7-batch-1"])
 
 
 def test_bad_input_is_a_documented_400(pushed: TenantHandle) -> None:
     c = pushed.client
-    r = c.post(PUSH, content=b'{"tenant_id": "x", "data_points": [', headers={
-        "Content-Type": "application/json"})
+    r = c.post(PUSH, content=b'{"tenant_id": "x", "data_points": [', headers={"Content-Type": "application/json"})
     assert error_of(r, 400, "validation_error")["details"][0]["field"] == "body"
     pts = [point(i) for i in range(5)]
     pts[3]["value"] = "NaN"
     pts[1]["timestamp"] = "2025-11-06T14:30:00"
     pts[2]["value"] = [1]
-    d = {x["field"]: x["error"] for x in error_of(c.post(PUSH, json=payload(pushed, pts)), 400,
-                                                  "validation_error")["details"]}
+    d = {
+        x["field"]: x["error"]
+        for x in error_of(c.post(PUSH, json=payload(pushed, pts)), 400, "validation_error")["details"]
+    }
     assert d["data_points[3].value"] == "must be a number"
     assert "time zone" in d["data_points[1].timestamp"]
     assert "data_points[2].value" in d
     error_of(c.post(PUSH, json=payload(pushed, [point()] * 1001)), 400, "validation_error")
     error_of(c.post(PUSH, json=payload(pushed, [])), 400, "validation_error")
     error_of(c.post(PUSH, json={"data_points": [point()]}), 400, "validation_error")
-    error_of(c.post(PUSH, json=payload(pushed, [point()]), headers={"Idempotency-Key": "a b"}),
-             400, "validation_error")
+    error_of(
+        c.post(PUSH, json=payload(pushed, [point()]), headers={"Idempotency-Key": "a b"}), 400, "validation_error"
+    )
     r = c.post(PUSH, content=b"\x1f\x8b garbage", headers={"Content-Encoding": "gzip"})
     error_of(r, 400, "validation_error")
 
@@ -199,10 +219,10 @@ def test_bad_input_is_a_documented_400(pushed: TenantHandle) -> None:
 def test_limits_per_tenant(api: str, admin: httpx.Client, pushed: TenantHandle) -> None:
     c, slug = pushed.client, pushed.slug
     # A tenant admin may not raise its own limits.
-    assert c.patch(f"/v1/tenants/{slug}/push/settings",
-                   json={"requests_per_minute": 10_000}).status_code == 403
-    r = admin.patch(f"/v1/tenants/{slug}/push/settings",
-                    json={"max_body_bytes": 4096, "max_decompressed_bytes": 20_000})
+    assert c.patch(f"/v1/tenants/{slug}/push/settings", json={"requests_per_minute": 10_000}).status_code == 403
+    r = admin.patch(
+        f"/v1/tenants/{slug}/push/settings", json={"max_body_bytes": 4096, "max_decompressed_bytes": 20_000}
+    )
     assert r.status_code == 200 and r.json()["max_body_bytes"] == 4096
     big = json.dumps(payload(pushed, [point(i) for i in range(100)])).encode()
     assert 4096 < len(big) < 20_000
@@ -211,7 +231,7 @@ def test_limits_per_tenant(api: str, admin: httpx.Client, pushed: TenantHandle) 
 
     def stream() -> Iterator[bytes]:  # chunked: no Content-Length to go by
         for i in range(0, len(big), 1000):
-            yield big[i:i + 1000]
+            yield big[i : i + 1000]
 
     error_of(c.post(PUSH, content=stream()), 413, "payload_too_large")
     # gzip: the wire size counts against max_body_bytes, the inflated size against its own cap
@@ -219,8 +239,7 @@ def test_limits_per_tenant(api: str, admin: httpx.Client, pushed: TenantHandle) 
     assert r.status_code == 200 and r.json()["accepted_count"] == 100, r.text
     bomb = gzip.compress(b" " * 3_000_000)  # ~3 KB on the wire, 3 MB inflated
     assert len(bomb) < 4096
-    error_of(c.post(PUSH, content=bomb, headers={"Content-Encoding": "gzip"}), 413,
-             "payload_too_large")
+    error_of(c.post(PUSH, content=bomb, headers={"Content-Encoding": "gzip"}), 413, "payload_too_large")
     # Volume per day
     used = c.get(f"/v1/tenants/{slug}/push/settings").json()["bytes_today"]
     assert used >= len(big)
@@ -231,14 +250,12 @@ def test_limits_per_tenant(api: str, admin: httpx.Client, pushed: TenantHandle) 
     b = error_of(r, 429, "volume_limit_exceeded")
     assert int(r.headers["retry-after"]) == b["retry_after_seconds"] > 0
     # Requests per minute
-    admin.patch(f"/v1/tenants/{slug}/push/settings",
-                json={"requests_per_minute": 2, "bytes_per_day": 1 << 30})
+    admin.patch(f"/v1/tenants/{slug}/push/settings", json={"requests_per_minute": 2, "bytes_per_day": 1 << 30})
     codes = [c.post(PUSH, json=small).status_code for _ in range(4)]
     assert 429 in codes and 500 not in codes
     r = c.post(PUSH, json=small)
     b = error_of(r, 429, "rate_limit_exceeded")
-    assert 0 < b["retry_after_seconds"] <= 60 and r.headers["retry-after"] == str(
-        b["retry_after_seconds"])
+    assert 0 < b["retry_after_seconds"] <= 60 and r.headers["retry-after"] == str(b["retry_after_seconds"])
 
 
 def test_audit_paged_and_filtered(pushed: TenantHandle, make_tenant: Any) -> None:
@@ -252,13 +269,15 @@ def test_audit_paged_and_filtered(pushed: TenantHandle, make_tenant: Any) -> Non
     row = first["items"][0]
     assert row["detail"]["accepted"] == 1 and row["detail"]["source"]
     assert row["key_id"] and row["detail"]["ingestion_id"].startswith("ing_")
-    rest = c.get(f"/v1/tenants/{slug}/audit", params={
-        "action": "push.ingest", "before_id": first["next_before_id"]}).json()
+    rest = c.get(
+        f"/v1/tenants/{slug}/audit", params={"action": "push.ingest", "before_id": first["next_before_id"]}
+    ).json()
     assert len(rest["items"]) == 1 and rest["next_before_id"] is None
     every = c.get(f"/v1/tenants/{slug}/audit", params={"action": "tag.*"}).json()["items"]
     assert {r["action"] for r in every} == {"tag.create"}
-    later = c.get(f"/v1/tenants/{slug}/audit",
-                  params={"since": (datetime.now(UTC) + timedelta(hours=1)).isoformat()})
+    later = c.get(
+        f"/v1/tenants/{slug}/audit", params={"since": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
+    )
     assert later.json()["items"] == []
     assert c.get(f"/v1/tenants/{slug}/audit", params={"before_id": 2**64}).status_code == 422
     other: TenantHandle = make_tenant()

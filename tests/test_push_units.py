@@ -58,9 +58,13 @@ def test_same_unit_is_untouched_and_bad_units_are_named() -> None:
 
 
 def point(i: int = 0, **over: object) -> dict[str, object]:
-    p: dict[str, object] = {"well_id": "WELL_001", "timestamp": "2025-11-06T14:30:00Z",
-                            "parameter_name": "wellhead_pressure", "value": 6750.5 + i,
-                            "unit": "psi"}
+    p: dict[str, object] = {
+        "well_id": "WELL_001",
+        "timestamp": "2025-11-06T14:30:00Z",
+        "parameter_name": "wellhead_pressure",
+        "value": 6750.5 + i,
+        "unit": "psi",
+    }
     p.update(over)
     return p
 
@@ -96,13 +100,17 @@ def test_schema_errors_name_the_field() -> None:
 
 def test_whole_body_errors() -> None:
     assert details(b"{not json")[0]["field"] == "body"
-    assert details(b'[1, 2]')[0]["field"] == "body"
+    assert details(b"[1, 2]")[0]["field"] == "body"
     assert details(body([]))[0]["field"] == "data_points"
     assert details(body([point()] * 1001))[0]["field"] == "data_points"
-    assert details(body([point()]).replace(b"6750.5", b"1e999"))[0] == {"field": "data_points[0].value",
-                                                       "error": "must be a finite number"}
+    assert details(body([point()]).replace(b"6750.5", b"1e999"))[0] == {
+        "field": "data_points[0].value",
+        "error": "must be a finite number",
+    }
     assert details(b'{"data_points": [' + json.dumps(point()).encode() + b"]}")[0] == {
-        "field": "tenant_id", "error": "is required"}
+        "field": "tenant_id",
+        "error": "is required",
+    }
     # JSON has no NaN literal
     assert details(body([point()]).replace(b"6750.5", b"NaN"))[0]["field"] == "body"
 
@@ -115,7 +123,7 @@ def test_payload_decodes() -> None:
 
 async def chunks(data: bytes, size: int = 4096) -> AsyncIterator[bytes]:
     for i in range(0, len(data), size):
-        yield data[i:i + size]
+        yield data[i : i + size]
 
 
 async def test_body_limits_while_streaming() -> None:
@@ -149,13 +157,16 @@ async def test_gzip_and_gzip_bomb() -> None:
 
 def test_batch_verdicts_and_conversion() -> None:
     now_us = int(datetime(2025, 11, 6, 15, 0, tzinfo=UTC).timestamp() * 1e6)
-    tags = {("W1", "wellhead_pressure"): PushTag(1, "psi"),
-            ("W1", "downhole_temperature"): PushTag(2, "degC"),
-            ("W1", "free"): PushTag(3, None)}
+    tags = {
+        ("W1", "wellhead_pressure"): PushTag(1, "psi"),
+        ("W1", "downhole_temperature"): PushTag(2, "degC"),
+        ("W1", "free"): PushTag(3, None),
+    }
     pts = [
         point(well_id="W1", value=10.0, unit="bar"),
-        point(well_id="W1", parameter_name="downhole_temperature", value=212.0, unit="degF",
-              quality_code="UNCERTAIN"),
+        point(
+            well_id="W1", parameter_name="downhole_temperature", value=212.0, unit="degF", quality_code="UNCERTAIN"
+        ),
         point(well_id="W2"),  # unknown pair
         point(well_id="W1", unit="degC"),  # incompatible
         point(well_id="W1", unit="bogus"),  # unknown unit

@@ -26,12 +26,16 @@ from tests.helpers import db_fetch, wait_for
 
 BAD = quality_as_int4(Quality.BAD)
 CONN: dict[str, Any] = {
-    "name": "rtu-1", "protocol": "opcua", "endpoint": "opc.tcp://127.0.0.1:1/never",
+    "name": "rtu-1",
+    "protocol": "opcua",
+    "endpoint": "opc.tcp://127.0.0.1:1/never",
     "enabled": False,
-    "tags": [{"name": "tubing_pressure", "node_id": "ns=2;s=W1.TP", "unit": "bar", "well": "W001"},
-             {"name": "casing_pressure", "node_id": "ns=2;s=W1.CP", "unit": "bar", "well": "W001"},
-             {"name": "status", "node_id": "ns=2;s=W1.ST", "data_type": "String", "well": "W001"},
-             {"name": "flow", "node_id": "ns=2;s=W2.F", "unit": "m3/h", "well": "W002"}],
+    "tags": [
+        {"name": "tubing_pressure", "node_id": "ns=2;s=W1.TP", "unit": "bar", "well": "W001"},
+        {"name": "casing_pressure", "node_id": "ns=2;s=W1.CP", "unit": "bar", "well": "W001"},
+        {"name": "status", "node_id": "ns=2;s=W1.ST", "data_type": "String", "well": "W001"},
+        {"name": "flow", "node_id": "ns=2;s=W2.F", "unit": "m3/h", "well": "W002"},
+    ],
 }
 
 
@@ -55,18 +59,25 @@ class Feed:
 
     def numeric(self, rows: list[tuple[int, datetime, float, int]]) -> None:
         self.n += 1
-        b = ReadingBatch(f"test:{self.n}", np.array([_us(r[1]) for r in rows], np.int64),
-                         np.array([r[0] for r in rows], np.int32),
-                         np.array([r[2] for r in rows], np.float64),
-                         np.array([r[3] for r in rows], np.int32))
+        b = ReadingBatch(
+            f"test:{self.n}",
+            np.array([_us(r[1]) for r in rows], np.int64),
+            np.array([r[0] for r in rows], np.int32),
+            np.array([r[2] for r in rows], np.float64),
+            np.array([r[3] for r in rows], np.int32),
+        )
         out = ray.get(self.actor.write.remote(b.to_arrow()), timeout=60)
         assert out["rows"] == len(rows) and not out["spooled"], out
 
     def text(self, rows: list[tuple[int, datetime, str]]) -> None:
         self.n += 1
-        b = TextBatch(f"text:{self.n}", np.array([_us(r[1]) for r in rows], np.int64),
-                      np.array([r[0] for r in rows], np.int32), [r[2] for r in rows],
-                      np.zeros(len(rows), np.int32))
+        b = TextBatch(
+            f"text:{self.n}",
+            np.array([_us(r[1]) for r in rows], np.int64),
+            np.array([r[0] for r in rows], np.int32),
+            [r[2] for r in rows],
+            np.zeros(len(rows), np.int32),
+        )
         ray.get(self.actor.write.remote(b.to_arrow()), timeout=60)
 
 
@@ -86,8 +97,12 @@ def loaded(tenant: TenantHandle, stack: Settings) -> dict[str, Any]:
     feed.numeric(rows)
     old = (now - timedelta(days=3)).replace(hour=12, minute=0, second=0)
     feed.numeric([(tp, old + timedelta(minutes=k), 1.0, 0) for k in range(60)])
-    feed.text([(ids["status"], now - timedelta(minutes=30), "RUNNING"),
-               (ids["status"], now - timedelta(minutes=10), "STOPPED")])
+    feed.text(
+        [
+            (ids["status"], now - timedelta(minutes=30), "RUNNING"),
+            (ids["status"], now - timedelta(minutes=10), "STOPPED"),
+        ]
+    )
     return {"ids": ids, "now": now, "t0": t0, "old": old, "feed": feed}
 
 
@@ -100,18 +115,23 @@ def _rolled_up(stack: Settings, tenant: TenantHandle, n: int) -> bool:
     return int(rows[0]["n"]) == n
 
 
-def test_resolutions_cursor_csv_and_text(tenant: TenantHandle, stack: Settings,
-                                         loaded: dict[str, Any]) -> None:
+def test_resolutions_cursor_csv_and_text(tenant: TenantHandle, stack: Settings, loaded: dict[str, Any]) -> None:
     ids, now, t0, c, s = loaded["ids"], loaded["now"], loaded["t0"], tenant.client, tenant.slug
     # The refresher in the writer actor rolls everything up (1,500 good readings).
     wait_for(lambda: _rolled_up(stack, tenant, 1500), 60, "rollups written by the refresher")
     # By well and tag names, raw: quality as code and name, the Bad reading included.
-    r = _get(c, s, well="W001", tag=["tubing_pressure"], start=t0.isoformat(),
-             end=(t0 + timedelta(minutes=1)).isoformat(), resolution="raw")
+    r = _get(
+        c,
+        s,
+        well="W001",
+        tag=["tubing_pressure"],
+        start=t0.isoformat(),
+        end=(t0 + timedelta(minutes=1)).isoformat(),
+        resolution="raw",
+    )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["resolution"] == "raw" and body["fields"][:4] == ["time", "value", "quality",
-                                                                 "quality_name"]
+    assert body["resolution"] == "raw" and body["fields"][:4] == ["time", "value", "quality", "quality_name"]
     pts = body["series"][0]["points"]
     assert [p[1] for p in pts] == [0.0, 9999.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert pts[1][2] == int(Quality.BAD) and pts[1][3] == "Bad" and pts[0][3] == "Good"
@@ -126,28 +146,31 @@ def test_resolutions_cursor_csv_and_text(tenant: TenantHandle, stack: Settings,
     first = one_m["series"][0]["points"][0]
     assert first[f["count"]] == 6 and first[f["bad_count"]] == 1 and first[f["max"]] == 5.0
     assert sum(p[f["count"]] for p in one_m["series"][1]["points"]) == 720
-    week = _get(c, s, tag_id=both, start=(now - timedelta(days=4)).isoformat(),
-                end=now.isoformat()).json()
+    week = _get(c, s, tag_id=both, start=(now - timedelta(days=4)).isoformat(), end=now.isoformat()).json()
     assert week["resolution"] == "1h"  # 4 days is 1-minute by the rule, 5,760 points: coarser
     assert sum(p[f["count"]] for p in week["series"][0]["points"]) == 780
     # The newest bucket comes from raw: a reading written now is in the answer at once.
     loaded["feed"].numeric([(ids["flow"], now + timedelta(seconds=1), 42.0, 0)])
-    fresh = _get(c, s, tag_id=[ids["flow"]], resolution="1d", start=t0.isoformat(),
-                 end=(now + timedelta(minutes=1)).isoformat()).json()
+    fresh = _get(
+        c,
+        s,
+        tag_id=[ids["flow"]],
+        resolution="1d",
+        start=t0.isoformat(),
+        end=(now + timedelta(minutes=1)).isoformat(),
+    ).json()
     assert fresh["series"][0]["points"][-1][f["last"]] == 42.0
     # Past limit: a cursor, and following it gives every row exactly once.
     page = _get(c, s, tag_id=both, resolution="raw", limit=500, **span).json()
     assert page["next"] and sum(len(x["points"]) for x in page["series"]) == 500
     seen = [(x["tag_id"], p[0]) for x in page["series"] for p in x["points"]]
     while page["next"]:
-        page = _get(c, s, tag_id=both, resolution="raw", limit=500, cursor=page["next"],
-                    **span).json()
+        page = _get(c, s, tag_id=both, resolution="raw", limit=500, cursor=page["next"], **span).json()
         seen += [(x["tag_id"], p[0]) for x in page["series"] for p in x["points"]]
     assert len(seen) == len(set(seen)) == 1441
     # A cursor with another query: 422 naming it.
     first_page = _get(c, s, tag_id=both, resolution="raw", limit=10, **span).json()
-    r = _get(c, s, tag_id=[ids["tubing_pressure"]], resolution="raw", limit=10,
-             cursor=first_page["next"], **span)
+    r = _get(c, s, tag_id=[ids["tubing_pressure"]], resolution="raw", limit=10, cursor=first_page["next"], **span)
     assert r.status_code == 422 and r.json()["details"][0]["field"] == "cursor"
     # Text tags, raw and aggregated.
     txt = _get(c, s, tag_id=[ids["status"]], resolution="raw", **span).json()
@@ -156,21 +179,25 @@ def test_resolutions_cursor_csv_and_text(tenant: TenantHandle, stack: Settings,
     assert sum(p[f["count"]] for p in agg["series"][0]["points"]) == 2
     assert agg["series"][0]["points"][-1][f["last"]] == "STOPPED"
     # CSV for a spreadsheet: every row, no cursor needed.
-    r = c.get(f"/v1/tenants/{s}/readings", headers={"Accept": "text/csv"},
-              params={"tag_id": both, "resolution": "raw", "limit": 100, **span})
+    r = c.get(
+        f"/v1/tenants/{s}/readings",
+        headers={"Accept": "text/csv"},
+        params={"tag_id": both, "resolution": "raw", "limit": 100, **span},
+    )
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     table = list(csv.reader(io.StringIO(r.text)))
     assert table[0][:6] == ["tag_id", "well", "tag", "unit", "resolution", "time"]
     assert len(table) == 1 + 1441
 
 
-def test_bad_input_names_the_field(tenant: TenantHandle, make_tenant: Any,
-                                   loaded: dict[str, Any]) -> None:
+def test_bad_input_names_the_field(tenant: TenantHandle, make_tenant: Any, loaded: dict[str, Any]) -> None:
     c, s, ids = tenant.client, tenant.slug, loaded["ids"]
     now = loaded["now"]
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"tag_id": ids["flow"], "start": now.isoformat(),
-          "end": (now - timedelta(hours=1)).isoformat()}, "start"),
+        (
+            {"tag_id": ids["flow"], "start": now.isoformat(), "end": (now - timedelta(hours=1)).isoformat()},
+            "start",
+        ),
         ({"tag_id": 99999}, "tag_id"),
         ({"tag_id": 2**31}, "tag_id"),
         ({"tag_id": list(range(1, 102))}, "tag_id"),
@@ -194,8 +221,9 @@ def test_bad_input_names_the_field(tenant: TenantHandle, make_tenant: Any,
     assert r.status_code == 422 and r.json()["details"][0]["field"] == "timezone"
 
 
-def test_latest_from_redis_then_database_after_flush(tenant: TenantHandle, stack: Settings,
-                                                     loaded: dict[str, Any]) -> None:
+def test_latest_from_redis_then_database_after_flush(
+    tenant: TenantHandle, stack: Settings, loaded: dict[str, Any]
+) -> None:
     c, s, ids = tenant.client, tenant.slug, loaded["ids"]
     key = f"scada:latest:{s}"
     rds = redis.Redis.from_url(stack.redis_url)
@@ -210,13 +238,15 @@ def test_latest_from_redis_then_database_after_flush(tenant: TenantHandle, stack
     assert tp["quality_name"] == "Good" and tp["age_s"] > 0
     assert before["status"]["value"] == "STOPPED" and before["status"]["source"] == "database"
     rds.delete(key)  # what a Redis restart without persistence leaves
-    after = {v["name"]: v for v in c.get(f"/v1/tenants/{s}/latest",
-                                         params={"tag_id": [ids["tubing_pressure"],
-                                                            ids["casing_pressure"]]}).json()}
+    after = {
+        v["name"]: v
+        for v in c.get(
+            f"/v1/tenants/{s}/latest", params={"tag_id": [ids["tubing_pressure"], ids["casing_pressure"]]}
+        ).json()
+    }
     assert after["tubing_pressure"]["source"] == "database"
     for name in ("tubing_pressure", "casing_pressure"):
-        assert (after[name]["time"], after[name]["value"]) == (before[name]["time"],
-                                                               before[name]["value"])
+        assert (after[name]["time"], after[name]["value"]) == (before[name]["time"], before[name]["value"])
     rds.close()
     wells = c.get(f"/v1/tenants/{s}/wells").json()
     assert [(w["name"], w["tag_count"]) for w in wells] == [("W001", 3), ("W002", 1)]
@@ -224,8 +254,9 @@ def test_latest_from_redis_then_database_after_flush(tenant: TenantHandle, stack
     assert {t["name"]: t["well"] for t in tags}["flow"] == "W002"
 
 
-def test_retention_drops_raw_and_rollups_still_answer(tenant: TenantHandle, stack: Settings,
-                                                      loaded: dict[str, Any]) -> None:
+def test_retention_drops_raw_and_rollups_still_answer(
+    tenant: TenantHandle, stack: Settings, loaded: dict[str, Any]
+) -> None:
     c, s, ids, old = tenant.client, tenant.slug, loaded["ids"], loaded["old"]
     wait_for(lambda: _rolled_up(stack, tenant, 1500), 60, "rollups written by the refresher")
     r = c.patch(f"/v1/tenants/{s}", json={"raw_retention_days": 1, "timezone": "Europe/Berlin"})
@@ -241,8 +272,7 @@ def test_retention_drops_raw_and_rollups_still_answer(tenant: TenantHandle, stac
 
     dropped = asyncio.run(run())
     assert dropped["scada_readings"] >= 1 and dropped["rollup_1m"] == 0
-    span = {"start": (old - timedelta(hours=1)).isoformat(),
-            "end": (old + timedelta(hours=2)).isoformat()}
+    span = {"start": (old - timedelta(hours=1)).isoformat(), "end": (old + timedelta(hours=2)).isoformat()}
     raw = _get(c, s, tag_id=[ids["tubing_pressure"]], resolution="raw", **span).json()
     assert raw["series"][0]["points"] == [] and raw["raw_dropped_before"] is not None
     assert "dropped by retention" in raw["notices"][0]

@@ -29,8 +29,11 @@ GOOD, UNCERTAIN = 0, int(Quality.UNCERTAIN)
 BAD, GAP = quality_as_int4(Quality.BAD), quality_as_int4(Quality.BAD_DATA_LOST)
 # Around both 2024 DST changes in New York (spring 2024-03-10 07:00 UTC: a 23-hour day; autumn
 # 2024-11-03 06:00 UTC: a 25-hour day) and a day 90 days before the first, for late arrivals.
-ANCHORS = (datetime(2024, 3, 10, 7, tzinfo=UTC), datetime(2024, 11, 3, 6, tzinfo=UTC),
-           datetime(2023, 12, 11, 0, tzinfo=UTC))
+ANCHORS = (
+    datetime(2024, 3, 10, 7, tzinfo=UTC),
+    datetime(2024, 11, 3, 6, tzinfo=UTC),
+    datetime(2023, 12, 11, 0, tzinfo=UTC),
+)
 
 
 async def register_tags(dsn: str, tags: tuple[int, ...], tz: str = TZ) -> None:
@@ -38,11 +41,16 @@ async def register_tags(dsn: str, tags: tuple[int, ...], tz: str = TZ) -> None:
     try:
         cid = await conn.fetchval(
             "INSERT INTO scada_connections (name, protocol, endpoint) "
-            "VALUES ('c', 'opcua', 'opc.tcp://x') RETURNING id")
+            "VALUES ('c', 'opcua', 'opc.tcp://x') RETURNING id"
+        )
         for t in tags:
             await conn.execute(
-                "INSERT INTO tag_mappings (tag_id, connection_id, name, node_id) "
-                "VALUES ($1, $2, $3, $4)", t, cid, f"tag{t}", f"ns=2;s=T{t}")
+                "INSERT INTO tag_mappings (tag_id, connection_id, name, node_id) VALUES ($1, $2, $3, $4)",
+                t,
+                cid,
+                f"tag{t}",
+                f"ns=2;s=T{t}",
+            )
         await conn.execute("UPDATE tenant_meta SET value = $1 WHERE key = 'timezone'", tz)
     finally:
         await conn.close()
@@ -69,17 +77,15 @@ def us(t: datetime) -> int:
     return int((t - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
 
 
-
-
 def readings_near(anchor: datetime) -> st.SearchStrategy[tuple[int, int, float, int]]:
     """(tag, time in µs, value, quality) within 30 hours of an anchor. Times fall on whole
     seconds, or just beside one, so minute and hour boundaries are hit exactly."""
     return st.tuples(
         st.sampled_from(TAGS),
         st.tuples(st.integers(-30 * 3600, 30 * 3600), st.sampled_from([0, 1, 999_999])).map(
-            lambda a: us(anchor) + a[0] * 1_000_000 + a[1]),
-        st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.integers(-5, 5).map(float),
-                  st.just(math.nan)),
+            lambda a: us(anchor) + a[0] * 1_000_000 + a[1]
+        ),
+        st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.integers(-5, 5).map(float), st.just(math.nan)),
         st.sampled_from([GOOD, GOOD, GOOD, UNCERTAIN, BAD, GAP]),
     )
 
@@ -87,16 +93,19 @@ def readings_near(anchor: datetime) -> st.SearchStrategy[tuple[int, int, float, 
 # An action: write a new batch (its readings near one anchor, as a device's batch is), resend an
 # earlier one, or run a refresh pass in between (so later batches arrive late for built buckets).
 action = st.one_of(
-    st.tuples(st.just("write"), st.sampled_from(ANCHORS).flatmap(
-        lambda a: st.lists(readings_near(a), min_size=1, max_size=25))),
+    st.tuples(
+        st.just("write"),
+        st.sampled_from(ANCHORS).flatmap(lambda a: st.lists(readings_near(a), min_size=1, max_size=25)),
+    ),
     st.tuples(st.just("resend"), st.integers(0, 50)),
     st.tuples(st.just("refresh"), st.just(0)),
 )
 
 
 async def _reset(conn: asyncpg.Connection) -> None:
-    await conn.execute("TRUNCATE scada_readings, ingest_ledger, rollup_pending, rollup_1m, "
-                       "rollup_1h, rollup_1d, rollup_1d_local")
+    await conn.execute(
+        "TRUNCATE scada_readings, ingest_ledger, rollup_pending, rollup_1m, rollup_1h, rollup_1d, rollup_1d_local"
+    )
 
 
 async def expected(conn: asyncpg.Connection, width: str, tz: str | None) -> list[asyncpg.Record]:
@@ -117,18 +126,21 @@ async def value_at(conn: asyncpg.Connection, tag: int, t: datetime | None) -> fl
     if t is None:
         return None
     v: float | None = await conn.fetchval(
-        "SELECT value FROM scada_readings WHERE tag_id = $1 AND time = $2 AND quality >= 0",
-        tag, t)
+        "SELECT value FROM scada_readings WHERE tag_id = $1 AND time = $2 AND quality >= 0", tag, t
+    )
     return v
 
 
 async def check_levels(conn: asyncpg.Connection) -> None:
-    for table, width, tz in (("rollup_1m", "1 minute", None), ("rollup_1h", "1 hour", None),
-                             ("rollup_1d", "1 day", None), ("rollup_1d_local", "1 day", TZ)):
+    for table, width, tz in (
+        ("rollup_1m", "1 minute", None),
+        ("rollup_1h", "1 hour", None),
+        ("rollup_1d", "1 day", None),
+        ("rollup_1d_local", "1 day", TZ),
+    ):
         want = await expected(conn, width, tz)
         got = await conn.fetch(f"SELECT * FROM {table} ORDER BY tag_id, bucket")
-        assert [(r["tag_id"], r["bucket"]) for r in got] == \
-            [(r["tag_id"], r["bucket"]) for r in want], table
+        assert [(r["tag_id"], r["bucket"]) for r in got] == [(r["tag_id"], r["bucket"]) for r in want], table
         for g, w in zip(got, want, strict=True):
             where = f"{table} tag {g['tag_id']} bucket {g['bucket']}"
             for col in ("n", "min", "max", "first_time", "last_time", "bad"):
@@ -136,8 +148,7 @@ async def check_levels(conn: asyncpg.Connection) -> None:
             if w["sum"] is None:
                 assert g["sum"] is None, where
             else:  # summation order differs between levels: relative 1e-9 of the magnitudes
-                assert math.isclose(g["sum"], w["sum"], rel_tol=1e-9,
-                                    abs_tol=1e-9 * w["magnitude"]), where
+                assert math.isclose(g["sum"], w["sum"], rel_tol=1e-9, abs_tol=1e-9 * w["magnitude"]), where
             # Times within a tag are distinct, so first / last values are defined by their time.
             assert g["first_value"] == await value_at(conn, g["tag_id"], w["first_time"]), where
             assert g["last_value"] == await value_at(conn, g["tag_id"], w["last_time"]), where
@@ -150,27 +161,35 @@ async def check_read_paths(conn: asyncpg.Connection) -> None:
     for anchor in ANCHORS:
         now = anchor + timedelta(hours=2, minutes=30)  # fresh buckets from raw inside the data
         for span, res, local, limit in (
-                (timedelta(hours=3), "auto", True, 10_000), (timedelta(hours=3), "raw", True, 7),
-                (timedelta(hours=30), "auto", True, 10_000), (timedelta(days=3), "auto", True, 50),
-                (timedelta(days=3), "1h", False, 10_000), (timedelta(days=20), "auto", True, 10_000),
-                (timedelta(days=40), "auto", False, 10_000), (timedelta(days=3), "1d", True, 2)):
+            (timedelta(hours=3), "auto", True, 10_000),
+            (timedelta(hours=3), "raw", True, 7),
+            (timedelta(hours=30), "auto", True, 10_000),
+            (timedelta(days=3), "auto", True, 50),
+            (timedelta(days=3), "1h", False, 10_000),
+            (timedelta(days=20), "auto", True, 10_000),
+            (timedelta(days=40), "auto", False, 10_000),
+            (timedelta(days=3), "1d", True, 2),
+        ):
             for n in (1, len(tags)):
-                req = ReadRequest(tags[:n], now - span + timedelta(seconds=17),
-                                  now + timedelta(hours=1), res, 200, limit, local)
+                req = ReadRequest(
+                    tags[:n], now - span + timedelta(seconds=17), now + timedelta(hours=1), res, 200, limit, local
+                )
                 one = await _read_one(conn, req, TZ, timedelta(seconds=30), now)
-                paged = await _read_paged(conn, req, TZ, fresh_window=timedelta(seconds=30),
-                                          now=now)
+                paged = await _read_paged(conn, req, TZ, fresh_window=timedelta(seconds=30), now=now)
                 if one is None:
                     continue
-                assert repr((one.level, one.next, [x.points for x in one.series])) == \
-                    repr((paged.level, paged.next, [x.points for x in paged.series])), req
+                assert repr((one.level, one.next, [x.points for x in one.series])) == repr(
+                    (paged.level, paged.next, [x.points for x in paged.series])
+                ), req
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(actions=st.lists(action, min_size=1, max_size=12))
-def test_every_level_equals_plain_aggregation_of_raw(rollup_db: str,
-                                                     actions: list[tuple[str, Any]]) -> None:
+def test_every_level_equals_plain_aggregation_of_raw(rollup_db: str, actions: list[tuple[str, Any]]) -> None:
     asyncio.run(_scenario(rollup_db, actions))
 
 
@@ -212,8 +231,7 @@ async def test_pass_is_bounded_and_newest_range_goes_first(stack: Settings) -> N
     await w.start()
     now = datetime(2024, 6, 1, tzinfo=UTC)
     # One batch spanning 10 hours (a backfill), then one current reading.
-    await w.write(batch("old", [(1, us(now - timedelta(hours=10)) + k * 60_000_000, 1.0, 0)
-                                for k in range(600)]))
+    await w.write(batch("old", [(1, us(now - timedelta(hours=10)) + k * 60_000_000, 1.0, 0) for k in range(600)]))
     await w.write(batch("new", [(1, us(now) + 5_000_000, 7.0, 0)]))
     await w.stop()
     conn = await asyncpg.connect(dsn)
@@ -221,8 +239,7 @@ async def test_pass_is_bounded_and_newest_range_goes_first(stack: Settings) -> N
         first = await refresh_pass(conn, max_minutes=60)
         assert first.minutes_rebuilt == 60 and first.more and first.pending_minutes > 0
         # The newest minute is rebuilt in the first pass; the backfill waits its turn.
-        assert await conn.fetchval("SELECT last_value FROM rollup_1m WHERE bucket = $1",
-                                   now) == 7.0
+        assert await conn.fetchval("SELECT last_value FROM rollup_1m WHERE bucket = $1", now) == 7.0
         passes = 1
         while (await refresh_pass(conn, max_minutes=60)).more:
             passes += 1

@@ -90,7 +90,10 @@ def test_a_row_the_source_already_marked_bad_is_not_judged_again() -> None:
 def test_nan_and_inf_are_kept_marked_bad_and_counted() -> None:
     val = Validator([TagRules(1, valid_min=0.0, valid_max=1.0, out_of_range="reject")])
     rows: list[Row] = [
-        (0, 1, math.nan), (1, 1, math.inf), (2, 1, -math.inf), (3, 1, math.nan, UNCERTAIN),
+        (0, 1, math.nan),
+        (1, 1, math.inf),
+        (2, 1, -math.inf),
+        (3, 1, math.nan, UNCERTAIN),
         (4, 1, math.nan, BAD_NO_COMM),  # a gap marker: the source's own verdict stands
         (5, 99, math.nan),  # a tag without rules is still not written as a Good NaN
     ]
@@ -115,8 +118,16 @@ def test_readings_of_a_tag_without_rules_are_kept_as_they_are() -> None:
 def test_deadband_follows_source_time_not_row_order() -> None:
     val = Validator([TagRules(1, deadband=1.0), TagRules(2)])
     # source order: 10.0, 10.5, 11.2, 11.5, 12.1, 12.3; rows arrive shuffled, tag 2 mixed in
-    rows: list[Row] = [(4, 1, 12.1), (0, 1, 10.0), (2, 1, 11.2), (0, 2, 10.0), (1, 1, 10.5),
-                       (5, 1, 12.3), (3, 1, 11.5), (1, 2, 10.1)]
+    rows: list[Row] = [
+        (4, 1, 12.1),
+        (0, 1, 10.0),
+        (2, 1, 11.2),
+        (0, 2, 10.0),
+        (1, 1, 10.5),
+        (5, 1, 12.3),
+        (3, 1, 11.5),
+        (1, 2, 10.1),
+    ]
     out = flush(val, rows)
     kept = sorted(r[0] for r, k in zip(rows, out.keep, strict=True) if k and r[1] == 1)
     assert kept == [0, 2, 5]  # 10.0, then 11.2 (1.2 from 10.0), then 12.3 (1.1 from 11.2)
@@ -231,12 +242,10 @@ def test_update_rules_keeps_the_state_of_remaining_tags() -> None:
     settings = ValidationSettings(zscore_window=50, zscore_min_samples=10)
     val = Validator([TagRules(1, deadband=1.0), TagRules(2, deadband=1.0), TagRules(3)], settings)
     rng = np.random.default_rng(3)
-    flush(val, [(i, 3, float(rng.normal(0, 1))) for i in range(30)]
-          + [(30, 1, 10.0), (30, 2, 10.0)])
+    flush(val, [(i, 3, float(rng.normal(0, 1))) for i in range(30)] + [(30, 1, 10.0), (30, 2, 10.0)])
     # Tag 2 is removed, tag 4 added, tag 1 edited (a range now), tag 3 unchanged.
     val.update_rules([TagRules(4), TagRules(3), TagRules(1, deadband=1.0, valid_max=100.0)])
-    out = flush(val, [(30, 1, 10.0), (31, 1, 10.2), (30, 2, 10.0), (31, 2, 10.2), (31, 3, 25.0),
-                      (31, 4, 1.0)])
+    out = flush(val, [(30, 1, 10.0), (31, 1, 10.2), (30, 2, 10.0), (31, 2, 10.2), (31, 3, 25.0), (31, 4, 1.0)])
     assert out.keep.tolist() == [False, False, True, True, True, True]
     assert out.counts["duplicate"] == 1 and out.counts["deadband"] == 1
     assert out.counts["unknown_tag"] == 2  # tag 2 is gone and so is its state
@@ -305,8 +314,13 @@ class Reference:
             for tag in [x for x in state if x not in self.rules]:
                 del state[tag]  # type: ignore[attr-defined]
 
-    def check(self, t: np.ndarray, g: np.ndarray, v: np.ndarray, q: np.ndarray,
-              ) -> tuple[list[bool], list[int], dict[str, int], list[bool]]:
+    def check(
+        self,
+        t: np.ndarray,
+        g: np.ndarray,
+        v: np.ndarray,
+        q: np.ndarray,
+    ) -> tuple[list[bool], list[int], dict[str, int], list[bool]]:
         n = len(t)
         keep, qual = [True] * n, [int(x) for x in q]
         counts = dict.fromkeys(REJECT_REASONS + FLAG_REASONS, 0)
@@ -346,8 +360,12 @@ class Reference:
             count, mean, var = self.stats.get(tag, (0, 0.0, 0.0))
             sd = math.sqrt(var)
             thr = rule.zscore_threshold
-            if (q[i] < UNCERTAIN and thr is not None and count >= self.s.zscore_min_samples
-                    and sd > 1e-9 * max(1.0, abs(mean))):
+            if (
+                q[i] < UNCERTAIN
+                and thr is not None
+                and count >= self.s.zscore_min_samples
+                and sd > 1e-9 * max(1.0, abs(mean))
+            ):
                 z = abs(x - mean) / (thr * sd)
                 borderline[i] = abs(z - 1) < 1e-6
                 if z > 1:
@@ -363,19 +381,16 @@ class Reference:
                 if ti <= ref_time:
                     continue
                 x, qi = float(v[i]), qual[i]
-                if (last is not None and 0 <= qi < UNCERTAIN and last[1] == qi
-                        and abs(x - last[0]) < rule.deadband):
+                if last is not None and 0 <= qi < UNCERTAIN and last[1] == qi and abs(x - last[0]) < rule.deadband:
                     keep[i] = False
                     counts["deadband"] += 1
                 else:
                     last = (x, qi)
         return keep, qual, counts, borderline
 
-    def commit(self, t: np.ndarray, g: np.ndarray, v: np.ndarray, keep: list[bool],
-               qual: list[int]) -> None:
+    def commit(self, t: np.ndarray, g: np.ndarray, v: np.ndarray, keep: list[bool], qual: list[int]) -> None:
         alpha = 2.0 / (self.s.zscore_window + 1)
-        rows = sorted((int(g[i]), int(t[i]), i) for i in range(len(t))
-                      if keep[i] and int(g[i]) in self.rules)
+        rows = sorted((int(g[i]), int(t[i]), i) for i in range(len(t)) if keep[i] and int(g[i]) in self.rules)
         for tag, ti, i in rows:
             x = float(v[i])
             if ti > self.ref.get(tag, (-(2**63), 0.0, 0))[0]:
@@ -393,8 +408,9 @@ class Reference:
             self.written[tag] = {x for x in times if x >= h}
 
 
-def compare_with_reference(rules: list[TagRules], settings: ValidationSettings,
-                           steps: Sequence[list[Row] | tuple[TagRules, ...]]) -> None:
+def compare_with_reference(
+    rules: list[TagRules], settings: ValidationSettings, steps: Sequence[list[Row] | tuple[TagRules, ...]]
+) -> None:
     """Run flushes (lists of rows) and rules updates (tuples of rules) through both."""
     val, ref = Validator(rules, settings), Reference(rules, settings)
     for step in steps:
@@ -423,10 +439,12 @@ def compare_with_reference(rules: list[TagRules], settings: ValidationSettings,
 
 def test_matches_the_reference_on_a_fixed_random_workload() -> None:
     rng = np.random.default_rng(11)
-    rules = [TagRules(1, deadband=0.5, valid_min=-3.0, valid_max=3.0),
-             TagRules(2, deadband=1.0, out_of_range="reject", valid_max=2.0,
-                      zscore_threshold=2.0),
-             TagRules(3, zscore_threshold=1.5), TagRules(5, deadband=0.0)]
+    rules = [
+        TagRules(1, deadband=0.5, valid_min=-3.0, valid_max=3.0),
+        TagRules(2, deadband=1.0, out_of_range="reject", valid_max=2.0, zscore_threshold=2.0),
+        TagRules(3, zscore_threshold=1.5),
+        TagRules(5, deadband=0.0),
+    ]
     settings = ValidationSettings(dedup_window_s=20.0, zscore_window=10, zscore_min_samples=5)
     flushes = []
     clock = 0.0
@@ -439,8 +457,9 @@ def test_matches_the_reference_on_a_fixed_random_workload() -> None:
         vals[rng.random(k) < 0.03] = math.nan
         vals[rng.random(k) < 0.02] = math.inf
         quals = rng.choice([GOOD, GOOD, GOOD, GOOD, UNCERTAIN, BAD_NO_COMM, 0x00960000], k)
-        flushes.append([(float(a), int(b), float(x), int(y))
-                        for a, b, x, y in zip(ts, tags, vals, quals, strict=True)])
+        flushes.append(
+            [(float(a), int(b), float(x), int(y)) for a, b, x, y in zip(ts, tags, vals, quals, strict=True)]
+        )
     compare_with_reference(rules, settings, flushes)
 
 
@@ -460,8 +479,10 @@ def test_matches_the_reference_over_many_small_flushes_rule_changes_and_a_clock_
         k = int(rng.integers(1, 12))
         rows: list[Row] = [
             (clock + float(x), int(tag), float(np.round(val, 1)), GOOD)
-            for x, tag, val in zip(rng.integers(0, 4, k), rng.integers(1, 10, k),
-                                   rng.normal(1, 1.5, k), strict=True)]
+            for x, tag, val in zip(
+                rng.integers(0, 4, k), rng.integers(1, 10, k), rng.normal(1, 1.5, k), strict=True
+            )
+        ]
         clock += 3
         if sent and rng.random() < 0.3:
             rows += sent[int(rng.integers(max(0, len(sent) - 120), len(sent)))]  # a resend
@@ -471,8 +492,9 @@ def test_matches_the_reference_over_many_small_flushes_rule_changes_and_a_clock_
 
 
 # Hypothesis keeps a cache; keep it out of the checkout.
-os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY",
-                      os.path.join(tempfile.gettempdir(), "scada-ingest-hypothesis"))
+os.environ.setdefault(
+    "HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "scada-ingest-hypothesis")
+)
 try:
     from hypothesis import given
     from hypothesis import settings as hsettings
@@ -481,36 +503,55 @@ except ImportError:  # pragma: no cover
     given = None
 
 if given is not None:
-    _value = st.one_of(
-        st.integers(-6, 6).map(lambda x: x / 2), st.sampled_from([math.nan, math.inf, -math.inf]))
-    _row = st.tuples(st.integers(0, 30).map(float), st.sampled_from([1, 2, 3, 9]), _value,
-                     st.sampled_from([GOOD, GOOD, GOOD, UNCERTAIN, BAD_NO_COMM]))
+    _value = st.one_of(st.integers(-6, 6).map(lambda x: x / 2), st.sampled_from([math.nan, math.inf, -math.inf]))
+    _row = st.tuples(
+        st.integers(0, 30).map(float),
+        st.sampled_from([1, 2, 3, 9]),
+        _value,
+        st.sampled_from([GOOD, GOOD, GOOD, UNCERTAIN, BAD_NO_COMM]),
+    )
     _rules = st.tuples(
-        st.sampled_from([None, 0.0, 0.5, 1.0]), st.sampled_from(["flag", "reject"]),
-        st.sampled_from([None, 1.0, 2.0]), st.sampled_from([None, -2.0]),
-        st.sampled_from([None, 2.5]))
+        st.sampled_from([None, 0.0, 0.5, 1.0]),
+        st.sampled_from(["flag", "reject"]),
+        st.sampled_from([None, 1.0, 2.0]),
+        st.sampled_from([None, -2.0]),
+        st.sampled_from([None, 2.5]),
+    )
 
     @hsettings(max_examples=300, deadline=None, database=None)  # no .hypothesis/ in the checkout
-    @given(rule_draws=st.lists(_rules, min_size=3, max_size=3),
-           flushes=st.lists(st.lists(_row, max_size=25), max_size=8),
-           window=st.sampled_from([0.0, 5.0, 60.0]), min_samples=st.sampled_from([0, 3]))
+    @given(
+        rule_draws=st.lists(_rules, min_size=3, max_size=3),
+        flushes=st.lists(st.lists(_row, max_size=25), max_size=8),
+        window=st.sampled_from([0.0, 5.0, 60.0]),
+        min_samples=st.sampled_from([0, 3]),
+    )
     def test_property_outcome_matches_reference_and_counts_add_up(
         rule_draws: list[tuple[float | None, str, float | None, float | None, float | None]],
-        flushes: list[list[Row]], window: float, min_samples: int,
+        flushes: list[list[Row]],
+        window: float,
+        min_samples: int,
     ) -> None:
-        rules = [TagRules(tag, deadband=db, out_of_range=oor, zscore_threshold=z,  # type: ignore[arg-type]
-                          valid_min=lo, valid_max=hi)
-                 for tag, (db, oor, z, lo, hi) in zip([1, 2, 3], rule_draws, strict=True)]
-        settings = ValidationSettings(dedup_window_s=window, zscore_window=4,
-                                      zscore_min_samples=min_samples)
+        rules = [
+            TagRules(
+                tag,
+                deadband=db,
+                out_of_range=oor,
+                zscore_threshold=z,  # type: ignore[arg-type]
+                valid_min=lo,
+                valid_max=hi,
+            )
+            for tag, (db, oor, z, lo, hi) in zip([1, 2, 3], rule_draws, strict=True)
+        ]
+        settings = ValidationSettings(dedup_window_s=window, zscore_window=4, zscore_min_samples=min_samples)
         compare_with_reference(rules, settings, flushes)
 
 
 def test_timing_20k_rows_across_1000_tags() -> None:
     """Prints the cost of check + commit per flush (run with -s); no timed assert."""
     tags, per = 1000, 20
-    rules = [TagRules(i, valid_min=-50.0, valid_max=150.0, deadband=0.05 if i % 2 else None)
-             for i in range(1, tags + 1)]
+    rules = [
+        TagRules(i, valid_min=-50.0, valid_max=150.0, deadband=0.05 if i % 2 else None) for i in range(1, tags + 1)
+    ]
     val = Validator(rules)
     rng = np.random.default_rng(5)
 
@@ -536,7 +577,9 @@ def test_timing_20k_rows_across_1000_tags() -> None:
             wall.append(t2 - t0)
             cpu.append(p2 - p0)
     ms, cpu_ms = np.array(wall) * 1e3, np.array(cpu) * 1e3
-    print(f"\nvalidation, {c[0].size} rows / {tags} tags, {len(ms)} consecutive flushes:"
-          f" check+commit wall median {np.median(ms):.2f} ms (mean {ms.mean():.2f}, min"
-          f" {ms.min():.2f}, max {ms.max():.2f}); CPU mean {cpu_ms.mean():.2f} ms;"
-          f" check alone median {np.median(checks) * 1e3:.2f} ms; last counts {out.counts}")
+    print(
+        f"\nvalidation, {c[0].size} rows / {tags} tags, {len(ms)} consecutive flushes:"
+        f" check+commit wall median {np.median(ms):.2f} ms (mean {ms.mean():.2f}, min"
+        f" {ms.min():.2f}, max {ms.max():.2f}); CPU mean {cpu_ms.mean():.2f} ms;"
+        f" check alone median {np.median(checks) * 1e3:.2f} ms; last counts {out.counts}"
+    )

@@ -54,8 +54,10 @@ async def test_resent_batch_is_acknowledged_not_written_twice(tenant_db: str) ->
     first = await w.write(_batch("src:e:1", 500))
     again = await w.write(_batch("src:e:1", 500))
     # A resend racing its original inside one flush is also written once.
-    both = await asyncio.gather(w.write(_batch("src:e:2", 300, start_us=2_000_000_000_000_000)),
-                                w.write(_batch("src:e:2", 300, start_us=2_000_000_000_000_000)))
+    both = await asyncio.gather(
+        w.write(_batch("src:e:2", 300, start_us=2_000_000_000_000_000)),
+        w.write(_batch("src:e:2", 300, start_us=2_000_000_000_000_000)),
+    )
     await w.stop()
     assert not first.duplicate and again.duplicate
     assert [b.rows for b in both] == [300, 300]
@@ -72,8 +74,12 @@ async def test_many_small_batches_merge_into_few_flushes(tenant_db: str) -> None
     builder = BatchBuilder("src", "e")
     batches = []
     for i in range(50):
-        builder.append(np.full(100, i, np.int32), np.arange(100) + i * 1000 + 1_700_000_000_000_000,
-                       np.ones(100), np.zeros(100))
+        builder.append(
+            np.full(100, i, np.int32),
+            np.arange(100) + i * 1000 + 1_700_000_000_000_000,
+            np.ones(100),
+            np.zeros(100),
+        )
         batches.append(builder.cut())
     results = await asyncio.gather(*(w.write(b) for b in batches if b is not None))
     await w.stop()
@@ -97,8 +103,12 @@ async def test_text_readings_land_in_the_text_table_exactly_once(tenant_db: str)
     from ingest.core.batch import TextBatch, TextBuilder, is_text
 
     builder = TextBuilder("src", "e")
-    builder.append(np.array([7, 7, 8], np.int32), np.array([1, 2, 3]) + 1_700_000_000_000_000,
-                   ["RUNNING", "STOPPED", "v3"], np.zeros(3, np.int32))
+    builder.append(
+        np.array([7, 7, 8], np.int32),
+        np.array([1, 2, 3]) + 1_700_000_000_000_000,
+        ["RUNNING", "STOPPED", "v3"],
+        np.zeros(3, np.int32),
+    )
     batch = builder.cut()
     assert batch is not None and batch.batch_id.endswith(":text1")
     rb = batch.to_arrow()
@@ -111,8 +121,9 @@ async def test_text_readings_land_in_the_text_table_exactly_once(tenant_db: str)
     await w.stop()
     assert not first.duplicate and again.duplicate
     conn = await asyncpg.connect(tenant_db)
-    rows = await conn.fetch("SELECT tag_id, value, (extract(epoch FROM time) * 1e6)::int8 AS t "
-                            "FROM scada_readings_text ORDER BY time")
+    rows = await conn.fetch(
+        "SELECT tag_id, value, (extract(epoch FROM time) * 1e6)::int8 AS t FROM scada_readings_text ORDER BY time"
+    )
     await conn.close()
     assert [(r["tag_id"], r["value"]) for r in rows] == [(7, "RUNNING"), (7, "STOPPED"), (8, "v3")]
     assert rows[0]["t"] == 1_700_000_000_000_001

@@ -27,13 +27,16 @@ def sim() -> Any:
 def test_writer_killed_and_database_stopped_30s_mid_stream(
     tenant: TenantHandle, stack: Settings, sim: SimProcess
 ) -> None:
-    r = tenant.client.post(f"/v1/tenants/{tenant.slug}/connections",
-                           json=sim.connection_body("faulty-day"))
+    r = tenant.client.post(f"/v1/tenants/{tenant.slug}/connections", json=sim.connection_body("faulty-day"))
     assert r.status_code == 201, r.text
     tag_ids = {t["node_id"]: t["tag_id"] for t in r.json()["tags"]}
     dsn = stack.dsn(tenant.db)
-    wait_for(lambda: db_fetch(dsn, "SELECT count(DISTINCT tag_id) AS n FROM scada_readings")[0]["n"]
-             == len(tag_ids), 60, "subscription delivering")
+    wait_for(
+        lambda: db_fetch(dsn, "SELECT count(DISTINCT tag_id) AS n FROM scada_readings")[0]["n"] == len(tag_ids),
+        60,
+        "subscription delivering",
+    )
+
     def rows() -> int:
         return int(db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"])
 
@@ -59,11 +62,16 @@ def test_writer_killed_and_database_stopped_30s_mid_stream(
     wait_for(lambda: rows() > n, 60, "the database taking readings again")
     summary = sim.stop()
     published = summary["per_node"]
-    wait_for(lambda: counting_check(dsn, tag_ids, published)["stored"] >= summary["published"],
-             180, "every published value stored after the outage")
+    wait_for(
+        lambda: counting_check(dsn, tag_ids, published)["stored"] >= summary["published"],
+        180,
+        "every published value stored after the outage",
+    )
     result = counting_check(dsn, tag_ids, published)
-    print(f"writer kill + 30 s database stop: published {result['published']}, stored "
-          f"{result['stored']}, spool peak {spool_peak} batches")
+    print(
+        f"writer kill + 30 s database stop: published {result['published']}, stored "
+        f"{result['stored']}, spool peak {spool_peak} batches"
+    )
     assert spool_peak > 0, "the outage should have gone through the durable spool"
     assert result["bad"] == [], result["bad"][:3]
     assert result["stored"] == result["published"] > 10 * 20 * 30

@@ -40,17 +40,19 @@ def numeric_batch(producer: int, seq: int, rng: np.random.Generator) -> ReadingB
     k = np.arange(n, dtype=np.int64)
     tag = (producer * 100 + k % 50 + 1).astype(np.int32)
     t = T0 + (seq * 10_000 + k) * 1000
-    return ReadingBatch(f"n{producer}:{seq}", t, tag, k.astype(np.float64),
-                        np.zeros(n, np.int32))
+    return ReadingBatch(f"n{producer}:{seq}", t, tag, k.astype(np.float64), np.zeros(n, np.int32))
 
 
 def text_batch(producer: int, seq: int, rng: np.random.Generator) -> TextBatch:
     n = int(rng.integers(1, 40))
     k = np.arange(n, dtype=np.int64)
-    return TextBatch(f"n{producer}:text{seq}", T0 + (seq * 10_000 + k) * 1000,
-                     np.full(n, 10_000 + producer, np.int32),
-                     [f"state {producer}/{seq}/{i} \u00e9tat" for i in range(n)],
-                     np.zeros(n, np.int32))
+    return TextBatch(
+        f"n{producer}:text{seq}",
+        T0 + (seq * 10_000 + k) * 1000,
+        np.full(n, 10_000 + producer, np.int32),
+        [f"state {producer}/{seq}/{i} \u00e9tat" for i in range(n)],
+        np.zeros(n, np.int32),
+    )
 
 
 async def test_text_and_numeric_batches_interleaved_land_exactly_once(
@@ -101,8 +103,7 @@ async def test_text_and_numeric_batches_interleaved_land_exactly_once(
     try:
         assert await conn.fetchval("SELECT count(*) FROM scada_readings") == numeric_rows
         assert await conn.fetchval("SELECT count(*) FROM scada_readings_text") == text_rows
-        ledger = {r["batch_id"]: r["rows"] for r in await conn.fetch(
-            "SELECT batch_id, rows FROM ingest_ledger")}
+        ledger = {r["batch_id"]: r["rows"] for r in await conn.fetch("SELECT batch_id, rows FROM ingest_ledger")}
     finally:
         await conn.close()
     assert ledger == {b.batch_id: len(b) for b in sent}  # batch_id is the ledger's primary key

@@ -46,15 +46,18 @@ def seq_batch(source: str, seq: int, tags: int = 10, per_tag: int = 100) -> Read
     k = np.arange(n)
     tag = (k % tags + 1).astype(np.int32)
     step = seq * per_tag + k // tags
-    return ReadingBatch(f"{source}:{seq}", T0 + step * 1000, tag, (step + 1).astype(np.float64),
-                        np.zeros(n, np.int32))
+    return ReadingBatch(
+        f"{source}:{seq}", T0 + step * 1000, tag, (step + 1).astype(np.float64), np.zeros(n, np.int32)
+    )
 
 
 async def count_check(dsn: str, tags: int, per_tag_total: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT tag_id, count(*) n, count(DISTINCT value) d, min(value) lo,"
-                                " max(value) hi FROM scada_readings GROUP BY tag_id ORDER BY 1")
+        rows = await conn.fetch(
+            "SELECT tag_id, count(*) n, count(DISTINCT value) d, min(value) lo,"
+            " max(value) hi FROM scada_readings GROUP BY tag_id ORDER BY 1"
+        )
     finally:
         await conn.close()
     assert [(r["tag_id"], r["n"], r["d"], r["lo"], r["hi"]) for r in rows] == [
@@ -70,8 +73,7 @@ async def test_outage_spools_then_drains_in_order_exactly_once(
     tenant = f"spool{uuid.uuid4().hex[:6]}"
     spool = RedisSpool(redis, tenant, max_rows=1_000_000)
     dsn = stack.dsn(db).replace(f":{stack.pg_port}/", f":{proxy.port}/")
-    w = TenantWriter(dsn, flush_interval_ms=20, spool=spool, backoff_initial_s=0.1,
-                     backoff_max_s=0.5)
+    w = TenantWriter(dsn, flush_interval_ms=20, spool=spool, backoff_initial_s=0.1, backoff_max_s=0.5)
     await w.start()
     results = [await w.write(seq_batch("p", i)) for i in range(5)]
     assert not any(r.spooled for r in results)
@@ -103,9 +105,13 @@ async def test_text_batches_spool_in_an_outage_and_drain_exactly_once(
     stack: Settings, db: str, redis: aioredis.Redis
 ) -> None:
     def text(seq: int) -> TextBatch:
-        return TextBatch(f"p:text{seq}", T0 + np.arange(3, dtype=np.int64) * 1000 + seq * 10_000,
-                         np.full(3, 7, np.int32), [f"s{seq}.{i}" for i in range(3)],
-                         np.zeros(3, np.int32))
+        return TextBatch(
+            f"p:text{seq}",
+            T0 + np.arange(3, dtype=np.int64) * 1000 + seq * 10_000,
+            np.full(3, 7, np.int32),
+            [f"s{seq}.{i}" for i in range(3)],
+            np.zeros(3, np.int32),
+        )
 
     proxy = TcpProxy(stack.pg_host, stack.pg_port)
     await proxy.start()
@@ -116,14 +122,23 @@ async def test_text_batches_spool_in_an_outage_and_drain_exactly_once(
         if reason == "duplicate":
             drained.set()
 
-    w = TenantWriter(stack.dsn(db).replace(f":{stack.pg_port}/", f":{proxy.port}/"),
-                     flush_interval_ms=20, spool=spool, backoff_initial_s=0.1, backoff_max_s=0.5,
-                     on_event=on_event)
+    w = TenantWriter(
+        stack.dsn(db).replace(f":{stack.pg_port}/", f":{proxy.port}/"),
+        flush_interval_ms=20,
+        spool=spool,
+        backoff_initial_s=0.1,
+        backoff_max_s=0.5,
+        on_event=on_event,
+    )
     await w.start()
     assert not (await w.write_text(text(0))).spooled
     await proxy.cut()
-    during = [await w.write_text(text(1)), await w.write(seq_batch("p", 0)),
-              await w.write_text(text(2)), await w.write_text(text(1))]  # the last: a resend
+    during = [
+        await w.write_text(text(1)),
+        await w.write(seq_batch("p", 0)),
+        await w.write_text(text(2)),
+        await w.write_text(text(1)),
+    ]  # the last: a resend
     assert all(r.spooled for r in during)
     await proxy.restore()
     await asyncio.wait_for(drained.wait(), 60)
@@ -142,9 +157,7 @@ async def test_text_batches_spool_in_an_outage_and_drain_exactly_once(
     assert w.stats.duplicates == 1
 
 
-async def test_full_spool_pushes_back_and_sender_records_gaps(
-    stack: Settings, redis: aioredis.Redis
-) -> None:
+async def test_full_spool_pushes_back_and_sender_records_gaps(stack: Settings, redis: aioredis.Redis) -> None:
     tenant = f"full{uuid.uuid4().hex[:6]}"
     spool = RedisSpool(redis, tenant, max_rows=2_500)
     await spool.push([seq_batch("p", 0), seq_batch("p", 1)])
@@ -156,8 +169,9 @@ async def test_full_spool_pushes_back_and_sender_records_gaps(
     async def refuse(_: ReadingBatch) -> None:
         raise SpoolFull("full")
 
-    sender = BatchSender(refuse, max_inflight=1, max_unacked_rows=2_500, on_gap=gaps.append,
-                         backoff_initial_s=0.05)
+    sender = BatchSender(
+        refuse, max_inflight=1, max_unacked_rows=2_500, on_gap=gaps.append, backoff_initial_s=0.05
+    )
     sender.start()
     for i in range(5):
         sender.submit(seq_batch("q", i))
@@ -200,15 +214,22 @@ async def test_permanent_error_quarantines_only_the_bad_batch(
     assert fixed is not None and await q.list() == []
 
 
-async def test_validation_flags_and_rejects_are_counted_and_written_once(
-    stack: Settings, db: str
-) -> None:
-    v = Validator([TagRules(1, valid_min=0, valid_max=100, out_of_range="flag"),
-                   TagRules(2, valid_min=0, valid_max=100, out_of_range="reject")])
+async def test_validation_flags_and_rejects_are_counted_and_written_once(stack: Settings, db: str) -> None:
+    v = Validator(
+        [
+            TagRules(1, valid_min=0, valid_max=100, out_of_range="flag"),
+            TagRules(2, valid_min=0, valid_max=100, out_of_range="reject"),
+        ]
+    )
     w = TenantWriter(stack.dsn(db), flush_interval_ms=20, validator=v)
     await w.start()
-    b = ReadingBatch("v:1", T0 + np.arange(6) * 1000, np.array([1, 1, 2, 2, 1, 2], np.int32),
-                     np.array([5.0, 500.0, 7.0, -3.0, np.nan, 8.0]), np.zeros(6, np.int32))
+    b = ReadingBatch(
+        "v:1",
+        T0 + np.arange(6) * 1000,
+        np.array([1, 1, 2, 2, 1, 2], np.int32),
+        np.array([5.0, 500.0, 7.0, -3.0, np.nan, 8.0]),
+        np.zeros(6, np.int32),
+    )
     await w.write(b)
     await w.write(b)  # a resend: not validated again, not counted again
     await w.stop()
@@ -216,8 +237,7 @@ async def test_validation_flags_and_rejects_are_counted_and_written_once(
     rows = await conn.fetch("SELECT tag_id, value, quality FROM scada_readings ORDER BY time")
     ledger = await conn.fetchrow("SELECT rows, received FROM ingest_ledger")
     await conn.close()
-    q = {(r["tag_id"], r["value"] if r["value"] == r["value"] else "nan"): r["quality"]
-         for r in rows}
+    q = {(r["tag_id"], r["value"] if r["value"] == r["value"] else "nan"): r["quality"] for r in rows}
     assert q[(1, 500.0)] == quality_as_int4(Quality.BAD_OUT_OF_RANGE)
     assert q[(1, "nan")] == quality_as_int4(Quality.BAD)
     assert (2, -3.0) not in q and q[(2, 7.0)] == 0
@@ -227,9 +247,7 @@ async def test_validation_flags_and_rejects_are_counted_and_written_once(
     assert w.stats.rejections["nan"] == 1
 
 
-async def test_fanout_latest_values_and_channel(
-    stack: Settings, db: str, redis: aioredis.Redis
-) -> None:
+async def test_fanout_latest_values_and_channel(stack: Settings, db: str, redis: aioredis.Redis) -> None:
     tenant = f"fan{uuid.uuid4().hex[:6]}"
     pubsub = redis.pubsub()
     await pubsub.subscribe(channel(tenant))
@@ -245,8 +263,7 @@ async def test_fanout_latest_values_and_channel(
     await pubsub.aclose()
     assert msg is not None and json.loads(msg["data"])["rows"] == 30
     latest = await redis.hgetall(latest_key(tenant))
-    assert {k.decode(): json.loads(v)["v"] for k, v in latest.items()} == {
-        "1": 10.0, "2": 10.0, "3": 10.0}
+    assert {k.decode(): json.loads(v)["v"] for k, v in latest.items()} == {"1": 10.0, "2": 10.0, "3": 10.0}
 
 
 async def test_redis_down_never_blocks_database_writes(stack: Settings, db: str) -> None:

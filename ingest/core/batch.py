@@ -85,7 +85,10 @@ class ReadingBatch:
 
     def take(self, mask: npt.NDArray[np.bool_]) -> ReadingBatch:
         return ReadingBatch(
-            self.batch_id, self.time_us[mask], self.tag_id[mask], self.value[mask],
+            self.batch_id,
+            self.time_us[mask],
+            self.tag_id[mask],
+            self.value[mask],
             self.quality[mask],
         )
 
@@ -179,8 +182,12 @@ class TextBatch:
 
     def to_arrow(self) -> pa.RecordBatch:
         return pa.RecordBatch.from_arrays(
-            [pa.array(self.time_us), pa.array(self.tag_id), pa.array(self.value, pa.string()),
-             pa.array(self.quality)],
+            [
+                pa.array(self.time_us),
+                pa.array(self.tag_id),
+                pa.array(self.value, pa.string()),
+                pa.array(self.quality),
+            ],
             schema=TEXT_SCHEMA.with_metadata({"batch_id": self.batch_id}),
         )
 
@@ -190,8 +197,13 @@ class TextBatch:
         batch_id = meta.get(b"batch_id", b"").decode()
         if not batch_id:
             raise ValueError("batch has no batch_id")
-        return cls(batch_id, rb.column(0).to_numpy(), rb.column(1).to_numpy(),
-                   rb.column(2).to_pylist(), rb.column(3).to_numpy())
+        return cls(
+            batch_id,
+            rb.column(0).to_numpy(),
+            rb.column(1).to_numpy(),
+            rb.column(2).to_pylist(),
+            rb.column(3).to_numpy(),
+        )
 
 
 # What a writer takes: numeric readings, or string readings bound for the text table.
@@ -214,10 +226,16 @@ class TextBuilder:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def append(self, tag_id: npt.ArrayLike, time_us: npt.ArrayLike, texts: list[str],
-               quality: npt.ArrayLike) -> None:
-        for t, g, v, q in zip(np.asarray(time_us).tolist(), np.asarray(tag_id).tolist(), texts,
-                              np.asarray(quality).tolist(), strict=True):
+    def append(
+        self, tag_id: npt.ArrayLike, time_us: npt.ArrayLike, texts: list[str], quality: npt.ArrayLike
+    ) -> None:
+        for t, g, v, q in zip(
+            np.asarray(time_us).tolist(),
+            np.asarray(tag_id).tolist(),
+            texts,
+            np.asarray(quality).tolist(),
+            strict=True,
+        ):
             self._rows.append((t, g, v, q))
 
     def cut(self) -> TextBatch | None:
@@ -227,6 +245,8 @@ class TextBuilder:
         rows, self._rows = self._rows, []
         return TextBatch(
             f"{self.source}:{self.epoch}:text{self._seq}",
-            np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int32),
-            [r[2] for r in rows], np.array([r[3] for r in rows], np.int32),
+            np.array([r[0] for r in rows], np.int64),
+            np.array([r[1] for r in rows], np.int32),
+            [r[2] for r in rows],
+            np.array([r[3] for r in rows], np.int32),
         )

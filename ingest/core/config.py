@@ -40,8 +40,9 @@ class Settings(BaseSettings):
     dashboard_port: int = Field(8265, description="Port of the Ray dashboard (loopback)")
     tags_per_actor: int = Field(20_000, description="Tags one connection actor carries at most")
     max_actors_per_node: int = Field(4, description="Connection actors per node at most")
-    health_timeout_s: float = Field(1.0, description="A slot not answering its status call in "
-                                    "this time is left out of the assignment")
+    health_timeout_s: float = Field(
+        1.0, description="A slot not answering its status call in this time is left out of the assignment"
+    )
     reconcile_interval_s: float = Field(2.0, description="Coordinator reconcile period")
     batch_interval_ms: int = Field(100, description="Connection actor micro-batch period")
     # Sorted 50k-row flushes measured ~250k rows/s against ~190k for 10k-20k-row flushes on the
@@ -55,10 +56,12 @@ class Settings(BaseSettings):
     )
     writer_inflight_max: int = Field(4, description="Unacknowledged batches per tenant per sender")
     rollup_refresh_interval_s: float = Field(
-        5.0, description="Pause between rollup refresh passes; a reading is in every rollup level "
-        "within two of these")
+        5.0,
+        description="Pause between rollup refresh passes; a reading is in every rollup level within two of these",
+    )
     rollup_minutes_per_pass: int = Field(
-        360, description="Minutes of data one rollup refresh pass rebuilds at most (bounded work)")
+        360, description="Minutes of data one rollup refresh pass rebuilds at most (bounded work)"
+    )
     retention_interval_s: float = Field(3600.0, description="How often retention drops old chunks")
 
     @property

@@ -60,8 +60,9 @@ class Metrics:
                 elif spec.kind is Kind.GAUGE:
                     metric = rm.Gauge(spec.name, spec.help, tag_keys=spec.labels)
                 else:
-                    metric = rm.Histogram(spec.name, spec.help, boundaries=list(spec.boundaries),
-                                          tag_keys=spec.labels)
+                    metric = rm.Histogram(
+                        spec.name, spec.help, boundaries=list(spec.boundaries), tag_keys=spec.labels
+                    )
             setattr(self, spec.attr, metric)
 
     @classmethod

@@ -34,10 +34,16 @@ class ConnectionGauges:
         pairs = {(t, p) for t, p, _ in counts} | self._published
         for tenant, protocol in pairs:
             for state in STATES:
-                safe(self._m.connections.set, counts.get((tenant, protocol, state), 0),
-                     {"tenant": tenant, "protocol": protocol, "state": state})
-            safe(self._m.active_connections.set, counts.get((tenant, protocol, "connected"), 0),
-                 {"tenant": tenant, "protocol": protocol})
+                safe(
+                    self._m.connections.set,
+                    counts.get((tenant, protocol, state), 0),
+                    {"tenant": tenant, "protocol": protocol, "state": state},
+                )
+            safe(
+                self._m.active_connections.set,
+                counts.get((tenant, protocol, "connected"), 0),
+                {"tenant": tenant, "protocol": protocol},
+            )
         self._published = {(t, p) for t, p, _ in counts}
         return counts
 

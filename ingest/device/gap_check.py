@@ -37,8 +37,15 @@ EmitMarkers = Callable[[npt.NDArray[np.int32], npt.NDArray[np.int64]], None]
 class SessionStartGaps:
     """The session-start gap check of one connection (see the module docstring)."""
 
-    def __init__(self, name: str, tag_ids: list[int], last_before: LastBefore,
-                 emit: EmitMarkers, *, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        tag_ids: list[int],
+        last_before: LastBefore,
+        emit: EmitMarkers,
+        *,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.name = name
         self._unseen = set(tag_ids)  # tags whose first new reading has not arrived yet
         self._waiting: dict[int, int] = {}  # first seen, not yet checked
@@ -98,6 +105,10 @@ class SessionStartGaps:
                 self.failures += 1
                 self.last_error = f"{type(e).__name__}: {e}"[:300]
                 delay = self._backoff.next_delay()
-                log.warning("gap check for %s: stored times unavailable (%s); retrying in "
-                            "%.1f s", self.name, self.last_error, delay)
+                log.warning(
+                    "gap check for %s: stored times unavailable (%s); retrying in %.1f s",
+                    self.name,
+                    self.last_error,
+                    delay,
+                )
                 await asyncio.sleep(delay)

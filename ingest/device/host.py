@@ -123,8 +123,7 @@ class ConnectionHost:
             if cid in self._running:
                 kept.append(cid)
                 continue
-            self._running[cid] = r = _Running(spec, spec.fingerprint(), None, None,
-                                              started_at=time.time())
+            self._running[cid] = r = _Running(spec, spec.fingerprint(), None, None, started_at=time.time())
             self._launch(r)
             if r.state == FAILED:
                 failed[cid] = r.error or FAILED
@@ -146,8 +145,7 @@ class ConnectionHost:
         r.failures += 1
         r.state, r.error = FAILED, f"{type(e).__name__}: {e}"[:500]
         r.retry_at = time.monotonic() + r.backoff.next_delay()
-        log.warning("connection %s (%s) failed: %s", r.spec.connection_id,
-                    r.spec.tenant_slug, r.error)
+        log.warning("connection %s (%s) failed: %s", r.spec.connection_id, r.spec.tenant_slug, r.error)
 
     def _launch(self, r: _Running) -> None:
         try:
@@ -174,8 +172,7 @@ class ConnectionHost:
         tenant = spec.tenant_id
         if tenant not in self._builders:
             self._builders[tenant] = BatchBuilder(f"{self.source}/{spec.tenant_slug}", self.epoch)
-            self._text_builders[tenant] = TextBuilder(f"{self.source}/{spec.tenant_slug}",
-                                                      self.epoch)
+            self._text_builders[tenant] = TextBuilder(f"{self.source}/{spec.tenant_slug}", self.epoch)
             sender = self._sender_factory(spec)
             sender.start()
             self._senders[tenant] = sender
@@ -197,13 +194,11 @@ class ConnectionHost:
             async def last_before(first: dict[int, int]) -> dict[int, int]:
                 return await last_times(spec, first)
 
-            r.gaps = SessionStartGaps(cid, [t.tag_id for t in spec.tags], last_before,
-                                      add_markers)
+            r.gaps = SessionStartGaps(cid, [t.tag_id for t in spec.tags], last_before, add_markers)
             r.gap_task = asyncio.create_task(r.gaps.run(), name=f"gap-check-{cid}")
         gaps = r.gaps
 
-        def on_values(tag_ids: np.ndarray, times: np.ndarray, values: np.ndarray,
-                      quality: np.ndarray) -> None:
+        def on_values(tag_ids: np.ndarray, times: np.ndarray, values: np.ndarray, quality: np.ndarray) -> None:
             if gaps is not None:
                 gaps.observe(tag_ids, times)
             builder.append(tag_ids, times, scale(tag_ids, values), quality)
@@ -218,8 +213,7 @@ class ConnectionHost:
             if self._on_state_change is not None:
                 self._on_state_change(spec, state, error)
 
-        def on_text(tag_ids: np.ndarray, times: np.ndarray, texts: list[str],
-                    quality: np.ndarray) -> None:
+        def on_text(tag_ids: np.ndarray, times: np.ndarray, texts: list[str], quality: np.ndarray) -> None:
             text_builder.append(tag_ids, times, texts, quality)
             n = len(texts)
             self.values_received += n
@@ -301,8 +295,11 @@ class ConnectionHost:
                     "error": r.error,
                     "failures": r.failures,
                     "gap_check_failures": r.gaps.failures if r.gaps is not None else 0,
-                    **({k: v for k, v in r.session.stats.items() if isinstance(v, int | float)}
-                       if r.session is not None else {}),
+                    **(
+                        {k: v for k, v in r.session.stats.items() if isinstance(v, int | float)}
+                        if r.session is not None
+                        else {}
+                    ),
                 }
                 for cid, r in self._running.items()
             },
@@ -313,8 +310,9 @@ class ConnectionHost:
         }
 
 
-def make_session(spec: ConnectionSpec, on_values: Any, on_state: Any, on_text: Any = None,
-                 on_gap: Any = None) -> DeviceSession:
+def make_session(
+    spec: ConnectionSpec, on_values: Any, on_state: Any, on_text: Any = None, on_gap: Any = None
+) -> DeviceSession:
     """Build the protocol session for a connection spec (registration checks the same inputs)."""
     if spec.protocol is Protocol.OPCUA:
         from ingest.device.opcua import OpcUaSession
@@ -334,11 +332,16 @@ def make_session(spec: ConnectionSpec, on_values: Any, on_state: Any, on_text: A
 
         # pymodbus logs every timeout at ERROR with a frame dump; the session counts them instead.
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
         def on_strings(pairs: list[tuple[int, str]], time_us: int) -> None:
             if on_text is not None and pairs:
                 n = len(pairs)
-                on_text(np.array([p[0] for p in pairs], np.int32), np.full(n, time_us, np.int64),
-                        [p[1] for p in pairs], np.zeros(n, np.int32))
+                on_text(
+                    np.array([p[0] for p in pairs], np.int32),
+                    np.full(n, time_us, np.int64),
+                    [p[1] for p in pairs],
+                    np.zeros(n, np.int32),
+                )
 
         return ModbusSession(
             spec.endpoint,

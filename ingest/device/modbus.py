@@ -83,9 +83,7 @@ class ModbusSession:
                 raise ValueError(f"tag_id {p.tag_id} appears twice")
             seen.add(p.tag_id)
         self.endpoint = endpoint
-        self._requests = plan_reads(
-            points, max_register_gap=max_register_gap, max_bit_gap=max_bit_gap
-        )
+        self._requests = plan_reads(points, max_register_gap=max_register_gap, max_bit_gap=max_bit_gap)
         # String points read Good: with a text sink (on_strings) their text goes there and they
         # leave the float columns; without one they stay visible as NaN rows marked Bad (as the
         # OPC UA session does) instead of vanishing. Failed reads are Bad rows either way.
@@ -155,9 +153,7 @@ class ModbusSession:
             await inner
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if not (self._stop.is_set() and inner.cancelled()) or (
-                current is not None and current.cancelling()
-            ):
+            if not (self._stop.is_set() and inner.cancelled()) or (current is not None and current.cancelling()):
                 inner.cancel()
                 raise
         finally:
@@ -231,8 +227,9 @@ class ModbusSession:
     async def _connect(self) -> None:
         self._set_state(SessionState.CONNECTING, None)
         try:
-            link = await ModbusLink.open(self._host, self._port, name=f"modbus {self.endpoint}",
-                                         timeout_s=self._timeout_s)
+            link = await ModbusLink.open(
+                self._host, self._port, name=f"modbus {self.endpoint}", timeout_s=self._timeout_s
+            )
         except IngestError as err:
             self._schedule_reconnect()
             self._report(err)
@@ -329,9 +326,7 @@ class ModbusSession:
                 )
         return all_good
 
-    async def _read(
-        self, client: ModbusLink, i: int, req: ReadRequest
-    ) -> tuple[npt.NDArray[np.float64], int]:
+    async def _read(self, client: ModbusLink, i: int, req: ReadRequest) -> tuple[npt.NDArray[np.float64], int]:
         self._stats["requests"] += 1
         raw, t_us = await client.read(req)
         # Any answer means the device is there: the next loss starts its backoff from scratch.

@@ -40,8 +40,7 @@ def stored_address(
     """
     if register is None or address is None:
         return None
-    spec = (f"{register}:{1 if unit is None else unit}:{address}:{data_type or 'uint16'}:"
-            f"{byte_order or 'ABCD'}")
+    spec = f"{register}:{1 if unit is None else unit}:{address}:{data_type or 'uint16'}:{byte_order or 'ABCD'}"
     # Rows from before registration refused both: the bit wins, as it always did.
     if bit is not None:
         return f"{spec}:bit={bit}"
@@ -54,8 +53,9 @@ def parse_address(spec: str, *, tag_id: int = 0) -> ModbusPoint:
     parts = [p.strip() for p in spec.strip().split(":")]
     if len(parts) not in (5, 6):
         raise InvalidDeviceSetting(
-            "address", "expected <register>:<unit>:<address>:<data_type>:<byte_order>"
-            "[:bit=<n>|:len=<n>]", where,
+            "address",
+            "expected <register>:<unit>:<address>:<data_type>:<byte_order>[:bit=<n>|:len=<n>]",
+            where,
         )
     register, unit_s, address_s, data_type, byte_order = parts[:5]
     register, data_type, byte_order = register.lower(), data_type.lower(), byte_order.upper()

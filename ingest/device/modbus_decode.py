@@ -43,9 +43,7 @@ __all__ = [
 ]
 
 RegisterType = Literal["coil", "discrete", "holding", "input"]
-DataType = Literal[
-    "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
-]
+DataType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"]
 ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
 
 _REGISTER_TYPES: tuple[str, ...] = get_args(RegisterType)
@@ -202,9 +200,7 @@ class ReadRequest:
             else:
                 width = np.arange(_WORDS[data_type], dtype=np.intp)
                 index = starts[:, None] + width[None, :]
-            bits = (
-                np.array([self.points[i].bit for i in members], dtype=np.intp) if has_bit else None
-            )
+            bits = np.array([self.points[i].bit for i in members], dtype=np.intp) if has_bit else None
             groups.append(_Group(pos, index, data_type, order, bits))
         return tuple(groups)
 
@@ -258,9 +254,7 @@ def plan_reads(
     return requests
 
 
-def _request(
-    unit: int, register: str, start: int, end: int, chunk: list[ModbusPoint]
-) -> ReadRequest:
+def _request(unit: int, register: str, start: int, end: int, chunk: list[ModbusPoint]) -> ReadRequest:
     return ReadRequest(
         unit=unit,
         register=cast(RegisterType, register),
@@ -299,9 +293,7 @@ _PERMS: dict[tuple[int, str], npt.NDArray[np.intp]] = {
 }
 
 
-def _words_to_values(
-    words: npt.NDArray[np.uint16], data_type: str, byte_order: str
-) -> npt.NDArray[np.float64]:
+def _words_to_values(words: npt.NDArray[np.uint16], data_type: str, byte_order: str) -> npt.NDArray[np.float64]:
     """(n, w) register words as received -> n values as float64."""
     n, w = words.shape
     raw = words.astype(">u2").view(np.uint8).reshape(n, 2 * w)  # wire byte order
@@ -334,9 +326,7 @@ def decode(request: ReadRequest, data: npt.NDArray[np.uint16] | npt.NDArray[np.b
         if g.data_type == "string":
             for pos, start in zip(g.positions.tolist(), g.where.tolist(), strict=True):
                 p = request.points[pos]
-                strings.append(
-                    (p.tag_id, _decode_string(regs[start : start + p.length], g.byte_order))
-                )
+                strings.append((p.tag_id, _decode_string(regs[start : start + p.length], g.byte_order)))
             continue
         words = regs[g.where]  # (n, width)
         if g.bits is not None:

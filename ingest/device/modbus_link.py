@@ -70,8 +70,13 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
         port = parts.port or _DEFAULT_PORT
     except ValueError:
         raise InvalidDeviceSetting("endpoint", f"bad host or port in {endpoint!r}") from None
-    if (parts.scheme not in ("tcp", "modbus+tcp") or not parts.hostname
-            or parts.path not in ("", "/") or parts.query or parts.fragment):
+    if (
+        parts.scheme not in ("tcp", "modbus+tcp")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
         raise InvalidDeviceSetting("endpoint", f"must look like tcp://host:port, got {endpoint!r}")
     return parts.hostname, port
 
@@ -113,9 +118,7 @@ class ModbusLink:
     def close(self) -> None:
         self._client.close()
 
-    async def read(
-        self, req: ReadRequest
-    ) -> tuple[npt.NDArray[np.bool_] | npt.NDArray[np.uint16], int]:
+    async def read(self, req: ReadRequest) -> tuple[npt.NDArray[np.bool_] | npt.NDArray[np.uint16], int]:
         """Issue one planned read: (raw bits or registers, arrival time in us).
 
         Raises ``ExceptionResponse`` for a Modbus exception answer, ``DeviceUnreachable`` for
@@ -127,19 +130,13 @@ class ModbusLink:
             # against a wait pymodbus does not time.
             async with asyncio.timeout(self._timeout_s * 2 + 0.5):
                 if req.register == "holding":
-                    rsp = await client.read_holding_registers(
-                        req.address, count=req.count, device_id=req.unit
-                    )
+                    rsp = await client.read_holding_registers(req.address, count=req.count, device_id=req.unit)
                 elif req.register == "input":
-                    rsp = await client.read_input_registers(
-                        req.address, count=req.count, device_id=req.unit
-                    )
+                    rsp = await client.read_input_registers(req.address, count=req.count, device_id=req.unit)
                 elif req.register == "coil":
                     rsp = await client.read_coils(req.address, count=req.count, device_id=req.unit)
                 else:
-                    rsp = await client.read_discrete_inputs(
-                        req.address, count=req.count, device_id=req.unit
-                    )
+                    rsp = await client.read_discrete_inputs(req.address, count=req.count, device_id=req.unit)
         except (ModbusException, OSError, TimeoutError) as exc:
             raise _translate(exc) from exc
         t_us = now_us()

@@ -70,6 +70,7 @@ OnGap = Callable[[I32, I64, I64], None]
 """``(tag_ids, from_time_us, to_time_us)``: readings of each tag between its last value seen
 (``from``) and its first value after recovery (``to``), both exclusive, are lost."""
 
+
 @dataclass(frozen=True)
 class OpcUaTag:
     """One tag to monitor. Unset settings take the session's defaults."""

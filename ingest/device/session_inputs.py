@@ -33,9 +33,14 @@ __all__ = [
 
 # A setting as a session names it -> the tag_mappings column (and registration field) holding it.
 _TAG_FIELDS = {
-    "node_id": "node_id", "register": "modbus_register", "unit": "modbus_unit",
-    "address": "modbus_address", "data_type": "modbus_data_type", "byte_order": "byte_order",
-    "bit": "modbus_bit", "length": "modbus_length",
+    "node_id": "node_id",
+    "register": "modbus_register",
+    "unit": "modbus_unit",
+    "address": "modbus_address",
+    "data_type": "modbus_data_type",
+    "byte_order": "byte_order",
+    "bit": "modbus_bit",
+    "length": "modbus_length",
 }
 
 
@@ -46,15 +51,24 @@ def tag_address(protocol: Protocol, row: Mapping[str, Any]) -> str | None:
         node_id: str | None = row["node_id"]
         return node_id
     return stored_address(
-        row["modbus_register"], row["modbus_unit"], row["modbus_address"],
-        row["modbus_data_type"], row["byte_order"], row["modbus_bit"], row["modbus_length"],
+        row["modbus_register"],
+        row["modbus_unit"],
+        row["modbus_address"],
+        row["modbus_data_type"],
+        row["byte_order"],
+        row["modbus_bit"],
+        row["modbus_length"],
     )
 
 
 def tag_spec(protocol: Protocol, row: Mapping[str, Any], tag_id: int | None = None) -> TagSpec:
     return TagSpec(
-        row["tag_id"] if tag_id is None else tag_id, row["name"],
-        tag_address(protocol, row) or "", row["data_type"], row["scaling_factor"], row["offset"],
+        row["tag_id"] if tag_id is None else tag_id,
+        row["name"],
+        tag_address(protocol, row) or "",
+        row["data_type"],
+        row["scaling_factor"],
+        row["offset"],
     )
 
 
@@ -75,8 +89,11 @@ def opcua_security(spec: ConnectionSpec) -> OpcUaSecurity | None:
     from ingest.device.opcua_security import OpcUaSecurity
 
     return OpcUaSecurity(
-        mode=spec.security_mode, policy=spec.security_policy, username=spec.username,
-        password=spec.password, auto_accept=spec.auto_accept_server_cert,
+        mode=spec.security_mode,
+        policy=spec.security_policy,
+        username=spec.username,
+        password=spec.password,
+        auto_accept=spec.auto_accept_server_cert,
     )
 
 
@@ -99,8 +116,7 @@ def check_connection(spec: ConnectionSpec) -> None:
         raise InvalidRegistration("security_mode", str(e)) from None
 
 
-def check_tags(protocol: Protocol, rows: Sequence[Mapping[str, Any]],
-               field_prefix: str = "tags.{i}.") -> None:
+def check_tags(protocol: Protocol, rows: Sequence[Mapping[str, Any]], field_prefix: str = "tags.{i}.") -> None:
     """Refuse tags no session could read: each row (``tag_mappings`` columns, as registered or
     as an edit would leave it) goes through ``tag_spec`` and the session's own parser."""
     if protocol is Protocol.PUSH:

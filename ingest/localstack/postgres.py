@@ -79,8 +79,7 @@ def _pg_ids() -> tuple[int, int] | None:
         pw = pwd.getpwnam(PG_OS_USER)
     except KeyError as e:
         raise LocalStackError(
-            f"OS user {PG_OS_USER!r} does not exist; install postgresql-{PG_MAJOR} "
-            "(scripts/bootstrap.sh)"
+            f"OS user {PG_OS_USER!r} does not exist; install postgresql-{PG_MAJOR} (scripts/bootstrap.sh)"
         ) from e
     return pw.pw_uid, pw.pw_gid
 
@@ -101,16 +100,13 @@ def _check_pg_installed() -> None:
     for program in ("initdb", "pg_ctl", "postgres", "pg_isready"):
         if not (PG_BIN / program).exists():
             raise LocalStackError(
-                f"{PG_BIN / program} not found; install postgresql-{PG_MAJOR} "
-                "(run scripts/bootstrap.sh)"
+                f"{PG_BIN / program} not found; install postgresql-{PG_MAJOR} (run scripts/bootstrap.sh)"
             )
     if (
         not (PG_SHAREDIR / "extension" / "timescaledb.control").exists()
         or not (PG_LIBDIR / "timescaledb.so").exists()
     ):
-        raise LocalStackError(
-            f"TimescaleDB is not installed for PostgreSQL {PG_MAJOR}; run scripts/bootstrap.sh"
-        )
+        raise LocalStackError(f"TimescaleDB is not installed for PostgreSQL {PG_MAJOR}; run scripts/bootstrap.sh")
 
 
 def _prepare_pg_dirs(p: PostgresParams) -> tuple[int, int] | None:
@@ -147,8 +143,7 @@ def _initdb(p: PostgresParams, ids: tuple[int, int] | None) -> None:
         return
     if any(p.data_dir.iterdir()):
         raise LocalStackError(
-            f"{p.data_dir} is not empty but holds no PostgreSQL cluster; "
-            "remove it or choose another directory"
+            f"{p.data_dir} is not empty but holds no PostgreSQL cluster; remove it or choose another directory"
         )
     run_dir = _pg_run_dir(p)
     fd, pwfile = tempfile.mkstemp(prefix=".pwfile-", dir=run_dir)
@@ -181,9 +176,7 @@ def _initdb(p: PostgresParams, ids: tuple[int, int] | None) -> None:
         Path(pwfile).unlink(missing_ok=True)
     if res.returncode != 0:
         output = (res.stdout + res.stderr).strip().splitlines()[-LOG_TAIL_LINES:]
-        raise LocalStackError(
-            f"initdb of {p.data_dir} failed (exit {res.returncode}):\n" + "\n".join(output)
-        )
+        raise LocalStackError(f"initdb of {p.data_dir} failed (exit {res.returncode}):\n" + "\n".join(output))
 
 
 def _pg_settings(p: PostgresParams) -> str:
@@ -320,8 +313,7 @@ def _pg_start(p: PostgresParams) -> None:
     )
     if res.returncode != 0:
         raise fail(
-            f"pg_ctl start of {p.data_dir} failed (exit {res.returncode}): "
-            f"{(res.stdout + res.stderr).strip()}",
+            f"pg_ctl start of {p.data_dir} failed (exit {res.returncode}): {(res.stdout + res.stderr).strip()}",
             _pg_log(p),
         )
     _wait_pg_ready(p, PG_START_TIMEOUT_S)
@@ -363,8 +355,7 @@ def stop_postgres(p: PostgresParams) -> None:
     )
     if res.returncode != 0 and _postmaster_pid(p) is not None:
         raise fail(
-            f"pg_ctl stop of {p.data_dir} failed (exit {res.returncode}): "
-            f"{(res.stdout + res.stderr).strip()}",
+            f"pg_ctl stop of {p.data_dir} failed (exit {res.returncode}): {(res.stdout + res.stderr).strip()}",
             _pg_log(p),
         )
 

@@ -35,10 +35,7 @@ class RedisParams:
     host: str = "127.0.0.1"
 
     def __repr__(self) -> str:
-        return (
-            f"RedisParams(dir={str(self.dir)!r}, port={self.port}, password='***', "
-            f"host={self.host!r})"
-        )
+        return f"RedisParams(dir={str(self.dir)!r}, port={self.port}, password='***', host={self.host!r})"
 
 
 def _redis_conf_quote(value: str) -> str:

@@ -8,8 +8,7 @@ from ingest.localstack.redis_server import RedisParams, ensure_redis, redis_runn
 
 
 def pg_params(s: Settings) -> PostgresParams:
-    return PostgresParams(s.local_dir / "pg" / "data", s.pg_port, s.pg_superuser, s.pg_password,
-                          s.pg_host)
+    return PostgresParams(s.local_dir / "pg" / "data", s.pg_port, s.pg_superuser, s.pg_password, s.pg_host)
 
 
 def redis_params(s: Settings) -> RedisParams:

@@ -79,16 +79,14 @@ class DesiredStateReader:
                 await self._stores.pop(tid).close()
         return state
 
-    async def record_states(self, tenant_id: str,
-                            states: dict[str, tuple[str, str | None]]) -> None:
+    async def record_states(self, tenant_id: str, states: dict[str, tuple[str, str | None]]) -> None:
         """Write the sessions' states (connection id -> (state, error)) to the tenant's database,
         where the connection routes show them. Skipped while that database is away."""
         store = self._stores.get(tenant_id)
         if store is None:
             return
         for cid, (state, error) in states.items():
-            await asyncio.wait_for(store.record_connection_state(cid, state, error),
-                                   self.timeout_s)
+            await asyncio.wait_for(store.record_connection_state(cid, state, error), self.timeout_s)
 
     async def close(self) -> None:
         for s in self._stores.values():

@@ -13,15 +13,16 @@ def render(status: dict[str, Any]) -> str:
         lines.append(
             f"  {t['slug']:<20} {state:<9} connections={t['connections']:<4} "
             f"rows={w.get('rows_committed', 0):<10} spool={w.get('spool_rows', 0):<8} "
-            f"p99={w.get('latency_p99_ms')}ms"
-            + (f"  error: {t['degraded']}" if t.get("degraded") else "")
+            f"p99={w.get('latency_p99_ms')}ms" + (f"  error: {t['degraded']}" if t.get("degraded") else "")
         )
         for cid, reason in (t.get("failed_connections") or {}).items():
             lines.append(f"    connection {cid} FAILED: {reason}")
     lines.append("NODES")
     for node, n in sorted(status.get("nodes", {}).items()):
-        lines.append(f"  {node[:12]:<12} actors={len(n['actors'])} connections={n['connections']}"
-                     f" tags={n['tags']} values/s={n['values_per_s']:.0f}")
+        lines.append(
+            f"  {node[:12]:<12} actors={len(n['actors'])} connections={n['connections']}"
+            f" tags={n['tags']} values/s={n['values_per_s']:.0f}"
+        )
     lines.append("ACTORS")
     for name, a in sorted(status.get("actors", {}).items()):
         if "error" in a:
@@ -36,6 +37,5 @@ def render(status: dict[str, Any]) -> str:
         )
         for cid, c in conns.items():
             err = f" last_error={c['error']}" if c.get("error") else ""
-            lines.append(f"    {cid} {c['tenant']:<16} {c['protocol']:<6} {c['state']:<12} "
-                         f"tags={c['tags']}{err}")
+            lines.append(f"    {cid} {c['tenant']:<16} {c['protocol']:<6} {c['state']:<12} tags={c['tags']}{err}")
     return "\n".join(lines)

@@ -13,10 +13,16 @@ from typing import Any
 import asyncpg
 
 
-async def list_audit(pool: asyncpg.Pool, tenant_id: str, *, action: str | None = None,
-                     since: datetime | None = None, until: datetime | None = None,
-                     limit: int = 100, before_id: int | None = None
-                     ) -> tuple[list[dict[str, Any]], int | None]:
+async def list_audit(
+    pool: asyncpg.Pool,
+    tenant_id: str,
+    *,
+    action: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+    before_id: int | None = None,
+) -> tuple[list[dict[str, Any]], int | None]:
     """``action`` matches exactly, or as a prefix when it ends with ``.*`` (``push.*``)."""
     prefix = action[:-1] if action is not None and action.endswith(".*") else None
     rows = await pool.fetch(
@@ -28,12 +34,23 @@ async def list_audit(pool: asyncpg.Pool, tenant_id: str, *, action: str | None =
              AND ($5::timestamptz IS NULL OR at < $5)
              AND ($6::int8 IS NULL OR id < $6)
            ORDER BY id DESC LIMIT $7""",
-        tenant_id, None if prefix is not None else action, prefix, since, until, before_id,
+        tenant_id,
+        None if prefix is not None else action,
+        prefix,
+        since,
+        until,
+        before_id,
         limit + 1,
     )
     more = len(rows) > limit
-    out = [{"id": r["id"], "at": r["at"].isoformat(), "key_id": r["actor"],
+    out = [
+        {
+            "id": r["id"],
+            "at": r["at"].isoformat(),
+            "key_id": r["actor"],
             "action": r["action"],
-            "detail": json.loads(r["detail"]) if isinstance(r["detail"], str) else r["detail"]}
-           for r in rows[:limit]]
+            "detail": json.loads(r["detail"]) if isinstance(r["detail"], str) else r["detail"],
+        }
+        for r in rows[:limit]
+    ]
     return out, (out[-1]["id"] if more else None)

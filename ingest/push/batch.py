@@ -28,8 +28,7 @@ class Rejection:
     message: str
 
     def as_dict(self) -> dict[str, object]:
-        return {"index": self.index, "field": self.field, "reason": self.reason,
-                "message": self.message}
+        return {"index": self.index, "field": self.field, "reason": self.reason, "message": self.message}
 
 
 @dataclass
@@ -40,8 +39,14 @@ class Prepared:
     rejected: list[Rejection] = field(default_factory=list)  # the first MAX_REJECTED_LISTED
 
 
-def prepare_batch(batch_id: str, points: list[DataPoint], tags: dict[Pair, PushTag],
-                  now_us: int, max_future_s: int, auto_register: bool = False) -> Prepared:
+def prepare_batch(
+    batch_id: str,
+    points: list[DataPoint],
+    tags: dict[Pair, PushTag],
+    now_us: int,
+    max_future_s: int,
+    auto_register: bool = False,
+) -> Prepared:
     """``auto_register``: the missing tags were just created, so a point still without one
     carries a unit nobody can read, and is rejected for that."""
     n = len(points)
@@ -67,12 +72,17 @@ def prepare_batch(batch_id: str, points: list[DataPoint], tags: dict[Pair, PushT
                 reject(i, "unit", e.reason, str(e))
                 continue
         if tag is None:
-            reject(i, "parameter_name", "unknown_tag",
-                   f"no tag for well {p.well_id!r} and parameter {p.parameter_name!r}")
+            reject(
+                i,
+                "parameter_name",
+                "unknown_tag",
+                f"no tag for well {p.well_id!r} and parameter {p.parameter_name!r}",
+            )
             continue
         if t_us[i] > latest:
-            reject(i, "timestamp", "timestamp_in_future",
-                   f"more than {max_future_s} s ahead of the server's clock")
+            reject(
+                i, "timestamp", "timestamp_in_future", f"more than {max_future_s} s ahead of the server's clock"
+            )
             continue
         if t_us[i] < 0:
             reject(i, "timestamp", "timestamp_out_of_range", "before 1970-01-01")

@@ -22,21 +22,26 @@ def check_declared_length(content_length: str | None, max_bytes: int) -> None:
     try:
         n = int(content_length)
     except ValueError:
-        raise PayloadInvalid("Invalid Content-Length",
-                             [{"field": "Content-Length", "error": "must be an integer"}]) from None
+        raise PayloadInvalid(
+            "Invalid Content-Length", [{"field": "Content-Length", "error": "must be an integer"}]
+        ) from None
     if n > max_bytes:
         raise PayloadTooLarge(
             f"request body of {n} bytes is over the {_human(max_bytes)} limit",
-            [{"field": "Content-Length", "error": f"at most {max_bytes} bytes"}])
+            [{"field": "Content-Length", "error": f"at most {max_bytes} bytes"}],
+        )
 
 
-async def read_limited(chunks: AsyncIterator[bytes], content_encoding: str | None,
-                       max_bytes: int, max_decompressed_bytes: int) -> tuple[bytes, int]:
+async def read_limited(
+    chunks: AsyncIterator[bytes], content_encoding: str | None, max_bytes: int, max_decompressed_bytes: int
+) -> tuple[bytes, int]:
     """The (decompressed) body and the number of bytes received on the wire."""
     encoding = (content_encoding or "identity").strip().lower()
     if encoding not in ("identity", "gzip", "x-gzip"):
-        raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported",
-                                  [{"field": "Content-Encoding", "error": "identity or gzip"}])
+        raise UnsupportedEncoding(
+            f"Content-Encoding {encoding!r} is not supported",
+            [{"field": "Content-Encoding", "error": "identity or gzip"}],
+        )
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding != "identity" else None
     parts: list[bytes] = []
     wire = size = 0
@@ -45,7 +50,8 @@ async def read_limited(chunks: AsyncIterator[bytes], content_encoding: str | Non
         if wire > max_bytes:
             raise PayloadTooLarge(
                 f"request body is over the {_human(max_bytes)} limit",
-                [{"field": "body", "error": f"at most {max_bytes} bytes"}])
+                [{"field": "body", "error": f"at most {max_bytes} bytes"}],
+            )
         if inflater is None:
             parts.append(chunk)
             continue
@@ -54,21 +60,19 @@ async def read_limited(chunks: AsyncIterator[bytes], content_encoding: str | Non
             try:
                 out = inflater.decompress(data, max_decompressed_bytes - size + 1)
             except zlib.error as e:
-                raise PayloadInvalid("Invalid gzip body",
-                                     [{"field": "body", "error": f"not gzip: {e}"}]) from None
+                raise PayloadInvalid("Invalid gzip body", [{"field": "body", "error": f"not gzip: {e}"}]) from None
             size += len(out)
             if size > max_decompressed_bytes:
                 raise PayloadTooLarge(
                     f"decompressed body is over the {_human(max_decompressed_bytes)} limit",
-                    [{"field": "body", "error": f"decompresses to more than "
-                                                f"{max_decompressed_bytes} bytes"}])
+                    [{"field": "body", "error": f"decompresses to more than {max_decompressed_bytes} bytes"}],
+                )
             parts.append(out)
             data = inflater.unconsumed_tail
             if inflater.eof:
                 break
     if inflater is not None and not inflater.eof:
-        raise PayloadInvalid("Invalid gzip body",
-                             [{"field": "body", "error": "gzip stream is truncated"}])
+        raise PayloadInvalid("Invalid gzip body", [{"field": "body", "error": "gzip stream is truncated"}])
     return b"".join(parts), wire
 
 

@@ -18,16 +18,16 @@ class PushError(IngestError):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, details: list[dict[str, str]] | None = None,
-                 retry_after_s: int | None = None) -> None:
+    def __init__(
+        self, message: str, details: list[dict[str, str]] | None = None, retry_after_s: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or []
         self.retry_after_s = retry_after_s
 
     def body(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"error": self.code, "message": self.message,
-                               "details": self.details}
+        out: dict[str, Any] = {"error": self.code, "message": self.message, "details": self.details}
         if self.retry_after_s is not None:
             out["retry_after_seconds"] = self.retry_after_s
         return out

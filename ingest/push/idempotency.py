@@ -34,8 +34,9 @@ def body_digest(body: bytes) -> str:
 
 
 class IdempotencyStore:
-    def __init__(self, redis: aioredis.Redis, prefix: str = "scada:push:idem",
-                 ttl_s: int = 86_400, pending_ttl_s: int = 120) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, prefix: str = "scada:push:idem", ttl_s: int = 86_400, pending_ttl_s: int = 120
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.ttl_s = ttl_s
@@ -44,8 +45,7 @@ class IdempotencyStore:
     def _key(self, tenant_id: str, key: str) -> str:
         return f"{self.prefix}:{tenant_id}:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
 
-    async def begin(self, tenant_id: str, key: str, digest: str,
-                    wait_s: float = 30.0) -> Stored | None:
+    async def begin(self, tenant_id: str, key: str, digest: str, wait_s: float = 30.0) -> Stored | None:
         """None: this request owns the key and must ``finish`` or ``abandon`` it. Otherwise the
         first request's answer (after waiting for it, if it is still running)."""
         k = self._key(tenant_id, key)
@@ -53,23 +53,24 @@ class IdempotencyStore:
         deadline = loop.time() + wait_s
         delay = 0.02
         while True:
-            if await self.redis.set(k, _PENDING + b":" + digest.encode(), nx=True,
-                                    ex=self.pending_ttl_s):
+            if await self.redis.set(k, _PENDING + b":" + digest.encode(), nx=True, ex=self.pending_ttl_s):
                 return None
             got = await self.redis.get(k)
             if got is None:
                 continue  # expired or abandoned between the two calls: try to own it
             raw = got if isinstance(got, bytes) else got.encode()
             if raw.startswith(_PENDING + b":"):
-                if raw[len(_PENDING) + 1:].decode() != digest:
+                if raw[len(_PENDING) + 1 :].decode() != digest:
                     raise IdempotencyConflict(
                         "this Idempotency-Key is in use by a request with another body",
-                        [{"field": "Idempotency-Key", "error": "reused with another body"}])
+                        [{"field": "Idempotency-Key", "error": "reused with another body"}],
+                    )
                 if loop.time() >= deadline:
                     raise IdempotencyConflict(
                         "the first request with this Idempotency-Key is still running",
                         [{"field": "Idempotency-Key", "error": "request in progress"}],
-                        retry_after_s=1)
+                        retry_after_s=1,
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue
@@ -77,11 +78,11 @@ class IdempotencyStore:
             if stored["digest"] != digest:
                 raise IdempotencyConflict(
                     "this Idempotency-Key was used before with another body",
-                    [{"field": "Idempotency-Key", "error": "reused with another body"}])
+                    [{"field": "Idempotency-Key", "error": "reused with another body"}],
+                )
             return Stored(stored["status"], stored["body"])
 
-    async def finish(self, tenant_id: str, key: str, digest: str, status: int,
-                     body: dict[str, Any]) -> None:
+    async def finish(self, tenant_id: str, key: str, digest: str, status: int, body: dict[str, Any]) -> None:
         payload = json.dumps({"digest": digest, "status": status, "body": body})
         await self.redis.set(self._key(tenant_id, key), payload, ex=self.ttl_s)
 

@@ -98,13 +98,14 @@ class PushLimiter:
             retry = max(1, math.ceil((window + 1) * 60 - now))
             raise RateLimited(
                 f"{settings.requests_per_minute} requests/minute limit exceeded",
-                [{"field": "requests_per_minute",
-                  "error": f"limit {settings.requests_per_minute}"}],
-                retry_after_s=retry)
+                [{"field": "requests_per_minute", "error": f"limit {settings.requests_per_minute}"}],
+                retry_after_s=retry,
+            )
         return settings
 
-    async def charge_volume(self, tenant_id: str, n_bytes: int, settings: PushSettings,
-                            now: float | None = None) -> int:
+    async def charge_volume(
+        self, tenant_id: str, n_bytes: int, settings: PushSettings, now: float | None = None
+    ) -> int:
         """Add ``n_bytes`` to today's (UTC) volume; VolumeLimited if that would pass the limit
         (nothing is added then). Returns the day's total."""
         now = time.time() if now is None else now
@@ -116,10 +117,10 @@ class PushLimiter:
         if not int(ok):
             retry = max(1, math.ceil((day + 1) * _DAY_S - now))
             raise VolumeLimited(
-                f"{settings.bytes_per_day} bytes/day limit exceeded "
-                f"({int(used)} used today)",
+                f"{settings.bytes_per_day} bytes/day limit exceeded ({int(used)} used today)",
                 [{"field": "bytes_per_day", "error": f"limit {settings.bytes_per_day}"}],
-                retry_after_s=retry)
+                retry_after_s=retry,
+            )
         return int(used)
 
     async def volume_today(self, tenant_id: str, now: float | None = None) -> int:

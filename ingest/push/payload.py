@@ -88,10 +88,15 @@ def decode_payload(body: bytes, max_points: int) -> PushPayload:
     except msgspec.DecodeError as e:
         raise PayloadInvalid("Malformed JSON", [{"field": "body", "error": str(e)}]) from None
     if len(payload.data_points) > max_points:
-        raise PayloadInvalid("Invalid data schema", [{
-            "field": "data_points",
-            "error": f"at most {max_points} points per request "
-                     f"({len(payload.data_points)} sent)"}])
+        raise PayloadInvalid(
+            "Invalid data schema",
+            [
+                {
+                    "field": "data_points",
+                    "error": f"at most {max_points} points per request ({len(payload.data_points)} sent)",
+                }
+            ],
+        )
     return payload
 
 

@@ -58,18 +58,32 @@ class PushService:
         self.limiter = limiter
         self.idempotency = idempotency
 
-    async def push(self, ctx: PushContext, settings: PushSettings, body: bytes,
-                   idempotency_key: str | None, tags: PushTagMap, write: WriteFn,
-                   audit: AuditFn) -> PushAnswer:
+    async def push(
+        self,
+        ctx: PushContext,
+        settings: PushSettings,
+        body: bytes,
+        idempotency_key: str | None,
+        tags: PushTagMap,
+        write: WriteFn,
+        audit: AuditFn,
+    ) -> PushAnswer:
         started = time.perf_counter()
         payload = decode_payload(body, settings.max_points)
         if payload.tenant_id not in (ctx.tenant_slug, ctx.tenant_id):
-            raise TenantMismatch("Token tenant_id does not match request tenant_id",
-                                 [{"field": "tenant_id", "error": "not this key's tenant"}])
-        if idempotency_key is not None and payload.ingestion_id is not None \
-                and idempotency_key != payload.ingestion_id:
-            raise PayloadInvalid("Idempotency-Key and ingestion_id differ", [
-                {"field": "ingestion_id", "error": "must equal the Idempotency-Key header"}])
+            raise TenantMismatch(
+                "Token tenant_id does not match request tenant_id",
+                [{"field": "tenant_id", "error": "not this key's tenant"}],
+            )
+        if (
+            idempotency_key is not None
+            and payload.ingestion_id is not None
+            and idempotency_key != payload.ingestion_id
+        ):
+            raise PayloadInvalid(
+                "Idempotency-Key and ingestion_id differ",
+                [{"field": "ingestion_id", "error": "must equal the Idempotency-Key header"}],
+            )
         key = idempotency_key or payload.ingestion_id
         digest = body_digest(body) if key else ""
         if key is not None:
@@ -77,8 +91,7 @@ class PushService:
             if first is not None:
                 return PushAnswer(first.status, first.body, replayed=True)
         try:
-            answer = await self._land(ctx, settings, body, payload, key, tags, write, audit,
-                                      started)
+            answer = await self._land(ctx, settings, body, payload, key, tags, write, audit, started)
         except BaseException:
             if key is not None:
                 await self.idempotency.abandon(ctx.tenant_id, key)
@@ -86,19 +99,33 @@ class PushService:
         if key is not None:
             await self.idempotency.finish(ctx.tenant_id, key, digest, answer.status, answer.body)
         try:
-            await audit("push.ingest", {
-                "ingestion_id": answer.body["ingestion_id"],
-                "accepted": answer.body["accepted_count"],
-                "rejected": answer.body["rejected_count"],
-                "stored": answer.body["stored"], "source": ctx.source_address,
-                "bytes": len(body)})
+            await audit(
+                "push.ingest",
+                {
+                    "ingestion_id": answer.body["ingestion_id"],
+                    "accepted": answer.body["accepted_count"],
+                    "rejected": answer.body["rejected_count"],
+                    "stored": answer.body["stored"],
+                    "source": ctx.source_address,
+                    "bytes": len(body),
+                },
+            )
         except Exception:  # the readings are landed; a lost audit row must not make it a 500
             log.exception("audit row for a push not written")
         return answer
 
-    async def _land(self, ctx: PushContext, settings: PushSettings, body: bytes, payload: Any,
-                    key: str | None, tags: PushTagMap, write: WriteFn, audit: AuditFn,
-                    started: float) -> PushAnswer:
+    async def _land(
+        self,
+        ctx: PushContext,
+        settings: PushSettings,
+        body: bytes,
+        payload: Any,
+        key: str | None,
+        tags: PushTagMap,
+        write: WriteFn,
+        audit: AuditFn,
+        started: float,
+    ) -> PushAnswer:
         await self.limiter.charge_volume(ctx.tenant_id, len(body), settings)
         points = payload.data_points
         pairs = {(p.well_id, p.parameter_name) for p in points}
@@ -107,18 +134,17 @@ class PushService:
             known = await self._register(tags, points, pairs - known.keys(), audit)
         ingestion_id = key or new_ingestion_id()
         now_us = time.time_ns() // 1000
-        prepared = prepare_batch(f"push:{ingestion_id}", points, known, now_us,
-                                 settings.max_future_s, settings.auto_register)
+        prepared = prepare_batch(
+            f"push:{ingestion_id}", points, known, now_us, settings.max_future_s, settings.auto_register
+        )
         stored: Stored = "none"
         if prepared.batch is not None:
             stored = await write(prepared.batch)
-        status = ("success" if prepared.rejected_count == 0
-                  else "partial" if prepared.accepted else "rejected")
+        status = "success" if prepared.rejected_count == 0 else "partial" if prepared.accepted else "rejected"
         body_out = {
             "status": status,
             "message": f"Ingested {prepared.accepted} data points"
-                       + (f", rejected {prepared.rejected_count}" if prepared.rejected_count
-                          else ""),
+            + (f", rejected {prepared.rejected_count}" if prepared.rejected_count else ""),
             "tenant_id": payload.tenant_id,
             "ingestion_id": ingestion_id,
             "accepted_count": prepared.accepted,
@@ -129,8 +155,7 @@ class PushService:
         }
         return PushAnswer(200, body_out)
 
-    async def _register(self, tags: PushTagMap, points: Any, missing: set[tuple[str, str]],
-                        audit: AuditFn) -> Any:
+    async def _register(self, tags: PushTagMap, points: Any, missing: set[tuple[str, str]], audit: AuditFn) -> Any:
         """Create the unknown pairs' tags, each with the first (readable) unit seen for it."""
         first_unit: dict[tuple[str, str], str] = {}
         for p in points:
@@ -142,14 +167,17 @@ class PushService:
                     continue  # no tag for a unit nobody can read: the point is rejected
                 first_unit[pair] = p.unit
         if first_unit:
-            created = await tags.register([PushTagCreate(w, name, unit)
-                                           for (w, name), unit in first_unit.items()])
+            created = await tags.register([PushTagCreate(w, name, unit) for (w, name), unit in first_unit.items()])
             new = [c for c in created if c["created"]]
             if new:
-                await audit("tag.create", {
-                    "by": "auto_register", "count": len(new),
-                    "tags": [{k: c[k] for k in ("tag_id", "well", "parameter", "unit")}
-                             for c in new[:100]]})
+                await audit(
+                    "tag.create",
+                    {
+                        "by": "auto_register",
+                        "count": len(new),
+                        "tags": [{k: c[k] for k in ("tag_id", "well", "parameter", "unit")} for c in new[:100]],
+                    },
+                )
         return await tags.resolve({(p.well_id, p.parameter_name) for p in points})
 
 

@@ -48,8 +48,7 @@ class PushTagCreate:
     out_of_range: str = "flag"
 
 
-async def register_push_tags(conn: asyncpg.Connection, tags: list[PushTagCreate]
-                             ) -> list[dict[str, Any]]:
+async def register_push_tags(conn: asyncpg.Connection, tags: list[PushTagCreate]) -> list[dict[str, Any]]:
     """Create the wells, push connections and tags not there yet (existing ones are left as
     they are); return every requested tag as ``{tag_id, well, parameter, unit, created}``."""
     for t in tags:
@@ -65,36 +64,55 @@ async def register_push_tags(conn: asyncpg.Connection, tags: list[PushTagCreate]
             ) or await conn.fetchval("INSERT INTO wells (name) VALUES ($1) RETURNING id", well)
             name = f"push:{well}"
             cid = await conn.fetchval(
-                "SELECT id FROM scada_connections WHERE name = $1 AND deleted_at IS NULL", name)
+                "SELECT id FROM scada_connections WHERE name = $1 AND deleted_at IS NULL", name
+            )
             if cid is None:
                 cid = await conn.fetchval(
                     "INSERT INTO scada_connections (name, protocol, endpoint) "
-                    "VALUES ($1, 'push', $2) RETURNING id", name, f"push://{well}")
+                    "VALUES ($1, 'push', $2) RETURNING id",
+                    name,
+                    f"push://{well}",
+                )
             conns[well] = (cid, wid)
         for t in tags:
             cid, wid = conns[t.well]
             row = await conn.fetchrow(
                 "SELECT tag_id, unit FROM tag_mappings WHERE connection_id = $1 AND name = $2 "
-                "AND deleted_at IS NULL", cid, t.parameter)
+                "AND deleted_at IS NULL",
+                cid,
+                t.parameter,
+            )
             created = row is None
             if row is None:
                 row = await conn.fetchrow(
                     "INSERT INTO tag_mappings (connection_id, well_id, name, unit, valid_min, "
                     "valid_max, out_of_range) VALUES ($1, $2, $3, $4, $5, $6, $7) "
                     "RETURNING tag_id, unit",
-                    cid, wid, t.parameter, t.unit, t.valid_min, t.valid_max, t.out_of_range)
-                await conn.execute(
-                    "UPDATE scada_connections SET updated_at = now() WHERE id = $1", cid)
-            out.append({"tag_id": row["tag_id"], "well": t.well, "parameter": t.parameter,
-                        "unit": row["unit"], "created": created})
+                    cid,
+                    wid,
+                    t.parameter,
+                    t.unit,
+                    t.valid_min,
+                    t.valid_max,
+                    t.out_of_range,
+                )
+                await conn.execute("UPDATE scada_connections SET updated_at = now() WHERE id = $1", cid)
+            out.append(
+                {
+                    "tag_id": row["tag_id"],
+                    "well": t.well,
+                    "parameter": t.parameter,
+                    "unit": row["unit"],
+                    "created": created,
+                }
+            )
     return out
 
 
 class PushTagMap:
     """One tenant's pushed tags, cached."""
 
-    def __init__(self, pool: asyncpg.Pool, refresh_s: float = 10.0,
-                 miss_reload_s: float = 1.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, refresh_s: float = 10.0, miss_reload_s: float = 1.0) -> None:
         self.pool = pool
         self.refresh_s = refresh_s
         self.miss_reload_s = miss_reload_s
@@ -109,8 +127,7 @@ class PushTagMap:
     async def resolve(self, pairs: set[Pair]) -> dict[Pair, PushTag]:
         """The tags of those pairs that exist (reloading once if some are unknown)."""
         age = time.monotonic() - self._loaded_at
-        if age > self.refresh_s or (age > self.miss_reload_s
-                                    and not pairs <= self._tags.keys()):
+        if age > self.refresh_s or (age > self.miss_reload_s and not pairs <= self._tags.keys()):
             await self.reload()
         return {p: self._tags[p] for p in pairs if p in self._tags}
 

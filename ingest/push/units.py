@@ -47,7 +47,6 @@ _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNIT_TEXT = re.compile(r"^[A-Za-z0-9_ */^.()\-]{1,32}$")
 
 
-
 @lru_cache(maxsize=1)
 def _registry() -> pint.UnitRegistry:  # type: ignore[type-arg]
     # Built on first use: loading pint's definitions takes a moment a CLI start need not pay.
@@ -82,13 +81,11 @@ def coefficients(from_unit: str, to_unit: str) -> tuple[float, float]:
         y0 = float(_registry().Quantity(0.0, src).to(dst).magnitude)
         y1 = float(_registry().Quantity(1.0, src).to(dst).magnitude)
     except pint.DimensionalityError as e:
-        raise UnitError("incompatible_unit",
-                        f"cannot convert {from_unit!r} to the tag's unit {to_unit!r}") from e
+        raise UnitError("incompatible_unit", f"cannot convert {from_unit!r} to the tag's unit {to_unit!r}") from e
     return y1 - y0, y0
 
 
-def convert(values: npt.NDArray[np.float64], from_unit: str, to_unit: str
-            ) -> npt.NDArray[np.float64]:
+def convert(values: npt.NDArray[np.float64], from_unit: str, to_unit: str) -> npt.NDArray[np.float64]:
     """Values in ``from_unit`` expressed in ``to_unit``."""
     a, b = coefficients(from_unit, to_unit)
     if a == 1.0 and b == 0.0:

@@ -37,8 +37,7 @@ class TagInfo:
 
 
 def _info(r: asyncpg.Record) -> TagInfo:
-    return TagInfo(r["tag_id"], r["name"], r["well"], r["unit"], r["data_type"],
-                   bool(r["is_text"]))
+    return TagInfo(r["tag_id"], r["name"], r["well"], r["unit"], r["data_type"], bool(r["is_text"]))
 
 
 _CATALOG = """
@@ -62,8 +61,7 @@ class Catalog:
     @classmethod
     async def load(cls, db: asyncpg.Pool | asyncpg.Connection) -> Catalog:
         rows = await db.fetch(_CATALOG)
-        c = cls(timezone=str(rows[0]["timezone"] or "UTC") if rows else "UTC",
-                loaded_at=time.monotonic())
+        c = cls(timezone=str(rows[0]["timezone"] or "UTC") if rows else "UTC", loaded_at=time.monotonic())
         for r in rows:
             if r["tag_id"] is None:
                 continue
@@ -73,14 +71,16 @@ class Catalog:
                 c.by_well.setdefault(t.well, []).append(t)
         return c
 
-    def resolve(self, tag_ids: list[int] | None, well: str | None, names: list[str] | None,
-                max_tags: int) -> list[TagInfo]:
+    def resolve(
+        self, tag_ids: list[int] | None, well: str | None, names: list[str] | None, max_tags: int
+    ) -> list[TagInfo]:
         """As ``resolve_tags``, from memory. Raises ``InvalidQuery`` (see there)."""
         _check_shape(tag_ids, well, names, max_tags)
         return self._resolve(tag_ids, well, names, max_tags)
 
-    def _resolve(self, tag_ids: list[int] | None, well: str | None, names: list[str] | None,
-                 max_tags: int) -> list[TagInfo]:
+    def _resolve(
+        self, tag_ids: list[int] | None, well: str | None, names: list[str] | None, max_tags: int
+    ) -> list[TagInfo]:
         if tag_ids:
             missing = [t for t in tag_ids if t not in self.tags]
             if missing:
@@ -113,12 +113,20 @@ class CatalogCache:
     def invalidate(self, tenant: str) -> None:
         self._by_tenant.pop(tenant, None)
 
-    async def get(self, tenant: str, load: Loader, *, fresher_than: float | None = None,
-                  ) -> Catalog:
+    async def get(
+        self,
+        tenant: str,
+        load: Loader,
+        *,
+        fresher_than: float | None = None,
+    ) -> Catalog:
         c = self._by_tenant.get(tenant)
         now = time.monotonic()
-        if c is not None and now - c.loaded_at < self.ttl_s and (
-                fresher_than is None or c.loaded_at > fresher_than):
+        if (
+            c is not None
+            and now - c.loaded_at < self.ttl_s
+            and (fresher_than is None or c.loaded_at > fresher_than)
+        ):
             return c
         pending = self._loading.get(tenant)
         if pending is not None:
@@ -137,9 +145,16 @@ class CatalogCache:
         finally:
             del self._loading[tenant]
 
-    async def resolve(self, tenant: str, load: Loader, db: asyncpg.Pool | asyncpg.Connection,
-                      tag_ids: list[int] | None, well: str | None, names: list[str] | None,
-                      max_tags: int) -> tuple[Catalog, list[TagInfo]]:
+    async def resolve(
+        self,
+        tenant: str,
+        load: Loader,
+        db: asyncpg.Pool | asyncpg.Connection,
+        tag_ids: list[int] | None,
+        well: str | None,
+        names: list[str] | None,
+        max_tags: int,
+    ) -> tuple[Catalog, list[TagInfo]]:
         """The catalog and the tags a request means; a miss reloads the catalog once (it may
         predate the tag), and a well with no live tags is looked up as ``resolve_tags`` does."""
         _check_shape(tag_ids, well, names, max_tags)
@@ -158,8 +173,7 @@ class CatalogCache:
         raise AssertionError("unreachable")
 
 
-def _check_shape(tag_ids: list[int] | None, well: str | None, names: list[str] | None,
-                 max_tags: int) -> None:
+def _check_shape(tag_ids: list[int] | None, well: str | None, names: list[str] | None, max_tags: int) -> None:
     """Errors a catalog cannot change: what was asked for is malformed whatever exists."""
     if tag_ids and (well or names):
         raise InvalidQuery("tag_id", "give tag_id, or well and tag, not both")
@@ -173,8 +187,7 @@ def _check_shape(tag_ids: list[int] | None, well: str | None, names: list[str] |
         raise InvalidQuery("tag_id", "give tag_id (repeatable), or well and tag")
 
 
-def _pick_names(found: list[TagInfo], well: str, names: list[str] | None,
-                max_tags: int) -> list[TagInfo]:
+def _pick_names(found: list[TagInfo], well: str, names: list[str] | None, max_tags: int) -> list[TagInfo]:
     if names:
         wanted = set(names)
         found = [t for t in found if t.name in wanted]
@@ -189,14 +202,20 @@ def _pick_names(found: list[TagInfo], well: str, names: list[str] | None,
     return found
 
 
-async def resolve_tags(db: asyncpg.Pool | asyncpg.Connection, tag_ids: list[int] | None,
-                       well: str | None, names: list[str] | None, max_tags: int) -> list[TagInfo]:
+async def resolve_tags(
+    db: asyncpg.Pool | asyncpg.Connection,
+    tag_ids: list[int] | None,
+    well: str | None,
+    names: list[str] | None,
+    max_tags: int,
+) -> list[TagInfo]:
     """The tags asked for, in the order asked. Unknown ids, wells or names are an error naming
     the field (and the values), never a silently shorter answer."""
     _check_shape(tag_ids, well, names, max_tags)
     if tag_ids:
-        rows = {r["tag_id"]: _info(r) for r in await db.fetch(
-            _TAG_SELECT + " AND t.tag_id = ANY($1::int4[])", tag_ids)}
+        rows = {
+            r["tag_id"]: _info(r) for r in await db.fetch(_TAG_SELECT + " AND t.tag_id = ANY($1::int4[])", tag_ids)
+        }
         missing = [t for t in tag_ids if t not in rows]
         if missing:
             raise InvalidQuery("tag_id", f"no such tags in this tenant: {missing}")
@@ -204,9 +223,15 @@ async def resolve_tags(db: asyncpg.Pool | asyncpg.Connection, tag_ids: list[int]
     assert well is not None
     if not await db.fetchval("SELECT 1 FROM wells WHERE name = $1 AND deleted_at IS NULL", well):
         raise InvalidQuery("well", f"no well named {well!r}")
-    found = [_info(r) for r in await db.fetch(
-        _TAG_SELECT + " AND w.name = $1 AND w.deleted_at IS NULL "
-        "AND ($2::text[] IS NULL OR t.name = ANY($2::text[])) ORDER BY t.tag_id", well, names)]
+    found = [
+        _info(r)
+        for r in await db.fetch(
+            _TAG_SELECT + " AND w.name = $1 AND w.deleted_at IS NULL "
+            "AND ($2::text[] IS NULL OR t.name = ANY($2::text[])) ORDER BY t.tag_id",
+            well,
+            names,
+        )
+    ]
     return _pick_names(found, well, names, max_tags)
 
 
@@ -214,6 +239,15 @@ async def list_wells(db: asyncpg.Pool | asyncpg.Connection) -> list[dict[str, An
     rows = await db.fetch(
         "SELECT w.id, w.name, w.external_id, w.created_at, count(t.tag_id) AS tag_count "
         "FROM wells w LEFT JOIN tag_mappings t ON t.well_id = w.id AND t.deleted_at IS NULL "
-        "WHERE w.deleted_at IS NULL GROUP BY w.id ORDER BY w.name")
-    return [{"id": str(r["id"]), "name": r["name"], "external_id": r["external_id"],
-             "created_at": r["created_at"], "tag_count": r["tag_count"]} for r in rows]
+        "WHERE w.deleted_at IS NULL GROUP BY w.id ORDER BY w.name"
+    )
+    return [
+        {
+            "id": str(r["id"]),
+            "name": r["name"],
+            "external_id": r["external_id"],
+            "created_at": r["created_at"],
+            "tag_count": r["tag_count"],
+        }
+        for r in rows
+    ]

@@ -35,40 +35,43 @@ class LatestValue:
     source: str  # "redis", "database", or "none" (nothing stored yet)
 
 
-async def _from_redis(client: aioredis.Redis | None, slug: str, tags: list[TagInfo],
-                      ) -> dict[int, LatestValue]:
+async def _from_redis(
+    client: aioredis.Redis | None,
+    slug: str,
+    tags: list[TagInfo],
+) -> dict[int, LatestValue]:
     if client is None or not tags:
         return {}
     try:
         raw = await client.hmget(latest_key(slug), [str(t.tag_id) for t in tags])
     except (RedisError, OSError) as e:
-        log.warning("latest values: Redis unavailable (%s), answering from the database",
-                    type(e).__name__)
+        log.warning("latest values: Redis unavailable (%s), answering from the database", type(e).__name__)
         return {}
     out: dict[int, LatestValue] = {}
     for t, item in zip(tags, raw, strict=True):
         if item is None:
             continue
         d = orjson.loads(item)
-        out[t.tag_id] = LatestValue(t, EPOCH + timedelta(microseconds=int(d["t"])), d["v"],
-                                    int(d["q"]), "redis")
+        out[t.tag_id] = LatestValue(t, EPOCH + timedelta(microseconds=int(d["t"])), d["v"], int(d["q"]), "redis")
     return out
 
 
-async def latest_values(client: aioredis.Redis | None, db: asyncpg.Connection | asyncpg.Pool,
-                        slug: str, tags: list[TagInfo]) -> list[LatestValue]:
+async def latest_values(
+    client: aioredis.Redis | None, db: asyncpg.Connection | asyncpg.Pool, slug: str, tags: list[TagInfo]
+) -> list[LatestValue]:
     """One HMGET for every numeric tag, then (only for tags Redis does not hold) one statement
     per table."""
     found = await _from_redis(client, slug, [t for t in tags if not t.is_text])
     missing = [t for t in tags if t.tag_id not in found]
-    for table, group in ((RAW_TABLE, [t for t in missing if not t.is_text]),
-                         (TEXT_TABLE, [t for t in missing if t.is_text])):
+    for table, group in (
+        (RAW_TABLE, [t for t in missing if not t.is_text]),
+        (TEXT_TABLE, [t for t in missing if t.is_text]),
+    ):
         if not group:
             continue
         by_id = {t.tag_id: t for t in group}
         for r in await db.fetch(_FROM_DB.format(table=table), list(by_id)):
-            found[r["tag_id"]] = LatestValue(by_id[r["tag_id"]], r["time"], r["value"],
-                                             r["quality"], "database")
+            found[r["tag_id"]] = LatestValue(by_id[r["tag_id"]], r["time"], r["value"], r["quality"], "database")
     return [found.get(t.tag_id, LatestValue(t, None, None, None, "none")) for t in tags]
 
 

@@ -41,17 +41,21 @@ from ingest.read.rollups import (
 
 AUTO = "auto"
 RAW_FIELDS = ["time", "value", "quality", "quality_name"]
-AGG_FIELDS = ["time", "count", "avg", "min", "max", "sum", "first", "first_time", "last",
-              "last_time", "bad_count"]
+AGG_FIELDS = ["time", "count", "avg", "min", "max", "sum", "first", "first_time", "last", "last_time", "bad_count"]
 # Seed 003's rule: the finest level for a span, before max_points applies.
-_AUTO_RULE = ((timedelta(days=1), Level.RAW), (timedelta(days=7), Level.MINUTE),
-              (timedelta(days=30), Level.HOUR))
+_AUTO_RULE = ((timedelta(days=1), Level.RAW), (timedelta(days=7), Level.MINUTE), (timedelta(days=30), Level.HOUR))
 _COARSER = {Level.RAW: Level.MINUTE, Level.MINUTE: Level.HOUR, Level.HOUR: Level.DAY}
-_NAMES = {int(q): n for q, n in (
-    (Quality.GOOD, "Good"), (Quality.UNCERTAIN, "Uncertain"), (Quality.BAD, "Bad"),
-    (Quality.BAD_OUT_OF_RANGE, "BadOutOfRange"),
-    (Quality.BAD_NO_COMMUNICATION, "BadNoCommunication"),
-    (Quality.BAD_DATA_LOST, "BadDataLost"))}
+_NAMES = {
+    int(q): n
+    for q, n in (
+        (Quality.GOOD, "Good"),
+        (Quality.UNCERTAIN, "Uncertain"),
+        (Quality.BAD, "Bad"),
+        (Quality.BAD_OUT_OF_RANGE, "BadOutOfRange"),
+        (Quality.BAD_NO_COMMUNICATION, "BadNoCommunication"),
+        (Quality.BAD_DATA_LOST, "BadDataLost"),
+    )
+}
 
 
 def quality_code(stored: int) -> int:
@@ -91,9 +95,16 @@ class ReadRequest:
     cursor: str | None = None
 
     def fingerprint(self) -> str:
-        key = json.dumps([[t.tag_id for t in self.tags], self.start.isoformat(),
-                          self.end.isoformat(), self.resolution, self.max_points,
-                          self.local_days])
+        key = json.dumps(
+            [
+                [t.tag_id for t in self.tags],
+                self.start.isoformat(),
+                self.end.isoformat(),
+                self.resolution,
+                self.max_points,
+                self.local_days,
+            ]
+        )
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -121,10 +132,10 @@ class _Cursor:
     after: datetime | None  # last time (or bucket) already answered for that tag
 
     def encode(self, req: ReadRequest) -> str:
-        after = None if self.after is None else int((self.after - EPOCH) / timedelta(
-            microseconds=1))
-        raw = json.dumps({"q": req.fingerprint(), "l": self.level.value, "p": self.position,
-                          "a": after}, separators=(",", ":")).encode()
+        after = None if self.after is None else int((self.after - EPOCH) / timedelta(microseconds=1))
+        raw = json.dumps(
+            {"q": req.fingerprint(), "l": self.level.value, "p": self.position, "a": after}, separators=(",", ":")
+        ).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     @classmethod
@@ -136,20 +147,21 @@ class _Cursor:
         except (ValueError, KeyError, TypeError) as e:
             raise InvalidQuery("cursor", "not a cursor this API issued") from e
         if fp != req.fingerprint() or not 0 <= position < len(req.tags):
-            raise InvalidQuery("cursor", "belongs to another query: repeat the query's "
-                                                "tags, start, end and resolution with it")
+            raise InvalidQuery(
+                "cursor", "belongs to another query: repeat the query's tags, start, end and resolution with it"
+            )
         at = None if after is None else EPOCH + timedelta(microseconds=int(after))
         return cls(level, position, at)
 
 
 async def raw_horizon(db: asyncpg.Connection, table: str = RAW_TABLE) -> datetime | None:
     v: datetime | None = await db.fetchval(
-        "SELECT dropped_before FROM retention_horizon WHERE table_name = $1", table)
+        "SELECT dropped_before FROM retention_horizon WHERE table_name = $1", table
+    )
     return v
 
 
-async def choose_level(db: asyncpg.Connection, req: ReadRequest,
-                       horizon: datetime | None) -> Level:
+async def choose_level(db: asyncpg.Connection, req: ReadRequest, horizon: datetime | None) -> Level:
     if req.resolution != AUTO:
         return Level(req.resolution)
     level = level_for_span(req.end - req.start)
@@ -158,7 +170,12 @@ async def choose_level(db: asyncpg.Connection, req: ReadRequest,
         over = await db.fetchval(
             f"SELECT bool_or(n > $4) FROM unnest($1::int4[]) AS u(t), LATERAL (SELECT count(*) AS n "
             f"FROM (SELECT 1 FROM {RAW_TABLE} WHERE tag_id = u.t AND time >= $2 AND time < $3 "
-            "LIMIT $4 + 1) x) c", numeric, req.start, req.end, req.max_points)
+            "LIMIT $4 + 1) x) c",
+            numeric,
+            req.start,
+            req.end,
+            req.max_points,
+        )
         if over or (horizon is not None and req.start < horizon):
             level = Level.MINUTE
     return _coarsen(req, level)
@@ -172,22 +189,24 @@ SELECT {bucket} AS b, count(*) FILTER (WHERE ok) AS n, {num}
 FROM (SELECT time, value, quality, {ok} AS ok FROM {table}
       WHERE tag_id = $1 AND time >= $2 AND time < $3) r
 GROUP BY 1"""
-_NUM = ("sum(value) FILTER (WHERE ok) AS sum, min(value) FILTER (WHERE ok) AS min, "
-        "max(value) FILTER (WHERE ok) AS max,")
+_NUM = (
+    "sum(value) FILTER (WHERE ok) AS sum, min(value) FILTER (WHERE ok) AS min, "
+    "max(value) FILTER (WHERE ok) AS max,"
+)
 _NO_NUM = "NULL::float8 AS sum, NULL::float8 AS min, NULL::float8 AS max,"
 
 
 def _agg_sql(table: str, bucket: str, numeric: bool) -> str:
     ok = "quality >= 0 AND value IS NOT NULL" + (" AND value <> 'NaN'" if numeric else "")
-    return _AGG_RAW.format(bucket=bucket, num=_NUM if numeric else _NO_NUM, gap=GAP_QUALITY,
-                           ok=ok, table=table)
+    return _AGG_RAW.format(bucket=bucket, num=_NUM if numeric else _NO_NUM, gap=GAP_QUALITY, ok=ok, table=table)
 
 
 class _Fetcher:
     """Rows of one tag at one level, from ``after`` on, at most ``n``."""
 
-    def __init__(self, db: asyncpg.Connection, req: ReadRequest, level: Level, tz: str,
-                 fresh_from: datetime) -> None:
+    def __init__(
+        self, db: asyncpg.Connection, req: ReadRequest, level: Level, tz: str, fresh_from: datetime
+    ) -> None:
         self.db, self.req, self.level, self.tz = db, req, level, tz
         self.fresh_from = fresh_from
 
@@ -199,8 +218,8 @@ class _Fetcher:
     async def _first_bucket(self) -> datetime:
         if self.level is Level.DAY and self.req.local_days:
             b: datetime = await self.db.fetchval(
-                "SELECT time_bucket(INTERVAL '1 day', $1::timestamptz, $2::text)",
-                self.req.start, self.tz)
+                "SELECT time_bucket(INTERVAL '1 day', $1::timestamptz, $2::text)", self.req.start, self.tz
+            )
             return b
         return floor_to(self.req.start, STEP[self.level])
 
@@ -210,9 +229,13 @@ class _Fetcher:
             recs = await self.db.fetch(
                 f"SELECT time, value, quality FROM {table} WHERE tag_id = $1 AND time >= $2 "
                 "AND time < $3 AND ($4::timestamptz IS NULL OR time > $4) ORDER BY time LIMIT $5",
-                tag.tag_id, self.req.start, self.req.end, after, n)
-            return [[r["time"], r["value"], quality_code(r["quality"]), quality_name(r["quality"])]
-                    for r in recs]
+                tag.tag_id,
+                self.req.start,
+                self.req.end,
+                after,
+                n,
+            )
+            return [[r["time"], r["value"], quality_code(r["quality"]), quality_name(r["quality"])] for r in recs]
         lo = await self._first_bucket()
         if after is not None:
             lo = max(lo, after + timedelta(microseconds=1))
@@ -220,32 +243,46 @@ class _Fetcher:
         out: list[asyncpg.Record] = []
         split = max(lo, min(self.fresh_from, self.req.end))
         if not tag.is_text and lo < split:
-            table = LOCAL_DAY_TABLE if (self.level is Level.DAY and self.req.local_days) \
-                else TABLE[self.level]
+            table = LOCAL_DAY_TABLE if (self.level is Level.DAY and self.req.local_days) else TABLE[self.level]
             out += await self.db.fetch(
                 f"SELECT bucket AS b, n, sum, min, max, first_time, first_value AS fv, "
                 f"last_time, last_value AS lv, bad FROM {table} WHERE tag_id = $1 "
                 "AND bucket >= $2 AND bucket < $3 ORDER BY bucket LIMIT $4",
-                tag.tag_id, lo, split, n)
+                tag.tag_id,
+                lo,
+                split,
+                n,
+            )
         if len(out) < n and (tag.is_text or split < self.req.end):
             raw_lo = lo if tag.is_text else split
-            sql = _agg_sql(TEXT_TABLE if tag.is_text else RAW_TABLE,
-                           self._bucket_expr("time"), not tag.is_text)
-            fresh = await self.db.fetch(sql + " ORDER BY 1", tag.tag_id, raw_lo, self.req.end,
-                                        *tz_args)
+            sql = _agg_sql(TEXT_TABLE if tag.is_text else RAW_TABLE, self._bucket_expr("time"), not tag.is_text)
+            fresh = await self.db.fetch(sql + " ORDER BY 1", tag.tag_id, raw_lo, self.req.end, *tz_args)
             out += [r for r in fresh if r["b"] >= lo][: n - len(out)]
-        return [[r["b"], r["n"], (r["sum"] / r["n"]) if r["n"] and r["sum"] is not None else None,
-                 r["min"], r["max"], r["sum"], r["fv"], r["first_time"], r["lv"], r["last_time"],
-                 r["bad"]] for r in out]
+        return [
+            [
+                r["b"],
+                r["n"],
+                (r["sum"] / r["n"]) if r["n"] and r["sum"] is not None else None,
+                r["min"],
+                r["max"],
+                r["sum"],
+                r["fv"],
+                r["first_time"],
+                r["lv"],
+                r["last_time"],
+                r["bad"],
+            ]
+            for r in out
+        ]
 
 
-async def fresh_from(db: asyncpg.Connection, level: Level, local_days: bool, tz: str,
-                     now: datetime, fresh_window: timedelta) -> datetime:
+async def fresh_from(
+    db: asyncpg.Connection, level: Level, local_days: bool, tz: str, now: datetime, fresh_window: timedelta
+) -> datetime:
     """Buckets starting at or after this are answered from raw."""
     t = now - fresh_window
     if level is Level.DAY and local_days:
-        b: datetime = await db.fetchval(
-            "SELECT time_bucket(INTERVAL '1 day', $1::timestamptz, $2::text)", t, tz)
+        b: datetime = await db.fetchval("SELECT time_bucket(INTERVAL '1 day', $1::timestamptz, $2::text)", t, tz)
         return b
     if level is Level.RAW:
         return t
@@ -258,8 +295,7 @@ async def fresh_from(db: asyncpg.Connection, level: Level, local_days: bool, tz:
 # the newest buckets aggregated from raw after it, and the retention horizon beside them. Bucket
 # bounds are computed in the statement from its parameters with immutable functions, so chunks
 # outside the range are excluded while planning. Everything else takes the paged path below.
-_HORIZON = ("(SELECT dropped_before FROM retention_horizon "
-            f"WHERE table_name = '{RAW_TABLE}') AS horizon")
+_HORIZON = f"(SELECT dropped_before FROM retention_horizon WHERE table_name = '{RAW_TABLE}') AS horizon"
 _ONE_AGG = """
 SELECT {horizon}, x.*
 FROM (SELECT 1) one LEFT JOIN LATERAL (
@@ -303,8 +339,9 @@ def _one_agg_sql(level: Level, local_days: bool) -> str:
         fresh = f"time_bucket({step}, $4::timestamptz)"
         bucket = f"time_bucket({step}, time)"
     split = f"greatest({lo}, least({fresh}, $3::timestamptz))"
-    return _ONE_AGG.format(horizon=_HORIZON, table=table, lo=lo, split=split, bucket=bucket,
-                           gap=GAP_QUALITY, raw=RAW_TABLE)
+    return _ONE_AGG.format(
+        horizon=_HORIZON, table=table, lo=lo, split=split, bucket=bucket, gap=GAP_QUALITY, raw=RAW_TABLE
+    )
 
 
 _ONE_RAW_SQL = _ONE_RAW.format(horizon=_HORIZON, raw=RAW_TABLE)
@@ -322,8 +359,7 @@ def _fixed_level(req: ReadRequest) -> Level | None:
 
 
 def _coarsen(req: ReadRequest, level: Level) -> Level:
-    while level in _COARSER and level is not Level.RAW and \
-            buckets_in(req.end - req.start, level) > req.max_points:
+    while level in _COARSER and level is not Level.RAW and buckets_in(req.end - req.start, level) > req.max_points:
         level = _COARSER[level]
     return level
 
@@ -336,8 +372,19 @@ def _max_buckets(req: ReadRequest, level: Level) -> int:
 
 def _agg_row(r: asyncpg.Record) -> list[Any]:
     n, total = r["n"], r["sum"]
-    return [r["b"], n, (total / n) if n and total is not None else None, r["min"], r["max"],
-            total, r["fv"], r["first_time"], r["lv"], r["last_time"], r["bad"]]
+    return [
+        r["b"],
+        n,
+        (total / n) if n and total is not None else None,
+        r["min"],
+        r["max"],
+        total,
+        r["fv"],
+        r["first_time"],
+        r["lv"],
+        r["last_time"],
+        r["bad"],
+    ]
 
 
 def _raw_row(r: asyncpg.Record) -> list[Any]:
@@ -345,12 +392,17 @@ def _raw_row(r: asyncpg.Record) -> list[Any]:
     return [r["time"], r["value"], quality_code(q), quality_name(q)]
 
 
-def _answer(req: ReadRequest, level: Level, tz: str, horizon: datetime | None,
-            per_tag: list[list[list[Any]]]) -> ReadAnswer:
+def _answer(
+    req: ReadRequest, level: Level, tz: str, horizon: datetime | None, per_tag: list[list[list[Any]]]
+) -> ReadAnswer:
     """The answer from every tag's complete rows, cut at ``limit`` exactly as the paged path
     cuts it (same points, same cursor)."""
-    answer = ReadAnswer(level, RAW_FIELDS if level is Level.RAW else AGG_FIELDS,
-                        [Series(t) for t in req.tags], tz if req.local_days else "UTC")
+    answer = ReadAnswer(
+        level,
+        RAW_FIELDS if level is Level.RAW else AGG_FIELDS,
+        [Series(t) for t in req.tags],
+        tz if req.local_days else "UTC",
+    )
     _note_horizon(answer, req, level, horizon)
     left = req.limit
     for i, rows in enumerate(per_tag):
@@ -363,18 +415,21 @@ def _answer(req: ReadRequest, level: Level, tz: str, horizon: datetime | None,
     return answer
 
 
-def _note_horizon(answer: ReadAnswer, req: ReadRequest, level: Level,
-                  horizon: datetime | None) -> None:
+def _note_horizon(answer: ReadAnswer, req: ReadRequest, level: Level, horizon: datetime | None) -> None:
     if horizon is not None and req.start < horizon:
         answer.raw_dropped_before = horizon
         if level is Level.RAW:
             answer.notices.append(
                 f"raw readings before {horizon.isoformat()} were dropped by retention; "
-                "ask resolution=1m, 1h or 1d for that range")
+                "ask resolution=1m, 1h or 1d for that range"
+            )
 
 
-def _split(req: ReadRequest, rows: list[asyncpg.Record], convert: Any,
-           ) -> tuple[datetime | None, list[list[list[Any]]]]:
+def _split(
+    req: ReadRequest,
+    rows: list[asyncpg.Record],
+    convert: Any,
+) -> tuple[datetime | None, list[list[list[Any]]]]:
     per_tag: list[list[list[Any]]] = [[] for _ in req.tags]
     horizon = rows[0]["horizon"] if rows else None
     for r in rows:
@@ -383,8 +438,9 @@ def _split(req: ReadRequest, rows: list[asyncpg.Record], convert: Any,
     return horizon, per_tag
 
 
-async def _read_one(db: asyncpg.Connection | asyncpg.Pool, req: ReadRequest, tz: str,
-                    fresh_window: timedelta, now: datetime) -> ReadAnswer | None:
+async def _read_one(
+    db: asyncpg.Connection | asyncpg.Pool, req: ReadRequest, tz: str, fresh_window: timedelta, now: datetime
+) -> ReadAnswer | None:
     """The answer in one statement (two for ``auto`` over a short span whose raw rows are too
     many), or None when the request needs the paged path."""
     if any(t.is_text for t in req.tags):
@@ -398,8 +454,8 @@ async def _read_one(db: asyncpg.Connection | asyncpg.Pool, req: ReadRequest, tz:
         rows = await db.fetch(_ONE_RAW_SQL, ids, req.start, req.end, cap)
         horizon, per_tag = _split(req, rows, _raw_row)
         if level is Level.RAW or not (
-                any(len(p) > req.max_points for p in per_tag)
-                or (horizon is not None and req.start < horizon)):
+            any(len(p) > req.max_points for p in per_tag) or (horizon is not None and req.start < horizon)
+        ):
             return _answer(req, Level.RAW, tz, horizon, per_tag)
         level = _coarsen(req, Level.MINUTE)
     if len(ids) * _max_buckets(req, level) > req.limit:
@@ -413,9 +469,14 @@ async def _read_one(db: asyncpg.Connection | asyncpg.Pool, req: ReadRequest, tz:
     return _answer(req, level, tz, horizon, per_tag)
 
 
-async def read(db: asyncpg.Connection | asyncpg.Pool, req: ReadRequest, tz: str, *,
-               fresh_window: timedelta = timedelta(seconds=30),
-               now: datetime | None = None) -> ReadAnswer:
+async def read(
+    db: asyncpg.Connection | asyncpg.Pool,
+    req: ReadRequest,
+    tz: str,
+    *,
+    fresh_window: timedelta = timedelta(seconds=30),
+    now: datetime | None = None,
+) -> ReadAnswer:
     if req.start >= req.end:
         raise InvalidQuery("start", "must be before end")
     now = now or datetime.now(UTC)
@@ -429,15 +490,19 @@ async def read(db: asyncpg.Connection | asyncpg.Pool, req: ReadRequest, tz: str,
     return await _read_paged(db, req, tz, fresh_window=fresh_window, now=now)
 
 
-async def _read_paged(db: asyncpg.Connection, req: ReadRequest, tz: str, *,
-                      fresh_window: timedelta, now: datetime) -> ReadAnswer:
+async def _read_paged(
+    db: asyncpg.Connection, req: ReadRequest, tz: str, *, fresh_window: timedelta, now: datetime
+) -> ReadAnswer:
     horizon = await raw_horizon(db)
     cur = _Cursor.decode(req, req.cursor) if req.cursor else None
     level = cur.level if cur else await choose_level(db, req, horizon)
-    fetch = _Fetcher(db, req, level, tz, await fresh_from(
-        db, level, req.local_days, tz, now, fresh_window))
-    answer = ReadAnswer(level, RAW_FIELDS if level is Level.RAW else AGG_FIELDS,
-                        [Series(t) for t in req.tags], tz if req.local_days else "UTC")
+    fetch = _Fetcher(db, req, level, tz, await fresh_from(db, level, req.local_days, tz, now, fresh_window))
+    answer = ReadAnswer(
+        level,
+        RAW_FIELDS if level is Level.RAW else AGG_FIELDS,
+        [Series(t) for t in req.tags],
+        tz if req.local_days else "UTC",
+    )
     _note_horizon(answer, req, level, horizon)
     left = req.limit
     first = cur.position if cur else 0
@@ -457,12 +522,18 @@ async def _read_paged(db: asyncpg.Connection, req: ReadRequest, tz: str, *,
     return answer
 
 
-async def stream_rows(db: asyncpg.Connection, req: ReadRequest, tz: str, *,
-                      page: int = 5000, fresh_window: timedelta = timedelta(seconds=30),
-                      ) -> AsyncIterator[tuple[ReadAnswer, TagInfo, list[Any]]]:
+async def stream_rows(
+    db: asyncpg.Connection,
+    req: ReadRequest,
+    tz: str,
+    *,
+    page: int = 5000,
+    fresh_window: timedelta = timedelta(seconds=30),
+) -> AsyncIterator[tuple[ReadAnswer, TagInfo, list[Any]]]:
     """Every row of the answer, page by page through the cursor (for CSV: no limit)."""
-    paged = ReadRequest(req.tags, req.start, req.end, req.resolution, req.max_points, page,
-                        req.local_days, req.cursor)
+    paged = ReadRequest(
+        req.tags, req.start, req.end, req.resolution, req.max_points, page, req.local_days, req.cursor
+    )
     while True:
         answer = await read(db, paged, tz, fresh_window=fresh_window)
         for s in answer.series:
@@ -470,5 +541,6 @@ async def stream_rows(db: asyncpg.Connection, req: ReadRequest, tz: str, *,
                 yield answer, s.tag, row
         if answer.next is None:
             return
-        paged = ReadRequest(req.tags, req.start, req.end, req.resolution, req.max_points, page,
-                            req.local_days, answer.next)
+        paged = ReadRequest(
+            req.tags, req.start, req.end, req.resolution, req.max_points, page, req.local_days, answer.next
+        )

@@ -55,8 +55,10 @@ class PassResult:
     busy: bool = False  # another refresher holds the lock
 
 
-def take_newest(ranges: list[tuple[datetime, datetime]], budget: timedelta,
-                ) -> tuple[list[tuple[datetime, datetime]], list[tuple[datetime, datetime]]]:
+def take_newest(
+    ranges: list[tuple[datetime, datetime]],
+    budget: timedelta,
+) -> tuple[list[tuple[datetime, datetime]], list[tuple[datetime, datetime]]]:
     """Split merged minute ranges into (rebuild now, keep pending): newest first up to budget."""
     take: list[tuple[datetime, datetime]] = []
     keep: list[tuple[datetime, datetime]] = []
@@ -80,8 +82,7 @@ async def read_timezone(conn: asyncpg.Connection) -> str:
     return str(tz or "UTC")
 
 
-async def refresh_pass(conn: asyncpg.Connection, *, max_xacts: int = 2000,
-                       max_minutes: int = 360) -> PassResult:
+async def refresh_pass(conn: asyncpg.Connection, *, max_xacts: int = 2000, max_minutes: int = 360) -> PassResult:
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY):
             return PassResult(busy=True)
@@ -97,15 +98,14 @@ async def refresh_pass(conn: asyncpg.Connection, *, max_xacts: int = 2000,
         new_done = max(xacts) + 1 if backlog else max(xmin, done)
         ranges = [
             (floor_to(r["min_time"] - _SLACK, MINUTE), ceil_to(r["max_time"] + _SLACK, MINUTE))
-            for r in rows if r["min_time"] is not None and r["max_time"] is not None
+            for r in rows
+            if r["min_time"] is not None and r["max_time"] is not None
         ]
-        ranges += [(r["lo"], r["hi"]) for r in
-                   await conn.fetch("DELETE FROM rollup_pending RETURNING lo, hi")]
+        ranges += [(r["lo"], r["hi"]) for r in await conn.fetch("DELETE FROM rollup_pending RETURNING lo, hi")]
         take, keep = take_newest(merge_ranges(ranges), MINUTE * max_minutes)
         minutes = 0
         if take:
-            minutes = await rebuild(conn, take, await read_timezone(conn),
-                                    await Horizons.load(conn))
+            minutes = await rebuild(conn, take, await read_timezone(conn), await Horizons.load(conn))
         if keep:
             await conn.executemany("INSERT INTO rollup_pending (lo, hi) VALUES ($1, $2)", keep)
         await conn.execute("UPDATE rollup_state SET done_below = $1", new_done)
@@ -117,9 +117,15 @@ class RollupRefresher:
     """Runs refresh passes for one tenant database: every ``interval_s``, and back to back while
     a pass leaves work behind (each pass itself stays bounded)."""
 
-    def __init__(self, dsn: str, *, interval_s: float = 5.0, max_xacts_per_pass: int = 2000,
-                 max_minutes_per_pass: int = 360,
-                 on_pass: Callable[[PassResult, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        interval_s: float = 5.0,
+        max_xacts_per_pass: int = 2000,
+        max_minutes_per_pass: int = 360,
+        on_pass: Callable[[PassResult, float], None] | None = None,
+    ) -> None:
         self._dsn = dsn
         self.interval_s = interval_s
         self.max_xacts_per_pass = max_xacts_per_pass
@@ -144,8 +150,9 @@ class RollupRefresher:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         try:
-            r = await refresh_pass(await self._connection(), max_xacts=self.max_xacts_per_pass,
-                                   max_minutes=self.max_minutes_per_pass)
+            r = await refresh_pass(
+                await self._connection(), max_xacts=self.max_xacts_per_pass, max_minutes=self.max_minutes_per_pass
+            )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             if self._conn is not None and not self._conn.is_closed():
                 self._conn.terminate()
@@ -167,8 +174,7 @@ class RollupRefresher:
         target = await conn.fetchval("SELECT coalesce(max(xact), -1) FROM ingest_ledger")
         for n in range(1, max_passes + 1):
             r = await self.run_pass()
-            if not (r.more or r.busy) and await conn.fetchval(
-                    "SELECT done_below FROM rollup_state") > target:
+            if not (r.more or r.busy) and await conn.fetchval("SELECT done_below FROM rollup_state") > target:
                 return n
             if r.busy or not r.more:
                 await asyncio.sleep(0.05)

@@ -55,20 +55,27 @@ def check_timezone(tz: str) -> str:
 
 
 async def load_settings(conn: asyncpg.Connection | asyncpg.Pool) -> ReadSettings:
-    rows = {r["key"]: r["value"] for r in await conn.fetch(
-        "SELECT key, value FROM tenant_meta WHERE key = ANY($1::text[])",
-        ["timezone", "raw_retention_days", "rollup_retention_days"])}
+    rows = {
+        r["key"]: r["value"]
+        for r in await conn.fetch(
+            "SELECT key, value FROM tenant_meta WHERE key = ANY($1::text[])",
+            ["timezone", "raw_retention_days", "rollup_retention_days"],
+        )
+    }
     return ReadSettings(
         timezone=rows.get("timezone", "UTC"),
         raw_retention_days=int(rows.get("raw_retention_days", DEFAULT_RAW_RETENTION_DAYS)),
-        rollup_retention_days=int(rows.get("rollup_retention_days",
-                                           DEFAULT_ROLLUP_RETENTION_DAYS)),
+        rollup_retention_days=int(rows.get("rollup_retention_days", DEFAULT_ROLLUP_RETENTION_DAYS)),
     )
 
 
-async def save_settings(conn: asyncpg.Connection, *, timezone: str | None = None,
-                        raw_retention_days: int | None = None,
-                        rollup_retention_days: int | None = None) -> ReadSettings:
+async def save_settings(
+    conn: asyncpg.Connection,
+    *,
+    timezone: str | None = None,
+    raw_retention_days: int | None = None,
+    rollup_retention_days: int | None = None,
+) -> ReadSettings:
     """Change what is given. A new time zone rebuilds the local-day rollups in the same
     transaction (from 1-hour or 1-minute rollups, never from raw)."""
     async with conn.transaction():
@@ -78,14 +85,21 @@ async def save_settings(conn: asyncpg.Connection, *, timezone: str | None = None
         rollup = rollup_retention_days or before.rollup_retention_days
         if rollup < raw:
             field = "rollup_retention_days" if rollup_retention_days else "raw_retention_days"
-            raise InvalidRegistration(field, f"rollups ({rollup} days) must be kept at least as "
-                                             f"long as raw data ({raw} days)")
-        for key, value in (("timezone", timezone), ("raw_retention_days", raw_retention_days),
-                           ("rollup_retention_days", rollup_retention_days)):
+            raise InvalidRegistration(
+                field, f"rollups ({rollup} days) must be kept at least as long as raw data ({raw} days)"
+            )
+        for key, value in (
+            ("timezone", timezone),
+            ("raw_retention_days", raw_retention_days),
+            ("rollup_retention_days", rollup_retention_days),
+        ):
             if value is not None:
                 await conn.execute(
                     "INSERT INTO tenant_meta (key, value) VALUES ($1, $2) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, str(value))
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    key,
+                    str(value),
+                )
         if timezone is not None and timezone != before.timezone:
             await rebuild_local_days(conn, check_timezone(timezone))
         return await load_settings(conn)
@@ -103,7 +117,9 @@ async def rebuild_local_days(conn: asyncpg.Connection, tz: str) -> None:
         "time_bucket(INTERVAL '1 day', bucket, $1::text), sum(n)::int8, sum(sum), min(min), "
         "max(max), min(first_time), first(first_value, first_time) FILTER (WHERE n > 0), "
         "max(last_time), last(last_value, last_time) FILTER (WHERE n > 0), sum(bad)::int8 "
-        f"FROM {src} GROUP BY 1, 2", tz)
+        f"FROM {src} GROUP BY 1, 2",
+        tz,
+    )
 
 
 @dataclass(frozen=True)
@@ -114,17 +130,20 @@ class RetentionResult:
 
 async def _drop(conn: asyncpg.Connection, table: str, cutoff: datetime) -> int:
     end = await conn.fetchval(
-        "SELECT max(range_end) FROM timescaledb_information.chunks "
-        "WHERE hypertable_name = $1 AND range_end <= $2", table, cutoff)
+        "SELECT max(range_end) FROM timescaledb_information.chunks WHERE hypertable_name = $1 AND range_end <= $2",
+        table,
+        cutoff,
+    )
     if end is None:
         return 0
-    dropped = await conn.fetch("SELECT drop_chunks($1::regclass, older_than => $2::timestamptz)",
-                               table, cutoff)
+    dropped = await conn.fetch("SELECT drop_chunks($1::regclass, older_than => $2::timestamptz)", table, cutoff)
     await conn.execute(
         "INSERT INTO retention_horizon (table_name, dropped_before) VALUES ($1, $2) "
         "ON CONFLICT (table_name) DO UPDATE "
         "SET dropped_before = greatest(retention_horizon.dropped_before, excluded.dropped_before)",
-        table, end)
+        table,
+        end,
+    )
     return len(dropped)
 
 
@@ -132,14 +151,16 @@ async def not_rolled_up_before(conn: asyncpg.Connection) -> datetime | None:
     """Oldest time the refresher has yet to roll up (None: everything committed is done)."""
     pending = await conn.fetchval("SELECT min(lo) FROM rollup_pending")
     ledger = await conn.fetchval(
-        "SELECT min(min_time) FROM ingest_ledger "
-        "WHERE xact >= (SELECT done_below FROM rollup_state)")
+        "SELECT min(min_time) FROM ingest_ledger WHERE xact >= (SELECT done_below FROM rollup_state)"
+    )
     times = [t for t in (pending, ledger) if t is not None]
     return min(times) if times else None
 
 
-async def apply_retention(conn: asyncpg.Connection, now: datetime | None = None,
-                          ) -> RetentionResult:
+async def apply_retention(
+    conn: asyncpg.Connection,
+    now: datetime | None = None,
+) -> RetentionResult:
     now = now or datetime.now(UTC)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
@@ -149,13 +170,13 @@ async def apply_retention(conn: asyncpg.Connection, now: datetime | None = None,
         if behind is not None and behind < raw_cut:
             log.info("raw retention held back to %s: rollups not written yet", behind)
             raw_cut = behind
-        dropped = {RAW_TABLE: await _drop(conn, RAW_TABLE, raw_cut),
-                   # Text readings have no rollups: the raw retention alone applies.
-                   TEXT_TABLE: await _drop(conn, TEXT_TABLE,
-                                           now - timedelta(days=s.raw_retention_days))}
+        dropped = {
+            RAW_TABLE: await _drop(conn, RAW_TABLE, raw_cut),
+            # Text readings have no rollups: the raw retention alone applies.
+            TEXT_TABLE: await _drop(conn, TEXT_TABLE, now - timedelta(days=s.raw_retention_days)),
+        }
         for table in ROLLUP_TABLES:
-            dropped[table] = await _drop(conn, table,
-                                         now - timedelta(days=s.rollup_retention_days))
+            dropped[table] = await _drop(conn, table, now - timedelta(days=s.rollup_retention_days))
         horizons = await Horizons.load(conn)
     return RetentionResult(dropped, horizons.by_table)
 

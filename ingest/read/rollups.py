@@ -42,12 +42,10 @@ class Level(enum.StrEnum):
 
 STEP: dict[Level, timedelta] = {Level.MINUTE: MINUTE, Level.HOUR: HOUR, Level.DAY: DAY}
 # The 1-day level exists twice: UTC days, and days from the tenant's local midnight.
-TABLE: dict[Level, str] = {Level.MINUTE: "rollup_1m", Level.HOUR: "rollup_1h",
-                           Level.DAY: "rollup_1d"}
+TABLE: dict[Level, str] = {Level.MINUTE: "rollup_1m", Level.HOUR: "rollup_1h", Level.DAY: "rollup_1d"}
 LOCAL_DAY_TABLE = "rollup_1d_local"
 ROLLUP_TABLES = ("rollup_1m", "rollup_1h", "rollup_1d", LOCAL_DAY_TABLE)
-COLUMNS = ("n", "sum", "min", "max", "first_time", "first_value", "last_time", "last_value",
-           "bad")
+COLUMNS = ("n", "sum", "min", "max", "first_time", "first_value", "last_time", "last_value", "bad")
 
 
 def floor_to(t: datetime, step: timedelta) -> datetime:
@@ -72,13 +70,16 @@ def merge_ranges(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime
     return out
 
 
-def widen(ranges: list[tuple[datetime, datetime]], step: timedelta,
-          ) -> list[tuple[datetime, datetime]]:
+def widen(
+    ranges: list[tuple[datetime, datetime]],
+    step: timedelta,
+) -> list[tuple[datetime, datetime]]:
     return merge_ranges([(floor_to(lo, step), ceil_to(hi, step)) for lo, hi in ranges])
 
 
-def clip_below(ranges: list[tuple[datetime, datetime]], horizon: datetime | None,
-               step: timedelta | None = None) -> list[tuple[datetime, datetime]]:
+def clip_below(
+    ranges: list[tuple[datetime, datetime]], horizon: datetime | None, step: timedelta | None = None
+) -> list[tuple[datetime, datetime]]:
     """Drop what starts below ``horizon``: the source level holds nothing there any more, and
     rebuilding from it would erase what this level still keeps. With ``step`` the cut moves up to
     the next bucket start, so a bucket straddling the horizon is kept as it is."""
@@ -105,7 +106,9 @@ def whole_hour_offsets(tz: str, lo: datetime, hi: datetime) -> bool:
 # -- SQL ------------------------------------------------------------------------------------------
 _INSERT = "INSERT INTO {dst} (tag_id, bucket, " + ", ".join(COLUMNS) + ") "
 
-_FROM_RAW = _INSERT + f"""
+_FROM_RAW = (
+    _INSERT
+    + f"""
 SELECT tag_id, time_bucket(INTERVAL '1 minute', time) AS b,
        count(*) FILTER (WHERE ok), sum(value) FILTER (WHERE ok),
        min(value) FILTER (WHERE ok), max(value) FILTER (WHERE ok),
@@ -116,8 +119,11 @@ FROM (SELECT tag_id, time, value, quality,
              quality >= 0 AND value IS NOT NULL AND value <> 'NaN' AS ok
       FROM {RAW_TABLE} WHERE tag_id = ANY($3::int4[]) AND time >= $1 AND time < $2) r
 GROUP BY 1, 2"""
+)
 
-_FROM_LEVEL = _INSERT + """
+_FROM_LEVEL = (
+    _INSERT
+    + """
 SELECT tag_id, {bucket} AS b,
        sum(n)::int8, sum(sum), min(min), max(max),
        min(first_time), first(first_value, first_time) FILTER (WHERE n > 0),
@@ -125,6 +131,7 @@ SELECT tag_id, {bucket} AS b,
        sum(bad)::int8
 FROM {src} WHERE bucket >= $1 AND bucket < $2
 GROUP BY 1, 2"""
+)
 
 
 @dataclass(frozen=True)
@@ -142,32 +149,41 @@ class Horizons:
         return cls({r["table_name"]: r["dropped_before"] for r in rows})
 
 
-async def _rebuild(conn: asyncpg.Connection, dst: str, sql: str, lo: datetime, hi: datetime,
-                   *args: object) -> None:
+async def _rebuild(
+    conn: asyncpg.Connection, dst: str, sql: str, lo: datetime, hi: datetime, *args: object
+) -> None:
     await conn.execute(f"DELETE FROM {dst} WHERE bucket >= $1 AND bucket < $2", lo, hi)
     await conn.execute(sql, lo, hi, *args)
 
 
-async def local_day_bounds(conn: asyncpg.Connection, tz: str, lo: datetime, hi: datetime,
-                           ) -> tuple[datetime, datetime]:
+async def local_day_bounds(
+    conn: asyncpg.Connection,
+    tz: str,
+    lo: datetime,
+    hi: datetime,
+) -> tuple[datetime, datetime]:
     """[first local midnight <= lo, first local midnight >= hi), as TimescaleDB counts them
     (time_bucket with a time zone), so both sides agree on every DST day."""
     # A local day lasts 23 to 25 hours: 36 hours past a midnight is always inside the next day.
     r = await conn.fetchrow(
         "SELECT time_bucket(INTERVAL '1 day', $1::timestamptz, $3::text) AS lo, "
         "time_bucket(INTERVAL '1 day', $2::timestamptz - INTERVAL '1 microsecond', $3::text) AS last",
-        lo, hi, tz,
+        lo,
+        hi,
+        tz,
     )
     last: datetime = r["last"]
     end = await conn.fetchval(
         "SELECT time_bucket(INTERVAL '1 day', $1::timestamptz + INTERVAL '36 hours', $2::text)",
-        last, tz,
+        last,
+        tz,
     )
     return r["lo"], end
 
 
-async def rebuild(conn: asyncpg.Connection, minute_ranges: list[tuple[datetime, datetime]],
-                  tz: str, horizons: Horizons) -> int:
+async def rebuild(
+    conn: asyncpg.Connection, minute_ranges: list[tuple[datetime, datetime]], tz: str, horizons: Horizons
+) -> int:
     """Rebuild every level over the given minute-aligned ranges (inside the caller's
     transaction). Returns the number of 1-minute buckets' worth of time rebuilt."""
     tag_ids = await conn.fetchval("SELECT coalesce(array_agg(tag_id), '{}') FROM tag_mappings")
@@ -176,13 +192,21 @@ async def rebuild(conn: asyncpg.Connection, minute_ranges: list[tuple[datetime, 
         await _rebuild(conn, "rollup_1m", _FROM_RAW.format(dst="rollup_1m"), lo, hi, tag_ids)
     h = clip_below(widen(m, HOUR), horizons.of("rollup_1m"), HOUR)
     for lo, hi in h:
-        await _rebuild(conn, "rollup_1h", _FROM_LEVEL.format(
-            dst="rollup_1h", src="rollup_1m", bucket="time_bucket(INTERVAL '1 hour', bucket)"),
-            lo, hi)
+        await _rebuild(
+            conn,
+            "rollup_1h",
+            _FROM_LEVEL.format(dst="rollup_1h", src="rollup_1m", bucket="time_bucket(INTERVAL '1 hour', bucket)"),
+            lo,
+            hi,
+        )
     for lo, hi in clip_below(widen(h, DAY), horizons.of("rollup_1h"), DAY):
-        await _rebuild(conn, "rollup_1d", _FROM_LEVEL.format(
-            dst="rollup_1d", src="rollup_1h", bucket="time_bucket(INTERVAL '1 day', bucket)"),
-            lo, hi)
+        await _rebuild(
+            conn,
+            "rollup_1d",
+            _FROM_LEVEL.format(dst="rollup_1d", src="rollup_1h", bucket="time_bucket(INTERVAL '1 day', bucket)"),
+            lo,
+            hi,
+        )
     local: list[tuple[datetime, datetime]] = []
     for lo, hi in m:
         local.append(await local_day_bounds(conn, tz, lo, hi))
@@ -195,7 +219,14 @@ async def rebuild(conn: asyncpg.Connection, minute_ranges: list[tuple[datetime, 
             lo = src_horizon if day_lo == src_horizon else next_day
             if lo >= hi:
                 continue
-        await _rebuild(conn, LOCAL_DAY_TABLE, _FROM_LEVEL.format(
-            dst=LOCAL_DAY_TABLE, src=src, bucket="time_bucket(INTERVAL '1 day', bucket, $3::text)"),
-            lo, hi, tz)
+        await _rebuild(
+            conn,
+            LOCAL_DAY_TABLE,
+            _FROM_LEVEL.format(
+                dst=LOCAL_DAY_TABLE, src=src, bucket="time_bucket(INTERVAL '1 day', bucket, $3::text)"
+            ),
+            lo,
+            hi,
+            tz,
+        )
     return sum(int((hi - lo) / MINUTE) for lo, hi in m)

@@ -22,9 +22,23 @@ import asyncpg
 def start_simulator(
     wells: int, tags: int, interval_ms: int, summary: Path, paused: bool = True
 ) -> tuple[subprocess.Popen[str], str, list[str]]:
-    cmd = [sys.executable, "-m", "ingest.simulators.opcua_sim", "--port", "0",
-           "--wells", str(wells), "--tags", str(tags), "--interval-ms", str(interval_ms),
-           "--mode", "counting", "--summary-file", str(summary)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ingest.simulators.opcua_sim",
+        "--port",
+        "0",
+        "--wells",
+        str(wells),
+        "--tags",
+        str(tags),
+        "--interval-ms",
+        str(interval_ms),
+        "--mode",
+        "counting",
+        "--summary-file",
+        str(summary),
+    ]
     if paused:
         cmd.append("--start-paused")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -53,8 +67,13 @@ def stop_simulator(proc: subprocess.Popen[str], summary: Path) -> dict[str, Any]
     return result
 
 
-def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.2,
-             describe: Callable[[], Any] | None = None) -> Any:
+def wait_for(
+    cond: Callable[[], Any],
+    timeout_s: float,
+    what: str,
+    every_s: float = 0.2,
+    describe: Callable[[], Any] | None = None,
+) -> Any:
     """Poll until cond() is truthy; fail (not a timed assert: only a guard against hanging).
     ``describe`` adds the state seen at the end to the failure message."""
     deadline = time.monotonic() + timeout_s
@@ -99,7 +118,9 @@ class SimProcess:
 
     def connection_body(self, name: str, publishing_interval_ms: int = 50) -> dict[str, Any]:
         return {
-            "name": name, "protocol": "opcua", "endpoint": self.endpoint,
+            "name": name,
+            "protocol": "opcua",
+            "endpoint": self.endpoint,
             "publishing_interval_ms": publishing_interval_ms,
             "tags": [{"name": n.split(";s=")[-1], "node_id": n} for n in self.node_ids],
         }
@@ -137,8 +158,7 @@ def counting_check(dsn: str, tag_ids: dict[str, int], published: dict[str, int])
         n, d, lo, hi = (r["n"], r["d"], r["lo"], r["hi"]) if r else (0, 0, None, None)
         stored += n
         if n_pub and not (n == d == n_pub and lo == 1 and hi == n_pub):
-            bad.append({"node": node, "published": n_pub, "stored": n, "distinct": d,
-                        "min": lo, "max": hi})
+            bad.append({"node": node, "published": n_pub, "stored": n, "distinct": d, "min": lo, "max": hi})
     return {"published": sum(published.values()), "stored": stored, "bad": bad}
 
 
@@ -191,5 +211,10 @@ def counting_check_with_gaps(
                     unaccounted += missing
             prev_v, prev_t = max(prev_v, v), t
         del ordered
-    return {"published": sum(published.values()), "stored": stored, "duplicates": dups,
-            "gap_values": gap_values, "unaccounted": unaccounted}
+    return {
+        "published": sum(published.values()),
+        "stored": stored,
+        "duplicates": dups,
+        "gap_values": gap_values,
+        "unaccounted": unaccounted,
+    }

@@ -108,9 +108,7 @@ def _string_words(text: str, order: str) -> list[int]:
     return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
 
 
-def register_image(
-    register: RegisterType, unit: int
-) -> tuple[list[int], list[tuple[ModbusPoint, float | str]]]:
+def register_image(register: RegisterType, unit: int) -> tuple[list[int], list[tuple[ModbusPoint, float | str]]]:
     """The register image of one register table and its points (tag ids assigned later)."""
     values = HOLDING_VALUES if register == "holding" else INPUT_VALUES
     image: list[int] = []
@@ -157,9 +155,7 @@ def register_image(
     return image, points
 
 
-def bit_points(
-    register: RegisterType, unit: int, bits: list[bool]
-) -> list[tuple[ModbusPoint, float]]:
+def bit_points(register: RegisterType, unit: int, bits: list[bool]) -> list[tuple[ModbusPoint, float]]:
     return [
         (ModbusPoint(tag_id=0, unit=unit, register=register, address=i, data_type="bool"), float(b))
         for i, b in enumerate(bits)

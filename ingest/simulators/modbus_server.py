@@ -129,11 +129,7 @@ class ModbusSimulator:
         inputs, _ = register_image("input", unit)
         hr = [SimData(0, values=holding, datatype=SimDataType.REGISTERS)]
         if self.counters:
-            hr.append(
-                SimData(
-                    COUNTER_BASE, values=[0] * (2 * self.counters), datatype=SimDataType.REGISTERS
-                )
-            )
+            hr.append(SimData(COUNTER_BASE, values=[0] * (2 * self.counters), datatype=SimDataType.REGISTERS))
         return SimDevice(
             id=unit,
             # Four separate tables (not pymodbus' shared block), each coil / input its own bit.

@@ -27,9 +27,7 @@ __all__ = ["COUNTER_BASE", "ModbusSimulator", "SimulatorMode", "main"]
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m ingest.simulators.modbus_sim", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m ingest.simulators.modbus_sim", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--units", default="1", help="comma-separated unit ids, e.g. 1,2,3")

@@ -123,9 +123,16 @@ class OpcUaSimulator:
         self.historize = historize or history_db is not None
         self.history_db = history_db
         self.max_items_per_call = max_items_per_call
-        self._field = WellField(wells, tags_per_well, mode, string_tags=string_tags, seed=seed,
-                                start_counts=start_counts, slow_every=slow_every,
-                                slow_fraction=slow_fraction)
+        self._field = WellField(
+            wells,
+            tags_per_well,
+            mode,
+            string_tags=string_tags,
+            seed=seed,
+            start_counts=start_counts,
+            slow_every=slow_every,
+            slow_fraction=slow_fraction,
+        )
         self.slow_every = slow_every
         self._server: Server | None = None
         self._ns = 0
@@ -359,8 +366,9 @@ class OpcUaSimulator:
         due = self._field.due()
         await self._write_all(self._field.next_values(now_s - self._t0), count=True, due=due)
 
-    async def _write_all(self, values: list[float | str], *, count: bool = False,
-                         due: list[bool] | None = None) -> None:
+    async def _write_all(
+        self, values: list[float | str], *, count: bool = False, due: list[bool] | None = None
+    ) -> None:
         assert self._server is not None
         ts = ua.DateTime.now(UTC)  # the asyncua subtype, so the types line up
         write = self._server.write_attribute_value

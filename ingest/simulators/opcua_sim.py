@@ -91,13 +91,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--string-tags", action="store_true", help="one String tag per well")
     p.add_argument("--historize", action="store_true", help="keep history of every tag")
     p.add_argument("--history-db", type=Path, default=None, help="SQLite file for the history")
-    p.add_argument("--slow-fraction", type=float, default=0.0,
-                   help="share of each well's tags in the slow class (0..1)")
-    p.add_argument("--slow-every", type=int, default=10,
-                   help="slow tags publish every this many ticks")
-    p.add_argument("--count", type=int, default=1,
-                   help="simulator servers to run, one process each, each on its own port "
-                        "(needs --port 0); every one prints its own NODES/READY lines")
+    p.add_argument(
+        "--slow-fraction", type=float, default=0.0, help="share of each well's tags in the slow class (0..1)"
+    )
+    p.add_argument("--slow-every", type=int, default=10, help="slow tags publish every this many ticks")
+    p.add_argument(
+        "--count",
+        type=int,
+        default=1,
+        help="simulator servers to run, one process each, each on its own port "
+        "(needs --port 0); every one prints its own NODES/READY lines",
+    )
     return p.parse_args(argv)
 
 
@@ -171,8 +175,12 @@ def _run_many(argv: list[str], count: int) -> int:
         if a.startswith("--count="):
             continue
         child_argv.append(a)
-    procs = [subprocess.Popen([sys.executable, "-m", "ingest.simulators.opcua_sim", *child_argv],
-                              stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ingest.simulators.opcua_sim", *child_argv], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(count)
+    ]
 
     def relay(proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None

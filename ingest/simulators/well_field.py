@@ -85,10 +85,14 @@ class WellField:
             raise ValueError("slow_every must be >= 1 and slow_fraction within 0..1")
         self.slow_every = slow_every
         slow_per_well = round(slow_fraction * tags_per_well)
-        self._slow = [
-            not text and int(n.rsplit(".T", 1)[-1]) > tags_per_well - slow_per_well
-            for n, text in zip(self.names, self.is_text, strict=True)
-        ] if slow_per_well and slow_every > 1 else [False] * len(self.names)
+        self._slow = (
+            [
+                not text and int(n.rsplit(".T", 1)[-1]) > tags_per_well - slow_per_well
+                for n, text in zip(self.names, self.is_text, strict=True)
+            ]
+            if slow_per_well and slow_every > 1
+            else [False] * len(self.names)
+        )
         self._ticks = 0
         self._rng = np.random.default_rng(seed)
         self._signal_params = _signal_params(len(self.names), wells, self._rng)
@@ -106,8 +110,9 @@ class WellField:
     def next_values(self, t: float) -> list[float | str]:
         """The values of the next tick, ``t`` seconds after the start."""
         if self.mode == "counting":
-            return [f"v{c + 1}" if text else float(c + 1)
-                    for c, text in zip(self.counts, self.is_text, strict=True)]
+            return [
+                f"v{c + 1}" if text else float(c + 1) for c, text in zip(self.counts, self.is_text, strict=True)
+            ]
         base, amp, sigma, period, phase = self._signal_params
         noise = self._rng.normal(0.0, sigma)
         v = np.maximum(base + amp * np.sin(2.0 * math.pi * t / period + phase) + noise, 0.0)

@@ -89,8 +89,7 @@ class MasterStore:
     # -- tenants ---------------------------------------------------------------------------
     async def list_tenants(self, status: TenantStatus | None = None) -> list[Tenant]:
         rows = await self.pool.fetch(
-            "SELECT * FROM tenants WHERE deleted_at IS NULL AND ($1::text IS NULL OR status = $1) "
-            "ORDER BY slug",
+            "SELECT * FROM tenants WHERE deleted_at IS NULL AND ($1::text IS NULL OR status = $1) ORDER BY slug",
             status.value if status else None,
         )
         return [_tenant(r) for r in rows]
@@ -122,14 +121,13 @@ class MasterStore:
     async def set_status(self, tenant_id: str, status: TenantStatus) -> None:
         done = await self.pool.execute(
             "UPDATE tenants SET status = $2 WHERE id = $1::uuid AND deleted_at IS NULL",
-            tenant_id, status.value,
+            tenant_id,
+            status.value,
         )
         if done.endswith(" 0"):
             raise TenantNotFound(f"tenant {tenant_id!r} not found")
 
-    async def create_tenant(
-        self, slug: str, name: str, retention_days: int | None = None
-    ) -> tuple[Tenant, str]:
+    async def create_tenant(self, slug: str, name: str, retention_days: int | None = None) -> tuple[Tenant, str]:
         """Provision database, role and schema; return the tenant and its first admin API key."""
         if await self.pool.fetchval("SELECT 1 FROM tenants WHERE slug = $1", slug):
             raise TenantExists(f"slug: tenant {slug!r} exists already")
@@ -142,7 +140,8 @@ class MasterStore:
             verb = "ALTER" if exists else "CREATE"
             stmt = await admin.fetchval(
                 f"SELECT format('{verb} ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
-                role, password,
+                role,
+                password,
             )
             await admin.execute(stmt)
             if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", db):
@@ -165,10 +164,9 @@ class MasterStore:
                     "UPDATE tenant_meta SET value = CASE key WHEN 'raw_retention_days' THEN $1 "
                     "ELSE greatest(value::int, $1::int)::text END "
                     "WHERE key IN ('raw_retention_days', 'rollup_retention_days')",
-                    str(retention_days))
-            edition = await tconn.fetchval(
-                "SELECT value FROM tenant_meta WHERE key = 'timescaledb_edition'"
-            )
+                    str(retention_days),
+                )
+            edition = await tconn.fetchval("SELECT value FROM tenant_meta WHERE key = 'timescaledb_edition'")
         finally:
             await tconn.close()
         url = f"postgresql://{self.settings.pg_host}:{self.settings.pg_port}/{db}"
@@ -177,7 +175,13 @@ class MasterStore:
                 """INSERT INTO tenants (slug, name, database_url, db_user, db_password_enc,
                                         timescaledb_edition, retention_days)
                    VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *""",
-                slug, name, url, role, self.box.encrypt(password), edition, retention_days,
+                slug,
+                name,
+                url,
+                role,
+                self.box.encrypt(password),
+                edition,
+                retention_days,
             )
             tenant = _tenant(r)
             key = await self._insert_key(conn, tenant.id, "initial admin key", ALL_TENANT_SCOPES)
@@ -198,7 +202,11 @@ class MasterStore:
         await conn.execute(
             "INSERT INTO api_credentials (key_id, tenant_id, name, secret_hash, scopes) "
             "VALUES ($1, $2::uuid, $3, $4, $5)",
-            key_id, tenant_id, name, digest, list(scopes),
+            key_id,
+            tenant_id,
+            name,
+            digest,
+            list(scopes),
         )
         return key
 
@@ -213,7 +221,8 @@ class MasterStore:
             """INSERT INTO api_credentials (key_id, tenant_id, name, secret_hash, scopes)
                VALUES ($1, NULL, 'cluster admin', $2, ARRAY['cluster-admin'])
                ON CONFLICT (key_id) DO UPDATE SET secret_hash = excluded.secret_hash""",
-            key_id, hash_secret(secret),
+            key_id,
+            hash_secret(secret),
         )
 
     async def authenticate(self, key: str) -> Principal:
@@ -222,8 +231,7 @@ class MasterStore:
         except ValueError as e:
             raise AuthError("malformed API key") from e
         r = await self.pool.fetchrow(
-            "SELECT tenant_id, secret_hash, scopes FROM api_credentials "
-            "WHERE key_id = $1 AND revoked_at IS NULL",
+            "SELECT tenant_id, secret_hash, scopes FROM api_credentials WHERE key_id = $1 AND revoked_at IS NULL",
             key_id,
         )
         if r is None or not secret_matches(secret, r["secret_hash"]):
@@ -231,19 +239,18 @@ class MasterStore:
         tid = str(r["tenant_id"]) if r["tenant_id"] else None
         return Principal(key_id, tid, frozenset(r["scopes"]))
 
-    async def audit(
-        self, actor: str, tenant_id: str | None, action: str, detail: dict[str, Any]
-    ) -> None:
+    async def audit(self, actor: str, tenant_id: str | None, action: str, detail: dict[str, Any]) -> None:
         await self.pool.execute(
             "INSERT INTO audit_log (actor, tenant_id, action, detail) VALUES ($1,$2::uuid,$3,$4)",
-            actor, tenant_id, action, json.dumps(detail),
+            actor,
+            tenant_id,
+            action,
+            json.dumps(detail),
         )
 
     # -- coordinator state -------------------------------------------------------------------
     async def load_assignments(self) -> dict[str, tuple[str, str]]:
-        rows = await self.pool.fetch(
-            "SELECT connection_id, slot, fingerprint FROM coordinator_assignments"
-        )
+        rows = await self.pool.fetch("SELECT connection_id, slot, fingerprint FROM coordinator_assignments")
         return {str(r["connection_id"]): (r["slot"], r["fingerprint"]) for r in rows}
 
     async def save_assignments(self, rows: dict[str, tuple[str, str, str]]) -> None:

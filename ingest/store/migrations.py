@@ -87,7 +87,9 @@ async def apply(conn: asyncpg.Connection, kind: str, root: Path | None = None) -
                     await conn.execute(m.sql)
                     await conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1,$2,$3)",
-                        m.version, m.name, m.checksum,
+                        m.version,
+                        m.name,
+                        m.checksum,
                     )
             except asyncpg.PostgresError as e:
                 raise MigrationError(f"{kind}/{m.name}: {e}") from e

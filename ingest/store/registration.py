@@ -22,8 +22,9 @@ Scope = Literal["read", "ingest", "admin"]
 ModbusUnit = Annotated[int, Field(ge=0, le=255)]
 ModbusRegister = Literal["coil", "discrete", "holding", "input"]
 ModbusAddress = Annotated[int, Field(ge=0, le=65535)]
-ModbusDataType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32",
-                         "float64", "string"]
+ModbusDataType = Literal[
+    "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
+]
 ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
 ModbusBit = Annotated[int, Field(ge=0, le=15, description="one bit of a 16-bit register (bool)")]
 ModbusLength = Annotated[int, Field(ge=1, le=125, description="registers of a string (required)")]
@@ -91,11 +92,9 @@ class TagCreate(_TagChecks):
     )
     well: str | None = Field(None, max_length=200, description="well (asset) name")
 
-
     @model_validator(mode="after")
     def _range(self) -> Self:
-        if (self.valid_min is not None and self.valid_max is not None
-                and self.valid_min > self.valid_max):
+        if self.valid_min is not None and self.valid_max is not None and self.valid_min > self.valid_max:
             raise ValueError("valid_min is greater than valid_max")
         return self
 
@@ -116,8 +115,9 @@ class ConnectionCreate(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.protocol is Protocol.PUSH:
-            raise ValueError("protocol: pushed tags are registered with POST "
-                             "/v1/tenants/{tenant}/push/tags (or on first push)")
+            raise ValueError(
+                "protocol: pushed tags are registered with POST /v1/tenants/{tenant}/push/tags (or on first push)"
+            )
         if self.protocol is Protocol.OPCUA:
             if not self.endpoint.startswith("opc.tcp://"):
                 raise ValueError("endpoint: an OPC UA endpoint starts with opc.tcp://")
@@ -126,8 +126,9 @@ class ConnectionCreate(_Strict):
         if (self.security_mode is SecurityMode.NONE) != (self.security_policy is SecurityPolicy.NONE):
             raise ValueError("security_policy: must be None exactly when security_mode is None")
         if (self.username or self.password) and self.security_mode is SecurityMode.NONE:
-            raise ValueError("username: a password is only sent over a Sign or SignAndEncrypt "
-                             "channel; set security_mode")
+            raise ValueError(
+                "username: a password is only sent over a Sign or SignAndEncrypt channel; set security_mode"
+            )
         if self.password is not None and self.username is None:
             raise ValueError("password: a password needs a username")
         names = [t.name for t in self.tags]
@@ -135,11 +136,21 @@ class ConnectionCreate(_Strict):
             raise ValueError("tags: tag names must be unique within a connection")
         try:
             # What a session would be built from, checked by the code that builds it.
-            check_connection(ConnectionSpec(
-                "", "", "", self.protocol, self.endpoint, self.publishing_interval_ms,
-                self.security_mode, self.security_policy, self.username, self.password,
-                self.auto_accept_server_cert,
-            ))
+            check_connection(
+                ConnectionSpec(
+                    "",
+                    "",
+                    "",
+                    self.protocol,
+                    self.endpoint,
+                    self.publishing_interval_ms,
+                    self.security_mode,
+                    self.security_policy,
+                    self.username,
+                    self.password,
+                    self.auto_accept_server_cert,
+                )
+            )
             check_tags(self.protocol, [t.model_dump() for t in self.tags])
         except InvalidRegistration as e:
             raise ValueError(str(e)) from None
@@ -202,12 +213,20 @@ class TagUpdate(_TagChecks):
 
 
 # -- edits are checked on their result: the stored row with the edit applied -------------------
-_CONNECTION_FIELDS = ("name", "protocol", "endpoint", "security_mode", "security_policy",
-                      "auto_accept_server_cert", "username", "publishing_interval_ms", "enabled")
+_CONNECTION_FIELDS = (
+    "name",
+    "protocol",
+    "endpoint",
+    "security_mode",
+    "security_policy",
+    "auto_accept_server_cert",
+    "username",
+    "publishing_interval_ms",
+    "enabled",
+)
 
 
-def check_connection_edit(stored: Mapping[str, Any], has_password: bool,
-                          update: ConnectionUpdate) -> None:
+def check_connection_edit(stored: Mapping[str, Any], has_password: bool, update: ConnectionUpdate) -> None:
     """Refuse an edit that leaves a connection registration would refuse (its tags are checked
     when they change, so an edit can always disable a connection whose tags are stale)."""
     merged = {k: stored[k] for k in _CONNECTION_FIELDS} | update.model_dump(exclude_unset=True)
@@ -224,8 +243,11 @@ def check_tag_edit(protocol: Protocol, stored: Mapping[str, Any], update: TagUpd
     """Refuse an edit that leaves a tag registration would refuse, naming the field."""
     merged = dict(stored) | update.model_dump(exclude_unset=True)
     check_tags(protocol, [merged], field_prefix="")
-    if (merged["valid_min"] is not None and merged["valid_max"] is not None
-            and merged["valid_min"] > merged["valid_max"]):
+    if (
+        merged["valid_min"] is not None
+        and merged["valid_max"] is not None
+        and merged["valid_min"] > merged["valid_max"]
+    ):
         raise InvalidRegistration("valid_min", "is greater than valid_max")
 
 
@@ -236,4 +258,3 @@ def _first_error(e: ValidationError) -> InvalidRegistration:
         return InvalidRegistration(".".join(str(x) for x in err["loc"]), message)
     field, _, rest = message.partition(": ")  # model checks start "<field>: "
     return InvalidRegistration(field, rest) if rest else InvalidRegistration("body", message)
-

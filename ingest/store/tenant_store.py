@@ -27,7 +27,7 @@ _CONN_COLS = (
 )
 _TAG_COLS = (
     "tag_id, connection_id, name, node_id, modbus_unit, modbus_register, modbus_address, "
-    "modbus_data_type, byte_order, data_type, unit, scaling_factor, \"offset\", valid_min, "
+    'modbus_data_type, byte_order, data_type, unit, scaling_factor, "offset", valid_min, '
     "valid_max, deadband, out_of_range, zscore_threshold, modbus_bit, modbus_length, well_id"
 )
 
@@ -68,10 +68,16 @@ class TenantStore:
                         security_policy, auto_accept_server_cert, username, password_enc,
                         publishing_interval_ms, enabled)
                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) RETURNING {_CONN_COLS}""",
-                c.name, c.protocol.value, c.endpoint, c.security_mode.value,
-                c.security_policy.value, c.auto_accept_server_cert, c.username,
+                c.name,
+                c.protocol.value,
+                c.endpoint,
+                c.security_mode.value,
+                c.security_policy.value,
+                c.auto_accept_server_cert,
+                c.username,
                 self.box.encrypt(c.password) if c.password else None,
-                c.publishing_interval_ms, c.enabled,
+                c.publishing_interval_ms,
+                c.enabled,
             )
             out = _jsonable(r)
             out["tags"] = await self._insert_tags(conn, r["id"], c.tags)
@@ -80,8 +86,7 @@ class TenantStore:
     async def add_tags(self, connection_id: str, tags: list[TagCreate]) -> list[dict[str, Any]]:
         async with self.pool.acquire() as conn, conn.transaction():
             r = await conn.fetchrow(
-                "SELECT id, protocol FROM scada_connections "
-                "WHERE id = $1::uuid AND deleted_at IS NULL FOR UPDATE",
+                "SELECT id, protocol FROM scada_connections WHERE id = $1::uuid AND deleted_at IS NULL FOR UPDATE",
                 connection_id,
             )
             if r is None:
@@ -92,15 +97,14 @@ class TenantStore:
                 for x in await conn.fetch(
                     "SELECT name FROM tag_mappings WHERE connection_id = $1 "
                     "AND deleted_at IS NULL AND name = ANY($2::text[])",
-                    r["id"], [t.name for t in tags],
+                    r["id"],
+                    [t.name for t in tags],
                 )
             }
             if taken:
                 raise InvalidRegistration("tags.name", f"tags exist already: {sorted(taken)}")
             rows = await self._insert_tags(conn, r["id"], tags)
-            await conn.execute(
-                "UPDATE scada_connections SET updated_at = now() WHERE id = $1", r["id"]
-            )
+            await conn.execute("UPDATE scada_connections SET updated_at = now() WHERE id = $1", r["id"])
             return rows
 
     async def _insert_tags(
@@ -126,14 +130,24 @@ class TenantStore:
                 RETURNING {_TAG_COLS}""",
             connection_id,
             [wells.get(t.well) if t.well else None for t in tags],
-            [t.name for t in tags], [t.node_id for t in tags],
-            [t.modbus_unit for t in tags], [t.modbus_register for t in tags],
-            [t.modbus_address for t in tags], [t.modbus_data_type for t in tags],
-            [t.byte_order for t in tags], [t.data_type for t in tags], [t.unit for t in tags],
-            [t.scaling_factor for t in tags], [t.offset for t in tags],
-            [t.valid_min for t in tags], [t.valid_max for t in tags], [t.deadband for t in tags],
-            [t.out_of_range for t in tags], [t.zscore_threshold for t in tags],
-            [t.modbus_bit for t in tags], [t.modbus_length for t in tags],
+            [t.name for t in tags],
+            [t.node_id for t in tags],
+            [t.modbus_unit for t in tags],
+            [t.modbus_register for t in tags],
+            [t.modbus_address for t in tags],
+            [t.modbus_data_type for t in tags],
+            [t.byte_order for t in tags],
+            [t.data_type for t in tags],
+            [t.unit for t in tags],
+            [t.scaling_factor for t in tags],
+            [t.offset for t in tags],
+            [t.valid_min for t in tags],
+            [t.valid_max for t in tags],
+            [t.deadband for t in tags],
+            [t.out_of_range for t in tags],
+            [t.zscore_threshold for t in tags],
+            [t.modbus_bit for t in tags],
+            [t.modbus_length for t in tags],
         )
         return [_jsonable(r) for r in rows]
 
@@ -166,8 +180,7 @@ class TenantStore:
             if done.endswith(" 0"):
                 raise ConnectionNotFound(f"connection {connection_id} not found")
             await conn.execute(
-                "UPDATE tag_mappings SET deleted_at = now() WHERE connection_id = $1::uuid "
-                "AND deleted_at IS NULL",
+                "UPDATE tag_mappings SET deleted_at = now() WHERE connection_id = $1::uuid AND deleted_at IS NULL",
                 connection_id,
             )
 
@@ -192,14 +205,15 @@ class TenantStore:
             check_connection_edit(r, r["has_password"], u)
             if sets:
                 await conn.execute(
-                    f"UPDATE scada_connections SET {', '.join(sets)}, updated_at = now() "
-                    "WHERE id = $1::uuid", connection_id, *args,
+                    f"UPDATE scada_connections SET {', '.join(sets)}, updated_at = now() WHERE id = $1::uuid",
+                    connection_id,
+                    *args,
                 )
         return await self.get_connection(connection_id)
 
     async def update_tag(self, tag_id: int, u: TagUpdate) -> dict[str, Any]:
         fields = u.model_dump(exclude_unset=True)
-        cols = [("\"offset\"" if k == "offset" else k) for k in fields]
+        cols = [('"offset"' if k == "offset" else k) for k in fields]
         sets = [f"{c} = ${i + 2}" for i, c in enumerate(cols)]
         async with self.pool.acquire() as conn, conn.transaction():
             stored = await conn.fetchrow(
@@ -214,10 +228,10 @@ class TenantStore:
             r = await conn.fetchrow(
                 f"UPDATE tag_mappings SET {', '.join(sets + ['updated_at = now()'])} "
                 f"WHERE tag_id = $1 RETURNING {_TAG_COLS}",
-                tag_id, *fields.values(),
+                tag_id,
+                *fields.values(),
             )
-            await conn.execute("UPDATE scada_connections SET updated_at = now() WHERE id = $1",
-                               r["connection_id"])
+            await conn.execute("UPDATE scada_connections SET updated_at = now() WHERE id = $1", r["connection_id"])
         return _jsonable(r)
 
     async def delete_tag(self, tag_id: int) -> None:
@@ -237,8 +251,7 @@ class TenantStore:
         )
         return [_jsonable(r) for r in rows]
 
-    async def record_connection_state(self, connection_id: str, state: str,
-                                      error: str | None) -> None:
+    async def record_connection_state(self, connection_id: str, state: str, error: str | None) -> None:
         """The session's state as the cluster sees it; ``last_error`` keeps the newest error
         (it is not cleared by a reconnect), ``last_connected_at`` the newest connect."""
         await self.pool.execute(
@@ -246,7 +259,9 @@ class TenantStore:
             "last_error = coalesce($3, last_error), "
             "last_connected_at = CASE WHEN $2 = 'connected' THEN now() ELSE last_connected_at END "
             "WHERE id = $1::uuid",
-            connection_id, state, error,
+            connection_id,
+            state,
+            error,
         )
 
     # -- what the coordinator hands out ---------------------------------------------------------
@@ -261,15 +276,18 @@ class TenantStore:
         tags = await self.pool.fetch(
             "SELECT connection_id, tag_id, name, node_id, modbus_register, modbus_unit, "
             "modbus_address, modbus_data_type, byte_order, modbus_bit, modbus_length, data_type, "
-            "scaling_factor, \"offset\" FROM tag_mappings WHERE deleted_at IS NULL ORDER BY tag_id"
+            'scaling_factor, "offset" FROM tag_mappings WHERE deleted_at IS NULL ORDER BY tag_id'
         )
         by_conn: dict[Any, list[asyncpg.Record]] = {}
         for t in tags:
             by_conn.setdefault(t["connection_id"], []).append(t)
         return [
             ConnectionSpec(
-                tenant_id=tenant.id, tenant_slug=tenant.slug, connection_id=str(c["id"]),
-                protocol=Protocol(c["protocol"]), endpoint=c["endpoint"],
+                tenant_id=tenant.id,
+                tenant_slug=tenant.slug,
+                connection_id=str(c["id"]),
+                protocol=Protocol(c["protocol"]),
+                endpoint=c["endpoint"],
                 publishing_interval_ms=c["publishing_interval_ms"],
                 security_mode=SecurityMode(c["security_mode"]),
                 security_policy=SecurityPolicy(c["security_policy"]),
@@ -284,18 +302,16 @@ class TenantStore:
         ]
 
     # -- queries -------------------------------------------------------------------------------
-    async def query_raw(
-        self, tag_id: int, start: datetime, end: datetime, limit: int
-    ) -> list[dict[str, Any]]:
+    async def query_raw(self, tag_id: int, start: datetime, end: datetime, limit: int) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
             "SELECT time, value, quality FROM scada_readings WHERE tag_id = $1 "
             "AND time >= $2 AND time < $3 ORDER BY time LIMIT $4",
-            tag_id, start, end, limit,
+            tag_id,
+            start,
+            end,
+            limit,
         )
-        return [
-            {"time": r["time"].isoformat(), "value": r["value"], "quality": r["quality"]}
-            for r in rows
-        ]
+        return [{"time": r["time"].isoformat(), "value": r["value"], "quality": r["quality"]} for r in rows]
 
     async def tag_rules(self) -> list[dict[str, Any]]:
         """Validation settings of every live tag (the writer's input)."""
@@ -318,7 +334,8 @@ class TenantStore:
             "SELECT t, (SELECT (extract(epoch FROM max(time)) * 1e6)::int8 FROM scada_readings "
             "WHERE tag_id = t AND time < 'epoch'::timestamptz + b * interval '1 microsecond') "
             "AS last FROM unnest($1::int[], $2::int8[]) AS u(t, b)",
-            tag_ids, before_us,
+            tag_ids,
+            before_us,
         )
         return {int(r["t"]): int(r["last"]) for r in rows if r["last"] is not None}
 

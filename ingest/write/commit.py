@@ -78,14 +78,13 @@ def _validated(
     # (measured: README, "Writer figures").
     kept = np.flatnonzero(keep)
     kept = kept[np.lexsort((merged.time_us[kept], merged.tag_id[kept]))]
-    rows_out = ReadingBatch(merged.batch_id, merged.time_us[kept], merged.tag_id[kept],
-                            merged.value[kept], quality[kept])
+    rows_out = ReadingBatch(
+        merged.batch_id, merged.time_us[kept], merged.tag_id[kept], merged.value[kept], quality[kept]
+    )
     return merged, rows_out, outcome, [int(k) for k in kept_per_batch]
 
 
-async def commit_once(
-    conn: asyncpg.Connection, batches: Sequence[Batch], validator: Validator | None
-) -> Flushed:
+async def commit_once(conn: asyncpg.Connection, batches: Sequence[Batch], validator: Validator | None) -> Flushed:
     # The same id twice in one flush (a resend racing its original) is written once.
     unique: dict[str, Batch] = {}
     for b in batches:
@@ -94,9 +93,8 @@ async def commit_once(
     merged = rows_out = outcome = None
     async with conn.transaction():
         seen = {
-            r[0] for r in await conn.fetch(
-                "SELECT batch_id FROM ingest_ledger WHERE batch_id = ANY($1::text[])", ids
-            )
+            r[0]
+            for r in await conn.fetch("SELECT batch_id FROM ingest_ledger WHERE batch_id = ANY($1::text[])", ids)
         }
         new = [unique[i] for i in ids if i not in seen]
         numeric = [b for b in new if isinstance(b, ReadingBatch)]
@@ -119,9 +117,11 @@ async def commit_once(
         if rows_out is not None and len(rows_out):
             await conn.copy_to_table(
                 "scada_readings",
-                source=io.BytesIO(encode_readings(
-                    rows_out.time_us, rows_out.tag_id, rows_out.value, rows_out.quality)),
-                columns=COLUMNS, format="binary",
+                source=io.BytesIO(
+                    encode_readings(rows_out.time_us, rows_out.tag_id, rows_out.value, rows_out.quality)
+                ),
+                columns=COLUMNS,
+                format="binary",
             )
         if any(len(b) for b in texts):
             await conn.execute(

@@ -22,19 +22,25 @@ NO_TIME = int(np.iinfo(np.int64).min)  # a tag's reference time before its first
 
 
 def deadband_drops(
-    cg: Ints, cv: F64, cq: I32, cd: F64, ref_time: I64, ref_value: F64, ref_quality: I32,
+    cg: Ints,
+    cv: F64,
+    cq: I32,
+    cd: F64,
+    ref_time: I64,
+    ref_value: F64,
+    ref_quality: I32,
 ) -> Ints:
     """Indices of the rows deadband removes; rows by (tag, time), strictly newer in time.
 
-``cg``, ``cv``, ``cq``, ``cd``: rule index, value, quality and deadband of each row; ``ref_*``:
-per rule index, the tag's committed reference (the newest written row; time NO_TIME when none).
+    ``cg``, ``cv``, ``cq``, ``cd``: rule index, value, quality and deadband of each row; ``ref_*``:
+    per rule index, the tag's committed reference (the newest written row; time NO_TIME when none).
 
-    A run is a stretch of one tag's rows with one quality code. In a Good run the row kept
-    after a kept row i is the first later one that leaves i's deadband, so most rows pass
-    because they leave the previous row's band at once. Only the others ("slow" rows, and a
-    committed reference the first row stays within) need a search: binary lifting over
-    running max/min tables. Pointer doubling over slow rows then finds those that are kept,
-    and the rows each one skips are removed. All vectorised over tags: O(n + s log n).
+        A run is a stretch of one tag's rows with one quality code. In a Good run the row kept
+        after a kept row i is the first later one that leaves i's deadband, so most rows pass
+        because they leave the previous row's band at once. Only the others ("slow" rows, and a
+        committed reference the first row stays within) need a search: binary lifting over
+        running max/min tables. Pointer doubling over slow rows then finds those that are kept,
+        and the rows each one skips are removed. All vectorised over tags: O(n + s log n).
     """
     k = cg.size
     new_tag = np.ones(k, bool)
@@ -47,8 +53,13 @@ per rule index, the tag's committed reference (the newest written row; time NO_T
     rq, rv = ref_quality[ft], ref_value[ft]
     with np.errstate(invalid="ignore"):  # inf - inf in Bad rows, which are never slow
         slow = np.flatnonzero(good[:-1] & ~start[1:] & (np.abs(cv[1:] - cv[:-1]) < cd[:-1]))
-        held = ((ref_time[ft] != NO_TIME) & (rq == cq[firsts]) & (rq >= 0)
-                & (rq < UNCERTAIN) & (np.abs(cv[firsts] - rv) < cd[firsts]))
+        held = (
+            (ref_time[ft] != NO_TIME)
+            & (rq == cq[firsts])
+            & (rq >= 0)
+            & (rq < UNCERTAIN)
+            & (np.abs(cv[firsts] - rv) < cd[firsts])
+        )
     if slow.size == 0 and not held.any():
         return slow
     # A node skips rows [skip, stop): a slow row i skips from i + 1, a reference held by its
@@ -99,6 +110,5 @@ per rule index, the tag's committed reference (the newest written row; time NO_T
     kept = kept[:s]
     lo, hi = skip[kept], stop[kept]  # disjoint intervals: list their rows
     length = hi - lo
-    dropped: Ints = np.arange(int(length.sum())) + np.repeat(lo - np.cumsum(length) + length,
-                                                              length)
+    dropped: Ints = np.arange(int(length.sum())) + np.repeat(lo - np.cumsum(length) + length, length)
     return dropped

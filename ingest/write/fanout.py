@@ -80,20 +80,30 @@ class RedisFanout:
         if len(batch) == 0:
             return
         idx, _ = per_tag(batch.tag_id, batch.time_us, last=True)
-        for tag, t, v, q in zip(batch.tag_id[idx].tolist(), batch.time_us[idx].tolist(),
-                                batch.value[idx].tolist(), batch.quality[idx].tolist(),
-                                strict=True):
+        for tag, t, v, q in zip(
+            batch.tag_id[idx].tolist(),
+            batch.time_us[idx].tolist(),
+            batch.value[idx].tolist(),
+            batch.quality[idx].tolist(),
+            strict=True,
+        ):
             prev = self._latest.get(tag)
             if prev is None or t >= prev[0]:
                 self._latest[tag] = (t, v, q)
         if len(self._messages) >= self._max_messages:
             self._messages.popleft()
             self.dropped_messages += 1
-        self._messages.append(json.dumps({
-            "batch_id": batch.batch_id, "rows": len(batch),
-            "tags": int(np.unique(batch.tag_id).shape[0]),
-            "min_time_us": int(batch.time_us.min()), "max_time_us": int(batch.time_us.max()),
-        }))
+        self._messages.append(
+            json.dumps(
+                {
+                    "batch_id": batch.batch_id,
+                    "rows": len(batch),
+                    "tags": int(np.unique(batch.tag_id).shape[0]),
+                    "min_time_us": int(batch.time_us.min()),
+                    "max_time_us": int(batch.time_us.max()),
+                }
+            )
+        )
         self._wake.set()
 
     async def _send(self) -> None:
@@ -104,8 +114,7 @@ class RedisFanout:
                 if latest:
                     args: list[str | int] = []
                     for tag, (t, v, q) in latest.items():
-                        args += [str(tag), json.dumps({"t": t, "v": None if v != v else v,
-                                                       "q": q}), t]
+                        args += [str(tag), json.dumps({"t": t, "v": None if v != v else v, "q": q}), t]
                     p.eval(_SET_IF_NEWER, 1, latest_key(self.tenant), *args)
                 for m in messages:
                     p.publish(channel(self.tenant), m)

@@ -189,11 +189,13 @@ class Validator:
         self._vmax = np.array([inf if r.valid_max is None else r.valid_max for r in by_id])
         self._reject = np.array([r.out_of_range == "reject" for r in by_id], bool)
         self._deadband = np.array([np.nan if r.deadband is None else r.deadband for r in by_id])
-        self._zthr2 = np.array([inf if r.zscore_threshold is None else r.zscore_threshold ** 2
-                                for r in by_id])
+        self._zthr2 = np.array([inf if r.zscore_threshold is None else r.zscore_threshold**2 for r in by_id])
 
     def check(
-        self, time_us: npt.ArrayLike, tag_id: npt.ArrayLike, value: npt.ArrayLike,
+        self,
+        time_us: npt.ArrayLike,
+        tag_id: npt.ArrayLike,
+        value: npt.ArrayLike,
         quality: npt.ArrayLike,
     ) -> ValidationOutcome:
         """Judge one flush. Reads the running state and never changes it."""
@@ -245,17 +247,19 @@ class Validator:
             keeps = live & ~rejected
             quals[out & ~rejected] = BAD_OUT_OF_RANGE
             counts["out_of_range_rejected"] = int(np.count_nonzero(rejected))
-            counts["out_of_range_flagged"] = int(np.count_nonzero(out)) - int(
-                np.count_nonzero(rejected))
+            counts["out_of_range_flagged"] = int(np.count_nonzero(out)) - int(np.count_nonzero(rejected))
             judged &= ~out
 
         mean, var = self._z.mean[gs], self._z.var[gs]
         dev = vs - mean
         with np.errstate(invalid="ignore", over="ignore"):  # inf * 0 for tags without z
-            spike = (judged & (qs < UNCERTAIN)
-                     & (self._z.count[gs] >= self.settings.zscore_min_samples)
-                     & (var > 1e-18 * np.maximum(1.0, mean * mean))
-                     & (dev * dev > self._zthr2[gs] * var))
+            spike = (
+                judged
+                & (qs < UNCERTAIN)
+                & (self._z.count[gs] >= self.settings.zscore_min_samples)
+                & (var > 1e-18 * np.maximum(1.0, mean * mean))
+                & (dev * dev > self._zthr2[gs] * var)
+            )
         quals[spike] = UNCERTAIN
         counts["anomaly"] = int(np.count_nonzero(spike))
 
@@ -263,8 +267,9 @@ class Validator:
         cand = keeps & ~np.isnan(band) & (ts > self._ref_time[gs])  # late rows pass
         if cand.any():
             c = np.flatnonzero(cand)
-            dropped = c[deadband_drops(gs[c], vs[c], quals[c], band[c], self._ref_time,
-                                       self._ref_value, self._ref_quality)]
+            dropped = c[
+                deadband_drops(gs[c], vs[c], quals[c], band[c], self._ref_time, self._ref_value, self._ref_quality)
+            ]
             keeps[dropped] = False
             counts["deadband"] = int(dropped.size)
         keep[o] = keeps
@@ -272,8 +277,12 @@ class Validator:
         return ValidationOutcome(keep, qual, counts, p)
 
     def commit(
-        self, time_us: npt.ArrayLike, tag_id: npt.ArrayLike, value: npt.ArrayLike,
-        quality: npt.ArrayLike, outcome: ValidationOutcome,
+        self,
+        time_us: npt.ArrayLike,
+        tag_id: npt.ArrayLike,
+        value: npt.ArrayLike,
+        quality: npt.ArrayLike,
+        outcome: ValidationOutcome,
     ) -> None:
         """Fold a written flush into the running state: the same columns given to ``check``."""
         t, g, v, _ = _columns(time_us, tag_id, value, quality)
@@ -357,6 +366,7 @@ class Validator:
         order = o if rows is None else rows[o]
         return _Plan(t, g, self._version, order, rt[o], ri[o])
 
+
 _S = TypeVar("_S", bound=np.generic)
 
 
@@ -367,13 +377,15 @@ def _carry(old: npt.NDArray[_S], n: int, src: Ints, dst: Ints, fill: object) -> 
 
 
 def _columns(
-    time_us: npt.ArrayLike, tag_id: npt.ArrayLike, value: npt.ArrayLike, quality: npt.ArrayLike,
+    time_us: npt.ArrayLike,
+    tag_id: npt.ArrayLike,
+    value: npt.ArrayLike,
+    quality: npt.ArrayLike,
 ) -> tuple[I64, I32, F64, I32]:
     t = np.asarray(time_us, np.int64)
     g = np.asarray(tag_id, np.int32)
     v = np.asarray(value, np.float64)
     q = np.asarray(quality, np.int32)
     if t.ndim != 1 or not t.shape == g.shape == v.shape == q.shape:
-        raise ValueError(
-            f"columns must be 1-D and of one length, got {t.shape} {g.shape} {v.shape} {q.shape}")
+        raise ValueError(f"columns must be 1-D and of one length, got {t.shape} {g.shape} {v.shape} {q.shape}")
     return t, g, v, q

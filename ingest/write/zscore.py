@@ -65,8 +65,7 @@ class ZScoreStats:
                 out: F64 = np.minimum(n, warm) / c_big * lam_pow[expo]
                 return out
 
-            wts = np.maximum(self.alpha, 1.0 / nth) * survive(
-                nth, np.repeat(total, size), np.repeat(cap, size))
+            wts = np.maximum(self.alpha, 1.0 / nth) * survive(nth, np.repeat(total, size), np.repeat(cap, size))
             old_w = survive(count0, total, cap)  # 0 for a tag's first values
         m0, v0 = self.mean[tags], self.var[tags]
         mean = old_w * m0 + np.add.reduceat(wts * x, first)
