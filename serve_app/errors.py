@@ -73,6 +73,8 @@ ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (TenantExists, 409, "tenant_exists"),
     (InvalidRegistration, 422, "validation_error"),
     (InvalidDeviceSetting, 422, "validation_error"),
+    # A value its column cannot hold (NUL in text, out of range) that no model refused first.
+    (asyncpg.DataError, 422, "validation_error"),
     (TenantUnavailable, 503, "tenant_unavailable"),
     (StorageUnavailable, 503, "storage_unavailable"),
     (ClusterUnavailable, 503, "cluster_unavailable"),
@@ -138,6 +140,8 @@ def _message(exc: BaseException, status: int) -> str:
         return exc.message
     if isinstance(exc, RayActorError):
         return "a cluster actor is not available"
+    if isinstance(exc, asyncpg.DataError):  # its text may quote the value: not echoed
+        return "a value does not fit its column (e.g. a NUL character in text)"
     return str(exc) or type(exc).__name__
 
 

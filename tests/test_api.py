@@ -171,3 +171,12 @@ def test_error_bodies_have_one_shape(tenant: TenantHandle, api: str, admin: http
         body = r.json()
         assert set(body) == {"error", "message", "details"}, body
         assert body["error"] == code, body
+
+
+def test_nul_characters_are_refused_not_a_500(tenant: TenantHandle) -> None:
+    """PostgreSQL text cannot hold U+0000 (found by the schemathesis run)."""
+    base = f"/v1/tenants/{tenant.slug}"
+    r = tenant.client.post(f"{base}/keys", json={"name": "a\u0000b", "scopes": ["read"]})
+    assert r.status_code == 422 and r.json()["details"][0]["field"] == "name", r.text
+    r = tenant.client.get(f"{base}/latest", params={"well": "W\u00001", "tag": "x"})
+    assert 400 <= r.status_code < 500, r.text

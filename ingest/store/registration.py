@@ -33,6 +33,14 @@ ModbusLength = Annotated[int, Field(ge=1, le=125, description="registers of a st
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, v: Any) -> Any:
+        # PostgreSQL text cannot hold U+0000: refuse it here, naming the field, not at INSERT.
+        if isinstance(v, str) and "\x00" in v:
+            raise ValueError("must not contain NUL characters")
+        return v
+
 
 class _TagChecks(_Strict):
     """Checks shared by tag registration and tag edits."""
