@@ -33,7 +33,8 @@ from ingest.core.errors import InvalidQuery, TenantUnavailable
 from ingest.core.models import Tenant
 from ingest.read.catalog import Catalog, CatalogCache, TagInfo, list_wells
 from ingest.read.latest import latest_values
-from ingest.read.query import ReadAnswer, ReadRequest, quality_code, quality_name, read, stream_rows
+from ingest.read.query import read, stream_rows
+from ingest.read.request import ReadAnswer, ReadRequest, quality_code, quality_name
 from ingest.read.retention import ReadSettings, check_timezone, load_settings, save_settings
 from ingest.store.master import Principal
 from serve_app.deps import AdminTenant, Api, Caller, ReadTenant, authorize, principal
