@@ -11,6 +11,7 @@ import os
 import tempfile
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -35,6 +36,11 @@ OPCUA: dict[str, Any] = {
     "endpoint": "opc.tcp://127.0.0.1:1/never",
     "enabled": False,
 }
+
+
+def fields_of(r: httpx.Response) -> list[str]:
+    """The fields a 422 names, in the API's one error body."""
+    return [d["field"] for d in r.json()["details"]]
 
 
 def holding(address: int, **extra: Any) -> dict[str, Any]:
@@ -413,10 +419,10 @@ def test_api_refuses_bad_modbus_tags_at_create(tenant: TenantHandle) -> None:
     conn = created(tenant.client.post(base, json={**MODBUS, "tags": [holding(1)]}))
     for tag, field in BAD_MODBUS_TAGS:
         r = tenant.client.post(base, json={**MODBUS, "name": "other", "tags": [tag]})
-        assert r.status_code == 422 and f"tags.0.{field}: " in r.text, (tag, r.text)
+        assert r.status_code == 422 and f"tags.0.{field}" in fields_of(r), (tag, r.text)
         r = tenant.client.post(f"{base}/{conn['id']}/tags", json={"tags": [holding(2), tag]})
         assert r.status_code == 422, (tag, r.text)
-        assert r.json()["field"] == f"tags.1.{field}", r.text
+        assert f"tags.1.{field}" in fields_of(r), r.text
     # Nothing of the refused requests was stored.
     assert [c["name"] for c in tenant.client.get(base).json()] == ["plc"]
     assert [t["name"] for t in tenant.client.get(f"/v1/tenants/{tenant.slug}/tags").json()] == ["h1"]
@@ -428,7 +434,7 @@ def test_api_refuses_bad_node_ids_and_endpoints_at_create(tenant: TenantHandle) 
     assert r.status_code == 422 and "tags.0.node_id" in r.text, r.text
     conn = created(tenant.client.post(base, json={**OPCUA, "tags": []}))
     r = tenant.client.post(f"{base}/{conn['id']}/tags", json={"tags": [{"name": "t", "node_id": "ns=70000;i=1"}]})
-    assert r.status_code == 422 and r.json()["field"] == "tags.0.node_id", r.text
+    assert r.status_code == 422 and "tags.0.node_id" in fields_of(r), r.text
     r = tenant.client.post(
         base, json={**MODBUS, "name": "p2", "endpoint": "tcp://plc:99999", "tags": [holding(1)]}
     )
@@ -452,7 +458,7 @@ def test_api_checks_tag_edits_on_the_edited_tag(tenant: TenantHandle) -> None:
     ]:
         r = tenant.client.patch(f"{base}/tags/{ids[name]}", json=patch)
         assert r.status_code == 422, (name, patch, r.text)
-        assert r.json()["field"] == field, r.text
+        assert field in fields_of(r), r.text
     # An edit that leaves a readable tag goes through, in place (same tag_id).
     r = tenant.client.patch(f"{base}/tags/{ids['h40']}", json={"modbus_address": 65534})
     assert r.status_code == 200, r.text
@@ -461,7 +467,7 @@ def test_api_checks_tag_edits_on_the_edited_tag(tenant: TenantHandle) -> None:
         tenant.client.post(f"{base}/connections", json={**OPCUA, "tags": [{"name": "t", "node_id": "i=85"}]})
     )
     r = tenant.client.patch(f"{base}/tags/{opc['tags'][0]['tag_id']}", json={"node_id": "i=abc"})
-    assert r.status_code == 422 and r.json()["field"] == "node_id", r.text
+    assert r.status_code == 422 and "node_id" in fields_of(r), r.text
 
 
 def test_api_checks_connection_edits_on_the_edited_connection(tenant: TenantHandle) -> None:
@@ -476,7 +482,7 @@ def test_api_checks_connection_edits_on_the_edited_connection(tenant: TenantHand
     ]:
         r = tenant.client.patch(f"{base}/{cid}", json=patch)
         assert r.status_code == 422, (patch, r.text)
-        assert r.json()["field"] == field, r.text
+        assert field in fields_of(r), r.text
     r = tenant.client.patch(
         f"{base}/{rtu['id']}", json={"security_mode": "Sign", "security_policy": "Basic256Sha256"}
     )
