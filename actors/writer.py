@@ -21,6 +21,7 @@ from ingest.core.metrics import Metrics, safe
 from ingest.read.refresher import RollupRefresher
 from ingest.read.retention import retention_loop
 from ingest.store.master import MasterStore
+from ingest.store.secrets import SecretBox
 from ingest.store.tenant_store import TenantStore
 from ingest.write.fanout import RedisFanout
 from ingest.write.spool import Quarantine, RedisSpool
@@ -75,12 +76,7 @@ class WriterActor:
 
     async def _build(self) -> TenantWriter:
         s = self.settings
-        master = await MasterStore.connect(s)
-        try:
-            dsn = await master.tenant_dsn(self.tenant_id)
-            box = master.box
-        finally:
-            await master.close()
+        dsn, box = await self._tenant_dsn()
         m = Metrics.get()
         tags = {"tenant": self.slug}
         redis = aioredis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5)
@@ -218,15 +214,19 @@ class WriterActor:
         store = await self._tenant_store()
         return await store.last_times(tag_ids, before_us)
 
+    async def _tenant_dsn(self) -> tuple[str, SecretBox]:
+        """The tenant database's address and the box that opens its secrets, from the master."""
+        master = await MasterStore.connect(self.settings)
+        try:
+            return await master.tenant_dsn(self.tenant_id), master.box
+        finally:
+            await master.close()
+
     async def _tenant_store(self) -> TenantStore:
         """The tenant store, connected now if the writer started while its database was away."""
         if self._store is None:
             try:
-                master = await MasterStore.connect(self.settings)
-                try:
-                    dsn, box = await master.tenant_dsn(self.tenant_id), master.box
-                finally:
-                    await master.close()
+                dsn, box = await self._tenant_dsn()
                 self._store = await TenantStore.connect(dsn, box, max_size=2)
             except Exception as e:
                 raise StorageUnavailable(f"tenant database not reachable: {type(e).__name__}: {e}") from e

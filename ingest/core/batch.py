@@ -40,6 +40,14 @@ def per_tag(
     return order[pick], counts
 
 
+def _batch_id(rb: pa.RecordBatch) -> str:
+    """The id a batch travels with, in its Arrow schema's metadata (required)."""
+    batch_id = (rb.schema.metadata or {}).get(b"batch_id", b"").decode()
+    if not batch_id:
+        raise ValueError("batch has no batch_id")
+    return str(batch_id)
+
+
 @dataclass
 class ReadingBatch:
     batch_id: str
@@ -64,10 +72,7 @@ class ReadingBatch:
 
     @classmethod
     def from_arrow(cls, rb: pa.RecordBatch) -> ReadingBatch:
-        meta = rb.schema.metadata or {}
-        batch_id = meta.get(b"batch_id", b"").decode()
-        if not batch_id:
-            raise ValueError("batch has no batch_id")
+        batch_id = _batch_id(rb)
         if rb.schema.remove_metadata() != SCHEMA:
             raise ValueError(f"batch schema {rb.schema} is not {SCHEMA}")
         cols = [c.to_numpy(zero_copy_only=False) for c in rb.columns]
@@ -193,10 +198,7 @@ class TextBatch:
 
     @classmethod
     def from_arrow(cls, rb: pa.RecordBatch) -> TextBatch:
-        meta = rb.schema.metadata or {}
-        batch_id = meta.get(b"batch_id", b"").decode()
-        if not batch_id:
-            raise ValueError("batch has no batch_id")
+        batch_id = _batch_id(rb)
         return cls(
             batch_id,
             rb.column(0).to_numpy(),
