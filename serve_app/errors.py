@@ -11,7 +11,6 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -35,6 +34,7 @@ from ingest.core.errors import (
     TenantMismatch,
     TenantNotFound,
     TenantUnavailable,
+    UnstorableValue,
 )
 from ingest.push.errors import PushError
 
@@ -74,19 +74,12 @@ ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (InvalidRegistration, 422, "validation_error"),
     (InvalidDeviceSetting, 422, "validation_error"),
     # A value its column cannot hold (NUL in text, out of range) that no model refused first.
-    (asyncpg.DataError, 422, "validation_error"),
+    (UnstorableValue, 422, "validation_error"),
     (TenantUnavailable, 503, "tenant_unavailable"),
     (StorageUnavailable, 503, "storage_unavailable"),
     (ClusterUnavailable, 503, "cluster_unavailable"),
     (RayActorError, 503, "cluster_unavailable"),
-    # A database connection lost mid-request (the stores translate failures to connect, not
-    # every query's): an outage to retry, not a bug.
-    (asyncpg.PostgresConnectionError, 503, "storage_unavailable"),
-    (asyncpg.exceptions.OperatorInterventionError, 503, "storage_unavailable"),
-    (asyncpg.exceptions.InsufficientResourcesError, 503, "storage_unavailable"),
-    (asyncpg.InterfaceError, 503, "storage_unavailable"),
     (TimeoutError, 503, "timeout"),
-    (OSError, 503, "storage_unavailable"),
 )
 
 _DESCRIPTIONS = {
@@ -140,8 +133,6 @@ def _message(exc: BaseException, status: int) -> str:
         return exc.message
     if isinstance(exc, RayActorError):
         return "a cluster actor is not available"
-    if isinstance(exc, asyncpg.DataError):  # its text may quote the value: not echoed
-        return "a value does not fit its column (e.g. a NUL character in text)"
     return str(exc) or type(exc).__name__
 
 

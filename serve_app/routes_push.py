@@ -204,7 +204,7 @@ async def ingest_realtime(
         )
     except PushError as e:
         return _refusal(e)
-    except (TenantNotFound, StorageUnavailable, OSError) as e:
+    except (TenantNotFound, StorageUnavailable) as e:
         log.warning("push refused: %s", type(e).__name__)
         return _refusal(PushUnavailable(f"storage unavailable: {type(e).__name__}", retry_after_s=5))
     return _answer(answer)

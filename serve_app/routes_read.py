@@ -23,16 +23,17 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import asyncpg
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingest.core.errors import InvalidQuery, TenantUnavailable
+from ingest.core.errors import InvalidQuery, StorageUnavailable, TenantUnavailable
 from ingest.core.models import Tenant
+from ingest.core.translate import connection
 from ingest.read.catalog import Catalog, CatalogCache, TagInfo, list_wells
 from ingest.read.latest import latest_values
+from ingest.read.pool import ReadPool, open_read_pool
 from ingest.read.query import read, stream_rows
 from ingest.read.request import ReadAnswer, ReadRequest, quality_code, quality_name
 from ingest.read.retention import ReadSettings, check_timezone, load_settings, save_settings
@@ -51,13 +52,6 @@ AUTH_TTL_S = 5.0
 READ_POOL_SIZE = 10
 
 
-async def _no_reset(conn: asyncpg.Connection) -> None:
-    # Read handlers set no session state; only a request cancelled inside a transaction (CSV
-    # streaming) leaves something behind.
-    if conn.is_in_transaction():
-        await conn.execute("ROLLBACK")
-
-
 class ReadCaches:
     """One replica's read-side caches: keys and tenants for ``AUTH_TTL_S``, a read pool per
     tenant, tenant catalogs. Built once per ``ApiState`` (``api.part(ReadCaches)``)."""
@@ -66,7 +60,7 @@ class ReadCaches:
         self.api = api
         self.principals: dict[str, tuple[float, Principal]] = {}
         self.tenants: dict[str, tuple[float, Tenant]] = {}
-        self.read_pools: dict[str, asyncpg.Pool] = {}
+        self.read_pools: dict[str, ReadPool] = {}
         self.pool_lock = asyncio.Lock()
         self.catalogs = CatalogCache(ttl_s=AUTH_TTL_S)
 
@@ -81,7 +75,7 @@ class ReadCaches:
         self.tenants[ref] = (now + AUTH_TTL_S, t)
         return t
 
-    async def read_pool(self, t: Tenant) -> asyncpg.Pool:
+    async def read_pool(self, t: Tenant) -> ReadPool:
         pool = self.read_pools.get(t.id)
         if pool is not None:
             return pool
@@ -89,15 +83,9 @@ class ReadCaches:
             if t.id not in self.read_pools:
                 dsn = await (await self.api.master()).tenant_dsn(t.id)
                 try:
-                    self.read_pools[t.id] = await asyncpg.create_pool(
-                        dsn,
-                        min_size=1,
-                        max_size=READ_POOL_SIZE,
-                        reset=_no_reset,
-                        max_inactive_connection_lifetime=60,
-                    )
-                except OSError as e:
-                    raise TenantUnavailable(f"tenant database unreachable: {type(e).__name__}") from e
+                    self.read_pools[t.id] = await open_read_pool(dsn, READ_POOL_SIZE)
+                except StorageUnavailable as e:
+                    raise TenantUnavailable(f"tenant database unreachable: {e}") from e
             return self.read_pools[t.id]
 
 
@@ -133,7 +121,7 @@ HotReadTenant = Annotated[Tenant, Depends(_cached_read_tenant)]
 async def _catalog_and_tags(
     api: ApiState,
     t: Tenant,
-    pool: asyncpg.Pool,
+    pool: ReadPool,
     tag_id: list[int] | None,
     well: str | None,
     tag: list[str] | None,
@@ -247,11 +235,11 @@ def _shape(a: ReadAnswer, req: ReadRequest, requested: str) -> dict[str, Any]:
     }
 
 
-async def _csv(pool: asyncpg.Pool, req: ReadRequest, tz: str) -> AsyncIterator[str]:
+async def _csv(pool: ReadPool, req: ReadRequest, tz: str) -> AsyncIterator[str]:
     buf = io.StringIO()
     out = csv.writer(buf)
     header = False
-    async with pool.acquire() as conn:
+    async with connection(pool) as conn:
         async for answer, t, row in stream_rows(conn, req, tz):
             if not header:
                 out.writerow(["tag_id", "well", "tag", "unit", "resolution", *answer.fields])
@@ -364,7 +352,7 @@ async def update_tenant(t: AdminTenant, body: TenantSettingsUpdate, caller: Call
     store = await api.store(t)
     if body.timezone is not None:
         check_timezone(body.timezone)
-    async with store.pool.acquire() as conn:
+    async with connection(store.pool) as conn:
         s = await save_settings(
             conn,
             timezone=body.timezone,
@@ -374,9 +362,7 @@ async def update_tenant(t: AdminTenant, body: TenantSettingsUpdate, caller: Call
     api.part(ReadCaches).catalogs.invalidate(t.id)
     master = await api.master()
     if body.raw_retention_days is not None:
-        await master.pool.execute(
-            "UPDATE tenants SET retention_days = $2 WHERE id = $1::uuid", t.id, body.raw_retention_days
-        )
+        await master.set_retention_days(t.id, body.raw_retention_days)
     await master.audit(caller.key_id, t.id, "tenant.update", {"fields": sorted(body.model_fields_set)})
     return _settings_out(t, s)
 

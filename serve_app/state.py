@@ -59,8 +59,8 @@ class ApiState:
                 if tenant.id not in self._stores:
                     try:
                         self._stores[tenant.id] = await TenantStore.connect(dsn, master.box)
-                    except OSError as e:
-                        raise TenantUnavailable(f"tenant database unreachable: {type(e).__name__}") from e
+                    except StorageUnavailable as e:
+                        raise TenantUnavailable(f"tenant database unreachable: {e}") from e
         return self._stores[tenant.id]
 
     def redis(self) -> aioredis.Redis:

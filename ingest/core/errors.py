@@ -99,6 +99,10 @@ class BatchRejected(StorageError):
     """The database refused the rows of a batch for good (a value or constraint it rejects)."""
 
 
+class UnstorableValue(IngestError):
+    """A value reached the database that its column cannot hold (NUL in text, out of range)."""
+
+
 class StorageUnavailable(IngestError):
     """The database could not be reached or failed transiently; the write may be retried."""
 

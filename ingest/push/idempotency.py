@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from ingest.core.translate import translated_methods
 from ingest.push.errors import IdempotencyConflict
 
 _PENDING = b"pending"
@@ -33,6 +34,7 @@ def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+@translated_methods
 class IdempotencyStore:
     def __init__(
         self, redis: aioredis.Redis, prefix: str = "scada:push:idem", ttl_s: int = 86_400, pending_ttl_s: int = 120

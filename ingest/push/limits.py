@@ -16,6 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from ingest.core.translate import translated_methods
 from ingest.push.errors import RateLimited, VolumeLimited
 
 _MB = 1024 * 1024
@@ -66,6 +67,7 @@ return {1, used}
 """
 
 
+@translated_methods
 class PushLimiter:
     def __init__(self, redis: aioredis.Redis, prefix: str = "scada:push") -> None:
         self.redis = redis

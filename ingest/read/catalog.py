@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from ingest.core.errors import InvalidQuery
+from ingest.core.translate import translated
 
 _TAG_SELECT = """
 SELECT t.tag_id, t.name, w.name AS well, t.unit, t.data_type,
@@ -59,6 +60,7 @@ class Catalog:
     loaded_at: float = 0.0
 
     @classmethod
+    @translated
     async def load(cls, db: asyncpg.Pool | asyncpg.Connection) -> Catalog:
         rows = await db.fetch(_CATALOG)
         c = cls(timezone=str(rows[0]["timezone"] or "UTC") if rows else "UTC", loaded_at=time.monotonic())
@@ -145,6 +147,7 @@ class CatalogCache:
         finally:
             del self._loading[tenant]
 
+    @translated
     async def resolve(
         self,
         tenant: str,
@@ -202,6 +205,7 @@ def _pick_names(found: list[TagInfo], well: str, names: list[str] | None, max_ta
     return found
 
 
+@translated
 async def resolve_tags(
     db: asyncpg.Pool | asyncpg.Connection,
     tag_ids: list[int] | None,
@@ -235,6 +239,7 @@ async def resolve_tags(
     return _pick_names(found, well, names, max_tags)
 
 
+@translated
 async def list_wells(db: asyncpg.Pool | asyncpg.Connection) -> list[dict[str, Any]]:
     rows = await db.fetch(
         "SELECT w.id, w.name, w.external_id, w.created_at, count(t.tag_id) AS tag_count "

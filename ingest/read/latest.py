@@ -14,6 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ingest.core.translate import translated
 from ingest.read.catalog import TagInfo
 from ingest.read.rollups import EPOCH, RAW_TABLE, TEXT_TABLE
 from ingest.write.fanout import latest_key
@@ -56,6 +57,7 @@ async def _from_redis(
     return out
 
 
+@translated
 async def latest_values(
     client: aioredis.Redis | None, db: asyncpg.Connection | asyncpg.Pool, slug: str, tags: list[TagInfo]
 ) -> list[LatestValue]:

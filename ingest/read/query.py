@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from ingest.core.errors import InvalidQuery
+from ingest.core.translate import translated
 from ingest.read.catalog import TagInfo
 from ingest.read.request import (
     AGG_FIELDS,
@@ -321,6 +322,7 @@ async def _read_one(
     return _answer(req, level, tz, horizon, per_tag)
 
 
+@translated
 async def read(
     db: asyncpg.Connection | asyncpg.Pool,
     req: ReadRequest,

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import asyncpg
 
 from ingest.core.errors import InvalidRegistration
+from ingest.core.translate import translated
 from ingest.read.rollups import (
     LOCAL_DAY_TABLE,
     RAW_TABLE,
@@ -54,6 +55,7 @@ def check_timezone(tz: str) -> str:
     return tz
 
 
+@translated
 async def load_settings(conn: asyncpg.Connection | asyncpg.Pool) -> ReadSettings:
     rows = {
         r["key"]: r["value"]
@@ -69,6 +71,7 @@ async def load_settings(conn: asyncpg.Connection | asyncpg.Pool) -> ReadSettings
     )
 
 
+@translated
 async def save_settings(
     conn: asyncpg.Connection,
     *,

@@ -18,6 +18,7 @@ from ingest.core.config import Settings
 from ingest.core.errors import AuthError, StorageUnavailable, TenantExists, TenantNotFound
 from ingest.core.keys import hash_secret, new_api_key, secret_matches, split_api_key
 from ingest.core.models import Tenant, TenantStatus
+from ingest.core.translate import translated, translated_methods
 from ingest.store import migrations
 from ingest.store.secrets import SecretBox
 
@@ -50,6 +51,7 @@ async def _ensure_database(settings: Settings, name: str) -> None:
         await conn.close()
 
 
+@translated
 async def migrate_master(settings: Settings) -> list[str]:
     """Create the master database if needed and apply its migrations."""
     await _ensure_database(settings, settings.master_db)
@@ -69,6 +71,7 @@ async def migrate_master(settings: Settings) -> list[str]:
         await conn.close()
 
 
+@translated_methods
 class MasterStore:
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self.pool = pool
@@ -79,7 +82,7 @@ class MasterStore:
     async def connect(cls, settings: Settings) -> MasterStore:
         try:
             pool = await asyncpg.create_pool(settings.master_dsn, min_size=1, max_size=8)
-        except (OSError, asyncpg.PostgresError) as e:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise StorageUnavailable(f"master database unreachable: {type(e).__name__}") from e
         return cls(pool, settings)
 
@@ -238,6 +241,13 @@ class MasterStore:
             raise AuthError("invalid API key")
         tid = str(r["tenant_id"]) if r["tenant_id"] else None
         return Principal(key_id, tid, frozenset(r["scopes"]))
+
+    async def set_retention_days(self, tenant_id: str, days: int) -> None:
+        """The raw retention the master row reports (the tenant database holds the one applied)."""
+        await self.pool.execute("UPDATE tenants SET retention_days = $2 WHERE id = $1::uuid", tenant_id, days)
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")
 
     async def audit(self, actor: str, tenant_id: str | None, action: str, detail: dict[str, Any]) -> None:
         await self.pool.execute(

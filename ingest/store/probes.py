@@ -22,7 +22,7 @@ def redis_client(settings: Settings) -> aioredis.Redis:
 
 async def ping_master(master: MasterStore, timeout_s: float = 2.0) -> None:
     try:
-        await asyncio.wait_for(master.pool.fetchval("SELECT 1"), timeout_s)
+        await asyncio.wait_for(master.ping(), timeout_s)
     except StorageUnavailable:
         raise
     except Exception as e:  # asyncpg, OSError, timeout: all mean "not answering"

@@ -9,6 +9,7 @@ import asyncpg
 
 from ingest.core.errors import ConnectionNotFound, InvalidRegistration, TagNotFound
 from ingest.core.models import ConnectionSpec, Protocol, SecurityMode, SecurityPolicy, Tenant
+from ingest.core.translate import translated, translated_methods
 from ingest.device.session_inputs import check_tags, tag_spec
 from ingest.store.registration import (
     ConnectionCreate,
@@ -44,12 +45,14 @@ def _jsonable(r: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
+@translated_methods
 class TenantStore:
     def __init__(self, pool: asyncpg.Pool, box: SecretBox) -> None:
         self.pool = pool
         self.box = box
 
     @classmethod
+    @translated
     async def connect(cls, dsn: str, box: SecretBox, max_size: int = 4) -> TenantStore:
         return cls(await asyncpg.create_pool(dsn, min_size=0, max_size=max_size), box)
 

@@ -41,6 +41,7 @@ from ingest.core.errors import (
     StorageError,
     StorageUnavailable,
 )
+from ingest.core.translate import TRANSIENT
 from ingest.write.commit import GAP_QUALITY, LedgerRace, commit_once
 from ingest.write.stats import WriterStats
 
@@ -51,27 +52,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# asyncpg's connection-level failures: the database went away or refused us for now.
-_TRANSIENT = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.OperatorInterventionError,
-)
-
 
 def _translate(e: BaseException) -> IngestError:
     """A failed commit's asyncpg or socket error -> ours: StorageUnavailable (retriable: the
     database is away, spool and retry) or BatchRejected (not: isolate and quarantine)."""
     detail = f"{type(e).__name__}: {e}"
-    return StorageUnavailable(detail) if isinstance(e, _TRANSIENT) else BatchRejected(detail)
+    return StorageUnavailable(detail) if isinstance(e, TRANSIENT) else BatchRejected(detail)
 
 
 @dataclass
@@ -340,7 +326,7 @@ class TenantWriter:
                 return await self._commit_once(batches)
             except LedgerRace:
                 continue
-            except (*_TRANSIENT, asyncpg.PostgresError) as e:  # where asyncpg's errors enter
+            except (*TRANSIENT, asyncpg.PostgresError) as e:  # where asyncpg's errors enter
                 raise _translate(e) from e
         raise StorageError("ledger kept changing under this writer (two writers for one tenant?)")
 

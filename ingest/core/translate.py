@@ -1,0 +1,103 @@
+"""Where asyncpg's and redis-py's errors become ours: every store, reader, push helper and the
+writer go through here.
+
+Two kinds matter above the storage layer: PostgreSQL or Redis is away for now
+(``StorageUnavailable``, retriable: spool, back off, answer 503) and a value its column cannot
+hold (``UnstorableValue``, answered 422 without echoing the value). Anything else the server says
+(a constraint, a bug in our SQL or script) stays the driver's own, so the caller that expects it
+can catch it and a surprise is still a loud 500.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import ParamSpec, TypeVar
+
+import asyncpg
+from redis import exceptions as redis_errors
+
+from ingest.core.errors import IngestError, StorageUnavailable, UnstorableValue
+
+# The database went away or refused us for now; the same statement may succeed later.
+# (TimeoutError is an OSError: a connect or command timeout is an outage too.)
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
+)
+
+
+# Redis is away (or still loading its append-only file); a command may succeed later.
+REDIS_TRANSIENT: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+)
+
+
+def translate(e: BaseException) -> IngestError | None:
+    """Ours for an asyncpg, redis-py or socket error, or None when it is not one we translate."""
+    if isinstance(e, IngestError):
+        return None
+    if isinstance(e, REDIS_TRANSIENT):
+        return StorageUnavailable(f"redis unavailable: {type(e).__name__}")
+    if isinstance(e, TRANSIENT):
+        return StorageUnavailable(f"database unavailable: {type(e).__name__}")
+    if isinstance(e, asyncpg.DataError):  # its text may quote the value: not repeated
+        return UnstorableValue("a value does not fit its column (e.g. a NUL character in text, out of range)")
+    return None
+
+
+@asynccontextmanager
+async def storage_errors() -> AsyncIterator[None]:
+    """Translate what the block raises (see ``translate``)."""
+    try:
+        yield
+    except Exception as e:
+        ours = translate(e)
+        if ours is None:
+            raise
+        raise ours from e
+
+
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection whose failures (to acquire, or of any statement in the block) arrive
+    translated."""
+    async with storage_errors(), pool.acquire() as conn:
+        yield conn
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+C = TypeVar("C", bound=type)
+
+
+def translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """A coroutine function whose driver errors arrive translated."""
+
+    @functools.wraps(fn)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        async with storage_errors():
+            return await fn(*args, **kwargs)
+
+    return call
+
+
+def translated_methods(cls: C) -> C:
+    """Class decorator: every public coroutine method translates (a store's whole surface, and
+    a method added later too)."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(member):
+            setattr(cls, name, translated(member))
+    return cls
