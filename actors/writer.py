@@ -128,7 +128,10 @@ class WriterActor:
         # The read side's background work lives here, on the data group's loop, because its
         # connections are this tenant's: the rollup refresher and the retention job.
         self.refresher = RollupRefresher(
-            dsn, interval_s=s.rollup_refresh_interval_s, max_minutes_per_pass=s.rollup_minutes_per_pass
+            dsn,
+            interval_s=s.rollup_refresh_interval_s,
+            max_minutes_per_pass=s.rollup_minutes_per_pass,
+            on_lag=lambda lag_s: safe(m.rollup_lag.set, lag_s, {"tenant": self.slug}),
         )
         self._tasks = [
             asyncio.create_task(self._gauge_loop(w)),
@@ -247,6 +250,7 @@ class WriterActor:
         if self.refresher is not None:
             out["rollup_passes"] = self.refresher.passes
             out["rollup_failures"] = self.refresher.failures
+            out["rollup_lag_s"] = round(self.refresher.lag_s, 3)
             out["rollup_last_error"] = self.refresher.last_error
         return out
 

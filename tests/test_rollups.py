@@ -255,6 +255,35 @@ async def test_pass_is_bounded_and_newest_range_goes_first(stack: Settings) -> N
         await conn.close()
 
 
+async def test_rollup_lag_counts_put_off_work_until_it_is_in(stack: Settings) -> None:
+    """The lag an operator alerts on: from the commit of the oldest reading not yet in the
+    rollups (waiting in the ledger or put off by a bounded pass), and 0 once everything is in."""
+    dsn = stack.dsn(await fresh_database(stack, "roll"))
+    await register_tags(dsn, (1,), "UTC")
+    w = TenantWriter(dsn, flush_interval_ms=5)
+    await w.start()
+    now = datetime(2024, 6, 1, tzinfo=UTC)
+    await w.write(batch("old", [(1, us(now - timedelta(hours=10)) + k * 60_000_000, 1.0, 0) for k in range(600)]))
+    await w.stop()
+    reported: list[float] = []
+    refresher = RollupRefresher(dsn, max_minutes_per_pass=60, on_lag=reported.append)
+    conn = await asyncpg.connect(dsn)
+    try:
+        committed = await conn.fetchval("SELECT committed_at FROM ingest_ledger WHERE batch_id = 'old'")
+        before = (datetime.now(UTC) - committed).total_seconds()
+        r = await refresher.run_pass()
+        assert r.more and r.pending_minutes > 0
+        # Nine hours are still put off: the lag runs from that batch's commit, not from now.
+        assert refresher.lag_s >= before > 0 and reported == [refresher.lag_s]
+        while (await refresher.run_pass()).more:
+            assert refresher.lag_s >= before
+        assert refresher.lag_s == 0.0 and reported[-1] == 0.0
+        assert await conn.fetchval("SELECT sum(n) FROM rollup_1h") == 600
+    finally:
+        await refresher.close()
+        await conn.close()
+
+
 async def test_retention_never_drops_raw_that_is_not_rolled_up(stack: Settings) -> None:
     from ingest.read.retention import apply_retention, save_settings
 

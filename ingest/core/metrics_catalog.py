@@ -186,8 +186,8 @@ CATALOG: tuple[MetricSpec, ...] = (
         "scada_rollup_lag_seconds",
         Kind.GAUGE,
         (_T,),
-        "Age of the oldest committed ledger range not yet folded into the rollups",
-        Emitted.PLANNED,
+        "Seconds since the commit of the oldest reading not yet in the rollups (0 when all are in)",
+        Emitted.ALWAYS,
     ),
     MetricSpec(
         "live_subscribers",

@@ -25,7 +25,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -43,7 +43,7 @@ _WORK_MEM = "64MB"
 _INTAKE = """
 WITH x AS (SELECT DISTINCT xact FROM ingest_ledger
            WHERE xact >= $1 AND xact < $2 ORDER BY xact LIMIT $3)
-SELECT l.xact, l.min_time, l.max_time FROM ingest_ledger l JOIN x USING (xact)"""
+SELECT l.xact, l.min_time, l.max_time, l.committed_at FROM ingest_ledger l JOIN x USING (xact)"""
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ class PassResult:
     pending_minutes: int = 0  # still to rebuild after this pass
     more: bool = False  # another pass has work now (ledger backlog or pending ranges)
     busy: bool = False  # another refresher holds the lock
+    intake_oldest: datetime | None = None  # commit time of the oldest ledger row taken in
+    waiting_oldest: datetime | None = None  # of the oldest ledger row left for a later pass
 
 
 def take_newest(
@@ -109,8 +111,10 @@ async def refresh_pass(conn: asyncpg.Connection, *, max_xacts: int = 2000, max_m
         if keep:
             await conn.executemany("INSERT INTO rollup_pending (lo, hi) VALUES ($1, $2)", keep)
         await conn.execute("UPDATE rollup_state SET done_below = $1", new_done)
+        waiting = await conn.fetchval("SELECT min(committed_at) FROM ingest_ledger WHERE xact >= $1", new_done)
     pending = sum(int((hi - lo) / MINUTE) for lo, hi in keep)
-    return PassResult(len(rows), minutes, pending, backlog or bool(keep))
+    intake = min((r["committed_at"] for r in rows), default=None)
+    return PassResult(len(rows), minutes, pending, backlog or bool(keep), False, intake, waiting)
 
 
 class RollupRefresher:
@@ -125,12 +129,19 @@ class RollupRefresher:
         max_xacts_per_pass: int = 2000,
         max_minutes_per_pass: int = 360,
         on_pass: Callable[[PassResult, float], None] | None = None,
+        on_lag: Callable[[float], None] | None = None,
     ) -> None:
         self._dsn = dsn
         self.interval_s = interval_s
         self.max_xacts_per_pass = max_xacts_per_pass
         self.max_minutes_per_pass = max_minutes_per_pass
         self._on_pass = on_pass
+        self._on_lag = on_lag
+        # Commit time of the oldest data put off to a later pass (``rollup_pending``), while any
+        # is; after a restart, unknown ones count from the first pass that finds them.
+        self._pending_since: datetime | None = None
+        self.lag_s = 0.0  # rollup lag after the last pass (see ``lag_after``)
+        self._lag_at: float | None = None  # monotonic time of that measurement
         self._conn: asyncpg.Connection | None = None
         self.passes = 0
         self.failures = 0
@@ -159,12 +170,35 @@ class RollupRefresher:
             self._conn = None
             raise
         self.passes += 1
+        self.lag_s = self.lag_after(r, datetime.now(UTC))
+        self._lag_at = loop.time()
+        self._report_lag(self.lag_s)
         if self._on_pass is not None:
             try:
                 self._on_pass(r, loop.time() - t0)
             except Exception:  # metrics never break the loop
                 log.debug("on_pass hook failed", exc_info=True)
         return r
+
+    def lag_after(self, r: PassResult, now: datetime) -> float:
+        """Rollup lag: seconds since the commit of the oldest reading not yet in the rollups
+        (waiting in the ledger, or put off in ``rollup_pending``); 0 when all are in."""
+        if r.busy:
+            return self.lag_s
+        if r.pending_minutes:
+            if self._pending_since is None:
+                self._pending_since = r.intake_oldest or now
+        else:
+            self._pending_since = None
+        oldest = min((t for t in (self._pending_since, r.waiting_oldest) if t is not None), default=None)
+        return max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
+
+    def _report_lag(self, lag_s: float) -> None:
+        if self._on_lag is not None:
+            try:
+                self._on_lag(lag_s)
+            except Exception:  # metrics never break the loop
+                log.debug("on_lag hook failed", exc_info=True)
 
     async def run_until_idle(self, max_passes: int = 100_000) -> int:
         """Passes until everything committed before the call is rolled up; returns how many
@@ -192,4 +226,6 @@ class RollupRefresher:
                 self.failures += 1
                 self.last_error = f"{type(e).__name__}: {e}"[:300]
                 log.warning("rollup refresh failed: %s", self.last_error)
+                if self._lag_at is not None:  # nothing folds in while passes fail: the lag grows
+                    self._report_lag(self.lag_s + asyncio.get_running_loop().time() - self._lag_at)
             await asyncio.sleep(self.interval_s)
