@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -52,23 +51,39 @@ class Clients:
         self.latencies_ms: list[float] = []
 
 
-def _body(slug: str, wells: int, base_us: int, seq: int) -> bytes:
-    """1,000 points over the bench tags, at times no other batch uses (seq picks them)."""
-    t0 = base_us + seq * POINTS
-    points = []
-    for k in range(POINTS):
-        w, (name, unit) = divmod(k, len(PARAMS))[0] % wells, PARAMS[k % len(PARAMS)]
-        ts = datetime.fromtimestamp((t0 + k) / 1e6, UTC).isoformat()
-        points.append(
-            {
-                "well_id": f"W{w:04d}",
-                "timestamp": ts,
-                "parameter_name": name,
-                "value": 100.0 + k % 97,
-                "unit": unit,
-            }
-        )
-    return msgspec.json.encode({"tenant_id": slug, "data_points": points})
+class Bodies:
+    """Request bodies of 1,000 points over the bench tags, at times no other batch uses (``seq``
+    picks them). Everything but the timestamps is the same in every body, so it is encoded once
+    and the timestamps (formatted by numpy, in C) are spliced in: the client shares the server's
+    two cores, and building each body point by point in Python cost about 8 ms of them per
+    request, near a core at the target rate."""
+
+    def __init__(self, slug: str, wells: int) -> None:
+        mark = "\x00"
+        points = []
+        for k in range(POINTS):
+            w, (name, unit) = divmod(k, len(PARAMS))[0] % wells, PARAMS[k % len(PARAMS)]
+            points.append(
+                {
+                    "well_id": f"W{w:04d}",
+                    "timestamp": mark,
+                    "parameter_name": name,
+                    "value": 100.0 + k % 97,
+                    "unit": unit,
+                }
+            )
+        text = msgspec.json.encode({"tenant_id": slug, "data_points": points})
+        self._parts = text.split(msgspec.json.encode(mark))
+        assert len(self._parts) == POINTS + 1
+        self._k = np.arange(POINTS, dtype=np.int64)
+
+    def body(self, base_us: int, seq: int) -> bytes:
+        times = (base_us + seq * POINTS + self._k).astype("datetime64[us]")
+        stamps = np.datetime_as_string(times, unit="us", timezone="UTC")
+        out = [self._parts[0]]
+        for ts, part in zip(stamps.tolist(), self._parts[1:], strict=True):
+            out += (b'"', ts.encode(), b'"', part)
+        return b"".join(out)
 
 
 async def _client(
@@ -76,10 +91,11 @@ async def _client(
 ) -> None:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)
+    bodies = Bodies(slug, wells)
     async with httpx.AsyncClient(base_url=api, headers=headers, timeout=120, limits=limits) as c:
         while time.perf_counter() < stop_at:
             seq = next(seqs)
-            body = _body(slug, wells, base_us, seq)
+            body = bodies.body(base_us, seq)
             idem = {"Idempotency-Key": f"bench-{base_us}-{seq}"}
             while True:
                 t = time.perf_counter()
