@@ -74,6 +74,7 @@ class CoordinatorActor:
         self.last_pass: dict[str, Any] = {}
         self.passes = 0
         self.moves = 0
+        self._next_purge = 0.0  # monotonic time of the next check for deleted tenants to purge
         # Start the loop by itself, also after Ray restarts this actor. A call queued from
         # __init__ can be refused while Ray still marks the actor as restarting, so a watcher
         # thread repeats it until the loop runs.
@@ -245,6 +246,7 @@ class CoordinatorActor:
                 log.warning("assignment not persisted: %s", type(e).__name__)
         self._last_status = {k: v for k, v in status.items() if v is not None}
         await self._record_states(specs, self._last_status)
+        await self._retire_deleted()  # type: ignore[operator]  # a plain method, called in-actor
         self.last_state, self.last_assignment = state, assignment
         self.passes += 1
         self.last_pass = {
@@ -275,6 +277,28 @@ class CoordinatorActor:
                 log.warning("connection states of tenant %s not recorded: %s", tenant_id, _describe(e))
 
     @ray.method(concurrency_group="health")
+    async def _retire_deleted(self) -> None:
+        """Writers of deleted tenants stop (their sessions stopped with their connections
+        above); deleted tenants past the grace period have their databases dropped, hourly."""
+        if self._master is None:
+            return
+        try:
+            for tid in await self._master.deleted_among(list(self._writers)):
+                handle = self._writers.pop(tid)
+                try:
+                    ray.kill(handle, no_restart=True)
+                except Exception:
+                    pass
+                log.info("writer of deleted tenant %s retired", tid)
+            if time.monotonic() >= self._next_purge:
+                self._next_purge = time.monotonic() + 3600.0
+                purged = await self._master.purge_due(self.settings.tenant_purge_grace_days)
+                for tid in purged:
+                    log.info("deleted tenant %s purged after the grace period", tid)
+                    await self._master.audit("coordinator", tid, "tenant.purge", {"by": "grace_period"})
+        except Exception as e:  # the master database away: the next pass tries again
+            log.warning("retiring deleted tenants failed: %s", type(e).__name__)
+
     async def assignment(self) -> dict[str, str]:
         return dict(self.last_assignment)
 

@@ -15,7 +15,7 @@ from fastapi import Depends, Header, Request
 
 from ingest.core.errors import AuthError, InsufficientScope, TenantMismatch, TenantNotFound
 from ingest.core.models import Tenant
-from ingest.store.master import Principal
+from ingest.store.credentials import Principal
 from ingest.store.registration import Scope
 from serve_app.params import TenantRef
 from serve_app.state import ApiState

@@ -27,7 +27,9 @@ from ingest.core.errors import (
     InsufficientScope,
     InvalidDeviceSetting,
     InvalidRegistration,
+    KeyNotFound,
     QuarantinedBatchNotFound,
+    QuotaExceeded,
     StorageUnavailable,
     TagNotFound,
     TenantExists,
@@ -70,7 +72,9 @@ ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (ConnectionNotFound, 404, "connection_not_found"),
     (TagNotFound, 404, "tag_not_found"),
     (QuarantinedBatchNotFound, 404, "batch_not_found"),
+    (KeyNotFound, 404, "key_not_found"),
     (TenantExists, 409, "tenant_exists"),
+    (QuotaExceeded, 409, "quota_exceeded"),
     (InvalidRegistration, 422, "validation_error"),
     (InvalidDeviceSetting, 422, "validation_error"),
     # A value its column cannot hold (NUL in text, out of range) that no model refused first.
@@ -86,7 +90,7 @@ _DESCRIPTIONS = {
     401: "no valid API key (`invalid_token`)",
     403: "the key belongs to another tenant (`tenant_mismatch`) or lacks the scope (`insufficient_scope`)",
     404: "no such resource (`<thing>_not_found`)",
-    409: "conflicts with what exists (`tenant_exists`, `conflict`)",
+    409: "conflicts with what exists (`tenant_exists`, `conflict`) or a quota (`quota_exceeded`)",
     422: "a field is not acceptable (`validation_error`; `details` names each field)",
     503: "a database, Redis or the cluster is unreachable right now; retry after `Retry-After`",
 }
@@ -143,6 +147,8 @@ def _details(exc: BaseException) -> list[ErrorDetail]:
         return [ErrorDetail(field=exc.field, error=exc.message)]
     if isinstance(exc, InvalidDeviceSetting):
         return [ErrorDetail(field=exc.field, error=exc.reason)]
+    if isinstance(exc, QuotaExceeded):
+        return [ErrorDetail(field=exc.quota, error=exc.message)]
     return []
 
 

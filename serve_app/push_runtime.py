@@ -5,7 +5,6 @@ on the replica's event loop, by the first push."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from typing import Any
 
@@ -19,10 +18,11 @@ from ingest.push.idempotency import IdempotencyStore
 from ingest.push.limits import PushLimiter
 from ingest.push.service import PushService, Stored
 from ingest.push.tags import PushTagMap
-from ingest.store.master import Principal
+from ingest.store.credentials import Principal
+from serve_app.auth_cache import PrincipalCache
 from serve_app.state import ApiState
 
-_AUTH_CACHE_S = 10.0  # a revoked key keeps pushing for at most this long (one replica)
+_AUTH_CACHE_S = 2.0  # a suspended tenant keeps pushing for at most this long (one replica)
 
 
 class PushRuntime:
@@ -35,7 +35,7 @@ class PushRuntime:
         self.redis = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.limiter = PushLimiter(self.redis)
         self.service = PushService(self.limiter, IdempotencyStore(self.redis))
-        self._principals: dict[str, tuple[float, Principal]] = {}
+        self._principals = PrincipalCache()
         self._tenants: dict[str, tuple[float, Tenant]] = {}
         self._writers: dict[str, Any] = {}
         self._tags: dict[str, PushTagMap] = {}
@@ -43,20 +43,10 @@ class PushRuntime:
     async def principal(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise InvalidToken("missing Authorization: Bearer <api key>")
-        key = authorization[7:].strip()
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        hit = self._principals.get(digest)
-        now = time.monotonic()
-        if hit is not None and hit[0] > now:
-            return hit[1]
         try:
-            p = await (await self.api.master()).authenticate(key)
+            return await self._principals.get(authorization[7:].strip(), (await self.api.master()).authenticate)
         except AuthError:
-            raise InvalidToken("API key invalid or revoked") from None
-        if len(self._principals) > 10_000:
-            self._principals.clear()
-        self._principals[digest] = (now + _AUTH_CACHE_S, p)
-        return p
+            raise InvalidToken("API key invalid, expired or revoked") from None
 
     async def tenant(self, tenant_id: str) -> Tenant:
         hit = self._tenants.get(tenant_id)
@@ -70,6 +60,7 @@ class PushRuntime:
     async def tag_map(self, t: Tenant) -> PushTagMap:
         if t.id not in self._tags:
             self._tags[t.id] = PushTagMap((await self.api.store(t)).pool)
+        self._tags[t.id].max_tags = t.max_tags
         return self._tags[t.id]
 
     async def _writer(self, slug: str) -> Any:

@@ -110,7 +110,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorBody, "description": "`tenant_mismatch` or `insufficient_scope`"},
     409: {
         "model": ErrorBody,
-        "description": "`idempotency_conflict`: key reused with another body, or its first request still running",
+        "description": "`idempotency_conflict`: key reused with another body, or its first request still running;"
+        " `quota_exceeded`: auto-registering its new tags would pass the tenant's `max_tags`",
     },
     413: {
         "model": ErrorBody,

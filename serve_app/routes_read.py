@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from ingest.core.errors import InvalidQuery, StorageUnavailable, TenantUnavailable
 from ingest.core.models import Tenant
@@ -36,9 +36,8 @@ from ingest.read.latest import latest_values
 from ingest.read.pool import ReadPool, open_read_pool
 from ingest.read.query import read, stream_rows
 from ingest.read.request import ReadAnswer, ReadRequest, quality_code, quality_name
-from ingest.read.retention import ReadSettings, check_timezone, load_settings, save_settings
-from ingest.store.master import Principal
-from serve_app.deps import AdminTenant, Api, Caller, ReadTenant, authorize, principal
+from ingest.store.credentials import Principal
+from serve_app.deps import Api, ReadTenant, authorize, principal
 from serve_app.errors import error_responses
 from serve_app.params import INT4_MAX, EndQuery, StartQuery, TenantRef
 from serve_app.state import ApiState
@@ -48,7 +47,8 @@ MAX_LATEST_TAGS = 1000
 
 router = APIRouter(tags=["queries"], responses=error_responses(401, 403, 404, 422, 503))
 
-AUTH_TTL_S = 5.0
+from serve_app.auth_cache import AUTH_TTL_S, PrincipalCache  # noqa: E402
+
 READ_POOL_SIZE = 10
 
 
@@ -58,11 +58,18 @@ class ReadCaches:
 
     def __init__(self, api: ApiState) -> None:
         self.api = api
-        self.principals: dict[str, tuple[float, Principal]] = {}
+        self.principals = PrincipalCache()
         self.tenants: dict[str, tuple[float, Tenant]] = {}
         self.read_pools: dict[str, ReadPool] = {}
         self.pool_lock = asyncio.Lock()
         self.catalogs = CatalogCache(ttl_s=AUTH_TTL_S)
+
+    async def forget(self, tenant_id: str) -> None:
+        self.tenants = {k: v for k, v in self.tenants.items() if v[1].id != tenant_id}
+        self.catalogs.invalidate(tenant_id)
+        pool = self.read_pools.pop(tenant_id, None)
+        if pool is not None:
+            await pool.close()
 
     async def tenant(self, ref: str) -> Tenant:
         hit = self.tenants.get(ref)
@@ -94,16 +101,10 @@ async def cached_principal(
     authorization: Annotated[str | None, Header(description="Bearer <api key>")] = None,
 ) -> Principal:
     """``principal``, remembered for ``AUTH_TTL_S`` per key (refusals are not remembered)."""
-    caches = api.part(ReadCaches)
-    hit = caches.principals.get(authorization or "")
-    now = time.monotonic()
-    if hit is not None and hit[0] > now:
-        return hit[1]
-    p = await principal(api, authorization)
-    if len(caches.principals) > 10_000:
-        caches.principals.clear()
-    caches.principals[authorization or ""] = (now + AUTH_TTL_S, p)
-    return p
+    if not authorization or not authorization.lower().startswith("bearer "):
+        return await principal(api, authorization)  # the refusal, worded once
+    master = await api.master()
+    return await api.part(ReadCaches).principals.get(authorization[7:].strip(), master.authenticate)
 
 
 ReadCaller = Annotated[Principal, Depends(cached_principal)]
@@ -317,57 +318,3 @@ class WellOut(BaseModel):
 async def wells(t: ReadTenant, api: Api) -> list[WellOut]:
     store = await api.store(t)
     return [WellOut(**w) for w in await list_wells(store.pool)]
-
-
-# -- read settings -----------------------------------------------------------------------------
-class TenantSettingsUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    timezone: str | None = Field(None, max_length=64, description="IANA zone of 1-day buckets")
-    raw_retention_days: int | None = Field(None, gt=0, le=36500, description="default 90")
-    rollup_retention_days: int | None = Field(None, gt=0, le=36500, description="default 730")
-
-
-class TenantSettingsOut(BaseModel):
-    id: str
-    slug: str
-    timezone: str
-    raw_retention_days: int
-    rollup_retention_days: int
-
-
-def _settings_out(t: Tenant, s: ReadSettings) -> TenantSettingsOut:
-    return TenantSettingsOut(
-        id=t.id,
-        slug=t.slug,
-        timezone=s.timezone,
-        raw_retention_days=s.raw_retention_days,
-        rollup_retention_days=s.rollup_retention_days,
-    )
-
-
-@router.patch("/v1/tenants/{tenant}", response_model=TenantSettingsOut, tags=["tenants"])
-async def update_tenant(t: AdminTenant, body: TenantSettingsUpdate, caller: Caller, api: Api) -> TenantSettingsOut:
-    """Change the tenant's time zone (1-day rollups are rebuilt for it) and retention of raw
-    readings and of rollups; the retention job applies them at its next run."""
-    store = await api.store(t)
-    if body.timezone is not None:
-        check_timezone(body.timezone)
-    async with connection(store.pool) as conn:
-        s = await save_settings(
-            conn,
-            timezone=body.timezone,
-            raw_retention_days=body.raw_retention_days,
-            rollup_retention_days=body.rollup_retention_days,
-        )
-    api.part(ReadCaches).catalogs.invalidate(t.id)
-    master = await api.master()
-    if body.raw_retention_days is not None:
-        await master.set_retention_days(t.id, body.raw_retention_days)
-    await master.audit(caller.key_id, t.id, "tenant.update", {"fields": sorted(body.model_fields_set)})
-    return _settings_out(t, s)
-
-
-@router.get("/v1/tenants/{tenant}/settings", response_model=TenantSettingsOut, tags=["tenants"])
-async def tenant_settings(t: ReadTenant, api: Api) -> TenantSettingsOut:
-    store = await api.store(t)
-    return _settings_out(t, await load_settings(store.pool))

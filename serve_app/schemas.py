@@ -21,6 +21,8 @@ class TenantOut(BaseModel):
     slug: str
     name: str
     status: TenantStatus
+    max_tags: int | None = Field(None, description="quota: live tags")
+    max_connections: int | None = Field(None, description="quota: device connections (push ones not counted)")
 
 
 class TenantCreated(TenantOut):
@@ -36,6 +38,7 @@ class TenantStatusOut(BaseModel):
 class KeyCreated(BaseModel):
     api_key: str = Field(description="shown only once")
     scopes: list[Scope]
+    expires_at: datetime | None = None
 
 
 class TagOut(BaseModel):

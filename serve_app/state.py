@@ -88,6 +88,17 @@ class ApiState:
                 out[name] = Check(ok=True)
         return Checks(**out)
 
+    async def forget_tenant(self, tenant_id: str) -> None:
+        """A deleted tenant: close its pools in this replica and drop what its parts remember
+        (other replicas let theirs go when the tenant lookup fails, within their cache time)."""
+        store = self._stores.pop(tenant_id, None)
+        if store is not None:
+            await store.close()
+        for part in self._parts.values():
+            forget = getattr(part, "forget", None)
+            if forget is not None:
+                await forget(tenant_id)
+
     async def close(self) -> None:
         for store in self._stores.values():
             await store.close()

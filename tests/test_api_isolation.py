@@ -16,6 +16,7 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
+from ingest.core.keys import split_api_key
 from serve_app.app import app
 from tests.conftest import TenantHandle
 from tests.test_api import OPCUA_CONN
@@ -45,6 +46,7 @@ PATH_VALUES: dict[str, Callable[[Victim], str]] = {
     "connection_id": lambda v: v.connection_id,
     "tag_id": lambda v: str(v.tag_id),
     "batch_id": lambda v: "b:1",
+    "key_id": lambda v: split_api_key(v.tenant.key)[0],
 }
 QUERY_VALUES: dict[str, Callable[[Victim], str]] = {
     "tag_id": lambda v: str(v.tag_id),

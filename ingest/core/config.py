@@ -63,6 +63,9 @@ class Settings(BaseSettings):
         360, description="Minutes of data one rollup refresh pass rebuilds at most (bounded work)"
     )
     retention_interval_s: float = Field(3600.0, description="How often retention drops old chunks")
+    tenant_purge_grace_days: float = Field(
+        30.0, description="Days a deleted tenant's database is kept before it is dropped (checked hourly)"
+    )
 
     @property
     def master_dsn(self) -> str:

@@ -50,6 +50,19 @@ class TenantUnavailable(IngestError):
     retriable = True
 
 
+class KeyNotFound(IngestError):
+    """No API key with that id exists for the tenant."""
+
+
+class QuotaExceeded(IngestError):
+    """Adding this would take the tenant past one of its quotas (``quota`` names it)."""
+
+    def __init__(self, quota: str, message: str) -> None:
+        super().__init__(f"{quota}: {message}")
+        self.quota = quota
+        self.message = message
+
+
 class ConnectionNotFound(IngestError):
     """No connection with that id exists for the tenant."""
 

@@ -58,6 +58,8 @@ class Tenant:
     name: str
     status: TenantStatus
     database_url: str  # without password; the password is stored encrypted beside it
+    max_tags: int | None = None  # quotas (None: not enforced)
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True)

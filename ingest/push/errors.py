@@ -100,3 +100,9 @@ class PushNotFound(PushError):
     """The tenant in the path does not exist (or is not the caller's)."""
 
     status, code = 404, "not_found"
+
+
+class PushQuotaExceeded(PushError):
+    """Registering the pushed tags would take the tenant past its tag quota: nothing was written."""
+
+    status, code = 409, "quota_exceeded"

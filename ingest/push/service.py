@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ingest.core.batch import ReadingBatch
+from ingest.core.errors import QuotaExceeded
 from ingest.push.batch import prepare_batch
-from ingest.push.errors import PayloadInvalid, PushError, TenantMismatch
+from ingest.push.errors import PayloadInvalid, PushError, PushQuotaExceeded, TenantMismatch
 from ingest.push.idempotency import IdempotencyStore, body_digest
 from ingest.push.limits import PushLimiter, PushSettings
 from ingest.push.payload import decode_payload
@@ -167,7 +168,15 @@ class PushService:
                     continue  # no tag for a unit nobody can read: the point is rejected
                 first_unit[pair] = p.unit
         if first_unit:
-            created = await tags.register([PushTagCreate(w, name, unit) for (w, name), unit in first_unit.items()])
+            try:
+                created = await tags.register(
+                    [PushTagCreate(w, name, unit) for (w, name), unit in first_unit.items()]
+                )
+            except QuotaExceeded as e:
+                raise PushQuotaExceeded(
+                    f"registering {len(first_unit)} new tags would exceed the tenant's quota: {e.message}",
+                    [{"field": e.quota, "error": e.message}],
+                ) from e
             new = [c for c in created if c["created"]]
             if new:
                 await audit(

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from ingest.push.units import check_unit
+from ingest.store import quotas
 
 Pair = tuple[str, str]  # (well name, parameter name)
 
@@ -48,9 +49,12 @@ class PushTagCreate:
     out_of_range: str = "flag"
 
 
-async def register_push_tags(conn: asyncpg.Connection, tags: list[PushTagCreate]) -> list[dict[str, Any]]:
+async def register_push_tags(
+    conn: asyncpg.Connection, tags: list[PushTagCreate], max_tags: int | None = None
+) -> list[dict[str, Any]]:
     """Create the wells, push connections and tags not there yet (existing ones are left as
-    they are); return every requested tag as ``{tag_id, well, parameter, unit, created}``."""
+    they are); return every requested tag as ``{tag_id, well, parameter, unit, created}``.
+    Past the tenant's ``max_tags`` nothing is created (``QuotaExceeded``)."""
     for t in tags:
         if t.unit is not None:
             check_unit(t.unit)
@@ -106,6 +110,7 @@ async def register_push_tags(conn: asyncpg.Connection, tags: list[PushTagCreate]
                     "created": created,
                 }
             )
+        await quotas.enforce(conn, max_tags=max_tags)
     return out
 
 
@@ -114,6 +119,7 @@ class PushTagMap:
 
     def __init__(self, pool: asyncpg.Pool, refresh_s: float = 10.0, miss_reload_s: float = 1.0) -> None:
         self.pool = pool
+        self.max_tags: int | None = None  # the tenant's quota, kept current by the caller
         self.refresh_s = refresh_s
         self.miss_reload_s = miss_reload_s
         self._tags: dict[Pair, PushTag] = {}
@@ -133,6 +139,6 @@ class PushTagMap:
 
     async def register(self, tags: list[PushTagCreate]) -> list[dict[str, Any]]:
         async with self.pool.acquire() as conn:
-            out = await register_push_tags(conn, tags)
+            out = await register_push_tags(conn, tags, self.max_tags)
         await self.reload()
         return out

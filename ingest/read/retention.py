@@ -73,7 +73,7 @@ async def load_settings(conn: asyncpg.Connection | asyncpg.Pool) -> ReadSettings
 
 @translated
 async def save_settings(
-    conn: asyncpg.Connection,
+    db: asyncpg.Connection | asyncpg.Pool,
     *,
     timezone: str | None = None,
     raw_retention_days: int | None = None,
@@ -81,6 +81,15 @@ async def save_settings(
 ) -> ReadSettings:
     """Change what is given. A new time zone rebuilds the local-day rollups in the same
     transaction (from 1-hour or 1-minute rollups, never from raw)."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as c:
+            return await save_settings(
+                c,
+                timezone=timezone,
+                raw_retention_days=raw_retention_days,
+                rollup_retention_days=rollup_retention_days,
+            )
+    conn = db
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
         before = await load_settings(conn)

@@ -8,38 +8,30 @@ from __future__ import annotations
 
 import json
 import secrets as pysecrets
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
 from ingest.core.config import Settings
-from ingest.core.errors import AuthError, StorageUnavailable, TenantExists, TenantNotFound
-from ingest.core.keys import hash_secret, new_api_key, secret_matches, split_api_key
+from ingest.core.errors import StorageUnavailable, TenantExists, TenantNotFound
 from ingest.core.models import Tenant, TenantStatus
 from ingest.core.translate import translated, translated_methods
 from ingest.store import migrations
+from ingest.store.credentials import ALL_TENANT_SCOPES, Credentials
 from ingest.store.secrets import SecretBox
-
-ALL_TENANT_SCOPES = ("read", "ingest", "admin")
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: a key id, its tenant (None for the cluster admin) and its scopes."""
-
-    key_id: str
-    tenant_id: str | None
-    scopes: frozenset[str]
-
-    @property
-    def is_cluster_admin(self) -> bool:
-        return "cluster-admin" in self.scopes
 
 
 def _tenant(r: asyncpg.Record) -> Tenant:
-    return Tenant(str(r["id"]), r["slug"], r["name"], TenantStatus(r["status"]), r["database_url"])
+    return Tenant(
+        str(r["id"]),
+        r["slug"],
+        r["name"],
+        TenantStatus(r["status"]),
+        r["database_url"],
+        r["max_tags"],
+        r["max_connections"],
+    )
 
 
 async def _ensure_database(settings: Settings, name: str) -> None:
@@ -72,7 +64,7 @@ async def migrate_master(settings: Settings) -> list[str]:
 
 
 @translated_methods
-class MasterStore:
+class MasterStore(Credentials):
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self.pool = pool
         self.settings = settings
@@ -132,8 +124,10 @@ class MasterStore:
 
     async def create_tenant(self, slug: str, name: str, retention_days: int | None = None) -> tuple[Tenant, str]:
         """Provision database, role and schema; return the tenant and its first admin API key."""
-        if await self.pool.fetchval("SELECT 1 FROM tenants WHERE slug = $1", slug):
-            raise TenantExists(f"slug: tenant {slug!r} exists already")
+        deleted = await self.pool.fetchval("SELECT deleted_at IS NOT NULL FROM tenants WHERE slug = $1", slug)
+        if deleted is not None:
+            held = " (a deleted tenant keeps its slug)" if deleted else ""
+            raise TenantExists(f"slug: tenant {slug!r} exists already{held}")
         db, role = f"scada_t_{slug}", f"scada_t_{slug}"
         password = pysecrets.token_urlsafe(24)
         admin = await asyncpg.connect(self.settings.dsn("postgres"))
@@ -197,50 +191,72 @@ class MasterStore:
         finally:
             await conn.close()
 
-    # -- credentials -------------------------------------------------------------------------
-    async def _insert_key(
-        self, conn: asyncpg.Connection, tenant_id: str | None, name: str, scopes: tuple[str, ...]
-    ) -> str:
-        key, key_id, digest = new_api_key("sk")
-        await conn.execute(
-            "INSERT INTO api_credentials (key_id, tenant_id, name, secret_hash, scopes) "
-            "VALUES ($1, $2::uuid, $3, $4, $5)",
-            key_id,
+    async def update_tenant(
+        self, tenant_id: str, *, name: str | None, max_tags: int | None, max_connections: int | None
+    ) -> Tenant:
+        """Change what is given (None keeps it)."""
+        r = await self.pool.fetchrow(
+            "UPDATE tenants SET name = coalesce($2, name), max_tags = coalesce($3, max_tags), "
+            "max_connections = coalesce($4, max_connections) "
+            "WHERE id = $1::uuid AND deleted_at IS NULL RETURNING *",
             tenant_id,
             name,
-            digest,
-            list(scopes),
+            max_tags,
+            max_connections,
         )
-        return key
+        if r is None:
+            raise TenantNotFound(f"tenant {tenant_id!r} not found")
+        return _tenant(r)
 
-    async def create_api_key(self, tenant_id: str, name: str, scopes: tuple[str, ...]) -> str:
-        async with self.pool.acquire() as conn:
-            return await self._insert_key(conn, tenant_id, name, scopes)
-
-    async def ensure_admin_key(self, admin_key: str) -> None:
-        """Register the cluster admin key (from the local secrets or the environment)."""
-        key_id, secret = split_api_key(admin_key)
-        await self.pool.execute(
-            """INSERT INTO api_credentials (key_id, tenant_id, name, secret_hash, scopes)
-               VALUES ($1, NULL, 'cluster admin', $2, ARRAY['cluster-admin'])
-               ON CONFLICT (key_id) DO UPDATE SET secret_hash = excluded.secret_hash""",
-            key_id,
-            hash_secret(secret),
+    async def delete_tenant(self, tenant_id: str) -> None:
+        """Soft delete: the tenant is gone for every route and for the coordinator at once (its
+        keys stop working); its database stays until ``purge_tenant``."""
+        done = await self.pool.execute(
+            "UPDATE tenants SET deleted_at = now() WHERE id = $1::uuid AND deleted_at IS NULL", tenant_id
         )
+        if done.endswith(" 0"):
+            raise TenantNotFound(f"tenant {tenant_id!r} not found")
 
-    async def authenticate(self, key: str) -> Principal:
-        try:
-            key_id, secret = split_api_key(key)
-        except ValueError as e:
-            raise AuthError("malformed API key") from e
+    async def purge_tenant(self, tenant_id: str) -> bool:
+        """Drop a deleted tenant's database and role (the master row stays, for the audit log).
+        False when it was purged already."""
         r = await self.pool.fetchrow(
-            "SELECT tenant_id, secret_hash, scopes FROM api_credentials WHERE key_id = $1 AND revoked_at IS NULL",
-            key_id,
+            "SELECT database_url, db_user, deleted_at, purged_at FROM tenants WHERE id = $1::uuid", tenant_id
         )
-        if r is None or not secret_matches(secret, r["secret_hash"]):
-            raise AuthError("invalid API key")
-        tid = str(r["tenant_id"]) if r["tenant_id"] else None
-        return Principal(key_id, tid, frozenset(r["scopes"]))
+        if r is None or r["deleted_at"] is None:
+            raise TenantNotFound(f"no deleted tenant {tenant_id!r}")
+        if r["purged_at"] is not None:
+            return False
+        db = urlsplit(str(r["database_url"])).path.lstrip("/")
+        admin = await asyncpg.connect(self.settings.dsn("postgres"))
+        try:
+            # DDL takes no parameters; format() quotes the identifiers server-side.
+            for stmt in ("DROP DATABASE IF EXISTS %I WITH (FORCE)", "DROP ROLE IF EXISTS %I"):
+                arg = db if "DATABASE" in stmt else r["db_user"]
+                await admin.execute(await admin.fetchval(f"SELECT format('{stmt}', $1::text)", arg))
+        finally:
+            await admin.close()
+        await self.pool.execute("UPDATE tenants SET purged_at = now() WHERE id = $1::uuid", tenant_id)
+        return True
+
+    async def deleted_among(self, tenant_ids: list[str]) -> list[str]:
+        """Which of these tenants are deleted (their writers are retired)."""
+        rows = await self.pool.fetch(
+            "SELECT id FROM tenants WHERE deleted_at IS NOT NULL AND id = ANY($1::uuid[])", tenant_ids
+        )
+        return [str(r["id"]) for r in rows]
+
+    async def purge_due(self, grace_days: float) -> list[str]:
+        """Purge every tenant deleted more than ``grace_days`` ago; their ids."""
+        ids = [
+            str(x["id"])
+            for x in await self.pool.fetch(
+                "SELECT id FROM tenants WHERE purged_at IS NULL "
+                "AND deleted_at < now() - make_interval(secs => $1)",
+                grace_days * 86_400,
+            )
+        ]
+        return [i for i in ids if await self.purge_tenant(i)]
 
     async def set_retention_days(self, tenant_id: str, days: int) -> None:
         """The raw retention the master row reports (the tenant database holds the one applied)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -73,6 +74,18 @@ class TenantStatusUpdate(_Strict):
 class ApiKeyCreate(_Strict):
     name: str = Field(min_length=1, max_length=100)
     scopes: list[Scope] = Field(min_length=1)
+    expires_at: datetime | None = Field(None, description="when the key stops working; never if absent")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _future(cls, v: datetime | None) -> datetime | None:
+        if v is None:
+            return v
+        if v.tzinfo is None:
+            raise ValueError("needs a time zone (e.g. 2027-01-01T00:00:00Z)")
+        if not datetime.now(UTC) < v < datetime(9999, 1, 1, tzinfo=UTC):
+            raise ValueError("must be in the future, before 9999")
+        return v
 
 
 class TagCreate(_TagChecks):

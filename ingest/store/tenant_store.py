@@ -11,6 +11,7 @@ from ingest.core.errors import ConnectionNotFound, InvalidRegistration, TagNotFo
 from ingest.core.models import ConnectionSpec, Protocol, SecurityMode, SecurityPolicy, Tenant
 from ingest.core.translate import translated, translated_methods
 from ingest.device.session_inputs import check_tags, tag_spec
+from ingest.store import quotas
 from ingest.store.registration import (
     ConnectionCreate,
     ConnectionUpdate,
@@ -60,8 +61,12 @@ class TenantStore:
         await self.pool.close()
 
     # -- registration ------------------------------------------------------------------------
-    async def create_connection(self, c: ConnectionCreate) -> dict[str, Any]:
+    async def create_connection(
+        self, c: ConnectionCreate, *, max_tags: int | None = None, max_connections: int | None = None
+    ) -> dict[str, Any]:
+        """``max_tags`` / ``max_connections``: the tenant's quotas (``QuotaExceeded`` past them)."""
         async with self.pool.acquire() as conn, conn.transaction():
+            await quotas.lock_quotas(conn)
             if await conn.fetchval(
                 "SELECT 1 FROM scada_connections WHERE name = $1 AND deleted_at IS NULL", c.name
             ):
@@ -84,10 +89,14 @@ class TenantStore:
             )
             out = _jsonable(r)
             out["tags"] = await self._insert_tags(conn, r["id"], c.tags)
+            await quotas.enforce(conn, max_tags=max_tags, max_connections=max_connections)
         return out
 
-    async def add_tags(self, connection_id: str, tags: list[TagCreate]) -> list[dict[str, Any]]:
+    async def add_tags(
+        self, connection_id: str, tags: list[TagCreate], *, max_tags: int | None = None
+    ) -> list[dict[str, Any]]:
         async with self.pool.acquire() as conn, conn.transaction():
+            await quotas.lock_quotas(conn)
             r = await conn.fetchrow(
                 "SELECT id, protocol FROM scada_connections WHERE id = $1::uuid AND deleted_at IS NULL FOR UPDATE",
                 connection_id,
@@ -107,6 +116,7 @@ class TenantStore:
             if taken:
                 raise InvalidRegistration("tags.name", f"tags exist already: {sorted(taken)}")
             rows = await self._insert_tags(conn, r["id"], tags)
+            await quotas.enforce(conn, max_tags=max_tags)
             await conn.execute("UPDATE scada_connections SET updated_at = now() WHERE id = $1", r["id"])
             return rows
 

@@ -13,12 +13,14 @@ from serve_app.schemas import ConnectionDetail, ConnectionSummary, TagOut
 router = APIRouter(prefix="/v1/tenants/{tenant}/connections", tags=["connections"])
 
 _ONE = error_responses(401, 403, 404, 422, 503)
+_ADDS = error_responses(401, 403, 404, 409, 422, 503)  # 409: a quota of the tenant
 
 
-@router.post("", status_code=201, response_model=ConnectionDetail, responses=_ONE)
+@router.post("", status_code=201, response_model=ConnectionDetail, responses=_ADDS)
 async def create_connection(t: AdminTenant, body: ConnectionCreate, caller: Caller, api: Api) -> ConnectionDetail:
     """Register a device connection with its tags; it starts streaming within seconds."""
-    out = await (await api.store(t)).create_connection(body)
+    store = await api.store(t)
+    out = await store.create_connection(body, max_tags=t.max_tags, max_connections=t.max_connections)
     await (await api.master()).audit(
         caller.key_id, t.id, "connection.create", {"id": out["id"], "tags": len(body.tags)}
     )
@@ -60,8 +62,8 @@ async def delete_connection(t: AdminTenant, connection_id: ConnectionId, caller:
     await api.actors.notify_coordinator()
 
 
-@router.post("/{connection_id}/tags", status_code=201, response_model=list[TagOut], responses=_ONE)
+@router.post("/{connection_id}/tags", status_code=201, response_model=list[TagOut], responses=_ADDS)
 async def add_tags(t: AdminTenant, connection_id: ConnectionId, body: TagsCreate, api: Api) -> list[TagOut]:
-    rows = await (await api.store(t)).add_tags(str(connection_id), body.tags)
+    rows = await (await api.store(t)).add_tags(str(connection_id), body.tags, max_tags=t.max_tags)
     await api.actors.notify_coordinator()
     return [TagOut.model_validate(r) for r in rows]
