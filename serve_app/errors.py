@@ -22,12 +22,16 @@ from starlette.exceptions import HTTPException
 from ingest.core.errors import (
     AuthError,
     ClusterUnavailable,
+    Conflict,
     ConnectionNotFound,
+    DeviceProtocolError,
+    DeviceUnreachable,
     Forbidden,
     IngestError,
     InsufficientScope,
     InvalidDeviceSetting,
     InvalidRegistration,
+    InvalidRows,
     QuarantinedBatchNotFound,
     StorageUnavailable,
     TagNotFound,
@@ -71,10 +75,14 @@ ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (TagNotFound, 404, "tag_not_found"),
     (QuarantinedBatchNotFound, 404, "batch_not_found"),
     (TenantExists, 409, "tenant_exists"),
+    (Conflict, 409, "conflict"),
     (InvalidRegistration, 422, "validation_error"),
     (InvalidDeviceSetting, 422, "validation_error"),
     # A value its column cannot hold (NUL in text, out of range) that no model refused first.
     (asyncpg.DataError, 422, "validation_error"),
+    # The device behind a connection (browsing its server): the gateway's upstream failed.
+    (DeviceUnreachable, 502, "device_unreachable"),
+    (DeviceProtocolError, 502, "device_error"),
     (TenantUnavailable, 503, "tenant_unavailable"),
     (StorageUnavailable, 503, "storage_unavailable"),
     (ClusterUnavailable, 503, "cluster_unavailable"),
@@ -95,6 +103,7 @@ _DESCRIPTIONS = {
     404: "no such resource (`<thing>_not_found`)",
     409: "conflicts with what exists (`tenant_exists`, `conflict`)",
     422: "a field is not acceptable (`validation_error`; `details` names each field)",
+    502: "the device did not answer (`device_unreachable`) or refused (`device_error`)",
     503: "a database, Redis or the cluster is unreachable right now; retry after `Retry-After`",
 }
 
@@ -148,6 +157,8 @@ def _message(exc: BaseException, status: int) -> str:
 def _details(exc: BaseException) -> list[ErrorDetail]:
     if isinstance(exc, PushError):
         return [ErrorDetail(field=str(d.get("field", "")), error=str(d.get("error", ""))) for d in exc.details]
+    if isinstance(exc, InvalidRows):
+        return [ErrorDetail(field=f, error=e) for f, e in exc.problems]
     if isinstance(exc, InvalidRegistration):
         return [ErrorDetail(field=exc.field, error=exc.message)]
     if isinstance(exc, InvalidDeviceSetting):

@@ -19,6 +19,7 @@ from asyncua.server.history_sql import HistorySQLite
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.internal_subscription import InternalSubscription
 from asyncua.server.server import Server
+from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
 __all__ = ["SQLiteHistory", "ServerFaults", "UserManager"]
@@ -148,3 +149,47 @@ class ServerFaults:
 
     def close(self) -> None:
         self._frozen_until = 0.0
+
+
+_BROWSE_TYPES = (
+    (ua.VariantType.Double, 0.0),
+    (ua.VariantType.Int32, 0),
+    (ua.VariantType.Boolean, False),
+    (ua.VariantType.String, ""),
+)
+
+
+async def add_browse_nodes(server: Server, ns: int, count: int) -> None:
+    """``count`` static variables under ``Objects/Extra`` (``ns=<ns>;s=Extra.X00001`` ...), of
+    Double, Int32, Boolean and String in turn, every other one writable: a large flat folder for
+    browsing and discovery, not published. Added in batches of AddNodes items (one
+    ``add_variable`` each would take ~40 s for 5,000 on a busy machine)."""
+    folder = await server.nodes.objects.add_folder(ua.NodeId(ua.String("Extra"), ua.Int16(ns)), "Extra")
+    session: Any = server.nodes.objects.session
+    items = []
+    for i in range(1, count + 1):
+        vtype, value = _BROWSE_TYPES[i % len(_BROWSE_TYPES)]
+        name = f"X{i:05d}"
+        attrs = ua.VariableAttributes(
+            DisplayName=ua.LocalizedText(name),
+            Description=ua.LocalizedText(name),
+            DataType=ua.NodeId(ua.Int32(vtype.value)),  # built-in type ids equal their VariantType
+            Value=ua.Variant(value, vtype),
+            ValueRank=ua.ValueRank.Scalar,
+            AccessLevel=ua.AccessLevel.CurrentRead.mask | (ua.AccessLevel.CurrentWrite.mask if i % 2 else 0),
+        )
+        attrs.UserAccessLevel = attrs.AccessLevel
+        items.append(
+            ua.AddNodesItem(
+                ParentNodeId=folder.nodeid,
+                ReferenceTypeId=ua.NodeId(ua.Int32(ObjectIds.HasComponent)),
+                RequestedNewNodeId=ua.NodeId(ua.String(f"Extra.{name}"), ua.Int16(ns)),
+                BrowseName=ua.QualifiedName(name, ns),
+                NodeClass=ua.NodeClass.Variable,
+                NodeAttributes=attrs,
+                TypeDefinition=ua.NodeId(ua.Int32(ObjectIds.BaseDataVariableType)),
+            )
+        )
+    for start in range(0, len(items), 1000):
+        for res in await session.add_nodes(items[start : start + 1000]):
+            res.StatusCode.check()

@@ -13,9 +13,10 @@ from serve_app.schemas import ConnectionDetail, ConnectionSummary, TagOut
 router = APIRouter(prefix="/v1/tenants/{tenant}/connections", tags=["connections"])
 
 _ONE = error_responses(401, 403, 404, 422, 503)
+_WRITE = error_responses(401, 403, 404, 409, 422, 503)  # 409: a name that exists already
 
 
-@router.post("", status_code=201, response_model=ConnectionDetail, responses=_ONE)
+@router.post("", status_code=201, response_model=ConnectionDetail, responses=_WRITE)
 async def create_connection(t: AdminTenant, body: ConnectionCreate, caller: Caller, api: Api) -> ConnectionDetail:
     """Register a device connection with its tags; it starts streaming within seconds."""
     out = await (await api.store(t)).create_connection(body)
@@ -37,7 +38,7 @@ async def get_connection(t: ReadTenant, connection_id: ConnectionId, api: Api) -
     return ConnectionDetail.model_validate(await (await api.store(t)).get_connection(str(connection_id)))
 
 
-@router.patch("/{connection_id}", response_model=ConnectionDetail, responses=_ONE)
+@router.patch("/{connection_id}", response_model=ConnectionDetail, responses=_WRITE)
 async def update_connection(
     t: AdminTenant, connection_id: ConnectionId, body: ConnectionUpdate, caller: Caller, api: Api
 ) -> ConnectionDetail:
@@ -60,7 +61,7 @@ async def delete_connection(t: AdminTenant, connection_id: ConnectionId, caller:
     await api.actors.notify_coordinator()
 
 
-@router.post("/{connection_id}/tags", status_code=201, response_model=list[TagOut], responses=_ONE)
+@router.post("/{connection_id}/tags", status_code=201, response_model=list[TagOut], responses=_WRITE)
 async def add_tags(t: AdminTenant, connection_id: ConnectionId, body: TagsCreate, api: Api) -> list[TagOut]:
     rows = await (await api.store(t)).add_tags(str(connection_id), body.tags)
     await api.actors.notify_coordinator()
