@@ -159,15 +159,31 @@ _BROWSE_TYPES = (
 )
 
 
-async def add_browse_nodes(server: Server, ns: int, count: int) -> None:
-    """``count`` static variables under ``Objects/Extra`` (``ns=<ns>;s=Extra.X00001`` ...), of
-    Double, Int32, Boolean and String in turn, every other one writable: a large flat folder for
-    browsing and discovery, not published. Added in batches of AddNodes items (one
-    ``add_variable`` each would take ~40 s for 5,000 on a busy machine)."""
-    folder = await server.nodes.objects.add_folder(ua.NodeId(ua.String("Extra"), ua.Int16(ns)), "Extra")
+BROWSE_GROUP = 100
+
+
+async def add_browse_nodes(server: Server, ns: int, count: int, max_nodes_per_browse: int = 0) -> None:
+    """``count`` static variables for browsing and discovery (never published), in folders of
+    ``BROWSE_GROUP``: ``Objects/Extra/G001/X00001`` (node id ``ns=<ns>;s=Extra.X00001``) ...; of
+    Double, Int32, Boolean and String in turn, every other one writable. Folders, because
+    asyncua's AddNodes scans every reference of the parent for each node added: one flat folder
+    of 5,000 took over a minute. ``max_nodes_per_browse`` > 0 is published as the server's
+    OperationLimits/MaxNodesPerBrowse (what a client must respect; asyncua does not enforce it)."""
+    if max_nodes_per_browse > 0:
+        await server.write_attribute_value(
+            ua.NodeId(ua.Int32(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse)),
+            ua.DataValue(ua.Variant(max_nodes_per_browse, ua.VariantType.UInt32)),
+        )
+    if count <= 0:
+        return
+    extra = await server.nodes.objects.add_folder(ua.NodeId(ua.String("Extra"), ua.Int16(ns)), "Extra")
     session: Any = server.nodes.objects.session
     items = []
+    folder: Any = None
     for i in range(1, count + 1):
+        if (i - 1) % BROWSE_GROUP == 0:
+            group = f"G{(i - 1) // BROWSE_GROUP + 1:03d}"
+            folder = await extra.add_folder(ua.NodeId(ua.String(f"Extra.{group}"), ua.Int16(ns)), group)
         vtype, value = _BROWSE_TYPES[i % len(_BROWSE_TYPES)]
         name = f"X{i:05d}"
         attrs = ua.VariableAttributes(
