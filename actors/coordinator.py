@@ -29,6 +29,7 @@ from ingest.core.models import ConnectionSpec
 from ingest.placement.desired_state import DesiredState, DesiredStateReader
 from ingest.placement.pool import actors_per_node, desired_slots
 from ingest.placement.sharding import assign_connections
+from ingest.placement.status_view import live_connections
 from ingest.store.master import MasterStore
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,12 @@ class CoordinatorActor:
                 self._recorded.update(states)
             except Exception as e:  # a tenant database away: written on a later pass
                 log.warning("connection states of tenant %s not recorded: %s", tenant_id, _describe(e))
+
+    @ray.method(concurrency_group="health")
+    async def connections_live(self, tenant_slug: str) -> dict[str, dict[str, Any]]:
+        """What the hosts last reported of each of the tenant's sessions (health, newest value,
+        values/s, reconnects), from the last reconcile pass's snapshot: no actor is called."""
+        return live_connections(self._last_status, tenant_slug)
 
     @ray.method(concurrency_group="health")
     async def assignment(self) -> dict[str, str]:

@@ -142,6 +142,15 @@ class ConnectionOut(BaseModel):
     state_changed_at: datetime | None
     last_connected_at: datetime | None
     last_error: str | None
+    health: Literal["CONNECTING", "CONNECTED", "DEGRADED", "FAILED", "DISABLED", "IDLE"] | None = Field(
+        None,
+        description="what its host last saw: CONNECTING, CONNECTED, DEGRADED (items refused, or "
+        "reconnecting after streaming), FAILED (cannot start or connect; reason in last_error), "
+        "DISABLED, IDLE (no tags); null while no host has reported it",
+    )
+    last_value_at: datetime | None = Field(None, description="when its newest value arrived")
+    values_per_s: float | None = Field(None, description="values delivered per second, lately")
+    reconnects: int | None = Field(None, description="reconnects of its current session")
     created_at: datetime
     updated_at: datetime
 
