@@ -76,6 +76,8 @@ ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (QuarantinedBatchNotFound, 404, "batch_not_found"),
     (TenantExists, 409, "tenant_exists"),
     (Conflict, 409, "conflict"),
+    # Two registrations of one name racing past the store's check: the unique index decides.
+    (asyncpg.UniqueViolationError, 409, "conflict"),
     (InvalidRegistration, 422, "validation_error"),
     (InvalidDeviceSetting, 422, "validation_error"),
     # A value its column cannot hold (NUL in text, out of range) that no model refused first.
@@ -149,6 +151,8 @@ def _message(exc: BaseException, status: int) -> str:
         return exc.message
     if isinstance(exc, RayActorError):
         return "a cluster actor is not available"
+    if isinstance(exc, asyncpg.UniqueViolationError):  # its text quotes the value: not echoed
+        return "a resource with that name exists already"
     if isinstance(exc, asyncpg.DataError):  # its text may quote the value: not echoed
         return "a value does not fit its column (e.g. a NUL character in text)"
     return str(exc) or type(exc).__name__
