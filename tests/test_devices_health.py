@@ -75,3 +75,24 @@ def test_health_in_the_routes_and_the_status(tenant: TenantHandle, sim: SimProce
     line = next(ln for ln in text.splitlines() if down["id"] in ln)
     assert "FAILED" in line and "DeviceUnreachable" in line
     print("\n" + "\n".join(ln for ln in text.splitlines() if tenant.slug in ln))
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "stats", "ever", "down_s", "health"),
+    [
+        ("connecting", None, {}, False, 0.0, "CONNECTING"),
+        ("connected", None, {"failed_items": 0}, True, 0.0, "CONNECTED"),
+        ("connected", None, {"failed_items": 2}, True, 0.0, "DEGRADED"),  # items the server refused
+        ("disconnected", "DeviceUnreachable: x", {}, True, 5.0, "DEGRADED"),  # reconnecting after streaming
+        ("connecting", "DeviceUnreachable: x", {}, True, 600.0, "FAILED"),  # down for long
+        ("disconnected", "DeviceUnreachable: x", {}, False, 1.0, "FAILED"),  # never got there
+        ("failed", "ValueError: x", {}, False, 0.0, "FAILED"),
+        ("idle", None, {}, False, 0.0, "IDLE"),
+    ],
+)
+def test_health_rules(
+    state: str, error: str | None, stats: dict[str, Any], ever: bool, down_s: float, health: str
+) -> None:
+    from ingest.device.health import session_health
+
+    assert session_health(state, error, stats, ever, down_s) == health
