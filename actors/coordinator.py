@@ -29,6 +29,7 @@ from ingest.core.models import ConnectionSpec
 from ingest.placement.desired_state import DesiredState, DesiredStateReader
 from ingest.placement.pool import actors_per_node, desired_slots
 from ingest.placement.sharding import assign_connections
+from ingest.placement.status_view import live_connections
 from ingest.store.master import MasterStore
 
 log = logging.getLogger(__name__)
@@ -299,6 +300,13 @@ class CoordinatorActor:
         except Exception as e:  # the master database away: the next pass tries again
             log.warning("retiring deleted tenants failed: %s", type(e).__name__)
 
+    @ray.method(concurrency_group="health")
+    async def connections_live(self, tenant_slug: str) -> dict[str, dict[str, Any]]:
+        """What the hosts last reported of each of the tenant's sessions (health, newest value,
+        values/s, reconnects), from the last reconcile pass's snapshot: no actor is called."""
+        return live_connections(self._last_status, tenant_slug)
+
+    @ray.method(concurrency_group="health")
     async def assignment(self) -> dict[str, str]:
         return dict(self.last_assignment)
 

@@ -21,12 +21,16 @@ from starlette.exceptions import HTTPException
 from ingest.core.errors import (
     AuthError,
     ClusterUnavailable,
+    Conflict,
     ConnectionNotFound,
+    DeviceProtocolError,
+    DeviceUnreachable,
     Forbidden,
     IngestError,
     InsufficientScope,
     InvalidDeviceSetting,
     InvalidRegistration,
+    InvalidRows,
     KeyNotFound,
     QuarantinedBatchNotFound,
     QuotaExceeded,
@@ -75,10 +79,16 @@ ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (KeyNotFound, 404, "key_not_found"),
     (TenantExists, 409, "tenant_exists"),
     (QuotaExceeded, 409, "quota_exceeded"),
+    # Also two registrations of one name racing past the store's check: the unique index
+    # decides, and ingest.core.translate makes its violation a Conflict.
+    (Conflict, 409, "conflict"),
     (InvalidRegistration, 422, "validation_error"),
     (InvalidDeviceSetting, 422, "validation_error"),
     # A value its column cannot hold (NUL in text, out of range) that no model refused first.
     (UnstorableValue, 422, "validation_error"),
+    # The device behind a connection (browsing its server): the gateway's upstream failed.
+    (DeviceUnreachable, 502, "device_unreachable"),
+    (DeviceProtocolError, 502, "device_error"),
     (TenantUnavailable, 503, "tenant_unavailable"),
     (StorageUnavailable, 503, "storage_unavailable"),
     (ClusterUnavailable, 503, "cluster_unavailable"),
@@ -92,6 +102,7 @@ _DESCRIPTIONS = {
     404: "no such resource (`<thing>_not_found`)",
     409: "conflicts with what exists (`tenant_exists`, `conflict`) or a quota (`quota_exceeded`)",
     422: "a field is not acceptable (`validation_error`; `details` names each field)",
+    502: "the device did not answer (`device_unreachable`) or refused (`device_error`)",
     503: "a database, Redis or the cluster is unreachable right now; retry after `Retry-After`",
 }
 
@@ -143,6 +154,8 @@ def _message(exc: BaseException, status: int) -> str:
 def _details(exc: BaseException) -> list[ErrorDetail]:
     if isinstance(exc, PushError):
         return [ErrorDetail(field=str(d.get("field", "")), error=str(d.get("error", ""))) for d in exc.details]
+    if isinstance(exc, InvalidRows):
+        return [ErrorDetail(field=f, error=e) for f, e in exc.problems]
     if isinstance(exc, InvalidRegistration):
         return [ErrorDetail(field=exc.field, error=exc.message)]
     if isinstance(exc, InvalidDeviceSetting):

@@ -63,7 +63,69 @@ class TagOut(BaseModel):
     modbus_bit: int | None
     modbus_length: int | None
     well_id: str | None
-    well: str | None = Field(None, description="the well's name (in tag listings)")
+    well: str | None = Field(None, description="the well's name")
+    sampling_interval_ms: float | None = None
+    queue_size: int | None = None
+    discard_oldest: bool = True
+    deadband_type: Literal["absolute", "percent"] | None = None
+    deadband_value: float = 0.0
+
+
+class RowProblem(BaseModel):
+    row: int = Field(description="CSV: line in the file (header = 1); JSON: position from 1; 0: the whole file")
+    field: str
+    error: str
+
+
+class ImportResult(BaseModel):
+    mode: Literal["create", "merge", "replace"]
+    dry_run: bool
+    rows: int = Field(description="tag rows read")
+    created: int
+    updated: int = Field(description="existing tags changed (each keeps its tag_id)")
+    unchanged: int
+    deleted: int
+    errors: list[RowProblem] = Field(description="bad rows (a dry run lists them; an import answers 422)")
+
+
+class BrowsedNodeOut(BaseModel):
+    node_id: str
+    browse_name: str
+    display_name: str
+    node_class: str = Field(description="Object, Variable, Method, ...")
+    data_type: str | None = Field(description="variables: the DataType's name")
+    access_level: list[str] | None = Field(description="variables: read, write, history_read, history_write")
+
+
+class BrowseOut(BaseModel):
+    node: str
+    total: int = Field(description="children of the node")
+    children: list[BrowsedNodeOut]
+    next_page_token: str | None = Field(description="ask again with it for the next page")
+
+
+class DiscoveredTag(BaseModel):
+    name: str = Field(description="the browse path below the root")
+    node_id: str
+    data_type: str
+    well: str | None
+
+
+class SkippedNode(BaseModel):
+    path: str
+    reason: str
+
+
+class DiscoverOut(BaseModel):
+    found: int = Field(description="variables whose browse path matched")
+    nodes_browsed: int
+    browse_calls: int = Field(description="Browse and BrowseNext calls made")
+    read_calls: int
+    truncated: bool = Field(description="max_nodes or the depth limit stopped the walk")
+    limits: dict[str, int] = Field(description="the server's operation limits as applied")
+    skipped: list[SkippedNode]
+    tags: list[DiscoveredTag] = Field(description="the tags added (or, on a dry run, that would be)")
+    result: ImportResult
 
 
 class ConnectionOut(BaseModel):
@@ -83,6 +145,15 @@ class ConnectionOut(BaseModel):
     state_changed_at: datetime | None
     last_connected_at: datetime | None
     last_error: str | None
+    health: Literal["CONNECTING", "CONNECTED", "DEGRADED", "FAILED", "DISABLED", "IDLE"] | None = Field(
+        None,
+        description="what its host last saw: CONNECTING, CONNECTED, DEGRADED (items refused, or "
+        "reconnecting after streaming), FAILED (cannot start or connect; reason in last_error), "
+        "DISABLED, IDLE (no tags); null while no host has reported it",
+    )
+    last_value_at: datetime | None = Field(None, description="when its newest value arrived")
+    values_per_s: float | None = Field(None, description="values delivered per second, lately")
+    reconnects: int | None = Field(None, description="reconnects of its current session")
     created_at: datetime
     updated_at: datetime
 

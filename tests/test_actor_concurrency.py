@@ -173,6 +173,7 @@ def test_every_remote_method_on_fresh_actors(
         {
             "health": lambda c: c.health.remote(),
             "assignment": lambda c: c.assignment.remote(),
+            "connections_live": lambda c: c.connections_live.remote(tenant.slug),
             "notify": lambda c: c.notify.remote(),
             "start": lambda c: c.start.remote(),
             "reconcile": lambda c: c.reconcile.remote(),

@@ -27,6 +27,15 @@ from tests.test_api_isolation import api_routes
 
 MAX_EXAMPLES = 25  # per route and mode: ~1000 requests, about a minute on two cores
 CHECKS = [not_a_server_error, status_code_conformance]
+# Routes that talk to the connection's device (its OPC UA server): the fuzzer's connection points
+# at a port nobody listens on, so a documented 502 device_unreachable is the right answer there,
+# the device's failure and not ours. Every other answer of theirs is checked like any route's.
+DEVICE_ROUTES = frozenset(
+    (
+        "GET /v1/tenants/{tenant}/connections/{connection_id}/browse",
+        "POST /v1/tenants/{tenant}/connections/{connection_id}/discover",
+    )
+)
 
 
 def _order(method: str) -> int:
@@ -41,6 +50,7 @@ def _no_sessions(case: Any) -> None:
         and "/connections" in case.path
         and isinstance(case.body, dict)
         and "tags" not in case.path
+        and not case.path.endswith("/discover")  # its body has no "enabled"; it starts no session
     ):
         case.body["enabled"] = False
 
@@ -65,6 +75,7 @@ def test_schemathesis_finds_no_server_error(api: str, tenant: TenantHandle, reso
     headers = {"Authorization": f"Bearer {tenant.key}"}
     examples: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
+    device_down: Counter[str] = Counter()
     failures: list[str] = []
     session = httpx.Client(timeout=60)
     for op in operations:
@@ -94,17 +105,23 @@ def test_schemathesis_finds_no_server_error(api: str, tenant: TenantHandle, reso
             response = case.call(base_url=api, session=None, headers=headers, timeout=60)
             examples[label] += 1
             statuses[response.status_code] += 1
+            checks = CHECKS
+            if label in DEVICE_ROUTES and response.status_code == 502:
+                assert response.json()["error"] == "device_unreachable", response.text
+                device_down[label] += 1
+                checks = [status_code_conformance]
             try:
-                case.validate_response(response, checks=CHECKS)
+                case.validate_response(response, checks=checks)
             except (AssertionError, FailureGroup) as e:  # one error naming every failed check
                 failures.append(f"{label} -> {response.status_code}: {str(e)[:600]}\n  {case.as_curl_command()}")
 
         fuzz()
     session.close()
-    server_errors = sum(n for s, n in statuses.items() if s >= 500)
+    server_errors = sum(n for s, n in statuses.items() if s >= 500) - sum(device_down.values())
     print(
         f"\nschemathesis: {len(operations)} routes, {sum(examples.values())} examples, "
-        f"{server_errors} responses >= 500, {len(failures)} failed checks; "
+        f"{server_errors} responses >= 500 (besides {sum(device_down.values())} documented 502 "
+        f"device_unreachable of the device routes), {len(failures)} failed checks; "
         f"statuses {dict(sorted(statuses.items()))}"
     )
     assert all(examples[f"{op.method.upper()} {op.path}"] > 0 for op in operations), examples

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 import serve_app.errors
 from ingest.core.config import Settings
-from ingest.core.errors import StorageUnavailable, TenantNotFound, UnstorableValue
+from ingest.core.errors import Conflict, StorageUnavailable, TenantNotFound, UnstorableValue
 from ingest.core.translate import translate
 from ingest.push.idempotency import IdempotencyStore
 from ingest.read.catalog import Catalog, TagInfo
@@ -34,7 +34,9 @@ def test_the_rules() -> None:
     # The text of a DataError may quote the value sent: ours does not repeat it.
     assert "3000000000" not in str(translate(asyncpg.DataError("value 3000000000")))
     # What a caller expects to catch, or a bug, stays as it is.
-    assert translate(asyncpg.UniqueViolationError("dup")) is None
+    # Two registrations of one name racing past the store's check: the unique index decides.
+    assert isinstance(translate(asyncpg.UniqueViolationError("dup")), Conflict)
+    assert translate(asyncpg.ForeignKeyViolationError("fk")) is None
     assert translate(ValueError("x")) is None
     assert translate(TenantNotFound("t")) is None
 

@@ -102,6 +102,10 @@ def test_quotas_hold_on_every_adding_path(tenant: TenantHandle, admin: httpx.Cli
     assert r.status_code == 409 and r.json()["details"][0]["field"] == "max_tags", r.text
     r = tenant.client.post(f"{base}/connections", json=_opcua("c", 1))
     assert r.status_code == 201, r.text
+    # A bulk import: 2 new tags would make 6 > 5; its dry run still reports, the import writes nothing.
+    rows = {"tags": [{"name": f"bulk{i}", "node_id": f"ns=2;s=B{i}"} for i in range(2)]}
+    r = tenant.client.post(f"{base}/connections/{conn_a}/tags/import", json=rows)
+    assert r.status_code == 409 and r.json()["details"][0]["field"] == "max_tags", r.text
     # max_connections: a third device connection is refused.
     r = tenant.client.post(f"{base}/connections", json=_opcua("d", 0))
     assert r.status_code == 409 and r.json()["details"][0]["field"] == "max_connections", r.text

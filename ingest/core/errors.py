@@ -84,6 +84,18 @@ class InvalidRegistration(IngestError):
         self.message = message
 
 
+class Conflict(InvalidRegistration):
+    """A registration would duplicate what exists (a connection or tag name); the API's 409."""
+
+
+class InvalidRows(InvalidRegistration):
+    """Rows of a bulk import are not acceptable; ``problems`` holds (field, error) for each."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__(problems[0][0] if problems else "body", f"{len(problems)} rows are not acceptable")
+        self.problems = problems
+
+
 class InvalidQuery(InvalidRegistration):
     """A query parameter is well-formed but not acceptable: unknown tag, cursor of another query."""
 

@@ -153,8 +153,8 @@ CATALOG: tuple[MetricSpec, ...] = (
         "device_errors",
         "scada_device_errors_total",
         Kind.COUNTER,
-        (_T, _P),
-        "Device sessions that failed (connect refused, timeout, session lost)",
+        (_T, _P, "reason"),
+        "Device sessions that failed (reason: unreachable, refused, config, other)",
         Emitted.ON_EVENT,
     ),
     MetricSpec(

@@ -72,6 +72,12 @@ class TagSpec:
     data_type: str = "Double"
     scaling_factor: float = 1.0
     offset: float = 0.0
+    # OPC UA monitored item settings; None / defaults take the session's own.
+    sampling_interval_ms: float | None = None
+    queue_size: int | None = None
+    discard_oldest: bool = True
+    deadband_type: str | None = None  # "absolute" | "percent"
+    deadband_value: float = 0.0
 
 
 @dataclass(frozen=True)

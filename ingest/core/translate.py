@@ -19,7 +19,7 @@ from typing import ParamSpec, TypeVar
 import asyncpg
 from redis import exceptions as redis_errors
 
-from ingest.core.errors import IngestError, StorageUnavailable, UnstorableValue
+from ingest.core.errors import Conflict, IngestError, StorageUnavailable, UnstorableValue
 
 # The database went away or refused us for now; the same statement may succeed later.
 # (TimeoutError is an OSError: a connect or command timeout is an outage too.)
@@ -53,6 +53,8 @@ def translate(e: BaseException) -> IngestError | None:
         return StorageUnavailable(f"redis unavailable: {type(e).__name__}")
     if isinstance(e, TRANSIENT):
         return StorageUnavailable(f"database unavailable: {type(e).__name__}")
+    if isinstance(e, asyncpg.UniqueViolationError):  # its text quotes the value: not repeated
+        return Conflict("name", "a resource with that name exists already")
     if isinstance(e, asyncpg.DataError):  # its text may quote the value: not repeated
         return UnstorableValue("a value does not fit its column (e.g. a NUL character in text, out of range)")
     return None

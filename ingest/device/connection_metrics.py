@@ -48,6 +48,27 @@ class ConnectionGauges:
         return counts
 
     def on_state_change(self, tenant: str, protocol: str, state: str, error: str | None) -> None:
-        """Count a session failure (a move to disconnected with an error)."""
-        if state == "disconnected" and error:
-            safe(self._m.device_errors.inc, 1, {"tenant": tenant, "protocol": protocol})
+        """Count a session failure (a move to disconnected with an error, or a connection that
+        cannot start), by a low-cardinality reason."""
+        if state in ("disconnected", "failed") and error:
+            safe(
+                self._m.device_errors.inc,
+                1,
+                {"tenant": tenant, "protocol": protocol, "reason": error_reason(error)},
+            )
+
+
+# The error types a session reports (``"<Type>: message"``) -> the metric's reason label.
+_REASONS = {
+    "DeviceUnreachable": "unreachable",
+    "DeviceProtocolError": "refused",
+    "InvalidDeviceSetting": "config",
+    "ConfigError": "config",
+    "ValueError": "config",
+}
+
+
+def error_reason(error: str) -> str:
+    """unreachable (no answer, connection lost), refused (the device said no: identity, node,
+    protocol), config (the connection cannot be built) or other."""
+    return _REASONS.get(error.split(":", 1)[0].strip(), "other")

@@ -23,6 +23,7 @@ from ingest.core.backoff import Backoff
 from ingest.core.batch import BatchBuilder, TextBuilder
 from ingest.core.models import ConnectionSpec, Protocol, Quality, quality_as_int4
 from ingest.device.gap_check import SessionStartGaps
+from ingest.device.health import session_health
 from ingest.device.sender import BatchSender
 from ingest.device.session_inputs import modbus_points, opcua_security, opcua_tags
 
@@ -41,6 +42,7 @@ SenderFactory = Callable[[ConnectionSpec], BatchSender]
 LastTimes = Callable[[ConnectionSpec, dict[int, int]], Awaitable[dict[int, int]]]
 GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
 FAILED = "failed"
+IDLE = "idle"  # no tags: nothing to read, so no session (and no failure)
 
 
 @dataclass
@@ -52,11 +54,18 @@ class _Running:
     state: str = "connecting"
     error: str | None = None
     started_at: float = 0.0
+    started_mono: float = field(default_factory=time.monotonic)
     failures: int = 0
     retry_at: float = 0.0
     gaps: SessionStartGaps | None = None
     gap_task: asyncio.Task[None] | None = None
     backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 60.0))
+    last_value_at: float | None = None  # wall time of the newest value delivered
+    rate_mark: tuple[float, int] = (0.0, 0)  # (monotonic time, delivered) of the last rate
+    values_per_s: float = 0.0
+    ever_connected: bool = False
+    down_since: float = 0.0  # monotonic: when it was last seen not connected (health)
+    last_error: str | None = None  # newest error since it was last connected
 
 
 class _Scaler:
@@ -144,10 +153,16 @@ class ConnectionHost:
     def _failed(self, r: _Running, e: BaseException) -> None:
         r.failures += 1
         r.state, r.error = FAILED, f"{type(e).__name__}: {e}"[:500]
+        r.last_error = r.error
         r.retry_at = time.monotonic() + r.backoff.next_delay()
+        if self._on_state_change is not None:
+            self._on_state_change(r.spec, FAILED, r.error)
         log.warning("connection %s (%s) failed: %s", r.spec.connection_id, r.spec.tenant_slug, r.error)
 
     def _launch(self, r: _Running) -> None:
+        if not r.spec.tags:
+            r.session, r.task, r.state, r.error = None, None, IDLE, None
+            return
         try:
             r.session = self._build(r)
         except Exception as e:
@@ -205,11 +220,17 @@ class ConnectionHost:
             n = int(times.shape[0])
             self.values_received += n
             self.delivered[cid] = self.delivered.get(cid, 0) + n
+            r.last_value_at = time.time()
 
         def on_state(state: str, error: str | None) -> None:
+            if r.state == "connected" and state != "connected":
+                r.down_since = time.monotonic()
             r.state, r.error = state, error
             if state == "connected":
                 r.backoff.reset()
+                r.ever_connected, r.last_error = True, None
+            elif error is not None:
+                r.last_error = error
             if self._on_state_change is not None:
                 self._on_state_change(spec, state, error)
 
@@ -218,6 +239,7 @@ class ConnectionHost:
             n = len(texts)
             self.values_received += n
             self.delivered[cid] = self.delivered.get(cid, 0) + n
+            r.last_value_at = time.time()
 
         def on_gap(tag_ids: np.ndarray, from_us: np.ndarray, to_us: np.ndarray) -> None:
             # The device session knows readings between from and to are gone (count unknown).
@@ -276,6 +298,12 @@ class ConnectionHost:
         if now - t0 >= 1.0:
             self.values_per_s = round((self.values_received - v0) / (now - t0), 1)
             self._rate_mark = (now, self.values_received)
+        for cid, r in self._running.items():
+            t1, n1 = r.rate_mark
+            if now - t1 >= 1.0:
+                done = self.delivered.get(cid, 0)
+                r.values_per_s = round((done - n1) / (now - t1), 1) if t1 else 0.0
+                r.rate_mark = (now, done)
         return {
             "values_per_s": self.values_per_s,
             "epoch": self.epoch,
@@ -295,6 +323,17 @@ class ConnectionHost:
                     "error": r.error,
                     "failures": r.failures,
                     "gap_check_failures": r.gaps.failures if r.gaps is not None else 0,
+                    "health": session_health(
+                        r.state,
+                        r.last_error,
+                        r.session.stats if r.session is not None else {},
+                        r.ever_connected,
+                        now - (r.down_since or r.started_mono),
+                    ),
+                    "last_error": r.last_error,
+                    "last_value_at": r.last_value_at,
+                    "values_per_s": r.values_per_s,
+                    "publishing_interval_ms": r.spec.publishing_interval_ms,
                     **(
                         {k: v for k, v in r.session.stats.items() if isinstance(v, int | float)}
                         if r.session is not None

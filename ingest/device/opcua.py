@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,14 +85,20 @@ class OpcUaTag:
     deadband_value: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.sampling_interval_ms is not None and self.sampling_interval_ms < 0:
-            raise ValueError(f"tag {self.tag_id}: sampling_interval_ms must be >= 0")
-        if self.queue_size is not None and self.queue_size < 1:
-            raise ValueError(f"tag {self.tag_id}: queue_size must be >= 1")
+        # InvalidDeviceSetting names the field: registration runs this same check (session_inputs).
+        where = f"tag {self.tag_id}"
+        if self.sampling_interval_ms is not None and not 0 <= self.sampling_interval_ms <= 86_400_000:
+            raise InvalidDeviceSetting("sampling_interval_ms", "must be 0..86400000 (0 = fastest)", where)
+        if self.queue_size is not None and not 1 <= self.queue_size <= 100_000:
+            raise InvalidDeviceSetting("queue_size", "must be 1..100000", where)
         if self.deadband_type not in (None, "absolute", "percent"):
-            raise ValueError(f"tag {self.tag_id}: deadband_type must be absolute, percent or None")
-        if self.deadband_value < 0 or (self.deadband_value and self.deadband_type is None):
-            raise ValueError(f"tag {self.tag_id}: deadband_value needs a deadband_type, >= 0")
+            raise InvalidDeviceSetting("deadband_type", "must be absolute, percent or None", where)
+        if not math.isfinite(self.deadband_value) or self.deadband_value < 0:
+            raise InvalidDeviceSetting("deadband_value", "must be a finite number >= 0", where)
+        if self.deadband_value and self.deadband_type is None:
+            raise InvalidDeviceSetting("deadband_value", "needs a deadband_type (absolute or percent)", where)
+        if self.deadband_type == "percent" and self.deadband_value > 100:
+            raise InvalidDeviceSetting("deadband_value", "a percent deadband is 0..100", where)
 
 
 def check_endpoint(endpoint: str) -> None:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ingest.device.opcua_security import OpcUaSecurity
 
 __all__ = [
+    "DEVICE_SETTINGS",
     "check_connection",
     "check_tags",
     "modbus_points",
@@ -41,6 +42,14 @@ _TAG_FIELDS = {
     "byte_order": "byte_order",
     "bit": "modbus_bit",
     "length": "modbus_length",
+}
+# Monitored item settings (OPC UA only): tag_mappings column -> its default (= "unset").
+DEVICE_SETTINGS: dict[str, Any] = {
+    "sampling_interval_ms": None,
+    "queue_size": None,
+    "discard_oldest": True,
+    "deadband_type": None,
+    "deadband_value": 0.0,
 }
 
 
@@ -69,7 +78,13 @@ def tag_spec(protocol: Protocol, row: Mapping[str, Any], tag_id: int | None = No
         row["data_type"],
         row["scaling_factor"],
         row["offset"],
+        # .get: rows of older callers (and pushed tags) may not carry the settings columns.
+        **{k: _or_default(row.get(k), d) for k, d in DEVICE_SETTINGS.items()},
     )
+
+
+def _or_default(v: Any, default: Any) -> Any:
+    return default if v is None else v
 
 
 # -- specs -> session inputs (what make_session passes to the session) ----------------------------
@@ -80,7 +95,18 @@ def modbus_points(spec: ConnectionSpec) -> list[ModbusPoint]:
 def opcua_tags(spec: ConnectionSpec) -> list[OpcUaTag]:
     from ingest.device.opcua import OpcUaTag
 
-    return [OpcUaTag(t.tag_id, t.address) for t in spec.tags]
+    return [
+        OpcUaTag(
+            t.tag_id,
+            t.address,
+            sampling_interval_ms=t.sampling_interval_ms,
+            queue_size=t.queue_size,
+            discard_oldest=t.discard_oldest,
+            deadband_type=t.deadband_type,  # type: ignore[arg-type]  # checked by OpcUaTag
+            deadband_value=t.deadband_value,
+        )
+        for t in spec.tags
+    ]
 
 
 def opcua_security(spec: ConnectionSpec) -> OpcUaSecurity | None:
@@ -130,7 +156,10 @@ def check_tags(protocol: Protocol, rows: Sequence[Mapping[str, Any]], field_pref
             if protocol is Protocol.OPCUA:
                 from ingest.device.opcua import parse_node_id
 
-                parse_node_id(tag.address)  # what OpcUaSession does with each OpcUaTag
+                # What make_session and OpcUaSession do with each tag: its settings checked by
+                # OpcUaTag, its node id parsed.
+                opcua_tags(ConnectionSpec("", "", "", protocol, "", 1000, tags=(tag,)))
+                parse_node_id(tag.address)
             else:
                 points.append(parse_address(tag.address, tag_id=i))
         except InvalidDeviceSetting as e:
@@ -147,6 +176,10 @@ def _registration_rules(protocol: Protocol, row: Mapping[str, Any]) -> None:
         if row["node_id"] is None:
             raise InvalidDeviceSetting("node_id", "required for an OPC UA connection")
         return
+    for column, default in DEVICE_SETTINGS.items():
+        if row.get(column) not in (None, default):
+            # A Modbus session polls every tag each interval; it has no monitored items.
+            raise InvalidDeviceSetting(column, "an OPC UA monitored item setting; not for Modbus tags")
     for column in ("modbus_register", "modbus_address"):
         if row[column] is None:
             raise InvalidDeviceSetting(column, "register type and address are required")

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+_LIVE_FIELDS = ("health", "state", "last_error", "last_value_at", "values_per_s", "reconnects", "failures", "tags")
+
+
+def live_connections(actor_status: dict[str, dict[str, Any]], tenant_slug: str) -> dict[str, dict[str, Any]]:
+    """Connection id -> what its host last reported, for one tenant (``ConnectionHost.status()``
+    of every connection actor, as the coordinator keeps them)."""
+    out: dict[str, dict[str, Any]] = {}
+    for st in actor_status.values():
+        for cid, c in (st or {}).get("connections", {}).items():
+            if c.get("tenant") == tenant_slug:
+                out[cid] = {k: c.get(k) for k in _LIVE_FIELDS}
+    return out
+
+
+def _age(t: float | None) -> str:
+    return "never" if not t else f"{max(0.0, time.time() - t):.0f}s ago"
 
 
 def render(status: dict[str, Any]) -> str:
@@ -36,6 +54,11 @@ def render(status: dict[str, Any]) -> str:
             f"gaps={a.get('gap_markers', 0)}"
         )
         for cid, c in conns.items():
-            err = f" last_error={c['error']}" if c.get("error") else ""
-            lines.append(f"    {cid} {c['tenant']:<16} {c['protocol']:<6} {c['state']:<12} tags={c['tags']}{err}")
+            err = c.get("last_error") or c.get("error")
+            lines.append(
+                f"    {cid} {c['tenant']:<16} {c['protocol']:<6} {c.get('health') or c['state']:<10} "
+                f"tags={c['tags']} values/s={c.get('values_per_s', 0):.0f} "
+                f"last_value={_age(c.get('last_value_at'))} reconnects={c.get('reconnects', 0)}"
+                + (f" last_error={err}" if err else "")
+            )
     return "\n".join(lines)

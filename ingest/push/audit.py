@@ -12,7 +12,10 @@ from typing import Any
 
 import asyncpg
 
+from ingest.core.translate import translated
 
+
+@translated
 async def list_audit(
     pool: asyncpg.Pool,
     tenant_id: str,

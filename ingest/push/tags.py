@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from ingest.core.translate import translated_methods
 from ingest.push.units import check_unit
 from ingest.store import quotas
 
@@ -114,6 +115,7 @@ async def register_push_tags(
     return out
 
 
+@translated_methods
 class PushTagMap:
     """One tenant's pushed tags, cached."""
 

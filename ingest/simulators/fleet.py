@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import asyncpg
 
 
 def start_simulator(
-    wells: int, tags: int, interval_ms: int, summary: Path, paused: bool = True
+    wells: int, tags: int, interval_ms: int, summary: Path, paused: bool = True, extra_args: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[str], str, list[str]]:
     cmd = [
         sys.executable,
@@ -41,6 +41,7 @@ def start_simulator(
     ]
     if paused:
         cmd.append("--start-paused")
+    cmd.extend(extra_args)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     endpoint, node_ids = "", []
@@ -94,11 +95,12 @@ def wait_for(
 class SimProcess:
     """An OPC UA simulator in its own process, counting mode, started paused."""
 
-    def __init__(self, wells: int, tags: int, interval_ms: int) -> None:
+    def __init__(self, wells: int, tags: int, interval_ms: int, extra_args: Sequence[str] = ()) -> None:
+        """``extra_args``: more opcua_sim options (``--string-tags``, ``--extra-nodes N``)."""
         self._dir = tempfile.TemporaryDirectory()
         self.summary_file = Path(self._dir.name) / "summary.json"
         self.proc, self.endpoint, self.node_ids = start_simulator(
-            wells, tags, interval_ms, self.summary_file, paused=True
+            wells, tags, interval_ms, self.summary_file, paused=True, extra_args=extra_args
         )
 
     def resume(self) -> None:

@@ -47,7 +47,7 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
 from ingest.core.models import SecurityMode, SecurityPolicy
-from ingest.simulators.opcua_server_hooks import ServerFaults, SQLiteHistory, UserManager
+from ingest.simulators.opcua_server_hooks import ServerFaults, SQLiteHistory, UserManager, add_browse_nodes
 from ingest.simulators.well_field import SimulatorMode, WellField
 
 __all__ = ["NAMESPACE_URI", "OpcUaSimulator", "SecuritySpec", "free_port"]
@@ -86,6 +86,8 @@ class OpcUaSimulator:
         max_items_per_call: int = 1000,
         slow_every: int = 1,
         slow_fraction: float = 0.0,
+        extra_nodes: int = 0,
+        max_nodes_per_browse: int = 0,
     ) -> None:
         """``paused=True`` starts the server without publishing until ``resume()``.
 
@@ -98,6 +100,8 @@ class OpcUaSimulator:
         CreateMonitoredItems call is answered BadTooManyOperations).
         ``slow_fraction`` of each well's tags form the slow class: they publish only every
         ``slow_every``-th tick (tank levels beside fast pressures); counting stays exact per tag.
+        ``extra_nodes`` static variables under Objects/Extra, for browsing (never published), and
+        ``max_nodes_per_browse`` its OperationLimits value (0: none stated).
         """
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, got {port}")
@@ -123,6 +127,7 @@ class OpcUaSimulator:
         self.historize = historize or history_db is not None
         self.history_db = history_db
         self.max_items_per_call = max_items_per_call
+        self.extra_nodes, self.max_nodes_per_browse = extra_nodes, max_nodes_per_browse
         self._field = WellField(
             wells,
             tags_per_well,
@@ -211,6 +216,7 @@ class OpcUaSimulator:
             vtype = ua.VariantType.String if is_text else ua.VariantType.Double
             await wells[well_name].add_variable(nid, tag_name, "" if is_text else 0.0, vtype)
             self._ua_ids.append(nid)
+        await add_browse_nodes(server, self._ns, self.extra_nodes, self.max_nodes_per_browse)
         self._server = server
         if self.historize:
             await self._setup_history(server)

@@ -19,6 +19,7 @@ from asyncua.server.history_sql import HistorySQLite
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.internal_subscription import InternalSubscription
 from asyncua.server.server import Server
+from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
 __all__ = ["SQLiteHistory", "ServerFaults", "UserManager"]
@@ -148,3 +149,63 @@ class ServerFaults:
 
     def close(self) -> None:
         self._frozen_until = 0.0
+
+
+_BROWSE_TYPES = (
+    (ua.VariantType.Double, 0.0),
+    (ua.VariantType.Int32, 0),
+    (ua.VariantType.Boolean, False),
+    (ua.VariantType.String, ""),
+)
+
+
+BROWSE_GROUP = 100
+
+
+async def add_browse_nodes(server: Server, ns: int, count: int, max_nodes_per_browse: int = 0) -> None:
+    """``count`` static variables for browsing and discovery (never published), in folders of
+    ``BROWSE_GROUP``: ``Objects/Extra/G001/X00001`` (node id ``ns=<ns>;s=Extra.X00001``) ...; of
+    Double, Int32, Boolean and String in turn, every other one writable. Folders, because
+    asyncua's AddNodes scans every reference of the parent for each node added: one flat folder
+    of 5,000 took over a minute. ``max_nodes_per_browse`` > 0 is published as the server's
+    OperationLimits/MaxNodesPerBrowse (what a client must respect; asyncua does not enforce it)."""
+    if max_nodes_per_browse > 0:
+        await server.write_attribute_value(
+            ua.NodeId(ua.Int32(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse)),
+            ua.DataValue(ua.Variant(max_nodes_per_browse, ua.VariantType.UInt32)),
+        )
+    if count <= 0:
+        return
+    extra = await server.nodes.objects.add_folder(ua.NodeId(ua.String("Extra"), ua.Int16(ns)), "Extra")
+    session: Any = server.nodes.objects.session
+    items = []
+    folder: Any = None
+    for i in range(1, count + 1):
+        if (i - 1) % BROWSE_GROUP == 0:
+            group = f"G{(i - 1) // BROWSE_GROUP + 1:03d}"
+            folder = await extra.add_folder(ua.NodeId(ua.String(f"Extra.{group}"), ua.Int16(ns)), group)
+        vtype, value = _BROWSE_TYPES[i % len(_BROWSE_TYPES)]
+        name = f"X{i:05d}"
+        attrs = ua.VariableAttributes(
+            DisplayName=ua.LocalizedText(name),
+            Description=ua.LocalizedText(name),
+            DataType=ua.NodeId(ua.Int32(vtype.value)),  # built-in type ids equal their VariantType
+            Value=ua.Variant(value, vtype),
+            ValueRank=ua.ValueRank.Scalar,
+            AccessLevel=ua.AccessLevel.CurrentRead.mask | (ua.AccessLevel.CurrentWrite.mask if i % 2 else 0),
+        )
+        attrs.UserAccessLevel = attrs.AccessLevel
+        items.append(
+            ua.AddNodesItem(
+                ParentNodeId=folder.nodeid,
+                ReferenceTypeId=ua.NodeId(ua.Int32(ObjectIds.HasComponent)),
+                RequestedNewNodeId=ua.NodeId(ua.String(f"Extra.{name}"), ua.Int16(ns)),
+                BrowseName=ua.QualifiedName(name, ns),
+                NodeClass=ua.NodeClass.Variable,
+                NodeAttributes=attrs,
+                TypeDefinition=ua.NodeId(ua.Int32(ObjectIds.BaseDataVariableType)),
+            )
+        )
+    for start in range(0, len(items), 1000):
+        for res in await session.add_nodes(items[start : start + 1000]):
+            res.StatusCode.check()

@@ -89,6 +89,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="name:password (repeatable); when given, anonymous logins are refused",
     )
     p.add_argument("--string-tags", action="store_true", help="one String tag per well")
+    p.add_argument("--extra-nodes", type=int, default=0, help="static variables under Objects/Extra (browsing)")
+    p.add_argument("--max-nodes-per-browse", type=int, default=0, help="OperationLimits value to state (0: none)")
     p.add_argument("--historize", action="store_true", help="keep history of every tag")
     p.add_argument("--history-db", type=Path, default=None, help="SQLite file for the history")
     p.add_argument(
@@ -123,6 +125,8 @@ async def _run(args: argparse.Namespace) -> dict[str, object]:
         history_db=args.history_db,
         slow_every=args.slow_every,
         slow_fraction=args.slow_fraction,
+        extra_nodes=args.extra_nodes,
+        max_nodes_per_browse=args.max_nodes_per_browse,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

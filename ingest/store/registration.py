@@ -29,6 +29,16 @@ ModbusDataType = Literal[
 ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
 ModbusBit = Annotated[int, Field(ge=0, le=15, description="one bit of a 16-bit register (bool)")]
 ModbusLength = Annotated[int, Field(ge=1, le=125, description="registers of a string (required)")]
+DataType = Literal["Double", "Float", "Int", "Boolean", "String"]
+# OPC UA monitored item settings (tenant migration 013); the session checks them (OpcUaTag).
+SamplingIntervalMs = Annotated[
+    float, Field(ge=0, le=86_400_000, description="OPC UA: server sampling interval; 0 = fastest")
+]
+QueueSize = Annotated[int, Field(ge=1, le=100_000, description="OPC UA: changes queued between publishes")]
+DeadbandType = Literal["absolute", "percent"]
+DeadbandValue = Annotated[
+    float, Field(ge=0, description="OPC UA DataChangeFilter deadband (units, or % of EURange)")
+]
 
 
 class _Strict(BaseModel):
@@ -98,7 +108,7 @@ class TagCreate(_TagChecks):
     byte_order: ByteOrder | None = None
     modbus_bit: ModbusBit | None = None
     modbus_length: ModbusLength | None = None
-    data_type: Literal["Double", "Float", "Int", "Boolean", "String"] = "Double"
+    data_type: DataType = "Double"
     unit: str | None = Field(None, max_length=32)
     scaling_factor: float = 1.0
     offset: float = 0.0
@@ -112,6 +122,11 @@ class TagCreate(_TagChecks):
         4.0, gt=0, description="values this many standard deviations off are flagged Uncertain"
     )
     well: str | None = Field(None, max_length=200, description="well (asset) name")
+    sampling_interval_ms: SamplingIntervalMs | None = Field(None, description="OPC UA; null: the session's 0")
+    queue_size: QueueSize | None = Field(None, description="OPC UA; null: the session's 1000")
+    discard_oldest: bool = Field(True, description="OPC UA: a full queue drops its oldest (else newest)")
+    deadband_type: DeadbandType | None = Field(None, description="OPC UA server-side deadband")
+    deadband_value: DeadbandValue = 0.0
 
     @model_validator(mode="after")
     def _range(self) -> Self:
@@ -223,11 +238,26 @@ class TagUpdate(_TagChecks):
     byte_order: ByteOrder | None = None
     modbus_bit: ModbusBit | None = Field(None, description="null clears it")
     modbus_length: ModbusLength | None = Field(None, description="null clears it")
+    data_type: DataType | None = None
+    well: str | None = Field(None, max_length=200, description="well (asset) name; null clears it")
+    sampling_interval_ms: SamplingIntervalMs | None = Field(None, description="null clears it")
+    queue_size: QueueSize | None = Field(None, description="null clears it")
+    discard_oldest: bool | None = None
+    deadband_type: DeadbandType | None = Field(None, description="null clears it")
+    deadband_value: DeadbandValue | None = None
 
     @model_validator(mode="after")
     def _not_null(self) -> Self:
         # Omitted means "unchanged"; an explicit null would reach a NOT NULL column.
-        for name in ("name", "scaling_factor", "offset", "out_of_range"):
+        for name in (
+            "name",
+            "scaling_factor",
+            "offset",
+            "out_of_range",
+            "data_type",
+            "discard_oldest",
+            "deadband_value",
+        ):
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValueError(f"{name}: may be omitted, not null")
         return self

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from ingest.core.errors import ConnectionNotFound, InvalidRegistration, TagNotFound
+from ingest.core.errors import Conflict, ConnectionNotFound, TagNotFound
 from ingest.core.models import ConnectionSpec, Protocol, SecurityMode, SecurityPolicy, Tenant
 from ingest.core.translate import translated, translated_methods
 from ingest.device.session_inputs import check_tags, tag_spec
@@ -27,10 +27,11 @@ _CONN_COLS = (
     "username, publishing_interval_ms, enabled, state, state_changed_at, last_connected_at, "
     "last_error, created_at, updated_at"
 )
-_TAG_COLS = (
+TAG_COLS = (
     "tag_id, connection_id, name, node_id, modbus_unit, modbus_register, modbus_address, "
     'modbus_data_type, byte_order, data_type, unit, scaling_factor, "offset", valid_min, '
-    "valid_max, deadband, out_of_range, zscore_threshold, modbus_bit, modbus_length, well_id"
+    "valid_max, deadband, out_of_range, zscore_threshold, modbus_bit, modbus_length, well_id, "
+    "sampling_interval_ms, queue_size, discard_oldest, deadband_type, deadband_value"
 )
 
 
@@ -43,6 +44,16 @@ def _jsonable(r: asyncpg.Record) -> dict[str, Any]:
             out[k] = str(v)
         else:
             out[k] = v
+    return out
+
+
+async def well_ids(conn: asyncpg.Connection, names: set[str]) -> dict[str, Any]:
+    """The id of each named well, made if it does not exist yet."""
+    out: dict[str, Any] = {}
+    for name in sorted(names):
+        out[name] = await conn.fetchval(
+            "SELECT id FROM wells WHERE name = $1 AND deleted_at IS NULL", name
+        ) or await conn.fetchval("INSERT INTO wells (name) VALUES ($1) RETURNING id", name)
     return out
 
 
@@ -70,7 +81,7 @@ class TenantStore:
             if await conn.fetchval(
                 "SELECT 1 FROM scada_connections WHERE name = $1 AND deleted_at IS NULL", c.name
             ):
-                raise InvalidRegistration("name", f"a connection named {c.name!r} exists already")
+                raise Conflict("name", f"a connection named {c.name!r} exists already")
             r = await conn.fetchrow(
                 f"""INSERT INTO scada_connections (name, protocol, endpoint, security_mode,
                         security_policy, auto_accept_server_cert, username, password_enc,
@@ -88,7 +99,7 @@ class TenantStore:
                 c.enabled,
             )
             out = _jsonable(r)
-            out["tags"] = await self._insert_tags(conn, r["id"], c.tags)
+            out["tags"] = await self.insert_tags(conn, r["id"], c.tags)
             await quotas.enforce(conn, max_tags=max_tags, max_connections=max_connections)
         return out
 
@@ -114,33 +125,30 @@ class TenantStore:
                 )
             }
             if taken:
-                raise InvalidRegistration("tags.name", f"tags exist already: {sorted(taken)}")
-            rows = await self._insert_tags(conn, r["id"], tags)
+                raise Conflict("tags.name", f"tags exist already: {sorted(taken)}")
+            rows = await self.insert_tags(conn, r["id"], tags)
             await quotas.enforce(conn, max_tags=max_tags)
             await conn.execute("UPDATE scada_connections SET updated_at = now() WHERE id = $1", r["id"])
             return rows
 
-    async def _insert_tags(
+    async def insert_tags(
         self, conn: asyncpg.Connection, connection_id: Any, tags: list[TagCreate]
     ) -> list[dict[str, Any]]:
         if not tags:
             return []
-        wells: dict[str, Any] = {}
-        for name in {t.well for t in tags if t.well}:
-            wid = await conn.fetchval(
-                "SELECT id FROM wells WHERE name = $1 AND deleted_at IS NULL", name
-            ) or await conn.fetchval("INSERT INTO wells (name) VALUES ($1) RETURNING id", name)
-            wells[name] = wid
+        wells = await well_ids(conn, {t.well for t in tags if t.well})
         rows = await conn.fetch(
             f"""INSERT INTO tag_mappings (connection_id, well_id, name, node_id, modbus_unit,
                     modbus_register, modbus_address, modbus_data_type, byte_order, data_type,
                     unit, scaling_factor, "offset", valid_min, valid_max, deadband, out_of_range,
-                    zscore_threshold, modbus_bit, modbus_length)
+                    zscore_threshold, modbus_bit, modbus_length, sampling_interval_ms, queue_size,
+                    discard_oldest, deadband_type, deadband_value)
                 SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::int[],
                     $6::text[], $7::int[], $8::text[], $9::text[], $10::text[], $11::text[],
                     $12::float8[], $13::float8[], $14::float8[], $15::float8[], $16::float8[],
-                    $17::text[], $18::float8[], $19::int[], $20::int[])
-                RETURNING {_TAG_COLS}""",
+                    $17::text[], $18::float8[], $19::int[], $20::int[], $21::float8[], $22::int[],
+                    $23::bool[], $24::text[], $25::float8[])
+                RETURNING {TAG_COLS}, (SELECT name FROM wells w WHERE w.id = well_id) AS well""",
             connection_id,
             [wells.get(t.well) if t.well else None for t in tags],
             [t.name for t in tags],
@@ -161,6 +169,11 @@ class TenantStore:
             [t.zscore_threshold for t in tags],
             [t.modbus_bit for t in tags],
             [t.modbus_length for t in tags],
+            [t.sampling_interval_ms for t in tags],
+            [t.queue_size for t in tags],
+            [t.discard_oldest for t in tags],
+            [t.deadband_type for t in tags],
+            [t.deadband_value for t in tags],
         )
         return [_jsonable(r) for r in rows]
 
@@ -171,6 +184,14 @@ class TenantStore:
             "WHERE deleted_at IS NULL ORDER BY created_at"
         )
         return [_jsonable(r) for r in rows]
+
+    async def connection_protocol(self, connection_id: str) -> Protocol:
+        p = await self.pool.fetchval(
+            "SELECT protocol FROM scada_connections WHERE id = $1::uuid AND deleted_at IS NULL", connection_id
+        )
+        if p is None:
+            raise ConnectionNotFound(f"connection {connection_id} not found")
+        return Protocol(p)
 
     async def get_connection(self, connection_id: str) -> dict[str, Any]:
         r = await self.pool.fetchrow(
@@ -216,6 +237,11 @@ class TenantStore:
             if r is None:
                 raise ConnectionNotFound(f"connection {connection_id} not found")
             check_connection_edit(r, r["has_password"], u)
+            if u.name is not None and u.name != r["name"]:
+                if await conn.fetchval(
+                    "SELECT 1 FROM scada_connections WHERE name = $1 AND deleted_at IS NULL", u.name
+                ):
+                    raise Conflict("name", f"a connection named {u.name!r} exists already")
             if sets:
                 await conn.execute(
                     f"UPDATE scada_connections SET {', '.join(sets)}, updated_at = now() WHERE id = $1::uuid",
@@ -225,12 +251,12 @@ class TenantStore:
         return await self.get_connection(connection_id)
 
     async def update_tag(self, tag_id: int, u: TagUpdate) -> dict[str, Any]:
+        """Change a tag in place: its ``tag_id`` stays, so readings before and after an edit of
+        its well, address or data type stay one series."""
         fields = u.model_dump(exclude_unset=True)
-        cols = [('"offset"' if k == "offset" else k) for k in fields]
-        sets = [f"{c} = ${i + 2}" for i, c in enumerate(cols)]
         async with self.pool.acquire() as conn, conn.transaction():
             stored = await conn.fetchrow(
-                f"SELECT {_TAG_COLS}, (SELECT protocol FROM scada_connections c "
+                f"SELECT {TAG_COLS}, (SELECT protocol FROM scada_connections c "
                 "WHERE c.id = connection_id) AS protocol FROM tag_mappings "
                 "WHERE tag_id = $1 AND deleted_at IS NULL FOR UPDATE",
                 tag_id,
@@ -238,9 +264,22 @@ class TenantStore:
             if stored is None:
                 raise TagNotFound(f"tag {tag_id} not found")
             check_tag_edit(Protocol(stored["protocol"]), stored, u)
+            if "name" in fields and fields["name"] != stored["name"]:
+                if await conn.fetchval(
+                    "SELECT 1 FROM tag_mappings WHERE connection_id = $1 AND name = $2 AND deleted_at IS NULL",
+                    stored["connection_id"],
+                    fields["name"],
+                ):
+                    raise Conflict("name", f"the connection has a tag named {fields['name']!r} already")
+            if "well" in fields:
+                well = fields.pop("well")
+                fields["well_id"] = (await well_ids(conn, {well}))[well] if well else None
+            cols = [('"offset"' if k == "offset" else k) for k in fields]
+            sets = [f"{c} = ${i + 2}" for i, c in enumerate(cols)]
             r = await conn.fetchrow(
                 f"UPDATE tag_mappings SET {', '.join(sets + ['updated_at = now()'])} "
-                f"WHERE tag_id = $1 RETURNING {_TAG_COLS}",
+                f"WHERE tag_id = $1 RETURNING {TAG_COLS}, "
+                "(SELECT name FROM wells w WHERE w.id = well_id) AS well",
                 tag_id,
                 *fields.values(),
             )
@@ -257,7 +296,7 @@ class TenantStore:
 
     async def list_tags(self, connection_id: str | None = None) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
-            f"SELECT {_TAG_COLS}, (SELECT name FROM wells w WHERE w.id = well_id) AS well "
+            f"SELECT {TAG_COLS}, (SELECT name FROM wells w WHERE w.id = well_id) AS well "
             "FROM tag_mappings WHERE deleted_at IS NULL "
             "AND ($1::uuid IS NULL OR connection_id = $1::uuid) ORDER BY tag_id",
             connection_id,
@@ -278,18 +317,26 @@ class TenantStore:
         )
 
     # -- what the coordinator hands out ---------------------------------------------------------
-    async def load_specs(self, tenant: Tenant) -> list[ConnectionSpec]:
-        """Every enabled, live connection of the tenant with its live tags."""
+    async def load_specs(self, tenant: Tenant, connection_id: str | None = None) -> list[ConnectionSpec]:
+        """Every enabled, live connection of the tenant with its live tags; or the one connection
+        ``connection_id`` (enabled or not, without its tags: what browsing its server needs)."""
         conns = await self.pool.fetch(
             "SELECT id, protocol, endpoint, security_mode, security_policy, username, "
             "password_enc, publishing_interval_ms, auto_accept_server_cert FROM scada_connections "
             # Pushed values arrive over HTTP: no session to run for a push connection.
-            "WHERE enabled AND deleted_at IS NULL AND protocol <> 'push' ORDER BY id"
+            "WHERE deleted_at IS NULL AND protocol <> 'push' AND "
+            "CASE WHEN $1::uuid IS NULL THEN enabled ELSE id = $1::uuid END ORDER BY id",
+            connection_id,
         )
-        tags = await self.pool.fetch(
-            "SELECT connection_id, tag_id, name, node_id, modbus_register, modbus_unit, "
-            "modbus_address, modbus_data_type, byte_order, modbus_bit, modbus_length, data_type, "
-            'scaling_factor, "offset" FROM tag_mappings WHERE deleted_at IS NULL ORDER BY tag_id'
+        tags = (
+            []
+            if connection_id
+            else await self.pool.fetch(
+                "SELECT connection_id, tag_id, name, node_id, modbus_register, modbus_unit, "
+                "modbus_address, modbus_data_type, byte_order, modbus_bit, modbus_length, data_type, "
+                'scaling_factor, "offset", sampling_interval_ms, queue_size, discard_oldest, deadband_type, '
+                "deadband_value FROM tag_mappings WHERE deleted_at IS NULL ORDER BY tag_id"
+            )
         )
         by_conn: dict[Any, list[asyncpg.Record]] = {}
         for t in tags:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from serve_app.routes import connections, health, keys, operations, tags, tenants
+from serve_app.routes import browse, connections, health, keys, operations, tag_files, tags, tenants
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
@@ -19,5 +19,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     keys.router,
     connections.router,
     tags.router,
+    tag_files.router,
+    browse.router,
     operations.router,
 )

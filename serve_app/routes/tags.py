@@ -20,8 +20,10 @@ async def list_tags(t: ReadTenant, api: Api) -> list[TagOut]:
     return [TagOut.model_validate(r) for r in await (await api.store(t)).list_tags()]
 
 
-@router.patch("/{tag_id}", response_model=TagOut, responses=_ONE)
+@router.patch("/{tag_id}", response_model=TagOut, responses=error_responses(401, 403, 404, 409, 422, 503))
 async def update_tag(t: AdminTenant, tag_id: TagId, body: TagUpdate, caller: Caller, api: Api) -> TagOut:
+    """Change a tag in place: its tag_id stays (also for a new well, address or data type), so
+    its readings before and after the edit are one series; its session restarts within seconds."""
     out = await (await api.store(t)).update_tag(tag_id, body)
     await (await api.master()).audit(
         caller.key_id, t.id, "tag.update", {"tag_id": tag_id, "fields": sorted(body.model_fields_set)}
