@@ -62,6 +62,7 @@ class EdgeAgent:
         self._session_markers = 0
         self._gap_base: tuple[float, int] | None = None
         self._gap_seen: tuple[float, int] | None = None
+        self._sessions: dict[str, str] = {}
 
     async def _disk_call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
@@ -113,7 +114,10 @@ class EdgeAgent:
                     res.message,
                 )
                 return
-            await asyncio.sleep(backoff.next_delay())
+            self.last_error = res.message
+            delay = backoff.next_delay()
+            log.info("tag registration retried in %.1f s: %s", delay, res.message)
+            await asyncio.sleep(delay)
 
     def _stop_pushing(self, res: PushResult) -> None:
         self.stopped_reason = f"the cluster answered {res.message}; fix cluster.api_key and restart"
@@ -128,44 +132,52 @@ class EdgeAgent:
         due_s = p.interval_ms / 1000.0
         idle_s = min(0.05, due_s / 4)
         while self.stopped_reason is None:
-            s: Sealed | None = await self._disk_call(self.buffer.next_batch, p.max_points, due_s)
-            if s is None:
-                await asyncio.sleep(idle_s)
-                continue
-            res = await self.pusher.push(s)
-            self.metrics.requests.labels(res.outcome.value).inc()
-            self.link_up = res.status is not None
-            self.metrics.link_up.set(1 if self.link_up else 0)
-            if res.outcome is Outcome.DELIVERED:
-                await self._disk_call(self.buffer.delivered, s)
-                backoff.reset()
-                self.pushed_rows += res.accepted
-                self.metrics.pushed.inc(res.accepted)
-                for reason in res.rejected_reasons:
-                    self.metrics.rejected.labels(reason or "unknown").inc()
-                if res.rejected:
-                    log.warning(
-                        "%d points rejected by the cluster: %s", res.rejected, sorted(set(res.rejected_reasons))
-                    )
-                continue
-            self.last_error = res.message
-            if res.outcome is Outcome.STOPPED:
-                self._stop_pushing(res)
-                return
-            if res.outcome is Outcome.REFUSED:
-                log.error(
-                    "batch %s refused for good (%s): kept in the buffer file, recorded as a gap",
-                    s.key,
-                    res.message,
+            try:
+                await self._push_one(backoff, due_s, idle_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the buffer file unwritable, say: log, wait, try again
+                log.exception("push loop step failed")
+                await asyncio.sleep(backoff.next_delay())
+
+    async def _push_one(self, backoff: Backoff, due_s: float, idle_s: float) -> None:
+        p = self.cfg.push
+        s: Sealed | None = await self._disk_call(self.buffer.next_batch, p.max_points, due_s)
+        if s is None:
+            await asyncio.sleep(idle_s)
+            return
+        res = await self.pusher.push(s)
+        self.metrics.requests.labels(res.outcome.value).inc()
+        self.link_up = res.status is not None
+        self.metrics.link_up.set(1 if self.link_up else 0)
+        if res.outcome is Outcome.DELIVERED:
+            await self._disk_call(self.buffer.delivered, s)
+            backoff.reset()
+            self.pushed_rows += res.accepted
+            self.metrics.pushed.inc(res.accepted)
+            for reason in res.rejected_reasons:
+                self.metrics.rejected.labels(reason or "unknown").inc()
+            if res.rejected:
+                log.warning(
+                    "%d points rejected by the cluster: %s", res.rejected, sorted(set(res.rejected_reasons))
                 )
-                self.metrics.rejected.labels(f"http_{res.status}").inc(s.rows)
-                await self._disk_call(self.buffer.refused, s, res.status or 0, res.answer)
-                continue
-            delay = backoff.next_delay()
-            if res.retry_after_s is not None:
-                delay = min(res.retry_after_s, p.retry_after_max_s)
-            log.info("push retried in %.1f s: %s", delay, res.message)
-            await asyncio.sleep(delay)
+            return
+        self.last_error = res.message
+        if res.outcome is Outcome.STOPPED:
+            self._stop_pushing(res)
+            return
+        if res.outcome is Outcome.REFUSED:
+            log.error(
+                "batch %s refused for good (%s): kept in the buffer file, recorded as a gap", s.key, res.message
+            )
+            self.metrics.rejected.labels(f"http_{res.status}").inc(s.rows)
+            await self._disk_call(self.buffer.refused, s, res.status or 0, res.answer)
+            return
+        delay = backoff.next_delay()
+        if res.retry_after_s is not None:
+            delay = min(res.retry_after_s, p.retry_after_max_s)
+        log.info("push retried in %.1f s: %s", delay, res.message)
+        await asyncio.sleep(delay)
 
     # -- housekeeping -------------------------------------------------------------------------
     async def _tick_loop(self) -> None:
@@ -200,15 +212,18 @@ class EdgeAgent:
         m.gap_markers.inc(max(0, st.gap_markers - seen[1]))
         self._gap_seen = (st.gap_readings, st.gap_markers)
         states: dict[str, int] = {}
-        for c in self.host.status()["connections"].values():
-            states[c["state"]] = states.get(c["state"], 0) + 1
+        sessions = {cid: c["state"] for cid, c in self.host.status()["connections"].items()}
+        for state in sessions.values():
+            states[state] = states.get(state, 0) + 1
+        self._sessions = sessions  # replaced whole: what the health thread reads
         for state in ("connecting", "connected", "reconnecting", "failed", *states):
             m.sessions.labels(state).set(states.get(state, 0))
         self._stats = st
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         st = getattr(self, "_stats", None)
-        sessions = {cid: c["state"] for cid, c in self.host.status()["connections"].items()}
+        # Runs on the metrics server's thread: reads snapshots only, never the live host.
+        sessions = self._sessions
         body = {
             "status": "stopped" if self.stopped_reason else "ok" if self.link_up else "buffering",
             "link": "up" if self.link_up else "down",
@@ -258,6 +273,9 @@ class EdgeAgent:
 
 def run_edge(cfg: EdgeConfig) -> int:
     logging.getLogger().setLevel(cfg.log_level)
+    # The agent says what matters itself; the libraries' per-request and per-connect lines do not.
+    for name in ("httpx", "httpcore", "asyncua"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
     async def main() -> int:
         stop = asyncio.Event()

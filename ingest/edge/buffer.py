@@ -238,12 +238,13 @@ class EdgeBuffer:
         r = self.db.execute("SELECT seq, key, rows, markers, body FROM sealed ORDER BY seq LIMIT 1").fetchone()
         if r is not None:
             return Sealed(int(r[0]), str(r[1]), int(r[2]), int(r[3]), bytes(r[4]))
-        staged = self.db.execute("SELECT coalesce(sum(rows), 0), min(created_s) FROM staged").fetchone()
+        # No sealed row: every held reading is staged (``self.rows``); by seq, the oldest first.
+        first = self.db.execute("SELECT created_s FROM staged ORDER BY seq LIMIT 1").fetchone()
         n_gaps = self.db.execute("SELECT count(*) FROM gaps").fetchone()[0]
-        if not staged[0] and not n_gaps:
+        if first is None and not n_gaps:
             return None
-        oldest = staged[1] if staged[1] is not None else float("-inf")
-        if staged[0] < max_points and self._clock() - oldest < due_s and not n_gaps:
+        oldest = float(first[0]) if first is not None else float("inf")
+        if self.rows < max_points and self._clock() - oldest < due_s and not n_gaps:
             return None
         return self._seal(max_points)
 
@@ -268,9 +269,7 @@ class EdgeBuffer:
                 )
             room = max_points - len(gap_rows)
             freed_bytes = freed_rows = 0
-            for seq, created_s, rows, nbytes, cols in self.db.execute(
-                "SELECT seq, created_s, rows, bytes, cols FROM staged ORDER BY seq"
-            ).fetchall():
+            for seq, created_s, rows, nbytes, cols in self._oldest_staged(room):
                 if room <= 0:
                     break
                 b = unpack(cols, rows)
@@ -308,6 +307,26 @@ class EdgeBuffer:
         self.rows += len(batch) - freed_rows
         return Sealed(seq, key, len(batch), markers, body)
 
+    def _oldest_staged(self, rows: int) -> list[tuple[int, float, int, int, bytes]]:
+        """The oldest staged batches holding at least ``rows`` readings (a few, never the table:
+        after a week offline it holds millions)."""
+        out: list[tuple[int, float, int, int, bytes]] = []
+        after, have = 0, 0
+        while have < rows:
+            chunk = self.db.execute(
+                "SELECT seq, created_s, rows, bytes, cols FROM staged WHERE seq > ? ORDER BY seq LIMIT 64",
+                (after,),
+            ).fetchall()
+            if not chunk:
+                break
+            for r in chunk:
+                out.append((int(r[0]), float(r[1]), int(r[2]), int(r[3]), bytes(r[4])))
+                have += int(r[2])
+                if have >= rows:
+                    break
+            after = out[-1][0]
+        return out
+
     def delivered(self, s: Sealed) -> None:
         """The cluster answered 2xx: the batch is landed, forget it."""
         with self._tx():
@@ -333,10 +352,12 @@ class EdgeBuffer:
         self.bytes -= int(row[1])
 
     def stats(self) -> BufferStats:
-        oldest = self.db.execute(
-            "SELECT min(c) FROM (SELECT min(created_s) AS c FROM staged "
-            "UNION ALL SELECT min(created_s) FROM sealed)"
-        ).fetchone()[0]
+        firsts = [
+            r[0]
+            for t in ("sealed", "staged")
+            if (r := self.db.execute(f"SELECT created_s FROM {t} ORDER BY seq LIMIT 1").fetchone()) is not None
+        ]
+        oldest = min(firsts) if firsts else None
         page = (
             self.db.execute("PRAGMA page_size").fetchone()[0] * self.db.execute("PRAGMA page_count").fetchone()[0]
         )

@@ -14,6 +14,7 @@ The answer is sorted into four outcomes, so the agent's loop is one rule per out
 from __future__ import annotations
 
 import enum
+import ssl
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -92,10 +93,14 @@ def classify(r: httpx.Response) -> PushResult:
 
 class Pusher:
     def __init__(self, url: str, api_key: str, *, timeout_s: float, verify: bool | str = True) -> None:
+        # A CA bundle path becomes an SSL context (httpx 0.28 deprecates verify=<path>).
+        tls: bool | ssl.SSLContext = (
+            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        )
         self.client = httpx.AsyncClient(
             base_url=url,
             timeout=httpx.Timeout(timeout_s),
-            verify=verify,
+            verify=tls,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "scada-ingest-edge/1"},
         )
 
