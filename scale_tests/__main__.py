@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     f.add_argument("--json", action="store_true")
     e = sub.add_parser("edge_outage", help="cut an edge agent's link to the cluster, restore it, count")
-    e.add_argument("--wells", type=int, default=4)
+    e.add_argument("--wells", type=int, default=2)
     e.add_argument("--tags", type=int, default=10)
     e.add_argument("--interval-ms", type=int, default=100)
     e.add_argument("--outage-s", type=float, default=65.0, help="how long the link stays cut (>= 60)")

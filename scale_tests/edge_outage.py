@@ -28,14 +28,14 @@ from scale_tests.common import log, prepare_stack
 
 
 def run(
-    wells: int = 4, tags: int = 10, interval_ms: int = 100, outage_s: float = 65.0, settle_s: float = 5.0
+    wells: int = 2, tags: int = 10, interval_ms: int = 100, outage_s: float = 65.0, settle_s: float = 5.0
 ) -> dict[str, Any]:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
     from ray import serve
+    from ray.cluster_utils import Cluster
 
     from actors.deploy import wait_http
-    from scale_tests.common import start_private_ray
     from serve_app.deploy import deploy
 
     settings = Settings(
@@ -47,7 +47,9 @@ def run(
         reconcile_interval_s=1.0,
     ).with_local_secrets()
     prepare_stack(settings)
-    start_private_ray(num_cpus=2)
+    # A head of its own on free ports (not Ray's default port, which another checkout may hold).
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    ray.init(address=cluster.address, namespace=settings.namespace, log_to_driver=False, logging_level="WARNING")
     tmp = tempfile.TemporaryDirectory(prefix="edge-outage-")
     sim = link = agent = None
     try:
@@ -150,3 +152,4 @@ def run(
             serve.shutdown()
         finally:
             ray.shutdown()
+            cluster.shutdown()

@@ -95,6 +95,21 @@ def test_oldest_first_stable_key_deleted_only_after_delivery(tmp_path: Path) -> 
     assert isinstance(nxt, Sealed) and nxt.key != first.key  # keys are never reused
 
 
+def test_batches_in_flight_are_skipped_not_resealed(tmp_path: Path) -> None:
+    clock = Clock()
+    b, ids = open_buffer(tmp_path / "b.db", clock)
+    b.append(batch([ids[("W1", "p")]], 0, 30))
+    one = b.next_batch(10, 0.0)
+    assert one is not None
+    two = b.next_batch(10, 0.0, frozenset({one.seq}))
+    assert two is not None and two.seq > one.seq
+    assert [x["value"] for x in points(two)] == list(range(10, 20))
+    assert b.next_batch(10, 0.0) == one  # the oldest again once it is no longer in flight
+    b.delivered(two)
+    b.delivered(one)
+    assert [x["value"] for x in drain(b)] == list(range(20, 30))
+
+
 def test_bytes_bound_turns_the_oldest_into_gaps_never_silent(tmp_path: Path) -> None:
     clock = Clock()
     b, ids = open_buffer(tmp_path / "b.db", clock, max_bytes=64 * 1024)

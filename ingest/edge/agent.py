@@ -63,6 +63,8 @@ class EdgeAgent:
         self._gap_base: tuple[float, int] | None = None
         self._gap_seen: tuple[float, int] | None = None
         self._sessions: dict[str, str] = {}
+        self._inflight: set[int] = set()
+        self._taking = asyncio.Lock()
 
     async def _disk_call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
@@ -128,6 +130,12 @@ class EdgeAgent:
         p = self.cfg.push
         if p.register_tags:
             await self._register_tags()
+        # ``concurrency`` requests in flight, each its own batch (the oldest not yet taken), so a
+        # backlog drains at the cluster's pace rather than one round trip at a time.
+        await asyncio.gather(*(self._pusher_task() for _ in range(p.concurrency)))
+
+    async def _pusher_task(self) -> None:
+        p = self.cfg.push
         backoff = Backoff(p.backoff_initial_s, p.backoff_max_s)
         due_s = p.interval_ms / 1000.0
         idle_s = min(0.05, due_s / 4)
@@ -140,12 +148,27 @@ class EdgeAgent:
                 log.exception("push loop step failed")
                 await asyncio.sleep(backoff.next_delay())
 
+    async def _take(self, due_s: float) -> Sealed | None:
+        async with self._taking:
+            s: Sealed | None = await self._disk_call(
+                self.buffer.next_batch, self.cfg.push.max_points, due_s, frozenset(self._inflight)
+            )
+            if s is not None:
+                self._inflight.add(s.seq)
+            return s
+
     async def _push_one(self, backoff: Backoff, due_s: float, idle_s: float) -> None:
-        p = self.cfg.push
-        s: Sealed | None = await self._disk_call(self.buffer.next_batch, p.max_points, due_s)
+        s = await self._take(due_s)
         if s is None:
             await asyncio.sleep(idle_s)
             return
+        try:
+            await self._send(s, backoff)
+        finally:
+            self._inflight.discard(s.seq)
+
+    async def _send(self, s: Sealed, backoff: Backoff) -> None:
+        p = self.cfg.push
         res = await self.pusher.push(s)
         self.metrics.requests.labels(res.outcome.value).inc()
         self.link_up = res.status is not None

@@ -232,19 +232,24 @@ class EdgeBuffer:
         return None
 
     # -- out ----------------------------------------------------------------------------------
-    def next_batch(self, max_points: int, due_s: float) -> Sealed | None:
-        """The oldest sealed batch; else, once something has waited ``due_s`` (or a full batch
-        is there), a new one sealed from the oldest staged rows and the open gaps."""
-        r = self.db.execute("SELECT seq, key, rows, markers, body FROM sealed ORDER BY seq LIMIT 1").fetchone()
-        if r is not None:
-            return Sealed(int(r[0]), str(r[1]), int(r[2]), int(r[3]), bytes(r[4]))
-        # No sealed row: every held reading is staged (``self.rows``); by seq, the oldest first.
+    def next_batch(self, max_points: int, due_s: float, skip: frozenset[int] = frozenset()) -> Sealed | None:
+        """The oldest sealed batch not in ``skip`` (those in flight); else, once something has
+        waited ``due_s`` (or a full batch is there), a new one sealed from the oldest staged
+        rows and the open gaps."""
+        rows = self.db.execute(
+            "SELECT seq, key, rows, markers, body FROM sealed ORDER BY seq LIMIT ?", (len(skip) + 1,)
+        )
+        for r in rows.fetchall():
+            if int(r[0]) not in skip:
+                return Sealed(int(r[0]), str(r[1]), int(r[2]), int(r[3]), bytes(r[4]))
+        # By seq, the oldest first; staged readings are the held ones not sealed.
         first = self.db.execute("SELECT created_s FROM staged ORDER BY seq LIMIT 1").fetchone()
         n_gaps = self.db.execute("SELECT count(*) FROM gaps").fetchone()[0]
         if first is None and not n_gaps:
             return None
+        staged = self.rows - int(self.db.execute("SELECT coalesce(sum(rows), 0) FROM sealed").fetchone()[0])
         oldest = float(first[0]) if first is not None else float("inf")
-        if self.rows < max_points and self._clock() - oldest < due_s and not n_gaps:
+        if staged < max_points and self._clock() - oldest < due_s and not n_gaps:
             return None
         return self._seal(max_points)
 

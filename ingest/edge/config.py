@@ -73,6 +73,7 @@ class BufferSection(_Section):
 class PushSection(_Section):
     max_points: int = Field(1000, ge=1, le=1_000_000, description="points per request (the tenant's limit)")
     interval_ms: int = Field(1000, ge=10, le=600_000, description="how often a partly filled batch is sent")
+    concurrency: int = Field(2, ge=1, le=8, description="requests in flight (each its own batch)")
     backoff_initial_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)
     retry_after_max_s: float = Field(300.0, gt=0, description="cap on a server's Retry-After")
