@@ -218,8 +218,12 @@ def test_answers_sorted_into_outcomes() -> None:
     assert classify(answer(503, {}, **{"Retry-After": "5"})).retry_after_s == 5.0
     assert classify(answer(502)).outcome is Outcome.RETRY
     assert classify(answer(409, {}, **{"Retry-After": "1"})).outcome is Outcome.RETRY  # first one still running
-    for s in (400, 409, 413):
+    for s in (400, 409):
         assert classify(answer(s, {"error": "x"})).outcome is Outcome.REFUSED
+    # Too big for the tenant: every batch would be refused alike, so pushing stops instead.
+    assert classify(answer(413, {"error": "payload_too_large"})).outcome is Outcome.STOPPED
+    count = {"field": "data_points", "error": "at most 500 points per request (1000 sent)"}
+    assert classify(answer(400, {"error": "validation_error", "details": [count]})).outcome is Outcome.STOPPED
 
 
 GOOD = """

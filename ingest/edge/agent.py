@@ -122,7 +122,8 @@ class EdgeAgent:
             await asyncio.sleep(delay)
 
     def _stop_pushing(self, res: PushResult) -> None:
-        self.stopped_reason = f"the cluster answered {res.message}; fix cluster.api_key and restart"
+        fix = "push.max_points (or the tenant's limits)" if res.status in (400, 413) else "cluster.api_key"
+        self.stopped_reason = f"the cluster answered {res.message}; fix {fix} and restart"
         self.metrics.push_stopped.set(1)
         log.error("pushing stopped: %s (readings keep being buffered)", self.stopped_reason)
 

@@ -6,9 +6,12 @@ The answer is sorted into four outcomes, so the agent's loop is one rule per out
 - RETRY: the link is down, the answer was lost, or the cluster said "later" (429/503 with
   Retry-After, 5xx, 408, a 409 for a first request still running). The same body goes again
   with the same Idempotency-Key, so a batch whose answer was lost is never written twice.
-- REFUSED: a 4xx no resend can change (400, 404, 413...): kept aside on disk, recorded as a gap.
+- REFUSED: a 4xx no resend can change (a 400 on this batch's content, 404...): kept aside on
+  disk, recorded as a gap.
 - STOPPED (401/403): the key is wrong, revoked or lacks the ingest scope. Retrying would change
   nothing and hammer the cluster's auth; pushing stops and says so until the agent restarts.
+  Batches bigger than the tenant's limits (413, or 400 on the point count) stop it the same way:
+  every batch would be refused alike, and turning the buffer into gaps would lose it all.
 """
 
 from __future__ import annotations
@@ -83,12 +86,25 @@ def classify(r: httpx.Response) -> PushResult:
             rejected=int(b.get("rejected_count", 0)),
             rejected_reasons=reasons,
         )
-    if s in (401, 403):
+    if s in (401, 403) or _too_big(s, body):
         return PushResult(Outcome.STOPPED, s, msg, answer=text)
     after = retry_after(r.headers, body)
     if s in (408, 429) or s >= 500 or (s == 409 and after is not None):
         return PushResult(Outcome.RETRY, s, msg, retry_after_s=after)
     return PushResult(Outcome.REFUSED, s, msg, answer=text)
+
+
+def _too_big(status: int, body: Any) -> bool:
+    """Batches larger than the tenant allows (413, or 400 naming ``data_points``' count): every
+    batch would be refused the same way, so this stops pushing, like a bad key, rather than
+    turning the whole buffer into gaps. Lower ``push.max_points`` (or ask for a higher limit)."""
+    if status == 413:
+        return True
+    details = body.get("details", []) if isinstance(body, dict) else []
+    return status == 400 and any(
+        isinstance(d, dict) and d.get("field") == "data_points" and "at most" in str(d.get("error", ""))
+        for d in details
+    )
 
 
 class Pusher:
