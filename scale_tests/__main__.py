@@ -19,6 +19,12 @@ def main(argv: list[str] | None = None) -> int:
         "--runs", type=int, default=1, help="repeat the scenario; prints each run, then the worst as the summary"
     )
     f.add_argument("--json", action="store_true")
+    e = sub.add_parser("edge_outage", help="cut an edge agent's link to the cluster, restore it, count")
+    e.add_argument("--wells", type=int, default=2)
+    e.add_argument("--tags", type=int, default=10)
+    e.add_argument("--interval-ms", type=int, default=100)
+    e.add_argument("--outage-s", type=float, default=65.0, help="how long the link stays cut (>= 60)")
+    e.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="a path against its baseline, side by side in one run")
     b.add_argument("target", choices=["writer", "opcua", "modbus", "query", "push"])
     b.add_argument(
@@ -37,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     if args.scenario == "bench":
         result = run_bench(args)
+    elif args.scenario == "edge_outage":
+        from scale_tests.edge_outage import run as edge_outage
+
+        result = edge_outage(args.wells, args.tags, args.interval_ms, args.outage_s)
+        ok = result["lost"] == 0 and result["duplicates"] == 0
     else:
         from scale_tests.failover import run
 

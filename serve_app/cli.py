@@ -1,4 +1,4 @@
-"""``scada-ingest``: the one entry point. Verbs: up, down, demo, status, migrate, bench.
+"""``scada-ingest``: the one entry point. Verbs: up, down, demo, status, migrate, bench, edge.
 
 The CLI is the composition root, so it sits in the top layer (serve_app -> actors -> ingest): it
 starts the local stack, deploys the actors and the Serve app, and runs the demo. ``bench`` hands
@@ -120,6 +120,24 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if summary["lost"] == 0 else 1
 
 
+def cmd_edge(args: argparse.Namespace) -> int:
+    """The site agent: no Ray, PostgreSQL or Redis, so none of them is imported or started here."""
+    from ingest.core.errors import EdgeConfigInvalid
+    from ingest.edge.config import load_config
+
+    try:
+        cfg = load_config(args.config)
+    except EdgeConfigInvalid as e:
+        _info(f"scada-ingest edge: {args.config}: {e}")
+        return 2
+    if args.check:
+        _print_json({"config": str(args.config), "devices": len(cfg.devices), "ok": True})
+        return 0
+    from ingest.edge.agent import run_edge
+
+    return run_edge(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Ray reads its authentication mode once, when it is imported: set it before anything does.
     # Token authentication stays on for clusters we start (`ray start` alone would not turn it on).
@@ -143,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     b.add_argument("target", choices=["writer", "opcua", "modbus", "query", "push"])
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of that bench, e.g. --json")
+    e = sub.add_parser("edge", help="run the site agent: devices -> disk buffer -> push to the cluster")
+    e.add_argument("--config", required=True, help="the agent's YAML file (deploy/edge.example.yaml)")
+    e.add_argument("--check", action="store_true", help="check the file and exit (2 names a bad field)")
     args = p.parse_args(argv)
+    if args.verb == "edge":
+        return cmd_edge(args)
     settings = load_settings()
     verbs = {
         "up": cmd_up,

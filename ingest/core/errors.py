@@ -28,6 +28,16 @@ class InvalidDeviceSetting(ConfigError, ValueError):
         self.reason = reason
 
 
+class EdgeConfigInvalid(ConfigError):
+    """The edge agent's YAML file is unreadable or a setting in it is wrong; ``field`` names it
+    as the file spells it (``devices.0.tags.2.node_id``)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
 class LocalStackError(IngestError):
     """The project-owned PostgreSQL or Redis could not be started or stopped."""
 

@@ -51,7 +51,7 @@ def prepare_batch(
     carries a unit nobody can read, and is rejected for that."""
     n = len(points)
     t_us = time_us(points)
-    values = np.fromiter((p.value for p in points), np.float64, n)
+    values = np.fromiter((np.nan if p.value is None else p.value for p in points), np.float64, n)
     quality = np.fromiter((QUALITY_CODES[p.quality_code] for p in points), np.int32, n)
     tag_ids = np.zeros(n, np.int32)
     ok = np.ones(n, bool)
@@ -88,7 +88,8 @@ def prepare_batch(
             reject(i, "timestamp", "timestamp_out_of_range", "before 1970-01-01")
             continue
         tag_ids[i] = tag.tag_id
-        if tag.unit is not None and p.unit != tag.unit:
+        # A gap marker's value is a count of readings, not a quantity: never converted.
+        if tag.unit is not None and p.unit != tag.unit and p.quality_code != "DATA_LOST":
             groups.setdefault((p.unit, tag.unit), []).append(i)
     for (src, dst), idx in groups.items():
         try:

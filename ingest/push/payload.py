@@ -7,6 +7,11 @@ slower pass runs only for bodies that are refused anyway.
 
 ``unit`` and ``parameter_name`` are free strings here, not seed 002's enums: an unknown one is a
 per-point rejection (the rest of the batch lands), decided where tags and units are known.
+
+Beyond seed 002, and only additive: ``quality_code`` may be ``DATA_LOST``, a gap marker (stored
+with quality Bad_DataLost). Its ``value`` counts the readings of that tag lost from its timestamp
+on, or is ``null`` when the count is unknown; only a gap marker may carry a ``null`` value. The
+edge agent sends these for what its bounded buffer had to drop (ingest.edge).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ QUALITY_CODES = {
     "GOOD": int(Quality.GOOD),
     "UNCERTAIN": quality_as_int4(Quality.UNCERTAIN),
     "BAD": quality_as_int4(Quality.BAD),
+    "DATA_LOST": quality_as_int4(Quality.BAD_DATA_LOST),
 }
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -40,9 +46,9 @@ class DataPoint(msgspec.Struct, frozen=True):
     well_id: Name
     timestamp: ZonedTime
     parameter_name: Name
-    value: float
+    value: float | None  # None only for a gap marker whose count is unknown (checked on decode)
     unit: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
-    quality_code: Literal["GOOD", "BAD", "UNCERTAIN"] = "GOOD"
+    quality_code: Literal["GOOD", "BAD", "UNCERTAIN", "DATA_LOST"] = "GOOD"
     source: Annotated[str, msgspec.Meta(max_length=200)] | None = None
 
 
@@ -68,7 +74,7 @@ def _field_error(e: msgspec.ValidationError, prefix: str = "") -> dict[str, str]
     missing = _MISSING.match(msg)
     if missing:
         path, msg = f"{path}.{missing.group('field')}", "is required"
-    elif msg.startswith("Expected `float`") or msg.startswith("Expected `int | float`"):
+    elif msg.startswith(("Expected `float", "Expected `int | float")):
         msg = "must be a number"
     elif msg == "Number out of range":
         msg = "must be a finite number"
@@ -87,6 +93,13 @@ def decode_payload(body: bytes, max_points: int) -> PushPayload:
         raise PayloadInvalid("Invalid data schema", _all_errors(body, e)) from None
     except msgspec.DecodeError as e:
         raise PayloadInvalid("Malformed JSON", [{"field": "body", "error": str(e)}]) from None
+    nulls = [
+        {"field": f"data_points[{i}].value", "error": "must be a number"}
+        for i, p in enumerate(payload.data_points)
+        if p.value is None and p.quality_code != "DATA_LOST"
+    ]
+    if nulls:
+        raise PayloadInvalid("Invalid data schema", nulls[:MAX_DETAILS])
     if len(payload.data_points) > max_points:
         raise PayloadInvalid(
             "Invalid data schema",
