@@ -93,6 +93,8 @@ _DESCRIPTIONS = {
     401: "no valid API key (`invalid_token`)",
     403: "the key belongs to another tenant (`tenant_mismatch`) or lacks the scope (`insufficient_scope`)",
     404: "no such resource (`<thing>_not_found`)",
+    406: "the request does not accept what the route sends (`not_acceptable`: a live stream needs "
+    "`Accept: text/event-stream`)",
     409: "conflicts with what exists (`tenant_exists`, `conflict`)",
     422: "a field is not acceptable (`validation_error`; `details` names each field)",
     503: "a database, Redis or the cluster is unreachable right now; retry after `Retry-After`",
