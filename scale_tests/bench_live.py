@@ -253,7 +253,15 @@ def run(
 
     settings = _bench_settings()
     prepare_stack(settings)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    for attempt in (1, 2, 3):  # Ray gives a head 30 s to register: a loaded machine may miss it
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+            break
+        except Exception as e:
+            if attempt == 3:
+                raise
+            log(f"live: Ray head did not start ({e}); retrying")
+            time.sleep(5)
     ray.init(address=cluster.address, namespace=settings.namespace, log_to_driver=False, logging_level="WARNING")
     summary = Path(tempfile.mkdtemp()) / "sim.json"
     proc = None
@@ -339,13 +347,7 @@ async def _measure(
             tasks[s.n] = asyncio.create_task(_client(api, c, ts[s.tenant].slug, ts[s.tenant].key, s))
         await asyncio.sleep(max(5.0, seconds / 4))
         sim.send_signal(signal.SIGUSR2)  # pause the simulator; let the last commits reach everyone
-        await asyncio.sleep(2.0)
-        r = aioredis.from_url(settings.redis_url)
-        ends = []
-        for t in ts:
-            last = await r.xrevrange(live_key(t.slug), count=1)
-            ends.append(last[0][0].decode())
-        await r.aclose()
+        ends = await _quiet_ends(settings, ts)
         expected: dict[int, dict[str, tuple[Any, ...]]] = {}
         entries = [await _stream_entries(settings, t.slug, "0-0", ends[i]) for i, t in enumerate(ts)]
         for s in subs:
@@ -362,7 +364,8 @@ async def _measure(
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
-    own = [{eid: v for eid, v in e} for e in entries]
+    # Everything each tenant's stream holds now (entries after ``ends`` may have been received).
+    own = [dict(await _stream_entries(settings, t.slug, "0-0", "+")) for t in ts]
     exp = sum(len(expected[s.n]) for s in subs)
     delivered = sum(len(set(expected[s.n]) & set(s.received)) for s in subs)
     cross = 0
@@ -401,6 +404,29 @@ async def _measure(
         "no_snapshot": sum(1 for s in subs if not s.start_id),
         "errors_sample": sorted({e for s in subs for e in s.errors})[:5],
     }
+
+
+async def _quiet_ends(settings: Settings, ts: list[Tenant], quiet_s: float = 3.0) -> list[str]:
+    """Each tenant's newest stream id once no stream has grown for ``quiet_s`` (the pipeline
+    drains what the simulator published before it paused), at most a minute."""
+    r = aioredis.from_url(settings.redis_url)
+    try:
+        last: list[str] = []
+        still_since = time.monotonic()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = []
+            for t in ts:
+                got = await r.xrevrange(live_key(t.slug), count=1)
+                now.append(got[0][0].decode() if got else "0-0")
+            if now != last:
+                last, still_since = now, time.monotonic()
+            elif time.monotonic() - still_since >= quiet_s:
+                break
+            await asyncio.sleep(0.5)
+        return last
+    finally:
+        await r.aclose()
 
 
 async def _wait(cond: Any, timeout_s: float, what: str) -> None:

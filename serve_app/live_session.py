@@ -47,10 +47,13 @@ class LiveParts:
 
     def __init__(self, api: ApiState) -> None:
         self.api = api
-        client = aioredis.from_url(
+        feeds = aioredis.from_url(
             api.settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 10, socket_connect_timeout=5
         )
-        self.hub = LiveHub(client)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            api.settings.redis_url, max_connections=16, timeout=30, socket_timeout=10, socket_connect_timeout=10
+        )
+        self.hub = LiveHub(feeds, commands=aioredis.Redis(connection_pool=pool))
         self.counts: dict[tuple[str, str], int] = {}
 
     def count(self, slug: str, transport: str, delta: int) -> None:

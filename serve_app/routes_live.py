@@ -13,6 +13,7 @@ HTTP 403 a close before accept gives.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,6 +34,8 @@ from serve_app.live_session import LiveParts, check_since, events, live_tenant, 
 from serve_app.params import TenantRef
 from serve_app.routes_read import HotReadTenant, TagIds, TagNames
 from serve_app.state import ApiState
+
+log = logging.getLogger(__name__)
 
 UI_DIR = Path(__file__).parent / "ui"
 WS_PROTOCOL = "scada.live"
@@ -88,6 +91,7 @@ async def stream_ticket(t: HotReadTenant, api: Api) -> TicketOut:
 
 
 def _unavailable(e: Exception) -> IngestError:
+    log.warning("live: Redis unavailable: %s: %s", type(e).__name__, e)
     return StorageUnavailable(f"Redis unavailable: {type(e).__name__}")
 
 
@@ -216,7 +220,8 @@ async def live_ws(websocket: WebSocket, tenant: str) -> None:
                 receive.cancel()
             elif receive.result()["type"] == "websocket.disconnect":
                 break
-        if sender.done() and not sender.cancelled() and sender.exception() is not None:
+        if sender.done() and not sender.cancelled() and (failure := sender.exception()) is not None:
+            log.warning("live: websocket subscription failed: %s: %s", type(failure).__name__, failure)
             await websocket.close(code=1011, reason="live feed unavailable: reconnect with since")
     except (WebSocketDisconnect, RuntimeError):
         pass

@@ -111,10 +111,21 @@ class TenantFeed:
 
 
 class LiveHub:
-    """The replica's feeds, one per tenant with subscribers."""
+    """The replica's feeds, one per tenant with subscribers.
 
-    def __init__(self, client: aioredis.Redis, on_count: Callable[[str, int], None] | None = None) -> None:
+    ``client`` serves the feeds (each XREAD BLOCK holds one of its connections); ``commands``,
+    when given, serves what a new subscription reads: a client with a bounded, blocking pool, so
+    that a crowd reconnecting at once (a replica restart) queues for a few connections instead
+    of opening hundreds of them at the same moment."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        on_count: Callable[[str, int], None] | None = None,
+        commands: aioredis.Redis | None = None,
+    ) -> None:
         self.client = client
+        self.commands = commands or client
         self.feeds: dict[str, TenantFeed] = {}
         self._on_count = on_count
 
@@ -142,18 +153,18 @@ class LiveHub:
 
     async def _position(self, feed: TenantFeed, sub: SubscriberQueue, since: str | None) -> Position:
         if since is None:
-            newest = await feed.newest_id()
+            newest = await self._newest(feed.key)
             sub.cursor = parse_id(newest)
             return Position(newest)
         reason = await self._resume_refused(feed, since)
         if reason is not None:
-            newest = await feed.newest_id()
+            newest = await self._newest(feed.key)
             sub.cursor = parse_id(newest)
             return Position(newest, reset=reason)
         start = since
         sub.cursor = parse_id(since)
         while True:
-            page: Any = await self.client.xrange(feed.key, min=f"({start}", max="+", count=CATCH_UP_PAGE)
+            page: Any = await self.commands.xrange(feed.key, min=f"({start}", max="+", count=CATCH_UP_PAGE)
             for entry_id, fields in page:
                 start = _s(entry_id)
                 try:
@@ -173,19 +184,23 @@ class LiveHub:
         would say the same more cheaply, but it follows XDEL only, not XTRIM or MAXLEN.)"""
         if parse_id(since) == (0, 0):
             try:
-                info = await self.client.xinfo_stream(feed.key)
+                info = await self.commands.xinfo_stream(feed.key)
             except ResponseError:  # no stream yet: nothing was missed
                 return None
             return None if int(info.get("entries-added", 0)) == int(info.get("length", 0)) else "trimmed"
-        found: Any = await self.client.xrange(feed.key, min=since, max=since, count=1)
+        found: Any = await self.commands.xrange(feed.key, min=since, max=since, count=1)
         if found:
             return None
         try:
-            info = await self.client.xinfo_stream(feed.key)
+            info = await self.commands.xinfo_stream(feed.key)
             generated = parse_id(_s(info.get("last-generated-id", ZERO_ID)))
         except ResponseError:  # no stream at all (flushed): whatever the id was, it is gone
             generated = (0, 0)
         return "unknown_id" if parse_id(since) > generated else "trimmed"
+
+    async def _newest(self, key: str) -> str:
+        got: Any = await self.commands.xrevrange(key, count=1)
+        return _s(got[0][0]) if got else ZERO_ID
 
     async def unsubscribe(self, slug: str, sub: SubscriberQueue) -> None:
         feed = self.feeds.get(slug)
