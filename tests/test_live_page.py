@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,18 +74,18 @@ async def test_live_page_follows_the_simulator(
         async def page(expr: str) -> Any:
             return await b.eval(expr)
 
-        state: dict[str, Any] = {}
-
-        async def poll(expr: str) -> Any:
-            state["v"] = await page(expr)
-            return state["v"]
+        async def until(expr: str, ok: Any, what: str, timeout_s: float = 180.0) -> Any:
+            """Poll ``expr`` in the page until ``ok(value)``; fail after ``timeout_s`` (a guard
+            against hanging on a loaded machine, not a timed assert)."""
+            deadline = time.monotonic() + timeout_s
+            while not ok(v := await page(expr)):
+                status = await page("document.getElementById('status').textContent")
+                assert time.monotonic() < deadline, f"gave up waiting for {what}: {v!r} (status {status!r})"
+                await asyncio.sleep(0.1)
+            return v
 
         # Live: a snapshot, then updates arriving as the simulator counts up.
-        for _ in range(600):
-            if await poll("Number(document.getElementById('updates').textContent)") >= 5:
-                break
-            await asyncio.sleep(0.1)
-        assert state["v"] >= 5, await page("document.getElementById('status').textContent")
+        await until("Number(document.getElementById('updates').textContent)", lambda n: n >= 5, "updates")
         first = await page(PAGE_VALUES)
         assert set(first) == {str(i) for i in ids}
         # Pick the well: the trend loads its history, then grows with live points.
@@ -92,33 +93,24 @@ async def test_live_page_follows_the_simulator(
             f"(() => {{ const s = document.getElementById('well'); s.value = {json.dumps(WELL)};"
             " s.dispatchEvent(new Event('change')); })()"
         )
-        for _ in range(600):
-            if int(await poll("document.getElementById('trend').dataset.points || '0'")) > 10:
-                break
-            await asyncio.sleep(0.1)
-        assert int(state["v"]) > 10
+        await until("document.getElementById('trend').dataset.points || '0'", lambda n: int(n) > 10, "trend")
         # The table now names the well's tags (a fresh snapshot for the new selection).
         wells = "[...document.querySelectorAll('#values td.well')].map(td => td.textContent)"
-        for _ in range(300):
-            if await poll(wells) == [WELL] * len(ids):
-                break
-            await asyncio.sleep(0.1)
-        assert state["v"] == [WELL] * len(ids)
+        await until(wells, lambda w: w == [WELL] * len(ids), "the well's tags listed")
         # Values move forward with the simulator's counting.
-        later = await page(PAGE_VALUES)
-        for _ in range(600):
-            later = await page(PAGE_VALUES)
-            if all(float(later.get(k) or 0) > float(v or 0) for k, v in first.items()):
-                break
-            await asyncio.sleep(0.1)
-        assert all(float(later[k]) > float(first[k] or 0) for k in first), (first, later)
+        await until(
+            PAGE_VALUES,
+            lambda later: all(float(later.get(k) or 0) > float(v or 0) for k, v in first.items()),
+            "values moving forward",
+        )
         # Paused: the page settles on exactly the newest values in the database.
         sim.pause()
         settled: dict[str, str] = {}
-        for _ in range(300):
+        deadline = time.monotonic() + 180
+        while True:
             db = await asyncio.to_thread(_db_latest, dsn, ids)
             shown = {k: _js_number(v) for k, v in (await page(PAGE_VALUES)).items()}
-            if shown == db and db == settled:
+            if (shown == db and db == settled) or time.monotonic() > deadline:
                 break
             settled = db
             await asyncio.sleep(0.2)
