@@ -113,7 +113,14 @@ class WriterActor:
             spool=RedisSpool(redis, self.slug, s.spool_max_rows),
             quarantine=Quarantine(redis, self.slug),
             validator=validator,
-            fanout=RedisFanout(redis, self.slug, on_error=on_redis_error),
+            fanout=RedisFanout(
+                redis,
+                self.slug,
+                on_error=on_redis_error,
+                live_maxlen=s.live_stream_maxlen,
+                live_max_age_s=s.live_stream_max_age_s,
+                live_every_value=s.live_every_value,
+            ),
             on_commit=on_commit,
             on_event=on_event,
         )

@@ -26,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--outage-s", type=float, default=65.0, help="how long the link stays cut (>= 60)")
     e.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="a path against its baseline, side by side in one run")
-    b.add_argument("target", choices=["writer", "opcua", "modbus", "query", "push"])
+    b.add_argument("target", choices=["writer", "opcua", "modbus", "query", "push", "live"])
     b.add_argument(
-        "--seconds", type=float, default=None, help="measuring window (opcua, modbus: 20 s; push: 60 s)"
+        "--seconds", type=float, default=None, help="measuring window (opcua, modbus, live: 20 s; push: 60 s)"
     )
     b.add_argument("--rows", type=int, default=1_000_000)
     b.add_argument("--rounds", type=int, default=2)
@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--requests", type=int, default=200, help="requests per query kind (query)")
     b.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients (push)")
     b.add_argument("--dup-seconds", type=float, default=10.0, help="duplicate-send phase (push)")
+    b.add_argument("--subscribers", type=int, default=200, help="live clients, SSE and WebSocket mixed (live)")
+    b.add_argument("--tenants", type=int, default=10, help="tenants the live clients spread over (live)")
+    b.add_argument(
+        "--cycles", type=int, default=10_000, help="connect/disconnect cycles for the memory check (live)"
+    )
     b.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     ok = True
@@ -90,6 +95,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         from scale_tests.bench_push import run as bench_push
 
         return bench_push(seconds=args.seconds or 60.0, clients=args.clients, dup_seconds=args.dup_seconds)
+    if args.target == "live":
+        from scale_tests.bench_live import run as bench_live
+
+        return bench_live(
+            subscribers=args.subscribers, tenants=args.tenants, seconds=args.seconds or 20.0, cycles=args.cycles
+        )
     if args.target == "query":
         from scale_tests.bench_query import run as bench_query
 

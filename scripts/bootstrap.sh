@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bootstrap the local scada-ingest stack prerequisites (idempotent, fast when done):
-#   - Debian packages (PostgreSQL 15, Redis, build tools)
+#   - Debian packages (PostgreSQL 15, Redis, build tools, chromium for the live page's browser test)
 #   - TimescaleDB (Apache edition) built from Debian trixie's source package
 #   - Debian's prometheus package (promtool; its service kept disabled)
 #   - the project's Python venv from requirements.lock (hashes checked), then the project
@@ -33,8 +33,9 @@ if [[ "$(id -u)" -ne 0 ]]; then
 fi
 
 # ---------------------------------------------------------------- Debian packages
+# chromium: headless, driven over the DevTools protocol by tests/test_live_page.py.
 DEB_PACKAGES=(postgresql-15 postgresql-server-dev-15 redis-server cmake build-essential
-              dpkg-dev libssl-dev libkrb5-dev)
+              dpkg-dev libssl-dev libkrb5-dev chromium)
 
 install_debian_packages() {
     local missing=() pkg status

@@ -32,3 +32,12 @@ app.include_router(read_router)
 from serve_app.routes_push import push_router  # noqa: E402  (push ingest, audit: its own module)
 
 app.include_router(push_router)
+
+from fastapi.staticfiles import StaticFiles  # noqa: E402
+
+from serve_app.routes_live import UI_DIR  # noqa: E402
+from serve_app.routes_live import router as live_router  # noqa: E402  (SSE, WebSocket, tickets)
+
+app.include_router(live_router)
+# The live page: static HTML and JavaScript, no build step (a Mount, not a route of the API).
+app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")

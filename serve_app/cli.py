@@ -62,13 +62,15 @@ def up(settings: Settings) -> dict[str, Any]:
         **info,
         "ray_started": started_ray,
         "docs": f"{info['api']}/docs",
+        "live_page": f"{info['api']}/ui/",
         "dashboard": f"http://127.0.0.1:{settings.dashboard_port}",
     }
 
 
 def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
     info = up(settings)
-    _info(f"API docs: {info['docs']}   Ray dashboard: {info['dashboard']} (token: `ray get-auth-token`)")
+    _info(f"API docs: {info['docs']}   live page: {info['live_page']}")
+    _info(f"Ray dashboard: {info['dashboard']} (token: `ray get-auth-token`)")
     _print_json(info)
     return 0
 
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench",
         help="measure a path against its baseline (python -m scale_tests bench TARGET --help for its options)",
     )
-    b.add_argument("target", choices=["writer", "opcua", "modbus", "query", "push"])
+    b.add_argument("target", choices=["writer", "opcua", "modbus", "query", "push", "live"])
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of that bench, e.g. --json")
     e = sub.add_parser("edge", help="run the site agent: devices -> disk buffer -> push to the cluster")
     e.add_argument("--config", required=True, help="the agent's YAML file (deploy/edge.example.yaml)")

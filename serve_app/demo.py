@@ -111,6 +111,10 @@ def run_demo(
         writer = ray.get_actor(writer_name(DEMO_TENANT), namespace=settings.namespace)
         hist0: np.ndarray = np.asarray(ray.get(writer.latency_histogram.remote()))
         proc.send_signal(signal.SIGUSR1)  # resume publishing
+        sys.stderr.write(
+            f"live page: {api}/ui/#tenant={DEMO_TENANT} (type a read key of the tenant there; "
+            "it is exchanged for a one-time ticket, never put in a URL)\n"
+        )
         t0 = time.monotonic()
         last_n, last_t = 0, t0
         while time.monotonic() - t0 < duration_s:
@@ -154,6 +158,7 @@ def run_demo(
             "latency_p50_ms": p50,
             "latency_p99_ms": p99,
             "docs": f"{api}/docs",
+            "live_page": f"{api}/ui/#tenant={DEMO_TENANT}",
         }
     finally:
         if proc.poll() is None:

@@ -14,7 +14,9 @@ from serve_app.state import ApiState
 # The app is bound late (``__serve_build_asgi_app__``) rather than passed to ``serve.ingress``:
 # Serve would serve a pickled copy of it, on which this replica's state could not be set. It is
 # imported inside the method so that the replica uses its own module's app, not a pickled one.
-@serve.deployment(name="api", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+# A live connection (SSE or WebSocket) holds one of the replica's ongoing requests for as long as
+# it is open, so the bound counts dashboards too: 200 live subscribers plus the ordinary routes.
+@serve.deployment(name="api", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
 @serve.ingress()
 class ApiIngress:
     """One per replica: holds the replica's ``ApiState`` and hands Serve the app using it."""

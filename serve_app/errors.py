@@ -100,6 +100,8 @@ _DESCRIPTIONS = {
     401: "no valid API key (`invalid_token`)",
     403: "the key belongs to another tenant (`tenant_mismatch`) or lacks the scope (`insufficient_scope`)",
     404: "no such resource (`<thing>_not_found`)",
+    406: "the request does not accept what the route sends (`not_acceptable`: a live stream needs "
+    "`Accept: text/event-stream`)",
     409: "conflicts with what exists (`tenant_exists`, `conflict`) or a quota (`quota_exceeded`)",
     422: "a field is not acceptable (`validation_error`; `details` names each field)",
     502: "the device did not answer (`device_unreachable`) or refused (`device_error`)",

@@ -33,10 +33,13 @@ TRIGGERED = {
     "scada_validation_errors_total",  # a tag whose valid range rejects the simulator's values
     "scada_write_failures_total",  # a CHECK constraint the database refuses a batch with
     "scada_device_errors_total",  # a Modbus device on a port nobody listens on
+    "scada_live_subscribers",  # a live (SSE) subscriber that reads its snapshot and leaves
 }
 # Event-only metrics the rules read that this run cannot cause cheaply. Adding one to a rule
 # means causing it here, or naming it here on purpose.
-NOT_TRIGGERED = {"scada_gaps_total"}
+# Conflation needs a subscriber slower than the tenant's commits for a while; the subscriber
+# queue's tests (tests/test_live_unit.py) count it.
+NOT_TRIGGERED = {"scada_gaps_total", "scada_live_conflated_total"}
 
 
 def _series(text: str) -> list[tuple[str, str]]:
@@ -129,6 +132,12 @@ def ingesting(api: str, admin: httpx.Client, stack: Settings) -> Iterator[dict[s
         # A 404 and a 401 through the API, so Ray Serve's request metrics carry error codes too.
         assert tenant.client.get(f"/v1/tenants/{tenant.slug}/connections/{uuid.uuid4()}").status_code == 404
         assert httpx.get(f"{api}/v1/tenants", timeout=30).status_code == 401
+        # A live subscriber: the gauge of subscribers gets its series for the tenant.
+        with tenant.client.stream(
+            "GET", f"/v1/tenants/{tenant.slug}/stream", headers={"Accept": "text/event-stream"}
+        ) as live:
+            assert live.status_code == 200
+            assert any(line.startswith("event: snapshot") for line in live.iter_lines())
         yield {"tenant": tenant.slug, "dsn": dsn}
     finally:
         sim.kill()

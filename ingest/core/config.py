@@ -66,6 +66,23 @@ class Settings(BaseSettings):
     tenant_purge_grace_days: float = Field(
         30.0, description="Days a deleted tenant's database is kept before it is dropped (checked hourly)"
     )
+    # Live values (ingest.live, serve_app.routes_live): a resume works while the client's last id
+    # is inside the stream, so the caps are the resume window.
+    live_stream_maxlen: int = Field(
+        100_000, description="Entries (committed batches) a tenant's live stream keeps"
+    )
+    live_stream_max_age_s: float = Field(3600.0, description="Age beyond which live-stream entries are trimmed")
+    live_every_value: bool = Field(
+        False, description="Put every committed value on the live stream, not only the last per tag per batch"
+    )
+    live_heartbeat_s: float = Field(15.0, description="Idle time after which a live connection gets a heartbeat")
+    live_queue_entries: int = Field(
+        256, description="Updates queued per live subscriber before they are conflated to the latest per tag"
+    )
+    live_max_lag_s: float = Field(
+        30.0, description="A live subscriber still conflating after this long is disconnected"
+    )
+    live_ticket_ttl_s: int = Field(60, description="Lifetime of a single-use stream ticket")
 
     @property
     def master_dsn(self) -> str:

@@ -195,7 +195,7 @@ CATALOG: tuple[MetricSpec, ...] = (
         Kind.GAUGE,
         (_T, "transport"),
         "Open live-stream subscribers (transport: sse, websocket)",
-        Emitted.PLANNED,
+        Emitted.ON_EVENT,
     ),
     MetricSpec(
         "live_conflated",
@@ -203,7 +203,7 @@ CATALOG: tuple[MetricSpec, ...] = (
         Kind.COUNTER,
         (_T,),
         "Live-stream updates a slow subscriber skipped (conflated to the newest value)",
-        Emitted.PLANNED,
+        Emitted.ON_EVENT,
     ),
 )
 

@@ -1,10 +1,19 @@
-"""After a commit: latest value per tag into Redis, and a compact message per batch on the
-tenant's pub/sub channel.
+"""After a commit: latest value per tag into Redis, the batch's values on the tenant's live
+stream (``scada:live:{slug}``, read by the SSE / WebSocket endpoints through ingest.live), and a
+compact message per batch on the tenant's pub/sub channel.
 
 Fan-out never blocks or fails a database write: ``submit`` only records what to send (latest
 values coalesce per tag, messages queue up to a bound), and a background task sends it, retrying
 with backoff while Redis is away. Messages beyond the bound are counted as dropped: pub/sub is a
 live feed, the database remains the record.
+
+A live-stream entry holds one committed batch: by default the last value per tag (what a
+dashboard shows), every value when ``live_every_value`` is set, and the commit time so that
+commit-to-client latency can be measured. The hash is written before the entry in one pipeline,
+so a reader that sees an entry id also finds that entry's values in the hash (the snapshot rule
+in ingest.live.hub). The stream is capped in length (``MAXLEN ~``, on every XADD) and in age
+(``XTRIM MINID ~``, at most once a second): Redis trims whole nodes, so both caps are approximate
+and a little generous, never short.
 """
 
 from __future__ import annotations
@@ -12,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 
 import numpy as np
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -27,12 +38,17 @@ log = logging.getLogger(__name__)
 
 
 # A late batch (backfill, spool drain) must not replace a newer latest value: set a tag's field
-# only when the stored one is not newer. Arguments: tag, value JSON, time (µs), repeated.
+# only when the stored one is not newer. One argument, a JSON array of [tag, value JSON, time µs]:
+# a batch of 1,000 tags as 3,000 arguments cost more of the writer's CPU to encode (redis-py
+# packs each argument in Python) than its COPY did; Redis decodes the one array in C.
+# (Times in µs since 1970 stay below 2^53, so Lua's doubles hold them exactly.)
 _SET_IF_NEWER = """
-for i = 1, #ARGV, 3 do
-  local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  if (not cur) or cjson.decode(cur)['t'] <= tonumber(ARGV[i + 2]) then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+local items = cjson.decode(ARGV[1])
+for i = 1, #items do
+  local it = items[i]
+  local cur = redis.call('HGET', KEYS[1], it[1])
+  if (not cur) or cjson.decode(cur)['t'] <= it[3] then
+    redis.call('HSET', KEYS[1], it[1], it[2])
   end
 end
 return 0
@@ -47,6 +63,12 @@ def channel(tenant: str) -> str:
     return f"scada:readings:{tenant}"
 
 
+def live_key(tenant: str) -> str:
+    """The tenant's live stream: one entry per committed batch, fields ``c`` (commit time, µs
+    since the epoch) and ``v`` (JSON ``[[tag_id, time_us, value or null, quality], ...]``)."""
+    return f"scada:live:{tenant}"
+
+
 class RedisFanout:
     def __init__(
         self,
@@ -55,11 +77,19 @@ class RedisFanout:
         *,
         max_messages: int = 1000,
         on_error: Callable[[Exception], None] | None = None,
+        live_maxlen: int = 100_000,
+        live_max_age_s: float = 3600.0,
+        live_every_value: bool = False,
     ) -> None:
         self.client = client
         self.tenant = tenant
         self._latest: dict[int, tuple[int, float, int]] = {}
         self._messages: deque[str] = deque()
+        self._live: deque[tuple[int, bytes]] = deque()
+        self._live_maxlen = live_maxlen
+        self._live_max_age_ms = int(live_max_age_s * 1000)
+        self._live_every_value = live_every_value
+        self._trimmed_at = 0.0
         self._max_messages = max_messages
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -67,6 +97,8 @@ class RedisFanout:
         self.errors = 0
         self.dropped_messages = 0
         self.sent_messages = 0
+        self.dropped_live = 0
+        self.sent_live = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -76,20 +108,24 @@ class RedisFanout:
         await cancel_and_wait(self._task)
         self._task = None
 
-    def submit(self, batch: ReadingBatch) -> None:
+    def submit(self, batch: ReadingBatch, commit_us: int | None = None) -> None:
         if len(batch) == 0:
             return
         idx, _ = per_tag(batch.tag_id, batch.time_us, last=True)
-        for tag, t, v, q in zip(
-            batch.tag_id[idx].tolist(),
-            batch.time_us[idx].tolist(),
-            batch.value[idx].tolist(),
-            batch.quality[idx].tolist(),
-            strict=True,
-        ):
+        last = list(
+            zip(
+                batch.tag_id[idx].tolist(),
+                batch.time_us[idx].tolist(),
+                batch.value[idx].tolist(),
+                batch.quality[idx].tolist(),
+                strict=True,
+            )
+        )
+        for tag, t, v, q in last:
             prev = self._latest.get(tag)
             if prev is None or t >= prev[0]:
                 self._latest[tag] = (t, v, q)
+        self._submit_live(batch, last, commit_us)
         if len(self._messages) >= self._max_messages:
             self._messages.popleft()
             self.dropped_messages += 1
@@ -106,16 +142,55 @@ class RedisFanout:
         )
         self._wake.set()
 
+    def _submit_live(
+        self, batch: ReadingBatch, last: list[tuple[int, int, float, int]], commit_us: int | None
+    ) -> None:
+        if self._live_every_value:
+            order = np.argsort(batch.time_us, kind="stable")
+            rows = zip(
+                batch.tag_id[order].tolist(),
+                batch.time_us[order].tolist(),
+                batch.value[order].tolist(),
+                batch.quality[order].tolist(),
+                strict=True,
+            )
+            values = [[tag, t, None if v != v else v, q] for tag, t, v, q in rows]
+        else:
+            values = [[tag, t, None if v != v else v, q] for tag, t, v, q in last]
+        if len(self._live) >= self._max_messages:
+            self._live.popleft()  # a subscriber that resumes across this sees a gap in ids, not a lie
+            self.dropped_live += 1
+        self._live.append((commit_us or int(time.time() * 1e6), orjson.dumps(values)))
+
+    def _trim_args(self) -> str | None:
+        """The MINID for an age trim, at most once a second."""
+        now = time.time()
+        if self._live_max_age_ms <= 0 or now - self._trimmed_at < 1.0:
+            return None
+        self._trimmed_at = now
+        return f"{int(now * 1000) - self._live_max_age_ms}-0"
+
     async def _send(self) -> None:
         latest, self._latest = self._latest, {}
         messages = list(self._messages)
+        live = list(self._live)
         try:
             async with self.client.pipeline(transaction=False) as p:
                 if latest:
-                    args: list[str | int] = []
-                    for tag, (t, v, q) in latest.items():
-                        args += [str(tag), json.dumps({"t": t, "v": None if v != v else v, "q": q}), t]
-                    p.eval(_SET_IF_NEWER, 1, latest_key(self.tenant), *args)
+                    items = [
+                        [str(tag), orjson.dumps({"t": t, "v": None if v != v else v, "q": q}).decode(), t]
+                        for tag, (t, v, q) in latest.items()
+                    ]
+                    p.eval(_SET_IF_NEWER, 1, latest_key(self.tenant), orjson.dumps(items))
+                for commit_us, values in live:
+                    p.xadd(
+                        live_key(self.tenant),
+                        {"c": commit_us, "v": values},
+                        maxlen=self._live_maxlen,
+                        approximate=True,
+                    )
+                if live and (minid := self._trim_args()) is not None:
+                    p.xtrim(live_key(self.tenant), minid=minid, approximate=True)
                 for m in messages:
                     p.publish(channel(self.tenant), m)
                 await p.execute()
@@ -127,7 +202,10 @@ class RedisFanout:
             raise
         for _ in messages:
             self._messages.popleft()
+        for _ in live:
+            self._live.popleft()
         self.sent_messages += len(messages)
+        self.sent_live += len(live)
 
     async def _run(self) -> None:
         backoff = Backoff(0.2, 10.0)

@@ -351,7 +351,7 @@ class TenantWriter:
             live = rows.quality != GAP_QUALITY
             self.stats.latency.add(int(commit_s * 1e6) - rows.time_us[live])
             if self.fanout is not None:
-                self.fanout.submit(rows)
+                self.fanout.submit(rows, int(commit_s * 1e6))
             if self._on_commit is not None:
                 try:
                     self._on_commit(rows, write_s)

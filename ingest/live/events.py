@@ -1,0 +1,120 @@
+"""Live-stream entries and the events a subscriber receives, encoded once for SSE or WebSocket.
+
+Events (JSON objects with a ``type``):
+
+- ``snapshot``: ``id``, ``values``: the latest value of every subscribed tag; deltas follow.
+- ``update``: ``id``, ``commit_us``, ``values``: one committed batch (or several, conflated).
+- ``conflated``: ``id``, ``skipped``: the subscriber fell behind; the next ``update`` carries
+  the latest value per tag of everything it skipped.
+- ``reset``: ``reason``: the id to resume from is no longer in the stream (trimmed, or the stream
+  is not the one the client saw); a fresh ``snapshot`` follows.
+- ``heartbeat``: ``id`` (WebSocket only; SSE sends a comment line).
+
+A value is ``{"tag_id", "t_us", "value", "quality"}``: time in µs since the epoch, quality as
+stored (int4), value null for NaN. ``id`` is the Redis stream id to resume from.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# tag_id, time (µs), value (None for NaN or no value), quality as stored
+Value = tuple[int, int, float | None, int]
+
+_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+ZERO_ID = "0-0"
+
+
+def parse_id(s: str) -> tuple[int, int]:
+    """A stream id as a comparable pair; ValueError for anything else."""
+    m = _ID.match(s)
+    if m is None:
+        raise ValueError(f"not a stream id: {s[:40]!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def is_stream_id(s: str) -> bool:
+    return _ID.match(s) is not None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One live-stream entry: a committed batch's values."""
+
+    id: str
+    key: tuple[int, int]
+    commit_us: int
+    values: tuple[Value, ...]
+
+    @staticmethod
+    def from_redis(entry_id: bytes | str, fields: dict[Any, Any]) -> Entry:
+        sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        c = fields.get(b"c", fields.get("c", 0))
+        v = fields.get(b"v", fields.get("v", b"[]"))
+        values = tuple((int(r[0]), int(r[1]), r[2], int(r[3])) for r in orjson.loads(v))
+        return Entry(sid, parse_id(sid), int(c), values)
+
+    def only(self, tags: frozenset[int] | None) -> Entry | None:
+        """This entry restricted to ``tags`` (all when None); None when nothing is left."""
+        if tags is None:
+            return self
+        kept = tuple(v for v in self.values if v[0] in tags)
+        if not kept:
+            return None
+        return Entry(self.id, self.key, self.commit_us, kept) if len(kept) != len(self.values) else self
+
+
+def conflate(entries: list[Entry]) -> Entry:
+    """The latest value per tag of ``entries`` (in stream order) as one entry with the last id."""
+    latest: dict[int, Value] = {}
+    for e in entries:
+        for v in e.values:
+            prev = latest.get(v[0])
+            if prev is None or v[1] >= prev[1]:
+                latest[v[0]] = v
+    last = entries[-1]
+    return Entry(last.id, last.key, max(e.commit_us for e in entries), tuple(latest.values()))
+
+
+def _values(values: tuple[Value, ...] | list[Value]) -> list[dict[str, Any]]:
+    return [{"tag_id": v[0], "t_us": v[1], "value": v[2], "quality": v[3]} for v in values]
+
+
+def update_event(e: Entry) -> dict[str, Any]:
+    return {"type": "update", "id": e.id, "commit_us": e.commit_us, "values": _values(e.values)}
+
+
+def snapshot_event(stream_id: str, values: list[Value]) -> dict[str, Any]:
+    return {"type": "snapshot", "id": stream_id, "values": _values(values)}
+
+
+def conflated_event(stream_id: str, skipped: int) -> dict[str, Any]:
+    return {"type": "conflated", "id": stream_id, "skipped": skipped}
+
+
+def reset_event(reason: str) -> dict[str, Any]:
+    return {"type": "reset", "reason": reason}
+
+
+def heartbeat_event(stream_id: str) -> dict[str, Any]:
+    return {"type": "heartbeat", "id": stream_id}
+
+
+def sse(event: dict[str, Any]) -> bytes:
+    """One Server-Sent Event. Events that move the position (snapshot, update) carry an ``id:``
+    line, so the browser's EventSource resumes from it by itself (``Last-Event-ID``)."""
+    head = f"event: {event['type']}\n"
+    if event["type"] in ("snapshot", "update"):
+        head = f"id: {event['id']}\n" + head
+    return head.encode() + b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+SSE_HEARTBEAT = b": heartbeat\n\n"
+
+
+def ws(event: dict[str, Any]) -> str:
+    return orjson.dumps(event).decode()

@@ -1,0 +1,438 @@
+"""``scada-ingest bench live``: live values to many dashboards under the demo's simulator load.
+
+One OPC UA simulator (counting mode) feeds ``tenants`` tenants, ``wells_per_tenant`` wells of
+``tags_per_well`` tags each, through the real connection actors, writers and Serve app.
+``subscribers`` clients (SSE and WebSocket alternating; every other pair watches one well, the
+rest every tag) receive a snapshot, then updates, for ``seconds``; then every tenth client is
+dropped and reconnects two seconds later with its last id. With the simulator paused, each
+client's updates are compared with its tenant's stream (the entries the writers appended after
+their commits, filtered as the client asked):
+
+- ``expected`` / ``delivered``: entries that should have reached a client, and those that did;
+- ``cross_tenant``: updates that are not the client's own tenant's entry at that id;
+- ``missed_after_resume``: entries after a dropped client's last id that its resume lacked;
+- ``p50_ms`` / ``p99_ms``: commit time (in each entry) to receipt by the client;
+- ``rss_growth_mb``: the Serve replica's resident memory across ``cycles`` connect/disconnect
+  cycles (after a warm-up), for memory that must stay flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+# Ray reads its auth mode when first imported, and the imports below may bring it in.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+import redis.asyncio as aioredis  # noqa: E402
+from websockets.asyncio.client import connect as ws_connect  # noqa: E402
+
+from ingest.core.config import Settings  # noqa: E402
+from ingest.live.events import parse_id  # noqa: E402
+from ingest.simulators.fleet import db_fetch, start_simulator, stop_simulator  # noqa: E402
+from ingest.write.fanout import live_key  # noqa: E402
+from scale_tests.bench_devices import _bench_settings  # noqa: E402
+from scale_tests.common import log, prepare_stack  # noqa: E402
+
+
+@dataclass
+class Sub:
+    """One dashboard client and what it received."""
+
+    n: int
+    tenant: int
+    transport: str
+    well: str | None
+    start_id: str = ""
+    last_id: str = ""
+    received: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # id -> values
+    duplicates: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    conflated: int = 0
+    resets: int = 0
+    dropped_at: str | None = None
+    connected_us: int = 0
+    connects: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def on_event(self, ev: dict[str, Any]) -> None:
+        kind = ev["type"]
+        if kind == "snapshot":
+            self.start_id = self.start_id or ev["id"]
+            self.last_id = ev["id"]
+        elif kind == "update":
+            now_us = time.time() * 1e6
+            if ev["id"] in self.received:
+                self.duplicates += 1
+            self.received[ev["id"]] = tuple(sorted(tuple(v.values()) for v in ev["values"]))
+            self.last_id = ev["id"]
+            if ev["commit_us"] >= self.connected_us:  # live, not a resume's catch-up
+                self.latencies_ms.append((now_us - ev["commit_us"]) / 1000)
+        elif kind == "conflated":
+            self.conflated += ev["skipped"]
+        elif kind == "reset":
+            self.resets += 1
+
+
+async def _sse(c: httpx.AsyncClient, url: str, key: str, sub: Sub, params: dict[str, str]) -> None:
+    headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
+    async with c.stream("GET", url, params=params, headers=headers) as r:
+        if r.status_code != 200:
+            await r.aread()
+            raise RuntimeError(f"{r.status_code} {r.text[:200]}")
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                sub.on_event(orjson.loads(line[6:]))
+
+
+async def _ws(url: str, key: str, sub: Sub, params: dict[str, str]) -> None:
+    q = str(httpx.QueryParams(params))
+    async with ws_connect(
+        f"{url}?{q}" if q else url,
+        subprotocols=["scada.live", f"scada.bearer.{key}"],  # type: ignore[list-item]
+        open_timeout=60,
+        max_queue=None,
+    ) as conn:
+        async for msg in conn:
+            sub.on_event(orjson.loads(msg))
+
+
+async def _client(api: str, c: httpx.AsyncClient, slug: str, key: str, sub: Sub, once: bool = False) -> None:
+    """Connected until cancelled, as a dashboard is: after any failure it reconnects, resuming
+    after the last id it saw (failures are counted in the result, not hidden)."""
+    while True:
+        params: dict[str, str] = {}
+        if sub.well:
+            params["well"] = sub.well
+        if sub.last_id:
+            params["since"] = sub.last_id
+        sub.connected_us = int(time.time() * 1e6)
+        sub.connects += 1
+        try:
+            if sub.transport == "sse":
+                await _sse(c, f"/v1/tenants/{slug}/stream", key, sub, params)
+            else:
+                await _ws(api.replace("http://", "ws://") + f"/v1/tenants/{slug}/ws", key, sub, params)
+        except Exception as e:  # noqa: BLE001
+            sub.errors.append(f"{type(e).__name__}: {str(e)[:160]}")
+        if once:
+            return
+        await asyncio.sleep(0.5 + random.random())
+
+
+def _replica_pid() -> int | None:
+    # From the GCS' actor table (the state API needs a dashboard, which the bench runs without).
+    from ray._private import state
+
+    for a in state.actors().values():
+        cls = a.get("ActorClassName") or ""
+        if a.get("State") == "ALIVE" and "ServeReplica" in cls and "api" in cls:
+            return int(a["Pid"]) or None
+    return None
+
+
+def _rss_mb(pid: int | None) -> float:
+    if pid is None:
+        return float("nan")
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _cycles(api: str, slug: str, key: str, n: int, concurrency: int = 20) -> None:
+    """``n`` connections that each read their snapshot and leave, SSE and WebSocket alternating."""
+    todo = iter(range(n))
+    async with httpx.AsyncClient(base_url=api, timeout=60) as c:
+
+        async def worker() -> None:
+            for i in todo:
+                sub = Sub(i, 0, "sse" if i % 2 else "ws", None)
+                try:
+                    await asyncio.wait_for(_until_snapshot(api, c, slug, key, sub), 60)
+                except TimeoutError:
+                    pass
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def _until_snapshot(api: str, c: httpx.AsyncClient, slug: str, key: str, sub: Sub) -> None:
+    done = asyncio.Event()
+    orig = sub.on_event
+
+    def on_event(ev: dict[str, Any]) -> None:
+        orig(ev)
+        if ev["type"] == "snapshot":
+            done.set()
+
+    sub.on_event = on_event  # type: ignore[method-assign]
+    task = asyncio.create_task(_client(api, c, slug, key, sub, once=True))
+    waiter = asyncio.create_task(done.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    task.cancel()
+    waiter.cancel()
+    await asyncio.gather(task, waiter, return_exceptions=True)
+
+
+@dataclass
+class Tenant:
+    slug: str
+    key: str
+    wells: list[str]
+    dsn: str
+    body: dict[str, Any]  # the connection to register
+    tag_ids: dict[int, str] = field(default_factory=dict)  # tag_id -> well
+
+
+def _setup(settings: Settings, api: str, node_ids: list[str], tenants: int, wells_per_tenant: int) -> list[Tenant]:
+    admin = httpx.Client(base_url=api, timeout=120, headers={"Authorization": f"Bearer {settings.admin_key}"})
+    for t in admin.get("/v1/tenants").json():  # earlier runs' tenants dial simulators now gone
+        if t["slug"].startswith("blive") and t["status"] == "ACTIVE":
+            admin.put(f"/v1/tenants/{t['slug']}/status", json={"status": "SUSPENDED"})
+    by_well: dict[str, list[str]] = {}
+    for n in node_ids:
+        by_well.setdefault(n.split(";s=")[-1].split(".")[0], []).append(n)
+    wells = sorted(by_well)
+    out = []
+    stamp = int(time.time())
+    for i in range(tenants):
+        slug = f"blive{stamp}x{i}"
+        r = admin.post("/v1/tenants", json={"slug": slug, "name": f"live bench {i}"})
+        r.raise_for_status()
+        key = r.json()["api_key"]
+        mine = wells[i * wells_per_tenant : (i + 1) * wells_per_tenant]
+        body = {
+            "name": "sim",
+            "protocol": "opcua",
+            "endpoint": "",
+            "publishing_interval_ms": 100,
+            "tags": [{"name": n.split(";s=")[-1], "node_id": n, "well": w} for w in mine for n in by_well[w]],
+        }
+        out.append(Tenant(slug, key, mine, settings.dsn(f"scada_t_{slug}"), body))
+    admin.close()
+    return out
+
+
+async def _stream_entries(
+    settings: Settings, slug: str, after: str, until: str
+) -> list[tuple[str, tuple[Any, ...]]]:
+    r = aioredis.from_url(settings.redis_url)
+    try:
+        got = await r.xrange(live_key(slug), min=f"({after}", max=until)
+    finally:
+        await r.aclose()
+    out = []
+    for eid, fields in got:
+        values = orjson.loads(fields[b"v"])
+        out.append((eid.decode(), tuple(sorted(tuple(v) for v in values))))
+    return out
+
+
+def run(
+    subscribers: int = 200,
+    tenants: int = 10,
+    seconds: float = 20.0,
+    cycles: int = 10_000,
+    wells_per_tenant: int = 2,
+    tags_per_well: int = 10,
+    interval_ms: int = 100,
+) -> dict[str, Any]:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    settings = _bench_settings()
+    prepare_stack(settings)
+    for attempt in (1, 2, 3):  # Ray gives a head 30 s to register: a loaded machine may miss it
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+            break
+        except Exception as e:
+            if attempt == 3:
+                raise
+            log(f"live: Ray head did not start ({e}); retrying")
+            time.sleep(5)
+    ray.init(address=cluster.address, namespace=settings.namespace, log_to_driver=False, logging_level="WARNING")
+    summary = Path(tempfile.mkdtemp()) / "sim.json"
+    proc = None
+    try:
+        from actors.deploy import wait_http
+        from serve_app.deploy import deploy
+
+        api = deploy(settings)["api"]
+        wait_http(f"{api}/healthz")
+        proc, endpoint, node_ids = start_simulator(tenants * wells_per_tenant, tags_per_well, interval_ms, summary)
+        ts = _setup(settings, api, node_ids, tenants, wells_per_tenant)
+        for t in ts:
+            t.body["endpoint"] = endpoint
+            r = httpx.post(
+                f"{api}/v1/tenants/{t.slug}/connections",
+                json=t.body,
+                headers={"Authorization": f"Bearer {t.key}"},
+                timeout=120,
+            )
+            r.raise_for_status()
+            t.tag_ids = {x["tag_id"]: x["well"] for x in r.json()["tags"]}
+        proc.send_signal(signal.SIGUSR1)  # resume publishing
+        log(f"live: {tenants} tenants x {wells_per_tenant * tags_per_well} tags streaming; waiting for rows")
+        deadline = time.monotonic() + 180
+        for t in ts:
+            while db_fetch(t.dsn, "SELECT count(DISTINCT tag_id) AS n FROM scada_readings")[0]["n"] < len(
+                t.tag_ids
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"tenant {t.slug} is not streaming")
+                time.sleep(0.5)
+        result = asyncio.run(_measure(settings, api, ts, subscribers, seconds, proc))
+        log(f"live: {orjson.dumps(result).decode()}")
+        log(f"live: {cycles} connect/disconnect cycles against the replica's memory")
+        pid = _replica_pid()
+        asyncio.run(_cycles(api, ts[0].slug, ts[0].key, min(cycles, 500)))  # warm-up
+        before = _rss_mb(pid)
+        t0 = time.perf_counter()
+        asyncio.run(_cycles(api, ts[0].slug, ts[0].key, cycles))
+        after = _rss_mb(pid)
+        result["cycles"] = cycles
+        result["cycles_per_s"] = round(cycles / (time.perf_counter() - t0), 1)
+        result["rss_before_mb"] = round(before, 1)
+        result["rss_growth_mb"] = round(after - before, 1)
+        result["load_avg_1m"] = round(os.getloadavg()[0], 2)
+        return result
+    finally:
+        if proc is not None and proc.poll() is None:
+            stop_simulator(proc, summary)
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+async def _measure(
+    settings: Settings, api: str, ts: list[Tenant], n: int, seconds: float, sim: Any
+) -> dict[str, Any]:
+    subs = []
+    for i in range(n):
+        t = ts[i % len(ts)]
+        k = i // len(ts)
+        subs.append(Sub(i, i % len(ts), "sse" if k % 2 == 0 else "ws", t.wells[0] if (k // 2) % 2 else None))
+    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
+    async with httpx.AsyncClient(base_url=api, timeout=httpx.Timeout(60, read=120), limits=limits) as c:
+        tasks = {
+            s.n: asyncio.create_task(_client(api, c, ts[s.tenant].slug, ts[s.tenant].key, s, None)) for s in subs
+        }
+        await _wait(lambda: all(s.start_id for s in subs), 120, "every subscriber's snapshot")
+        log(f"live: {n} subscribers connected; measuring {seconds:.0f} s")
+        load0 = os.getloadavg()[0]
+        await asyncio.sleep(seconds)
+        dropped = subs[::10]
+        for s in dropped:
+            tasks[s.n].cancel()
+        await asyncio.gather(*(tasks[s.n] for s in dropped), return_exceptions=True)
+        for s in dropped:
+            s.dropped_at = s.last_id
+        log(f"live: dropped {len(dropped)} subscribers; reconnecting in 2 s with their last id")
+        await asyncio.sleep(2.0)
+        for s in dropped:
+            tasks[s.n] = asyncio.create_task(_client(api, c, ts[s.tenant].slug, ts[s.tenant].key, s))
+        await asyncio.sleep(max(5.0, seconds / 4))
+        sim.send_signal(signal.SIGUSR2)  # pause the simulator; let the last commits reach everyone
+        ends = await _quiet_ends(settings, ts)
+        expected: dict[int, dict[str, tuple[Any, ...]]] = {}
+        entries = [await _stream_entries(settings, t.slug, "0-0", ends[i]) for i, t in enumerate(ts)]
+        for s in subs:
+            watched = {tid for tid, w in ts[s.tenant].tag_ids.items() if s.well is None or w == s.well}
+            want = {}
+            for eid, values in entries[s.tenant]:
+                if not s.start_id or parse_id(eid) <= parse_id(s.start_id):
+                    continue
+                mine = tuple(v for v in values if v[0] in watched)
+                if mine:
+                    want[eid] = mine
+            expected[s.n] = want
+        await _wait(lambda: all(set(expected[s.n]) <= set(s.received) for s in subs), 30, "deliveries settle")
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+    # Everything each tenant's stream holds now (entries after ``ends`` may have been received).
+    own = [dict(await _stream_entries(settings, t.slug, "0-0", "+")) for t in ts]
+    exp = sum(len(expected[s.n]) for s in subs)
+    delivered = sum(len(set(expected[s.n]) & set(s.received)) for s in subs)
+    cross = 0
+    for s in subs:
+        for eid, values in s.received.items():
+            mine = own[s.tenant].get(eid)
+            if mine is None or not set(values) <= set(mine):
+                cross += 1
+    missed_after = sum(
+        1
+        for s in dropped
+        for eid in expected[s.n]
+        if parse_id(eid) > parse_id(s.dropped_at or "0-0") and eid not in s.received
+    )
+    lat = np.asarray([x for s in subs for x in s.latencies_ms])
+    return {
+        "bench": "live",
+        "subscribers": n,
+        "tenants": len(ts),
+        "sse": sum(1 for s in subs if s.transport == "sse"),
+        "websocket": sum(1 for s in subs if s.transport == "ws"),
+        "seconds": seconds,
+        "expected": exp,
+        "delivered": delivered,
+        "duplicates": sum(s.duplicates for s in subs),
+        "conflated": sum(s.conflated for s in subs),
+        "resets": sum(s.resets for s in subs),
+        "cross_tenant": cross,
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
+        "latency_samples": int(len(lat)),
+        "dropped_and_resumed": len(dropped),
+        "missed_after_resume": missed_after,
+        "load_avg_1m_during": round(load0, 2),
+        "reconnects": sum(s.connects - 1 for s in subs) - len(dropped),
+        "no_snapshot": sum(1 for s in subs if not s.start_id),
+        "errors_sample": sorted({e for s in subs for e in s.errors})[:5],
+    }
+
+
+async def _quiet_ends(settings: Settings, ts: list[Tenant], quiet_s: float = 3.0) -> list[str]:
+    """Each tenant's newest stream id once no stream has grown for ``quiet_s`` (the pipeline
+    drains what the simulator published before it paused), at most a minute."""
+    r = aioredis.from_url(settings.redis_url)
+    try:
+        last: list[str] = []
+        still_since = time.monotonic()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = []
+            for t in ts:
+                got = await r.xrevrange(live_key(t.slug), count=1)
+                now.append(got[0][0].decode() if got else "0-0")
+            if now != last:
+                last, still_since = now, time.monotonic()
+            elif time.monotonic() - still_since >= quiet_s:
+                break
+            await asyncio.sleep(0.5)
+        return last
+    finally:
+        await r.aclose()
+
+
+async def _wait(cond: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            log(f"live: gave up waiting {timeout_s:.0f} s for {what}")
+            return
+        await asyncio.sleep(0.2)
