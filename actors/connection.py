@@ -38,6 +38,9 @@ class ConnectionActor:
             on_state_change=lambda spec, state, error: self.gauges.on_state_change(
                 spec.tenant_slug, spec.protocol.value, state, error
             ),
+            on_gap_markers=lambda spec, n: safe(
+                Metrics.get().gaps.inc, n, {"tenant": spec.tenant_slug, "protocol": spec.protocol.value}
+            ),
         )
         self._ticker: asyncio.Task[None] | None = None
         self._node_id = ray.get_runtime_context().get_node_id()

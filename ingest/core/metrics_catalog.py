@@ -146,7 +146,8 @@ CATALOG: tuple[MetricSpec, ...] = (
         "scada_gaps_total",
         Kind.COUNTER,
         (_T, _P),
-        "Readings recorded as an explicit gap (quality Bad marker) instead of stored",
+        "Recorded gaps: readings a sender dropped at its bound (exact), plus one per tag interval a new "
+        "session could not read (a session-start marker, count unknown)",
         Emitted.ON_EVENT,
     ),
     MetricSpec(

@@ -94,6 +94,7 @@ class ConnectionHost:
         session_factory: Callable[..., DeviceSession] | None = None,
         last_times: LastTimes | None = None,
         on_state_change: Callable[[ConnectionSpec, str, str | None], None] | None = None,
+        on_gap_markers: Callable[[ConnectionSpec, int], None] | None = None,
     ) -> None:
         self.source = source
         self.epoch = uuid.uuid4().hex[:8]
@@ -101,6 +102,7 @@ class ConnectionHost:
         self._session_factory = session_factory or make_session
         self._last_times = last_times
         self._on_state_change = on_state_change
+        self._on_gap_markers = on_gap_markers  # e.g. the gaps metric; never breaks the data path
         self.gap_markers = 0
         self._running: dict[str, _Running] = {}
         self._builders: dict[str, BatchBuilder] = {}
@@ -200,6 +202,11 @@ class ConnectionHost:
             n = int(tag_ids.shape[0])
             builder.append(tag_ids, times, np.full(n, np.nan), np.full(n, GAP_QUALITY, np.int32))
             self.gap_markers += n
+            if self._on_gap_markers is not None and n:
+                try:
+                    self._on_gap_markers(spec, n)
+                except Exception:
+                    log.debug("gap marker hook failed", exc_info=True)
 
         # One check per connection start, kept across rebuilds after a failure: it covers the
         # time since the readings stored before this connection started here.

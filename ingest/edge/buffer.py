@@ -33,7 +33,17 @@ from pathlib import Path
 import numpy as np
 
 from ingest.core.batch import ReadingBatch, per_tag
-from ingest.edge.encode import GAP_QUALITY, Gap, PushedTag, as_gaps, pack, push_body, unpack
+from ingest.edge.encode import (
+    GAP_QUALITY,
+    Gap,
+    PushedTag,
+    as_gaps,
+    decode_gaps,
+    encode_gaps,
+    pack,
+    push_body,
+    unpack,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -210,7 +220,7 @@ class EdgeBuffer:
             with self._tx():
                 if table == "sealed":
                     blob = self.db.execute("SELECT dropped FROM sealed WHERE seq = ?", (seq,)).fetchone()[0]
-                    gaps = _decode_gaps(blob)
+                    gaps = decode_gaps(blob)
                 else:
                     (cols,) = self.db.execute("SELECT cols FROM staged WHERE seq = ?", (seq,)).fetchone()
                     gaps = as_gaps(unpack(cols, rows))
@@ -296,7 +306,7 @@ class EdgeBuffer:
                 room = 0
             batch = ReadingBatch.concat("sealed", parts) if len(parts) > 1 else parts[0]
             body, markers = push_body(self.tenant, batch, self._tags)
-            dropped = _encode_gaps(as_gaps(batch))
+            dropped = encode_gaps(as_gaps(batch))
             seq = int(self._counter("next_seal")) + 1  # never reused, even after the row is gone
             key = f"edge-{self.agent_id}-{seq}"
             nbytes = len(body) + len(dropped) + _ROW_OVERHEAD
@@ -352,7 +362,7 @@ class EdgeBuffer:
                 (s.seq, s.key, self._clock(), status, answer[:4000], s.body),
             )
             self.db.execute("DELETE FROM sealed WHERE seq = ?", (s.seq,))
-            self._add_gaps(_decode_gaps(row[2]))
+            self._add_gaps(decode_gaps(row[2]))
         self.rows -= int(row[0])
         self.bytes -= int(row[1])
 
@@ -384,20 +394,3 @@ def _split(b: ReadingBatch, n: int) -> tuple[ReadingBatch, ReadingBatch]:
         return ReadingBatch(b.batch_id, b.time_us[s], b.tag_id[s], b.value[s], b.quality[s])
 
     return cut(slice(0, n)), cut(slice(n, None))
-
-
-def _encode_gaps(gaps: list[Gap]) -> bytes:
-    tags = np.array([g[0] for g in gaps], np.int32)
-    first = np.array([g[1] for g in gaps], np.int64)
-    lost = np.array([np.nan if g[2] is None else g[2] for g in gaps], np.float64)
-    new = np.array([g[3] for g in gaps], np.int8)
-    return tags.tobytes() + first.tobytes() + lost.tobytes() + new.tobytes()
-
-
-def _decode_gaps(blob: bytes) -> list[Gap]:
-    n = len(blob) // 21
-    tags = np.frombuffer(blob, np.int32, n, 0).tolist()
-    first = np.frombuffer(blob, np.int64, n, 4 * n).tolist()
-    lost = np.frombuffer(blob, np.float64, n, 12 * n).tolist()
-    new = np.frombuffer(blob, np.int8, n, 20 * n).tolist()
-    return [(t, f, None if v != v else v, bool(k)) for t, f, v, k in zip(tags, first, lost, new, strict=True)]

@@ -115,3 +115,21 @@ def push_body(tenant: str, b: ReadingBatch, tags: dict[int, PushedTag]) -> tuple
     body = msgspec.json.encode({"tenant_id": tenant, "data_points": points})
     # mtime=0: the same readings always give the same bytes.
     return gzip.compress(body, compresslevel=1, mtime=0), int(np.count_nonzero(codes == "DATA_LOST")) if n else 0
+
+
+def encode_gaps(gaps: list[Gap]) -> bytes:
+    """Gaps as one blob (the buffer's ``gaps`` of a rejected or dropped body)."""
+    tags = np.array([g[0] for g in gaps], np.int32)
+    first = np.array([g[1] for g in gaps], np.int64)
+    lost = np.array([np.nan if g[2] is None else g[2] for g in gaps], np.float64)
+    new = np.array([g[3] for g in gaps], np.int8)
+    return tags.tobytes() + first.tobytes() + lost.tobytes() + new.tobytes()
+
+
+def decode_gaps(blob: bytes) -> list[Gap]:
+    n = len(blob) // 21
+    tags = np.frombuffer(blob, np.int32, n, 0).tolist()
+    first = np.frombuffer(blob, np.int64, n, 4 * n).tolist()
+    lost = np.frombuffer(blob, np.float64, n, 12 * n).tolist()
+    new = np.frombuffer(blob, np.int8, n, 20 * n).tolist()
+    return [(t, f, None if v != v else v, bool(k)) for t, f, v, k in zip(tags, first, lost, new, strict=True)]

@@ -362,17 +362,6 @@ class TenantStore:
         ]
 
     # -- queries -------------------------------------------------------------------------------
-    async def query_raw(self, tag_id: int, start: datetime, end: datetime, limit: int) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch(
-            "SELECT time, value, quality FROM scada_readings WHERE tag_id = $1 "
-            "AND time >= $2 AND time < $3 ORDER BY time LIMIT $4",
-            tag_id,
-            start,
-            end,
-            limit,
-        )
-        return [{"time": r["time"].isoformat(), "value": r["value"], "quality": r["quality"]} for r in rows]
-
     async def tag_rules(self) -> list[dict[str, Any]]:
         """Validation settings of every live tag (the writer's input)."""
         rows = await self.pool.fetch(
@@ -398,6 +387,3 @@ class TenantStore:
             before_us,
         )
         return {int(r["t"]): int(r["last"]) for r in rows if r["last"] is not None}
-
-    async def tag_exists(self, tag_id: int) -> bool:
-        return bool(await self.pool.fetchval("SELECT 1 FROM tag_mappings WHERE tag_id = $1", tag_id))
