@@ -273,8 +273,22 @@ def test_prometheus_discovers_the_stack_and_queries_ingest(ingesting: dict[str, 
     assert exe, "prometheus missing: scripts/bootstrap.sh installs Debian's prometheus package"
     slug = ingesting["tenant"]
     sd = _service_discovery_file()
-    targets = json.loads(sd.read_text())[0]["targets"]
-    assert set(_metrics_targets()) <= set(targets)
+
+    def listed() -> set[str]:
+        try:
+            return set(json.loads(sd.read_text())[0]["targets"])
+        except (OSError, ValueError, IndexError, KeyError):
+            return set()
+
+    # Ray rewrites the file every few seconds: a node that joined or left a moment ago (the
+    # failover tests add and remove nodes) shows up in it at its next rewrite.
+    wait_for(
+        lambda: set(_metrics_targets()) <= listed(),
+        60,
+        "every live node's metrics endpoint in the service-discovery file",
+        every_s=1.0,
+        describe=lambda: (sorted(_metrics_targets()), sorted(listed())),
+    )
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "prometheus.yml"

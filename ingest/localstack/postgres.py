@@ -186,7 +186,9 @@ def _pg_settings(p: PostgresParams) -> str:
         ("unix_socket_directories", _conf_quote(str(_pg_run_dir(p).resolve()))),
         ("shared_preload_libraries", "'timescaledb'"),
         ("timescaledb.telemetry_level", "off"),
-        ("max_connections", "200"),
+        # A test session makes many tenants; each holds a few connections (writer, rollup
+        # refresher, the API's pools) while its writer lives.
+        ("max_connections", "500"),
         ("shared_buffers", "'512MB'"),
         ("max_wal_size", "'4GB'"),
         ("checkpoint_timeout", "'15min'"),
