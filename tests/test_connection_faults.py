@@ -140,7 +140,7 @@ def test_session_restarted_while_database_away_records_its_gap(
     dsn = stack.dsn(tenant.db)
     sim.resume()
     wait_for(
-        lambda: db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"] > 100, 30, "readings stored"
+        lambda: db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"] > 100, 120, "readings stored"
     )
     su = stack.dsn("postgres")
     db_fetch(su, f'ALTER DATABASE "{tenant.db}" WITH ALLOW_CONNECTIONS false')
@@ -156,18 +156,18 @@ def test_session_restarted_while_database_away_records_its_gap(
                 (p := placement(stack)).get(cid, {}).get("started_at", 0) > before[cid]["started_at"]
                 and p[cid]["state"] == "connected"
             ),
-            60,
+            120,
             "session restarted",
         )
         wait_for(
-            lambda: _conn_states(stack)[cid]["gap_check_failures"] >= 1, 30, "gap check waiting for the database"
+            lambda: _conn_states(stack)[cid]["gap_check_failures"] >= 1, 120, "gap check waiting for the database"
         )
     finally:
         db_fetch(su, f'ALTER DATABASE "{tenant.db}" WITH ALLOW_CONNECTIONS true')
     n = db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"]
     wait_for(
         lambda: db_fetch(dsn, "SELECT count(*) AS n FROM scada_readings")[0]["n"] > n,
-        60,
+        120,
         "readings landing again after the database returned",
     )
     summary = sim.stop()

@@ -135,7 +135,7 @@ def test_postgres_start_and_timescaledb(pg: PostgresParams) -> None:
     version, preload, max_conn = asyncio.run(check())
     assert version.startswith("2.19")
     assert "timescaledb" in preload
-    assert max_conn == 200
+    assert max_conn == 500
 
 
 def test_postgres_ensure_is_idempotent(pg: PostgresParams) -> None:
