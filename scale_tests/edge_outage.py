@@ -40,8 +40,8 @@ def run(
 
     settings = Settings(
         local_dir=REPO_ROOT / ".local" / "scale-edge",
-        pg_port=int(os.environ.get("SCADA_SCALE_PG_PORT", "55453")),
-        redis_port=int(os.environ.get("SCADA_SCALE_REDIS_PORT", "56400")),
+        pg_port=int(os.environ.get("SCADA_SCALE_PG_PORT", "25453")),
+        redis_port=int(os.environ.get("SCADA_SCALE_REDIS_PORT", "26400")),
         namespace="scada-edge-scale",
         http_port=free_port(),
         reconcile_interval_s=1.0,

@@ -55,8 +55,8 @@ def run(
 
     settings = Settings(
         local_dir=REPO_ROOT / ".local" / "scale",
-        pg_port=55452,
-        redis_port=56399,
+        pg_port=25452,
+        redis_port=26399,
         namespace="scada-scale",
         http_port=_free_port(),
         reconcile_interval_s=1.0,

@@ -64,10 +64,11 @@ def free_port() -> int:
 def settings() -> Settings:
     local = Path(os.environ.get("SCADA_TEST_LOCAL_DIR", REPO_ROOT / ".local" / "test"))
     return Settings(
-        # Overridable so two checkouts (worktrees) can run their suites side by side.
+        # Overridable so two checkouts (worktrees) can run their suites side by side. The defaults lie
+        # outside the kernel's ephemeral port range, so no outgoing connection can hold them.
         local_dir=local,
-        pg_port=int(os.environ.get("SCADA_TEST_PG_PORT", "55442")),
-        redis_port=int(os.environ.get("SCADA_TEST_REDIS_PORT", "56389")),
+        pg_port=int(os.environ.get("SCADA_TEST_PG_PORT", "25442")),
+        redis_port=int(os.environ.get("SCADA_TEST_REDIS_PORT", "26389")),
         namespace="scada-test",
         http_port=free_port(),
         reconcile_interval_s=1.0,

@@ -1,6 +1,7 @@
 """ingest.localstack (postgres, redis_server) against the real PostgreSQL 15 + TimescaleDB and Redis servers.
 
-Everything lives in a fresh directory under /tmp; ports 55901 (PostgreSQL) and 55902 (Redis).
+Everything lives in a fresh directory under /tmp; its ports lie outside the kernel's ephemeral
+range (tests.helpers.quiet_ports).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from ingest.core.errors import LocalStackError
 from ingest.core.keys import read_or_create_secret
 from ingest.localstack.postgres import PostgresParams, ensure_postgres, postgres_running, stop_postgres
 from ingest.localstack.redis_server import RedisParams, ensure_redis, redis_running, stop_redis
+from tests.helpers import quiet_ports
 
-PG_PORT = 55901
-REDIS_PORT = 55902
+PG_PORT, REDIS_PORT, JUNK_PORT = quiet_ports(3)
 HOST = "127.0.0.1"
 
 pytestmark = [
@@ -212,7 +213,7 @@ def test_postgres_bad_dir_raises(local_dir: Path) -> None:
     (junk / "something").write_text("x")
     if os.geteuid() == 0:
         shutil.chown(junk, "postgres", "postgres")
-    p = PostgresParams(data_dir=junk, port=55903, superuser="scada", password="pw")
+    p = PostgresParams(data_dir=junk, port=JUNK_PORT, superuser="scada", password="pw")
     with pytest.raises(LocalStackError):
         ensure_postgres(p)
 
