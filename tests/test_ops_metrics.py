@@ -22,6 +22,8 @@ import pytest
 
 from ingest.core.config import Settings
 from ingest.core.metrics_catalog import Emitted, spec_for_series
+from ingest.core.models import Quality, quality_as_int4
+from ingest.write.fanout import live_key
 from tests.conftest import TenantHandle
 from tests.helpers import SimProcess, db_fetch, wait_for
 from tests.ops_helpers import alert_rules, dashboard_exprs, used_metric_names
@@ -34,12 +36,12 @@ TRIGGERED = {
     "scada_write_failures_total",  # a CHECK constraint the database refuses a batch with
     "scada_device_errors_total",  # a Modbus device on a port nobody listens on
     "scada_live_subscribers",  # a live (SSE) subscriber that reads its snapshot and leaves
+    "scada_gaps_total",  # an edit restarts the OPC UA session while the simulator publishes
+    "scada_live_conflated_total",  # a subscriber resuming from the stream's start overflows its queue
 }
-# Event-only metrics the rules read that this run cannot cause cheaply. Adding one to a rule
-# means causing it here, or naming it here on purpose.
-# Conflation needs a subscriber slower than the tenant's commits for a while; the subscriber
-# queue's tests (tests/test_live_unit.py) count it.
-NOT_TRIGGERED = {"scada_gaps_total", "scada_live_conflated_total"}
+# Event-only metrics the rules read that this run does not cause. Adding one to a rule means
+# causing it here, or naming it here on purpose.
+NOT_TRIGGERED: set[str] = set()
 
 
 def _series(text: str) -> list[tuple[str, str]]:
@@ -93,6 +95,7 @@ def ingesting(api: str, admin: httpx.Client, stack: Settings) -> Iterator[dict[s
         r = tenant.client.post(f"/v1/tenants/{tenant.slug}/connections", json=body)
         assert r.status_code == 201, r.text
         opcua_ids = [t["tag_id"] for t in r.json()["tags"]][1:]  # the first rejects its values
+        opcua_conn = r.json()["id"]
         dead = {
             "name": "dead-plc",
             "protocol": "modbus",
@@ -129,6 +132,8 @@ def ingesting(api: str, admin: httpx.Client, stack: Settings) -> Iterator[dict[s
             120,
             "readings landed",
         )
+        _provoke_gap_markers(tenant, opcua_conn, dsn)
+        _provoke_conflation(tenant, stack)
         # A 404 and a 401 through the API, so Ray Serve's request metrics carry error codes too.
         assert tenant.client.get(f"/v1/tenants/{tenant.slug}/connections/{uuid.uuid4()}").status_code == 404
         assert httpx.get(f"{api}/v1/tenants", timeout=30).status_code == 401
@@ -143,6 +148,44 @@ def ingesting(api: str, admin: httpx.Client, stack: Settings) -> Iterator[dict[s
         sim.kill()
         admin.put(f"/v1/tenants/{slug}/status", json={"status": "SUSPENDED"})
         tenant.client.close()
+
+
+def _provoke_gap_markers(tenant: TenantHandle, conn_id: str, dsn: str) -> None:
+    """An edit restarts the session while the simulator goes on publishing (every 50 ms): the new
+    session's first reading of each tag is newer than the newest stored one, so it writes a gap
+    marker per tag (the readings in between were never read), and scada_gaps_total counts them."""
+    r = tenant.client.patch(
+        f"/v1/tenants/{tenant.slug}/connections/{conn_id}", json={"publishing_interval_ms": 60}
+    )
+    assert r.status_code == 200, r.text
+    gap = quality_as_int4(Quality.BAD_DATA_LOST)
+    markers = "SELECT count(*) AS n FROM scada_readings WHERE quality = $1"
+    wait_for(lambda: db_fetch(dsn, markers, gap)[0]["n"] > 0, 120, "session-start gap markers")
+
+
+def _provoke_conflation(tenant: TenantHandle, stack: Settings) -> None:
+    """A subscriber resuming from the stream's start (Last-Event-ID 0-0) gets every entry the
+    tenant's live stream holds queued at once; past ``live_queue_entries`` they conflate, the
+    client is told (a ``conflated`` event) and scada_live_conflated_total counts it."""
+    import redis
+
+    rds = redis.Redis.from_url(stack.redis_url)
+    try:
+        wait_for(
+            lambda: rds.xlen(live_key(tenant.slug)) > stack.live_queue_entries + 20,
+            180,
+            "more live-stream entries than one subscriber queue holds",
+            every_s=1.0,
+        )
+    finally:
+        rds.close()
+    headers = {"Accept": "text/event-stream", "Last-Event-ID": "0-0"}
+    with tenant.client.stream("GET", f"/v1/tenants/{tenant.slug}/stream", headers=headers) as live:
+        assert live.status_code == 200
+        for n, line in enumerate(live.iter_lines()):
+            if line.startswith("event: conflated"):
+                break
+            assert n < 100_000, "no conflated event after the catch-up"
 
 
 def _wanted(slug: str) -> dict[str, str]:
