@@ -8,13 +8,16 @@ socket timeout) and one ``LiveHub``, so 200 subscribers of 10 tenants cost 10 Re
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from ingest.core.errors import AuthError, InvalidQuery, TenantMismatch, TenantNotFound
 from ingest.core.metrics import Metrics, safe
@@ -34,9 +37,12 @@ from ingest.live.queue import SubscriberQueue
 from ingest.read.catalog import Catalog, TagInfo
 from ingest.read.latest import latest_values
 from ingest.read.rollups import EPOCH
+from ingest.write.fanout import every_key
 from serve_app.deps import authorize
 from serve_app.routes_read import MAX_LATEST_TAGS, ReadCaches, _catalog_and_tags, cached_principal
 from serve_app.state import ApiState
+
+log = logging.getLogger(__name__)
 
 # What an API key looks like (ingest.core.keys): refused with a pointer to tickets if sent as one.
 _API_KEY = re.compile(r"^[a-z]{2,8}_[0-9a-f]{12}_")
@@ -120,9 +126,33 @@ def check_since(since: str | None) -> str | None:
     return since
 
 
-async def events(api: ApiState, t: Tenant, watch: Watch, since: str | None) -> AsyncGenerator[dict[str, Any]]:
+EVERY_TTL_S = 30  # the every-value request lapses this long after its last subscriber left
+
+
+class EveryRequest:
+    """Keeps the tenant's every-value request (ingest.write.fanout.every_key) alive while a
+    subscriber that asked for every value is connected: refreshed every third of its TTL."""
+
+    def __init__(self, api: ApiState, slug: str) -> None:
+        self.api, self.key, self.at = api, every_key(slug), 0.0
+
+    async def refresh(self) -> None:
+        if time.monotonic() - self.at < EVERY_TTL_S / 3:
+            return
+        try:
+            await self.api.redis().set(self.key, 1, ex=EVERY_TTL_S)
+            self.at = time.monotonic()
+        except (RedisError, OSError) as e:  # the feed reports Redis being away; retried next time
+            log.debug("live: every-value request not refreshed: %s", e)
+
+
+async def events(
+    api: ApiState, t: Tenant, watch: Watch, since: str | None, every: bool = False
+) -> AsyncGenerator[dict[str, Any]]:
     """Snapshot (unless resuming), then updates, conflation notices and heartbeats, until the
-    subscriber is closed (lagging too long) or the caller stops iterating."""
+    subscriber is closed (lagging too long) or the caller stops iterating. With ``every``, the
+    writer puts every value on the stream (from its next look, within about a second; each
+    update says whether it holds every value)."""
     parts = api.part(LiveParts)
     s = api.settings
     sub = SubscriberQueue(
@@ -130,7 +160,12 @@ async def events(api: ApiState, t: Tenant, watch: Watch, since: str | None) -> A
         max_entries=s.live_queue_entries,
         max_lag_s=s.live_max_lag_s,
         on_conflated=lambda n: parts.conflated(t.slug, n),
+        every=every,
     )
+    request = EveryRequest(api, t.slug) if every else None
+    if request is not None:
+        await request.refresh()
+    idle_s = s.live_heartbeat_s if request is None else min(s.live_heartbeat_s, EVERY_TTL_S / 3)
     pos = await parts.hub.subscribe(t.slug, sub, since)
     try:
         last = since or "0-0"
@@ -145,7 +180,9 @@ async def events(api: ApiState, t: Tenant, watch: Watch, since: str | None) -> A
             last = pos.snapshot_id
             yield snapshot_event(last, values)
         while True:
-            if not await sub.wait(s.live_heartbeat_s):
+            if request is not None:
+                await request.refresh()
+            if not await sub.wait(idle_s):
                 yield heartbeat_event(last)
                 continue
             if sub.closed is not None:

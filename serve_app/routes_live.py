@@ -47,7 +47,7 @@ router = APIRouter(tags=["live"])
 class LiveValueOut(BaseModel):
     tag_id: int
     t_us: int = Field(description="reading time, µs since the epoch (UTC)")
-    value: float | str | None = Field(description="null for NaN; text for text tags (snapshot only)")
+    value: float | str | None = Field(description="null for NaN; text for text tags")
     quality: int = Field(description="as stored (int4)")
 
 
@@ -57,6 +57,7 @@ class LiveEventOut(BaseModel):
     type: Literal["snapshot", "update", "conflated", "reset", "heartbeat", "closed"]
     id: str | None = Field(None, description="stream id to resume after (`Last-Event-ID` / `since`)")
     commit_us: int | None = Field(None, description="update: when the batch was committed (µs)")
+    every: bool | None = Field(None, description="update: holds every value, not only the last per tag")
     values: list[LiveValueOut] | None = None
     skipped: int | None = Field(None, description="conflated: updates folded into the next update")
     reason: str | None = Field(None, description="reset: trimmed | unknown_id; closed: lagging")
@@ -71,6 +72,10 @@ class TicketOut(BaseModel):
 Since = Annotated[str | None, Query(max_length=41, description="resume after this stream id (an event's `id`)")]
 Ticket = Annotated[str | None, Query(max_length=64, description="a ticket from POST .../stream-tickets")]
 Well = Annotated[str | None, Query(max_length=200, description="every tag of the well, or those named in `tag`")]
+Every = Annotated[
+    bool,
+    Query(description="every committed value in updates, not only the last per tag (each update says which)"),
+]
 
 
 @router.post(
@@ -114,6 +119,7 @@ async def stream(
     well: Well = None,
     tag: TagNames = None,
     since: Since = None,
+    every: Every = False,
     ticket: Ticket = None,
     authorization: Annotated[str | None, Header(description="Bearer <api key>")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=41)] = None,
@@ -125,7 +131,7 @@ async def stream(
         return error_response(406, "not_acceptable", "a live stream needs Accept: text/event-stream")
     resume = check_since(last_event_id or since)
     watch = await resolve_watch(api, t, tag_id, well, tag)
-    body = events(api, t, watch, resume)
+    body = events(api, t, watch, resume, every)
     try:
         first = await anext(body)  # subscribe and snapshot now, so failures answer a status
     except (RedisError, OSError) as e:
@@ -173,7 +179,10 @@ def _ws_query(websocket: WebSocket) -> dict[str, Any]:
     if well is not None and len(well) > 200:
         raise InvalidQuery("well", "at most 200 characters")
     names = q.getlist("tag") or None
-    return {"tag_id": tag_ids or None, "well": well, "tag": names}
+    every = q.get("every", "false").lower()
+    if every not in ("true", "false", "1", "0"):
+        raise InvalidQuery("every", "true or false")
+    return {"tag_id": tag_ids or None, "well": well, "tag": names, "every": every in ("true", "1")}
 
 
 async def _refuse(websocket: WebSocket, exc: Exception) -> None:
@@ -204,7 +213,7 @@ async def live_ws(websocket: WebSocket, tenant: str) -> None:
     parts.count(t.slug, "websocket", +1)
 
     async def send() -> None:
-        async for ev in events(api, t, watch, resume):
+        async for ev in events(api, t, watch, resume, q["every"]):
             await websocket.send_text(ws(ev))
             if ev["type"] == "closed":
                 await websocket.close(code=1013, reason="lagging: reconnect with since")

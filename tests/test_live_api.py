@@ -127,3 +127,49 @@ async def test_websocket_filter_resume_and_reset(
     with pytest.raises(InvalidStatus):
         async with ws_connect(api, slug, tenant.key, since="not-an-id"):
             pass
+
+
+async def _update(events: Any) -> dict[str, Any]:
+    while (ev := await anext(events))["type"] != "update":
+        assert ev["type"] == ":", ev  # only heartbeats between updates
+    return ev
+
+
+async def test_every_value_on_request_and_text_updates(
+    tenant: TenantHandle, live: dict[str, Any], api: str
+) -> None:
+    """`every=true` gets every committed value of a batch (once the writer has seen the request,
+    within about a second; each update says which it holds) while a subscriber beside it still
+    gets the last value per tag; text readings arrive as updates with their text."""
+    ids, feed, slug = live["ids"], live["feed"], tenant.slug
+    tp, status = ids["tubing_pressure"], ids["status"]
+    await _write(feed, ids, 1)
+    auth = {**SSE, "Authorization": f"Bearer {tenant.key}"}
+    url = f"/v1/tenants/{slug}/stream"
+    async with (
+        httpx.AsyncClient(base_url=api, timeout=60) as c,
+        c.stream("GET", url, params={"every": "true", "tag_id": [tp, status]}, headers=auth) as every,
+        c.stream("GET", url, params={"tag_id": [tp, status]}, headers=auth) as last,
+    ):
+        assert every.status_code == 200 and last.status_code == 200
+        ev_every, ev_last = sse_events(every), sse_events(last)
+        assert (await anext(ev_every))["type"] == "snapshot" and (await anext(ev_last))["type"] == "snapshot"
+        t0 = datetime.now(UTC) - timedelta(seconds=1)
+        for k in range(100):  # the writer looks for the request at most once a second
+            t = t0 + timedelta(milliseconds=10 * k)
+            rows = [(tp, t, float(k), 0), (tp, t + timedelta(microseconds=500), k + 0.5, 0)]
+            await asyncio.to_thread(feed.numeric, rows)
+            a, b = await _update(ev_every), await _update(ev_last)
+            assert a["id"] == b["id"] and b["every"] is False and [v["value"] for v in b["values"]] == [k + 0.5]
+            if a["every"]:
+                break
+            assert [v["value"] for v in a["values"]] == [k + 0.5]
+            await asyncio.sleep(0.2)
+        assert a["every"], "the writer never saw the every-value request"
+        assert [v["value"] for v in a["values"]] == [float(k), k + 0.5]
+        now = datetime.now(UTC)
+        later = now + timedelta(milliseconds=1)
+        await asyncio.to_thread(feed.text, [(status, now, "choked"), (status, later, "open")])
+        a, b = await _update(ev_every), await _update(ev_last)
+        assert [v["value"] for v in a["values"]] == ["choked", "open"]
+        assert [(v["tag_id"], v["value"]) for v in b["values"]] == [(status, "open")]

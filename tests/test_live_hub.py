@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from ingest.core.batch import ReadingBatch
+from ingest.core.batch import ReadingBatch, TextBatch
 from ingest.core.config import Settings
 from ingest.live.events import Entry
 from ingest.live.hub import LiveHub
 from ingest.live.queue import SubscriberQueue
 from ingest.localstack.redis_server import ensure_redis, stop_redis
 from ingest.localstack.stack import redis_params
-from ingest.write.fanout import RedisFanout, live_key
+from ingest.write.fanout import EVERY_CHECK_S, RedisFanout, every_key, live_key
 from tests.helpers import wait_until
 
 
@@ -69,6 +69,58 @@ async def test_fanout_appends_last_value_per_tag_or_every_value(redis_client: ai
     assert len(Entry.from_redis(eid, fields).values) == 6
     # The latest hash stays current beside the stream.
     assert await redis_client.hlen(f"scada:latest:{slug}") == 2
+
+
+async def test_every_value_while_a_subscriber_asks_and_text_readings(redis_client: aioredis.Redis) -> None:
+    """A session's every-value request (a key with a TTL) turns every value on for the tenant's
+    next entries, marked as such; without it entries carry the last value per tag. Text readings
+    get entries of their own."""
+    slug = f"h{uuid.uuid4().hex[:8]}"
+    f = RedisFanout(redis_client, slug)
+    f.start()
+    try:
+        f.submit(batch(1))
+        await wait_until(lambda: f.sent_live == 1, "first entry sent")
+        await redis_client.set(every_key(slug), 1, ex=30)
+        await asyncio.sleep(EVERY_CHECK_S * 1.5)  # the writer looks at most once a second
+        f.submit(batch(2))  # this send looks, and finds the request
+        await wait_until(lambda: f.sent_live == 2, "second entry sent")
+        f.submit(batch(3))
+        texts = TextBatch(
+            "t1",
+            np.array([10, 20, 30], np.int64),
+            np.array([7, 7, 8], np.int32),
+            ["open", "closed", "alarm"],
+            np.zeros(3, np.int32),
+        )
+        f.submit_text([texts], commit_us=5)
+        await wait_until(lambda: f.sent_live == 4, "every-value and text entries sent")
+        await redis_client.delete(every_key(slug))
+        await asyncio.sleep(EVERY_CHECK_S * 1.5)
+        f.submit(batch(4))
+        await wait_until(lambda: f.sent_live == 5, "fifth entry sent")
+        f.submit(batch(5))
+        f.submit_text([texts])
+        await wait_until(lambda: f.sent_live == 7, "last-per-tag entries again")
+    finally:
+        await f.stop()
+    got = [Entry.from_redis(i, x) for i, x in await redis_client.xrange(live_key(slug))]
+    assert [(e.every, len(e.values)) for e in got] == [
+        (False, 2),
+        (False, 2),  # the request is seen when this entry is sent, for the next ones
+        (True, 6),
+        (True, 3),
+        (True, 6),  # the request's end is seen when this one is sent, likewise
+        (False, 2),
+        (False, 2),
+    ]
+    assert [v[2] for v in got[3].values] == ["open", "closed", "alarm"]
+    assert sorted((v[0], v[2]) for v in got[6].values) == [(7, "closed"), (8, "alarm")]
+    # A subscriber that did not ask gets the last value per tag of an every-value entry.
+    q, q_every = SubscriberQueue(None), SubscriberQueue(None, every=True)
+    for sub in (q, q_every):
+        sub.catch_up(got[2])
+    assert len(q.take()[0][0].values) == 2 and len(q_every.take()[0][0].values) == 6
 
 
 async def test_one_feed_many_subscribers_resume_and_caps(redis_client: aioredis.Redis) -> None:

@@ -105,6 +105,7 @@ def test_event_encodings() -> None:
         "id": e.id,
         "commit_us": 42,
         "values": [{"tag_id": 1, "t_us": 10, "value": None, "quality": 0}],
+        "every": False,
     }
     assert orjson.loads(ws(ev)) == data
     assert "id:" not in sse({"type": "reset", "reason": "trimmed"}).decode()

@@ -3,7 +3,9 @@
 Events (JSON objects with a ``type``):
 
 - ``snapshot``: ``id``, ``values``: the latest value of every subscribed tag; deltas follow.
-- ``update``: ``id``, ``commit_us``, ``values``: one committed batch (or several, conflated).
+- ``update``: ``id``, ``commit_us``, ``values``, ``every``: one committed batch (or several,
+  conflated); ``every`` true when it holds every value of the batch for the watched tags (asked
+  for with ``every=true``), false when the last value per tag.
 - ``conflated``: ``id``, ``skipped``: the subscriber fell behind; the next ``update`` carries
   the latest value per tag of everything it skipped.
 - ``reset``: ``reason``: the id to resume from is no longer in the stream (trimmed, or the stream
@@ -11,7 +13,7 @@ Events (JSON objects with a ``type``):
 - ``heartbeat``: ``id`` (WebSocket only; SSE sends a comment line).
 
 A value is ``{"tag_id", "t_us", "value", "quality"}``: time in µs since the epoch, quality as
-stored (int4), value null for NaN. ``id`` is the Redis stream id to resume from.
+stored (int4), value null for NaN, text for text tags. ``id`` is the Redis stream id to resume from.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from typing import Any
 
 import orjson
 
-# tag_id, time (µs), value (None for NaN or no value), quality as stored
-Value = tuple[int, int, float | None, int]
+# tag_id, time (µs), value (None for NaN or no value; text for text tags), quality as stored
+Value = tuple[int, int, float | str | None, int]
 
 _ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 ZERO_ID = "0-0"
@@ -49,14 +51,16 @@ class Entry:
     key: tuple[int, int]
     commit_us: int
     values: tuple[Value, ...]
+    every: bool = False  # every value of the batch, not the last per tag
 
     @staticmethod
     def from_redis(entry_id: bytes | str, fields: dict[Any, Any]) -> Entry:
         sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         c = fields.get(b"c", fields.get("c", 0))
         v = fields.get(b"v", fields.get("v", b"[]"))
+        every = fields.get(b"a", fields.get("a")) is not None
         values = tuple((int(r[0]), int(r[1]), r[2], int(r[3])) for r in orjson.loads(v))
-        return Entry(sid, parse_id(sid), int(c), values)
+        return Entry(sid, parse_id(sid), int(c), values, every)
 
     def only(self, tags: frozenset[int] | None) -> Entry | None:
         """This entry restricted to ``tags`` (all when None); None when nothing is left."""
@@ -65,7 +69,13 @@ class Entry:
         kept = tuple(v for v in self.values if v[0] in tags)
         if not kept:
             return None
-        return Entry(self.id, self.key, self.commit_us, kept) if len(kept) != len(self.values) else self
+        if len(kept) == len(self.values):
+            return self
+        return Entry(self.id, self.key, self.commit_us, kept, self.every)
+
+    def last_per_tag(self) -> Entry:
+        """What a subscriber that did not ask for every value gets of an every-value entry."""
+        return conflate([self]) if self.every else self
 
 
 def conflate(entries: list[Entry]) -> Entry:
@@ -85,7 +95,7 @@ def _values(values: tuple[Value, ...] | list[Value]) -> list[dict[str, Any]]:
 
 
 def update_event(e: Entry) -> dict[str, Any]:
-    return {"type": "update", "id": e.id, "commit_us": e.commit_us, "values": _values(e.values)}
+    return {"type": "update", "id": e.id, "commit_us": e.commit_us, "values": _values(e.values), "every": e.every}
 
 
 def snapshot_event(stream_id: str, values: list[Value]) -> dict[str, Any]:

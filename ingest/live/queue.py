@@ -25,11 +25,13 @@ class SubscriberQueue:
         max_entries: int = 256,
         max_lag_s: float = 30.0,
         on_conflated: Callable[[int], None] | None = None,
+        every: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_entries < 2:
             raise ValueError("max_entries must be at least 2")
         self.tags = tags
+        self.every = every  # wants every value; else the last per tag of each entry
         self.max_entries = max_entries
         self.max_lag_s = max_lag_s
         self.cursor: tuple[int, int] = (0, 0)  # the newest id accepted into the queue
@@ -69,6 +71,8 @@ class SubscriberQueue:
         mine = entry.only(self.tags)
         if mine is None:
             return
+        if not self.every:
+            mine = mine.last_per_tag()
         if len(self._entries) >= self.max_entries:
             skipped = len(self._entries) - 1
             self._entries = [conflate(self._entries)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -56,6 +56,7 @@ class Flushed:
     text_rows: int
     merged: ReadingBatch | None  # the new numeric rows as received, before validation
     outcome: ValidationOutcome | None
+    texts: list[TextBatch] = field(default_factory=list)  # the new text batches written
 
 
 def _validated(
@@ -131,4 +132,4 @@ async def commit_once(conn: asyncpg.Connection, batches: Sequence[Batch], valida
                 [v for b in texts for v in b.value],
                 np.concatenate([b.quality for b in texts]).tolist(),
             )
-    return Flushed(seen, len(new), rows_out, sum(len(b) for b in texts), merged, outcome)
+    return Flushed(seen, len(new), rows_out, sum(len(b) for b in texts), merged, outcome, texts)

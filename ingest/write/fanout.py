@@ -8,12 +8,14 @@ with backoff while Redis is away. Messages beyond the bound are counted as dropp
 live feed, the database remains the record.
 
 A live-stream entry holds one committed batch: by default the last value per tag (what a
-dashboard shows), every value when ``live_every_value`` is set, and the commit time so that
-commit-to-client latency can be measured. The hash is written before the entry in one pipeline,
-so a reader that sees an entry id also finds that entry's values in the hash (the snapshot rule
-in ingest.live.hub). The stream is capped in length (``MAXLEN ~``, on every XADD) and in age
-(``XTRIM MINID ~``, at most once a second): Redis trims whole nodes, so both caps are approximate
-and a little generous, never short.
+dashboard shows), every value when ``live_every_value`` is set or while a subscriber of the
+tenant asks for every value (``every_key``, refreshed by its session, looked up at most once a
+second; such entries carry ``a`` = 1), and the commit time so that commit-to-client latency can
+be measured. Text readings get entries of their own, with the text as the value. The hash is
+written before the entry in one pipeline, so a reader that sees an entry id also finds that
+entry's values in the hash (the snapshot rule in ingest.live.hub). The stream is capped in length
+(``MAXLEN ~``, on every XADD) and in age (``XTRIM MINID ~``, at most once a second): Redis trims
+whole nodes, so both caps are approximate and a little generous, never short.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -32,7 +35,7 @@ from redis.exceptions import RedisError
 
 from ingest.core.aio import cancel_and_wait
 from ingest.core.backoff import Backoff
-from ingest.core.batch import ReadingBatch, per_tag
+from ingest.core.batch import ReadingBatch, TextBatch, per_tag
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +66,18 @@ def channel(tenant: str) -> str:
     return f"scada:readings:{tenant}"
 
 
+def every_key(tenant: str) -> str:
+    """Present (with a TTL its sessions refresh) while a subscriber wants every value."""
+    return f"scada:live:every:{tenant}"
+
+
+EVERY_CHECK_S = 1.0  # how often the writer looks for a subscriber that wants every value
+
+
 def live_key(tenant: str) -> str:
     """The tenant's live stream: one entry per committed batch, fields ``c`` (commit time, µs
-    since the epoch) and ``v`` (JSON ``[[tag_id, time_us, value or null, quality], ...]``)."""
+    since the epoch), ``v`` (JSON ``[[tag_id, time_us, value or null, quality], ...]``; the value
+    is text for text tags) and ``a`` = 1 when ``v`` holds every value, not the last per tag."""
     return f"scada:live:{tenant}"
 
 
@@ -85,10 +97,12 @@ class RedisFanout:
         self.tenant = tenant
         self._latest: dict[int, tuple[int, float, int]] = {}
         self._messages: deque[str] = deque()
-        self._live: deque[tuple[int, bytes]] = deque()
+        self._live: deque[tuple[int, bytes, bool]] = deque()
         self._live_maxlen = live_maxlen
         self._live_max_age_ms = int(live_max_age_s * 1000)
         self._live_every_value = live_every_value
+        self._every_requested = False  # a subscriber asked for every value (seen in Redis)
+        self._every_checked_at = 0.0
         self._trimmed_at = 0.0
         self._max_messages = max_messages
         self._wake = asyncio.Event()
@@ -142,10 +156,36 @@ class RedisFanout:
         )
         self._wake.set()
 
+    @property
+    def every_value(self) -> bool:
+        return self._live_every_value or self._every_requested
+
+    def submit_text(self, batches: list[TextBatch], commit_us: int | None = None) -> None:
+        """Committed text readings onto the live stream (the last per tag, or every one)."""
+        rows = sorted(
+            row
+            for b in batches
+            for row in zip(b.time_us.tolist(), b.tag_id.tolist(), b.value, b.quality.tolist(), strict=True)
+        )
+        if not rows:
+            return
+        every = self.every_value
+        if not every:
+            rows = list({tag: (t, tag, v, q) for t, tag, v, q in rows}.values())
+        self._queue_live(commit_us, orjson.dumps([[tag, t, v, q] for t, tag, v, q in rows]), every)
+        self._wake.set()
+
+    def _queue_live(self, commit_us: int | None, values: bytes, every: bool) -> None:
+        if len(self._live) >= self._max_messages:
+            self._live.popleft()  # a subscriber that resumes across this sees a gap in ids, not a lie
+            self.dropped_live += 1
+        self._live.append((commit_us or int(time.time() * 1e6), values, every))
+
     def _submit_live(
         self, batch: ReadingBatch, last: list[tuple[int, int, float, int]], commit_us: int | None
     ) -> None:
-        if self._live_every_value:
+        every = self.every_value
+        if every:
             order = np.argsort(batch.time_us, kind="stable")
             rows = zip(
                 batch.tag_id[order].tolist(),
@@ -157,10 +197,7 @@ class RedisFanout:
             values = [[tag, t, None if v != v else v, q] for tag, t, v, q in rows]
         else:
             values = [[tag, t, None if v != v else v, q] for tag, t, v, q in last]
-        if len(self._live) >= self._max_messages:
-            self._live.popleft()  # a subscriber that resumes across this sees a gap in ids, not a lie
-            self.dropped_live += 1
-        self._live.append((commit_us or int(time.time() * 1e6), orjson.dumps(values)))
+        self._queue_live(commit_us, orjson.dumps(values), every)
 
     def _trim_args(self) -> str | None:
         """The MINID for an age trim, at most once a second."""
@@ -182,18 +219,22 @@ class RedisFanout:
                         for tag, (t, v, q) in latest.items()
                     ]
                     p.eval(_SET_IF_NEWER, 1, latest_key(self.tenant), orjson.dumps(items))
-                for commit_us, values in live:
-                    p.xadd(
-                        live_key(self.tenant),
-                        {"c": commit_us, "v": values},
-                        maxlen=self._live_maxlen,
-                        approximate=True,
-                    )
+                for commit_us, values, every in live:
+                    fields: dict[Any, Any] = {"c": commit_us, "v": values}
+                    if every:
+                        fields["a"] = 1
+                    p.xadd(live_key(self.tenant), fields, maxlen=self._live_maxlen, approximate=True)
                 if live and (minid := self._trim_args()) is not None:
                     p.xtrim(live_key(self.tenant), minid=minid, approximate=True)
                 for m in messages:
                     p.publish(channel(self.tenant), m)
-                await p.execute()
+                check = time.monotonic() - self._every_checked_at >= EVERY_CHECK_S
+                if check:
+                    p.exists(every_key(self.tenant))
+                replies = await p.execute()
+            if check:
+                self._every_checked_at = time.monotonic()
+                self._every_requested = bool(replies[-1])
         except BaseException:
             # Put back what was not sent; newer latest values win over the ones being restored.
             for tag, val in latest.items():

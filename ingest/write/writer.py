@@ -345,6 +345,8 @@ class TenantWriter:
                     self.stats.rejections[reason] = self.stats.rejections.get(reason, 0) + n
                     self._event(f"validation:{reason}", n)
         self.stats.rows_committed += f.text_rows
+        if self.fanout is not None and f.texts:
+            self.fanout.submit_text(f.texts, int(commit_s * 1e6))
         rows = f.numeric
         if rows is not None and len(rows):
             self.stats.rows_committed += len(rows)
