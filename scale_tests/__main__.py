@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument(
         "--cycles", type=int, default=10_000, help="connect/disconnect cycles for the memory check (live)"
     )
+    b.add_argument(
+        "--paths",
+        default="proxy,direct",
+        help="live: the HTTP paths measured in turn, of proxy (Serve's proxy) and direct (the replica's own port)",
+    )
     b.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     ok = True
@@ -99,7 +104,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         from scale_tests.bench_live import run as bench_live
 
         return bench_live(
-            subscribers=args.subscribers, tenants=args.tenants, seconds=args.seconds or 20.0, cycles=args.cycles
+            subscribers=args.subscribers,
+            tenants=args.tenants,
+            seconds=args.seconds or 20.0,
+            cycles=args.cycles,
+            paths=tuple(x.strip() for x in args.paths.split(",") if x.strip()),
         )
     if args.target == "query":
         from scale_tests.bench_query import run as bench_query

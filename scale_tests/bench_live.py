@@ -239,6 +239,19 @@ async def _stream_entries(
     return out
 
 
+# Ray Serve's direct ingress: each ingress replica also serves HTTP on a port of its own (from
+# this range), so a live client skips the proxy's hop. Read by the controller and the replicas,
+# which inherit the environment of the Ray node the bench starts.
+DIRECT_INGRESS_ENV = {
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "28700",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "28709",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "28710",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "28719",
+}
+PATHS = ("proxy", "direct")
+
+
 def run(
     subscribers: int = 200,
     tenants: int = 10,
@@ -247,10 +260,79 @@ def run(
     wells_per_tenant: int = 2,
     tags_per_well: int = 10,
     interval_ms: int = 100,
+    paths: tuple[str, ...] = PATHS,
+) -> dict[str, Any]:
+    """The same measurement through each path in turn (a fresh Ray cluster each, same machine,
+    same process run); the figures of the last path head the result, every path's beside them.
+    The memory cycles run on the last path only."""
+    results: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        results[path] = _run_path(
+            path,
+            subscribers,
+            tenants,
+            seconds,
+            cycles if path == paths[-1] else 0,
+            wells_per_tenant,
+            tags_per_well,
+            interval_ms,
+        )
+    head = dict(results[paths[-1]])
+    head["path"] = paths[-1]
+    keys = (
+        "p50_ms",
+        "p99_ms",
+        "expected",
+        "delivered",
+        "cross_tenant",
+        "missed_after_resume",
+        "load_avg_1m_during",
+    )
+    head["paths"] = {p: {k: r.get(k) for k in keys} for p, r in results.items()}
+    if {"proxy", "direct"} <= set(results) and results["direct"]["p50_ms"] and results["proxy"]["p50_ms"]:
+        head["p50_ratio_proxy_over_direct"] = round(results["proxy"]["p50_ms"] / results["direct"]["p50_ms"], 2)
+        head["p99_ratio_proxy_over_direct"] = round(results["proxy"]["p99_ms"] / results["direct"]["p99_ms"], 2)
+    return head
+
+
+def _direct_api(timeout_s: float = 60.0) -> str:
+    """The replica's own HTTP address (direct ingress), found by asking each port of the range."""
+    lo, hi = (
+        int(DIRECT_INGRESS_ENV[k])
+        for k in ("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT")
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for port in range(lo, hi + 1):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    return f"http://127.0.0.1:{port}"
+            except httpx.HTTPError:
+                continue
+        time.sleep(1.0)
+    raise RuntimeError(f"no replica answers on its direct-ingress port ({lo}-{hi})")
+
+
+def _run_path(
+    path: str,
+    subscribers: int,
+    tenants: int,
+    seconds: float,
+    cycles: int,
+    wells_per_tenant: int,
+    tags_per_well: int,
+    interval_ms: int,
 ) -> dict[str, Any]:
     import ray
     from ray.cluster_utils import Cluster
 
+    if path not in PATHS:
+        raise ValueError(f"path: one of {PATHS}")
+    for k, v in DIRECT_INGRESS_ENV.items():
+        if path == "direct":
+            os.environ[k] = v
+        else:
+            os.environ.pop(k, None)
     settings = _bench_settings()
     prepare_stack(settings)
     for attempt in (1, 2, 3):  # Ray gives a head 30 s to register: a loaded machine may miss it
@@ -271,6 +353,8 @@ def run(
 
         api = deploy(settings)["api"]
         wait_http(f"{api}/healthz")
+        live_api = _direct_api() if path == "direct" else api
+        log(f"live: path {path}: subscribers connect to {live_api}")
         proc, endpoint, node_ids = start_simulator(tenants * wells_per_tenant, tags_per_well, interval_ms, summary)
         ts = _setup(settings, api, node_ids, tenants, wells_per_tenant)
         for t in ts:
@@ -293,19 +377,20 @@ def run(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"tenant {t.slug} is not streaming")
                 time.sleep(0.5)
-        result = asyncio.run(_measure(settings, api, ts, subscribers, seconds, proc))
-        log(f"live: {orjson.dumps(result).decode()}")
-        log(f"live: {cycles} connect/disconnect cycles against the replica's memory")
-        pid = _replica_pid()
-        asyncio.run(_cycles(api, ts[0].slug, ts[0].key, min(cycles, 500)))  # warm-up
-        before = _rss_mb(pid)
-        t0 = time.perf_counter()
-        asyncio.run(_cycles(api, ts[0].slug, ts[0].key, cycles))
-        after = _rss_mb(pid)
-        result["cycles"] = cycles
-        result["cycles_per_s"] = round(cycles / (time.perf_counter() - t0), 1)
-        result["rss_before_mb"] = round(before, 1)
-        result["rss_growth_mb"] = round(after - before, 1)
+        result = asyncio.run(_measure(settings, live_api, ts, subscribers, seconds, proc))
+        log(f"live ({path}): {orjson.dumps(result).decode()}")
+        if cycles:
+            log(f"live: {cycles} connect/disconnect cycles against the replica's memory")
+            pid = _replica_pid()
+            asyncio.run(_cycles(live_api, ts[0].slug, ts[0].key, min(cycles, 500)))  # warm-up
+            before = _rss_mb(pid)
+            t0 = time.perf_counter()
+            asyncio.run(_cycles(live_api, ts[0].slug, ts[0].key, cycles))
+            after = _rss_mb(pid)
+            result["cycles"] = cycles
+            result["cycles_per_s"] = round(cycles / (time.perf_counter() - t0), 1)
+            result["rss_before_mb"] = round(before, 1)
+            result["rss_growth_mb"] = round(after - before, 1)
         result["load_avg_1m"] = round(os.getloadavg()[0], 2)
         return result
     finally:
@@ -316,6 +401,8 @@ def run(
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+        for k in DIRECT_INGRESS_ENV:
+            os.environ.pop(k, None)
 
 
 async def _measure(
