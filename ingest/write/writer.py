@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
+import numpy as np
 
 from ingest.core.aio import cancel_and_wait
 from ingest.core.backoff import Backoff
@@ -137,6 +138,22 @@ class TenantWriter:
         if self._conn is not None:
             self._conn.terminate()
             self._conn = None
+
+    def holds_older(self, before_us: dict[int, int]) -> bool:
+        """Whether a batch queued or being flushed holds a row of one of these tags older than
+        the given time: stored data does not yet end where it will (a gap check waits)."""
+        if not before_us:
+            return False
+        keys = np.fromiter(sorted(before_us), np.int64, len(before_us))
+        limits = np.asarray([before_us[int(k)] for k in keys], np.int64)
+        for p in self._flushing + self._pending:
+            b = p.batch
+            if len(b) == 0:
+                continue
+            at = np.minimum(np.searchsorted(keys, b.tag_id), len(keys) - 1)
+            if np.any((keys[at] == b.tag_id) & (b.time_us < limits[at])):
+                return True
+        return False
 
     async def write_text(self, batch: TextBatch) -> WriteResult:
         """String readings: queued, committed, spooled and quarantined like numeric ones."""
