@@ -9,6 +9,7 @@ from typing import Any
 import ray
 
 from actors.common import CONCURRENCY_GROUPS, writer_name
+from ingest.core.aio import run_ticks
 from ingest.core.batch import ReadingBatch
 from ingest.core.config import Settings
 from ingest.core.metrics import Metrics, safe
@@ -82,23 +83,11 @@ class ConnectionActor:
 
     async def _tick_loop(self) -> None:
         period = self.settings.batch_interval_ms / 1000.0
-        ticks_per_gauge = max(1, round(1.0 / period))  # session gauges about once a second
-        n = 0
-        while True:
-            await asyncio.sleep(period)
-            n += 1
-            try:
-                self.host.tick()
-                self.host.retry_failed()
-                if n % 3 == 0:
-                    self._refresh_status()
-            except Exception:
-                log.exception("tick failed")
-            if n % ticks_per_gauge == 0:
-                try:
-                    self.gauges.publish(self.host.status())
-                except Exception:
-                    log.exception("session gauges failed")
+        about_a_second = max(1, round(1.0 / period))
+        await run_ticks(period, self.host.step, (3, self._refresh_status), (about_a_second, self._publish_gauges))
+
+    def _publish_gauges(self) -> None:
+        self.gauges.publish(self.host.status())
 
     def _refresh_status(self) -> None:
         # Replaced whole, never mutated: what the health group reads (actors.common).

@@ -284,6 +284,11 @@ class ConnectionHost:
                 rows += len(text)
         return rows
 
+    def step(self) -> None:
+        """One beat of the batch loop: cut batches, restart failed sessions whose backoff passed."""
+        self.tick()
+        self.retry_failed()
+
     def unacked_rows(self) -> int:
         return sum(s.unacked_rows for s in self._senders.values())
 

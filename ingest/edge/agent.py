@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from ingest.core.aio import run_ticks
 from ingest.core.backoff import Backoff
 from ingest.core.batch import ReadingBatch, TextBatch, per_tag
 from ingest.core.models import ConnectionSpec
@@ -206,17 +207,7 @@ class EdgeAgent:
     # -- housekeeping -------------------------------------------------------------------------
     async def _tick_loop(self) -> None:
         period = self.cfg.batch_interval_ms / 1000.0
-        n = 0
-        while True:
-            await asyncio.sleep(period)
-            n += 1
-            try:
-                self.host.tick()
-                self.host.retry_failed()
-                if n % max(1, round(1.0 / period)) == 0:
-                    await self._refresh()
-            except Exception:
-                log.exception("tick failed")
+        await run_ticks(period, self.host.step, (max(1, round(1.0 / period)), self._refresh))
 
     async def _refresh(self) -> None:
         st = await self._disk_call(self.buffer.stats)

@@ -1,0 +1,34 @@
+"""The shared beat of the connection actor and the edge agent (ingest.core.aio.run_ticks)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ingest.core.aio import run_ticks
+
+
+async def test_run_ticks_steps_runs_jobs_every_nth_and_survives_failures() -> None:
+    steps: list[int] = []
+    third: list[int] = []
+    fifth: list[int] = []
+    fifteen = asyncio.Event()
+
+    def step() -> None:
+        steps.append(1)
+        if len(steps) == 15:
+            fifteen.set()  # the waiter runs once this tick's jobs are done and the beat sleeps
+        if len(steps) == 2:
+            raise RuntimeError("a failing step does not stop the beat")
+
+    def every_third() -> None:
+        third.append(len(steps))
+        raise ValueError("nor does a failing job")
+
+    async def every_fifth() -> None:
+        fifth.append(len(steps))
+
+    task = asyncio.create_task(run_ticks(0.001, step, (3, every_third), (5, every_fifth)))
+    await asyncio.wait_for(fifteen.wait(), 60)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert third == [3, 6, 9, 12, 15] and fifth == [5, 10, 15]
