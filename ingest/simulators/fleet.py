@@ -38,6 +38,12 @@ def start_simulator(
         "counting",
         "--summary-file",
         str(summary),
+        # Up to 10 s (not the default 3) for the last published values to reach the clients and be
+        # acknowledged before the server closes: on a loaded machine 3 s was too short once, and
+        # the last cycle then counted as lost. It ends as soon as nothing is pending, except when a
+        # killed client's subscription still holds values (until its session times out).
+        "--drain-s",
+        "10",
     ]
     if paused:
         cmd.append("--start-paused")
