@@ -16,6 +16,7 @@ from serve_app.routes import (
     connections,
     health,
     keys,
+    moves,
     operations,
     servers,
     tag_files,
@@ -33,4 +34,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     browse.router,
     operations.router,
     servers.router,
+    moves.router,
 )
