@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -73,8 +74,11 @@ def test_move_under_streaming_loses_and_duplicates_nothing(
         assert (report["source"], report["target"]) == (stack.db_server_name, TARGET)
         assert admin.get(f"/v1/tenants/{t.slug}").json()["server"] == TARGET
         moved = report["rows"]["scada_readings"]
-        # The old database stopped at the hold: it holds exactly what was moved.
+        # The old database stopped at the hold: it holds exactly what was moved, and it is
+        # read-only (a registration during the move got a 503 to retry, not a lost write).
         assert _count(old_dsn) == moved
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            db_fetch(old_dsn, "INSERT INTO wells (name) VALUES ('late')")
         # Readings keep landing, now in the new database.
         wait_for(lambda: _count(new_dsn) > moved + 1000, 120, "readings landing in the new database")
         time.sleep(2.0)  # more streaming after the switch (the scenario, not a wait for a condition)

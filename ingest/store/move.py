@@ -13,9 +13,12 @@
    there, in order. The ledger was copied with the rows, so a spooled batch that had been
    committed before the hold is recognised and skipped, not written twice.
 
-If anything fails before the switch, the half-made target database is dropped and the writer is
-released onto the source, where it drains as after an outage. The source database is kept
-unless ``drop_source`` asks otherwise (an attached one is never dropped).
+While the copy runs, the source database is read-only (set by the server's admin, every open
+session ended so none keeps writing): a registration made through the API meanwhile is answered
+503 and retried, rather than written where the copy would miss it. It stays read-only after the
+move. If anything fails before the switch, the half-made target database is dropped, the source
+made writable again and the writer released onto it, where it drains as after an outage. The
+source database is kept unless ``drop_source`` asks otherwise (an attached one is never dropped).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import asyncpg
 from ingest.core.errors import Conflict, StorageError
 from ingest.store import migrations
 from ingest.store.dbcheck import make_dsn
-from ingest.store.servers import DbServer, drop_database, provision_database
+from ingest.store.servers import AdminDsn, DbServer, drop_database, provision_database
 
 PUBLIC_TABLES = """
     SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -123,6 +126,22 @@ async def _fingerprint(conn: asyncpg.Connection, table: str, time_col: str | Non
         f'FROM "{table}" x GROUP BY 1'
     )
     return {r["k"]: (int(r["n"]), int(r["h"])) for r in rows}
+
+
+async def set_read_only(admin_dsn: AdminDsn, db: str, read_only: bool) -> None:
+    """Make a database read-only for every new session (or writable again) and end the open ones,
+    so every pool reconnects under the new default."""
+    conn = await asyncpg.connect(admin_dsn("postgres"))
+    try:
+        action = "SET default_transaction_read_only = on" if read_only else "RESET default_transaction_read_only"
+        await conn.execute(f'ALTER DATABASE "{db}" {action}')
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            db,
+        )
+    finally:
+        await conn.close()
 
 
 async def copy_and_verify(source_dsn: str, target_dsn: str, report: MoveReport) -> None:
@@ -215,6 +234,10 @@ async def move_database(
     password = pysecrets.token_urlsafe(24)
     target_dsn = make_dsn(target.host, target.port, db, role, password, target.tls_mode)
     held, held_at = False, 0.0
+    old_db = urlsplit(str(tenant["database_url"])).path.lstrip("/")
+    # The source is frozen only where we administer it (not in a customer's attached database).
+    source_admin = await master.server_admin_dsn(source) if source is not None and not tenant["attached"] else None
+    frozen = False
     try:
         await provision_database(target_admin, db, role, password)
         conn = await asyncpg.connect(target_dsn)
@@ -225,10 +248,15 @@ async def move_database(
         if writer is not None:
             await writer.hold()
             held, held_at = True, time.monotonic()
+        if source_admin is not None:
+            frozen = True  # before the call: a half-done freeze is undone too
+            await set_read_only(source_admin, old_db, True)
         await copy_and_verify(await master.tenant_dsn(str(tenant["id"])), target_dsn, report)
         await master.switch_database(str(tenant["id"]), target, target.tenant_url(db), role, password)
     except BaseException:
         await drop_database(target_admin, db, role)
+        if frozen and source_admin is not None:
+            await set_read_only(source_admin, old_db, False)
         if held and writer is not None:
             await writer.release()  # back onto the source, which still holds everything
         raise
@@ -236,9 +264,8 @@ async def move_database(
         report.held_s = round(time.monotonic() - held_at, 3)
         stats = await writer.release()
         report.spooled_rows_at_release = int(stats.get("spool_rows", 0))
-    if drop_source and source is not None and not tenant["attached"]:
-        old_db = urlsplit(str(tenant["database_url"])).path.lstrip("/")
-        await drop_database(await master.server_admin_dsn(source), old_db, str(tenant["db_user"]))
+    if drop_source and source_admin is not None:
+        await drop_database(source_admin, old_db, str(tenant["db_user"]))
         report.source_dropped = True
     report.seconds = round(time.monotonic() - t0, 3)
     return report
