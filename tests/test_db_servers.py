@@ -244,3 +244,16 @@ def _allow_plain_for(pg: PostgresParams, role: str) -> None:
     path = _hba(pg)
     path.write_text("".join(ln for ln in path.read_text().splitlines(True) if f" {role} " not in ln))
     db_fetch(su_dsn(pg), "SELECT pg_reload_conf()")
+
+
+def test_too_old_timescaledb_is_named() -> None:
+    """Only one TimescaleDB version is installed here, so the version rule is checked on its own."""
+    from ingest.core.errors import DatabaseRefused
+    from ingest.store.dbcheck import check_version
+
+    check_version("2.19.3", "database_url", "db")
+    check_version("2.13.0-dev", "database_url", "db")
+    with pytest.raises(DatabaseRefused) as e:
+        check_version("2.12.2", "database_url", "db")
+    assert (e.value.code, e.value.field) == ("extension_too_old", "database_url")
+    assert "2.13 or newer" in e.value.message
