@@ -14,6 +14,7 @@ import ray
 import redis.asyncio as aioredis
 
 from actors.common import CONCURRENCY_GROUPS
+from ingest.core.aio import cancel_and_wait
 from ingest.core.batch import Batch, ReadingBatch, TextBatch, is_text
 from ingest.core.config import Settings
 from ingest.core.errors import StorageUnavailable
@@ -65,6 +66,7 @@ class WriterActor:
         self._rules_stale = asyncio.Event()
         self._snapshot: dict[str, Any] = {"tenant": tenant_slug, "started": False}
         self.refresher: RollupRefresher | None = None
+        self._db_tasks: list[asyncio.Task[None]] = []
 
     async def _ensure(self) -> TenantWriter:
         if self.writer is not None:
@@ -134,19 +136,50 @@ class WriterActor:
         self._rules_task = asyncio.create_task(self._rules_loop(validator))
         # The read side's background work lives here, on the data group's loop, because its
         # connections are this tenant's: the rollup refresher and the retention job.
+        self._tasks = [asyncio.create_task(self._gauge_loop(w)), asyncio.create_task(self._snapshot_loop())]
+        self._db_tasks = self._start_db_work(dsn)
+        return w
+
+    def _start_db_work(self, dsn: str) -> list[asyncio.Task[None]]:
+        """The read side's work on the tenant database (rollups, retention); stopped while a
+        move copies the database, started again on the new one."""
+        s, m = self.settings, Metrics.get()
         self.refresher = RollupRefresher(
             dsn,
             interval_s=s.rollup_refresh_interval_s,
             max_minutes_per_pass=s.rollup_minutes_per_pass,
             on_lag=lambda lag_s: safe(m.rollup_lag.set, lag_s, {"tenant": self.slug}),
         )
-        self._tasks = [
-            asyncio.create_task(self._gauge_loop(w)),
-            asyncio.create_task(self._snapshot_loop()),
+        return [
             asyncio.create_task(self.refresher.run()),
             asyncio.create_task(retention_loop(dsn, s.retention_interval_s)),
         ]
-        return w
+
+    @ray.method(concurrency_group="data")
+    async def hold(self) -> dict[str, Any]:
+        """For a move (ingest.store.move): stop writing to the tenant database (batches go to
+        the spool, still acknowledged) and stop the rollup and retention work on it; returns
+        once nothing of ours writes there any more."""
+        w = await self._ensure()
+        for t in self._db_tasks:
+            await cancel_and_wait(t)
+        self._db_tasks = []
+        await w.hold()
+        return w.stats.as_dict()
+
+    @ray.method(concurrency_group="data")
+    async def release(self) -> dict[str, Any]:
+        """End a hold: the database is the master's now (the new one after a move, the old one
+        after a failed move); the spool drains into it, the rollup and retention work resume."""
+        w = await self._ensure()
+        dsn, _ = await self._tenant_dsn()
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+        w.release(dsn)
+        if not self._db_tasks:
+            self._db_tasks = self._start_db_work(dsn)
+        return w.stats.as_dict()
 
     async def _refresh_rules(self, validator: Validator) -> None:
         assert self._store is not None

@@ -23,6 +23,7 @@ from ingest.core.errors import (
     ClusterUnavailable,
     Conflict,
     ConnectionNotFound,
+    DatabaseRefused,
     DeviceProtocolError,
     DeviceUnreachable,
     Forbidden,
@@ -34,6 +35,7 @@ from ingest.core.errors import (
     KeyNotFound,
     QuarantinedBatchNotFound,
     QuotaExceeded,
+    ServerNotFound,
     StorageUnavailable,
     TagNotFound,
     TenantExists,
@@ -77,6 +79,7 @@ ERROR_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (TagNotFound, 404, "tag_not_found"),
     (QuarantinedBatchNotFound, 404, "batch_not_found"),
     (KeyNotFound, 404, "key_not_found"),
+    (ServerNotFound, 404, "server_not_found"),
     (TenantExists, 409, "tenant_exists"),
     (QuotaExceeded, 409, "quota_exceeded"),
     # Also two registrations of one name racing past the store's check: the unique index
@@ -103,7 +106,9 @@ _DESCRIPTIONS = {
     406: "the request does not accept what the route sends (`not_acceptable`: a live stream needs "
     "`Accept: text/event-stream`)",
     409: "conflicts with what exists (`tenant_exists`, `conflict`) or a quota (`quota_exceeded`)",
-    422: "a field is not acceptable (`validation_error`; `details` names each field)",
+    422: "a field is not acceptable (`validation_error`; `details` names each field), or a database "
+    "cannot be used as given (`database_unreachable`, `tls_required`, `extension_missing`, "
+    "`extension_too_old`, `grant_missing`...)",
     502: "the device did not answer (`device_unreachable`) or refused (`device_error`)",
     503: "a database, Redis or the cluster is unreachable right now; retry after `Retry-After`",
 }
@@ -117,6 +122,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 def classify(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, PushError):  # the push side's refusals carry their own status and code
         return exc.status, exc.code
+    if isinstance(exc, DatabaseRefused):  # names what the database lacks: extension_missing...
+        return 422, exc.code
     for kind, status, code in ERROR_TABLE:
         if isinstance(exc, kind):
             return status, code

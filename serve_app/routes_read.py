@@ -61,6 +61,7 @@ class ReadCaches:
         self.principals = PrincipalCache()
         self.tenants: dict[str, tuple[float, Tenant]] = {}
         self.read_pools: dict[str, ReadPool] = {}
+        self.read_urls: dict[str, str] = {}  # the database each read pool was opened on
         self.pool_lock = asyncio.Lock()
         self.catalogs = CatalogCache(ttl_s=AUTH_TTL_S)
 
@@ -84,6 +85,10 @@ class ReadCaches:
 
     async def read_pool(self, t: Tenant) -> ReadPool:
         pool = self.read_pools.get(t.id)
+        if pool is not None and self.read_urls.get(t.id) != t.database_url:  # moved since
+            self.read_pools.pop(t.id, None)
+            await pool.close()
+            pool = None
         if pool is not None:
             return pool
         async with self.pool_lock:
@@ -91,6 +96,7 @@ class ReadCaches:
                 dsn = await (await self.api.master()).tenant_dsn(t.id)
                 try:
                     self.read_pools[t.id] = await open_read_pool(dsn, READ_POOL_SIZE)
+                    self.read_urls[t.id] = t.database_url
                 except StorageUnavailable as e:
                     raise TenantUnavailable(f"tenant database unreachable: {e}") from e
             return self.read_pools[t.id]

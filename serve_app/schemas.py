@@ -23,6 +23,8 @@ class TenantOut(BaseModel):
     status: TenantStatus
     max_tags: int | None = Field(None, description="quota: live tags")
     max_connections: int | None = Field(None, description="quota: device connections (push ones not counted)")
+    server: str | None = Field(None, description="database server it lives on; null for an attached database")
+    attached: bool = Field(False, description="its database was attached (a purge detaches it, never drops it)")
 
 
 class TenantCreated(TenantOut):

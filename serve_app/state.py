@@ -32,6 +32,7 @@ class ApiState:
         self._master: MasterStore | None = None
         self._redis: aioredis.Redis | None = None
         self._stores: dict[str, TenantStore] = {}
+        self._store_urls: dict[str, str] = {}  # the database each pool was opened on
         self._parts: dict[Callable[[ApiState], Any], Any] = {}
         self._lock = asyncio.Lock()
 
@@ -51,7 +52,10 @@ class ApiState:
         return self._master
 
     async def store(self, tenant: Tenant) -> TenantStore:
-        """The tenant's database pool, opened on first use."""
+        """The tenant's database pool, opened on first use, and again after a move (the tenant
+        row, cached for a few seconds, names another database)."""
+        if tenant.id in self._stores and self._store_urls.get(tenant.id) != tenant.database_url:
+            await self.forget_tenant(tenant.id)
         if tenant.id not in self._stores:
             master = await self.master()
             dsn = await master.tenant_dsn(tenant.id)
@@ -59,6 +63,7 @@ class ApiState:
                 if tenant.id not in self._stores:
                     try:
                         self._stores[tenant.id] = await TenantStore.connect(dsn, master.box)
+                        self._store_urls[tenant.id] = tenant.database_url
                     except StorageUnavailable as e:
                         raise TenantUnavailable(f"tenant database unreachable: {e}") from e
         return self._stores[tenant.id]

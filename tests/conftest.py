@@ -87,6 +87,25 @@ def stack(settings: Settings) -> Iterator[Settings]:
         stop_local(settings)
 
 
+@pytest.fixture(scope="session")
+def second_pg(stack: Settings) -> Iterator[Any]:
+    """A second project-owned PostgreSQL + TimescaleDB cluster (its own port and directory), for
+    placement over two servers, attaching and moving. Same superuser name, its own password."""
+    from ingest.core.keys import read_or_create_secret
+    from ingest.localstack.postgres import PostgresParams, ensure_postgres, stop_postgres
+
+    params = PostgresParams(
+        data_dir=stack.local_dir / "pg2" / "data",
+        port=int(os.environ.get("SCADA_TEST_PG2_PORT", "25543")),
+        superuser=stack.pg_superuser,
+        password=read_or_create_secret(stack.secrets_dir / "pg2_password"),
+    )
+    ensure_postgres(params)
+    yield params
+    if not os.environ.get("SCADA_TEST_KEEP_STACK"):
+        stop_postgres(params)
+
+
 # Node failure is noticed by Ray's health checks; the defaults take ~15 s. The failover tests
 # need the coordinator's own probe to decide, so the cluster checks fast too.
 FAST_HEALTH = {

@@ -30,6 +30,9 @@ NOT_TENANT_SCOPED = {
     ("POST", "/v1/tenants"): 403,
     ("GET", "/v1/status"): 403,
     ("POST", "/v1/ingest/realtime"): 403,  # the tenant is named in the body (BODIES)
+    ("GET", "/v1/servers"): 403,  # database servers are the cluster admin's
+    ("POST", "/v1/servers"): 403,
+    ("DELETE", "/v1/servers/{server}"): 403,
 }
 
 
@@ -49,6 +52,7 @@ PATH_VALUES: dict[str, Callable[[Victim], str]] = {
     "tag_id": lambda v: str(v.tag_id),
     "batch_id": lambda v: "b:1",
     "key_id": lambda v: split_api_key(v.tenant.key)[0],
+    "server": lambda v: "local",
 }
 QUERY_VALUES: dict[str, Callable[[Victim], str]] = {
     "tag_id": lambda v: str(v.tag_id),

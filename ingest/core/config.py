@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     pg_superuser: str = Field("scada", description="Role that owns the master DB and creates tenants")
     pg_password: str = Field("", repr=False, description="Password of pg_superuser; read from .local if empty")
     master_db: str = Field("scada_master", description="Name of the master database")
+    db_server_name: str = Field(
+        "local", description="Name the cluster's own PostgreSQL is registered under as a database server"
+    )
+    db_capacity_hint: int = Field(
+        1000, description="Tenant databases the cluster's own PostgreSQL should hold (placement's hint)"
+    )
     redis_host: str = Field("127.0.0.1", description="Redis host")
     redis_port: int = Field(56379, description="Redis port of the project-owned server")
     redis_password: str = Field("", repr=False, description="Redis password; read from .local if empty")

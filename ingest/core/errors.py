@@ -106,6 +106,24 @@ class InvalidRows(InvalidRegistration):
         self.problems = problems
 
 
+class DatabaseRefused(InvalidRegistration):
+    """A database server or a database to attach cannot be used as given; ``code`` says what is
+    missing (``database_unreachable``, ``tls_required``, ``extension_missing``, ``grant_missing``...)
+    and ``field`` which part of the request it concerns."""
+
+    def __init__(self, code: str, field: str, message: str) -> None:
+        super().__init__(field, message)
+        self.code = code
+
+
+class ServerInUse(Conflict):
+    """A database server still holds tenant databases (or is named twice)."""
+
+
+class ServerNotFound(IngestError):
+    """No database server with that name is registered."""
+
+
 class InvalidQuery(InvalidRegistration):
     """A query parameter is well-formed but not acceptable: unknown tag, cursor of another query."""
 

@@ -60,6 +60,8 @@ class Tenant:
     database_url: str  # without password; the password is stored encrypted beside it
     max_tags: int | None = None  # quotas (None: not enforced)
     max_connections: int | None = None
+    server: str | None = None  # the database server it lives on (None: an attached database)
+    attached: bool = False  # a database its owner gave: never dropped by a purge
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.SerializationError,
     asyncpg.InsufficientResourcesError,
     asyncpg.OperatorInterventionError,
+    # A database made read-only for now: a tenant's old database during a move (ingest.store.move).
+    asyncpg.ReadOnlySQLTransactionError,
 )
 
 

@@ -34,6 +34,7 @@ class DesiredStateReader:
         self.master = master
         self.timeout_s = timeout_s
         self._stores: dict[str, TenantStore] = {}
+        self._urls: dict[str, str] = {}  # the database each store was opened on (a move changes it)
         self._last: dict[str, list[ConnectionSpec]] = {}
         # Degraded tenants are retried with capped exponential backoff: tenant id -> (next try,
         # its backoff).
@@ -41,11 +42,14 @@ class DesiredStateReader:
         self._errors: dict[str, str] = {}
 
     async def _store(self, tenant: Tenant) -> TenantStore:
+        if tenant.id in self._stores and self._urls.get(tenant.id) != tenant.database_url:
+            await self._stores.pop(tenant.id).close()
         if tenant.id not in self._stores:
             dsn = await self.master.tenant_dsn(tenant.id)
             self._stores[tenant.id] = await asyncio.wait_for(
                 TenantStore.connect(dsn, self.master.box, max_size=2), self.timeout_s
             )
+            self._urls[tenant.id] = tenant.database_url
         return self._stores[tenant.id]
 
     async def read(self) -> DesiredState:

@@ -14,12 +14,24 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 
 from ingest.core.config import Settings
-from ingest.core.errors import StorageUnavailable, TenantExists, TenantNotFound
+from ingest.core.errors import (
+    Conflict,
+    DatabaseRefused,
+    InvalidRegistration,
+    MigrationError,
+    ServerNotFound,
+    StorageUnavailable,
+    TenantExists,
+    TenantNotFound,
+)
 from ingest.core.models import Tenant, TenantStatus
 from ingest.core.translate import translated, translated_methods
 from ingest.store import migrations
+from ingest.store.attach import check_and_normalise
 from ingest.store.credentials import ALL_TENANT_SCOPES, Credentials
+from ingest.store.dbcheck import make_dsn
 from ingest.store.secrets import SecretBox
+from ingest.store.servers import DbServers, drop_database, provision_database
 
 
 def _tenant(r: asyncpg.Record) -> Tenant:
@@ -31,7 +43,13 @@ def _tenant(r: asyncpg.Record) -> Tenant:
         r["database_url"],
         r["max_tags"],
         r["max_connections"],
+        r.get("server_name"),
+        bool(r.get("attached", False)),
     )
+
+
+_SERVER_NAME = "(SELECT name FROM db_servers WHERE id = server_id) AS server_name"
+_WITH_SERVER = "SELECT t.*, s.name AS server_name FROM tenants t LEFT JOIN db_servers s ON s.id = t.server_id"
 
 
 async def _ensure_database(settings: Settings, name: str) -> None:
@@ -41,6 +59,24 @@ async def _ensure_database(settings: Settings, name: str) -> None:
             await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
+
+
+async def _migrate_new(dsn: str, retention_days: int | None) -> str | None:
+    """Apply the tenant migrations as the tenant's role; the database's TimescaleDB edition."""
+    tconn = await asyncpg.connect(dsn)
+    try:
+        await migrations.apply(tconn, "tenant")
+        if retention_days is not None:  # the tenant database holds its read settings
+            await tconn.execute(
+                "UPDATE tenant_meta SET value = CASE key WHEN 'raw_retention_days' THEN $1 "
+                "ELSE greatest(value::int, $1::int)::text END "
+                "WHERE key IN ('raw_retention_days', 'rollup_retention_days')",
+                str(retention_days),
+            )
+        edition = await tconn.fetchval("SELECT value FROM tenant_meta WHERE key = 'timescaledb_edition'")
+        return str(edition) if edition else None
+    finally:
+        await tconn.close()
 
 
 @translated
@@ -64,7 +100,7 @@ async def migrate_master(settings: Settings) -> list[str]:
 
 
 @translated_methods
-class MasterStore(Credentials):
+class MasterStore(Credentials, DbServers):
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self.pool = pool
         self.settings = settings
@@ -84,7 +120,7 @@ class MasterStore(Credentials):
     # -- tenants ---------------------------------------------------------------------------
     async def list_tenants(self, status: TenantStatus | None = None) -> list[Tenant]:
         rows = await self.pool.fetch(
-            "SELECT * FROM tenants WHERE deleted_at IS NULL AND ($1::text IS NULL OR status = $1) ORDER BY slug",
+            f"{_WITH_SERVER} WHERE t.deleted_at IS NULL AND ($1::text IS NULL OR t.status = $1) ORDER BY t.slug",
             status.value if status else None,
         )
         return [_tenant(r) for r in rows]
@@ -92,7 +128,7 @@ class MasterStore(Credentials):
     async def get_tenant(self, ref: str) -> Tenant:
         """By id or slug."""
         r = await self.pool.fetchrow(
-            "SELECT * FROM tenants WHERE deleted_at IS NULL AND (slug = $1 OR id::text = $1)", ref
+            f"{_WITH_SERVER} WHERE t.deleted_at IS NULL AND (t.slug = $1 OR t.id::text = $1)", ref
         )
         if r is None:
             raise TenantNotFound(f"tenant {ref!r} not found")
@@ -122,56 +158,71 @@ class MasterStore(Credentials):
         if done.endswith(" 0"):
             raise TenantNotFound(f"tenant {tenant_id!r} not found")
 
-    async def create_tenant(self, slug: str, name: str, retention_days: int | None = None) -> tuple[Tenant, str]:
-        """Provision database, role and schema; return the tenant and its first admin API key."""
+    async def create_tenant(
+        self, slug: str, name: str, retention_days: int | None = None, server: str | None = None
+    ) -> tuple[Tenant, str]:
+        """Provision database, role and schema on the named server or the one with the most room
+        (ingest.store.servers); return the tenant and its first admin API key."""
+        await self._slug_free(slug)
+        try:
+            place = await self.place(server)
+        except ServerNotFound as e:
+            if server is None:
+                raise
+            raise InvalidRegistration("server", str(e)) from e
+        db, role = f"scada_t_{slug}", f"scada_t_{slug}"
+        password = pysecrets.token_urlsafe(24)
+        admin_dsn = await self.server_admin_dsn(place)
+        await provision_database(admin_dsn, db, role, password)
+        tdsn = make_dsn(place.host, place.port, db, role, password, place.tls_mode)
+        edition = await _migrate_new(tdsn, retention_days)
+        return await self._insert_tenant(
+            slug, name, place.tenant_url(db), role, password, edition, retention_days, place.id, attached=False
+        )
+
+    async def attach_tenant(
+        self, slug: str, name: str, database_url: str, user: str, password: str, retention_days: int | None = None
+    ) -> tuple[Tenant, str]:
+        """A tenant in a database its owner gives (ingest.store.attach checks it first)."""
+        await self._slug_free(slug)
+        url = await check_and_normalise(database_url, user, password)
+        taken = await self.pool.fetchval(
+            "SELECT slug FROM tenants WHERE database_url = $1 AND purged_at IS NULL", url.stored
+        )
+        if taken is not None:
+            raise Conflict("database_url", "another tenant uses that database already")
+        try:
+            edition = await _migrate_new(url.dsn, retention_days)
+        except MigrationError as e:
+            raise DatabaseRefused("migration_failed", "database_url", str(e)) from e
+        return await self._insert_tenant(
+            slug, name, url.stored, user, password, edition, retention_days, None, attached=True
+        )
+
+    async def _slug_free(self, slug: str) -> None:
         deleted = await self.pool.fetchval("SELECT deleted_at IS NOT NULL FROM tenants WHERE slug = $1", slug)
         if deleted is not None:
             held = " (a deleted tenant keeps its slug)" if deleted else ""
             raise TenantExists(f"slug: tenant {slug!r} exists already{held}")
-        db, role = f"scada_t_{slug}", f"scada_t_{slug}"
-        password = pysecrets.token_urlsafe(24)
-        admin = await asyncpg.connect(self.settings.dsn("postgres"))
-        try:
-            # DDL takes no parameters; format() quotes the identifier and the literal server-side.
-            exists = await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
-            verb = "ALTER" if exists else "CREATE"
-            stmt = await admin.fetchval(
-                f"SELECT format('{verb} ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
-                role,
-                password,
-            )
-            await admin.execute(stmt)
-            if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", db):
-                await admin.execute(f'CREATE DATABASE "{db}" OWNER "{role}"')
-            await admin.execute(f'REVOKE ALL ON DATABASE "{db}" FROM PUBLIC')
-        finally:
-            await admin.close()
-        # TimescaleDB is not a trusted extension: the superuser installs it, the tenant role owns
-        # everything else.
-        su = await asyncpg.connect(self.settings.dsn(db))
-        try:
-            await su.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-        finally:
-            await su.close()
-        tconn = await asyncpg.connect(self.settings.dsn(db, user=role, password=password))
-        try:
-            await migrations.apply(tconn, "tenant")
-            if retention_days is not None:  # the tenant database holds its read settings
-                await tconn.execute(
-                    "UPDATE tenant_meta SET value = CASE key WHEN 'raw_retention_days' THEN $1 "
-                    "ELSE greatest(value::int, $1::int)::text END "
-                    "WHERE key IN ('raw_retention_days', 'rollup_retention_days')",
-                    str(retention_days),
-                )
-            edition = await tconn.fetchval("SELECT value FROM tenant_meta WHERE key = 'timescaledb_edition'")
-        finally:
-            await tconn.close()
-        url = f"postgresql://{self.settings.pg_host}:{self.settings.pg_port}/{db}"
+
+    async def _insert_tenant(
+        self,
+        slug: str,
+        name: str,
+        url: str,
+        role: str,
+        password: str,
+        edition: str | None,
+        retention_days: int | None,
+        server_id: str | None,
+        *,
+        attached: bool,
+    ) -> tuple[Tenant, str]:
         async with self.pool.acquire() as conn, conn.transaction():
             r = await conn.fetchrow(
-                """INSERT INTO tenants (slug, name, database_url, db_user, db_password_enc,
-                                        timescaledb_edition, retention_days)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *""",
+                f"""INSERT INTO tenants (slug, name, database_url, db_user, db_password_enc,
+                                        timescaledb_edition, retention_days, server_id, attached)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8::uuid, $9) RETURNING *, {_SERVER_NAME}""",
                 slug,
                 name,
                 url,
@@ -179,6 +230,8 @@ class MasterStore(Credentials):
                 self.box.encrypt(password),
                 edition,
                 retention_days,
+                server_id,
+                attached,
             )
             tenant = _tenant(r)
             key = await self._insert_key(conn, tenant.id, "initial admin key", ALL_TENANT_SCOPES)
@@ -198,7 +251,7 @@ class MasterStore(Credentials):
         r = await self.pool.fetchrow(
             "UPDATE tenants SET name = coalesce($2, name), max_tags = coalesce($3, max_tags), "
             "max_connections = coalesce($4, max_connections) "
-            "WHERE id = $1::uuid AND deleted_at IS NULL RETURNING *",
+            f"WHERE id = $1::uuid AND deleted_at IS NULL RETURNING *, {_SERVER_NAME}",
             tenant_id,
             name,
             max_tags,
@@ -218,24 +271,22 @@ class MasterStore(Credentials):
             raise TenantNotFound(f"tenant {tenant_id!r} not found")
 
     async def purge_tenant(self, tenant_id: str) -> bool:
-        """Drop a deleted tenant's database and role (the master row stays, for the audit log).
-        False when it was purged already."""
+        """Drop a deleted tenant's database and role on its server (the master row stays, for the
+        audit log); an attached database is only detached, never dropped. False when it was
+        purged already."""
         r = await self.pool.fetchrow(
-            "SELECT database_url, db_user, deleted_at, purged_at FROM tenants WHERE id = $1::uuid", tenant_id
+            "SELECT database_url, db_user, deleted_at, purged_at, server_id, attached "
+            "FROM tenants WHERE id = $1::uuid",
+            tenant_id,
         )
         if r is None or r["deleted_at"] is None:
             raise TenantNotFound(f"no deleted tenant {tenant_id!r}")
         if r["purged_at"] is not None:
             return False
-        db = urlsplit(str(r["database_url"])).path.lstrip("/")
-        admin = await asyncpg.connect(self.settings.dsn("postgres"))
-        try:
-            # DDL takes no parameters; format() quotes the identifiers server-side.
-            for stmt in ("DROP DATABASE IF EXISTS %I WITH (FORCE)", "DROP ROLE IF EXISTS %I"):
-                arg = db if "DATABASE" in stmt else r["db_user"]
-                await admin.execute(await admin.fetchval(f"SELECT format('{stmt}', $1::text)", arg))
-        finally:
-            await admin.close()
+        if not r["attached"] and r["server_id"] is not None:
+            db = urlsplit(str(r["database_url"])).path.lstrip("/")
+            admin_dsn = await self.server_admin_dsn(await self.get_server(str(r["server_id"])))
+            await drop_database(admin_dsn, db, r["db_user"])
         await self.pool.execute("UPDATE tenants SET purged_at = now() WHERE id = $1::uuid", tenant_id)
         return True
 
@@ -291,10 +342,27 @@ class MasterStore(Credentials):
 
 
 async def migrate_all(settings: Settings) -> dict[str, Any]:
-    """Master migrations, then every tenant's; the admin key's hash ensured."""
+    """Master migrations, then every tenant's; the admin key's hash ensured; the cluster's own
+    database server registered (idempotent: re-registered in place at every start)."""
     applied_master = await migrate_master(settings)
     master = await MasterStore.connect(settings)
     try:
+        local = await master.register_server(
+            settings.db_server_name,
+            settings.pg_host,
+            settings.pg_port,
+            settings.pg_superuser,
+            settings.pg_password,
+            "disable" if settings.pg_host in ("127.0.0.1", "localhost", "::1") else "prefer",
+            settings.db_capacity_hint,
+            update=True,
+        )
+        # Tenants made before servers were a resource live on the cluster's own server.
+        await master.pool.execute(
+            "UPDATE tenants SET server_id = $1::uuid "
+            "WHERE server_id IS NULL AND NOT attached AND purged_at IS NULL",
+            local.id,
+        )
         tenants: dict[str, list[str]] = {}
         for t in await master.list_tenants():
             tenants[t.slug] = await master.migrate_tenant(t.id)

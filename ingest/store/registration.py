@@ -71,10 +71,36 @@ class _TagChecks(_Strict):
         return v
 
 
+ServerName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$", description="a registered server's name")]
+
+
 class TenantCreate(_Strict):
     slug: Slug
     name: str = Field(min_length=1, max_length=200)
     retention_days: int | None = Field(None, gt=0, le=36500)
+    server: ServerName | None = Field(None, description="database server to place it on (default: most room)")
+    database_url: str | None = Field(
+        None,
+        max_length=1000,
+        description="attach this existing database instead (postgresql://host:port/db[?sslmode=require]); "
+        "needs db_user and db_password",
+    )
+    db_user: str | None = Field(None, min_length=1, max_length=63, description="the attached database's role")
+    db_password: str | None = Field(
+        None, min_length=1, max_length=1000, repr=False, description="its password (stored encrypted)"
+    )
+
+    @model_validator(mode="after")
+    def _attach(self) -> Self:
+        if self.database_url is None:
+            if self.db_user is not None or self.db_password is not None:
+                raise ValueError("database_url: db_user and db_password go with database_url")
+            return self
+        if self.server is not None:
+            raise ValueError("server: give a server or a database_url, not both")
+        if self.db_user is None or self.db_password is None:
+            raise ValueError("db_user: an attached database needs db_user and db_password")
+        return self
 
 
 class TenantStatusUpdate(_Strict):

@@ -13,10 +13,11 @@ the loop is what makes their ledger row and rows commit with the flush they ride
 spooled and drained in order while the database is away, and leaves one place where the
 connection can be in a transaction, so none can ever be opened inside another (issue 17).
 
-While the database is away, batches go to the durable spool (ingest.write.spool) and every new batch
-follows them there, so the spool drains in order when the database returns; drain attempts back
-off exponentially (capped) meanwhile. A batch the database refuses for good is isolated from its
-flush-mates and quarantined; the rest keep flowing.
+While the database is away, or a move holds the writer (``hold``/``release``), batches go to the
+durable spool (ingest.write.spool) and every new batch follows them there, so the spool drains in
+order when the database returns (or into the new one); drain attempts back off exponentially
+(capped) meanwhile. A batch the database refuses for good is isolated from its flush-mates and
+quarantined; the rest keep flowing.
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ class TenantWriter:
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self.stats = WriterStats()
+        # A move (ingest.store.move) holds the writer: every batch goes to the spool, nothing
+        # commits or drains, until release() names the database to drain into.
+        self._held = False
+        self._hold_acks: list[asyncio.Future[None]] = []
+        self._reconnect = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -133,6 +139,10 @@ class TenantWriter:
         # flush had committed them: the ledger knows their ids).
         self._fail(self._flushing + self._pending, StorageUnavailable("writer stopped"))
         self._flushing, self._pending, self._pending_rows = [], [], 0
+        for ack in self._hold_acks:  # a hold waiting on the stopped loop
+            if not ack.done():
+                ack.set_exception(StorageUnavailable("writer stopped"))
+        self._hold_acks = []
         if self.fanout is not None:
             await self.fanout.stop()
         if self._conn is not None:
@@ -170,6 +180,27 @@ class TenantWriter:
             self._wake.set()
         return await fut
 
+    async def hold(self) -> None:
+        """Spool every batch from now on and commit nothing until ``release``; returns once the
+        flush loop is between flushes, so no transaction on the database is open or to come.
+        Batches keep being acknowledged (as spooled), so senders never wait on a move."""
+        if self.spool is None or self._task is None:
+            raise StorageUnavailable("the writer is not running with a spool: it cannot be held")
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._hold_acks.append(ack)
+        self._held = True
+        self._wake.set()
+        await ack
+
+    def release(self, dsn: str | None = None) -> None:
+        """End a hold: drain the spool, in order, into ``dsn`` (a moved tenant's new database)."""
+        if dsn is not None and dsn != self._dsn:
+            self._dsn = dsn
+            self._reconnect = True  # the flush task replaces its connection (the rule above)
+        self._held = False
+        self._next_drain = 0.0
+        self._wake.set()
+
     # -- the loop --------------------------------------------------------------------------------
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -182,6 +213,11 @@ class TenantWriter:
             except TimeoutError:
                 pass
             self._wake.clear()
+            if self._held:  # between flushes here: acknowledge the hold
+                for ack in self._hold_acks:
+                    if not ack.done():
+                        ack.set_result(None)
+                self._hold_acks = []
             try:
                 while self._pending:
                     take: list[_Pending] = []
@@ -192,14 +228,14 @@ class TenantWriter:
                         rows += len(p.batch)
                     self._pending_rows -= rows
                     self._flushing = take
-                    if self.stats.spool_rows > 0 or not self.stats.db_available:
+                    if self._held or self.stats.spool_rows > 0 or not self.stats.db_available:
                         await self._to_spool(take)
                     else:
                         await self._flush(take)
                     self._flushing = []
                     if self._pending_rows < self.flush_rows:
                         break
-                if self.stats.spool_rows > 0 and loop.time() >= self._next_drain:
+                if self.stats.spool_rows > 0 and not self._held and loop.time() >= self._next_drain:
                     await self._drain()
             except Exception as e:  # the loop must survive anything; futures carry the errors
                 log.exception("writer loop iteration failed")
@@ -327,6 +363,11 @@ class TenantWriter:
     async def _connection(self) -> asyncpg.Connection:
         # Called by the flush task only (module docstring): replacing the connection here or
         # closing it in _db_down can never pull it from under another coroutine's transaction.
+        if self._reconnect:
+            self._reconnect = False
+            if self._conn is not None and not self._conn.is_closed():
+                self._conn.terminate()
+            self._conn = None
         if self._conn is None or self._conn.is_closed():
             try:
                 self._conn = await asyncpg.connect(self._dsn, timeout=10)

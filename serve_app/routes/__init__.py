@@ -11,7 +11,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from serve_app.routes import browse, connections, health, keys, operations, tag_files, tags, tenants
+from serve_app.routes import (
+    browse,
+    connections,
+    health,
+    keys,
+    moves,
+    operations,
+    servers,
+    tag_files,
+    tags,
+    tenants,
+)
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
@@ -22,4 +33,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     tag_files.router,
     browse.router,
     operations.router,
+    servers.router,
+    moves.router,
 )

@@ -23,16 +23,33 @@ router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
 
 def _out(t: Tenant) -> TenantOut:
     return TenantOut(
-        id=t.id, slug=t.slug, name=t.name, status=t.status, max_tags=t.max_tags, max_connections=t.max_connections
+        id=t.id,
+        slug=t.slug,
+        name=t.name,
+        status=t.status,
+        max_tags=t.max_tags,
+        max_connections=t.max_connections,
+        server=t.server,
+        attached=t.attached,
     )
 
 
 @router.post("", status_code=201, response_model=TenantCreated, responses=error_responses(401, 403, 409, 422, 503))
 async def create_tenant(body: TenantCreate, caller: ClusterAdmin, api: Api) -> TenantCreated:
-    """Create a tenant with its own database. Returns its first admin API key, shown only once."""
+    """Create a tenant with its own database, on the named `server` or the registered database
+    server with the most room; or attach an existing database (`database_url`, `db_user`,
+    `db_password`: checked for reachability, TLS, TimescaleDB and grants, then migrated; a 422
+    names what is missing). Returns its first admin API key, shown only once."""
     master = await api.master()
-    tenant, key = await master.create_tenant(body.slug, body.name, body.retention_days)
-    await master.audit(caller.key_id, tenant.id, "tenant.create", {"slug": tenant.slug})
+    if body.database_url is not None:
+        assert body.db_user is not None and body.db_password is not None  # TenantCreate checks it
+        tenant, key = await master.attach_tenant(
+            body.slug, body.name, body.database_url, body.db_user, body.db_password, body.retention_days
+        )
+    else:
+        tenant, key = await master.create_tenant(body.slug, body.name, body.retention_days, body.server)
+    where = {"attached": True} if tenant.attached else {"server": tenant.server}
+    await master.audit(caller.key_id, tenant.id, "tenant.create", {"slug": tenant.slug, **where})
     await api.actors.notify_coordinator()
     return TenantCreated(**_out(tenant).model_dump(), api_key=key)
 
