@@ -326,7 +326,9 @@ def test_prometheus_discovers_the_stack_and_queries_ingest(ingesting: dict[str, 
         cfg.write_text(
             json.dumps(
                 {  # JSON is YAML; the same job as deploy/prometheus.yml
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    # A scrape may take seconds on a loaded machine (the timeout is at most the
+                    # interval): at 1 s none succeeded in a fresh-clone run at load 100.
+                    "global": {"scrape_interval": "3s", "scrape_timeout": "3s", "evaluation_interval": "3s"},
                     "scrape_configs": [
                         {
                             "job_name": "ray",
@@ -367,7 +369,7 @@ def test_prometheus_discovers_the_stack_and_queries_ingest(ingesting: dict[str, 
 
             total = wait_for(
                 ingested,
-                120,
+                240,
                 "the ingest counter queryable from Prometheus",
                 every_s=1.0,
                 describe=lambda: (Path(tmp) / "prometheus.log").read_text()[-2000:],
@@ -391,7 +393,7 @@ def test_prometheus_discovers_the_stack_and_queries_ingest(ingesting: dict[str, 
                 r = httpx.get(f"{base}/api/v1/query", params={"query": rate_expr}, timeout=30)
                 return any(x["metric"].get("tenant") == slug for x in r.json()["data"]["result"])
 
-            wait_for(rate_seen, 60, "the ingest-rate panel answering for the tenant")
+            wait_for(rate_seen, 120, "the ingest-rate panel answering for the tenant")
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -40,7 +40,7 @@ def test_keys_are_listed_revoked_and_expire(tenant: TenantHandle, api: str) -> N
     r = tenant.client.post(f"{base}/keys", json={"name": "reader", "scopes": ["read"]})
     assert r.status_code == 201, r.text
     reader = r.json()["api_key"]
-    soon = datetime.now(UTC) + timedelta(seconds=3)
+    soon = datetime.now(UTC) + timedelta(seconds=10)
     r = tenant.client.post(
         f"{base}/keys", json={"name": "brief", "scopes": ["read"], "expires_at": soon.isoformat()}
     )
@@ -53,7 +53,9 @@ def test_keys_are_listed_revoked_and_expire(tenant: TenantHandle, api: str) -> N
 
     with _with_key(api, reader) as c, _with_key(api, brief) as b:
         assert c.get(latest).status_code == 200
-        assert b.get(latest).status_code == 200
+        # Accepted until its expiry (a loaded machine may already be past it: then refused).
+        got = b.get(latest).status_code
+        assert got == 200 or (got == 401 and datetime.now(UTC) >= soon), got
         keys = {k["name"]: k for k in tenant.client.get(f"{base}/keys").json()}
         assert set(keys) >= {"initial admin key", "reader", "brief"}
         assert keys["reader"]["last_used_at"] is not None and keys["reader"]["state"] == "active"
@@ -70,7 +72,7 @@ def test_keys_are_listed_revoked_and_expire(tenant: TenantHandle, api: str) -> N
         push = c.post("/v1/ingest/realtime", json={"tenant_id": tenant.slug, "data_points": []})
         assert push.status_code == 401, push.text
         # The short-lived key stops at its expiry.
-        wait_for(lambda: b.get(latest).status_code == 401, 30, "expired key refused")
+        wait_for(lambda: b.get(latest).status_code == 401, 60, "expired key refused")
         states = {k["name"]: k["state"] for k in tenant.client.get(f"{base}/keys").json()}
         assert states["reader"] == "revoked" and states["brief"] == "expired"
     # Unknown key ids, and another tenant's, are 404.
