@@ -169,3 +169,49 @@ def test_delete_then_purge(make_tenant: Any, admin: httpx.Client, api: str, stac
         u.id,
     )
     assert [a["action"] for a in actions][-2:] == ["tenant.delete", "tenant.purge"]
+
+
+def _scale_api(settings: Settings, replicas: int) -> None:
+    """The running Serve app with ``replicas`` replicas of the API (same code: Serve only adds or
+    removes replicas); returns once they all run."""
+    from ray import serve
+
+    from serve_app.deploy import APP_NAME, SERVE_LOGGING
+    from serve_app.deployment import ApiIngress
+
+    app = ApiIngress.options(num_replicas=replicas).bind(settings)  # type: ignore[attr-defined]
+    serve.run(app, name=APP_NAME, route_prefix="/", logging_config=SERVE_LOGGING)
+
+    def running() -> int:
+        st = serve.status().applications[APP_NAME].deployments["api"]
+        return int(st.replica_states.get("RUNNING", 0))
+
+    wait_for(lambda: running() == replicas, 120, f"{replicas} API replicas running", describe=running)
+
+
+def test_a_revoked_key_is_refused_by_every_replica(tenant: TenantHandle, api: str, stack: Settings) -> None:
+    """Two replicas, each with its own auth cache: after a revocation, every request (the router
+    spreads them over both) is refused within the cache's seconds; before it, every one served."""
+    base = f"/v1/tenants/{tenant.slug}"
+    r = tenant.client.post(f"{base}/connections", json=_opcua("r", 1))
+    assert r.status_code == 201, r.text
+    latest = f"{base}/latest?tag_id={r.json()['tags'][0]['tag_id']}"
+    r = tenant.client.post(f"{base}/keys", json={"name": "everywhere", "scopes": ["read"]})
+    assert r.status_code == 201, r.text
+    key = r.json()["api_key"]
+    key_id = next(k["key_id"] for k in tenant.client.get(f"{base}/keys").json() if k["name"] == "everywhere")
+    _scale_api(stack, 2)
+    try:
+        with _with_key(api, key) as c:
+            # 30 requests, each routed to either replica: both learn (and cache) the key.
+            assert [c.get(latest).status_code for _ in range(30)] == [200] * 30
+            assert tenant.client.delete(f"{base}/keys/{key_id}").status_code == 200
+            wait_for(
+                lambda: all(c.get(latest).status_code == 401 for _ in range(30)),
+                30,
+                "the revoked key refused by both replicas, 30 requests in a row",
+            )
+            # And it stays refused (a refusal is never cached as a success anywhere).
+            assert {c.get(latest).status_code for _ in range(30)} == {401}
+    finally:
+        _scale_api(stack, 1)
