@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
+
+# Ray reads its authentication mode when it is first imported, and the private Ray a bench starts
+# runs with token authentication (scale_tests.common): set here, or a driver that imported ray
+# before start_private_ray talks to its own cluster without the token and is refused.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument(
         "--cycles", type=int, default=10_000, help="connect/disconnect cycles for the memory check (live)"
     )
+    b.add_argument("--offered", type=float, default=None, help="values/s offered (opcua: 40,000; modbus: 200,000)")
+    b.add_argument("--profile", default=None, help="folder for py-spy profiles of the writer rounds (writer)")
     b.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     ok = True
@@ -88,9 +96,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from ingest.core.config import load_settings
 
     if args.target == "writer":
+        from pathlib import Path
+
         from scale_tests.bench_writer import run as bench_writer
 
-        return bench_writer(load_settings(), args.rows, args.rounds)
+        profile = Path(args.profile) if args.profile else None
+        return bench_writer(load_settings(), args.rows, args.rounds, profile)
     if args.target == "push":
         from scale_tests.bench_push import run as bench_push
 
@@ -108,10 +119,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.target == "opcua":
         from scale_tests.bench_devices import run_opcua
 
-        return run_opcua(seconds=args.seconds or 20.0)
+        return run_opcua(offered=args.offered or 40_000.0, seconds=args.seconds or 20.0)
     from scale_tests.bench_devices import run_modbus
 
-    return run_modbus(seconds=args.seconds or 20.0)
+    return run_modbus(offered=args.offered or 200_000.0, seconds=args.seconds or 20.0)
 
 
 if __name__ == "__main__":

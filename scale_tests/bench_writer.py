@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -35,6 +36,7 @@ from scale_tests.common import (
     summary_rates,
     truncate,
 )
+from scale_tests.cpu import start_profile, stop_profile, summarise
 
 BATCH = 10_000
 
@@ -130,10 +132,15 @@ def new_writer(settings: Settings, tenant_id: str, slug: str, tag: str) -> Any:
         settings, tenant_id, slug
     )
     ray.get(w.health.remote())
+    # Built before the clock starts, as the coordinator starts every active tenant's writer
+    # before its first batch: the round times landing rows, not connecting and loading rules.
+    ray.get(w.start.remote())
     return w
 
 
-def run(settings: Settings, n_rows: int, rounds: int = 2) -> dict[str, Any]:
+def run(settings: Settings, n_rows: int, rounds: int = 2, profile: Path | None = None) -> dict[str, Any]:
+    """``profile``: a folder to sample each writer round's actor into with py-spy (collapsed
+    stacks plus a top-functions summary per round)."""
     import ray
 
     prepare_stack(settings)
@@ -153,7 +160,16 @@ def run(settings: Settings, n_rows: int, rounds: int = 2) -> dict[str, Any]:
                 rate = asyncio.run(run_unnest(settings, db, rows))
             else:
                 w = new_writer(settings, tenant.id, tenant.slug, f"r{r}")
+                spy = None
+                if profile is not None:
+                    spy = start_profile(ray.get(w.stats.remote())["pid"], profile / f"writer-r{r}.txt")
+                    time.sleep(1.0)  # py-spy attaches
                 rate = asyncio.run(feed_writer(w, slices(rows, f"bench-r{r}")))
+                if profile is not None:
+                    stop_profile(spy)
+                    summary = summarise(profile / f"writer-r{r}.txt")
+                    (profile / f"writer-r{r}.summary.txt").write_text(summary + "\n")
+                    log(summary)
                 ray.kill(w)
             stored = asyncio.run(count_rows(settings, db))
             if stored != n_rows:
