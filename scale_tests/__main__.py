@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--interval-ms", type=int, default=100)
     e.add_argument("--outage-s", type=float, default=65.0, help="how long the link stays cut (>= 60)")
     e.add_argument("--json", action="store_true")
+    c = sub.add_parser("capacity", help="offered load stepped up per stage until loss or p99 > 1 s; plots")
+    c.add_argument("--quick", action="store_true", help="two small steps per stage, 3 s each (for a test)")
+    c.add_argument("--seconds", type=float, default=None, help="measuring window per step (15 s; quick: 3 s)")
+    c.add_argument("--nodes", type=int, default=3, help="nodes of the ray.cluster_utils.Cluster it runs on")
+    c.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="a path against its baseline, side by side in one run")
     b.add_argument("target", choices=["writer", "opcua", "modbus", "query", "push", "live"])
     b.add_argument(
@@ -56,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     if args.scenario == "bench":
         result = run_bench(args)
+    elif args.scenario == "capacity":
+        from scale_tests.capacity import run as capacity
+
+        result = capacity(quick=args.quick, seconds=args.seconds, nodes=args.nodes)
     elif args.scenario == "edge_outage":
         from scale_tests.edge_outage import run as edge_outage
 
