@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--json", action="store_true")
     c = sub.add_parser("capacity", help="offered load stepped up per stage until loss or p99 > 1 s; plots")
     c.add_argument("--quick", action="store_true", help="two small steps per stage, 3 s each (for a test)")
-    c.add_argument("--seconds", type=float, default=None, help="measuring window per step (15 s; quick: 3 s)")
+    c.add_argument("--seconds", type=float, default=None, help="measuring window per step (10 s; quick: 3 s)")
     c.add_argument("--nodes", type=int, default=3, help="nodes of the ray.cluster_utils.Cluster it runs on")
     c.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="a path against its baseline, side by side in one run")
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument(
         "--cycles", type=int, default=10_000, help="connect/disconnect cycles for the memory check (live)"
     )
-    b.add_argument("--offered", type=float, default=None, help="values/s offered (opcua: 40,000; modbus: 200,000)")
+    b.add_argument("--offered", type=float, default=None, help="values/s offered (opcua: 12,000; modbus: 200,000)")
     b.add_argument("--profile", default=None, help="folder for py-spy profiles of the writer rounds (writer)")
     b.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -128,7 +128,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.target == "opcua":
         from scale_tests.bench_devices import run_opcua
 
-        return run_opcua(offered=args.offered or 40_000.0, seconds=args.seconds or 20.0)
+        return run_opcua(offered=args.offered or 12_000.0, seconds=args.seconds or 20.0)
     from scale_tests.bench_devices import run_modbus
 
     return run_modbus(offered=args.offered or 200_000.0, seconds=args.seconds or 20.0)

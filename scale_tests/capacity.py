@@ -41,10 +41,12 @@ from scale_tests.probe import placement
 
 TARGET = 500_000
 P99_LIMIT_MS = 1000.0
+# OPC UA stops early on two cores: the asyncua simulators themselves saturate near 7,000 values/s
+# in all (README, "Device paths"), and far above that they fall over rather than plateau.
 FULL = {
-    "opcua": [5_000, 10_000, 20_000, 40_000, 80_000],
-    "modbus": [10_000, 40_000, 100_000, 200_000, 400_000],
-    "push": [1, 2, 4, 8, 16],
+    "opcua": [2_500, 5_000, 10_000, 20_000],
+    "modbus": [10_000, 40_000, 100_000, 200_000],
+    "push": [1, 2, 4, 8],
 }
 QUICK = {"opcua": [1_000, 2_000], "modbus": [2_000, 4_000], "push": [1, 2]}
 RESULTS = Path(__file__).resolve().parent / "out"
@@ -152,7 +154,7 @@ def run(quick: bool = False, seconds: float | None = None, nodes: int = 3) -> di
 
     from scale_tests.capacity_plots import plot_all
 
-    seconds = seconds or (3.0 if quick else 15.0)
+    seconds = seconds or (3.0 if quick else 10.0)
     settings = _bench_settings()
     prepare_stack(settings)
     cluster = start_cluster(nodes)
