@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import ray
@@ -91,7 +92,8 @@ class ConnectionActor:
 
     def _refresh_status(self) -> None:
         # Replaced whole, never mutated: what the health group reads (actors.common).
-        self._status = {"slot": self.slot, "node_id": self._node_id, **self.host.status()}
+        # The pid lets a benchmark read this process's CPU time (scale_tests.cpu).
+        self._status = {"slot": self.slot, "node_id": self._node_id, "pid": os.getpid(), **self.host.status()}
 
     @ray.method(concurrency_group="data")
     async def apply(self, specs: list[ConnectionSpec]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -64,7 +65,9 @@ class WriterActor:
         # Used on the data loop only (the concurrency rule in actors.common).
         self._init_lock = asyncio.Lock()
         self._rules_stale = asyncio.Event()
-        self._snapshot: dict[str, Any] = {"tenant": tenant_slug, "started": False}
+        # Where it runs: the pid lets a benchmark read this process's CPU time (scale_tests.cpu).
+        self._where = {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+        self._snapshot: dict[str, Any] = {"tenant": tenant_slug, "started": False, **self._where}
         self.refresher: RollupRefresher | None = None
         self._db_tasks: list[asyncio.Task[None]] = []
 
@@ -285,8 +288,13 @@ class WriterActor:
 
     def _stats_now(self) -> dict[str, Any]:
         if self.writer is None:
-            return {"tenant": self.slug, "started": False}
-        out: dict[str, Any] = {"tenant": self.slug, "started": True, **self.writer.stats.as_dict()}
+            return {"tenant": self.slug, "started": False, **self._where}
+        out: dict[str, Any] = {
+            "tenant": self.slug,
+            "started": True,
+            **self._where,
+            **self.writer.stats.as_dict(),
+        }
         if self.writer.fanout is not None:
             out["redis_errors"] = self.writer.fanout.errors
         if self.refresher is not None:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
+
+# Ray reads its authentication mode when it is first imported, and the private Ray a bench starts
+# runs with token authentication (scale_tests.common): set here, or a driver that imported ray
+# before start_private_ray talks to its own cluster without the token and is refused.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--interval-ms", type=int, default=100)
     e.add_argument("--outage-s", type=float, default=65.0, help="how long the link stays cut (>= 60)")
     e.add_argument("--json", action="store_true")
+    c = sub.add_parser("capacity", help="offered load stepped up per stage until loss or p99 > 1 s; plots")
+    c.add_argument("--quick", action="store_true", help="two small steps per stage, 3 s each (for a test)")
+    c.add_argument("--seconds", type=float, default=None, help="measuring window per step (10 s; quick: 3 s)")
+    c.add_argument("--nodes", type=int, default=3, help="nodes of the ray.cluster_utils.Cluster it runs on")
+    c.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="a path against its baseline, side by side in one run")
     b.add_argument("target", choices=["writer", "opcua", "modbus", "query", "push", "live"])
     b.add_argument(
@@ -48,11 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         default="proxy,direct",
         help="live: the HTTP paths measured in turn, of proxy (Serve's proxy) and direct (the replica's own port)",
     )
+    b.add_argument("--offered", type=float, default=None, help="values/s offered (opcua: 12,000; modbus: 200,000)")
+    b.add_argument("--profile", default=None, help="folder for py-spy profiles of the writer rounds (writer)")
     b.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     ok = True
     if args.scenario == "bench":
         result = run_bench(args)
+    elif args.scenario == "capacity":
+        from scale_tests.capacity import run as capacity
+
+        result = capacity(quick=args.quick, seconds=args.seconds, nodes=args.nodes)
     elif args.scenario == "edge_outage":
         from scale_tests.edge_outage import run as edge_outage
 
@@ -93,9 +110,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from ingest.core.config import load_settings
 
     if args.target == "writer":
+        from pathlib import Path
+
         from scale_tests.bench_writer import run as bench_writer
 
-        return bench_writer(load_settings(), args.rows, args.rounds)
+        profile = Path(args.profile) if args.profile else None
+        return bench_writer(load_settings(), args.rows, args.rounds, profile)
     if args.target == "push":
         from scale_tests.bench_push import run as bench_push
 
@@ -117,10 +137,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.target == "opcua":
         from scale_tests.bench_devices import run_opcua
 
-        return run_opcua(seconds=args.seconds or 20.0)
+        return run_opcua(offered=args.offered or 12_000.0, seconds=args.seconds or 20.0)
     from scale_tests.bench_devices import run_modbus
 
-    return run_modbus(seconds=args.seconds or 20.0)
+    return run_modbus(offered=args.offered or 200_000.0, seconds=args.seconds or 20.0)
 
 
 if __name__ == "__main__":

@@ -186,13 +186,9 @@ def run(seconds: float = 60.0, clients: int = 8, wells: int = 250, dup_seconds: 
         cluster.shutdown()
 
 
-def _run(settings: Any, seconds: float, clients: int, wells: int, dup_seconds: float) -> dict[str, Any]:
-    from actors.deploy import wait_http
-    from serve_app.deploy import deploy
-
-    info = deploy(settings)
-    api = info["api"]
-    wait_http(f"{api}/healthz")
+def push_tenant(settings: Any, api: str, wells: int) -> tuple[httpx.Client, str, str, list[int]]:
+    """A fresh tenant with ``wells`` x 4 push tags and limits out of the way: the admin client,
+    the tenant's key, its slug and tag ids."""
     admin = httpx.Client(base_url=api, timeout=120, headers={"Authorization": f"Bearer {settings.admin_key}"})
     slug = f"bpush{int(time.time())}"
     r = admin.post("/v1/tenants", json={"slug": slug, "name": "push benchmark"})
@@ -212,6 +208,19 @@ def _run(settings: Any, seconds: float, clients: int, wells: int, dup_seconds: f
     admin.patch(
         f"/v1/tenants/{slug}/push/settings", json={"requests_per_minute": 1_000_000, "bytes_per_day": 1 << 44}
     ).raise_for_status()
+    tenant.close()
+    return admin, key, slug, tag_ids
+
+
+def _run(settings: Any, seconds: float, clients: int, wells: int, dup_seconds: float) -> dict[str, Any]:
+    from actors.deploy import wait_http
+    from serve_app.deploy import deploy
+
+    info = deploy(settings)
+    api = info["api"]
+    wait_http(f"{api}/healthz")
+    admin, key, slug, tag_ids = push_tenant(settings, api, wells)
+    tenant = httpx.Client(base_url=api, timeout=120, headers={"Authorization": f"Bearer {key}"})
     dsn = settings.dsn(f"scada_t_{slug}")
     # Every batch's times are its own: base + seq * 1000 + k microseconds, an hour ago.
     base_us = int((time.time() - 3600) * 1e6)

@@ -1,9 +1,13 @@
 """``scada-ingest bench writer``: the writer path against the database's own COPY, in one run.
 
-Three ways to land the same N rows into the same tenant schema (hypertable + (tag_id, time DESC)
+Four ways to land the same N rows into the same tenant schema (hypertable + (tag_id, time DESC)
 index), each starting from an empty table:
   writer       the writer actor, fed 10k-row Arrow batches by a Ray caller (validation, ledger,
-               binary COPY, Redis fan-out: the production path)
+               binary COPY, Redis fan-out: the write path), its rollup refresher paused
+  writer_with_rollups
+               the same actor as deployed: its rollup refresher also re-reads every committed
+               range into the 1m/1h/1d rollups every 5 s, on the same two cores (read-side work
+               the server's COPY does not do, so it is shown apart rather than in the ratio)
   server_copy  COPY ... FROM '<file>' (FORMAT binary) run by the server itself: the ceiling
   unnest       INSERT ... SELECT FROM unnest(...) in 10k-row batches: what the replaced system did
 Methods alternate over rounds; the best round of each is reported (the machine is shared).
@@ -17,6 +21,7 @@ import os
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -35,6 +40,7 @@ from scale_tests.common import (
     summary_rates,
     truncate,
 )
+from scale_tests.cpu import start_profile, stop_profile, summarise
 
 BATCH = 10_000
 
@@ -108,7 +114,14 @@ async def run_unnest(settings: Settings, db: str, rows: ReadingBatch) -> float:
         await conn.close()
 
 
-async def feed_writer(writer: Any, batches: list[ReadingBatch], inflight: int = 8) -> float:
+# Batches in flight to the writer: enough that the next flush's rows are already queued when a
+# flush commits (flush_rows 50,000 = 5 batches; a tenant's senders hold 4 each, and a tenant with
+# several connection actors has several senders), so the round measures the writer, not the
+# caller's round trip.
+INFLIGHT = 16
+
+
+async def feed_writer(writer: Any, batches: list[ReadingBatch], inflight: int = INFLIGHT) -> float:
     arrow = [b.to_arrow() for b in batches]  # encoding for transport happens at the source
     sem = asyncio.Semaphore(inflight)
 
@@ -121,19 +134,26 @@ async def feed_writer(writer: Any, batches: list[ReadingBatch], inflight: int = 
     return sum(len(b) for b in batches) / (time.perf_counter() - t)
 
 
-def new_writer(settings: Settings, tenant_id: str, slug: str, tag: str) -> Any:
+def new_writer(settings: Settings, tenant_id: str, slug: str, tag: str, rollups: bool = True) -> Any:
     import ray
 
     from actors.writer import WriterActor
 
+    if not rollups:  # the refresher's first pass finds an empty ledger; the next is an hour away
+        settings = settings.model_copy(update={"rollup_refresh_interval_s": 3600.0})
     w = WriterActor.options(name=f"bench-writer-{slug}-{tag}").remote(  # type: ignore[attr-defined]
         settings, tenant_id, slug
     )
     ray.get(w.health.remote())
+    # Built before the clock starts, as the coordinator starts every active tenant's writer
+    # before its first batch: the round times landing rows, not connecting and loading rules.
+    ray.get(w.start.remote())
     return w
 
 
-def run(settings: Settings, n_rows: int, rounds: int = 2) -> dict[str, Any]:
+def run(settings: Settings, n_rows: int, rounds: int = 2, profile: Path | None = None) -> dict[str, Any]:
+    """``profile``: a folder to sample each writer round's actor into with py-spy (collapsed
+    stacks plus a top-functions summary per round)."""
     import ray
 
     prepare_stack(settings)
@@ -142,18 +162,27 @@ def run(settings: Settings, n_rows: int, rounds: int = 2) -> dict[str, Any]:
     tenant_b, tag_ids_b = asyncio.run(ensure_tenant(settings, "bench_b", 1000))
     db, db_b = f"scada_t_{tenant.slug}", f"scada_t_{tenant_b.slug}"
     rows = make_rows(n_rows, tag_ids)
-    results: dict[str, list[float]] = {"writer": [], "server_copy": [], "unnest": []}
-    order = ["server_copy", "writer", "unnest"]
+    order = ["server_copy", "writer", "unnest", "writer_with_rollups"]
+    results: dict[str, list[float]] = {m: [] for m in order}
     for r in range(rounds):
-        for method in order[r % 3 :] + order[: r % 3]:
+        for method in order[r % 4 :] + order[: r % 4]:
             asyncio.run(truncate(settings, db))
             if method == "server_copy":
                 rate = asyncio.run(run_server_copy(settings, db, rows))
             elif method == "unnest":
                 rate = asyncio.run(run_unnest(settings, db, rows))
             else:
-                w = new_writer(settings, tenant.id, tenant.slug, f"r{r}")
+                w = new_writer(settings, tenant.id, tenant.slug, f"{method}-r{r}", method == "writer_with_rollups")
+                spy = None
+                if profile is not None:
+                    spy = start_profile(ray.get(w.stats.remote())["pid"], profile / f"{method}-r{r}.txt")
+                    time.sleep(1.0)  # py-spy attaches
                 rate = asyncio.run(feed_writer(w, slices(rows, f"bench-r{r}")))
+                if profile is not None:
+                    stop_profile(spy)
+                    summary = summarise(profile / f"{method}-r{r}.txt")
+                    (profile / f"{method}-r{r}.summary.txt").write_text(summary + "\n")
+                    log(summary)
                 ray.kill(w)
             stored = asyncio.run(count_rows(settings, db))
             if stored != n_rows:
@@ -164,8 +193,8 @@ def run(settings: Settings, n_rows: int, rounds: int = 2) -> dict[str, Any]:
     # Two tenants at once: each should get about half of what one gets alone.
     for d in (db, db_b):
         asyncio.run(truncate(settings, d))
-    wa = new_writer(settings, tenant.id, tenant.slug, "ca")
-    wb = new_writer(settings, tenant_b.id, tenant_b.slug, "cb")
+    wa = new_writer(settings, tenant.id, tenant.slug, "ca", rollups=False)
+    wb = new_writer(settings, tenant_b.id, tenant_b.slug, "cb", rollups=False)
     rows_b = make_rows(n_rows // 2, tag_ids_b, seed=8)
     rows_a = make_rows(n_rows // 2, tag_ids, seed=9)
 
@@ -182,12 +211,14 @@ def run(settings: Settings, n_rows: int, rounds: int = 2) -> dict[str, Any]:
         "bench": "writer",
         "rows": n_rows,
         "batch_rows": BATCH,
+        "inflight_batches": INFLIGHT,
         "flush_rows": settings.flush_rows,
         "rounds": rounds,
         "rows_per_s": best,
         "all_rounds": {k: [round(x) for x in v] for k, v in results.items()},
         "ratio_vs_server_copy": ratio(best["writer"], best["server_copy"]),
         "ratio_vs_unnest": ratio(best["writer"], best["unnest"]),
+        "ratio_with_rollups_vs_server_copy": ratio(best["writer_with_rollups"], best["server_copy"]),
         "concurrent_tenants": {
             "rows_per_s": [round(x) for x in conc],
             "fairness_min_over_max": ratio(min(conc), max(conc)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from typing import Any
 
 import asyncpg
@@ -38,14 +39,54 @@ def start_private_ray(num_cpus: int = 2) -> None:
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="WARNING",
-            namespace="scada-bench",
-        )
+        # On a loaded machine the raylet may not register within Ray's fixed 30 s ("The current
+        # node timed out during startup"): that is the machine, so the start is tried again.
+        for attempt in range(3):
+            try:
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level="WARNING",
+                    namespace="scada-bench",
+                )
+                return
+            except Exception:
+                ray.shutdown()
+                if attempt == 2:
+                    raise
+                time.sleep(5.0)
+
+
+def start_cluster(nodes: int, head_cpus: int = 2) -> Any:
+    """A ``ray.cluster_utils.Cluster`` of ``nodes`` nodes on this machine, joined by this driver
+    (namespace scada-bench); each start tried again like ``start_private_ray``."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    for attempt in range(3):
+        try:
+            head = {"num_cpus": head_cpus, "include_dashboard": False}
+            cluster = Cluster(initialize_head=True, head_node_args=head)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+            time.sleep(5.0)
+    for _ in range(nodes - 1):
+        for attempt in range(3):
+            try:
+                cluster.add_node(num_cpus=1)
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
+                time.sleep(5.0)
+    ray.init(address=cluster.address, namespace="scada-bench", log_to_driver=False, logging_level="WARNING")
+    cluster.wait_for_nodes()
+    return cluster
 
 
 async def ensure_tenant(settings: Settings, slug: str, tags: int) -> tuple[Tenant, list[int]]:

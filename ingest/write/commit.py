@@ -11,7 +11,7 @@ with the outer one (issue 17).
 
 from __future__ import annotations
 
-import io
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -21,7 +21,8 @@ import numpy as np
 
 from ingest.core.batch import Batch, ReadingBatch, TextBatch
 from ingest.core.models import Quality, quality_as_int4
-from ingest.write.copy_binary import encode_readings
+from ingest.write.copy_binary import encode_buffer
+from ingest.write.speculative import restore, snapshot
 
 if TYPE_CHECKING:
     from ingest.write.validation import ValidationOutcome, Validator
@@ -76,9 +77,14 @@ def _validated(
     kept_per_batch = np.bincount(owner, weights=keep, minlength=len(new))
     # Rows go in sorted by (tag, time): the (tag_id, time DESC) index then grows in runs instead
     # of at a thousand scattered places, which about doubles COPY speed on a 1,000-tag flush
-    # (measured: README, "Writer figures").
-    kept = np.flatnonzero(keep)
-    kept = kept[np.lexsort((merged.time_us[kept], merged.tag_id[kept]))]
+    # (measured: README, "Writer figures"). The validator sorted every row of a known tag that
+    # way already (rule indexes ascend with tag ids); only a flush with unknown tags sorts again.
+    plan = outcome._plan if outcome is not None else None
+    if plan is not None and plan.order.size == len(merged):
+        kept = plan.order[keep[plan.order]]
+    else:
+        kept = np.flatnonzero(keep)
+        kept = kept[np.lexsort((merged.time_us[kept], merged.tag_id[kept]))]
     rows_out = ReadingBatch(
         merged.batch_id, merged.time_us[kept], merged.tag_id[kept], merged.value[kept], quality[kept]
     )
@@ -86,50 +92,68 @@ def _validated(
 
 
 async def commit_once(conn: asyncpg.Connection, batches: Sequence[Batch], validator: Validator | None) -> Flushed:
+    """One transaction. The validator has folded the written rows in when this returns; if the
+    transaction fails, its state is as before (the fold runs while the COPY does, see
+    ingest.write.speculative)."""
     # The same id twice in one flush (a resend racing its original) is written once.
     unique: dict[str, Batch] = {}
     for b in batches:
         unique.setdefault(b.batch_id, b)
     ids = list(unique)
     merged = rows_out = outcome = None
-    async with conn.transaction():
-        seen = {
-            r[0]
-            for r in await conn.fetch("SELECT batch_id FROM ingest_ledger WHERE batch_id = ANY($1::text[])", ids)
-        }
-        new = [unique[i] for i in ids if i not in seen]
-        numeric = [b for b in new if isinstance(b, ReadingBatch)]
-        texts = [b for b in new if isinstance(b, TextBatch)]
-        written = {b.batch_id: len(b) for b in texts}
-        if numeric:
-            merged, rows_out, outcome, kept = _validated(numeric, validator)
-            written.update(zip([b.batch_id for b in numeric], kept, strict=True))
-        if new:
-            inserted = await conn.fetch(
-                _LEDGER_INSERT,
-                [b.batch_id for b in new],
-                [written[b.batch_id] for b in new],
-                [len(b) for b in new],
-                [int(b.time_us.min()) if len(b) else None for b in new],
-                [int(b.time_us.max()) if len(b) else None for b in new],
-            )
-            if len(inserted) != len(new):
-                raise LedgerRace()
-        if rows_out is not None and len(rows_out):
-            await conn.copy_to_table(
-                "scada_readings",
-                source=io.BytesIO(
-                    encode_readings(rows_out.time_us, rows_out.tag_id, rows_out.value, rows_out.quality)
-                ),
-                columns=COLUMNS,
-                format="binary",
-            )
-        if any(len(b) for b in texts):
-            await conn.execute(
-                _TEXT_INSERT,
-                np.concatenate([b.time_us for b in texts]).tolist(),
-                np.concatenate([b.tag_id for b in texts]).tolist(),
-                [v for b in texts for v in b.value],
-                np.concatenate([b.quality for b in texts]).tolist(),
-            )
+    before = None
+    try:
+        async with conn.transaction():
+            seen = {
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT batch_id FROM ingest_ledger WHERE batch_id = ANY($1::text[])", ids
+                )
+            }
+            new = [unique[i] for i in ids if i not in seen]
+            numeric = [b for b in new if isinstance(b, ReadingBatch)]
+            texts = [b for b in new if isinstance(b, TextBatch)]
+            written = {b.batch_id: len(b) for b in texts}
+            if numeric:
+                merged, rows_out, outcome, kept = _validated(numeric, validator)
+                written.update(zip([b.batch_id for b in numeric], kept, strict=True))
+            if new:
+                inserted = await conn.fetch(
+                    _LEDGER_INSERT,
+                    [b.batch_id for b in new],
+                    [written[b.batch_id] for b in new],
+                    [len(b) for b in new],
+                    [int(b.time_us.min()) if len(b) else None for b in new],
+                    [int(b.time_us.max()) if len(b) else None for b in new],
+                )
+                if len(inserted) != len(new):
+                    raise LedgerRace()
+            fold = None
+            if merged is not None and outcome is not None and validator is not None:
+                before = snapshot(validator)
+                m = merged
+                fold = asyncio.ensure_future(
+                    asyncio.to_thread(validator.commit, m.time_us, m.tag_id, m.value, m.quality, outcome)
+                )
+            try:
+                if rows_out is not None and len(rows_out):
+                    buf = encode_buffer(rows_out.time_us, rows_out.tag_id, rows_out.value, rows_out.quality)
+                    await conn.copy_to_table("scada_readings", source=buf.data, columns=COLUMNS, format="binary")
+                if any(len(b) for b in texts):
+                    await conn.execute(
+                        _TEXT_INSERT,
+                        np.concatenate([b.time_us for b in texts]).tolist(),
+                        np.concatenate([b.tag_id for b in texts]).tolist(),
+                        [v for b in texts for v in b.value],
+                        np.concatenate([b.quality for b in texts]).tolist(),
+                    )
+            finally:
+                if fold is not None:
+                    # Never leave while the thread still changes the state: a restore or the
+                    # next check must see it finished.
+                    await asyncio.shield(fold)
+    except BaseException:
+        if before is not None and validator is not None:
+            restore(validator, before)
+        raise
     return Flushed(seen, len(new), rows_out, sum(len(b) for b in texts), merged, outcome, texts)

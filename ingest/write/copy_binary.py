@@ -31,6 +31,35 @@ READING_ROW = np.dtype(
     ]
 )
 
+_TEMPLATE = np.zeros((), READING_ROW)
+_TEMPLATE["nfields"], _TEMPLATE["len_time"], _TEMPLATE["len_tag"] = 4, 8, 4
+_TEMPLATE["len_value"], _TEMPLATE["len_quality"] = 8, 4
+
+
+def encode_buffer(
+    time_us: npt.NDArray[np.int64],
+    tag_id: npt.NDArray[np.int32],
+    value: npt.NDArray[np.float64],
+    quality: npt.NDArray[np.int32],
+) -> npt.NDArray[np.uint8]:
+    """The whole COPY stream (header, rows, trailer) in one buffer, written in place: no
+    concatenation afterwards, and asyncpg sends it as it is (any buffer-protocol object is a COPY
+    source), so the rows are copied once more only into its wire buffer."""
+    n = time_us.shape[0]
+    head, size = len(HEADER), READING_ROW.itemsize
+    buf = np.empty(head + n * size + len(TRAILER), np.uint8)
+    buf[:head] = np.frombuffer(HEADER, np.uint8)
+    buf[head + n * size :] = np.frombuffer(TRAILER, np.uint8)
+    rows = buf[head : head + n * size].view(READING_ROW)
+    # The constant fields in one broadcast of a template row, then the four data fields; each
+    # assignment converts to big-endian on the way in.
+    rows[...] = _TEMPLATE
+    np.subtract(time_us, PG_EPOCH_OFFSET_US, out=rows["time"], casting="unsafe")
+    rows["tag_id"] = tag_id
+    rows["value"] = value
+    rows["quality"] = quality
+    return buf
+
 
 def encode_readings(
     time_us: npt.NDArray[np.int64],
@@ -40,15 +69,4 @@ def encode_readings(
 ) -> bytes:
     """Encode rows for ``COPY scada_readings (time, tag_id, value, quality) FROM STDIN (FORMAT
     binary)``; returns the whole stream including header and trailer."""
-    n = time_us.shape[0]
-    rows = np.empty(n, READING_ROW)
-    rows["nfields"] = 4
-    rows["len_time"] = 8
-    rows["time"] = time_us - PG_EPOCH_OFFSET_US
-    rows["len_tag"] = 4
-    rows["tag_id"] = tag_id
-    rows["len_value"] = 8
-    rows["value"] = value
-    rows["len_quality"] = 4
-    rows["quality"] = quality
-    return HEADER + rows.tobytes() + TRAILER
+    return encode_buffer(time_us, tag_id, value, quality).tobytes()

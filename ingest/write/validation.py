@@ -1,9 +1,11 @@
 """Per-flush validation of readings: what to write, with which quality, and why the rest was not.
 
-The writer calls ``check`` on each flush before the COPY and ``commit`` once that transaction has
-committed. ``check`` reads the running state (duplicate memory, deadband references, z-score
-statistics) and never changes it, so a failed flush that is retried gets the same outcome;
-``commit`` folds in what was written. Check/commit pairs must not interleave.
+The writer calls ``check`` on each flush before the COPY and ``commit`` while the COPY runs (in a
+thread, off the critical path), restoring the state it snapshotted (``ingest.write.speculative``)
+if the transaction then fails. ``check`` reads the running state (duplicate memory, deadband
+references, z-score statistics) and never changes it, so a failed flush that is retried gets the
+same outcome; ``commit`` folds in what was written. Check/commit pairs must not interleave; a lock
+keeps a rules reload from running inside a commit on another thread.
 
 Each row goes through these steps in order; the first step that removes a row names its one
 rejection reason:
@@ -38,6 +40,7 @@ order reused by ``commit``; no Python step per reading, deadband included (see
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -151,10 +154,16 @@ class Validator:
         self._z = ZScoreStats(settings.zscore_window)
         self._memory = DuplicateMemory()
         self._pruned_at: I64 = np.empty(0, np.int64)  # per tag: its horizon at the last full merge
+        self.lock = threading.Lock()  # commit may run on a worker thread (module docstring)
         self.update_rules(rules)
 
     def update_rules(self, rules: Iterable[TagRules]) -> None:
         """Replace the rules; tags that remain keep their running state, removed tags lose it."""
+        with self.lock:
+            self._update_rules(list(rules))
+
+    def _update_rules(self, rules: list[TagRules]) -> None:
+        self.rules = rules
         by_id = sorted(rules, key=lambda r: r.tag_id)
         tags = np.array([r.tag_id for r in by_id], np.int64)
         if tags.size > 1 and bool(np.any(tags[1:] == tags[:-1])):
@@ -285,6 +294,17 @@ class Validator:
         outcome: ValidationOutcome,
     ) -> None:
         """Fold a written flush into the running state: the same columns given to ``check``."""
+        with self.lock:
+            self._commit(time_us, tag_id, value, quality, outcome)
+
+    def _commit(
+        self,
+        time_us: npt.ArrayLike,
+        tag_id: npt.ArrayLike,
+        value: npt.ArrayLike,
+        quality: npt.ArrayLike,
+        outcome: ValidationOutcome,
+    ) -> None:
         t, g, v, _ = _columns(time_us, tag_id, value, quality)
         if outcome.keep.shape != t.shape or outcome.quality.shape != t.shape:
             raise ValueError("outcome does not belong to these columns (length differs)")

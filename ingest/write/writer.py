@@ -395,9 +395,7 @@ class TenantWriter:
         commit_s = time.time()
         write_s = time.perf_counter() - t0
         self.stats.flushes += 1
-        if f.merged is not None and f.outcome is not None and self.validator is not None:
-            m = f.merged
-            self.validator.commit(m.time_us, m.tag_id, m.value, m.quality, f.outcome)
+        if f.outcome is not None:  # commit_once has folded it into the validator
             for reason, n in f.outcome.counts.items():
                 if n:
                     self.stats.rejections[reason] = self.stats.rejections.get(reason, 0) + n
@@ -408,18 +406,27 @@ class TenantWriter:
         rows = f.numeric
         if rows is not None and len(rows):
             self.stats.rows_committed += len(rows)
-            live = rows.quality != GAP_QUALITY
-            self.stats.latency.add(int(commit_s * 1e6) - rows.time_us[live])
-            if self.fanout is not None:
-                self.fanout.submit(rows, int(commit_s * 1e6))
-            if self._on_commit is not None:
-                try:
-                    self._on_commit(rows, write_s)
-                except Exception:  # metrics never break the data path
-                    log.exception("on_commit hook failed")
+            # Latency, fan-out and metrics run at the loop's next turn: that is when the next
+            # flush has sent its first query and waits for the database, and still before any
+            # sender's ``write`` returns (their wake-ups are queued after this).
+            asyncio.get_running_loop().call_soon(self._after_commit, rows, commit_s, write_s)
         self.stats.batches_committed += f.new_batches
         dups = len(batches) - f.new_batches
         self.stats.duplicates += dups
         if dups:
             self._event("duplicate", dups)
         return [WriteResult(b.batch_id, len(b), duplicate=b.batch_id in f.seen) for b in batches]
+
+    def _after_commit(self, rows: ReadingBatch, commit_s: float, write_s: float) -> None:
+        try:
+            live = rows.quality != GAP_QUALITY
+            self.stats.latency.add(int(commit_s * 1e6) - rows.time_us[live])
+            if self.fanout is not None:
+                self.fanout.submit(rows, int(commit_s * 1e6))
+        except Exception:  # the rows are committed; nothing here may fail the flush loop
+            log.exception("after-commit bookkeeping failed")
+        if self._on_commit is not None:
+            try:
+                self._on_commit(rows, write_s)
+            except Exception:  # metrics never break the data path
+                log.exception("on_commit hook failed")
