@@ -87,7 +87,7 @@ class WriterActor:
         redis = aioredis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5)
         validator = Validator([])
         try:
-            self._store = await TenantStore.connect(dsn, box, max_size=2)
+            self._store = await TenantStore.connect(dsn, box, max_size=2, migrate=True)
             await self._refresh_rules(validator)
         except Exception as e:
             # Rules load again later; until then readings pass with "unknown_tag" counted.
@@ -275,7 +275,7 @@ class WriterActor:
         if self._store is None:
             try:
                 dsn, box = await self._tenant_dsn()
-                self._store = await TenantStore.connect(dsn, box, max_size=2)
+                self._store = await TenantStore.connect(dsn, box, max_size=2, migrate=True)
             except Exception as e:
                 raise StorageUnavailable(f"tenant database not reachable: {type(e).__name__}: {e}") from e
         return self._store

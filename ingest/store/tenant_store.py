@@ -11,7 +11,7 @@ from ingest.core.errors import Conflict, ConnectionNotFound, TagNotFound
 from ingest.core.models import ConnectionSpec, Protocol, SecurityMode, SecurityPolicy, Tenant
 from ingest.core.translate import translated, translated_methods
 from ingest.device.session_inputs import check_tags, tag_spec
-from ingest.store import quotas
+from ingest.store import migrations, quotas
 from ingest.store.registration import (
     ConnectionCreate,
     ConnectionUpdate,
@@ -65,7 +65,15 @@ class TenantStore:
 
     @classmethod
     @translated
-    async def connect(cls, dsn: str, box: SecretBox, max_size: int = 4) -> TenantStore:
+    async def connect(cls, dsn: str, box: SecretBox, max_size: int = 4, *, migrate: bool = False) -> TenantStore:
+        """``migrate``: apply the tenant migrations first (idempotent, under an advisory lock): a
+        database that was away when the cluster started is brought up to date when it is back."""
+        if migrate:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await migrations.apply(conn, "tenant")
+            finally:
+                await conn.close()
         return cls(await asyncpg.create_pool(dsn, min_size=0, max_size=max_size), box)
 
     async def close(self) -> None:
