@@ -18,6 +18,7 @@ from ingest.core.models import ConnectionSpec
 from ingest.device.connection_metrics import ConnectionGauges
 from ingest.device.host import ConnectionHost
 from ingest.device.sender import BatchSender
+from ingest.device.takeover import TakeoverStore
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class ConnectionActor:
             on_gap_markers=lambda spec, n: safe(
                 Metrics.get().gaps.inc, n, {"tenant": spec.tenant_slug, "protocol": spec.protocol.value}
             ),
+            # Where each OPC UA subscription stands, for the actor that takes it over if this
+            # one's node is lost (ingest.device.takeover).
+            takeover_store=TakeoverStore(settings.redis_url),
         )
         self._ticker: asyncio.Task[None] | None = None
         self._node_id = ray.get_runtime_context().get_node_id()
@@ -85,7 +89,13 @@ class ConnectionActor:
     async def _tick_loop(self) -> None:
         period = self.settings.batch_interval_ms / 1000.0
         about_a_second = max(1, round(1.0 / period))
-        await run_ticks(period, self.host.step, (3, self._refresh_status), (about_a_second, self._publish_gauges))
+        await run_ticks(
+            period,
+            self.host.step,
+            (1, self.host.record_takeovers),
+            (3, self._refresh_status),
+            (about_a_second, self._publish_gauges),
+        )
 
     def _publish_gauges(self) -> None:
         self.gauges.publish(self.host.status())

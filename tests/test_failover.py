@@ -157,6 +157,13 @@ def test_node_loss_moves_only_the_lost_nodes_connections_and_nothing_is_lost_sil
             f"in recorded gaps {result['gap_values']} duplicates {result['duplicates']}"
         )
         assert result["unaccounted"] == 0 and result["duplicates"] == 0
+        # The simulator keeps a session's subscription for its timeout (60 s) and completes
+        # TransferSubscriptions: each moved connection carried on its subscription, Republished
+        # what the lost actor had not committed, and nothing was lost at all.
+        st = cluster_status(stack)
+        sessions = {cid: c for a in st["actors"].values() for cid, c in a.get("connections", {}).items()}
+        assert all(sessions[c]["transferred"] >= 1 for c in moved), {c: sessions[c] for c in moved}
+        assert result["gap_values"] == 0 and result["gap_markers"] == 0, result
     finally:
         for w in workers:
             if w is not victim:

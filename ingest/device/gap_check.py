@@ -61,6 +61,13 @@ class SessionStartGaps:
     def done(self) -> bool:
         return not self._unseen and not self._waiting
 
+    def stand_down(self) -> None:
+        """The session itself knows where each tag's stored history ends and reports its gaps
+        (an OPC UA session with floors): this check has nothing left to do."""
+        self._unseen.clear()
+        self._waiting.clear()
+        self._wake.set()
+
     def observe(self, tag_ids: npt.NDArray[np.int32], times: npt.NDArray[np.int64]) -> None:
         """Called with every chunk of new readings (on the session's event loop)."""
         if not self._unseen:

@@ -26,6 +26,7 @@ from ingest.device.gap_check import SessionStartGaps
 from ingest.device.health import session_health
 from ingest.device.sender import BatchSender
 from ingest.device.session_inputs import modbus_points, opcua_security, opcua_tags
+from ingest.device.takeover import AckLedger, TakeoverHooks, TakeoverRecord, TakeoverStore
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class DeviceSession(TypingProtocol):
 
 
 SenderFactory = Callable[[ConnectionSpec], BatchSender]
+FAR_FUTURE_US = 2**55  # (the year 3112) "before" bound of a look-up of the newest stored time of each tag
+FLOORS_WAIT_S = 10.0  # how long a new OPC UA session waits for them before starting without
 # The newest stored time (µs) of each tag before a given time: the session-start gap check's query.
 LastTimes = Callable[[ConnectionSpec, dict[int, int]], Awaitable[dict[int, int]]]
 GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
@@ -58,6 +61,7 @@ class _Running:
     failures: int = 0
     retry_at: float = 0.0
     gaps: SessionStartGaps | None = None
+    ledger: AckLedger | None = None  # OPC UA: messages handed over, acknowledged once committed
     gap_task: asyncio.Task[None] | None = None
     backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 60.0))
     last_value_at: float | None = None  # wall time of the newest value delivered
@@ -95,6 +99,7 @@ class ConnectionHost:
         last_times: LastTimes | None = None,
         on_state_change: Callable[[ConnectionSpec, str, str | None], None] | None = None,
         on_gap_markers: Callable[[ConnectionSpec, int], None] | None = None,
+        takeover_store: TakeoverStore | None = None,
     ) -> None:
         self.source = source
         self.epoch = uuid.uuid4().hex[:8]
@@ -104,6 +109,9 @@ class ConnectionHost:
         self._on_state_change = on_state_change
         self._on_gap_markers = on_gap_markers  # e.g. the gaps metric; never breaks the data path
         self.gap_markers = 0
+        self._takeover_store = takeover_store
+        self.takeover_save_failures = 0
+        self._tick_no = 0  # batches cut at tick n carry mark n (BatchSender.oldest_unacked_mark)
         self._running: dict[str, _Running] = {}
         self._builders: dict[str, BatchBuilder] = {}
         self._text_builders: dict[str, TextBuilder] = {}
@@ -252,7 +260,84 @@ class ConnectionHost:
             # The device session knows readings between from and to are gone (count unknown).
             add_markers(tag_ids, from_us + 1)
 
-        return self._session_factory(spec, on_values, on_state, on_text, on_gap)
+        takeover = self._takeover_hooks(r) if spec.protocol is Protocol.OPCUA else None
+        return self._session_factory(spec, on_values, on_state, on_text, on_gap, takeover)
+
+    def _committed_mark(self, tenant_id: str) -> int:
+        """The newest tick whose batches of this tenant are all committed."""
+        sender = self._senders.get(tenant_id)
+        oldest = sender.oldest_unacked_mark if sender is not None else None
+        return self._tick_no if oldest is None else oldest - 1
+
+    def _takeover_hooks(self, r: _Running) -> TakeoverHooks:
+        """What an OPC UA session needs to carry on the subscription a previous owner left, and
+        to acknowledge a message only once it is committed (ingest.device.takeover)."""
+        spec, store = r.spec, self._takeover_store
+        r.ledger = ledger = AckLedger(
+            spec.connection_id,
+            r.fingerprint,
+            spec.endpoint,
+            f"{self.source}:{self.epoch}",
+            lambda: self._tick_no + 1,
+            recorded=store is not None,
+        )
+
+        async def load() -> TakeoverRecord | None:
+            if store is None:
+                return None
+            rec = await store.load(spec.connection_id)
+            if rec is None or (rec.fingerprint, rec.endpoint) != (r.fingerprint, spec.endpoint):
+                return None  # none, or the connection was edited since: nothing to carry on
+            return rec
+
+        async def newest_stored() -> dict[int, int] | None:
+            last_times = self._last_times
+            if last_times is None:
+                return None
+            # What this host handed over before now (an earlier session of this connection)
+            # must be committed first, or the floors would miss it.
+            mark = self._tick_no + 1
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + FLOORS_WAIT_S
+            backoff = Backoff(0.1, 1.0)
+            while True:
+                try:
+                    if self._committed_mark(spec.tenant_id) >= mark:
+                        newest = await last_times(spec, {t.tag_id: FAR_FUTURE_US for t in spec.tags})
+                        if r.gaps is not None:
+                            r.gaps.stand_down()  # the session bounds and reports its own gaps now
+                        return newest
+                except Exception as e:  # writer or database away: retried, then started without
+                    log.info("connection %s: stored times not known yet: %s", spec.connection_id, type(e).__name__)
+                if loop.time() >= deadline:
+                    log.warning("connection %s: starting without stored times", spec.connection_id)
+                    return None
+                await asyncio.sleep(backoff.next_delay())
+
+        return TakeoverHooks(ledger, load, newest_stored)
+
+    async def record_takeovers(self) -> None:
+        """Once per tick: what is committed, recorded in one pipeline; only then acknowledged."""
+        ledgers = [r.ledger for r in self._running.values() if r.ledger is not None]
+        for r in self._running.values():
+            if r.ledger is not None:
+                r.ledger.advance(self._committed_mark(r.spec.tenant_id))
+        store = self._takeover_store
+        if store is None:
+            return
+        records = [rec for rec in (ledger.pending_record() for ledger in ledgers) if rec is not None]
+        if not records:
+            return
+        try:
+            await store.save(records)
+        except Exception as e:  # Redis away: nothing is acknowledged until it is back
+            self.takeover_save_failures += 1
+            if self.takeover_save_failures % 100 == 1:
+                log.warning("takeover records not saved (%d times): %s", self.takeover_save_failures, e)
+            return
+        by_id = {ledger.connection_id: ledger for ledger in ledgers}
+        for rec in records:
+            by_id[rec.connection_id].saved(rec)
 
     async def _stop(self, cid: str) -> None:
         r = self._running.pop(cid)
@@ -273,14 +358,15 @@ class ConnectionHost:
     def tick(self) -> int:
         """Cut every tenant's collected readings into a batch and hand it to its sender."""
         rows = 0
+        self._tick_no += 1
         for tenant, builder in self._builders.items():
             batch = builder.cut()
             if batch is not None:
-                self._senders[tenant].submit(batch)
+                self._senders[tenant].submit(batch, self._tick_no)
                 rows += len(batch)
             text = self._text_builders[tenant].cut()
             if text is not None:
-                self._senders[tenant].submit(text)  # type: ignore[arg-type]
+                self._senders[tenant].submit(text, self._tick_no)  # type: ignore[arg-type]
                 rows += len(text)
         return rows
 
@@ -362,7 +448,12 @@ class ConnectionHost:
 
 
 def make_session(
-    spec: ConnectionSpec, on_values: Any, on_state: Any, on_text: Any = None, on_gap: Any = None
+    spec: ConnectionSpec,
+    on_values: Any,
+    on_state: Any,
+    on_text: Any = None,
+    on_gap: Any = None,
+    takeover: TakeoverHooks | None = None,
 ) -> DeviceSession:
     """Build the protocol session for a connection spec (registration checks the same inputs)."""
     if spec.protocol is Protocol.OPCUA:
@@ -377,6 +468,7 @@ def make_session(
             on_text=on_text,
             on_gap=on_gap,
             security=opcua_security(spec),
+            takeover=takeover,
         )
     if spec.protocol is Protocol.MODBUS:
         from ingest.device.modbus import ModbusSession

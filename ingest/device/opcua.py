@@ -45,6 +45,7 @@ from ingest.device.opcua_connection import SessionKeeper
 from ingest.device.opcua_security import DEFAULT_PKI_DIR, OpcUaSecurity, PkiStore
 from ingest.device.opcua_stream import NotificationStream
 from ingest.device.session_events import OnState, OnValues, SessionState
+from ingest.device.takeover import TakeoverHooks
 
 __all__ = [
     "OnGap",
@@ -152,7 +153,10 @@ class OpcUaSession:
         on_gap: OnGap | None = None,
         on_text: OnText | None = None,
         history_backfill: bool = True,
+        takeover: TakeoverHooks | None = None,
     ) -> None:
+        """``takeover``: from the host, to carry on a subscription another actor left (and to
+        acknowledge messages only once committed); None acknowledges on hand-over."""
         check_endpoint(endpoint)
         if publishing_interval_ms <= 0:
             raise ValueError(f"publishing_interval_ms must be > 0, got {publishing_interval_ms}")
@@ -206,6 +210,8 @@ class OpcUaSession:
             "reconnects": 0,
             "resumed": 0,  # reconnects that carried on the same subscription
             "transferred": 0,
+            "takeover_attempts": 0,  # sessions that started with another owner's subscription
+            "transfers_silent": 0,  # transfers the server answered but then published nothing for
             "resubscribed": 0,  # reconnects that had to create a new subscription
             "republished": 0,  # NotificationMessages fetched again with Republish
             "lost_messages": 0,  # NotificationMessages the server could no longer send
@@ -227,6 +233,8 @@ class OpcUaSession:
             self._stats,
             history_backfill=history_backfill,
         )
+        if takeover is not None:
+            self._stream.ack_gate = takeover.ledger
         self._keeper = SessionKeeper(
             endpoint,
             security or OpcUaSecurity(),
@@ -236,6 +244,7 @@ class OpcUaSession:
             self._stream,
             self._stats,
             self._stop,
+            takeover,
         )
 
     # --- public surface ---------------------------------------------------------------------

@@ -7,6 +7,11 @@
    server did not restart (its ServerStatus.StartTime is unchanged);
 3. creates a session and a new subscription, opening a gap for every tag (see
    ``NotificationStream``): values the old subscription still held are backfilled or reported.
+A session that starts on a new actor (its node lost, its actor restarted) first reads where each
+tag's stored history ends and the record its previous owner left (``ingest.device.takeover``), and
+so tries 2. on the previous owner's subscription: Republish then returns what that owner never
+committed. A server that answers the transfer but then sends nothing for the subscription (stock
+asyncua) is given up on after ``TRANSFER_PROOF_S``, and 3. follows.
 ``watch`` then runs the publish loop and the channel renewal until stop() or a loss: a dead
 socket, a Bad subscription status, or no publish response (not even a keep-alive) for three
 keep-alive periods (at least 5 s), which recycles a stalled session.
@@ -31,7 +36,8 @@ from ingest.core.errors import DeviceProtocolError, DeviceUnreachable
 from ingest.device import opcua_service as svc
 from ingest.device.opcua_security import OpcUaSecurity, PkiStore, configure_client
 from ingest.device.opcua_stream import NotificationStream
-from ingest.device.opcua_values import now_us
+from ingest.device.opcua_values import now_us, to_us
+from ingest.device.takeover import TakeoverHooks
 
 __all__ = ["SessionKeeper"]
 
@@ -41,6 +47,7 @@ KEEPALIVE_EVERY_S = 1.0  # ask for a keep-alive at least this often when nothing
 LIFETIME_S = 60.0  # server drops our subscription after this long without a PublishRequest
 SESSION_TIMEOUT_MS = 60_000  # ... and our session: the window in which a resume is possible
 MIN_STALL_TIMEOUT_S = 5.0
+TRANSFER_PROOF_S = 2.5  # a transferred subscription must answer (data or keep-alive) within this
 REQUEST_TIMEOUT_S = 10.0
 DISCONNECT_TIMEOUT_S = 3.0
 
@@ -58,8 +65,13 @@ class SessionKeeper:
         stream: NotificationStream,
         stats: dict[str, Any],
         stop: asyncio.Event,
+        takeover: TakeoverHooks | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._takeover = takeover
+        self._first_connect = True
+        self._floors_known = False  # the stream knows where each tag's stored history ends
+        self._transferred = False  # this connection carries on a subscription moved to it
         self._security = security
         self._pki = pki
         self._items = items
@@ -71,7 +83,7 @@ class SessionKeeper:
         # re-activation needs.
         self._client: Client | None = None
         self._sub: svc.SubscriptionState | None = None
-        self._server_start: Any = None
+        self._server_start: int | None = None  # ServerStatus.StartTime, µs
         self._subscribed_before = False
         self._kept = False  # this connection carried on an existing subscription
         self._resume_ok = True  # a resume may be tried (the last one made progress)
@@ -87,12 +99,46 @@ class SessionKeeper:
         """A channel, an activated session and a subscription ready to publish."""
         self._dead = None
         self._wake.clear()
-        self._stream.progress = self._kept = False
+        self._stream.progress = self._kept = self._transferred = False
+        if self._first_connect:
+            self._first_connect = False
+            if self._takeover is not None:
+                await self._prepare_takeover(self._takeover)
         if self._client is None:
             self._client = Client(self.endpoint, timeout=REQUEST_TIMEOUT_S)
             self._client.session_timeout = SESSION_TIMEOUT_MS
         resumed = await self._open_session(self._client)
         return await self._subscription(self._client, resumed)
+
+    async def _prepare_takeover(self, hooks: TakeoverHooks) -> None:
+        """Where each tag's stored history ends, and the subscription a previous owner left."""
+        floors = await hooks.newest_stored()
+        if floors is None:
+            return  # without them a takeover could store twice: start afresh (the host checks gaps)
+        self._stream.set_floors(floors)
+        self._floors_known = True
+        try:
+            record = await hooks.load()
+        except Exception as exc:  # Redis away: start afresh; the floors still bound every gap
+            _log.warning("opcua %s: takeover record unavailable (%s)", self.endpoint, type(exc).__name__)
+            return
+        if record is None:
+            return
+        self._stats["takeover_attempts"] += 1
+        self._sub = svc.SubscriptionState(
+            record.subscription_id,
+            record.publishing_interval_ms,
+            record.keepalive_count,
+            next_seq=record.acked_through + 1,
+        )
+        self._server_start = record.server_start_us
+        hooks.ledger.subscribed(
+            record.subscription_id,
+            record.publishing_interval_ms,
+            record.keepalive_count,
+            record.acked_through + 1,
+            record.server_start_us,
+        )
 
     async def _open_session(self, client: Client) -> bool:
         """Secure channel plus an activated session; True if it is the previous one, resumed."""
@@ -109,7 +155,8 @@ class SessionKeeper:
                 _log.info("opcua %s: previous session not resumed (%s)", self.endpoint, exc)
         if not resumed:
             await self._new_session(client)
-        start = await svc.server_start_time(client)
+        start_time = await svc.server_start_time(client)
+        start = to_us(start_time) if start_time is not None else None
         restarted = self._server_start is not None and start is not None and start != self._server_start
         if resumed and restarted:
             # asyncua servers number their session tokens from a counter that restarts with the
@@ -179,10 +226,17 @@ class SessionKeeper:
                 with contextlib.suppress(UaStatusCodeError):
                     kept = await svc.transfer_subscription(client, old.id)
                 self._stats["transferred"] += kept
+                self._transferred = kept
             if kept:
                 self._kept = True
+                self._subscribed(old)
                 return old
             self._lose_subscription("not on the server any more")
+        elif not self._subscribed_before and self._floors_known:
+            # A first subscription here, after readings stored by an earlier session: what was
+            # published in between is read back (HistoryRead) or reported, per tag, from where
+            # its stored history ends.
+            self._stream.gaps.open_all()
         per_call = await svc.operation_limit(
             client,
             ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
@@ -196,12 +250,19 @@ class SessionKeeper:
         # Kept for resuming only once every item exists; a half-made one is deleted by the
         # publish loop of a later connection when it shows up.
         self._sub = sub
+        self._subscribed(sub)
         if self._subscribed_before:
             self._stats["resubscribed"] += 1
         self._subscribed_before = True
         if failed:
             self._stream.report_failed_items(failed)
         return sub
+
+    def _subscribed(self, sub: svc.SubscriptionState) -> None:
+        if self._takeover is not None:
+            self._takeover.ledger.subscribed(
+                sub.id, sub.publishing_interval_ms, sub.keepalive_count, sub.next_seq, self._server_start
+            )
 
     # --- connected ------------------------------------------------------------------------------
 
@@ -227,7 +288,8 @@ class SessionKeeper:
                     await task
 
     async def _watch(self, client: Client, stall_timeout: float) -> None:
-        tick = min(1.0, stall_timeout / 4.0)
+        tick = min(1.0, stall_timeout / 4.0, TRANSFER_PROOF_S / 5.0)
+        since = time.monotonic()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=tick)
@@ -238,6 +300,12 @@ class SessionKeeper:
                 raise DeviceUnreachable(self._dead)
             if client.uaclient.state is not UaClientState.CONNECTED:
                 self._dead = f"client state {client.uaclient.state.value}"
+                raise DeviceUnreachable(self._dead)
+            if self._transferred and not self._stream.progress and time.monotonic() - since > TRANSFER_PROOF_S:
+                # The server moved the subscription to us but publishes it nowhere (asyncua's
+                # own TransferSubscriptions): give it up; the next connection makes a new one.
+                self._stats["transfers_silent"] += 1
+                self._dead = f"transferred subscription silent for {TRANSFER_PROOF_S} s"
                 raise DeviceUnreachable(self._dead)
             silent = time.monotonic() - self._stream.last_response
             if silent > stall_timeout:

@@ -27,6 +27,7 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from ingest.core.errors import DeviceUnreachable
 from ingest.device import opcua_service as svc
 from ingest.device.opcua_values import (
+    UNSEEN,
     GapFind,
     GapTracker,
     Readings,
@@ -35,6 +36,7 @@ from ingest.device.opcua_values import (
     from_us,
     now_us,
 )
+from ingest.device.takeover import AckLedger
 
 __all__ = ["NotificationStream"]
 
@@ -76,11 +78,48 @@ class NotificationStream:
         self.last_response = time.monotonic()  # the server last answered us (stall detection)
         self.progress = False  # a response for our subscription arrived (per connection)
         self._gap_warned = False
+        # Acknowledge a message only once its values are committed (and recorded): a new owner
+        # of the subscription can then Republish whatever this process had not stored.
+        self.ack_gate: AckLedger | None = None
+        # Per handle: the newest time already stored (from the tenant database), while a tag has
+        # not gone past it: values at or before it are duplicates of stored ones.
+        self._floor: I64 | None = None
+
+    def set_floors(self, newest: dict[int, int]) -> None:
+        """The newest stored time of each tag (by tag id): where its history in our database ends.
+
+        A taken-over subscription re-sends what was committed but not yet acknowledged, and a
+        new monitored item re-sends the current value: both are dropped against these. A gap
+        opened later starts there too, so HistoryRead and markers cover exactly what is missing.
+        """
+        floor = np.full(len(self._items), UNSEEN, dtype=np.int64)
+        for h, tag in enumerate(self._tag_ids.tolist()):
+            t = newest.get(int(tag))
+            if t is not None:
+                floor[h] = t
+        np.maximum(self.gaps.last_time, floor, out=self.gaps.last_time)
+        self._floor = floor if (floor != UNSEEN).any() else None
+
+    def _above_floor(self, r: Readings) -> Readings:
+        floor = self._floor
+        if floor is None or not len(r):
+            return r
+        keep = r.times > floor[r.handles]
+        if not keep.all():
+            self._stats["duplicates_dropped"] += int((~keep).sum())
+            r = r.select(keep)
+        known = floor != UNSEEN
+        if (self.gaps.last_time[known] > floor[known]).all():
+            self._floor = None  # every tag has gone past what was stored
+        return r
 
     async def run(self, client: Client, sub: svc.SubscriptionState) -> None:
         """The publish loop; returns never, raises when the connection or subscription is lost."""
         while True:
             acks = sorted(sub.unacked)
+            if self.ack_gate is not None:
+                limit = self.ack_gate.ackable(sub.id)
+                acks = [a for a in acks if a <= limit]
             try:
                 response = await client.uaclient.publish(
                     [ua.SubscriptionAcknowledgement(SubscriptionId=sub.id, SequenceNumber=s) for s in acks]
@@ -153,7 +192,7 @@ class NotificationStream:
                 elif isinstance(notif, ua.StatusChangeNotification):
                     if notif.Status is not None and not notif.Status.is_good():
                         status = notif.Status
-        readings = self._known(Readings.concat(parts))
+        readings = self._above_floor(self._known(Readings.concat(parts)))
         found = self.gaps.find(readings)
         backfill, gap_idx = await self._backfill(client, found)
         # --- no awaits from here on ---
@@ -166,6 +205,9 @@ class NotificationStream:
         self.gaps.observe(backfill)
         self.gaps.observe(kept)
         sub.unacked.update(m for m, _ in messages)
+        if self.ack_gate is not None:
+            for m, _ in messages:
+                self.ack_gate.delivered(m)
         self._stats["republished"] += len(messages) - int(has_data)
         sub.next_seq = max(expected, seq + 1 if has_data else seq)
         return status

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from asyncua import ua
 
-__all__ = ["GapTracker", "Readings", "decode_history", "decode_notifications", "now_us", "to_us"]
+__all__ = ["UNSEEN", "GapTracker", "Readings", "decode_history", "decode_notifications", "now_us", "to_us"]
 
 _GOOD = 0
 _BAD = 0x80000000

@@ -3,7 +3,9 @@
 A batch leaves the sender only when the writer says it is committed (or was committed before). On a
 failure it is resent with the same id after a capped, jittered backoff, so a writer that restarts
 mid-call sees the resend and its ledger skips what the first attempt already committed. In-flight
-calls are bounded; ``unacked_rows`` is what callers use for backpressure.
+calls are bounded; ``unacked_rows`` is what callers use for backpressure. Each batch may carry a
+``mark`` (the caller's tick number): ``oldest_unacked_mark`` says up to where everything submitted
+is committed, which is what lets an OPC UA session acknowledge a message only once it is stored.
 
 Memory is bounded too: when the rows held exceed ``max_unacked_rows`` (the writer is refusing
 because its spool is full, or is unreachable for long), the oldest queued batches are replaced by
@@ -58,6 +60,8 @@ class BatchSender:
     ) -> None:
         self._send = send
         self._queue: deque[ReadingBatch] = deque()
+        self._marks: dict[str, int] = {}  # batch id -> its mark, until acknowledged
+        self._outstanding: dict[int, int] = {}  # mark -> batches of it not acknowledged yet
         self._slots = asyncio.Semaphore(max_inflight)
         self._inflight: set[asyncio.Task[None]] = set()
         self._backoff_initial_s = backoff_initial_s
@@ -78,8 +82,10 @@ class BatchSender:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="batch-sender")
 
-    def submit(self, batch: ReadingBatch) -> None:
+    def submit(self, batch: ReadingBatch, mark: int = 0) -> None:
         self._queue.append(batch)
+        self._marks[batch.batch_id] = mark
+        self._outstanding[mark] = self._outstanding.get(mark, 0) + 1
         self.unacked_rows += len(batch)
         if self._max_unacked_rows is not None and self.unacked_rows > self._max_unacked_rows:
             self._shed()
@@ -95,6 +101,7 @@ class BatchSender:
                 kept.append(b)  # markers are tiny and are the record of the loss: never shed
                 continue
             marker = gap_markers(b)
+            self._marks[marker.batch_id] = self._marks.pop(b.batch_id)
             kept.append(marker)
             self.unacked_rows += len(marker) - len(b)
             self.gap_readings += len(b)
@@ -102,6 +109,19 @@ class BatchSender:
                 self._on_gap(len(b))
         kept.extend(self._queue)
         self._queue = kept
+
+    @property
+    def oldest_unacked_mark(self) -> int | None:
+        """The smallest mark with a batch not yet acknowledged (None: everything is)."""
+        return min(self._outstanding) if self._outstanding else None
+
+    def _acked(self, batch: ReadingBatch) -> None:
+        mark = self._marks.pop(batch.batch_id, 0)
+        left = self._outstanding.get(mark, 0) - 1
+        if left > 0:
+            self._outstanding[mark] = left
+        else:
+            self._outstanding.pop(mark, None)
 
     @property
     def idle(self) -> bool:
@@ -153,6 +173,7 @@ class BatchSender:
                     if self._on_error is not None:
                         self._on_error(e)
                     await asyncio.sleep(backoff.next_delay())
+            self._acked(batch)
             self.unacked_rows -= len(batch)
             self.acked_rows += len(batch)
             self.acked_batches += 1

@@ -224,5 +224,6 @@ def counting_check_with_gaps(
         "stored": stored,
         "duplicates": dups,
         "gap_values": gap_values,
+        "gap_markers": sum(len(m) for m in markers.values()),
         "unaccounted": unaccounted,
     }
