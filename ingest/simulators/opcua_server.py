@@ -17,7 +17,13 @@ loss rests on:
   its session timeout, so a client can re-activate it on a new connection (Part 4 6.7).
   TransferSubscriptions in asyncua 2.1 re-binds only the response side of a subscription, so a
   transferred subscription never publishes again; the simulator completes the re-binding
-  (``opcua_server_hooks``).
+  (``opcua_server_hooks``) unless ``transfer`` asks for asyncua's own (``"stock"``) or for no
+  TransferSubscriptions at all (``"unsupported"``);
+- a session whose client stopped talking is closed after its revised session timeout (asyncua's
+  ``InternalSession._timeout_loop``, counting from the last request on any connection) and its
+  subscriptions are deleted with it (``close_session(delete_subs=True)``). ``session_timeout_ms``
+  caps that timeout, so an abandoned session goes away within seconds instead of asyncua's
+  10-minute maximum.
 
 Security: ``security`` lists the (mode, policy) endpoints offered (default None/None only); a
 secure endpoint uses the simulator's own certificate, made on first use in ``pki_dir``. Every
@@ -47,10 +53,17 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
 from ingest.core.models import SecurityMode, SecurityPolicy
-from ingest.simulators.opcua_server_hooks import ServerFaults, SQLiteHistory, UserManager, add_browse_nodes
+from ingest.simulators.opcua_server_hooks import (
+    TRANSFER_MODES,
+    ServerFaults,
+    SQLiteHistory,
+    TransferMode,
+    UserManager,
+    add_browse_nodes,
+)
 from ingest.simulators.well_field import SimulatorMode, WellField
 
-__all__ = ["NAMESPACE_URI", "OpcUaSimulator", "SecuritySpec", "free_port"]
+__all__ = ["NAMESPACE_URI", "TRANSFER_MODES", "OpcUaSimulator", "SecuritySpec", "TransferMode", "free_port"]
 
 NAMESPACE_URI = "urn:scada-ingest:sim"
 SERVER_APPLICATION_URI = "urn:scada-ingest:simulator"
@@ -88,6 +101,8 @@ class OpcUaSimulator:
         slow_fraction: float = 0.0,
         extra_nodes: int = 0,
         max_nodes_per_browse: int = 0,
+        transfer: TransferMode = "complete",
+        session_timeout_ms: int | None = None,
     ) -> None:
         """``paused=True`` starts the server without publishing until ``resume()``.
 
@@ -102,6 +117,14 @@ class OpcUaSimulator:
         ``slow_every``-th tick (tank levels beside fast pressures); counting stays exact per tag.
         ``extra_nodes`` static variables under Objects/Extra, for browsing (never published), and
         ``max_nodes_per_browse`` its OperationLimits value (0: none stated).
+        ``transfer``: what TransferSubscriptions does. ``"complete"`` (default) moves a
+        subscription to the calling session whole, so it publishes there; ``"stock"`` leaves
+        asyncua 2.1 as it is: the transfer answers Good but the subscription never publishes to
+        the new session; ``"unsupported"`` answers BadServiceUnsupported, like a server without
+        the service.
+        ``session_timeout_ms``: the longest session timeout granted (None: asyncua's own limits,
+        5 s .. 10 min). A client asking for more gets this, so the session of a client that went
+        away, and the subscriptions it owns, are deleted this long after its last request.
         """
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, got {port}")
@@ -111,6 +134,16 @@ class OpcUaSimulator:
             raise ValueError(f"name must be a non-empty path segment, got {name!r}")
         if max_items_per_call < 1:
             raise ValueError(f"max_items_per_call must be >= 1, got {max_items_per_call}")
+        if transfer not in TRANSFER_MODES:
+            raise ValueError(f"transfer must be one of {', '.join(TRANSFER_MODES)}, got {transfer!r}")
+        if session_timeout_ms is not None and (
+            isinstance(session_timeout_ms, bool)
+            or not isinstance(session_timeout_ms, int)
+            or session_timeout_ms < 1
+        ):
+            raise ValueError(
+                f"session_timeout_ms must be a positive whole number of ms or None, got {session_timeout_ms!r}"
+            )
         self.host = host
         self.port = port
         self.wells = wells
@@ -127,6 +160,8 @@ class OpcUaSimulator:
         self.historize = historize or history_db is not None
         self.history_db = history_db
         self.max_items_per_call = max_items_per_call
+        self.transfer: TransferMode = transfer
+        self.session_timeout_ms = session_timeout_ms
         self.extra_nodes, self.max_nodes_per_browse = extra_nodes, max_nodes_per_browse
         self._field = WellField(
             wells,
@@ -194,6 +229,10 @@ class OpcUaSimulator:
             self.port = free_port(self.host)
         server = Server(user_manager=UserManager(self._users))  # type: ignore[arg-type]
         await server.init()
+        if self.session_timeout_ms is not None:
+            iserver = server.iserver
+            iserver.max_session_timeout_ms = float(self.session_timeout_ms)
+            iserver.min_session_timeout_ms = min(iserver.min_session_timeout_ms, float(self.session_timeout_ms))
         server.set_endpoint(self.endpoint)
         server.set_server_name(self.name)
         await server.set_application_uri(SERVER_APPLICATION_URI)
@@ -224,7 +263,7 @@ class OpcUaSimulator:
         field = self._field
         initial = field.neutral() if self.mode == "counting" else field.next_values(0.0)
         await self._write_all(initial)
-        self._faults = ServerFaults(server, self.max_items_per_call)
+        self._faults = ServerFaults(server, self.max_items_per_call, self.transfer)
         await server.start()
         self._t0 = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._publish_loop(), name=f"opcua-sim-{self.port}")

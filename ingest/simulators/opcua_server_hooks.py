@@ -1,6 +1,7 @@
 """What the simulator adds to asyncua's server: SQLite history that takes string node ids, a
 user list, and fault hooks (freeze publishing, cut connections, enforce MaxMonitoredItemsPerCall,
-complete TransferSubscriptions). Instance-level wrappers only, nothing global.
+complete, leave as is or refuse TransferSubscriptions). Instance-level wrappers only, nothing
+global.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import copy
 import hmac
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from asyncua import ua
 from asyncua.common.utils import ServiceError
@@ -22,7 +23,13 @@ from asyncua.server.server import Server
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
-__all__ = ["SQLiteHistory", "ServerFaults", "UserManager"]
+__all__ = ["TRANSFER_MODES", "SQLiteHistory", "ServerFaults", "TransferMode", "UserManager"]
+
+TransferMode = Literal["complete", "stock", "unsupported"]
+"""What TransferSubscriptions does: ``complete`` moves the subscription whole (responses and
+PublishRequests to the new session); ``stock`` is asyncua 2.1 as it is (answers Good, then the
+subscription never publishes to the new session); ``unsupported`` answers BadServiceUnsupported."""
+TRANSFER_MODES: tuple[TransferMode, ...] = get_args(TransferMode)
 
 
 def _plain(ts: datetime | None) -> datetime | None:
@@ -80,7 +87,9 @@ class UserManager:
 class ServerFaults:
     """Fault hooks on a running asyncua server (instance-level wrappers, nothing global)."""
 
-    def __init__(self, server: Server, max_items_per_call: int) -> None:
+    def __init__(self, server: Server, max_items_per_call: int, transfer: TransferMode = "complete") -> None:
+        if transfer not in TRANSFER_MODES:
+            raise ValueError(f"transfer must be one of {', '.join(TRANSFER_MODES)}, got {transfer!r}")
         self._server = server
         self._frozen_until = 0.0
         self._loop = asyncio.get_running_loop()
@@ -102,7 +111,7 @@ class ServerFaults:
                 self._make_freezable(sub)
             return result
 
-        transfer = service.transfer_subscriptions
+        stock_transfer = service.transfer_subscriptions
 
         async def complete_transfer(
             params: ua.TransferSubscriptionsParameters, session_id: ua.NodeId, callback: Any
@@ -110,7 +119,7 @@ class ServerFaults:
             # asyncua 2.1 re-binds only where a transferred subscription sends its responses,
             # not where it takes PublishRequests from (still the old connection), so it never
             # publishes again. Bind both, as the spec means it.
-            results = await transfer(params, session_id, callback)
+            results = await stock_transfer(params, session_id, callback)
             processor = getattr(callback, "__self__", None)
             for sub_id, res in zip(params.SubscriptionIds, results, strict=True):
                 sub = service.subscriptions.get(int(sub_id))
@@ -118,9 +127,19 @@ class ServerFaults:
                     sub.pub_request_callback = processor.get_publish_request
             return results
 
+        async def unsupported_transfer(
+            params: ua.TransferSubscriptionsParameters, session_id: ua.NodeId, callback: Any
+        ) -> list[ua.TransferResult]:
+            # A server without the service: the processor turns this into a ServiceFault.
+            raise ServiceError(StatusCodes.BadServiceUnsupported)
+
         service.create_monitored_items = limited_create_items  # type: ignore[method-assign]
         service.create_subscription = freezable_create_sub  # type: ignore[method-assign]
-        service.transfer_subscriptions = complete_transfer  # type: ignore[method-assign]
+        if transfer == "complete":
+            service.transfer_subscriptions = complete_transfer  # type: ignore[method-assign]
+        elif transfer == "unsupported":
+            service.transfer_subscriptions = unsupported_transfer  # type: ignore[method-assign]
+        # "stock": asyncua's own transfer_subscriptions stays.
 
     def _make_freezable(self, sub: InternalSubscription) -> None:
         publish = sub.publish_results

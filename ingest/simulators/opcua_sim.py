@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.core.models import SecurityMode, SecurityPolicy
-from ingest.simulators.opcua_server import NAMESPACE_URI, OpcUaSimulator, SecuritySpec
+from ingest.simulators.opcua_server import NAMESPACE_URI, TRANSFER_MODES, OpcUaSimulator, SecuritySpec
 from ingest.simulators.well_field import SimulatorMode
 
 __all__ = ["NAMESPACE_URI", "OpcUaSimulator", "SimulatorMode", "main"]
@@ -47,6 +47,16 @@ def _user_arg(text: str) -> tuple[str, str]:
     if not name or not sep:
         raise argparse.ArgumentTypeError("expected name:password")
     return name, password
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of ms, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -98,6 +108,23 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--slow-every", type=int, default=10, help="slow tags publish every this many ticks")
     p.add_argument(
+        "--transfer",
+        choices=TRANSFER_MODES,
+        default="complete",
+        help="TransferSubscriptions: complete (default) moves a subscription so it publishes to the "
+        "new session; stock is asyncua's own (answers Good, then the subscription stays silent); "
+        "unsupported answers BadServiceUnsupported",
+    )
+    p.add_argument(
+        "--session-timeout-ms",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="longest session timeout granted, in ms (default: asyncua's, up to 10 min); the "
+        "session of a client that went away, and its subscriptions, are deleted this long after "
+        "its last request",
+    )
+    p.add_argument(
         "--count",
         type=int,
         default=1,
@@ -127,6 +154,8 @@ async def _run(args: argparse.Namespace) -> dict[str, object]:
         slow_fraction=args.slow_fraction,
         extra_nodes=args.extra_nodes,
         max_nodes_per_browse=args.max_nodes_per_browse,
+        transfer=args.transfer,
+        session_timeout_ms=args.session_timeout_ms,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
