@@ -44,6 +44,7 @@ from ingest.device import opcua_service as svc
 from ingest.device.opcua_connection import SessionKeeper
 from ingest.device.opcua_security import DEFAULT_PKI_DIR, OpcUaSecurity, PkiStore
 from ingest.device.opcua_stream import NotificationStream
+from ingest.device.opcua_values import GAP_CAUSES
 from ingest.device.session_events import OnState, OnValues, SessionState
 from ingest.device.takeover import TakeoverHooks
 
@@ -216,6 +217,7 @@ class OpcUaSession:
             "republished": 0,  # NotificationMessages fetched again with Republish
             "lost_messages": 0,  # NotificationMessages the server could no longer send
             "gaps": 0,  # tag intervals reported through on_gap
+            **{f"gaps_{cause}": 0 for cause in GAP_CAUSES},  # ... by why the gap opened
             "backfilled": 0,  # values read back with HistoryRead
             "duplicates_dropped": 0,
             "item_create_calls": 0,

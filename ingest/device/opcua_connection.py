@@ -168,7 +168,7 @@ class SessionKeeper:
             await self._new_session(client)
             resumed = False
         if restarted and self._sub is not None:
-            self._lose_subscription("server restarted")
+            self._lose_subscription("server restarted", "server_restarted")
         if start is not None:
             self._server_start = start
         return resumed
@@ -204,10 +204,10 @@ class SessionKeeper:
                 raise DeviceProtocolError(f"{self.endpoint}: server refused the identity ({who}): {exc}") from exc
             raise
 
-    def _lose_subscription(self, why: str) -> None:
+    def _lose_subscription(self, why: str, cause: str) -> None:
         """The subscription is gone: values it still held may be lost; find out per tag."""
         _log.info("opcua %s: subscription lost (%s); re-creating", self.endpoint, why)
-        self._stream.gaps.open_all()
+        self._stream.gaps.open_all(cause)
         self._sub = None
 
     async def _subscription(self, client: Client, resumed: bool) -> svc.SubscriptionState:
@@ -231,12 +231,15 @@ class SessionKeeper:
                 self._kept = True
                 self._subscribed(old)
                 return old
-            self._lose_subscription("not on the server any more")
+            if resumed and not self._resume_ok:
+                self._lose_subscription("it published nothing", "not_publishing")
+            else:
+                self._lose_subscription("not on the server any more", "subscription_gone")
         elif not self._subscribed_before and self._floors_known:
             # A first subscription here, after readings stored by an earlier session: what was
             # published in between is read back (HistoryRead) or reported, per tag, from where
             # its stored history ends.
-            self._stream.gaps.open_all()
+            self._stream.gaps.open_all("session_start")
         per_call = await svc.operation_limit(
             client,
             ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,

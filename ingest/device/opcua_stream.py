@@ -27,6 +27,7 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from ingest.core.errors import DeviceUnreachable
 from ingest.device import opcua_service as svc
 from ingest.device.opcua_values import (
+    GAP_CAUSES,
     UNSEEN,
     GapFind,
     GapTracker,
@@ -182,7 +183,7 @@ class NotificationStream:
         if lost:
             _log.warning("opcua %s: %d notification messages lost", self.endpoint, lost)
             self._stats["lost_messages"] += lost
-            self.gaps.open_all()
+            self.gaps.open_all("messages_unavailable")
         parts: list[Readings] = []
         status: ua.StatusCode | None = None
         for _, message in messages:
@@ -302,6 +303,9 @@ class NotificationStream:
         if not len(idx):
             return
         self._stats["gaps"] += len(idx)
+        causes = np.bincount(self.gaps.cause[found.handles[idx]], minlength=len(GAP_CAUSES))
+        for name, n in zip(GAP_CAUSES, causes.tolist(), strict=True):
+            self._stats[f"gaps_{name}"] += n
         if self._on_gap is None:
             if not self._gap_warned:
                 _log.warning("opcua %s: readings lost and no on_gap consumer", self.endpoint)

@@ -17,7 +17,16 @@ import numpy as np
 import numpy.typing as npt
 from asyncua import ua
 
-__all__ = ["UNSEEN", "GapTracker", "Readings", "decode_history", "decode_notifications", "now_us", "to_us"]
+__all__ = [
+    "GAP_CAUSES",
+    "UNSEEN",
+    "GapTracker",
+    "Readings",
+    "decode_history",
+    "decode_notifications",
+    "now_us",
+    "to_us",
+]
 
 _GOOD = 0
 _BAD = 0x80000000
@@ -158,6 +167,16 @@ class GapFind:
     to_us: npt.NDArray[np.int64]  # ... and before this one (the first value after)
 
 
+# Why a tag's gap opened (GapTracker.cause): the stats of a session count reported gaps per cause.
+GAP_CAUSES = (
+    "subscription_gone",  # the server no longer had it (session timed out, transfer refused)
+    "server_restarted",
+    "not_publishing",  # kept or transferred, then it published nothing: given up and re-created
+    "messages_unavailable",  # a NotificationMessage the server could no longer Republish
+    "session_start",  # a first subscription here, after readings an earlier session stored
+)
+
+
 class GapTracker:
     """Per tag: last source time delivered, and where an open gap starts.
 
@@ -170,6 +189,7 @@ class GapTracker:
         self.last_time = np.full(n_tags, UNSEEN, dtype=np.int64)
         self.gap_from = np.full(n_tags, NO_GAP, dtype=np.int64)
         self.subscribed_at = np.full(n_tags, UNSEEN, dtype=np.int64)
+        self.cause = np.zeros(n_tags, dtype=np.int64)  # index into GAP_CAUSES, of an open gap
 
     @property
     def open_count(self) -> int:
@@ -178,7 +198,7 @@ class GapTracker:
     def mark_subscribed(self, handles: npt.NDArray[np.int64], at_us: int) -> None:
         self.subscribed_at[handles] = at_us
 
-    def open_all(self) -> None:
+    def open_all(self, cause: str) -> None:
         """Open a gap for every tag that is subscribed, starting at its last known time.
 
         A tag that never reported starts at the time its monitored item was created (client
@@ -187,6 +207,7 @@ class GapTracker:
         start = np.where(self.last_time != UNSEEN, self.last_time, self.subscribed_at)
         opening = (self.gap_from == NO_GAP) & (start != UNSEEN)
         self.gap_from[opening] = start[opening]
+        self.cause[opening] = GAP_CAUSES.index(cause)
 
     def close(self, handles: npt.NDArray[np.int64]) -> None:
         self.gap_from[handles] = NO_GAP
