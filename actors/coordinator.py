@@ -43,6 +43,9 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0][:300]
 
 
+NODE_WATCH_S = 0.2  # how often the coordinator asks Ray which nodes are alive
+
+
 def alive_nodes() -> list[str]:
     return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))  # type: ignore[no-untyped-call]
 
@@ -80,6 +83,9 @@ class CoordinatorActor:
         # __init__ can be refused while Ray still marks the actor as restarting, so a watcher
         # thread repeats it until the loop runs.
         threading.Thread(target=self._kick, daemon=True, name="coordinator-kick").start()
+        # A node joining or leaving wakes the reconcile loop at once rather than at its next
+        # tick: the connections of a lost node move as soon as Ray declares it dead.
+        threading.Thread(target=self._watch_nodes, daemon=True, name="coordinator-nodes").start()
 
     async def _ensure_master(self) -> DesiredStateReader:
         if self._reader is None:
@@ -95,6 +101,18 @@ class CoordinatorActor:
             except Exception as e:
                 log.warning("coordinator self-start not accepted yet: %s", type(e).__name__)
             time.sleep(1.0)
+
+    def _watch_nodes(self) -> None:
+        seen: list[str] | None = None
+        while True:
+            time.sleep(NODE_WATCH_S)
+            try:
+                now = alive_nodes()
+            except Exception:  # the GCS busy or restarting: the reconcile tick still runs
+                continue
+            if seen is not None and now != seen and self._data_loop is not None:
+                self._data_loop.call_soon_threadsafe(self._wake.set)
+            seen = now
 
     @ray.method(concurrency_group="data")
     async def start(self) -> bool:
@@ -124,15 +142,17 @@ class CoordinatorActor:
 
     def _writer(self, tenant_id: str, slug: str) -> Any:
         if tenant_id not in self._writers:
-            # Writers start next to the coordinator (soft): their work is mostly the database's,
-            # and a writer on the head does not wait out a worker's death detection.
+            # Writers run next to the coordinator, on the head: their work is mostly the
+            # database's, and a writer there survives the loss of any worker (every connection
+            # of the tenant would otherwise stall until it restarted). Hard: a soft preference
+            # was seen to place writers on workers.
             here = ray.get_runtime_context().get_node_id()
             self._writers[tenant_id] = WriterActor.options(  # type: ignore[attr-defined]
                 name=writer_name(slug),
                 namespace=self.settings.namespace,
                 lifetime="detached",
                 get_if_exists=True,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
             ).remote(self.settings, tenant_id, slug)
         return self._writers[tenant_id]
 
@@ -179,6 +199,16 @@ class CoordinatorActor:
         results = await asyncio.gather(*(one(n) for n in names))
         return dict(zip(names, results, strict=True))
 
+    async def _probe_alive(self, nodes: list[str]) -> dict[str, dict[str, Any] | None]:
+        """``_probe`` of every slot, except that one on a node Ray has declared dead is not
+        asked (the call would only time out, and its last answer is no longer true)."""
+        lost = {n for n in self._slots if self._slot_nodes.get(n) not in nodes}
+        for name in lost:
+            self._last_good.pop(name, None)
+        status: dict[str, dict[str, Any] | None] = dict.fromkeys(lost)
+        status.update(await self._probe([n for n in self._slots if n not in lost]))
+        return status
+
     @ray.method(concurrency_group="data")
     async def reconcile(self) -> dict[str, Any]:
         async with self._lock:
@@ -200,7 +230,7 @@ class CoordinatorActor:
         wanted_slots = desired_slots(nodes, per_node)
         for name, node in wanted_slots.items():
             self._slot(name, node)
-        status = await self._probe(list(self._slots))
+        status = await self._probe_alive(nodes)
         healthy = [n for n in wanted_slots if status.get(n) is not None]
         # Pure rendezvous placement (slack None): a slot joining or leaving moves exactly the
         # connections whose best slot changed. Balance comes from the hash; the pool grows with
@@ -312,7 +342,7 @@ class CoordinatorActor:
 
     @ray.method(concurrency_group="data")
     async def status(self) -> dict[str, Any]:
-        slots = await self._probe(list(self._slots))
+        slots = await self._probe_alive(alive_nodes())
         writers: dict[str, Any] = {}
         for t in self.last_state.tenants:
             w = self._writers.get(t.id)

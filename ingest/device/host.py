@@ -68,6 +68,7 @@ class _Running:
     rate_mark: tuple[float, int] = (0.0, 0)  # (monotonic time, delivered) of the last rate
     values_per_s: float = 0.0
     ever_connected: bool = False
+    connected_at: float | None = None  # wall time this start first got connected
     down_since: float = 0.0  # monotonic: when it was last seen not connected (health)
     last_error: str | None = None  # newest error since it was last connected
 
@@ -242,6 +243,8 @@ class ConnectionHost:
                 r.down_since = time.monotonic()
             r.state, r.error = state, error
             if state == "connected":
+                if r.connected_at is None:
+                    r.connected_at = time.time()
                 r.backoff.reset()
                 r.ever_connected, r.last_error = True, None
             elif error is not None:
@@ -294,19 +297,23 @@ class ConnectionHost:
             last_times = self._last_times
             if last_times is None:
                 return None
-            # What this host handed over before now (an earlier session of this connection)
-            # must be committed first, or the floors would miss it.
-            mark = self._tick_no + 1
             loop = asyncio.get_running_loop()
             deadline = loop.time() + FLOORS_WAIT_S
-            backoff = Backoff(0.1, 1.0)
+            if self.delivered.get(spec.connection_id):
+                # An earlier session of this connection ran here (an edit, a restart): what it
+                # handed over must be committed first, or the floors would miss it.
+                mark = self._tick_no + 1
+                while loop.time() < deadline:
+                    if self._committed_mark(spec.tenant_id) >= mark:
+                        break
+                    await asyncio.sleep(0.02)
+            backoff = Backoff(0.05, 0.25)  # the writer holds older rows of these tags: briefly
             while True:
                 try:
-                    if self._committed_mark(spec.tenant_id) >= mark:
-                        newest = await last_times(spec, {t.tag_id: FAR_FUTURE_US for t in spec.tags})
-                        if r.gaps is not None:
-                            r.gaps.stand_down()  # the session bounds and reports its own gaps now
-                        return newest
+                    newest = await last_times(spec, {t.tag_id: FAR_FUTURE_US for t in spec.tags})
+                    if r.gaps is not None:
+                        r.gaps.stand_down()  # the session bounds and reports its own gaps now
+                    return newest
                 except Exception as e:  # writer or database away: retried, then started without
                     log.info("connection %s: stored times not known yet: %s", spec.connection_id, type(e).__name__)
                 if loop.time() >= deadline:
@@ -417,6 +424,7 @@ class ConnectionHost:
                     "tags": len(r.spec.tags),
                     "fingerprint": r.fingerprint,
                     "started_at": r.started_at,
+                    "connected_at": r.connected_at,
                     "state": r.state,
                     "error": r.error,
                     "failures": r.failures,

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +212,8 @@ class OpcUaSession:
             "reconnects": 0,
             "resumed": 0,  # reconnects that carried on the same subscription
             "transferred": 0,
+            "floors_ms": 0.0,  # how long reading where each tag's stored history ends took
+            "connect_ms": 0.0,  # the last connect: channel, session, subscription
             "takeover_attempts": 0,  # sessions that started with another owner's subscription
             "transfers_silent": 0,  # transfers the server answered but then published nothing for
             "resubscribed": 0,  # reconnects that had to create a new subscription
@@ -306,7 +309,9 @@ class OpcUaSession:
     async def _connect_and_watch(self) -> None:
         """Connect, get a subscription, then watch until stop() (returns) or loss (raises)."""
         try:
+            t0 = time.monotonic()
             sub = await self._unless_stopped(self._keeper.connect())
+            self._stats["connect_ms"] = round((time.monotonic() - t0) * 1000.0, 1)
             if self._ever_connected:
                 self._stats["reconnects"] += 1
             self._connected = self._ever_connected = True

@@ -112,7 +112,9 @@ class SessionKeeper:
 
     async def _prepare_takeover(self, hooks: TakeoverHooks) -> None:
         """Where each tag's stored history ends, and the subscription a previous owner left."""
+        t0 = time.monotonic()
         floors = await hooks.newest_stored()
+        self._stats["floors_ms"] = round((time.monotonic() - t0) * 1000.0, 1)
         if floors is None:
             return  # without them a takeover could store twice: start afresh (the host checks gaps)
         self._stream.set_floors(floors)
