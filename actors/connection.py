@@ -23,6 +23,11 @@ from ingest.device.takeover import TakeoverStore
 log = logging.getLogger(__name__)
 
 
+# Takeover records are saved every third batch tick (300 ms by default): one Redis pipeline per
+# actor, and OPC UA acknowledgements wait at most that much longer.
+RECORD_EVERY_TICKS = 3
+
+
 @ray.remote(
     num_cpus=0,
     max_restarts=-1,
@@ -92,7 +97,7 @@ class ConnectionActor:
         await run_ticks(
             period,
             self.host.step,
-            (1, self.host.record_takeovers),
+            (RECORD_EVERY_TICKS, self.host.record_takeovers),
             (3, self._refresh_status),
             (about_a_second, self._publish_gauges),
         )

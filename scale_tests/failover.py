@@ -28,6 +28,7 @@ import httpx
 from ingest.core.config import REPO_ROOT, Settings
 from ingest.device.opcua_values import GAP_CAUSES
 from ingest.simulators.fleet import SimProcess, counting_check_with_gaps, wait_for
+from scale_tests.bench_devices import start_modbus_sim
 from scale_tests.common import log, prepare_stack
 
 
@@ -56,6 +57,28 @@ _SESSION_STATS = (
     "duplicates_dropped",
     *(f"gaps_{c}" for c in GAP_CAUSES),
 )
+
+
+MODBUS_POLL_MS = 100
+
+
+def _modbus_connection(client: httpx.Client, slug: str, endpoint: str, name: str) -> str:
+    from ingest.simulators.modbus_sim import COUNTER_BASE
+
+    tags = [
+        {
+            "name": f"{name}-c{k}",
+            "modbus_unit": 1,
+            "modbus_register": "holding",
+            "modbus_address": COUNTER_BASE + 2 * k,
+            "modbus_data_type": "uint32",
+        }
+        for k in range(5)
+    ]
+    body = {"name": name, "protocol": "modbus", "endpoint": endpoint, "publishing_interval_ms": MODBUS_POLL_MS}
+    r = client.post(f"/v1/tenants/{slug}/connections", json={**body, "tags": tags})
+    r.raise_for_status()
+    return str(r.json()["id"])
 
 
 def _placement(coord: Any) -> dict[str, dict[str, Any]]:
@@ -193,9 +216,15 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
             r.raise_for_status()
             conns[r.json()["id"]] = {x["node_id"]: x["tag_id"] for x in r.json()["tags"]}
 
+        # Beside them, Modbus polls (one connection per well too, five counters each): a moved
+        # poll loop must read within one poll period of landing on its new slot.
+        mb_proc, mb_endpoint = start_modbus_sim(5)
+        mconns = [_modbus_connection(client, slug, mb_endpoint, f"plc-{w}") for w in range(1, wells + 1)]
+        every = set(conns) | set(mconns)
+
         def running() -> dict[str, dict[str, Any]] | None:
             p = _placement(coord)
-            ok = set(conns) <= p.keys() and all(p[c]["state"] == "connected" for c in conns)
+            ok = every <= p.keys() and all(p[c]["state"] == "connected" for c in every)
             return p if ok else None
 
         before = wait_for(running, 90, "connections running")
@@ -211,14 +240,25 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
         log(f"writer on node {where_writer[:8]}")
         victim = max(workers, key=lambda w: load[w.node_id])
         moved = [c for c in conns if before[c]["node"] == victim.node_id]
+        moved_mb = [c for c in mconns if before[c]["node"] == victim.node_id]
         log(f"removing node {victim.node_id[:8]} hosting {len(moved)} connections")
         marks = _Timeline(coord, victim.node_id, moved)
         t0 = time.time()
         cluster.remove_node(victim, allow_graceful=False)
         marks.start(t0)
-        after = wait_for(
-            lambda: (p := running()) and all(p[c]["node"] != victim.node_id for c in conns) and p, 120, "failover"
-        )
+
+        def moved_away() -> dict[str, dict[str, Any]] | None:
+            p = running()
+            gone = ("?", victim.node_id)  # "?": a slot retired while its status was read
+            if (
+                p
+                and all(p[c]["node"] not in gone for c in every)
+                and all(p[c]["slot"] != before[c]["slot"] for c in moved + moved_mb)
+            ):
+                return p
+            return None
+
+        after = wait_for(moved_away, 120, "failover")
         # The sessions' own clocks: when each moved connection started on its new slot (the
         # coordinator's decision landed) and when it was first connected there.
         started_s = max(after[c]["started_at"] for c in moved) - t0 if moved else 0.0
@@ -228,8 +268,17 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
             since = after[c]["started_at"] - t0
             log(f"  {c[:8]}: {before[c]['slot']} -> {after[c]['slot']}, started {since:.2f} s")
         log(f"timeline (s after the node was removed): {timeline}; all connected after {recovery_s:.2f} s")
+        # Modbus: from landing on the new slot to the first value read there.
+        wait_for(
+            lambda: all((_placement(coord).get(c) or {}).get("first_value_at") for c in moved_mb), 30, "polls"
+        )
+        landed = _placement(coord)
+        modbus_first_s = max(
+            (landed[c]["first_value_at"] - landed[c]["started_at"] for c in moved_mb), default=None
+        )
         time.sleep(after_s)
         summary = sim.stop()
+        mb_proc.kill()
         dsn = settings.dsn(f"scada_t_{slug}")
         tag_ids = {n: t for m in conns.values() for n, t in m.items()}
         try:
@@ -265,6 +314,12 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
             "sessions": sessions,
             "duplicates": result["duplicates"],
             "silent_loss": result["published"] - result["stored"] - result["gap_values"],
+            "modbus": {
+                "connections": len(mconns),
+                "moved": len(moved_mb),
+                "poll_ms": MODBUS_POLL_MS,
+                "first_value_after_landing_s": None if modbus_first_s is None else round(modbus_first_s, 3),
+            },
         }
     finally:
         if sim is not None:

@@ -69,6 +69,7 @@ class _Running:
     values_per_s: float = 0.0
     ever_connected: bool = False
     connected_at: float | None = None  # wall time this start first got connected
+    first_value_at: float | None = None  # wall time this start delivered its first value
     down_since: float = 0.0  # monotonic: when it was last seen not connected (health)
     last_error: str | None = None  # newest error since it was last connected
 
@@ -237,6 +238,8 @@ class ConnectionHost:
             self.values_received += n
             self.delivered[cid] = self.delivered.get(cid, 0) + n
             r.last_value_at = time.time()
+            if r.first_value_at is None:
+                r.first_value_at = r.last_value_at
 
         def on_state(state: str, error: str | None) -> None:
             if r.state == "connected" and state != "connected":
@@ -325,10 +328,8 @@ class ConnectionHost:
 
     async def record_takeovers(self) -> None:
         """Once per tick: what is committed, recorded in one pipeline; only then acknowledged."""
+        self._advance_ledgers()
         ledgers = [r.ledger for r in self._running.values() if r.ledger is not None]
-        for r in self._running.values():
-            if r.ledger is not None:
-                r.ledger.advance(self._committed_mark(r.spec.tenant_id))
         store = self._takeover_store
         if store is None:
             return
@@ -380,7 +381,14 @@ class ConnectionHost:
     def step(self) -> None:
         """One beat of the batch loop: cut batches, restart failed sessions whose backoff passed."""
         self.tick()
+        self._advance_ledgers()
         self.retry_failed()
+
+    def _advance_ledgers(self) -> None:
+        """What the writer has committed since: acknowledgeable (once recorded, with a store)."""
+        for r in self._running.values():
+            if r.ledger is not None:
+                r.ledger.advance(self._committed_mark(r.spec.tenant_id))
 
     def unacked_rows(self) -> int:
         return sum(s.unacked_rows for s in self._senders.values())
@@ -425,6 +433,7 @@ class ConnectionHost:
                     "fingerprint": r.fingerprint,
                     "started_at": r.started_at,
                     "connected_at": r.connected_at,
+                    "first_value_at": r.first_value_at,
                     "state": r.state,
                     "error": r.error,
                     "failures": r.failures,
