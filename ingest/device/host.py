@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from typing import Protocol as TypingProtocol
@@ -24,9 +24,10 @@ from ingest.core.batch import BatchBuilder, TextBuilder
 from ingest.core.models import ConnectionSpec, Protocol, Quality, quality_as_int4
 from ingest.device.gap_check import SessionStartGaps
 from ingest.device.health import session_health
+from ingest.device.host_takeover import HostTakeovers, LastTimes
 from ingest.device.sender import BatchSender
 from ingest.device.session_inputs import modbus_points, opcua_security, opcua_tags
-from ingest.device.takeover import AckLedger, TakeoverHooks, TakeoverRecord, TakeoverStore
+from ingest.device.takeover import AckLedger, TakeoverHooks, TakeoverStore
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,6 @@ class DeviceSession(TypingProtocol):
 
 
 SenderFactory = Callable[[ConnectionSpec], BatchSender]
-FAR_FUTURE_US = 2**55  # (the year 3112) "before" bound of a look-up of the newest stored time of each tag
-FLOORS_WAIT_S = 10.0  # how long a new OPC UA session waits for them before starting without
-# The newest stored time (µs) of each tag before a given time: the session-start gap check's query.
-LastTimes = Callable[[ConnectionSpec, dict[int, int]], Awaitable[dict[int, int]]]
 GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
 FAILED = "failed"
 IDLE = "idle"  # no tags: nothing to read, so no session (and no failure)
@@ -111,8 +108,7 @@ class ConnectionHost:
         self._on_state_change = on_state_change
         self._on_gap_markers = on_gap_markers  # e.g. the gaps metric; never breaks the data path
         self.gap_markers = 0
-        self._takeover_store = takeover_store
-        self.takeover_save_failures = 0
+        self.takeovers = HostTakeovers(f"{source}:{self.epoch}", takeover_store, last_times)
         self._tick_no = 0  # batches cut at tick n carry mark n (BatchSender.oldest_unacked_mark)
         self._running: dict[str, _Running] = {}
         self._builders: dict[str, BatchBuilder] = {}
@@ -276,76 +272,21 @@ class ConnectionHost:
         return self._tick_no if oldest is None else oldest - 1
 
     def _takeover_hooks(self, r: _Running) -> TakeoverHooks:
-        """What an OPC UA session needs to carry on the subscription a previous owner left, and
-        to acknowledge a message only once it is committed (ingest.device.takeover)."""
-        spec, store = r.spec, self._takeover_store
-        r.ledger = ledger = AckLedger(
-            spec.connection_id,
+        gaps = r.gaps
+        r.ledger, hooks = self.takeovers.hooks(
+            r.spec,
             r.fingerprint,
-            spec.endpoint,
-            f"{self.source}:{self.epoch}",
             lambda: self._tick_no + 1,
-            recorded=store is not None,
+            lambda: self._committed_mark(r.spec.tenant_id),
+            ran_here=bool(self.delivered.get(r.spec.connection_id)),
+            stand_down=gaps.stand_down if gaps is not None else None,
         )
-
-        async def load() -> TakeoverRecord | None:
-            if store is None:
-                return None
-            rec = await store.load(spec.connection_id)
-            if rec is None or (rec.fingerprint, rec.endpoint) != (r.fingerprint, spec.endpoint):
-                return None  # none, or the connection was edited since: nothing to carry on
-            return rec
-
-        async def newest_stored() -> dict[int, int] | None:
-            last_times = self._last_times
-            if last_times is None:
-                return None
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + FLOORS_WAIT_S
-            if self.delivered.get(spec.connection_id):
-                # An earlier session of this connection ran here (an edit, a restart): what it
-                # handed over must be committed first, or the floors would miss it.
-                mark = self._tick_no + 1
-                while loop.time() < deadline:
-                    if self._committed_mark(spec.tenant_id) >= mark:
-                        break
-                    await asyncio.sleep(0.02)
-            backoff = Backoff(0.05, 0.25)  # the writer holds older rows of these tags: briefly
-            while True:
-                try:
-                    newest = await last_times(spec, {t.tag_id: FAR_FUTURE_US for t in spec.tags})
-                    if r.gaps is not None:
-                        r.gaps.stand_down()  # the session bounds and reports its own gaps now
-                    return newest
-                except Exception as e:  # writer or database away: retried, then started without
-                    log.info("connection %s: stored times not known yet: %s", spec.connection_id, type(e).__name__)
-                if loop.time() >= deadline:
-                    log.warning("connection %s: starting without stored times", spec.connection_id)
-                    return None
-                await asyncio.sleep(backoff.next_delay())
-
-        return TakeoverHooks(ledger, load, newest_stored)
+        return hooks
 
     async def record_takeovers(self) -> None:
-        """Once per tick: what is committed, recorded in one pipeline; only then acknowledged."""
+        """Every few ticks: what is committed, recorded in one pipeline; only then acknowledged."""
         self._advance_ledgers()
-        ledgers = [r.ledger for r in self._running.values() if r.ledger is not None]
-        store = self._takeover_store
-        if store is None:
-            return
-        records = [rec for rec in (ledger.pending_record() for ledger in ledgers) if rec is not None]
-        if not records:
-            return
-        try:
-            await store.save(records)
-        except Exception as e:  # Redis away: nothing is acknowledged until it is back
-            self.takeover_save_failures += 1
-            if self.takeover_save_failures % 100 == 1:
-                log.warning("takeover records not saved (%d times): %s", self.takeover_save_failures, e)
-            return
-        by_id = {ledger.connection_id: ledger for ledger in ledgers}
-        for rec in records:
-            by_id[rec.connection_id].saved(rec)
+        await self.takeovers.record([r.ledger for r in self._running.values() if r.ledger is not None])
 
     async def _stop(self, cid: str) -> None:
         r = self._running.pop(cid)
