@@ -276,6 +276,9 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
         modbus_first_s = max(
             (landed[c]["first_value_at"] - landed[c]["started_at"] for c in moved_mb), default=None
         )
+        # ... of which the session itself (from its run() to the first values read):
+        modbus_session_ms = max((float(landed[c].get("first_value_ms") or 0) for c in moved_mb), default=None)
+        modbus_poll_ms = max((float(landed[c].get("first_poll_ms") or 0) for c in moved_mb), default=None)
         time.sleep(after_s)
         summary = sim.stop()
         mb_proc.kill()
@@ -319,6 +322,8 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
                 "moved": len(moved_mb),
                 "poll_ms": MODBUS_POLL_MS,
                 "first_value_after_landing_s": None if modbus_first_s is None else round(modbus_first_s, 3),
+                "first_poll_after_session_start_ms": modbus_poll_ms,
+                "first_value_after_session_start_ms": modbus_session_ms,
             },
         }
     finally:

@@ -136,12 +136,18 @@ class ConnectionHost:
             if cid not in want or want[cid].fingerprint() != r.fingerprint:
                 await self._stop(cid)
                 stopped.append(cid)
-        for cid, spec in want.items():
+        # Polls first, each given a turn of the loop: a moved Modbus poll loop issues its first
+        # read at once, before the OPC UA sessions starting beside it take the loop for their
+        # set-up (floors, takeover, subscriptions).
+        order = sorted(want.items(), key=lambda kv: kv[1].protocol is not Protocol.MODBUS)
+        for cid, spec in order:
             if cid in self._running:
                 kept.append(cid)
                 continue
             self._running[cid] = r = _Running(spec, spec.fingerprint(), None, None, started_at=time.time())
             self._launch(r)
+            if spec.protocol is Protocol.MODBUS:
+                await asyncio.sleep(0)
             if r.state == FAILED:
                 failed[cid] = r.error or FAILED
             else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -107,10 +108,13 @@ class ModbusSession:
         self._done = asyncio.Event()
         self._running = False
         self._inner: asyncio.Task[None] | None = None
+        self._run_at: float | None = None  # monotonic time run() was called
         self._state = SessionState.DISCONNECTED
         self._stats: dict[str, Any] = {
             "state": SessionState.DISCONNECTED.value,
             "polls": 0,
+            "first_poll_ms": 0.0,  # from run() to the first poll issued (connected by then)
+            "first_value_ms": 0.0,  # ... and to the first values read
             "missed_polls": 0,
             "overruns": 0,  # missed polls because an earlier poll (or connect) ran too long
             "requests": 0,
@@ -144,6 +148,7 @@ class ModbusSession:
         if self._stop.is_set():
             return
         self._running = True
+        self._run_at = time.monotonic()
         self._done.clear()
         # The polling lives in an inner task so that stop() can cut a wait short by cancelling
         # it, while the caller's task (awaiting run()) simply sees run() return.
@@ -205,6 +210,8 @@ class ModbusSession:
         if client is None:
             self._record_missed(now_us())
             return
+        if not self._stats["polls"] and self._run_at is not None:
+            self._stats["first_poll_ms"] = round((time.monotonic() - self._run_at) * 1000.0, 1)
         self._stats["polls"] += 1
         if not await self._poll(client):
             self._stats["missed_polls"] += 1
@@ -354,6 +361,8 @@ class ModbusSession:
         quality: npt.NDArray[np.int32],
     ) -> None:
         n = int(tag_ids.shape[0])
+        if not self._stats["values_delivered"] and self._run_at is not None:
+            self._stats["first_value_ms"] = round((time.monotonic() - self._run_at) * 1000.0, 1)
         self._stats["values_delivered"] += n
         self._stats["bad_values"] += int(np.count_nonzero(quality))
         try:
