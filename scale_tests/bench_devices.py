@@ -306,24 +306,6 @@ def start_modbus_sim(counters: int) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().split()[1]
 
 
-def counter_tags(counters: int, prefix: str = "c") -> list[dict[str, Any]]:
-    """Tags reading the Modbus simulator's first ``counters`` uint32 counters (no anomaly check:
-    a counter's steps are not noise)."""
-    from ingest.simulators.modbus_sim import COUNTER_BASE
-
-    return [
-        {
-            "name": f"{prefix}{k}",
-            "modbus_unit": 1,
-            "modbus_register": "holding",
-            "modbus_address": COUNTER_BASE + 2 * k,
-            "modbus_data_type": "uint32",
-            "zscore_threshold": None,
-        }
-        for k in range(counters)
-    ]
-
-
 def pipeline_modbus(
     client: httpx.Client,
     settings: Settings,
@@ -334,7 +316,19 @@ def pipeline_modbus(
     seconds: float,
     db_pids: list[int] | None = None,
 ) -> dict[str, Any]:
-    tags = counter_tags(counters)
+    from ingest.simulators.modbus_sim import COUNTER_BASE
+
+    tags = [
+        {
+            "name": f"c{k}",
+            "modbus_unit": 1,
+            "modbus_register": "holding",
+            "modbus_address": COUNTER_BASE + 2 * k,
+            "modbus_data_type": "uint32",
+            "zscore_threshold": None,
+        }
+        for k in range(counters)
+    ]
     body = {"name": f"plc-{int(time.time())}", "protocol": "modbus", "endpoint": endpoint}
     r = client.post(
         f"/v1/tenants/{slug}/connections", json={**body, "publishing_interval_ms": interval_ms, "tags": tags}

@@ -26,10 +26,9 @@ from typing import Any
 import httpx
 
 from ingest.core.config import REPO_ROOT, Settings
-from ingest.device.opcua import TAKEOVER_STATS
 from ingest.device.opcua_values import GAP_CAUSES
 from ingest.simulators.fleet import SimProcess, counting_check_with_gaps, wait_for
-from scale_tests.bench_devices import counter_tags, start_modbus_sim
+from scale_tests.bench_devices import start_modbus_sim
 from scale_tests.common import log, prepare_stack
 
 
@@ -47,13 +46,35 @@ SERVERS: dict[str, list[str]] = {
 }
 # Ray's node health checks: a node is declared dead after this many missed checks in a row.
 HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 2}
+_SESSION_STATS = (
+    "floors_ms",
+    "connect_ms",
+    "takeover_attempts",
+    "transferred",
+    "transfers_silent",
+    "republished",
+    "backfilled",
+    "duplicates_dropped",
+    *(f"gaps_{c}" for c in GAP_CAUSES),
+)
 
 
 MODBUS_POLL_MS = 100
 
 
 def _modbus_connection(client: httpx.Client, slug: str, endpoint: str, name: str) -> str:
-    tags = counter_tags(5, prefix=f"{name}-c")
+    from ingest.simulators.modbus_sim import COUNTER_BASE
+
+    tags = [
+        {
+            "name": f"{name}-c{k}",
+            "modbus_unit": 1,
+            "modbus_register": "holding",
+            "modbus_address": COUNTER_BASE + 2 * k,
+            "modbus_data_type": "uint32",
+        }
+        for k in range(5)
+    ]
     body = {"name": name, "protocol": "modbus", "endpoint": endpoint, "publishing_interval_ms": MODBUS_POLL_MS}
     r = client.post(f"/v1/tenants/{slug}/connections", json={**body, "tags": tags})
     r.raise_for_status()
@@ -273,7 +294,7 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
             pass  # reported below as silent loss
         result = counting_check_with_gaps(dsn, tag_ids, summary["per_node"])
         final = _placement(coord)
-        sessions = {k: sum(int(final.get(c, {}).get(k, 0) or 0) for c in moved) for k in TAKEOVER_STATS}
+        sessions = {k: sum(int(final.get(c, {}).get(k, 0) or 0) for c in moved) for k in _SESSION_STATS}
         for k in ("floors_ms", "connect_ms"):  # the slowest moved session's, not a sum
             sessions[k] = max((int(final.get(c, {}).get(k, 0) or 0) for c in moved), default=0)
         return {

@@ -57,26 +57,12 @@ __all__ = [
     "OpcUaSecurity",
     "OpcUaSession",
     "OpcUaTag",
-    "TAKEOVER_STATS",
     "SessionState",
     "check_endpoint",
     "parse_node_id",
 ]
 
 _log = logging.getLogger(__name__)
-
-# The session stats that say how a start or a failover went (takeover, read-back, gaps by cause).
-TAKEOVER_STATS = (
-    "floors_ms",
-    "connect_ms",
-    "takeover_attempts",
-    "transferred",
-    "transfers_silent",
-    "republished",
-    "backfilled",
-    "duplicates_dropped",
-    *(f"gaps_{cause}" for cause in GAP_CAUSES),
-)
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
