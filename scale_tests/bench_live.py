@@ -12,6 +12,7 @@ their commits, filtered as the client asked):
 - ``cross_tenant``: updates that are not the client's own tenant's entry at that id;
 - ``missed_after_resume``: entries after a dropped client's last id that its resume lacked;
 - ``p50_ms`` / ``p99_ms``: commit time (in each entry) to receipt by the client;
+  ``commit_to_stream_p50_ms`` / ``_p99_ms``: the part up to the entry's append (its id's time);
 - ``rss_growth_mb``: the Serve replica's resident memory across ``cycles`` connect/disconnect
   cycles (after a warm-up), for memory that must stay flat.
 """
@@ -43,7 +44,7 @@ from ingest.live.events import parse_id  # noqa: E402
 from ingest.simulators.fleet import db_fetch, start_simulator, stop_simulator  # noqa: E402
 from ingest.write.fanout import live_key  # noqa: E402
 from scale_tests.bench_devices import _bench_settings  # noqa: E402
-from scale_tests.common import log, prepare_stack  # noqa: E402
+from scale_tests.common import at_worker_priority, log, prepare_stack  # noqa: E402
 
 
 @dataclass
@@ -56,9 +57,12 @@ class Sub:
     well: str | None
     start_id: str = ""
     last_id: str = ""
-    received: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # id -> values
+    # id -> values as received (compared after the run: the client's own work per event must
+    # stay small, or its queueing shows in the latencies it measures)
+    received: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     duplicates: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    to_stream_ms: list[float] = field(default_factory=list)  # commit -> entry appended (Redis' clock)
     conflated: int = 0
     resets: int = 0
     dropped_at: str | None = None
@@ -75,10 +79,11 @@ class Sub:
             now_us = time.time() * 1e6
             if ev["id"] in self.received:
                 self.duplicates += 1
-            self.received[ev["id"]] = tuple(sorted(tuple(v.values()) for v in ev["values"]))
+            self.received[ev["id"]] = ev["values"]
             self.last_id = ev["id"]
             if ev["commit_us"] >= self.connected_us:  # live, not a resume's catch-up
                 self.latencies_ms.append((now_us - ev["commit_us"]) / 1000)
+                self.to_stream_ms.append(int(ev["id"].split("-")[0]) - ev["commit_us"] / 1000)
         elif kind == "conflated":
             self.conflated += ev["skipped"]
         elif kind == "reset":
@@ -197,9 +202,11 @@ class Tenant:
 
 def _setup(settings: Settings, api: str, node_ids: list[str], tenants: int, wells_per_tenant: int) -> list[Tenant]:
     admin = httpx.Client(base_url=api, timeout=120, headers={"Authorization": f"Bearer {settings.admin_key}"})
-    for t in admin.get("/v1/tenants").json():  # earlier runs' tenants dial simulators now gone
-        if t["slug"].startswith("blive") and t["status"] == "ACTIVE":
-            admin.put(f"/v1/tenants/{t['slug']}/status", json={"status": "SUSPENDED"})
+    # Earlier runs' tenants dial simulators now gone, and each would keep a writer running
+    # beside the measured ones (about 1% of a core each): deleted with their databases.
+    for t in admin.get("/v1/tenants").json():
+        if t["slug"].startswith("blive"):
+            admin.delete(f"/v1/tenants/{t['slug']}", params={"purge": "true"}).raise_for_status()
     by_well: dict[str, list[str]] = {}
     for n in node_ids:
         by_well.setdefault(n.split(";s=")[-1].split(".")[0], []).append(n)
@@ -355,7 +362,10 @@ def _run_path(
         wait_http(f"{api}/healthz")
         live_api = _direct_api() if path == "direct" else api
         log(f"live: path {path}: subscribers connect to {live_api}")
-        proc, endpoint, node_ids = start_simulator(tenants * wells_per_tenant, tags_per_well, interval_ms, summary)
+        with at_worker_priority():  # the simulator process keeps it
+            proc, endpoint, node_ids = start_simulator(
+                tenants * wells_per_tenant, tags_per_well, interval_ms, summary
+            )
         ts = _setup(settings, api, node_ids, tenants, wells_per_tenant)
         for t in ts:
             t.body["endpoint"] = endpoint
@@ -377,7 +387,8 @@ def _run_path(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"tenant {t.slug} is not streaming")
                 time.sleep(0.5)
-        result = asyncio.run(_measure(settings, live_api, ts, subscribers, seconds, proc))
+        with at_worker_priority():  # the clients
+            result = asyncio.run(_measure(settings, live_api, ts, subscribers, seconds, proc))
         log(f"live ({path}): {orjson.dumps(result).decode()}")
         if cycles:
             log(f"live: {cycles} connect/disconnect cycles against the replica's memory")
@@ -459,7 +470,7 @@ async def _measure(
     for s in subs:
         for eid, values in s.received.items():
             mine = own[s.tenant].get(eid)
-            if mine is None or not set(values) <= set(mine):
+            if mine is None or not {tuple(v.values()) for v in values} <= set(mine):
                 cross += 1
     missed_after = sum(
         1
@@ -468,6 +479,7 @@ async def _measure(
         if parse_id(eid) > parse_id(s.dropped_at or "0-0") and eid not in s.received
     )
     lat = np.asarray([x for s in subs for x in s.latencies_ms])
+    to_stream = np.asarray([x for s in subs for x in s.to_stream_ms])
     return {
         "bench": "live",
         "subscribers": n,
@@ -484,6 +496,9 @@ async def _measure(
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
         "latency_samples": int(len(lat)),
+        # Of which: commit to the entry's append (the writer's fan-out; Redis' clock, ms)
+        "commit_to_stream_p50_ms": round(float(np.percentile(to_stream, 50)), 1) if len(to_stream) else None,
+        "commit_to_stream_p99_ms": round(float(np.percentile(to_stream, 99)), 1) if len(to_stream) else None,
         "dropped_and_resumed": len(dropped),
         "missed_after_resume": missed_after,
         "load_avg_1m_during": round(load0, 2),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -20,6 +22,25 @@ from ingest.store.tenant_store import TenantStore
 def log(msg: str) -> None:
     sys.stderr.write(msg + "\n")
     sys.stderr.flush()
+
+
+RAY_WORKER_NICENESS = 15  # Ray 2.60 starts its worker processes (our actors) at this niceness
+
+
+@contextlib.contextmanager
+def at_worker_priority() -> Iterator[None]:
+    """This thread, and the processes it starts meanwhile (simulators), at the niceness of Ray's
+    workers. Field devices and dashboards do not share the cluster's cores in production; here
+    they do, and at niceness 0 they would take the CPU before the actors they load (Ray keeps
+    its workers at 15 so that its own daemons come first). At the same niceness neither side is
+    favoured. Restored afterwards (lowering niceness needs root; without it, it stays)."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, max(before, RAY_WORKER_NICENESS))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(PermissionError):
+            os.setpriority(os.PRIO_PROCESS, 0, before)
 
 
 def prepare_stack(settings: Settings) -> None:

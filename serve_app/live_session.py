@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -25,12 +24,12 @@ from ingest.core.models import Tenant
 from ingest.live import tickets
 from ingest.live.events import (
     Value,
+    Wire,
     conflated_event,
     heartbeat_event,
     is_stream_id,
     reset_event,
     snapshot_event,
-    update_event,
 )
 from ingest.live.hub import BLOCK_MS, LiveHub
 from ingest.live.queue import SubscriberQueue
@@ -148,7 +147,7 @@ class EveryRequest:
 
 async def events(
     api: ApiState, t: Tenant, watch: Watch, since: str | None, every: bool = False
-) -> AsyncGenerator[dict[str, Any]]:
+) -> AsyncGenerator[Wire]:
     """Snapshot (unless resuming), then updates, conflation notices and heartbeats, until the
     subscriber is closed (lagging too long) or the caller stops iterating. With ``every``, the
     writer puts every value on the stream (from its next look, within about a second; each
@@ -171,29 +170,29 @@ async def events(
         last = since or "0-0"
         if pos.snapshot_id is not None:
             if pos.reset is not None:
-                yield reset_event(pos.reset)
+                yield Wire.of(reset_event(pos.reset))
             pool = await api.part(ReadCaches).read_pool(t)
             found = await latest_values(api.redis(), pool, t.slug, watch.snapshot_tags)
             values: list[Value] = [
                 (v.tag.tag_id, _us(v.time), v.value, int(v.quality or 0)) for v in found if v.time is not None
             ]
             last = pos.snapshot_id
-            yield snapshot_event(last, values)
+            yield Wire.of(snapshot_event(last, values))
         while True:
             if request is not None:
                 await request.refresh()
             if not await sub.wait(idle_s):
-                yield heartbeat_event(last)
+                yield Wire.of(heartbeat_event(last))
                 continue
             if sub.closed is not None:
-                yield {"type": "closed", "reason": sub.closed, "id": last}
+                yield Wire.of({"type": "closed", "reason": sub.closed, "id": last})
                 return
             entries, skipped = sub.take()
             if skipped:
-                yield conflated_event(entries[-1].id, skipped)
+                yield Wire.of(conflated_event(entries[-1].id, skipped))
             for e in entries:
                 last = e.id
-                yield update_event(e)
+                yield e.wire()
     finally:
         await parts.hub.unsubscribe(t.slug, sub)
 

@@ -27,7 +27,7 @@ from starlette.websockets import WebSocketDisconnect
 from ingest.core.errors import IngestError, InvalidQuery, StorageUnavailable
 from ingest.core.models import Tenant
 from ingest.live import tickets
-from ingest.live.events import SSE_HEARTBEAT, sse, ws
+from ingest.live.events import SSE_HEARTBEAT, Wire
 from serve_app.deps import Api
 from serve_app.errors import classify, error_response, error_responses
 from serve_app.live_session import LiveParts, check_since, events, live_tenant, resolve_watch
@@ -144,13 +144,13 @@ async def stream(
     )
 
 
-async def _sse(api: ApiState, t: Tenant, first: dict[str, Any], body: AsyncGenerator[dict[str, Any]]) -> Any:
+async def _sse(api: ApiState, t: Tenant, first: Wire, body: AsyncGenerator[Wire]) -> Any:
     parts = api.part(LiveParts)
     parts.count(t.slug, "sse", +1)
     try:
-        yield sse(first)
-        async for ev in body:
-            yield SSE_HEARTBEAT if ev["type"] == "heartbeat" else sse(ev)
+        yield first.sse
+        async for w in body:
+            yield SSE_HEARTBEAT if w.type == "heartbeat" else w.sse
     finally:
         parts.count(t.slug, "sse", -1)
         await body.aclose()
@@ -213,9 +213,9 @@ async def live_ws(websocket: WebSocket, tenant: str) -> None:
     parts.count(t.slug, "websocket", +1)
 
     async def send() -> None:
-        async for ev in events(api, t, watch, resume, q["every"]):
-            await websocket.send_text(ws(ev))
-            if ev["type"] == "closed":
+        async for w in events(api, t, watch, resume, q["every"]):
+            await websocket.send_text(w.text)
+            if w.type == "closed":
                 await websocket.close(code=1013, reason="lagging: reconnect with since")
                 return
 

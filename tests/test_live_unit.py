@@ -109,3 +109,20 @@ def test_event_encodings() -> None:
     }
     assert orjson.loads(ws(ev)) == data
     assert "id:" not in sse({"type": "reset", "reason": "trimmed"}).decode()
+
+
+def test_what_subscribers_share_of_an_entry_is_derived_once_and_equals_the_plain_encoding() -> None:
+    e = entry(8, [(1, 10, 1.0, 0), (2, 11, 2.0, 0), (3, 12, 3.0, 192)], 5)
+    well = frozenset({1, 2})
+    a, b = SubscriberQueue(frozenset(well)), SubscriberQueue(frozenset({2, 1}))  # equal filters
+    a.offer(e)
+    b.offer(e)
+    (ea,), _ = a.take()
+    (eb,), _ = b.take()
+    assert ea is eb and ea.wire() is eb.wire()  # one filtering, one encoding for both
+    assert ea.wire().sse == sse(update_event(ea)) and ea.wire().text == ws(update_event(ea))
+    assert [v[0] for v in ea.values] == [1, 2]
+    every = Entry.from_redis(
+        b"1700000000009-0", {b"c": b"1", b"v": orjson.dumps([[1, 1, 1.0, 0], [1, 2, 2.0, 0]]), b"a": b"1"}
+    )
+    assert every.last_per_tag() is every.last_per_tag() and every.last_per_tag().values == ((1, 2, 2.0, 0),)

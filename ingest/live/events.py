@@ -19,7 +19,7 @@ stored (int4), value null for NaN, text for text tags. ``id`` is the Redis strea
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -45,13 +45,18 @@ def is_stream_id(s: str) -> bool:
 
 @dataclass(frozen=True)
 class Entry:
-    """One live-stream entry: a committed batch's values."""
+    """One live-stream entry: a committed batch's values.
+
+    One entry reaches every subscriber of its tenant: what is derived from it (the part a
+    filter keeps, the last value per tag, the encoded event) is made once and shared, so a
+    replica's cost per subscriber is a lookup and a send, not a filter and an encoding."""
 
     id: str
     key: tuple[int, int]
     commit_us: int
     values: tuple[Value, ...]
     every: bool = False  # every value of the batch, not the last per tag
+    _memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def from_redis(entry_id: bytes | str, fields: dict[Any, Any]) -> Entry:
@@ -66,16 +71,35 @@ class Entry:
         """This entry restricted to ``tags`` (all when None); None when nothing is left."""
         if tags is None:
             return self
+        memo = self._memo
+        if tags in memo:
+            found: Entry | None = memo[tags]
+            return found
         kept = tuple(v for v in self.values if v[0] in tags)
         if not kept:
-            return None
-        if len(kept) == len(self.values):
-            return self
-        return Entry(self.id, self.key, self.commit_us, kept, self.every)
+            found = None
+        elif len(kept) == len(self.values):
+            found = self
+        else:
+            found = Entry(self.id, self.key, self.commit_us, kept, self.every)
+        memo[tags] = found
+        return found
 
     def last_per_tag(self) -> Entry:
         """What a subscriber that did not ask for every value gets of an every-value entry."""
-        return conflate([self]) if self.every else self
+        if not self.every:
+            return self
+        last: Entry | None = self._memo.get("last")
+        if last is None:
+            last = self._memo["last"] = conflate([self])
+        return last
+
+    def wire(self) -> Wire:
+        """This entry's ``update`` event, encoded (once)."""
+        w: Wire | None = self._memo.get("wire")
+        if w is None:
+            w = self._memo["wire"] = Wire.of(update_event(self))
+        return w
 
 
 def conflate(entries: list[Entry]) -> Entry:
@@ -114,17 +138,33 @@ def heartbeat_event(stream_id: str) -> dict[str, Any]:
     return {"type": "heartbeat", "id": stream_id}
 
 
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """One event as sent: its ``type``, its Server-Sent Event (``sse``) and its WebSocket text
+    message (``text``), both from one JSON encoding."""
+
+    type: str
+    sse: bytes
+    text: str
+
+    @staticmethod
+    def of(event: dict[str, Any]) -> Wire:
+        """Events that move the position (snapshot, update) carry an SSE ``id:`` line, so the
+        browser's EventSource resumes from it by itself (``Last-Event-ID``)."""
+        data = orjson.dumps(event)
+        head = f"event: {event['type']}\n"
+        if event["type"] in ("snapshot", "update"):
+            head = f"id: {event['id']}\n" + head
+        return Wire(event["type"], head.encode() + b"data: " + data + b"\n\n", data.decode())
+
+
 def sse(event: dict[str, Any]) -> bytes:
-    """One Server-Sent Event. Events that move the position (snapshot, update) carry an ``id:``
-    line, so the browser's EventSource resumes from it by itself (``Last-Event-ID``)."""
-    head = f"event: {event['type']}\n"
-    if event["type"] in ("snapshot", "update"):
-        head = f"id: {event['id']}\n" + head
-    return head.encode() + b"data: " + orjson.dumps(event) + b"\n\n"
+    """One Server-Sent Event (see ``Wire.of``)."""
+    return Wire.of(event).sse
 
 
 SSE_HEARTBEAT = b": heartbeat\n\n"
 
 
 def ws(event: dict[str, Any]) -> str:
-    return orjson.dumps(event).decode()
+    return Wire.of(event).text
