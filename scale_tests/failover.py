@@ -29,7 +29,7 @@ from ingest.core.config import REPO_ROOT, Settings
 from ingest.device.opcua_values import GAP_CAUSES
 from ingest.simulators.fleet import SimProcess, counting_check_with_gaps, wait_for
 from scale_tests.bench_devices import start_modbus_sim
-from scale_tests.common import log, prepare_stack
+from scale_tests.common import at_worker_priority, log, prepare_stack
 
 
 def _free_port() -> int:
@@ -207,7 +207,9 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
         created.raise_for_status()
         key = created.json()["api_key"]
         client = httpx.Client(base_url=info["api"], timeout=60, headers={"Authorization": f"Bearer {key}"})
-        sim = SimProcess(wells, tags, interval_ms, extra_args=SERVERS[kind])
+        with at_worker_priority():  # the simulators do not take the CPU before the actors
+            sim = SimProcess(wells, tags, interval_ms, extra_args=SERVERS[kind])
+            mb_proc, mb_endpoint = start_modbus_sim(5)
         conns: dict[str, dict[str, int]] = {}
         for w in range(1, wells + 1):
             body = sim.connection_body(f"well-{w}")
@@ -216,9 +218,9 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
             r.raise_for_status()
             conns[r.json()["id"]] = {x["node_id"]: x["tag_id"] for x in r.json()["tags"]}
 
-        # Beside them, Modbus polls (one connection per well too, five counters each): a moved
-        # poll loop must read within one poll period of landing on its new slot.
-        mb_proc, mb_endpoint = start_modbus_sim(5)
+        # Beside them, Modbus polls (one connection per well too, five counters each, the
+        # simulator started above): a moved poll loop must read within one poll period of
+        # landing on its new slot.
         mconns = [_modbus_connection(client, slug, mb_endpoint, f"plc-{w}") for w in range(1, wells + 1)]
         every = set(conns) | set(mconns)
 

@@ -198,6 +198,7 @@ def counting_check_with_gaps(
         elif r["value"] is not None and r["value"] >= 1:
             by_tag[r["tag_id"]].append((r["t"], r["value"]))
     stored = dups = gap_values = unaccounted = 0
+    holes: list[dict[str, Any]] = []  # the first runs of silent loss, to say where they are
     for node, tag in tag_ids.items():
         n_pub = published.get(node, 0)
         vals = by_tag[tag]
@@ -217,6 +218,12 @@ def counting_check_with_gaps(
                     gap_values += missing
                 else:
                     unaccounted += missing
+                    if len(holes) < 5:
+                        near = [m for m in markers[tag] if prev_t - 60e6 <= m < t + 60e6]
+                        holes.append(
+                            {"tag": tag, "after": prev_v, "missing": missing, "after_us": prev_t, "next_us": t}
+                            | {"markers_within_60s_us": near[:4]}
+                        )
             prev_v, prev_t = max(prev_v, v), t
         del ordered
     return {
@@ -226,4 +233,5 @@ def counting_check_with_gaps(
         "gap_values": gap_values,
         "gap_markers": sum(len(m) for m in markers.values()),
         "unaccounted": unaccounted,
+        "holes": holes,
     }
