@@ -12,6 +12,9 @@ from typing import Any
 # runs with token authentication (scale_tests.common): set here, or a driver that imported ray
 # before start_private_ray talks to its own cluster without the token and is refused.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# Serve replaces a proxy not ready within 5 s (Ray 2.60's default), which a loaded machine
+# misses; the clusters started here (their controllers inherit this) give it 30 s.
+os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
 
 
 def main(argv: list[str] | None = None) -> int:

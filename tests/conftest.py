@@ -28,6 +28,9 @@ from ingest.core.config import REPO_ROOT, Settings
 # Tests run Ray the way production does: token authentication on. Ray reads the mode when it is
 # first imported, so it is set here, before any test module imports ray.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# Serve replaces a proxy not ready within 5 s (Ray 2.60's default), which a loaded machine
+# misses; the clusters started here (their controllers inherit this) give it 30 s.
+os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
 if not (Path.home() / ".ray" / "auth_token").exists():
     from ray._private.authentication.authentication_token_setup import generate_and_save_token
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ingest.core.aio import run_ticks
+from ingest.core.aio import run_ticks, wait_all
 
 
 async def test_run_ticks_steps_runs_jobs_every_nth_and_survives_failures() -> None:
@@ -32,3 +32,13 @@ async def test_run_ticks_steps_runs_jobs_every_nth_and_survives_failures() -> No
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert third == [3, 6, 9, 12, 15] and fifth == [5, 10, 15]
+
+
+async def test_wait_all_until_every_event_or_the_timeout() -> None:
+    a, b = asyncio.Event(), asyncio.Event()
+    assert await wait_all([], 0.01)
+    asyncio.get_running_loop().call_later(0.01, a.set)
+    assert not await wait_all([a, b], 0.1)  # b never set
+    assert a.is_set()
+    b.set()
+    assert await wait_all([a, b], 0.1)

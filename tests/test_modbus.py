@@ -166,7 +166,10 @@ async def test_contiguous_200_registers_take_two_requests(sim: ModbusSimulator) 
     before = sim.request_count
     session = ModbusSession(sim.endpoint, points, got, poll_interval_ms=100)
     assert len(session.requests) == 2
+    assert not session.first_tick.is_set()
     async with Running(session):
+        await asyncio.wait_for(session.first_tick.wait(), timeout=20)
+        assert len(got.calls) >= 1 and session.stats["first_value_ms"] > 0  # the first read is in
         await asyncio.wait_for(enough.wait(), timeout=20)
     polls = got.good_calls()
     assert polls == len(got.calls) >= 5
@@ -299,6 +302,8 @@ async def test_unreachable_endpoint_yields_bad_rows_and_stop_is_prompt() -> None
         reconnect_max_s=0.2,
     )
     async with Running(session):
+        await asyncio.wait_for(session.first_tick.wait(), timeout=20)  # a refused first try counts
+        assert got.bad_calls(NO_COMM) >= 1
         await wait_until(lambda: got.bad_calls(NO_COMM) >= 5, "Bad rows for a refused device")
     stats = session.stats
     assert stats["missed_polls"] == stats["polls"] >= 5

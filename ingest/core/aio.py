@@ -21,6 +21,17 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
         pass
 
 
+async def wait_all(events: list[asyncio.Event], timeout_s: float) -> bool:
+    """Until every event is set, or ``timeout_s``; True when all were set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    if not waits:
+        return True
+    _, pending = await asyncio.wait(waits, timeout=timeout_s)
+    for w in pending:
+        w.cancel()
+    return not pending
+
+
 async def run_ticks(
     period_s: float, step: Callable[[], None], *jobs: tuple[int, Callable[[], Awaitable[None] | None]]
 ) -> None:

@@ -18,7 +18,7 @@ from typing import Protocol as TypingProtocol
 
 import numpy as np
 
-from ingest.core.aio import cancel_and_wait
+from ingest.core.aio import cancel_and_wait, wait_all
 from ingest.core.backoff import Backoff
 from ingest.core.batch import BatchBuilder, TextBuilder
 from ingest.core.models import ConnectionSpec, Protocol, Quality, quality_as_int4
@@ -43,6 +43,9 @@ SenderFactory = Callable[[ConnectionSpec], BatchSender]
 GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
 FAILED = "failed"
 IDLE = "idle"  # no tags: nothing to read, so no session (and no failure)
+# How long OPC UA sessions starting on a slot wait for the Modbus polls started before them to
+# try their first read (2-7 ms when the loop is theirs; a device that does not answer costs this).
+FIRST_POLLS_WAIT_S = 0.25
 
 
 @dataclass
@@ -136,18 +139,23 @@ class ConnectionHost:
             if cid not in want or want[cid].fingerprint() != r.fingerprint:
                 await self._stop(cid)
                 stopped.append(cid)
-        # Polls first, each given a turn of the loop: a moved Modbus poll loop issues its first
-        # read at once, before the OPC UA sessions starting beside it take the loop for their
-        # set-up (floors, takeover, subscriptions).
+        # Polls first: a moved Modbus poll loop reads at once, and the OPC UA sessions starting
+        # beside it (floors, takeover, subscriptions: much work on this one loop) wait for those
+        # first reads, at most FIRST_POLLS_WAIT_S.
         order = sorted(want.items(), key=lambda kv: kv[1].protocol is not Protocol.MODBUS)
+        first_polls: list[asyncio.Event] = []
         for cid, spec in order:
             if cid in self._running:
                 kept.append(cid)
                 continue
+            if spec.protocol is not Protocol.MODBUS and first_polls:
+                await wait_all(first_polls, FIRST_POLLS_WAIT_S)
+                first_polls = []
             self._running[cid] = r = _Running(spec, spec.fingerprint(), None, None, started_at=time.time())
             self._launch(r)
-            if spec.protocol is Protocol.MODBUS:
-                await asyncio.sleep(0)
+            first_tick = getattr(r.session, "first_tick", None)  # a Modbus session's
+            if isinstance(first_tick, asyncio.Event):
+                first_polls.append(first_tick)
             if r.state == FAILED:
                 failed[cid] = r.error or FAILED
             else:

@@ -109,6 +109,8 @@ class ModbusSession:
         self._running = False
         self._inner: asyncio.Task[None] | None = None
         self._run_at: float | None = None  # monotonic time run() was called
+        # Set once the first poll was tried (read, refused or unreachable), or run() returned.
+        self.first_tick = asyncio.Event()
         self._state = SessionState.DISCONNECTED
         self._stats: dict[str, Any] = {
             "state": SessionState.DISCONNECTED.value,
@@ -165,6 +167,7 @@ class ModbusSession:
             self._drop_link()
             self._set_state(SessionState.DISCONNECTED, None)
             self._running = False
+            self.first_tick.set()
             self._done.set()
 
     async def stop(self) -> None:
@@ -189,6 +192,7 @@ class ModbusSession:
             if delay > 0:
                 await asyncio.sleep(delay)
             await self._tick()
+            self.first_tick.set()
             if self._stop.is_set():
                 return
             k += 1
