@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from ingest.core.aio import run_ticks, wait_all
+import pytest
+
+from ingest.core.aio import cancel_and_wait, run_ticks, wait_all
 
 
 async def test_run_ticks_steps_runs_jobs_every_nth_and_survives_failures() -> None:
@@ -42,3 +44,30 @@ async def test_wait_all_until_every_event_or_the_timeout() -> None:
     assert a.is_set()
     b.set()
     assert await wait_all([a, b], 0.1)
+
+
+async def test_cancel_and_wait_outlasts_a_task_that_swallows_one_cancellation() -> None:
+    swallowed = []
+
+    async def stubborn() -> None:  # as a blocking redis-py command can (redis/redis-py#2028)
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed.append(1)
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(task, retry_s=0.05), timeout=10)
+    assert task.cancelled() and swallowed == [1]
+
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    failing = asyncio.create_task(fails())
+    await asyncio.sleep(0)
+    with pytest.raises(ValueError):
+        await cancel_and_wait(failing)
+    await cancel_and_wait(None)

@@ -10,15 +10,23 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
-    """Cancel a background task and wait until it has really finished."""
+async def cancel_and_wait(task: asyncio.Task[Any] | None, retry_s: float = 1.0) -> None:
+    """Cancel a background task and wait until it has really finished.
+
+    The cancellation is repeated every ``retry_s`` while the task runs on: redis-py can swallow
+    one that lands at the wrong moment of a blocking command (redis/redis-py#2028), and a loop
+    around that command then never ends (a hub's feed kept its XREAD going for ten minutes and
+    its ``stop`` waited all along)."""
     if task is None:
         return
     task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    while not task.done():
+        await asyncio.wait({task}, timeout=retry_s)
+        if not task.done():
+            log.warning("task %s ignored its cancellation; cancelling it again", task.get_name())
+            task.cancel()
+    if not task.cancelled():
+        task.result()  # what it raised instead, as awaiting it would
 
 
 async def wait_all(events: list[asyncio.Event], timeout_s: float) -> bool:
