@@ -15,6 +15,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.common import COORDINATOR_NAME
 from actors.coordinator import CoordinatorActor
 from ingest.core.config import Settings
+from ingest.core.ray_env import ray_env_defaults
 
 RAY_PORT = 6390
 
@@ -35,9 +36,9 @@ def ray_address(settings: Settings) -> str:
 
 
 def use_token_auth() -> None:
-    """Token authentication on for this process and its children (ray CLI, workers). Ray only
-    turns it on by itself for clusters that ``ray.init()`` starts, not for ``ray start``."""
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    """Token authentication on for this process and its children (ray CLI, workers), and the
+    rest of ``ingest.core.ray_env``."""
+    ray_env_defaults()
 
 
 def start_local_ray(settings: Settings) -> bool:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
-# Ray reads its authentication mode when it is first imported, and the private Ray a bench starts
-# runs with token authentication (scale_tests.common): set here, or a driver that imported ray
-# before start_private_ray talks to its own cluster without the token and is refused.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-# Serve replaces a proxy not ready within 5 s (Ray 2.60's default), which a loaded machine
-# misses; the clusters started here (their controllers inherit this) give it 30 s.
-os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
+from ingest.core.ray_env import ray_env_defaults
+
+# Ray reads its environment when it is first imported, and the private Ray a bench starts runs
+# with token authentication (scale_tests.common): set here, or a driver that imported ray before
+# start_private_ray talks to its own cluster without the token and is refused.
+ray_env_defaults()
 
 
 def main(argv: list[str] | None = None) -> int:

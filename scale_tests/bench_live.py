@@ -33,8 +33,10 @@ import httpx
 import numpy as np
 import orjson
 
-# Ray reads its auth mode when first imported, and the imports below may bring it in.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
+from ingest.core.ray_env import ray_env_defaults
+
+# Ray reads its environment when first imported, and the imports below may bring it in.
+ray_env_defaults()
 
 import redis.asyncio as aioredis  # noqa: E402
 from websockets.asyncio.client import connect as ws_connect  # noqa: E402

@@ -14,7 +14,6 @@ Then the database is counted: every acknowledged point must be stored once (``lo
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
@@ -22,8 +21,10 @@ import httpx
 import msgspec
 import numpy as np
 
-# Ray reads its auth mode when first imported, and the imports below may bring it in.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
+from ingest.core.ray_env import ray_env_defaults
+
+# Ray reads its environment when first imported, and the imports below may bring it in.
+ray_env_defaults()
 
 from ingest.core.batch import ReadingBatch  # noqa: E402
 from ingest.simulators.fleet import db_fetch  # noqa: E402

@@ -14,6 +14,7 @@ import asyncpg
 
 from ingest.core.config import Settings
 from ingest.core.models import Tenant
+from ingest.core.ray_env import ray_env_defaults
 from ingest.store.master import MasterStore
 from ingest.store.registration import ConnectionCreate, TagCreate
 from ingest.store.tenant_store import TenantStore
@@ -59,7 +60,7 @@ def start_private_ray(num_cpus: int = 2) -> None:
     import ray
 
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        ray_env_defaults()
         # On a loaded machine the raylet may not register within Ray's fixed 30 s ("The current
         # node timed out during startup"): that is the machine, so the start is tried again.
         for attempt in range(3):
@@ -86,7 +87,7 @@ def start_cluster(nodes: int, head_cpus: int = 2) -> Any:
     import ray
     from ray.cluster_utils import Cluster
 
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    ray_env_defaults()
     for attempt in range(3):
         try:
             head = {"num_cpus": head_cpus, "include_dashboard": False}

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import httpx
 
 from ingest.core.config import REPO_ROOT, Settings
+from ingest.core.ray_env import ray_env_defaults
 from ingest.simulators.edge_site import EdgeProcess, Link, edge_config, free_port, node_tag_ids
 from ingest.simulators.fleet import SimProcess, counting_check_with_gaps, wait_for
 from scale_tests.common import log, prepare_stack
@@ -30,7 +31,7 @@ from scale_tests.common import log, prepare_stack
 def run(
     wells: int = 2, tags: int = 10, interval_ms: int = 100, outage_s: float = 65.0, settle_s: float = 5.0
 ) -> dict[str, Any]:
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    ray_env_defaults()
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster

@@ -18,6 +18,7 @@ from typing import Any
 
 from ingest.core.config import Settings, load_settings, on_cluster
 from ingest.core.logging_json import configure_json_logging
+from ingest.core.ray_env import ray_env_defaults
 from ingest.store.master import migrate_all
 
 
@@ -141,9 +142,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Ray reads its authentication mode once, when it is imported: set it before anything does.
-    # Token authentication stays on for clusters we start (`ray start` alone would not turn it on).
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Ray reads its environment once, when it is imported: set it before anything does.
+    ray_env_defaults()
     configure_json_logging(logging.WARNING)
     p = argparse.ArgumentParser(prog="scada-ingest", description=__doc__)
     sub = p.add_subparsers(dest="verb", required=True)

@@ -24,13 +24,11 @@ import httpx
 import pytest
 
 from ingest.core.config import REPO_ROOT, Settings
+from ingest.core.ray_env import ray_env_defaults
 
-# Tests run Ray the way production does: token authentication on. Ray reads the mode when it is
-# first imported, so it is set here, before any test module imports ray.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-# Serve replaces a proxy not ready within 5 s (Ray 2.60's default), which a loaded machine
-# misses; the clusters started here (their controllers inherit this) give it 30 s.
-os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
+# Tests run Ray the way production does (token authentication on, ingest.core.ray_env). Ray reads
+# its environment when it is first imported, so it is set here, before any test module imports ray.
+ray_env_defaults()
 if not (Path.home() / ".ray" / "auth_token").exists():
     from ray._private.authentication.authentication_token_setup import generate_and_save_token
 
