@@ -14,8 +14,8 @@ from typing import Any
 
 from ingest.core.config import Settings
 from ingest.core.models import ConnectionSpec, Protocol, Tenant, TenantStatus
-from ingest.device.host import make_session
 from ingest.device.session_inputs import tag_spec
+from ingest.device.sessions import make_session
 from ingest.store.secrets import SecretBox
 from ingest.store.tag_bulk import plan_import
 from ingest.store.tenant_store import TenantStore

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from ingest.core.errors import InvalidRegistration
 from ingest.core.models import ConnectionSpec, Protocol, SecurityMode, SecurityPolicy
-from ingest.device.host import make_session
 from ingest.device.session_inputs import tag_spec
+from ingest.device.sessions import make_session
 from ingest.store.registration import (
     ConnectionCreate,
     ConnectionUpdate,

@@ -14,33 +14,25 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from typing import Protocol as TypingProtocol
 
 import numpy as np
 
 from ingest.core.aio import cancel_and_wait, wait_all
 from ingest.core.backoff import Backoff
 from ingest.core.batch import BatchBuilder, TextBuilder
-from ingest.core.models import ConnectionSpec, Protocol, Quality, quality_as_int4
+from ingest.core.models import ConnectionSpec, Protocol
 from ingest.device.gap_check import SessionStartGaps
 from ingest.device.health import session_health
 from ingest.device.host_takeover import HostTakeovers, LastTimes
-from ingest.device.sender import BatchSender
-from ingest.device.session_inputs import modbus_points, opcua_security, opcua_tags
+from ingest.device.sender import GAP_QUALITY, BatchSender
+from ingest.device.session_inputs import Scaler
+from ingest.device.sessions import DeviceSession, make_session
 from ingest.device.takeover import AckLedger, TakeoverHooks, TakeoverStore
 
 log = logging.getLogger(__name__)
 
 
-class DeviceSession(TypingProtocol):
-    async def run(self) -> None: ...
-    async def stop(self) -> None: ...
-    @property
-    def stats(self) -> dict[str, Any]: ...
-
-
 SenderFactory = Callable[[ConnectionSpec], BatchSender]
-GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
 FAILED = "failed"
 IDLE = "idle"  # no tags: nothing to read, so no session (and no failure)
 # How long OPC UA sessions starting on a slot wait for the Modbus polls started before them to
@@ -72,23 +64,6 @@ class _Running:
     first_value_at: float | None = None  # wall time this start delivered its first value
     down_since: float = 0.0  # monotonic: when it was last seen not connected (health)
     last_error: str | None = None  # newest error since it was last connected
-
-
-class _Scaler:
-    """Applies each tag's scaling factor and offset to a chunk of readings."""
-
-    def __init__(self, spec: ConnectionSpec) -> None:
-        order = sorted(spec.tags, key=lambda t: t.tag_id)
-        self.ids = np.array([t.tag_id for t in order], np.int32)
-        self.factor = np.array([t.scaling_factor for t in order], np.float64)
-        self.offset = np.array([t.offset for t in order], np.float64)
-        self.trivial = bool(np.all(self.factor == 1.0) and np.all(self.offset == 0.0))
-
-    def __call__(self, tag_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-        if self.trivial:
-            return values
-        idx = np.searchsorted(self.ids, tag_ids)
-        return values * self.factor[idx] + self.offset[idx]
 
 
 class ConnectionHost:
@@ -215,7 +190,7 @@ class ConnectionHost:
             self._senders[tenant] = sender
         builder = self._builders[tenant]
         text_builder = self._text_builders[tenant]
-        scale = _Scaler(spec)
+        scale = Scaler(spec)
         cid = spec.connection_id
 
         def add_markers(tag_ids: np.ndarray, times: np.ndarray) -> None:
@@ -393,6 +368,7 @@ class ConnectionHost:
                     "error": r.error,
                     "failures": r.failures,
                     "gap_check_failures": r.gaps.failures if r.gaps is not None else 0,
+                    "gap_check_markers": r.gaps.markers if r.gaps is not None else 0,
                     "health": session_health(
                         r.state,
                         r.last_error,
@@ -413,57 +389,12 @@ class ConnectionHost:
                 for cid, r in self._running.items()
             },
             "senders": {
-                t: {"acked_rows": s.acked_rows, "retries": s.retries, "last_error": s.last_error}
+                t: {
+                    "acked_rows": s.acked_rows,
+                    "retries": s.retries,
+                    "gap_readings": s.gap_readings,
+                    "last_error": s.last_error,
+                }
                 for t, s in self._senders.items()
             },
         }
-
-
-def make_session(
-    spec: ConnectionSpec,
-    on_values: Any,
-    on_state: Any,
-    on_text: Any = None,
-    on_gap: Any = None,
-    takeover: TakeoverHooks | None = None,
-) -> DeviceSession:
-    """Build the protocol session for a connection spec (registration checks the same inputs)."""
-    if spec.protocol is Protocol.OPCUA:
-        from ingest.device.opcua import OpcUaSession
-
-        return OpcUaSession(
-            spec.endpoint,
-            opcua_tags(spec),
-            on_values,
-            publishing_interval_ms=spec.publishing_interval_ms,
-            on_state=on_state,
-            on_text=on_text,
-            on_gap=on_gap,
-            security=opcua_security(spec),
-            takeover=takeover,
-        )
-    if spec.protocol is Protocol.MODBUS:
-        from ingest.device.modbus import ModbusSession
-
-        # pymodbus logs every timeout at ERROR with a frame dump; the session counts them instead.
-        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-
-        def on_strings(pairs: list[tuple[int, str]], time_us: int) -> None:
-            if on_text is not None and pairs:
-                n = len(pairs)
-                on_text(
-                    np.array([p[0] for p in pairs], np.int32),
-                    np.full(n, time_us, np.int64),
-                    [p[1] for p in pairs],
-                    np.zeros(n, np.int32),
-                )
-
-        return ModbusSession(
-            spec.endpoint,
-            modbus_points(spec),
-            on_values,
-            poll_interval_ms=spec.publishing_interval_ms,
-            on_state=on_state,
-            on_strings=on_strings,
-        )
-    raise NotImplementedError(f"protocol {spec.protocol.value} is not supported")

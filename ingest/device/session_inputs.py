@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ingest.core.errors import ConfigError, InvalidDeviceSetting, InvalidRegistration
 from ingest.core.models import ConnectionSpec, Protocol, SecurityMode, TagSpec
 from ingest.device.modbus_address import parse_address, stored_address
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from ingest.device.opcua_security import OpcUaSecurity
 
 __all__ = [
+    "Scaler",
     "DEVICE_SETTINGS",
     "check_connection",
     "check_tags",
@@ -189,3 +192,20 @@ def _registration_rules(protocol: Protocol, row: Mapping[str, Any]) -> None:
         raise InvalidDeviceSetting("length", "a string tag states its length in registers")
     if not is_string and row["modbus_length"] is not None:
         raise InvalidDeviceSetting("length", "only string tags take a length")
+
+
+class Scaler:
+    """Applies each tag's scaling factor and offset to a chunk of readings."""
+
+    def __init__(self, spec: ConnectionSpec) -> None:
+        order = sorted(spec.tags, key=lambda t: t.tag_id)
+        self.ids = np.array([t.tag_id for t in order], np.int32)
+        self.factor = np.array([t.scaling_factor for t in order], np.float64)
+        self.offset = np.array([t.offset for t in order], np.float64)
+        self.trivial = bool(np.all(self.factor == 1.0) and np.all(self.offset == 0.0))
+
+    def __call__(self, tag_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+        if self.trivial:
+            return values
+        idx = np.searchsorted(self.ids, tag_ids)
+        return values * self.factor[idx] + self.offset[idx]
