@@ -17,7 +17,6 @@ Node death is detected by Ray's health checks, set here to ``HEALTH`` (README, "
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -26,8 +25,10 @@ from typing import Any
 import httpx
 
 from ingest.core.config import REPO_ROOT, Settings
+from ingest.core.ray_env import ray_env_defaults
 from ingest.device.opcua_values import GAP_CAUSES
 from ingest.simulators.fleet import SimProcess, counting_check_with_gaps, wait_for
+from ingest.simulators.node_loss import kill_node
 from scale_tests.bench_devices import start_modbus_sim
 from scale_tests.common import at_worker_priority, log, prepare_stack
 
@@ -163,7 +164,7 @@ def run(
 
 
 def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float, after_s: float) -> dict[str, Any]:
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    ray_env_defaults()
     import ray
     from ray.cluster_utils import Cluster
 
@@ -246,7 +247,7 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
         log(f"removing node {victim.node_id[:8]} hosting {len(moved)} connections")
         marks = _Timeline(coord, victim.node_id, moved)
         t0 = time.time()
-        cluster.remove_node(victim, allow_graceful=False)
+        kill_node(cluster, victim)
         marks.start(t0)
 
         def moved_away() -> dict[str, dict[str, Any]] | None:
