@@ -79,7 +79,9 @@ def deploy_bench(settings: Settings) -> tuple[httpx.Client, str]:
 # -- OPC UA ---------------------------------------------------------------------------------------
 async def _bare_opcua(endpoints: list[tuple[str, list[str]]], seconds: float, start: Any) -> tuple[int, float]:
     """Values per second received, and CPU seconds per million values (this thread only)."""
-    from asyncua import Client, ua
+    from asyncua import ua
+    from asyncua.client.client import Client
+    from asyncua.ua.attribute_ids import AttributeIds
 
     received = 0
 
@@ -93,7 +95,7 @@ async def _bare_opcua(endpoints: list[tuple[str, list[str]]], seconds: float, st
         c = Client(endpoint)
         await c.connect()
         sub = await c.create_subscription(50, Handler())
-        params = []
+        params: list[ua.MonitoredItemCreateRequest] = []
         for n in nodes:
             p = ua.MonitoringParameters()
             p.ClientHandle = len(params) + 1
@@ -101,7 +103,7 @@ async def _bare_opcua(endpoints: list[tuple[str, list[str]]], seconds: float, st
             p.SamplingInterval = 0
             req = ua.MonitoredItemCreateRequest()
             req.ItemToMonitor.NodeId = ua.NodeId.from_string(n)
-            req.ItemToMonitor.AttributeId = ua.AttributeIds.Value
+            req.ItemToMonitor.AttributeId = AttributeIds.Value
             req.MonitoringMode = ua.MonitoringMode.Reporting
             req.RequestedParameters = p
             params.append(req)
@@ -219,9 +221,12 @@ def bare_opcua(shape: Shape, seconds: float) -> tuple[int, float]:
     sims, wells, tags, interval_ms = shape
     fleet = [SimProcess(wells, tags, interval_ms) for _ in range(sims)]
     try:
-        return asyncio.run(
-            _bare_opcua([(s.endpoint, s.node_ids) for s in fleet], seconds, lambda: [s.resume() for s in fleet])
-        )
+
+        def start() -> None:
+            for s in fleet:
+                s.resume()
+
+        return asyncio.run(_bare_opcua([(s.endpoint, s.node_ids) for s in fleet], seconds, start))
     finally:
         for s in fleet:
             s.kill()
@@ -281,7 +286,7 @@ def _values_read(connection_id: str) -> int:
 
     from actors.common import COORDINATOR_NAME
 
-    st = ray.get(ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE).status.remote())
+    st: Any = ray.get(ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE).status.remote())
     return sum(int(a.get("delivered", {}).get(connection_id, 0)) for a in st["actors"].values())
 
 
@@ -290,7 +295,7 @@ def _stopped(connection_id: str) -> bool:
 
     from actors.common import COORDINATOR_NAME
 
-    st = ray.get(ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE).status.remote())
+    st: Any = ray.get(ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE).status.remote())
     return not any(connection_id in a.get("connections", {}) for a in st["actors"].values())
 
 

@@ -20,6 +20,7 @@ their commits, filtered as the client asked):
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import signal
@@ -238,7 +239,7 @@ async def _stream_entries(
 ) -> list[tuple[str, tuple[Any, ...]]]:
     r = aioredis.from_url(settings.redis_url)
     try:
-        got = await r.xrange(live_key(slug), min=f"({after}", max=until)
+        got: Any = await r.xrange(live_key(slug), min=f"({after}", max=until)
     finally:
         await r.aclose()
     out = []
@@ -353,7 +354,9 @@ def _run_path(
                 raise
             log(f"live: Ray head did not start ({e}); retrying")
             time.sleep(5)
-    ray.init(address=cluster.address, namespace=settings.namespace, log_to_driver=False, logging_level="WARNING")
+    ray.init(
+        address=cluster.address, namespace=settings.namespace, log_to_driver=False, logging_level=logging.WARNING
+    )
     summary = Path(tempfile.mkdtemp()) / "sim.json"
     proc = None
     try:
@@ -411,9 +414,9 @@ def _run_path(
             stop_simulator(proc, summary)
         from ray import serve
 
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
-        cluster.shutdown()
+        cluster.shutdown()  # type: ignore[no-untyped-call]
         for k in DIRECT_INGRESS_ENV:
             os.environ.pop(k, None)
 
@@ -428,9 +431,7 @@ async def _measure(
         subs.append(Sub(i, i % len(ts), "sse" if k % 2 == 0 else "ws", t.wells[0] if (k // 2) % 2 else None))
     limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
     async with httpx.AsyncClient(base_url=api, timeout=httpx.Timeout(60, read=120), limits=limits) as c:
-        tasks = {
-            s.n: asyncio.create_task(_client(api, c, ts[s.tenant].slug, ts[s.tenant].key, s, None)) for s in subs
-        }
+        tasks = {s.n: asyncio.create_task(_client(api, c, ts[s.tenant].slug, ts[s.tenant].key, s)) for s in subs}
         await _wait(lambda: all(s.start_id for s in subs), 120, "every subscriber's snapshot")
         log(f"live: {n} subscribers connected; measuring {seconds:.0f} s")
         load0 = os.getloadavg()[0]
@@ -470,9 +471,9 @@ async def _measure(
     delivered = sum(len(set(expected[s.n]) & set(s.received)) for s in subs)
     cross = 0
     for s in subs:
-        for eid, values in s.received.items():
-            mine = own[s.tenant].get(eid)
-            if mine is None or not {tuple(v.values()) for v in values} <= set(mine):
+        for eid, got_values in s.received.items():
+            theirs = own[s.tenant].get(eid)
+            if theirs is None or not {tuple(v.values()) for v in got_values} <= set(theirs):
                 cross += 1
     missed_after = sum(
         1
@@ -521,7 +522,7 @@ async def _quiet_ends(settings: Settings, ts: list[Tenant], quiet_s: float = 3.0
         while time.monotonic() < deadline:
             now = []
             for t in ts:
-                got = await r.xrevrange(live_key(t.slug), count=1)
+                got: Any = await r.xrevrange(live_key(t.slug), count=1)
                 now.append(got[0][0].decode() if got else "0-0")
             if now != last:
                 last, still_since = now, time.monotonic()

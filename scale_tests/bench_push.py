@@ -14,6 +14,7 @@ Then the database is counted: every acknowledged point must be stored once (``lo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -147,7 +148,7 @@ def _feed_writer(slug: str, namespace: str, tag_ids: list[int], n_rows: int, bas
             f"bench-writer-{base_us}-{i}",
             base_us + i * POINTS + k,
             tags[k % tags.shape[0]],
-            100.0 + k % 97,
+            (100.0 + k % 97).astype(np.float64),
             np.zeros(POINTS, np.int32),
         ).to_arrow()
         for i in range(max(1, n_rows // POINTS))
@@ -176,15 +177,17 @@ def run(seconds: float = 60.0, clients: int = 8, wells: int = 250, dup_seconds: 
     # A head of its own on free ports (not Ray's default port, which a demo or another
     # checkout's benchmark may hold).
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    ray.init(address=cluster.address, namespace=settings.namespace, log_to_driver=False, logging_level="WARNING")
+    ray.init(
+        address=cluster.address, namespace=settings.namespace, log_to_driver=False, logging_level=logging.WARNING
+    )
     try:
         return _run(settings, seconds, clients, wells, dup_seconds)
     finally:
         from ray import serve
 
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
-        cluster.shutdown()
+        cluster.shutdown()  # type: ignore[no-untyped-call]
 
 
 def push_tenant(settings: Any, api: str, wells: int) -> tuple[httpx.Client, str, str, list[int]]:

@@ -253,12 +253,12 @@ def run(
     year_interval_s: int = 600,
     requests: int = 200,
 ) -> dict[str, Any]:
-    from scale_tests.bench_devices import _deploy, _free_port
+    from scale_tests.bench_devices import _free_port, deploy_bench
 
     # The stack's folder and ports come from the environment (SCADA_LOCAL_DIR, SCADA_PG_PORT,
     # ...) so a checkout can bench against its own stack.
     settings = Settings(namespace="scada-bench", http_port=_free_port()).with_local_secrets()
-    client, slug = _deploy(settings)
+    client, slug = deploy_bench(settings)
     api, key = str(client.base_url).rstrip("/"), client.headers["Authorization"][7:]
     return asyncio.run(
         _run(settings, client, api, key, slug, tags, days, interval_s, year_tags, year_interval_s, requests)

@@ -167,7 +167,7 @@ def run(quick: bool = False, seconds: float | None = None, nodes: int = 3) -> di
     finally:
         from ray import serve
 
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
         cluster.shutdown()
     folder = RESULTS / f"capacity-{time.strftime('%Y%m%dT%H%M%S')}"

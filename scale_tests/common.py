@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -70,7 +71,7 @@ def start_private_ray(num_cpus: int = 2) -> None:
                     num_cpus=num_cpus,
                     include_dashboard=False,
                     log_to_driver=False,
-                    logging_level="WARNING",
+                    logging_level=logging.WARNING,
                     namespace="scada-bench",
                 )
                 return
@@ -106,7 +107,7 @@ def start_cluster(nodes: int, head_cpus: int = 2) -> Any:
                 if attempt == 2:
                     raise
                 time.sleep(5.0)
-    ray.init(address=cluster.address, namespace="scada-bench", log_to_driver=False, logging_level="WARNING")
+    ray.init(address=cluster.address, namespace="scada-bench", log_to_driver=False, logging_level=logging.WARNING)
     cluster.wait_for_nodes()
     return cluster
 

@@ -12,6 +12,7 @@ rate is the readings the cluster accepted in that window over its length.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -50,7 +51,9 @@ def run(
     prepare_stack(settings)
     # A head of its own on free ports (not Ray's default port, which another checkout may hold).
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    ray.init(address=cluster.address, namespace=settings.namespace, log_to_driver=False, logging_level="WARNING")
+    ray.init(
+        address=cluster.address, namespace=settings.namespace, log_to_driver=False, logging_level=logging.WARNING
+    )
     tmp = tempfile.TemporaryDirectory(prefix="edge-outage-")
     sim = link = agent = None
     try:
@@ -150,7 +153,7 @@ def run(
             link.close()
         tmp.cleanup()
         try:
-            serve.shutdown()
+            serve.shutdown()  # type: ignore[no-untyped-call]
         finally:
             ray.shutdown()
-            cluster.shutdown()
+            cluster.shutdown()  # type: ignore[no-untyped-call]

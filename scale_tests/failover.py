@@ -17,6 +17,7 @@ Node death is detected by Ray's health checks, set here to ``HEALTH`` (README, "
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -124,7 +125,7 @@ class _Timeline:
         while not self._done.is_set() and len(self._marks) < 2:
             now = time.time() - self._t0
             if "node_dead_s" not in self._marks:
-                alive = {n["NodeID"]: n.get("Alive") for n in ray.nodes()}
+                alive = {n["NodeID"]: n.get("Alive") for n in ray.nodes()}  # type: ignore[no-untyped-call]
                 if not alive.get(self._node, False):
                     self._marks["node_dead_s"] = round(now, 2)
             if "reassigned_s" not in self._marks:
@@ -189,11 +190,13 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
     try:
         workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, namespace=settings.namespace, log_to_driver=False, logging_level="ERROR")
+        ray.init(
+            address=cluster.address, namespace=settings.namespace, log_to_driver=False, logging_level=logging.ERROR
+        )
         info = deploy(settings)
         wait_http(f"{info['api']}/healthz")
         coord = ray.get_actor(COORDINATOR_NAME, namespace=settings.namespace)
-        head = next(n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n.get("Resources", {}))
+        head = next(n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n.get("Resources", {}))  # type: ignore[no-untyped-call]
         try:  # from the GCS directly (the state API needs the dashboard, which is off here)
             where = str(ray._private.state.actors(coord._actor_id.hex())["Address"]["NodeID"])
         except Exception as e:
@@ -335,4 +338,4 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
         try:
             ray.shutdown()
         finally:
-            cluster.shutdown()
+            cluster.shutdown()  # type: ignore[no-untyped-call]

@@ -21,8 +21,8 @@ from scale_tests.cpu import total_cpu
 def _status(namespace: str) -> dict[str, Any]:
     import ray
 
-    st: dict[str, Any] = ray.get(ray.get_actor(COORDINATOR_NAME, namespace=namespace).status.remote())
-    return st
+    st: Any = ray.get(ray.get_actor(COORDINATOR_NAME, namespace=namespace).status.remote())
+    return dict(st)
 
 
 def placement(namespace: str) -> dict[str, Any]:
@@ -66,7 +66,8 @@ class PipelineProbe:
     def _hists(self) -> list[np.ndarray]:
         import ray
 
-        return [np.asarray(h) for h in ray.get([w.latency_histogram.remote() for w in self.writers])]
+        hists: list[Any] = ray.get([w.latency_histogram.remote() for w in self.writers])
+        return [np.asarray(h) for h in hists]
 
     def start(self) -> PipelineProbe:
         self._h0 = self._hists()
