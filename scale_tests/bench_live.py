@@ -47,7 +47,7 @@ from ingest.live.events import parse_id  # noqa: E402
 from ingest.simulators.fleet import db_fetch, start_simulator, stop_simulator  # noqa: E402
 from ingest.write.fanout import live_key  # noqa: E402
 from scale_tests.bench_devices import _bench_settings  # noqa: E402
-from scale_tests.common import at_worker_priority, log, prepare_stack  # noqa: E402
+from scale_tests.common import at_worker_priority, direct_api, log, prepare_stack, use_direct_ingress  # noqa: E402
 
 
 @dataclass
@@ -249,16 +249,6 @@ async def _stream_entries(
     return out
 
 
-# Ray Serve's direct ingress: each ingress replica also serves HTTP on a port of its own (from
-# this range), so a live client skips the proxy's hop. Read by the controller and the replicas,
-# which inherit the environment of the Ray node the bench starts.
-DIRECT_INGRESS_ENV = {
-    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "28700",
-    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "28709",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "28710",
-    "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "28719",
-}
 PATHS = ("proxy", "direct")
 
 
@@ -305,24 +295,6 @@ def run(
     return head
 
 
-def _direct_api(timeout_s: float = 60.0) -> str:
-    """The replica's own HTTP address (direct ingress), found by asking each port of the range."""
-    lo, hi = (
-        int(DIRECT_INGRESS_ENV[k])
-        for k in ("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT")
-    )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for port in range(lo, hi + 1):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    return f"http://127.0.0.1:{port}"
-            except httpx.HTTPError:
-                continue
-        time.sleep(1.0)
-    raise RuntimeError(f"no replica answers on its direct-ingress port ({lo}-{hi})")
-
-
 def _run_path(
     path: str,
     subscribers: int,
@@ -338,11 +310,7 @@ def _run_path(
 
     if path not in PATHS:
         raise ValueError(f"path: one of {PATHS}")
-    for k, v in DIRECT_INGRESS_ENV.items():
-        if path == "direct":
-            os.environ[k] = v
-        else:
-            os.environ.pop(k, None)
+    use_direct_ingress(path == "direct")
     settings = _bench_settings()
     prepare_stack(settings)
     for attempt in (1, 2, 3):  # Ray gives a head 30 s to register: a loaded machine may miss it
@@ -365,7 +333,7 @@ def _run_path(
 
         api = deploy(settings)["api"]
         wait_http(f"{api}/healthz")
-        live_api = _direct_api() if path == "direct" else api
+        live_api = direct_api() if path == "direct" else api
         log(f"live: path {path}: subscribers connect to {live_api}")
         with at_worker_priority():  # the simulator process keeps it
             proc, endpoint, node_ids = start_simulator(
@@ -417,8 +385,7 @@ def _run_path(
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
         cluster.shutdown()  # type: ignore[no-untyped-call]
-        for k in DIRECT_INGRESS_ENV:
-            os.environ.pop(k, None)
+        use_direct_ingress(False)
 
 
 async def _measure(
