@@ -348,6 +348,11 @@ class OpcUaSimulator:
         self._faults.freeze(seconds)
 
     @property
+    def item_call_sizes(self) -> list[int]:
+        """How many items each CreateMonitoredItems call asked for, in order."""
+        return list(self._faults.item_call_sizes) if self._faults is not None else []
+
+    @property
     def frozen(self) -> bool:
         """True while ``freeze()`` holds publishing back."""
         return self._faults is not None and self._faults.frozen

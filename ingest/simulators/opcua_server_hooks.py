@@ -93,6 +93,7 @@ class ServerFaults:
         self._server = server
         self._frozen_until = 0.0
         self._loop = asyncio.get_running_loop()
+        self.item_call_sizes: list[int] = []  # items asked for per CreateMonitoredItems call
         service = server.iserver.subscription_service
         create_items = service.create_monitored_items
         create_sub = service.create_subscription
@@ -100,6 +101,7 @@ class ServerFaults:
         async def limited_create_items(params: ua.CreateMonitoredItemsParameters) -> Any:
             # asyncua publishes MaxMonitoredItemsPerCall but does not enforce it; we do, so a
             # client that ignores the limit is caught.
+            self.item_call_sizes.append(len(params.ItemsToCreate))
             if len(params.ItemsToCreate) > max_items_per_call:
                 raise ServiceError(StatusCodes.BadTooManyOperations)
             return await create_items(params)
