@@ -21,7 +21,8 @@ from serve_app.params import TenantRef
 from serve_app.state import ApiState
 
 
-def api_state(request: Request) -> ApiState:
+async def api_state(request: Request) -> ApiState:
+    # async: FastAPI runs a plain ``def`` dependency on a thread pool, a thread hop per request.
     api = getattr(request.app.state, "api", None)
     if not isinstance(api, ApiState):
         raise RuntimeError(
