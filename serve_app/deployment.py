@@ -10,22 +10,13 @@ from ray import serve
 from ingest.core.config import Settings
 from serve_app.state import ApiState
 
-# The app runs on the replica's own event loop (Serve's default is a second loop on a thread of
-# its own, a thread hop each way for every request); every handler of ours is async.
-REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
-
 
 # The app is bound late (``__serve_build_asgi_app__``) rather than passed to ``serve.ingress``:
 # Serve would serve a pickled copy of it, on which this replica's state could not be set. It is
 # imported inside the method so that the replica uses its own module's app, not a pickled one.
 # A live connection (SSE or WebSocket) holds one of the replica's ongoing requests for as long as
 # it is open, so the bound counts dashboards too: 200 live subscribers plus the ordinary routes.
-@serve.deployment(
-    name="api",
-    num_replicas=1,
-    ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": REPLICA_ENV}},
-    max_ongoing_requests=1024,
-)
+@serve.deployment(name="api", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
 @serve.ingress()
 class ApiIngress:
     """One per replica: holds the replica's ``ApiState`` and hands Serve the app using it."""
