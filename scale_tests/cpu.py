@@ -32,6 +32,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def pids_of(marker: str) -> list[int]:
+    """Processes whose command line starts with ``marker`` (after any directory)."""
+    out = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            first = cmdline.read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+        except OSError:
+            continue
+        if first.rsplit("/", 1)[-1].startswith(marker):
+            out.append(int(cmdline.parent.name))
+    return out
+
+
 def total_cpu(pids: Iterable[int]) -> float:
     return sum(cpu_seconds(p) for p in set(pids))
 
