@@ -205,7 +205,6 @@ def counting_check_with_gaps(
         stored += len(vals)
         seen = [int(v) for _, v in vals]
         dups += len(seen) - len(set(seen))
-        ordered = sorted(set(seen))
         # Walk the runs of missing values: between consecutive stored values, and after the last.
         prev_v, prev_t = 0, 0
         points = [(t, int(v)) for t, v in sorted(vals, key=lambda x: x[1])]
@@ -225,7 +224,6 @@ def counting_check_with_gaps(
                             | {"markers_within_60s_us": near[:4]}
                         )
             prev_v, prev_t = max(prev_v, v), t
-        del ordered
     return {
         "published": sum(published.values()),
         "stored": stored,
