@@ -30,15 +30,18 @@ def deploy(settings: Settings) -> dict[str, Any]:
                 http_options={"host": settings.http_host, "port": settings.http_port}, logging_config=SERVE_LOGGING
             )
             break
-        except ActorDiedError as e:
-            # Serve's controller replaces a proxy that is not ready within its ready-check
-            # timeout (a loaded machine), and `serve.start` fails waiting for the one it
-            # replaced: the controller has started another by now, so ask again.
+        except (ActorDiedError, TimeoutError) as e:
+            # On a loaded machine `serve.start` can fail while Serve itself carries on: the
+            # controller replaced a proxy not ready within its ready-check timeout (ActorDiedError:
+            # it waited for the one replaced), or no proxy was ready within Serve's 60 s
+            # (TimeoutError). The controller keeps starting proxies either way; asking again
+            # finds the running Serve at once, and callers wait for the HTTP port themselves.
             if attempt == 3:
                 raise
             log.warning(
-                "Serve's proxy was replaced while starting (%s); starting Serve again",
-                str(e).splitlines()[0][:200],
+                "Serve did not start cleanly (%s: %s); asking again",
+                type(e).__name__,
+                str(e).splitlines()[0][:200] if str(e) else "",
             )
     serve.run(build(settings), name=APP_NAME, route_prefix="/", blocking=False, logging_config=SERVE_LOGGING)
     return {"coordinator": COORDINATOR_NAME, "api": f"http://{settings.http_host}:{settings.http_port}"}
