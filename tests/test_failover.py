@@ -102,6 +102,15 @@ def test_node_loss_moves_only_the_lost_nodes_connections_and_nothing_is_lost_sil
     workers = [ray_cluster.add_node(num_cpus=1, resources={"worker": 1}) for _ in range(2)]
     ray_cluster.wait_for_nodes()
     try:
+        # The connections are registered once both new nodes host a connection actor: placed
+        # earlier, some would move to them as their slots appear, and such a move (not the node
+        # loss under test) starts a session afresh with a session-start gap check. Two CI runs
+        # failed on exactly that: 3 markers right after the paused simulator's first value.
+        wait_for(
+            lambda: all(cluster_status(stack)["nodes"].get(w.node_id, {}).get("actors") for w in workers),
+            60,
+            "a connection actor on each new node",
+        )
         conns = register_wells(tenant, sim, 6)
         dsn = stack.dsn(tenant.db)
         before = wait_for(lambda: all_running(stack, set(conns)), 60, "connections running")
