@@ -111,10 +111,12 @@ class ConnectionActor:
         self._status = {"slot": self.slot, "node_id": self._node_id, "pid": os.getpid(), **self.host.status()}
 
     @ray.method(concurrency_group="data")
-    async def apply(self, specs: list[ConnectionSpec]) -> dict[str, Any]:
+    async def apply(self, specs: list[ConnectionSpec], pass_on: list[str] | None = None) -> dict[str, Any]:
+        """Run exactly these connections; ``pass_on``: those leaving for another live slot
+        (``ConnectionHost.apply``)."""
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick_loop())
-        result = await self.host.apply(specs)
+        result = await self.host.apply(specs, pass_on or ())
         self._refresh_status()
         return result
 

@@ -28,7 +28,7 @@ from ingest.core.config import Settings
 from ingest.core.models import ConnectionSpec
 from ingest.placement.desired_state import DesiredState, DesiredStateReader
 from ingest.placement.pool import actors_per_node, desired_slots
-from ingest.placement.sharding import assign_connections
+from ingest.placement.sharding import assign_connections, plan_moves
 from ingest.placement.status_view import live_connections
 from ingest.store.master import MasterStore
 
@@ -240,25 +240,40 @@ class CoordinatorActor:
         for cid, slot in assignment.items():
             per_slot[slot].append(specs[cid])
         changes: dict[str, Any] = {}
-        applies = []
-        for slot, wanted in per_slot.items():
-            st = status[slot]
-            assert st is not None
-            have = {c: v["fingerprint"] for c, v in st["connections"].items()}
-            want = {sp.connection_id: sp.fingerprint() for sp in wanted}
-            if have != want:
-                applies.append((slot, wanted))
-        results = await asyncio.gather(
-            *(asyncio.wait_for(self._slots[slot].apply.remote(w), 30) for slot, w in applies),
-            return_exceptions=True,
-        )
-        for (slot, wanted), res in zip(applies, results, strict=True):
-            if isinstance(res, dict):
-                changes[slot] = res
-                self.moves += len(res.get("started", []))
-            else:  # say where and what, not only the exception type
-                changes[slot] = {"error": _describe(res), "connections": [sp.connection_id for sp in wanted]}
-                log.warning("slot %s: apply failed: %s", slot, changes[slot]["error"])
+        # Every live slot, those no longer wanted included: they pass theirs on before retiring.
+        have = {
+            slot: {c: v["fingerprint"] for c, v in st["connections"].items()}
+            for slot, st in status.items()
+            if st is not None
+        }
+        moves = plan_moves({c: sp.fingerprint() for c, sp in specs.items()}, assignment, have)
+        # A connection moving between two live slots is passed on: its old slot lets it go
+        # first (an OPC UA subscription is left on the server, once what it delivered is
+        # committed), then the new slot takes it over. Slots not taking one over meanwhile apply
+        # at once (a lost node's connections, new ones), so a node loss waits for nothing.
+        first = [(slot, [specs[c] for c in keep], leaving) for slot, (keep, leaving) in moves.leave.items()]
+        applies = [
+            (slot, wanted)
+            for slot, wanted in per_slot.items()
+            if {sp.connection_id: sp.fingerprint() for sp in wanted} != moves.have_after.get(slot, have.get(slot))
+        ]
+        Apply = tuple[str, list[ConnectionSpec], list[str]]  # slot, its connections, to pass on
+        after_first = moves.waiting | moves.leave.keys()
+        now: list[Apply] = [(slot, w, []) for slot, w in applies if slot not in after_first]
+        later: list[Apply] = [(slot, w, []) for slot, w in applies if slot in after_first]
+        for batch in (first + now, later):
+            results = await asyncio.gather(
+                *(asyncio.wait_for(self._slots[slot].apply.remote(w, p), 30) for slot, w, p in batch),
+                return_exceptions=True,
+            )
+            for (slot, wanted, _), res in zip(batch, results, strict=True):
+                if isinstance(res, dict):
+                    done = changes.setdefault(slot, {})
+                    done.update({k: v for k, v in res.items() if v or k not in done})
+                    self.moves += len(res.get("started", []))
+                else:  # say where and what, not only the exception type
+                    changes[slot] = {"error": _describe(res), "connections": [sp.connection_id for sp in wanted]}
+                    log.warning("slot %s: apply failed: %s", slot, changes[slot]["error"])
         # Slots no longer wanted (their node left, or the pool shrank): retire once emptied.
         for name in [n for n in self._slots if n not in wanted_slots]:
             handle = self._slots.pop(name)

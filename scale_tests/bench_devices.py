@@ -32,7 +32,7 @@ import httpx
 
 from ingest.core.config import Settings
 from ingest.simulators.fleet import SimProcess, counting_check_with_gaps, db_fetch, wait_for
-from scale_tests.common import log, prepare_stack, start_private_ray
+from scale_tests.common import drop_earlier_tenants, log, prepare_stack, start_private_ray
 from scale_tests.cpu import per_million
 from scale_tests.probe import PipelineProbe, cost_summary
 
@@ -62,11 +62,7 @@ def deploy_bench(settings: Settings) -> tuple[httpx.Client, str]:
     admin = httpx.Client(
         base_url=info["api"], timeout=120, headers={"Authorization": f"Bearer {settings.admin_key}"}
     )
-    # Earlier runs' tenants point at simulators that are gone: suspend them, so their sessions
-    # do not poll dead endpoints beside this run.
-    for t in admin.get("/v1/tenants").json():
-        if t["slug"].startswith("bench1") and t["status"] == "ACTIVE":
-            admin.put(f"/v1/tenants/{t['slug']}/status", json={"status": "SUSPENDED"})
+    drop_earlier_tenants(admin, "bench")
     slug = f"bench{int(time.time())}"
     r = admin.post("/v1/tenants", json={"slug": slug, "name": "device benchmark"})
     r.raise_for_status()

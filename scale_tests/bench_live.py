@@ -47,7 +47,14 @@ from ingest.live.events import parse_id  # noqa: E402
 from ingest.simulators.fleet import db_fetch, start_simulator, stop_simulator  # noqa: E402
 from ingest.write.fanout import live_key  # noqa: E402
 from scale_tests.bench_devices import _bench_settings  # noqa: E402
-from scale_tests.common import at_worker_priority, direct_api, log, prepare_stack, use_direct_ingress  # noqa: E402
+from scale_tests.common import (  # noqa: E402
+    at_worker_priority,
+    direct_api,
+    drop_earlier_tenants,
+    log,
+    prepare_stack,
+    use_direct_ingress,
+)
 
 
 @dataclass
@@ -205,11 +212,7 @@ class Tenant:
 
 def _setup(settings: Settings, api: str, node_ids: list[str], tenants: int, wells_per_tenant: int) -> list[Tenant]:
     admin = httpx.Client(base_url=api, timeout=120, headers={"Authorization": f"Bearer {settings.admin_key}"})
-    # Earlier runs' tenants dial simulators now gone, and each would keep a writer running
-    # beside the measured ones (about 1% of a core each): deleted with their databases.
-    for t in admin.get("/v1/tenants").json():
-        if t["slug"].startswith("blive"):
-            admin.delete(f"/v1/tenants/{t['slug']}", params={"purge": "true"}).raise_for_status()
+    drop_earlier_tenants(admin, "blive")
     by_well: dict[str, list[str]] = {}
     for n in node_ids:
         by_well.setdefault(n.split(";s=")[-1].split(".")[0], []).append(n)

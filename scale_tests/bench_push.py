@@ -30,7 +30,7 @@ ray_env_defaults()
 from ingest.core.batch import ReadingBatch  # noqa: E402
 from ingest.simulators.fleet import db_fetch  # noqa: E402
 from scale_tests.bench_devices import _bench_settings  # noqa: E402
-from scale_tests.common import log, prepare_stack, ratio  # noqa: E402
+from scale_tests.common import drop_earlier_tenants, log, prepare_stack, ratio  # noqa: E402
 
 PARAMS = [
     ("wellhead_pressure", "psi"),
@@ -194,6 +194,7 @@ def push_tenant(settings: Any, api: str, wells: int) -> tuple[httpx.Client, str,
     """A fresh tenant with ``wells`` x 4 push tags and limits out of the way: the admin client,
     the tenant's key, its slug and tag ids."""
     admin = httpx.Client(base_url=api, timeout=120, headers={"Authorization": f"Bearer {settings.admin_key}"})
+    drop_earlier_tenants(admin, "bpush")
     slug = f"bpush{int(time.time())}"
     r = admin.post("/v1/tenants", json={"slug": slug, "name": "push benchmark"})
     r.raise_for_status()

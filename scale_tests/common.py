@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -82,6 +83,20 @@ def direct_api(timeout_s: float = 60.0) -> str:
                 continue
         time.sleep(1.0)
     raise RuntimeError(f"no replica answers on its direct-ingress port ({lo}-{hi})")
+
+
+def drop_earlier_tenants(admin: httpx.Client, prefix: str) -> int:
+    """Delete (with their databases) the tenants earlier runs of a scenario left, named
+    ``prefix`` and a number (then ``x`` and a number, for several at once): their connections
+    dial simulators that are gone, and each kept a writer and its sessions' retries running
+    beside the run being measured (fifteen of them slowed the failover scenario's reassignment
+    from about 1 s to 10.9 s). Returns how many."""
+    gone = 0
+    for t in admin.get("/v1/tenants").json():
+        if t["slug"].startswith(prefix) and re.fullmatch(r"\d+(x\d+)?", t["slug"][len(prefix) :]):
+            admin.delete(f"/v1/tenants/{t['slug']}", params={"purge": "true"}).raise_for_status()
+            gone += 1
+    return gone
 
 
 def prepare_stack(settings: Settings) -> None:

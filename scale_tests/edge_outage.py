@@ -26,7 +26,7 @@ from ingest.core.config import REPO_ROOT, Settings
 from ingest.core.ray_env import ray_env_defaults
 from ingest.simulators.edge_site import EdgeProcess, Link, edge_config, free_port, node_tag_ids
 from ingest.simulators.fleet import SimProcess, counting_check_with_gaps, wait_for
-from scale_tests.common import log, prepare_stack
+from scale_tests.common import drop_earlier_tenants, log, prepare_stack
 
 
 def run(
@@ -62,6 +62,7 @@ def run(
         admin = httpx.Client(
             base_url=info["api"], timeout=60, headers={"Authorization": f"Bearer {settings.admin_key}"}
         )
+        drop_earlier_tenants(admin, "edge")
         slug = f"edge{int(time.time())}"
         created = admin.post("/v1/tenants", json={"slug": slug, "name": "edge outage scenario"})
         created.raise_for_status()

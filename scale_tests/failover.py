@@ -31,7 +31,7 @@ from ingest.device.opcua_values import GAP_CAUSES
 from ingest.simulators.fleet import SimProcess, counting_check_with_gaps, wait_for
 from ingest.simulators.node_loss import kill_node
 from scale_tests.bench_devices import start_modbus_sim
-from scale_tests.common import at_worker_priority, log, prepare_stack
+from scale_tests.common import at_worker_priority, drop_earlier_tenants, log, prepare_stack
 
 
 def _free_port() -> int:
@@ -206,6 +206,7 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
         admin = httpx.Client(
             base_url=info["api"], timeout=60, headers={"Authorization": f"Bearer {settings.admin_key}"}
         )
+        drop_earlier_tenants(admin, "failover")
         slug = f"failover{int(time.time())}"
         created = admin.post("/v1/tenants", json={"slug": slug, "name": "failover scenario"})
         created.raise_for_status()

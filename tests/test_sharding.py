@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from ingest.placement.sharding import assign_connections
+from ingest.placement.sharding import assign_connections, plan_moves
 
 
 def _conns(n: int) -> dict[str, float]:
@@ -40,3 +40,23 @@ def test_bounded_load_keeps_heavy_connections_spread() -> None:
     out = assign_connections(w, ["a", "b", "c", "d"], slack=0.25)
     loads = {s: sum(w[c] for c in w if out[c] == s) for s in "abcd"}
     assert max(loads.values()) <= 1.25 * sum(w.values()) / 4
+
+
+def test_a_connection_moving_between_live_slots_is_passed_on_and_its_taker_waits() -> None:
+    fps = {"a": "fa", "b": "fb", "c": "fc2", "d": "fd", "e": "fe"}
+    assignment = {"a": "s1", "b": "s2", "c": "s2", "d": "s3", "e": "s2"}
+    have = {
+        "s1": {"a": "fa", "b": "fb", "x": "fx"},  # b moves to s2; x was deleted
+        "s2": {"c": "fc1"},  # c was edited: restarted in place, never passed on
+        "s4": {"e": "fe"},  # a slot no longer wanted: passes e on before it is retired
+    }  # d is new, or its node (s5) was lost: s3 starts it at once
+    plan = plan_moves(fps, assignment, have)
+    assert plan.leave == {"s1": (["a"], ["b"]), "s4": ([], ["e"])}
+    assert plan.have_after == {"s1": {"a": "fa"}, "s4": {}}
+    assert plan.waiting == {"s2"}
+
+
+def test_nothing_moving_plans_nothing() -> None:
+    fps = {"a": "fa", "b": "fb"}
+    plan = plan_moves(fps, {"a": "s1", "b": "s2"}, {"s1": {"a": "fa"}, "s2": {}})
+    assert (plan.leave, plan.have_after, plan.waiting) == ({}, {}, set())

@@ -13,6 +13,7 @@ from asyncua import ua
 
 from ingest.core.batch import ReadingBatch
 from ingest.device import opcua_service as svc
+from ingest.device.host_takeover import HostTakeovers
 from ingest.device.opcua_stream import NotificationStream
 from ingest.device.opcua_values import GAP_CAUSES, GapTracker, Readings
 from ingest.device.sender import BatchSender
@@ -53,6 +54,65 @@ def test_without_a_store_committed_is_enough_and_a_new_subscription_starts_over(
     assert ledger.ackable(7) == 1
     ledger.subscribed(9, 50.0, 20, next_seq=41, server_start_us=None)  # taken over at 40
     assert ledger.ackable(9) == 40 and ledger.ackable(7) == 0
+
+
+class _Store:
+    """Takeover records in a dict (``TakeoverStore``'s two calls); ``down`` makes saving fail."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, TakeoverRecord] = {}
+        self.down = False
+
+    async def load(self, connection_id: str) -> TakeoverRecord | None:
+        return self.records.get(connection_id)
+
+    async def save(self, records: list[TakeoverRecord]) -> None:
+        if self.down:
+            raise ConnectionError("redis away")
+        self.records.update({r.connection_id: r for r in records})
+
+
+async def test_a_session_is_passed_on_once_what_it_delivered_is_committed_and_recorded() -> None:
+    store = _Store()
+    takeovers = HostTakeovers("conn-a:1", store, None)  # type: ignore[arg-type]
+    tick, committed = [5], [3]
+    ledger = _ledger(tick)
+    ledger.subscribed(7, 50.0, 20, next_seq=1, server_start_us=None)
+    ledger.delivered(1)
+    ledger.delivered(2)  # both ride on tick 5's batch
+    settle = takeovers.settler(ledger, lambda: tick[0] + 1, lambda: committed[0])
+    waiting = asyncio.create_task(settle())
+    await asyncio.sleep(0.1)
+    assert not waiting.done() and "c1" not in store.records  # tick 6 not committed yet
+    committed[0] = 6
+    assert await waiting is True
+    assert store.records["c1"].acked_through == 2 and store.records["c1"].subscription_id == 7
+
+
+async def test_a_session_is_not_passed_on_without_a_record_of_its_subscription(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ingest.device.host_takeover as ht
+
+    monkeypatch.setattr(ht, "SETTLE_WAIT_S", 0.2)
+    store = _Store()
+    takeovers = HostTakeovers("conn-a:1", store, None)  # type: ignore[arg-type]
+    ledger = _ledger([1])
+    ledger.subscribed(7, 50.0, 20, next_seq=1, server_start_us=None)
+    ledger.delivered(1)
+    # Never committed: ended as a plain stop would end it.
+    assert await takeovers.settler(ledger, lambda: 2, lambda: 1)() is False
+    # Committed, but Redis away and no earlier record: the next owner could not find it.
+    store.down = True
+    assert await takeovers.settler(ledger, lambda: 2, lambda: 2)() is False
+    # An earlier record of the same subscription is enough (the next owner Republishes more).
+    store.down = False
+    await takeovers.record([ledger])
+    ledger.delivered(2)
+    store.down = True
+    assert await takeovers.settler(ledger, lambda: 3, lambda: 3)() is True
+    # No store at all: nobody could take it over.
+    assert await HostTakeovers("conn-a:1", None, None).settler(ledger, lambda: 3, lambda: 3)() is False
 
 
 def _batch(i: int) -> ReadingBatch:

@@ -11,23 +11,21 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
 
 from ingest.core.aio import cancel_and_wait, wait_all
-from ingest.core.backoff import Backoff
 from ingest.core.batch import BatchBuilder, TextBuilder
 from ingest.core.models import ConnectionSpec, Protocol
 from ingest.device.gap_check import SessionStartGaps
-from ingest.device.health import session_health
+from ingest.device.host_running import Running, connection_status
 from ingest.device.host_takeover import HostTakeovers, LastTimes
 from ingest.device.sender import GAP_QUALITY, BatchSender
 from ingest.device.session_inputs import Scaler
 from ingest.device.sessions import DeviceSession, make_session
-from ingest.device.takeover import AckLedger, TakeoverHooks, TakeoverStore
+from ingest.device.takeover import TakeoverHooks, TakeoverStore
 
 log = logging.getLogger(__name__)
 
@@ -38,32 +36,9 @@ IDLE = "idle"  # no tags: nothing to read, so no session (and no failure)
 # How long OPC UA sessions starting on a slot wait for the Modbus polls started before them to
 # try their first read (2-7 ms when the loop is theirs; a device that does not answer costs this).
 FIRST_POLLS_WAIT_S = 0.25
-
-
-@dataclass
-class _Running:
-    spec: ConnectionSpec
-    fingerprint: str
-    session: DeviceSession | None
-    task: asyncio.Task[None] | None
-    state: str = "connecting"
-    error: str | None = None
-    started_at: float = 0.0
-    started_mono: float = field(default_factory=time.monotonic)
-    failures: int = 0
-    retry_at: float = 0.0
-    gaps: SessionStartGaps | None = None
-    ledger: AckLedger | None = None  # OPC UA: messages handed over, acknowledged once committed
-    gap_task: asyncio.Task[None] | None = None
-    backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 60.0))
-    last_value_at: float | None = None  # wall time of the newest value delivered
-    rate_mark: tuple[float, int] = (0.0, 0)  # (monotonic time, delivered) of the last rate
-    values_per_s: float = 0.0
-    ever_connected: bool = False
-    connected_at: float | None = None  # wall time this start first got connected
-    first_value_at: float | None = None  # wall time this start delivered its first value
-    down_since: float = 0.0  # monotonic: when it was last seen not connected (health)
-    last_error: str | None = None  # newest error since it was last connected
+# A session passed on waits for its last values' commit (HostTakeovers.settler, 5 s at most),
+# then drops its connection or, failing that, ends its session (3 s at most).
+PASS_ON_TIMEOUT_S = 15.0
 
 
 class ConnectionHost:
@@ -86,9 +61,10 @@ class ConnectionHost:
         self._on_state_change = on_state_change
         self._on_gap_markers = on_gap_markers  # e.g. the gaps metric; never breaks the data path
         self.gap_markers = 0
+        self.passed_on = 0  # OPC UA subscriptions left on their server for a connection's next owner
         self.takeovers = HostTakeovers(f"{source}:{self.epoch}", takeover_store, last_times)
         self._tick_no = 0  # batches cut at tick n carry mark n (BatchSender.oldest_unacked_mark)
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, Running] = {}
         self._builders: dict[str, BatchBuilder] = {}
         self._text_builders: dict[str, TextBuilder] = {}
         self._senders: dict[str, BatchSender] = {}
@@ -99,21 +75,27 @@ class ConnectionHost:
         self.values_per_s = 0.0
 
     # -- desired state ------------------------------------------------------------------------
-    async def apply(self, specs: list[ConnectionSpec]) -> dict[str, Any]:
+    async def apply(self, specs: list[ConnectionSpec], pass_on: Collection[str] = ()) -> dict[str, Any]:
         """Run exactly these connections: start new ones, restart edited ones, stop the rest.
         Connections whose fingerprint did not change are not touched.
+
+        ``pass_on``: connections that leave this host for another (a move, not a deletion):
+        an OPC UA one leaves its subscription on the server for the next owner once what it
+        handed over is committed and recorded (``OpcUaSession.pass_on``); ``passed_on`` in the
+        answer lists those that did.
 
         Each connection starts on its own: one that cannot be built or started is marked FAILED
         with its reason and retried with backoff (``retry_failed``), and never keeps any other
         connection, of its tenant or another, from starting."""
         want = {s.connection_id: s for s in specs}
-        started, stopped, kept = [], [], []
+        started, kept = [], []
         failed: dict[str, str] = {}
-        for cid in list(self._running):
-            r = self._running[cid]
-            if cid not in want or want[cid].fingerprint() != r.fingerprint:
-                await self._stop(cid)
-                stopped.append(cid)
+        stopped = [
+            cid for cid, r in self._running.items() if cid not in want or want[cid].fingerprint() != r.fingerprint
+        ]
+        left = await asyncio.gather(*(self._stop(c, pass_on=c in pass_on and c not in want) for c in stopped))
+        passed_on = [c for c, ok in zip(stopped, left, strict=True) if ok]
+        self.passed_on += len(passed_on)
         # Polls first: a moved Modbus poll loop reads at once, and the OPC UA sessions starting
         # beside it (floors, takeover, subscriptions: much work on this one loop) wait for those
         # first reads, at most FIRST_POLLS_WAIT_S.
@@ -126,7 +108,7 @@ class ConnectionHost:
             if spec.protocol is not Protocol.MODBUS and first_polls:
                 await wait_all(first_polls, FIRST_POLLS_WAIT_S)
                 first_polls = []
-            self._running[cid] = r = _Running(spec, spec.fingerprint(), None, None, started_at=time.time())
+            self._running[cid] = r = Running(spec, spec.fingerprint(), None, None, started_at=time.time())
             self._launch(r)
             first_tick = getattr(r.session, "first_tick", None)  # a Modbus session's
             if isinstance(first_tick, asyncio.Event):
@@ -135,7 +117,7 @@ class ConnectionHost:
                 failed[cid] = r.error or FAILED
             else:
                 started.append(cid)
-        return {"started": started, "stopped": stopped, "kept": kept, "failed": failed}
+        return {"started": started, "stopped": stopped, "kept": kept, "failed": failed, "passed_on": passed_on}
 
     def retry_failed(self) -> list[str]:
         """Start again the connections that failed, once their backoff has passed."""
@@ -147,7 +129,7 @@ class ConnectionHost:
                 self._launch(r)
         return retried
 
-    def _failed(self, r: _Running, e: BaseException) -> None:
+    def _failed(self, r: Running, e: BaseException) -> None:
         r.failures += 1
         r.state, r.error = FAILED, f"{type(e).__name__}: {e}"[:500]
         r.last_error = r.error
@@ -156,7 +138,7 @@ class ConnectionHost:
             self._on_state_change(r.spec, FAILED, r.error)
         log.warning("connection %s (%s) failed: %s", r.spec.connection_id, r.spec.tenant_slug, r.error)
 
-    def _launch(self, r: _Running) -> None:
+    def _launch(self, r: Running) -> None:
         if not r.spec.tags:
             r.session, r.task, r.state, r.error = None, None, IDLE, None
             return
@@ -169,7 +151,7 @@ class ConnectionHost:
         r.state, r.error = "connecting", None
         r.task = asyncio.create_task(self._run_session(r), name=f"session-{r.spec.connection_id}")
 
-    async def _run_session(self, r: _Running) -> None:
+    async def _run_session(self, r: Running) -> None:
         assert r.session is not None
         try:
             await r.session.run()
@@ -179,7 +161,7 @@ class ConnectionHost:
             self._failed(r, e)
             r.task = None
 
-    def _build(self, r: _Running) -> DeviceSession:
+    def _build(self, r: Running) -> DeviceSession:
         spec = r.spec
         tenant = spec.tenant_id
         if tenant not in self._builders:
@@ -260,13 +242,13 @@ class ConnectionHost:
         oldest = sender.oldest_unacked_mark if sender is not None else None
         return self._tick_no if oldest is None else oldest - 1
 
-    def _takeover_hooks(self, r: _Running) -> TakeoverHooks:
+    def _takeover_hooks(self, r: Running) -> TakeoverHooks:
         gaps = r.gaps
         r.ledger, hooks = self.takeovers.hooks(
             r.spec,
             r.fingerprint,
             lambda: self._tick_no + 1,
-            lambda: self._committed_mark(r.spec.tenant_id),
+            self._committed_marks(r),
             ran_here=bool(self.delivered.get(r.spec.connection_id)),
             stand_down=gaps.stand_down if gaps is not None else None,
         )
@@ -277,12 +259,20 @@ class ConnectionHost:
         self._advance_ledgers()
         await self.takeovers.record([r.ledger for r in self._running.values() if r.ledger is not None])
 
-    async def _stop(self, cid: str) -> None:
+    async def _stop(self, cid: str, *, pass_on: bool = False) -> bool:
+        """Stop a connection's session; with ``pass_on``, leave its subscription to the next
+        owner where it can be (True if it was)."""
         r = self._running.pop(cid)
         await cancel_and_wait(r.gap_task)
+        passed = False
         if r.session is not None:
+            leave = getattr(r.session, "pass_on", None) if pass_on and r.ledger is not None else None
             try:
-                await asyncio.wait_for(r.session.stop(), 10)
+                if leave is not None and r.ledger is not None:
+                    settle = self.takeovers.settler(r.ledger, lambda: self._tick_no + 1, self._committed_marks(r))
+                    passed = bool(await asyncio.wait_for(leave(settle), PASS_ON_TIMEOUT_S))
+                else:
+                    await asyncio.wait_for(r.session.stop(), 10)
             except Exception:
                 log.warning("session %s did not stop cleanly", cid, exc_info=True)
         if r.task is not None:
@@ -291,6 +281,10 @@ class ConnectionHost:
                 await r.task
             except BaseException:  # noqa: BLE001 - a cancelled or failed session is gone either way
                 pass
+        return passed
+
+    def _committed_marks(self, r: Running) -> Callable[[], int]:
+        return lambda: self._committed_mark(r.spec.tenant_id)
 
     # -- batching -----------------------------------------------------------------------------
     def tick(self) -> int:
@@ -353,41 +347,9 @@ class ConnectionHost:
             "values_received": self.values_received,
             "unacked_rows": self.unacked_rows(),
             "gap_markers": self.gap_markers,
+            "passed_on": self.passed_on,
             "delivered": dict(self.delivered),
-            "connections": {
-                cid: {
-                    "tenant": r.spec.tenant_slug,
-                    "protocol": r.spec.protocol.value,
-                    "endpoint": r.spec.endpoint,
-                    "tags": len(r.spec.tags),
-                    "fingerprint": r.fingerprint,
-                    "started_at": r.started_at,
-                    "connected_at": r.connected_at,
-                    "first_value_at": r.first_value_at,
-                    "state": r.state,
-                    "error": r.error,
-                    "failures": r.failures,
-                    "gap_check_failures": r.gaps.failures if r.gaps is not None else 0,
-                    "gap_check_markers": r.gaps.markers if r.gaps is not None else 0,
-                    "health": session_health(
-                        r.state,
-                        r.last_error,
-                        r.session.stats if r.session is not None else {},
-                        r.ever_connected,
-                        now - (r.down_since or r.started_mono),
-                    ),
-                    "last_error": r.last_error,
-                    "last_value_at": r.last_value_at,
-                    "values_per_s": r.values_per_s,
-                    "publishing_interval_ms": r.spec.publishing_interval_ms,
-                    **(
-                        {k: v for k, v in r.session.stats.items() if isinstance(v, int | float)}
-                        if r.session is not None
-                        else {}
-                    ),
-                }
-                for cid, r in self._running.items()
-            },
+            "connections": {cid: connection_status(r, now) for cid, r in self._running.items()},
             "senders": {
                 t: {
                     "acked_rows": s.acked_rows,

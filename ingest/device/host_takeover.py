@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 LastTimes = Callable[[ConnectionSpec, dict[int, int]], Awaitable[dict[int, int]]]
 FAR_FUTURE_US = 2**55  # (the year 3112) "before" bound asking for the newest stored time of each tag
 FLOORS_WAIT_S = 10.0  # how long a new OPC UA session waits for them before starting without
+SETTLE_WAIT_S = 5.0  # how long a session passed on waits for its last values' commit
 
 
 class HostTakeovers:
@@ -82,6 +83,33 @@ class HostTakeovers:
                 await asyncio.sleep(backoff.next_delay())
 
         return ledger, TakeoverHooks(ledger, load, newest_stored)
+
+    def settler(
+        self, ledger: AckLedger, next_mark: Callable[[], int], committed_mark: Callable[[], int]
+    ) -> Callable[[], Awaitable[bool]]:
+        """For ``OpcUaSession.pass_on``, called once the session has stopped publishing: waits
+        until everything it handed over is committed (the next batch tick carries the last of
+        it), then records how far that is. True when the next owner may carry on the
+        subscription: committed, and a record of this subscription saved (now or before; an
+        older one only makes the next owner Republish more and drop it against the floors)."""
+        store = self.store
+
+        async def settle() -> bool:
+            if store is None:
+                return False
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + SETTLE_WAIT_S
+            mark = next_mark()
+            while committed_mark() < mark:
+                if loop.time() >= deadline:
+                    log.warning("connection %s: last values not committed; not passed on", ledger.connection_id)
+                    return False
+                await asyncio.sleep(0.02)
+            ledger.advance(committed_mark())
+            await self.record([ledger])
+            return ledger.has_record()
+
+        return settle
 
     async def record(self, ledgers: list[AckLedger]) -> None:
         """Save what the ledgers have new to say, in one pipeline; only then may it be

@@ -200,6 +200,9 @@ class OpcUaSession:
 
         self._stop = asyncio.Event()
         self._done = asyncio.Event()
+        # Set by pass_on(): asked once publishing has stopped whether the subscription may be
+        # left on the server for the connection's next owner.
+        self._settle: Callable[[], Awaitable[bool]] | None = None
         self._running = False
         self._connected = False  # the current attempt got as far as a working subscription
         self._ever_connected = False
@@ -212,6 +215,7 @@ class OpcUaSession:
             "reconnects": 0,
             "resumed": 0,  # reconnects that carried on the same subscription
             "transferred": 0,
+            "passed_on": 0,  # subscriptions left on the server for the next owner (pass_on)
             "floors_ms": 0.0,  # how long reading where each tag's stored history ends took
             "connect_ms": 0.0,  # the last connect: channel, session, subscription
             "takeover_attempts": 0,  # sessions that started with another owner's subscription
@@ -292,17 +296,46 @@ class OpcUaSession:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
         finally:
-            await self._keeper.close()
+            await self._leave()
             self._set_state(SessionState.DISCONNECTED, None)
             self._running = False
             self._done.set()
 
     async def stop(self) -> None:
-        """Ask ``run()`` to disconnect and return; waits for it, so no callback follows."""
+        """Ask ``run()`` to disconnect and return; waits for it, so no callback follows.
+        The session ends on the server, and its subscription with it (CloseSession)."""
         self._stop.set()
         self._keeper.wake()
         if self._running:
             await self._done.wait()
+
+    async def pass_on(self, settle: Callable[[], Awaitable[bool]]) -> bool:
+        """Stop like ``stop()``, but leave the subscription to the connection's next owner.
+
+        Publishing stops first (no callback follows); then ``settle()`` is awaited: True when
+        everything this session handed over is committed and recorded
+        (``ingest.device.takeover``). Only then is the connection dropped without CloseSession:
+        the server keeps session and subscription, with every message not acknowledged, for the
+        session timeout, and the next owner transfers the subscription and Republishes them.
+        Otherwise (False, an error, not connected) the session is ended as ``stop()`` ends it,
+        so no owner carries on from history that is not stored yet. True if it was left."""
+        self._settle = settle
+        await self.stop()
+        return bool(self._stats["passed_on"])
+
+    async def _leave(self) -> None:
+        settle, self._settle = self._settle, None
+        if settle is not None and self._keeper.can_pass_on():
+            try:
+                passed = await settle()
+            except Exception as exc:
+                _log.warning("opcua %s: not passed on: %s", self.endpoint, exc)
+                passed = False
+            if passed:
+                self._keeper.drop_connection()
+                self._stats["passed_on"] += 1
+                return
+        await self._keeper.close()
 
     # --- one connection -----------------------------------------------------------------------
 

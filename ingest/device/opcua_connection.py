@@ -7,9 +7,10 @@
    server did not restart (its ServerStatus.StartTime is unchanged);
 3. creates a session and a new subscription, opening a gap for every tag (see
    ``NotificationStream``): values the old subscription still held are backfilled or reported.
-A session that starts on a new actor (its node lost, its actor restarted) first reads where each
-tag's stored history ends and the record its previous owner left (``ingest.device.takeover``), and
-so tries 2. on the previous owner's subscription: Republish then returns what that owner never
+A session that starts on a new actor (its node lost, its actor restarted, or the connection
+passed on to it) reads where each tag's stored history ends and the record its previous owner
+left (``ingest.device.takeover``) while it opens its channel and session, and so tries 2. on the
+previous owner's subscription: Republish then returns what that owner never
 committed. A server that answers the transfer but then sends nothing for the subscription (stock
 asyncua) is given up on after ``TRANSFER_PROOF_S``, and 3. follows.
 ``watch`` then runs the publish loop and the channel renewal until stop() or a loss: a dead
@@ -37,7 +38,7 @@ from ingest.device import opcua_service as svc
 from ingest.device.opcua_security import OpcUaSecurity, PkiStore, configure_client
 from ingest.device.opcua_stream import NotificationStream
 from ingest.device.opcua_values import now_us, to_us
-from ingest.device.takeover import TakeoverHooks
+from ingest.device.takeover import TakeoverHooks, TakeoverRecord
 
 __all__ = ["SessionKeeper"]
 
@@ -100,41 +101,65 @@ class SessionKeeper:
         self._dead = None
         self._wake.clear()
         self._stream.progress = self._kept = self._transferred = False
+        # A first connection here reads the floors and the previous owner's record while it
+        # opens its channel and session (both only matter once it subscribes).
+        prep: asyncio.Task[TakeoverRecord | None] | None = None
         if self._first_connect:
             self._first_connect = False
             if self._takeover is not None:
-                await self._prepare_takeover(self._takeover)
+                prep = asyncio.create_task(self._prepare_takeover(self._takeover), name="opcua-takeover-prep")
         if self._client is None:
             self._client = Client(self.endpoint, timeout=REQUEST_TIMEOUT_S)
             self._client.session_timeout = SESSION_TIMEOUT_MS
-        resumed = await self._open_session(self._client)
+        try:
+            resumed = await self._open_session(self._client)
+        except asyncio.CancelledError:
+            if prep is not None:
+                prep.cancel()
+            raise
+        except BaseException:
+            if prep is not None:  # the next connection carries on from it
+                self._take_over(await prep)
+            raise
+        if prep is not None:
+            self._take_over(await prep)
         return await self._subscription(self._client, resumed)
 
-    async def _prepare_takeover(self, hooks: TakeoverHooks) -> None:
-        """Where each tag's stored history ends, and the subscription a previous owner left."""
+    async def _prepare_takeover(self, hooks: TakeoverHooks) -> TakeoverRecord | None:
+        """Where each tag's stored history ends, and the record of the subscription a previous
+        owner left (None: start afresh)."""
         t0 = time.monotonic()
         floors = await hooks.newest_stored()
         self._stats["floors_ms"] = round((time.monotonic() - t0) * 1000.0, 1)
         if floors is None:
-            return  # without them a takeover could store twice: start afresh (the host checks gaps)
+            return None  # without them a takeover could store twice: start afresh (the host checks gaps)
         self._stream.set_floors(floors)
         self._floors_known = True
         try:
-            record = await hooks.load()
+            return await hooks.load()
         except Exception as exc:  # Redis away: start afresh; the floors still bound every gap
             _log.warning("opcua %s: takeover record unavailable (%s)", self.endpoint, type(exc).__name__)
-            return
-        if record is None:
+            return None
+
+    def _take_over(self, record: TakeoverRecord | None) -> None:
+        """Carry on the previous owner's subscription from its record, unless the server has
+        restarted since (its StartTime differs: the subscription is gone)."""
+        if record is None or self._takeover is None:
             return
         self._stats["takeover_attempts"] += 1
+        now, then = self._server_start, record.server_start_us
+        if now is not None and then is not None and now != then:
+            self._lose_subscription("server restarted since the previous owner left", "server_restarted")
+            return
         self._sub = svc.SubscriptionState(
             record.subscription_id,
             record.publishing_interval_ms,
             record.keepalive_count,
             next_seq=record.acked_through + 1,
         )
-        self._server_start = record.server_start_us
-        hooks.ledger.subscribed(
+        if now is None:  # not read yet (the connection failed): the next one compares
+            self._server_start = then
+        self._takeover.ledger.subscribed(
             record.subscription_id,
             record.publishing_interval_ms,
             record.keepalive_count,
@@ -343,6 +368,17 @@ class SessionKeeper:
         self._resume_ok = self._stream.progress or not self._kept
         if self._client is not None:
             self._client.disconnect_socket()
+
+    def can_pass_on(self) -> bool:
+        """Connected, with a subscription that has answered on this connection: one another
+        session can take over."""
+        client = self._client
+        return (
+            client is not None
+            and client.uaclient.state is UaClientState.CONNECTED
+            and self._sub is not None
+            and self._stream.progress
+        )
 
     async def close(self) -> None:
         """End the session (and with it the subscription on the server), best effort."""

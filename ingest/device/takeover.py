@@ -161,6 +161,10 @@ class AckLedger:
             time.time(),
         )
 
+    def has_record(self) -> bool:
+        """A record of the current subscription is saved (the next owner can find it)."""
+        return self._saved is not None and self._saved.subscription_id == self.subscription_id != 0
+
     def saved(self, record: TakeoverRecord) -> None:
         self._saved = record
         if record.subscription_id == self.subscription_id:
