@@ -9,7 +9,7 @@ published value went: stored, inside a recorded gap, or lost silently (must be 0
 
 It runs once per kind of server (``--servers``), each on a fresh cluster:
 - ``takeover``: keeps a dead client's session 60 s and completes TransferSubscriptions;
-- ``history``: a 1 s session timeout, history kept (HistoryRead);
+- ``history``: a 1 s session timeout and no TransferSubscriptions, history kept (HistoryRead);
 - ``neither``: no TransferSubscriptions, no history (exact gaps);
 - ``stock``: asyncua's own TransferSubscriptions (answers Good, then publishes nothing).
 Node death is detected by Ray's health checks, set here to ``HEALTH`` (README, "Failover").
@@ -42,7 +42,9 @@ def _free_port() -> int:
 
 SERVERS: dict[str, list[str]] = {
     "takeover": [],
-    "history": ["--historize", "--session-timeout-ms", "1000"],
+    # No TransferSubscriptions either: with recovery now under the 1 s session timeout, the
+    # subscription would otherwise still be there and HistoryRead never needed.
+    "history": ["--historize", "--session-timeout-ms", "1000", "--transfer", "unsupported"],
     "neither": ["--transfer", "unsupported"],
     "stock": ["--transfer", "stock"],
 }
