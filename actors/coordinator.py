@@ -27,8 +27,9 @@ from actors.writer import WriterActor
 from ingest.core.config import Settings
 from ingest.core.models import ConnectionSpec
 from ingest.placement.desired_state import DesiredState, DesiredStateReader
+from ingest.placement.moves import apply_rounds
 from ingest.placement.pool import actors_per_node, desired_slots
-from ingest.placement.sharding import assign_connections, plan_moves
+from ingest.placement.sharding import assign_connections
 from ingest.placement.status_view import live_connections
 from ingest.store.master import MasterStore
 
@@ -236,9 +237,6 @@ class CoordinatorActor:
         # connections whose best slot changed. Balance comes from the hash; the pool grows with
         # the tag count (ingest.placement.pool), which is how connection weight enters.
         assignment = assign_connections({c: sp.weight for c, sp in specs.items()}, healthy)
-        per_slot: dict[str, list[ConnectionSpec]] = {n: [] for n in healthy}
-        for cid, slot in assignment.items():
-            per_slot[slot].append(specs[cid])
         changes: dict[str, Any] = {}
         # Every live slot, those no longer wanted included: they pass theirs on before retiring.
         have = {
@@ -246,24 +244,13 @@ class CoordinatorActor:
             for slot, st in status.items()
             if st is not None
         }
-        moves = plan_moves({c: sp.fingerprint() for c, sp in specs.items()}, assignment, have)
-        # A connection moving between two live slots is passed on: its old slot lets it go
-        # first (an OPC UA subscription is left on the server, once what it delivered is
-        # committed), then the new slot takes it over. Slots not taking one over meanwhile apply
-        # at once (a lost node's connections, new ones), so a node loss waits for nothing.
-        first = [(slot, [specs[c] for c in keep], leaving) for slot, (keep, leaving) in moves.leave.items()]
-        applies = [
-            (slot, wanted)
-            for slot, wanted in per_slot.items()
-            if {sp.connection_id: sp.fingerprint() for sp in wanted} != moves.have_after.get(slot, have.get(slot))
-        ]
-        Apply = tuple[str, list[ConnectionSpec], list[str]]  # slot, its connections, to pass on
-        after_first = moves.waiting | moves.leave.keys()
-        now: list[Apply] = [(slot, w, []) for slot, w in applies if slot not in after_first]
-        later: list[Apply] = [(slot, w, []) for slot, w in applies if slot in after_first]
-        for batch in (first + now, later):
+        fingerprints = {c: sp.fingerprint() for c, sp in specs.items()}
+        for batch in apply_rounds(fingerprints, assignment, have, healthy):
             results = await asyncio.gather(
-                *(asyncio.wait_for(self._slots[slot].apply.remote(w, p), 30) for slot, w, p in batch),
+                *(
+                    asyncio.wait_for(self._slots[s].apply.remote([specs[c] for c in w], p), 30)
+                    for s, w, p in batch
+                ),
                 return_exceptions=True,
             )
             for (slot, wanted, _), res in zip(batch, results, strict=True):
@@ -272,7 +259,7 @@ class CoordinatorActor:
                     done.update({k: v for k, v in res.items() if v or k not in done})
                     self.moves += len(res.get("started", []))
                 else:  # say where and what, not only the exception type
-                    changes[slot] = {"error": _describe(res), "connections": [sp.connection_id for sp in wanted]}
+                    changes[slot] = {"error": _describe(res), "connections": wanted}
                     log.warning("slot %s: apply failed: %s", slot, changes[slot]["error"])
         # Slots no longer wanted (their node left, or the pool shrank): retire once emptied.
         for name in [n for n in self._slots if n not in wanted_slots]:

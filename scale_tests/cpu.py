@@ -17,31 +17,28 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from ingest.simulators.procfs import pids, stat_fields
+
 _TICK = os.sysconf("SC_CLK_TCK")
 _PATH = re.compile(r"\((?:[^():]*/)")  # "(/long/path/to/module.py:12)" -> "(module.py:12)"
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds the process has used so far (0.0 once it is gone)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    # The command name (field 2) may hold spaces; the fields after its closing paren are fixed.
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    fields = stat_fields(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def pids_of(marker: str) -> list[int]:
     """Processes whose command line starts with ``marker`` (after any directory)."""
     out = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for pid in pids():
         try:
-            first = cmdline.read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+            first = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
         except OSError:
             continue
         if first.rsplit("/", 1)[-1].startswith(marker):
-            out.append(int(cmdline.parent.name))
+            out.append(pid)
     return out
 
 

@@ -89,6 +89,28 @@ def all_running(settings: Settings, conns: set[str]) -> dict[str, dict[str, Any]
     return None
 
 
+def every_tag_streaming(dsn: str, tags: int) -> None:
+    """Wait until each of ``tags`` tags has a reading stored."""
+    wait_for(
+        lambda: len(db_fetch(dsn, "SELECT DISTINCT tag_id FROM scada_readings")) == tags,
+        60,
+        "every tag streaming",
+    )
+
+
+def accounted(dsn: str, conns: dict[str, dict[str, int]], sim: SimProcess) -> dict[str, Any]:
+    """Stop the simulator, wait until every value it published is stored or inside a recorded
+    gap, and return the counting check (``counting_check_with_gaps``)."""
+    summary = sim.stop()
+    tag_ids = {n: t for m in conns.values() for n, t in m.items()}
+    wait_for(
+        lambda: counting_check_with_gaps(dsn, tag_ids, summary["per_node"])["unaccounted"] == 0,
+        60,
+        "every value stored or inside a recorded gap",
+    )
+    return counting_check_with_gaps(dsn, tag_ids, summary["per_node"])
+
+
 @pytest.fixture
 def sim() -> Any:
     s = SimProcess(wells=6, tags=3, interval_ms=50)
@@ -116,14 +138,7 @@ def test_node_loss_moves_only_the_lost_nodes_connections_and_nothing_is_lost_sil
         before = wait_for(lambda: all_running(stack, set(conns)), 60, "connections running")
         sim.resume()
         # The node dies mid-stream: once every tag has readings stored.
-        wait_for(
-            lambda: (
-                len(db_fetch(dsn, "SELECT DISTINCT tag_id FROM scada_readings"))
-                == sum(len(m) for m in conns.values())
-            ),
-            60,
-            "every tag streaming",
-        )
+        every_tag_streaming(dsn, sum(len(m) for m in conns.values()))
         # The worker hosting the most connections dies without warning.
         by_node: dict[str, int] = {}
         for c in conns:
@@ -154,14 +169,7 @@ def test_node_loss_moves_only_the_lost_nodes_connections_and_nothing_is_lost_sil
 
         n_moved = moved_rows()
         wait_for(lambda: moved_rows() > n_moved, 60, "readings of the moved connections after the failover")
-        summary = sim.stop()
-        tag_ids = {n: t for m in conns.values() for n, t in m.items()}
-        wait_for(
-            lambda: counting_check_with_gaps(dsn, tag_ids, summary["per_node"])["unaccounted"] == 0,
-            60,
-            "every value stored or inside a recorded gap",
-        )
-        result = counting_check_with_gaps(dsn, tag_ids, summary["per_node"])
+        result = accounted(dsn, conns, sim)
         print(
             f"published {result['published']} stored {result['stored']} "
             f"in recorded gaps {result['gap_values']} duplicates {result['duplicates']}"
@@ -198,12 +206,7 @@ def test_node_join_moves_what_rendezvous_requires_without_a_gap_and_coordinator_
     dsn = stack.dsn(tenant.db)
     before = wait_for(lambda: all_running(stack, set(conns)), 60, "connections running")
     sim.resume()
-    every_tag = sum(len(m) for m in conns.values())
-    wait_for(
-        lambda: len(db_fetch(dsn, "SELECT DISTINCT tag_id FROM scada_readings")) == every_tag,
-        60,
-        "every tag streaming",
-    )
+    every_tag_streaming(dsn, sum(len(m) for m in conns.values()))
     slots_before = sorted({p["slot"] for p in cluster_status_slots(stack)})
     joined: list[Any] = []
 
@@ -249,14 +252,7 @@ def test_node_join_moves_what_rendezvous_requires_without_a_gap_and_coordinator_
         # lost, nothing stored twice, and no gap was recorded.
         actors = list(cluster_status(stack)["actors"].values())
         sessions = {cid: c for a in actors for cid, c in a["connections"].items()}
-        summary = sim.stop()
-        tag_ids = {n: t for m in conns.values() for n, t in m.items()}
-        wait_for(
-            lambda: counting_check_with_gaps(dsn, tag_ids, summary["per_node"])["unaccounted"] == 0,
-            60,
-            "every value stored or inside a recorded gap",
-        )
-        result = counting_check_with_gaps(dsn, tag_ids, summary["per_node"])
+        result = accounted(dsn, conns, sim)
         why = {c: {k: v for k, v in sessions[c].items() if k.startswith(_WHY)} for c in moved}
         print(f"counting: {result}; moved sessions: {why}")
         assert result["unaccounted"] == 0 and result["duplicates"] == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -282,3 +283,59 @@ def test_audit_paged_and_filtered(pushed: TenantHandle, make_tenant: Any) -> Non
     assert c.get(f"/v1/tenants/{slug}/audit", params={"before_id": 2**64}).status_code == 422
     other: TenantHandle = make_tenant()
     assert other.client.get(f"/v1/tenants/{slug}/audit").status_code == 403
+
+
+def test_database_away_a_push_is_spooled_a_full_spool_is_a_503_and_nothing_is_lost(
+    settings: Settings, pushed: TenantHandle
+) -> None:
+    """200 only once the readings are committed or durably spooled; while the spool is full, 503
+    with Retry-After and nothing written; the same request again, once there is room, lands."""
+    import redis
+
+    su = settings.dsn("postgres")
+
+    async def admin(query: str, *args: Any) -> None:
+        conn = await asyncpg.connect(su)
+        try:
+            await conn.execute(query, *args)
+        finally:
+            await conn.close()
+
+    stored = "SELECT count(*) AS n FROM scada_readings WHERE quality = 0"
+    asyncio.run(admin(f'ALTER DATABASE "{pushed.db}" WITH ALLOW_CONNECTIONS false'))
+    asyncio.run(admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", pushed.db))
+    rows_key = f"scada:spool:{pushed.slug}:rows"
+    r = redis.Redis.from_url(settings.redis_url)
+    filled = 0
+    try:
+        first = pushed.client.post(
+            PUSH, json=payload(pushed, [point(i) for i in range(10)]), headers={"Idempotency-Key": "spool-1"}
+        )
+        assert first.status_code == 200, first.text
+        assert first.json()["stored"] == "spooled" and first.json()["accepted_count"] == 10
+        # A full spool: its row count put at the bound (filling 20 million rows for real would
+        # take minutes); the writer's own check then refuses the next batch.
+        filled = settings.spool_max_rows - int(r.get(rows_key) or 0)
+        r.incrby(rows_key, filled)
+        body = payload(pushed, [point(100 + i) for i in range(5)])
+        full = pushed.client.post(PUSH, json=body, headers={"Idempotency-Key": "spool-2"})
+        error_of(full, 503, "service_unavailable")
+        assert int(full.headers["Retry-After"]) > 0
+        assert "spool is full" in full.json()["message"]
+        r.decrby(rows_key, filled)
+        filled = 0
+    finally:
+        if filled:
+            r.decrby(rows_key, filled)
+        asyncio.run(admin(f'ALTER DATABASE "{pushed.db}" WITH ALLOW_CONNECTIONS true'))
+    # The database back: the spooled request is committed from the spool, the refused one was
+    # never written, and sent again it lands (its key was not kept as answered).
+    deadline = time.monotonic() + 60
+    while int(sql(settings, pushed, stored)[0]["n"]) < 10:
+        assert time.monotonic() < deadline, "the spooled readings never landed"
+        time.sleep(0.2)
+    assert int(sql(settings, pushed, stored)[0]["n"]) == 10
+    again = pushed.client.post(PUSH, json=body, headers={"Idempotency-Key": "spool-2"})
+    assert again.status_code == 200, again.text
+    assert again.json()["stored"] == "committed" and again.json()["accepted_count"] == 5
+    assert int(sql(settings, pushed, stored)[0]["n"]) == 15

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from ingest.placement.sharding import assign_connections, plan_moves
+from ingest.placement.moves import apply_rounds, plan_moves
+from ingest.placement.sharding import assign_connections
 
 
 def _conns(n: int) -> dict[str, float]:
@@ -60,3 +61,16 @@ def test_nothing_moving_plans_nothing() -> None:
     fps = {"a": "fa", "b": "fb"}
     plan = plan_moves(fps, {"a": "s1", "b": "s2"}, {"s1": {"a": "fa"}, "s2": {}})
     assert (plan.leave, plan.have_after, plan.waiting) == ({}, {}, set())
+
+
+def test_slots_taking_over_a_passed_on_connection_are_told_after_it_was_let_go() -> None:
+    fps = {"a": "fa", "b": "fb", "d": "fd"}
+    assignment = {"a": "s1", "b": "s2", "d": "s3"}
+    have = {"s1": {"a": "fa", "b": "fb"}, "s2": {}, "s3": {}}  # b moves s1 -> s2; d is new on s3
+    first, later = apply_rounds(fps, assignment, have, ["s1", "s2", "s3"])
+    assert first == [("s1", ["a"], ["b"]), ("s3", ["d"], [])]
+    assert later == [("s2", ["b"], [])]
+    # Once done, nothing is told again.
+    assert apply_rounds(
+        fps, assignment, {"s1": {"a": "fa"}, "s2": {"b": "fb"}, "s3": {"d": "fd"}}, ["s1", "s2", "s3"]
+    ) == ([], [])

@@ -25,8 +25,8 @@ import ray
 
 from ingest.core.config import Settings
 from tests.conftest import TenantHandle
-from tests.helpers import SimProcess, counting_check_with_gaps, db_fetch, wait_for
-from tests.test_failover import all_running, cluster_status
+from tests.helpers import SimProcess, counting_check_with_gaps, wait_for
+from tests.test_failover import all_running, cluster_status, every_tag_streaming
 
 KINDS: dict[str, list[str]] = {
     "takeover": [],
@@ -63,12 +63,7 @@ def test_a_lost_actors_sessions_are_taken_over_as_far_as_each_server_allows(
     before = wait_for(lambda: all_running(stack, set(conns.values())), 90, "connections running")
     for sim in sims.values():
         sim.resume()
-    every_tag = sum(len(m) for m in tag_ids.values())
-    wait_for(
-        lambda: len(db_fetch(dsn, "SELECT DISTINCT tag_id FROM scada_readings")) == every_tag,
-        60,
-        "every tag streaming",
-    )
+    every_tag_streaming(dsn, sum(len(m) for m in tag_ids.values()))
     # Kill every process hosting one of them, abruptly; Ray restarts each.
     slots = {before[c]["slot"] for c in conns.values()}
     for slot in slots:

@@ -19,7 +19,10 @@ Zero loss rests on these choices:
   the session is gone but the server did not restart, TransferSubscriptions is tried;
 - when the subscription is gone (server restart, long outage) it is re-created, and for each tag
   the interval between its last value and its first new one is read back with HistoryRead if
-  the node keeps history, else reported through ``on_gap`` (never silently dropped).
+  the node keeps history, else reported through ``on_gap`` (never silently dropped);
+- a session whose connection moves to another actor is passed on (``pass_on``): it leaves its
+  subscription on the server once what it delivered is committed, and the next owner's session
+  transfers it as after a lost node.
 """
 
 from __future__ import annotations

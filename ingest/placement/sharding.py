@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 
 def score(connection_id: str, slot: str) -> int:
@@ -40,33 +39,3 @@ def assign_connections(
         out[c] = chosen
         load[chosen] += weights[c]
     return out
-
-
-@dataclass(frozen=True)
-class MovePlan:
-    """How live slots let go of the connections that move away from them."""
-
-    # slot -> (connections it keeps, connections it passes on to another live slot)
-    leave: dict[str, tuple[list[str], list[str]]]
-    # slot -> {connection: fingerprint} it runs once it has let go
-    have_after: dict[str, dict[str, str]]
-    # slots taking over a connection another live slot passes on: they apply after those
-    waiting: set[str]
-
-
-def plan_moves(
-    fingerprints: Mapping[str, str], assignment: Mapping[str, str], have: Mapping[str, Mapping[str, str]]
-) -> MovePlan:
-    """``fingerprints``: every connection wanted; ``assignment``: where each goes; ``have``: what
-    each live slot runs now (connection -> fingerprint). A connection moves between live slots
-    (and is passed on) when a slot runs it unedited but it is assigned elsewhere. Deleted or
-    edited connections are not passed on: the slot running them stops them while letting go."""
-    leave: dict[str, tuple[list[str], list[str]]] = {}
-    for slot, conns in have.items():
-        passing = [c for c, fp in conns.items() if assignment.get(c, slot) != slot and fingerprints.get(c) == fp]
-        if passing:
-            keep = [c for c, fp in conns.items() if assignment.get(c) == slot and fingerprints.get(c) == fp]
-            leave[slot] = (keep, passing)
-    have_after = {slot: {c: have[slot][c] for c in keep} for slot, (keep, _) in leave.items()}
-    waiting = {assignment[c] for _, passing in leave.values() for c in passing}
-    return MovePlan(leave, have_after, waiting)
