@@ -31,6 +31,7 @@ from ingest.core.batch import ReadingBatch  # noqa: E402
 from ingest.simulators.fleet import db_fetch  # noqa: E402
 from scale_tests.bench_devices import _bench_settings  # noqa: E402
 from scale_tests.common import drop_earlier_tenants, log, prepare_stack, ratio  # noqa: E402
+from scale_tests.cpu import CPU_STAGES, CpuMeter, pids_of  # noqa: E402
 
 PARAMS = [
     ("wellhead_pressure", "psi"),
@@ -233,7 +234,13 @@ def _run(settings: Any, seconds: float, clients: int, wells: int, dup_seconds: f
     # A short warm-up: the writer, the tag map and the connection pools come up.
     warm, _ = _phase(api, key, slug, wells, base_us, seqs, 1, 2.0, False)
     log(f"push: {clients} clients x {POINTS}-point batches for {seconds:.0f} s")
+    # Where a push's CPU goes, per stage (the clients are this process).
+    meters = {name: CpuMeter(pids_of(marker)).start() for name, marker in CPU_STAGES.items()}
+    client0 = time.process_time()
     push, push_s = _phase(api, key, slug, wells, base_us, seqs, clients, seconds, False)
+    cpu = {name: m.stop() for name, m in meters.items()} | {"clients": time.process_time() - client0}
+    cpu_ms = {k: round(v / max(1, push.acked_requests) * 1000, 1) for k, v in cpu.items()}
+    log(f"push: CPU ms per {POINTS}-point request by stage: {cpu_ms}")
     rate = push.acked_points / push_s
     lat = np.asarray(push.latencies_ms)
     log(
@@ -264,6 +271,7 @@ def _run(settings: Any, seconds: float, clients: int, wells: int, dup_seconds: f
         "ratio_vs_writer": ratio(rate, writer_rate),
         "ack_p50_ms": round(float(np.percentile(lat, 50)), 1),
         "ack_p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "cpu_ms_per_request": cpu_ms,
         "requests_sent": warm.sent_requests + push.sent_requests + dup.sent_requests,
         "requests_acked": warm.acked_requests + push.acked_requests + dup.acked_requests,
         "refused_and_resent": warm.refused + push.refused + dup.refused,

@@ -20,6 +20,15 @@ from pathlib import Path
 from ingest.simulators.procfs import pids, stat_fields
 
 _TICK = os.sysconf("SC_CLK_TCK")
+# The processes each stage of a request runs in, by what their command line says (Ray names its
+# workers after the actor they host): for ``CpuMeter(pids_of(marker))``.
+CPU_STAGES = {
+    "serve_proxy": "ray::ProxyActor",
+    "api_replica": "ray::ServeReplica",
+    "writer": "ray::WriterActor",
+    "postgres": "postgres",
+    "redis": "redis-server",
+}
 _PATH = re.compile(r"\((?:[^():]*/)")  # "(/long/path/to/module.py:12)" -> "(module.py:12)"
 
 
