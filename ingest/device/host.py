@@ -266,7 +266,7 @@ class ConnectionHost:
         await cancel_and_wait(r.gap_task)
         passed = False
         if r.session is not None:
-            leave = getattr(r.session, "pass_on", None) if pass_on and r.ledger is not None else None
+            leave = getattr(r.session, "pass_on", None) if pass_on else None
             try:
                 if leave is not None and r.ledger is not None:
                     settle = self.takeovers.settler(r.ledger, lambda: self._tick_no + 1, self._committed_marks(r))

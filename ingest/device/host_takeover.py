@@ -20,6 +20,17 @@ FLOORS_WAIT_S = 10.0  # how long a new OPC UA session waits for them before star
 SETTLE_WAIT_S = 5.0  # how long a session passed on waits for its last values' commit
 
 
+async def _committed(mark: int, committed_mark: Callable[[], int], deadline: float) -> bool:
+    """Wait until every batch up to tick ``mark`` is committed, or the loop's clock passes
+    ``deadline``; True if committed."""
+    loop = asyncio.get_running_loop()
+    while committed_mark() < mark:
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
 class HostTakeovers:
     def __init__(self, owner: str, store: TakeoverStore | None, last_times: LastTimes | None) -> None:
         self.owner = owner
@@ -63,11 +74,7 @@ class HostTakeovers:
             if ran_here:
                 # What the earlier session handed over must be committed first, or the floors
                 # would miss it.
-                mark = next_mark()
-                while loop.time() < deadline:
-                    if committed_mark() >= mark:
-                        break
-                    await asyncio.sleep(0.02)
+                await _committed(next_mark(), committed_mark, deadline)
             backoff = Backoff(0.05, 0.25)  # the writer holds older rows of these tags: briefly
             while True:
                 try:
@@ -97,14 +104,10 @@ class HostTakeovers:
         async def settle() -> bool:
             if store is None:
                 return False
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + SETTLE_WAIT_S
-            mark = next_mark()
-            while committed_mark() < mark:
-                if loop.time() >= deadline:
-                    log.warning("connection %s: last values not committed; not passed on", ledger.connection_id)
-                    return False
-                await asyncio.sleep(0.02)
+            deadline = asyncio.get_running_loop().time() + SETTLE_WAIT_S
+            if not await _committed(next_mark(), committed_mark, deadline):
+                log.warning("connection %s: last values not committed; not passed on", ledger.connection_id)
+                return False
             ledger.advance(committed_mark())
             await self.record([ledger])
             return ledger.has_record()
