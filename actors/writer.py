@@ -215,10 +215,12 @@ class WriterActor:
             safe(m.spool_high.set, 1.0 if high else 0.0, tags)
 
     @ray.method(concurrency_group="data")
-    async def write(self, rb: pa.RecordBatch) -> dict[str, Any]:
+    async def write(self, rb: pa.RecordBatch, prompt: bool = False) -> dict[str, Any]:
+        """Land one batch (committed, spooled or quarantined); ``prompt`` when a client waits
+        on the answer (see TenantWriter.write)."""
         w = await self._ensure()
         batch: Batch = TextBatch.from_arrow(rb) if is_text(rb) else ReadingBatch.from_arrow(rb)
-        r = await w.write(batch)
+        r = await w.write(batch, prompt)
         e2e = Metrics.get().end_to_end_latency
         if not (r.duplicate or r.spooled or r.quarantined) and len(batch):
             lat = time.time() - float(np.median(batch.time_us)) / 1e6

@@ -89,7 +89,7 @@ class PushRuntime:
 
         handle = await self._writer(slug)
         try:
-            r: dict[str, Any] = await handle.write.remote(batch.to_arrow())
+            r: dict[str, Any] = await handle.write.remote(batch.to_arrow(), prompt=True)
         except SpoolFull:
             # Ray re-raises the actor's exception as a subclass of it: the spool is full.
             raise PushUnavailable(

@@ -91,6 +91,53 @@ async def test_many_small_batches_merge_into_few_flushes(tenant_db: str) -> None
     await conn.close()
 
 
+async def test_a_prompt_write_is_flushed_at_once_and_takes_waiting_batches_along(tenant_db: str) -> None:
+    # An hour's timer and a row threshold never reached: only ``prompt`` can start a flush.
+    w = TenantWriter(tenant_db, flush_rows=1_000_000, flush_interval_ms=3_600_000)
+    await w.start()
+    device = asyncio.ensure_future(w.write(_batch("dev:e:1", 100, tag=1)))
+    await asyncio.sleep(0.3)
+    assert not device.done() and w.stats.flushes == 0  # a device batch waits for the tick
+    pushed = await asyncio.wait_for(w.write(_batch("push:a", 100, tag=2), prompt=True), 60)
+    assert pushed.rows == 100 and (await device).rows == 100
+    assert w.stats.flushes == 1  # the waiting device batch went in the same transaction
+    # Prompt batches sent together (clients waiting on their answers) share one flush.
+    many = await asyncio.wait_for(
+        asyncio.gather(*(w.write(_batch(f"push:b{i}", 50, tag=10 + i), prompt=True) for i in range(5))), 60
+    )
+    await w.stop()
+    assert [r.rows for r in many] == [50] * 5
+    assert w.stats.flushes == 2
+    conn = await asyncpg.connect(tenant_db)
+    assert await conn.fetchval("SELECT count(*) FROM scada_readings") == 450
+    await conn.close()
+
+
+async def test_a_flush_s_bookkeeping_runs_during_the_next_copy_in_commit_order(tenant_db: str) -> None:
+    # Ten flushes back to back (a flush's worth of rows is always queued): each flush's
+    # after-commit work (latency, fan-out, the on_commit hook) runs while the next one copies,
+    # and the last one's before the loop waits again. None is lost, none runs twice, in order.
+    calls: list[tuple[int, int, bool]] = []
+    w: TenantWriter
+
+    def on_commit(rows: ReadingBatch, _write_s: float) -> None:
+        calls.append((int(rows.time_us.min()), len(rows), bool(w._flushing)))
+
+    w = TenantWriter(tenant_db, flush_rows=100, flush_interval_ms=3_600_000, on_commit=on_commit)
+    await w.start()
+    batches = [_batch(f"b:{i}", 100, tag=3, start_us=1_700_000_000_000_000 + i * 10**9) for i in range(10)]
+    await asyncio.wait_for(asyncio.gather(*(w.write(b) for b in batches)), 60)
+    for _ in range(100):  # the last flush's work runs at the loop's next turn
+        if len(calls) == 10:
+            break
+        await asyncio.sleep(0.05)
+    await w.stop()
+    assert w.stats.flushes == 10
+    assert [n for _, n, _ in calls] == [100] * 10
+    assert [t for t, _, _ in calls] == sorted(t for t, _, _ in calls)  # commit order
+    assert sum(during for _, _, during in calls) >= 8  # carried by the next flush's COPY
+
+
 def test_arrow_transport_keeps_columns_and_id() -> None:
     b = _batch("conn-0/t:abc:7", 10)
     back = ReadingBatch.from_arrow(b.to_arrow())

@@ -12,7 +12,7 @@ with the outer one (issue 17).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -91,10 +91,17 @@ def _validated(
     return merged, rows_out, outcome, [int(k) for k in kept_per_batch]
 
 
-async def commit_once(conn: asyncpg.Connection, batches: Sequence[Batch], validator: Validator | None) -> Flushed:
+async def commit_once(
+    conn: asyncpg.Connection,
+    batches: Sequence[Batch],
+    validator: Validator | None,
+    during_copy: Callable[[], None] | None = None,
+) -> Flushed:
     """One transaction. The validator has folded the written rows in when this returns; if the
     transaction fails, its state is as before (the fold runs while the COPY does, see
-    ingest.write.speculative)."""
+    ingest.write.speculative). ``during_copy`` runs once the COPY's rows are handed to the
+    connection, while the server works through them (the writer's bookkeeping of the flush
+    before); it is not called when this flush copies nothing."""
     # The same id twice in one flush (a resend racing its original) is written once.
     unique: dict[str, Batch] = {}
     for b in batches:
@@ -138,7 +145,15 @@ async def commit_once(conn: asyncpg.Connection, batches: Sequence[Batch], valida
             try:
                 if rows_out is not None and len(rows_out):
                     buf = encode_buffer(rows_out.time_us, rows_out.tag_id, rows_out.value, rows_out.quality)
-                    await conn.copy_to_table("scada_readings", source=buf.data, columns=COLUMNS, format="binary")
+                    copy = asyncio.ensure_future(
+                        conn.copy_to_table("scada_readings", source=buf.data, columns=COLUMNS, format="binary")
+                    )
+                    if during_copy is not None:
+                        # One turn of the loop: asyncpg writes the statement and all the rows
+                        # into the connection's buffer before it first waits (for the result).
+                        await asyncio.sleep(0)
+                        during_copy()
+                    await copy
                 if any(len(b) for b in texts):
                     await conn.execute(
                         _TEXT_INSERT,

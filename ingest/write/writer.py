@@ -23,6 +23,7 @@ quarantined; the rest keep flowing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -120,6 +121,10 @@ class TenantWriter:
         self._held = False
         self._hold_acks: list[asyncio.Future[None]] = []
         self._reconnect = False
+        # Bookkeeping of a committed flush (latency, fan-out, metrics) held for the next flush's
+        # COPY when that flush follows at once: it then runs while the server copies, instead of
+        # between the two transactions, where the database would wait for it.
+        self._deferred: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -135,6 +140,7 @@ class TenantWriter:
         # The flush task goes first: only then is nobody in a transaction on the connection.
         await cancel_and_wait(self._task)
         self._task = None
+        self._run_deferred()  # the last flush's fan-out and figures
         # Never acknowledged, so their senders keep them and resend (harmless if the cancelled
         # flush had committed them: the ledger knows their ids).
         self._fail(self._flushing + self._pending, StorageUnavailable("writer stopped"))
@@ -169,14 +175,22 @@ class TenantWriter:
         """String readings: queued, committed, spooled and quarantined like numeric ones."""
         return await self.write(batch)
 
-    async def write(self, batch: Batch) -> WriteResult:
-        """Queue a batch and wait until it is committed, spooled or quarantined."""
+    async def write(self, batch: Batch, prompt: bool = False) -> WriteResult:
+        """Queue a batch and wait until it is committed, spooled or quarantined.
+
+        A batch waits for the next flush: at ``flush_rows`` pending, or ``flush_interval_ms``
+        after the last one, so a device's stream of small batches costs a transaction a tick.
+        ``prompt``: someone waits on the answer (an HTTP push): the loop flushes as soon as it
+        is free, with whatever else is pending. Under load that is a group commit: batches
+        arriving during a flush go together into the next one, which starts when it ends; a
+        timer there would cap a client that sends its next batch after the answer at one
+        batch per tick (bench push: about 20,000 readings/s from 8 clients at 100 ms)."""
         if self._task is None:
             raise StorageUnavailable("writer is not running")
         fut: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(batch, fut))
         self._pending_rows += len(batch)
-        if self._pending_rows >= self.flush_rows:
+        if prompt or self._pending_rows >= self.flush_rows:
             self._wake.set()
         return await fut
 
@@ -205,6 +219,8 @@ class TenantWriter:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if not self._wake.is_set():
+                self._run_deferred()  # no flush follows at once to carry it
             timeout = self.flush_interval_s
             if self.stats.spool_rows > 0:
                 timeout = min(timeout, max(0.0, self._next_drain - loop.time()))
@@ -391,7 +407,7 @@ class TenantWriter:
     async def _commit_once(self, batches: list[Batch]) -> list[WriteResult]:
         conn = await self._connection()
         t0 = time.perf_counter()
-        f = await commit_once(conn, batches, self.validator)
+        f = await commit_once(conn, batches, self.validator, self._run_deferred)
         commit_s = time.time()
         write_s = time.perf_counter() - t0
         self.stats.flushes += 1
@@ -406,16 +422,28 @@ class TenantWriter:
         rows = f.numeric
         if rows is not None and len(rows):
             self.stats.rows_committed += len(rows)
-            # Latency, fan-out and metrics run at the loop's next turn: that is when the next
-            # flush has sent its first query and waits for the database, and still before any
-            # sender's ``write`` returns (their wake-ups are queued after this).
-            asyncio.get_running_loop().call_soon(self._after_commit, rows, commit_s, write_s)
+            work = functools.partial(self._after_commit, rows, commit_s, write_s)
+            if self._wake.is_set() or self._pending_rows >= self.flush_rows:
+                # The next flush starts at once: this runs during its COPY (or before the loop
+                # waits again, if it copies nothing), in commit order either way.
+                self._deferred.append(work)
+            else:
+                # At the loop's next turn, still before any sender's ``write`` returns (their
+                # wake-ups are queued after this): live values never wait for a flush that may
+                # be a tick away.
+                self._run_deferred()
+                asyncio.get_running_loop().call_soon(work)
         self.stats.batches_committed += f.new_batches
         dups = len(batches) - f.new_batches
         self.stats.duplicates += dups
         if dups:
             self._event("duplicate", dups)
         return [WriteResult(b.batch_id, len(b), duplicate=b.batch_id in f.seen) for b in batches]
+
+    def _run_deferred(self) -> None:
+        work, self._deferred = self._deferred, []
+        for w in work:
+            w()
 
     def _after_commit(self, rows: ReadingBatch, commit_s: float, write_s: float) -> None:
         try:
