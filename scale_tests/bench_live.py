@@ -212,7 +212,7 @@ class Tenant:
 
 def _setup(settings: Settings, api: str, node_ids: list[str], tenants: int, wells_per_tenant: int) -> list[Tenant]:
     admin = httpx.Client(base_url=api, timeout=120, headers={"Authorization": f"Bearer {settings.admin_key}"})
-    drop_earlier_tenants(admin, "blive")
+    drop_earlier_tenants(admin)
     by_well: dict[str, list[str]] = {}
     for n in node_ids:
         by_well.setdefault(n.split(";s=")[-1].split(".")[0], []).append(n)

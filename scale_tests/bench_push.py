@@ -3,7 +3,9 @@
 Phases, all against one bench tenant of the real Serve app, writer actor and TimescaleDB:
   push       K concurrent keep-alive clients post 1,000-point batches (seed 002's payload, each
              with its own Idempotency-Key) for ``seconds``; a refused request is resent with the
-             same key until it is acknowledged. Ack latency is timed per request.
+             same key until it is acknowledged. Ack latency is timed per request. Measured twice:
+             through Serve's proxy (the default entry: the top-level figures) and through the
+             replica's own port (Serve's direct ingress, ``paths.direct``), one after the other.
   duplicate  for ``dup_seconds``, every request is sent twice at once with the same key.
   writer     the same number of rows, as 1,000-row batches, handed to the writer actor directly
              by K concurrent callers: the ceiling the HTTP path is compared with.
@@ -14,8 +16,10 @@ Then the database is counted: every acknowledged point must be stored once (``lo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -30,7 +34,15 @@ ray_env_defaults()
 from ingest.core.batch import ReadingBatch  # noqa: E402
 from ingest.simulators.fleet import db_fetch  # noqa: E402
 from scale_tests.bench_devices import _bench_settings  # noqa: E402
-from scale_tests.common import drop_earlier_tenants, log, prepare_stack, ratio  # noqa: E402
+from scale_tests.common import (  # noqa: E402
+    SCENARIO_PREFIXES,
+    direct_api,
+    drop_earlier_tenants,
+    log,
+    prepare_stack,
+    ratio,
+    use_direct_ingress,
+)
 from scale_tests.cpu import CPU_STAGES, CpuMeter, pids_of  # noqa: E402
 
 PARAMS = [
@@ -55,11 +67,11 @@ class Clients:
 
 
 class Bodies:
-    """Request bodies of 1,000 points over the bench tags, at times no other batch uses (``seq``
-    picks them). Everything but the timestamps is the same in every body, so it is encoded once
-    and the timestamps (formatted by numpy, in C) are spliced in: the client shares the server's
-    two cores, and building each body point by point in Python cost about 8 ms of them per
-    request, near a core at the target rate."""
+    """Request bodies of 1,000 points over the bench tags, stamped ``start`` + k µs (k = the
+    point's index). Everything but the timestamps is the same in every body, so it is encoded
+    once and the timestamps (formatted by numpy, in C) are spliced in: the client shares the
+    server's two cores, and building each body point by point in Python cost about 8 ms of them
+    per request, near a core at the target rate."""
 
     def __init__(self, slug: str, wells: int) -> None:
         mark = "\x00"
@@ -80,8 +92,8 @@ class Bodies:
         assert len(self._parts) == POINTS + 1
         self._k = np.arange(POINTS, dtype=np.int64)
 
-    def body(self, base_us: int, seq: int) -> bytes:
-        times = (base_us + seq * POINTS + self._k).astype("datetime64[us]")
+    def body(self, start_us: int) -> bytes:
+        times = (start_us + self._k).astype("datetime64[us]")
         stamps = np.datetime_as_string(times, unit="us", timezone="UTC")
         out = [self._parts[0]]
         for ts, part in zip(stamps.tolist(), self._parts[1:], strict=True):
@@ -89,17 +101,27 @@ class Bodies:
         return b"".join(out)
 
 
+def request_times() -> Iterator[int]:
+    """Each request's start time: the clock when it is built (a site pushes what it just
+    measured, so the rollups see data spread over real minutes, as deployed), and at least
+    ``POINTS`` µs after the previous request's, so no two points of a tag share a time."""
+    last = 0
+    while True:
+        last = max(time.time_ns() // 1000, last + POINTS)
+        yield last
+
+
 async def _client(
-    api: str, key: str, slug: str, wells: int, base_us: int, seqs: Any, stop_at: float, stats: Clients, twice: bool
+    api: str, key: str, slug: str, wells: int, starts: Iterator[int], stop_at: float, stats: Clients, twice: bool
 ) -> None:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)
     bodies = Bodies(slug, wells)
     async with httpx.AsyncClient(base_url=api, headers=headers, timeout=120, limits=limits) as c:
         while time.perf_counter() < stop_at:
-            seq = next(seqs)
-            body = bodies.body(base_us, seq)
-            idem = {"Idempotency-Key": f"bench-{base_us}-{seq}"}
+            start = next(starts)
+            body = bodies.body(start)
+            idem = {"Idempotency-Key": f"bench-{slug}-{start}"}
             while True:
                 t = time.perf_counter()
                 stats.sent_requests += 2 if twice else 1
@@ -122,21 +144,23 @@ async def _client(
 
 
 def _phase(
-    api: str, key: str, slug: str, wells: int, base_us: int, seqs: Any, clients: int, seconds: float, twice: bool
+    api: str, key: str, slug: str, wells: int, starts: Iterator[int], clients: int, seconds: float, twice: bool
 ) -> tuple[Clients, float]:
     stats = Clients()
 
     async def run() -> float:
         t = time.perf_counter()
         await asyncio.gather(
-            *(_client(api, key, slug, wells, base_us, seqs, t + seconds, stats, twice) for _ in range(clients))
+            *(_client(api, key, slug, wells, starts, t + seconds, stats, twice) for _ in range(clients))
         )
         return time.perf_counter() - t
 
     return stats, asyncio.run(run())
 
 
-def _feed_writer(slug: str, namespace: str, tag_ids: list[int], n_rows: int, base_us: int, clients: int) -> float:
+def _feed_writer(
+    slug: str, namespace: str, tag_ids: list[int], n_rows: int, starts: Iterator[int], clients: int
+) -> float:
     import ray
 
     from actors.common import writer_name
@@ -146,13 +170,13 @@ def _feed_writer(slug: str, namespace: str, tag_ids: list[int], n_rows: int, bas
     k = np.arange(POINTS)
     batches = [
         ReadingBatch(
-            f"bench-writer-{base_us}-{i}",
-            base_us + i * POINTS + k,
+            f"bench-writer-{start}",
+            start + k,
             tags[k % tags.shape[0]],
             (100.0 + k % 97).astype(np.float64),
             np.zeros(POINTS, np.int32),
         ).to_arrow()
-        for i in range(max(1, n_rows // POINTS))
+        for start in itertools.islice(starts, max(1, n_rows // POINTS))
     ]
 
     async def run() -> float:
@@ -160,7 +184,7 @@ def _feed_writer(slug: str, namespace: str, tag_ids: list[int], n_rows: int, bas
 
         async def caller() -> None:
             for rb in queue:
-                await writer.write.remote(rb)
+                await writer.write.remote(rb, prompt=True)  # as the push route calls it
 
         t = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(clients)))
@@ -175,6 +199,7 @@ def run(seconds: float = 60.0, clients: int = 8, wells: int = 250, dup_seconds: 
 
     settings = _bench_settings()
     prepare_stack(settings)
+    use_direct_ingress(True)  # read by the Serve controller and replicas this run starts
     # A head of its own on free ports (not Ray's default port, which a demo or another
     # checkout's benchmark may hold).
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
@@ -191,11 +216,13 @@ def run(seconds: float = 60.0, clients: int = 8, wells: int = 250, dup_seconds: 
         cluster.shutdown()  # type: ignore[no-untyped-call]
 
 
-def push_tenant(settings: Any, api: str, wells: int) -> tuple[httpx.Client, str, str, list[int]]:
+def push_tenant(
+    settings: Any, api: str, wells: int, drop: tuple[str, ...] = SCENARIO_PREFIXES
+) -> tuple[httpx.Client, str, str, list[int]]:
     """A fresh tenant with ``wells`` x 4 push tags and limits out of the way: the admin client,
-    the tenant's key, its slug and tag ids."""
+    the tenant's key, its slug and tag ids. Earlier runs' tenants named by ``drop`` go first."""
     admin = httpx.Client(base_url=api, timeout=120, headers={"Authorization": f"Bearer {settings.admin_key}"})
-    drop_earlier_tenants(admin, "bpush")
+    drop_earlier_tenants(admin, *drop)
     slug = f"bpush{int(time.time())}"
     r = admin.post("/v1/tenants", json={"slug": slug, "name": "push benchmark"})
     r.raise_for_status()
@@ -218,6 +245,32 @@ def push_tenant(settings: Any, api: str, wells: int) -> tuple[httpx.Client, str,
     return admin, key, slug, tag_ids
 
 
+def _measure(
+    path: str, api: str, key: str, slug: str, wells: int, starts: Iterator[int], clients: int, seconds: float
+) -> tuple[Clients, dict[str, Any]]:
+    """One push phase through ``api``: its counts, and its figures with the CPU each process spent."""
+    log(f"push ({path}): {clients} clients x {POINTS}-point batches for {seconds:.0f} s")
+    meters = {name: CpuMeter(pids_of(marker)).start() for name, marker in CPU_STAGES.items()}
+    client0 = time.process_time()  # the clients are this process
+    stats, took = _phase(api, key, slug, wells, starts, clients, seconds, False)
+    cpu = {name: m.stop() for name, m in meters.items()} | {"clients": time.process_time() - client0}
+    lat = np.asarray(stats.latencies_ms)
+    out = {
+        "readings_per_s": round(stats.acked_points / took),
+        "ack_p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "ack_p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "requests_acked": stats.acked_requests,
+        "seconds": round(took, 1),
+        "cpu_ms_per_request": {k: round(v / max(1, stats.acked_requests) * 1000, 1) for k, v in cpu.items()},
+    }
+    log(
+        f"push ({path}): {out['readings_per_s']:,} readings/s acknowledged, p50 {out['ack_p50_ms']} ms, "
+        f"p99 {out['ack_p99_ms']} ms, {stats.refused} refused and resent; CPU ms per request "
+        f"{out['cpu_ms_per_request']}"
+    )
+    return stats, out
+
+
 def _run(settings: Any, seconds: float, clients: int, wells: int, dup_seconds: float) -> dict[str, Any]:
     from actors.deploy import wait_http
     from serve_app.deploy import deploy
@@ -228,55 +281,42 @@ def _run(settings: Any, seconds: float, clients: int, wells: int, dup_seconds: f
     admin, key, slug, tag_ids = push_tenant(settings, api, wells)
     tenant = httpx.Client(base_url=api, timeout=120, headers={"Authorization": f"Bearer {key}"})
     dsn = settings.dsn(f"scada_t_{slug}")
-    # Every batch's times are its own: base + seq * 1000 + k microseconds, an hour ago.
-    base_us = int((time.time() - 3600) * 1e6)
-    seqs = iter(range(10**9))
+    starts = request_times()  # one clock for every phase: no two points of a tag share a time
     # A short warm-up: the writer, the tag map and the connection pools come up.
-    warm, _ = _phase(api, key, slug, wells, base_us, seqs, 1, 2.0, False)
-    log(f"push: {clients} clients x {POINTS}-point batches for {seconds:.0f} s")
-    # Where a push's CPU goes, per stage (the clients are this process).
-    meters = {name: CpuMeter(pids_of(marker)).start() for name, marker in CPU_STAGES.items()}
-    client0 = time.process_time()
-    push, push_s = _phase(api, key, slug, wells, base_us, seqs, clients, seconds, False)
-    cpu = {name: m.stop() for name, m in meters.items()} | {"clients": time.process_time() - client0}
-    cpu_ms = {k: round(v / max(1, push.acked_requests) * 1000, 1) for k, v in cpu.items()}
-    log(f"push: CPU ms per {POINTS}-point request by stage: {cpu_ms}")
-    rate = push.acked_points / push_s
-    lat = np.asarray(push.latencies_ms)
-    log(
-        f"push: {rate:,.0f} readings/s acknowledged, p50 {np.percentile(lat, 50):.1f} ms, "
-        f"p99 {np.percentile(lat, 99):.1f} ms, {push.refused} refused and resent"
-    )
+    warm, _ = _phase(api, key, slug, wells, starts, 1, 2.0, False)
+    direct = direct_api()
+    push, proxy_out = _measure("proxy", api, key, slug, wells, starts, clients, seconds)
+    push_direct, direct_out = _measure("direct", direct, key, slug, wells, starts, clients, seconds)
     log(f"duplicate phase: every request twice with one key for {dup_seconds:.0f} s")
-    dup, _ = _phase(api, key, slug, wells, base_us, seqs, clients, dup_seconds, True)
+    dup, _ = _phase(api, key, slug, wells, starts, clients, dup_seconds, True)
     # Every acknowledged point once, nothing else: (tag, time) pairs are unique per point sent.
-    acked = warm.acked_points + push.acked_points + dup.acked_points
+    phases = (warm, push, push_direct, dup)
+    acked = sum(p.acked_points for p in phases)
     counts = db_fetch(dsn, "SELECT count(*) AS n, count(DISTINCT (tag_id, time)) AS d FROM scada_readings")[0]
     log(f"stored {counts['n']:,} rows for {acked:,} acknowledged points")
     log(f"writer: {push.acked_points:,} rows fed to the writer actor directly")
-    writer_rate = _feed_writer(
-        slug, settings.namespace, tag_ids, push.acked_points, base_us - 2 * 86_400 * 10**6, clients
-    )
+    writer_rate = _feed_writer(slug, settings.namespace, tag_ids, push.acked_points, starts, clients)
     log(f"writer actor direct: {writer_rate:,.0f} rows/s")
+    for out in (proxy_out, direct_out):
+        out["ratio_vs_writer"] = ratio(out["readings_per_s"], writer_rate)
     admin.close()
     tenant.close()
     return {
         "bench": "push",
         "clients": clients,
         "points_per_request": POINTS,
-        "seconds": round(push_s, 1),
         "tags": len(tag_ids),
-        "readings_per_s": round(rate),
+        "path": "proxy",  # the top-level figures; both in ``paths``
+        **{k: proxy_out[k] for k in ("seconds", "readings_per_s", "ack_p50_ms", "ack_p99_ms")},
         "writer_readings_per_s": round(writer_rate),
-        "ratio_vs_writer": ratio(rate, writer_rate),
-        "ack_p50_ms": round(float(np.percentile(lat, 50)), 1),
-        "ack_p99_ms": round(float(np.percentile(lat, 99)), 1),
-        "cpu_ms_per_request": cpu_ms,
-        "requests_sent": warm.sent_requests + push.sent_requests + dup.sent_requests,
-        "requests_acked": warm.acked_requests + push.acked_requests + dup.acked_requests,
-        "refused_and_resent": warm.refused + push.refused + dup.refused,
+        "ratio_vs_writer": proxy_out["ratio_vs_writer"],
+        "cpu_ms_per_request": proxy_out["cpu_ms_per_request"],
+        "paths": {"proxy": proxy_out, "direct": direct_out},
+        "requests_sent": sum(p.sent_requests for p in phases),
+        "requests_acked": sum(p.acked_requests for p in phases),
+        "refused_and_resent": sum(p.refused for p in phases),
         "duplicate_phase": {"requests_acked": dup.acked_requests, "replayed": dup.replayed},
-        "points_sent": (warm.sent_requests + push.sent_requests + dup.sent_requests) * POINTS,
+        "points_sent": sum(p.sent_requests for p in phases) * POINTS,
         "points_acked": acked,
         "rows_stored": counts["n"],
         "lost": max(0, acked - counts["d"]),

@@ -85,17 +85,25 @@ def direct_api(timeout_s: float = 60.0) -> str:
     raise RuntimeError(f"no replica answers on its direct-ingress port ({lo}-{hi})")
 
 
-def drop_earlier_tenants(admin: httpx.Client, prefix: str) -> int:
-    """Delete (with their databases) the tenants earlier runs of a scenario left, named
-    ``prefix`` and a number (then ``x`` and a number, for several at once): their connections
-    dial simulators that are gone, and each kept a writer and its sessions' retries running
-    beside the run being measured (fifteen of them slowed the failover scenario's reassignment
-    from about 1 s to 10.9 s). Returns how many."""
+# What the scenarios and benches name their tenants: the prefix, then a number (then ``x`` and a
+# number, for several at once). They share the local stack.
+SCENARIO_PREFIXES = ("bench", "blive", "bpush", "edge", "failover")
+
+
+def drop_earlier_tenants(admin: httpx.Client, *prefixes: str) -> int:
+    """Delete (with their databases) the tenants earlier runs left, named by one of ``prefixes``
+    (every scenario's, when none is given; runs on one stack follow each other): their
+    connections dial simulators that are gone, and each kept a writer and its sessions' retries
+    running beside the run being measured (fifteen of them slowed the failover scenario's
+    reassignment from about 1 s to 10.9 s; the live bench's ten tenants ran beside every later
+    bench). Returns how many."""
     gone = 0
     for t in admin.get("/v1/tenants").json():
-        if t["slug"].startswith(prefix) and re.fullmatch(r"\d+(x\d+)?", t["slug"][len(prefix) :]):
-            admin.delete(f"/v1/tenants/{t['slug']}", params={"purge": "true"}).raise_for_status()
-            gone += 1
+        for prefix in prefixes or SCENARIO_PREFIXES:
+            if t["slug"].startswith(prefix) and re.fullmatch(r"\d+(x\d+)?", t["slug"][len(prefix) :]):
+                admin.delete(f"/v1/tenants/{t['slug']}", params={"purge": "true"}).raise_for_status()
+                gone += 1
+                break
     return gone
 
 

@@ -62,7 +62,7 @@ def run(
         admin = httpx.Client(
             base_url=info["api"], timeout=60, headers={"Authorization": f"Bearer {settings.admin_key}"}
         )
-        drop_earlier_tenants(admin, "edge")
+        drop_earlier_tenants(admin)
         slug = f"edge{int(time.time())}"
         created = admin.post("/v1/tenants", json={"slug": slug, "name": "edge outage scenario"})
         created.raise_for_status()

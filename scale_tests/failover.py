@@ -208,7 +208,7 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
         admin = httpx.Client(
             base_url=info["api"], timeout=60, headers={"Authorization": f"Bearer {settings.admin_key}"}
         )
-        drop_earlier_tenants(admin, "failover")
+        drop_earlier_tenants(admin)
         slug = f"failover{int(time.time())}"
         created = admin.post("/v1/tenants", json={"slug": slug, "name": "failover scenario"})
         created.raise_for_status()
