@@ -138,6 +138,28 @@ async def test_a_flush_s_bookkeeping_runs_during_the_next_copy_in_commit_order(t
     assert sum(during for _, _, during in calls) >= 8  # carried by the next flush's COPY
 
 
+async def test_a_flush_interrupted_during_its_copy_takes_the_copy_with_it(tenant_db: str) -> None:
+    # Whatever ends a flush while its COPY runs (here the work carried by the COPY raising; in
+    # the writer, a cancelled flush task) ends the COPY too: the transaction rolls back, nothing
+    # is written, and the connection is free for the next flush.
+    from ingest.write.commit import commit_once
+
+    def boom() -> None:
+        raise RuntimeError("carried work failed")
+
+    conn = await asyncpg.connect(tenant_db)
+    try:
+        with pytest.raises(RuntimeError, match="carried work failed"):
+            await commit_once(conn, [_batch("cut:1", 5000, tag=9)], None, during_copy=boom)
+        assert await conn.fetchval("SELECT count(*) FROM scada_readings") == 0
+        assert await conn.fetchval("SELECT count(*) FROM ingest_ledger") == 0
+        done = await commit_once(conn, [_batch("cut:1", 5000, tag=9)], None)
+        assert done.new_batches == 1
+        assert await conn.fetchval("SELECT count(*) FROM scada_readings") == 5000
+    finally:
+        await conn.close()
+
+
 def test_arrow_transport_keeps_columns_and_id() -> None:
     b = _batch("conn-0/t:abc:7", 10)
     back = ReadingBatch.from_arrow(b.to_arrow())

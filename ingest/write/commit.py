@@ -148,12 +148,17 @@ async def commit_once(
                     copy = asyncio.ensure_future(
                         conn.copy_to_table("scada_readings", source=buf.data, columns=COLUMNS, format="binary")
                     )
-                    if during_copy is not None:
-                        # One turn of the loop: asyncpg writes the statement and all the rows
-                        # into the connection's buffer before it first waits (for the result).
-                        await asyncio.sleep(0)
-                        during_copy()
-                    await copy
+                    try:
+                        if during_copy is not None:
+                            # One turn of the loop: asyncpg writes the statement and all the rows
+                            # into the connection's buffer before it first waits (for the result).
+                            await asyncio.sleep(0)
+                            during_copy()
+                        await copy
+                    finally:
+                        if not copy.done():  # the flush ends (cancelled, or failed) before its COPY
+                            copy.cancel()
+                            await asyncio.wait([copy])
                 if any(len(b) for b in texts):
                     await conn.execute(
                         _TEXT_INSERT,
