@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from ingest.core.config import Settings
-from ingest.core.models import Quality, quality_as_int4
+from ingest.core.models import GAP_QUALITY as GAP
 from ingest.simulators.fleet import SimProcess, counting_check_with_gaps, db_fetch, wait_for
 from scale_tests.common import at_worker_priority, drop_earlier_tenants, log, prepare_stack, start_private_ray
 from scale_tests.cpu import per_million
@@ -44,9 +44,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-GAP = quality_as_int4(Quality.BAD_DATA_LOST)  # a gap marker's quality
 
 
 def _bench_settings() -> Settings:

@@ -17,9 +17,10 @@ import pytest
 
 from ingest.core.batch import ReadingBatch
 from ingest.core.errors import EdgeConfigInvalid
+from ingest.core.models import GAP_QUALITY
 from ingest.edge.buffer import EdgeBuffer, Sealed
 from ingest.edge.config import load_config
-from ingest.edge.encode import GAP_QUALITY, PushedTag
+from ingest.edge.encode import PushedTag
 from ingest.edge.pusher import Outcome, classify
 from ingest.push.batch import prepare_batch
 from ingest.push.errors import PayloadInvalid

@@ -51,6 +51,11 @@ def quality_as_int4(code: int) -> int:
     return code - (1 << 32) if code >= (1 << 31) else code
 
 
+# A gap marker's quality (Bad_DataLost) as stored: its row stands for readings that were lost,
+# its value counts them (or is NaN when unknown). Never a reading: rollups and counts skip it.
+GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
+
+
 @dataclass(frozen=True)
 class Tenant:
     id: str

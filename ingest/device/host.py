@@ -18,11 +18,11 @@ import numpy as np
 
 from ingest.core.aio import cancel_and_wait, wait_all
 from ingest.core.batch import BatchBuilder, TextBuilder
-from ingest.core.models import ConnectionSpec, Protocol
+from ingest.core.models import GAP_QUALITY, ConnectionSpec, Protocol
 from ingest.device.gap_check import SessionStartGaps
 from ingest.device.host_running import Running, connection_status
 from ingest.device.host_takeover import HostTakeovers, LastTimes
-from ingest.device.sender import GAP_QUALITY, BatchSender
+from ingest.device.sender import BatchSender
 from ingest.device.session_inputs import Scaler
 from ingest.device.sessions import DeviceSession, make_session
 from ingest.device.takeover import TakeoverHooks, TakeoverStore

@@ -26,12 +26,11 @@ import numpy as np
 from ingest.core.aio import cancel_and_wait
 from ingest.core.backoff import Backoff
 from ingest.core.batch import ReadingBatch, per_tag
-from ingest.core.models import Quality, quality_as_int4
+from ingest.core.models import GAP_QUALITY
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[ReadingBatch], Awaitable[Any]]
-GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
 
 
 def gap_markers(batch: ReadingBatch) -> ReadingBatch:

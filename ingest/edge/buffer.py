@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from ingest.core.batch import ReadingBatch, per_tag
+from ingest.core.models import GAP_QUALITY
 from ingest.edge.encode import (
-    GAP_QUALITY,
     Gap,
     PushedTag,
     as_gaps,

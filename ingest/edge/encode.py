@@ -16,9 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ingest.core.batch import ReadingBatch, per_tag
-from ingest.core.models import Quality, quality_as_int4
+from ingest.core.models import GAP_QUALITY, Quality
 
-GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
 _UNCERTAIN = int(Quality.UNCERTAIN)
 NO_UNIT = "dimensionless"  # the push body needs a unit; a tag registered without one keeps none
 

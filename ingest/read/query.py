@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from ingest.core.errors import InvalidQuery
+from ingest.core.models import GAP_QUALITY
 from ingest.core.translate import translated
 from ingest.read.catalog import TagInfo
 from ingest.read.request import (
@@ -41,7 +42,6 @@ from ingest.read.request import (
     raw_row,
 )
 from ingest.read.rollups import (
-    GAP_QUALITY,
     LOCAL_DAY_TABLE,
     RAW_TABLE,
     STEP,

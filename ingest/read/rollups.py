@@ -20,9 +20,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from ingest.core.models import Quality, quality_as_int4
+from ingest.core.models import GAP_QUALITY
 
-GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)

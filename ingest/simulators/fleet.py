@@ -18,6 +18,8 @@ from typing import Any
 
 import asyncpg
 
+from ingest.core.models import GAP_QUALITY
+
 
 def start_simulator(
     wells: int, tags: int, interval_ms: int, summary: Path, paused: bool = True, extra_args: Sequence[str] = ()
@@ -168,9 +170,6 @@ def counting_check(dsn: str, tag_ids: dict[str, int], published: dict[str, int])
         if n_pub and not (n == d == n_pub and lo == 1 and hi == n_pub):
             bad.append({"node": node, "published": n_pub, "stored": n, "distinct": d, "min": lo, "max": hi})
     return {"published": sum(published.values()), "stored": stored, "bad": bad}
-
-
-GAP_QUALITY = -2137194496  # Bad_DataLost (0x809D0000) as a signed int4
 
 
 def counting_check_with_gaps(

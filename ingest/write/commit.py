@@ -20,7 +20,7 @@ import asyncpg
 import numpy as np
 
 from ingest.core.batch import Batch, ReadingBatch, TextBatch
-from ingest.core.models import Quality, quality_as_int4
+from ingest.core.models import GAP_QUALITY
 from ingest.write.copy_binary import encode_buffer
 from ingest.write.speculative import restore, snapshot
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from ingest.write.validation import ValidationOutcome, Validator
 
 COLUMNS = ["time", "tag_id", "value", "quality"]
-GAP_QUALITY = quality_as_int4(Quality.BAD_DATA_LOST)
 
 _LEDGER_INSERT = """
     INSERT INTO ingest_ledger (batch_id, rows, received, min_time, max_time)

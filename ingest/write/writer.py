@@ -44,8 +44,9 @@ from ingest.core.errors import (
     StorageError,
     StorageUnavailable,
 )
+from ingest.core.models import GAP_QUALITY
 from ingest.core.translate import TRANSIENT
-from ingest.write.commit import GAP_QUALITY, LedgerRace, commit_once
+from ingest.write.commit import LedgerRace, commit_once
 from ingest.write.stats import WriterStats
 
 if TYPE_CHECKING:
