@@ -8,12 +8,16 @@ restarted coordinator, computing the same assignment, moves nothing.
 
 A slot whose status call fails (actor died, node gone, or no answer within the health timeout) is
 left out of the assignment at once: its connections start elsewhere in the same pass.
+
+It acts only while it holds the master database's coordinator lock (ingest.store.leadership): a
+second cluster pointed at the same databases stands by instead of polling every device again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -30,7 +34,8 @@ from ingest.placement.desired_state import DesiredState, DesiredStateReader
 from ingest.placement.moves import apply_rounds
 from ingest.placement.pool import actors_per_node, desired_slots
 from ingest.placement.sharding import assign_connections
-from ingest.placement.status_view import live_connections
+from ingest.placement.status_view import cluster_status, live_connections
+from ingest.store.leadership import Leadership
 from ingest.store.master import MasterStore
 
 log = logging.getLogger(__name__)
@@ -80,6 +85,8 @@ class CoordinatorActor:
         self.passes = 0
         self.moves = 0
         self._next_purge = 0.0  # monotonic time of the next check for deleted tenants to purge
+        self._leadership: Leadership | None = None
+        self.standby: dict[str, Any] | None = None  # who holds the lock while this one waits
         # Start the loop by itself, also after Ray restarts this actor. A call queued from
         # __init__ can be refused while Ray still marks the actor as restarting, so a watcher
         # thread repeats it until the loop runs.
@@ -215,7 +222,34 @@ class CoordinatorActor:
         async with self._lock:
             return await self._reconcile()
 
+    async def _lead(self) -> bool:
+        """Hold the coordinator lock, or stand by: stop this cluster's sessions, say who holds it."""
+        if self._leadership is None:
+            me = f"scada-coordinator ray {ray.get_runtime_context().gcs_address} pid {os.getpid()}"
+            self._leadership = Leadership(self.settings.master_dsn, me)
+        if await self._leadership.hold():
+            if self.standby is not None:
+                log.warning("coordinator lock taken over: this coordinator acts from now on")
+            self.standby = None
+            return True
+        holder = await self._leadership.holder()
+        if self.standby is None or self.standby["holder"] != holder:
+            log.warning(
+                "another coordinator holds this master database's lock (%s): standing by, nothing is "
+                "polled from this cluster until it lets go",
+                holder or "the database cannot be reached",
+            )
+        self.standby = {"holder": holder, "since": (self.standby or {}).get("since", time.time())}
+        # Sessions this one ran before it lost the lock stop: the holder runs them now.
+        await asyncio.gather(
+            *(asyncio.wait_for(h.apply.remote([]), 30) for h in self._slots.values()), return_exceptions=True
+        )
+        self.last_pass = {"at": time.time(), "standby": self.standby}
+        return False
+
     async def _reconcile(self) -> dict[str, Any]:
+        if not await self._lead():
+            return self.last_pass
         t0 = time.monotonic()
         s = self.settings
         state = await (await self._ensure_master()).read()
@@ -352,42 +386,28 @@ class CoordinatorActor:
                 writers[t.slug] = await asyncio.wait_for(w.stats.remote(), 5) if w else None
             except Exception as e:
                 writers[t.slug] = {"error": f"{type(e).__name__}"}
-        failed: dict[str, dict[str, str | None]] = {}  # tenant slug -> connection -> reason
-        for st in slots.values():
-            for cid, c in (st or {}).get("connections", {}).items():
-                if c["state"] == "failed":
-                    failed.setdefault(c["tenant"], {})[cid] = c.get("error")
-        nodes: dict[str, Any] = {}
-        for name, st in slots.items():
-            node = self._slot_nodes.get(name, "?")
-            entry = nodes.setdefault(node, {"actors": [], "connections": 0, "tags": 0, "values_per_s": 0.0})
-            entry["actors"].append(name)
-            if st:
-                entry["connections"] += len(st["connections"])
-                entry["tags"] += sum(c.get("tags", 0) for c in st["connections"].values())
-                entry["values_per_s"] += st.get("values_per_s", 0.0)
-        return {
-            "passes": self.passes,
-            "moves": self.moves,
-            "last_pass": self.last_pass,
-            "tenants": [
-                {
-                    "id": t.id,
-                    "slug": t.slug,
-                    "status": t.status.value,
-                    "state": "DEGRADED" if (t.id in self.last_state.degraded or failed.get(t.slug)) else "HEALTHY",
-                    "degraded": self.last_state.degraded.get(t.id),
-                    "failed_connections": failed.get(t.slug, {}),
-                    "connections": len(self.last_state.specs.get(t.id, [])),
-                    "writer": writers.get(t.slug),
-                    "spool_rows": (writers.get(t.slug) or {}).get("spool_rows"),
-                }
-                for t in self.last_state.tenants
-            ],
-            "nodes": nodes,
-            "actors": {n: (st if st is not None else {"error": "unhealthy"}) for n, st in slots.items()},
-        }
+        return cluster_status(
+            self.last_state,
+            slots,
+            self._slot_nodes,
+            writers,
+            {
+                "leader": self.standby is None and self._leadership is not None and self._leadership.held,
+                "standby": self.standby,
+                "passes": self.passes,
+                "moves": self.moves,
+                "last_pass": self.last_pass,
+            },
+        )
 
     @ray.method(concurrency_group="health")
     async def health(self) -> bool:
         return True
+
+    @ray.method(concurrency_group="health")
+    async def leadership(self) -> dict[str, Any]:
+        """``leader``: True once it holds the lock, False standing by (``holder`` says who holds it),
+        None before its first pass."""
+        if self._leadership is None or (not self._leadership.held and self.standby is None):
+            return {"leader": None, "holder": None}
+        return {"leader": self._leadership.held, "holder": (self.standby or {}).get("holder")}

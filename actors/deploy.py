@@ -15,6 +15,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.common import COORDINATOR_NAME
 from actors.coordinator import CoordinatorActor
 from ingest.core.config import Settings
+from ingest.core.errors import StandingBy
 from ingest.core.ray_env import ray_env_defaults
 
 RAY_PORT = 6390
@@ -115,6 +116,28 @@ def ensure_coordinator(settings: Settings) -> Any:
     ).remote(settings)
     ray.get(coord.start.remote(), timeout=60)
     return coord
+
+
+def require_leadership(coord: Any, timeout_s: float = 60.0) -> None:
+    """Wait for the coordinator's first pass; ``StandingBy`` when another cluster's coordinator
+    holds the lock (two clusters on one set of databases would poll every device twice)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lead: dict[str, Any] = ray.get(coord.leadership.remote(), timeout=30)
+        if lead["leader"]:
+            return
+        if lead["leader"] is False:
+            h = lead.get("holder") or {}
+            raise StandingBy(
+                "another scada-ingest coordinator holds this stack's master database "
+                f"({h.get('application_name', 'holder unknown')}, from {h.get('client_addr') or 'this machine'}, "
+                f"since {h.get('since', '?')}): this cluster stands by and polls nothing. Stop the other "
+                "one (`scada-ingest down` where it runs) or give this one a stack of its own "
+                "(SCADA_LOCAL_DIR and the SCADA_*_PORT settings)."
+            )
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the coordinator made no first pass within {timeout_s:.0f} s")
+        time.sleep(0.2)
 
 
 def undeploy(settings: Settings) -> None:

@@ -351,12 +351,15 @@ def pipeline_modbus(
     dsn = settings.dsn(f"scada_t_{slug}")
     # A gap marker (Bad_DataLost) is one row standing for ``value`` readings the connection's
     # sender let go (its bound on unacknowledged rows, ingest.device.sender): accounted, not
-    # stored. Every other row is a value read, Bad ones included (a poll the device refused).
+    # stored. Every other row is a value read, Bad ones included (a poll the device refused). A
+    # marker from the session-start gap check (a session restarted) has value NaN: readings never
+    # read, of unknown count, so neither stored nor published.
     q = (
         "SELECT count(*) FILTER (WHERE quality <> $2) AS n, "
         "count(*) FILTER (WHERE quality <> 0 AND quality <> $2) AS bad, "
         "count(*) FILTER (WHERE quality = $2) AS markers, "
-        "coalesce(sum(value) FILTER (WHERE quality = $2), 0)::int8 AS gap_values "
+        "coalesce(sum(value) FILTER (WHERE quality = $2 AND value <> 'NaN'), 0)::int8 AS gap_values, "
+        "count(*) FILTER (WHERE quality = $2 AND value = 'NaN') AS restart_markers "
         "FROM scada_readings WHERE tag_id = ANY($1::int[])"
     )
     try:
@@ -405,7 +408,8 @@ def pipeline_modbus(
         "published": read,
         "stored": stored,
         "gaps_recorded": gap_values,
-        "gap_markers": int(end["markers"]),
+        "gap_markers": int(end["markers"]) - int(end["restart_markers"]),
+        "restart_gap_markers": int(end["restart_markers"]),
         "lost": read - stored - gap_values,
         "bad_quality_rows": int(end["bad"]),
     }
@@ -448,6 +452,7 @@ def _run_modbus(
                     "stored",
                     "gaps_recorded",
                     "gap_markers",
+                    "restart_gap_markers",
                     "lost",
                     "bad_quality_rows",
                 )

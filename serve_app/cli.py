@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from ingest.core.config import Settings, load_settings, on_cluster
+from ingest.core.errors import StandingBy
 from ingest.core.logging_json import configure_json_logging
 from ingest.core.ray_env import ray_env_defaults
 from ingest.store.master import migrate_all
@@ -178,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         "demo": cmd_demo,
         "bench": cmd_bench,
     }
-    return verbs[args.verb](settings, args)
+    try:
+        return verbs[args.verb](settings, args)
+    except StandingBy as e:
+        print(f"scada-ingest {args.verb}: {e}", file=sys.stderr)
+        return 3
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from ray import serve
 from ray.exceptions import ActorDiedError
 
 from actors.common import COORDINATOR_NAME
-from actors.deploy import ensure_coordinator
+from actors.deploy import ensure_coordinator, require_leadership
 from actors.deploy import undeploy as undeploy_actors
 from ingest.core.config import Settings
 from serve_app.deployment import build
@@ -22,8 +22,9 @@ SERVE_LOGGING: dict[str, Any] = {"encoding": "JSON", "log_level": "INFO", "enabl
 
 
 def deploy(settings: Settings) -> dict[str, Any]:
-    """Create (or find) the coordinator, start its loop, deploy the Serve app."""
-    ensure_coordinator(settings)
+    """Create (or find) the coordinator, start its loop, deploy the Serve app. ``StandingBy``
+    (before Serve is touched) when another cluster's coordinator holds the master database."""
+    require_leadership(ensure_coordinator(settings))
     for attempt in range(1, 4):
         try:
             serve.start(

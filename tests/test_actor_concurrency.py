@@ -176,6 +176,7 @@ def test_every_remote_method_on_fresh_actors(
         coord,
         {
             "health": lambda c: c.health.remote(),
+            "leadership": lambda c: c.leadership.remote(),
             "assignment": lambda c: c.assignment.remote(),
             "connections_live": lambda c: c.connections_live.remote(tenant.slug),
             "notify": lambda c: c.notify.remote(),

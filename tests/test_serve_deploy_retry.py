@@ -35,6 +35,7 @@ def fake_serve(monkeypatch: pytest.MonkeyPatch) -> Any:
         fake = _Serve(failures)
         monkeypatch.setattr(deploy_mod, "serve", fake)
         monkeypatch.setattr(deploy_mod, "ensure_coordinator", lambda settings: None)
+        monkeypatch.setattr(deploy_mod, "require_leadership", lambda coord: None)
         monkeypatch.setattr(deploy_mod, "build", lambda settings: object())
         return fake
 

@@ -18,6 +18,11 @@ class ConfigError(IngestError):
     """A setting is missing or malformed."""
 
 
+class StandingBy(ConfigError):
+    """Another cluster's coordinator holds the master database's lock: this one acts on nothing
+    (two clusters on one set of databases would poll every device twice)."""
+
+
 class InvalidDeviceSetting(ConfigError, ValueError):
     """A tag or connection setting no device session can use; ``field`` names it, as the session
     calls it (``data_type``, ``bit``, ``node_id``, ``endpoint``...), and ``reason`` says why."""

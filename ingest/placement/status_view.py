@@ -1,9 +1,11 @@
-"""Human-readable rendering of the coordinator's status (``scada-ingest status``)."""
+"""The coordinator's status (``scada-ingest status``): assembled from what it last saw, and rendered."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
+
+from ingest.placement.desired_state import DesiredState
 
 _LIVE_FIELDS = ("health", "state", "last_error", "last_value_at", "values_per_s", "reconnects", "failures", "tags")
 
@@ -19,12 +21,66 @@ def live_connections(actor_status: dict[str, dict[str, Any]], tenant_slug: str) 
     return out
 
 
+def cluster_status(
+    state: DesiredState,
+    slots: dict[str, dict[str, Any] | None],
+    slot_nodes: dict[str, str],
+    writers: dict[str, Any],
+    head: dict[str, Any],
+) -> dict[str, Any]:
+    """``head`` (leadership, passes, ...) followed by tenants, nodes and actors: ``slots`` is each
+    connection actor's status (None: it did not answer), ``writers`` each tenant slug's writer
+    stats."""
+    failed: dict[str, dict[str, str | None]] = {}  # tenant slug -> connection -> reason
+    for st in slots.values():
+        for cid, c in (st or {}).get("connections", {}).items():
+            if c["state"] == "failed":
+                failed.setdefault(c["tenant"], {})[cid] = c.get("error")
+    nodes: dict[str, Any] = {}
+    for name, st in slots.items():
+        entry = nodes.setdefault(
+            slot_nodes.get(name, "?"), {"actors": [], "connections": 0, "tags": 0, "values_per_s": 0.0}
+        )
+        entry["actors"].append(name)
+        if st:
+            entry["connections"] += len(st["connections"])
+            entry["tags"] += sum(c.get("tags", 0) for c in st["connections"].values())
+            entry["values_per_s"] += st.get("values_per_s", 0.0)
+    return {
+        **head,
+        "tenants": [
+            {
+                "id": t.id,
+                "slug": t.slug,
+                "status": t.status.value,
+                "state": "DEGRADED" if (t.id in state.degraded or failed.get(t.slug)) else "HEALTHY",
+                "degraded": state.degraded.get(t.id),
+                "failed_connections": failed.get(t.slug, {}),
+                "connections": len(state.specs.get(t.id, [])),
+                "writer": writers.get(t.slug),
+                "spool_rows": (writers.get(t.slug) or {}).get("spool_rows"),
+            }
+            for t in state.tenants
+        ],
+        "nodes": nodes,
+        "actors": {n: (st if st is not None else {"error": "unhealthy"}) for n, st in slots.items()},
+    }
+
+
 def _age(t: float | None) -> str:
     return "never" if not t else f"{max(0.0, time.time() - t):.0f}s ago"
 
 
 def render(status: dict[str, Any]) -> str:
-    lines = ["TENANTS"]
+    lines = []
+    if status.get("standby"):
+        holder = status["standby"].get("holder") or {}
+        lines.append(
+            "STANDING BY: another coordinator holds this master database "
+            f"({holder.get('application_name', 'unknown')} from {holder.get('client_addr', '?')}); "
+            "nothing is polled from this cluster"
+        )
+    lines.append("TENANTS")
     for t in status.get("tenants", []):
         w = t.get("writer") or {}
         state = t.get("state", "?") if t["status"] == "ACTIVE" else t["status"]
