@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -309,6 +310,38 @@ async def test_unreachable_endpoint_yields_bad_rows_and_stop_is_prompt() -> None
     assert stats["missed_polls"] == stats["polls"] >= 5
     assert stats["values_delivered"] == len(got.calls)
     assert "DeviceUnreachable" in (stats["last_error"] or "")
+
+
+async def test_a_poll_stuck_past_its_bound_is_recorded_bad_and_the_link_replaced(
+    sim: ModbusSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait pymodbus would not time (here: a read that never returns) ends at the poll's
+    bound: every point of the poll gets a Bad row, the link is replaced, and polling heals."""
+    from ingest.device.modbus_link import ModbusLink
+
+    real_read = ModbusLink.read
+    hung = asyncio.Event()
+
+    async def read_hanging_once(self: ModbusLink, req: Any) -> Any:
+        if not hung.is_set():
+            hung.set()
+            await asyncio.sleep(3600)
+        return await real_read(self, req)
+
+    monkeypatch.setattr(ModbusLink, "read", read_hanging_once)
+    points = [p for p in sim.points() if p.unit == 1 and p.data_type == "uint16"][:20]
+    got = Collector()
+    session = ModbusSession(
+        sim.endpoint, points, got, poll_interval_ms=100, timeout_s=0.1, reconnect_initial_s=0.1
+    )
+    async with Running(session):
+        await wait_until(lambda: got.good_calls() >= 3, "polling healed after the stuck poll")
+    stuck = got.calls[0]
+    assert sorted(stuck[0]) == sorted(p.tag_id for p in points)  # every point, once
+    assert set(stuck[3]) == {NO_COMM} and all(math.isnan(v) for v in stuck[2])
+    stats = session.stats
+    assert stats["timeouts"] == 1 and stats["reconnects"] == 1
+    assert stats["missed_polls"] >= 1
 
 
 async def test_bad_arguments_are_refused_up_front() -> None:

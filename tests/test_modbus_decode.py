@@ -105,6 +105,60 @@ def test_round_trip_every_type_and_order(data_type: str, order: str) -> None:
         assert same(g, as_stored(v, data_type)), (p, v, g)
 
 
+def test_blocks_read_as_one_view_beside_other_groups_from_either_payload() -> None:
+    """Points of one type back to back decode by one view of the payload ("dense" groups), beside
+    groups that do not (a word-swapped value, a 16-bit one between), from native uint16 words
+    and from the read-only big-endian words ModbusLink hands over; same values either way."""
+    rng = random.Random(11)
+    layout = [("uint32", "ABCD")] * 5 + [("int16", "BADC")] + [("float32", "DCBA")] * 4
+    layout += [("uint32", "CDAB"), ("int64", "ABCD"), ("uint16", "ABCD"), ("uint16", "ABCD")]
+    regs: list[int] = []
+    points: list[ModbusPoint] = []
+    expected: list[float] = []
+    for dt, order in layout:
+        v = rng.choice(EDGES[dt])
+        points.append(ModbusPoint(len(points) + 1, 1, "holding", 40 + len(regs), dt, order))  # type: ignore[arg-type]
+        regs += wire(v, dt, order)
+        expected.append(as_stored(v, dt))
+    [req] = plan_reads(points, max_register_gap=0)
+    assert [(g.data_type, g.byte_order) for g in req._groups if g.dense is None] == [("uint32", "CDAB")]
+    payload = struct.pack(f">{len(regs)}H", *regs)
+    for data in (np.array(regs, dtype=np.uint16), np.frombuffer(payload, dtype=">u2")):
+        ids, got, _ = decode(req, data)
+        assert ids.tolist() == [p.tag_id for p in points]
+        for p, e, g in zip(points, expected, got.tolist(), strict=True):
+            assert same(g, e), (p, e, g)
+
+
+def test_our_response_classes_decode_as_pymodbus_does() -> None:
+    """ModbusLink registers PDU classes that keep the payload in numpy: same registers and bits
+    as pymodbus' own classes, for every register and bit function."""
+    from pymodbus.pdu.bit_message import ReadCoilsResponse, ReadDiscreteInputsResponse
+    from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
+
+    from ingest.device.modbus_link import _RESPONSES, _Bits, _Words
+
+    words = [0, 1, 0x7FFF, 0x8000, 0xFFFF, 0x1234]
+    frame = bytes([2 * len(words)]) + struct.pack(f">{len(words)}H", *words)
+    bits_frame = bytes([3, 0b10100101, 0b00000001, 0b11110000])
+    stock = {3: ReadHoldingRegistersResponse, 4: ReadInputRegistersResponse, 1: ReadCoilsResponse}
+    stock[2] = ReadDiscreteInputsResponse
+    assert sorted(r.function_code for r in _RESPONSES) == [1, 2, 3, 4]
+    for ours in _RESPONSES:
+        theirs = stock[ours.function_code]()
+        mine = ours()
+        if isinstance(mine, _Words):
+            theirs.decode(frame)
+            mine.decode(frame)
+            assert mine.words.tolist() == theirs.registers
+        else:
+            assert isinstance(mine, _Bits)
+            theirs.decode(bits_frame)
+            mine.decode(bits_frame)
+            assert mine.bit_array.tolist() == list(theirs.bits)
+        assert "words=" in str(mine) or "bits=" in str(mine)
+
+
 def test_float_nan_survives() -> None:
     for dt in ("float32", "float64"):
         for order in ORDERS:

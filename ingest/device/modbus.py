@@ -217,10 +217,21 @@ class ModbusSession:
         if not self._stats["polls"] and self._run_at is not None:
             self._stats["first_poll_ms"] = round((time.monotonic() - self._run_at) * 1000.0, 1)
         self._stats["polls"] += 1
-        if not await self._poll(client):
+        bound = len(self._requests) * client.request_bound_s
+        lost = "connection lost"
+        try:
+            # Every request is timed by pymodbus; this bounds the poll against a wait it would not
+            # time. Past it the poll's unread requests are recorded Bad and the link replaced.
+            async with asyncio.timeout(bound):
+                all_good = await self._poll(client)
+        except TimeoutError:
+            all_good, lost = False, f"a poll ran past {bound:.1f} s (every request's bound)"
+            self._stats["timeouts"] += 1
+            client.close()
+        if not all_good:
             self._stats["missed_polls"] += 1
         if not client.connected:
-            self._lost(DeviceUnreachable("connection lost"))
+            self._lost(DeviceUnreachable(lost))
 
     def _record_missed(self, time_us: int) -> None:
         self._stats["polls"] += 1
@@ -274,10 +285,14 @@ class ModbusSession:
 
     async def _poll(self, client: ModbusLink) -> bool:
         """Issue every planned read once and deliver the rows; True when all came back Good."""
+        # Per request: its tag ids and values, one arrival time and one quality (columns are
+        # built once per poll, not per request); ``marked``: requests whose string points are
+        # Bad while the rest are Good (request number -> quality column).
         ids: list[npt.NDArray[np.int32]] = []
-        times: list[npt.NDArray[np.int64]] = []
         values: list[npt.NDArray[np.float64]] = []
-        quality: list[npt.NDArray[np.int32]] = []
+        times: list[int] = []
+        quality: list[int] = []
+        marked: dict[int, npt.NDArray[np.int32]] = {}
         all_good = True
         silent_units: set[int] = set()
         try:
@@ -307,33 +322,40 @@ class ModbusSession:
                         vals, t_us, q = np.full(n, np.nan), now_us(), _BAD
                         self._note(exc)
                 req_ids = req.tag_ids
-                t_col = np.full(n, t_us, dtype=np.int64)
-                q_col = np.full(n, q, dtype=np.int32)
                 strings = self._string_mask[i]
                 if q == _GOOD and strings is not None:
                     if self._on_strings is None:
+                        q_col = np.full(n, q, dtype=np.int32)
                         q_col[strings] = _BAD
+                        marked[len(ids)] = q_col
                     else:
                         keep = ~strings
-                        req_ids, t_col, vals, q_col = (
-                            req_ids[keep],
-                            t_col[keep],
-                            vals[keep],
-                            q_col[keep],
-                        )
+                        req_ids, vals = req_ids[keep], vals[keep]
                 ids.append(req_ids)
-                times.append(t_col)
                 values.append(vals)
-                quality.append(q_col)
+                times.append(t_us)
+                quality.append(q)
                 all_good = all_good and q == _GOOD
         finally:
-            # Also on cancellation (stop() during a poll): what was read is delivered.
-            if ids and sum(a.shape[0] for a in ids):
+            # Also on cancellation: what was read is delivered; unless stop() cut the poll short,
+            # the requests not read get Bad rows (every tick is recorded).
+            if not self._stop.is_set():
+                t_us = now_us()
+                for req in self._requests[len(ids) :]:
+                    ids.append(req.tag_ids)
+                    values.append(np.full(len(req.points), np.nan))
+                    times.append(t_us)
+                    quality.append(_NO_COMM)
+            counts = [a.shape[0] for a in ids]
+            if sum(counts):
+                q_col = np.repeat(np.array(quality, dtype=np.int32), counts)
+                for k, col in marked.items():
+                    q_col[sum(counts[:k]) : sum(counts[: k + 1])] = col
                 self._emit(
                     np.concatenate(ids),
-                    np.concatenate(times),
+                    np.repeat(np.array(times, dtype=np.int64), counts),
                     np.concatenate(values),
-                    np.concatenate(quality),
+                    q_col,
                 )
         return all_good
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal, NamedTuple, cast, get_args
+from typing import Any, Literal, NamedTuple, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -152,6 +152,9 @@ class _Group(NamedTuple):
     data_type: str
     byte_order: str
     bits: npt.NDArray[np.intp] | None  # bit numbers, for bit-of-register points
+    # Values back to back in the response, in point order, in a byte order numpy reads directly:
+    # (first word, first position, dtype), decoded by one view of the payload.
+    dense: tuple[int, int, np.dtype[np.generic]] | None = None
 
 
 @dataclass(frozen=True)
@@ -201,8 +204,25 @@ class ReadRequest:
                 width = np.arange(_WORDS[data_type], dtype=np.intp)
                 index = starts[:, None] + width[None, :]
             bits = np.array([self.points[i].bit for i in members], dtype=np.intp) if has_bit else None
-            groups.append(_Group(pos, index, data_type, order, bits))
+            dense = None
+            if not self.is_bits and not has_bit and data_type not in ("string", "bool"):
+                dense = _dense(pos, starts, data_type, order)
+            groups.append(_Group(pos, index, data_type, order, bits, dense))
         return tuple(groups)
+
+
+def _dense(
+    pos: npt.NDArray[np.intp], starts: npt.NDArray[np.intp], data_type: str, order: str
+) -> tuple[int, int, np.dtype[np.generic]] | None:
+    w = _WORDS[data_type]
+    steps = np.arange(pos.shape[0], dtype=np.intp)
+    if not (np.array_equal(pos, pos[0] + steps) and np.array_equal(starts, starts[0] + w * steps)):
+        return None
+    if order == "ABCD":
+        return int(starts[0]), int(pos[0]), _DTYPES[data_type]
+    if order == ("BADC" if w == 1 else "DCBA"):  # the bytes of each value reversed: little-endian
+        return int(starts[0]), int(pos[0]), _DTYPES[data_type].newbyteorder("<")
+    return None
 
 
 def plan_reads(
@@ -301,6 +321,11 @@ def _words_to_values(words: npt.NDArray[np.uint16], data_type: str, byte_order: 
     return ordered.view(_DTYPES[data_type]).reshape(n).astype(np.float64)
 
 
+def _view(wire: npt.NDArray[np.uint8], dense: tuple[int, int, np.dtype[np.generic]], n: int) -> npt.NDArray[Any]:
+    start, _, dtype = dense
+    return wire[2 * start : 2 * start + n * dtype.itemsize].view(dtype)
+
+
 def _decode_string(words: npt.NDArray[np.uint16], order: str) -> str:
     raw = words.astype("<u2" if order == "BADC" else ">u2").tobytes()
     return raw.split(b"\x00", 1)[0].decode("ascii", errors="replace").rstrip(" ")
@@ -314,15 +339,27 @@ def decode(request: ReadRequest, data: npt.NDArray[np.uint16] | npt.NDArray[np.b
     """
     if data.shape[0] < request.count:
         raise ValueError(f"response has {data.shape[0]} values, the read asked for {request.count}")
-    values = np.full(len(request.points), np.nan, dtype=np.float64)
+    groups = request._groups
     strings: list[tuple[int, str]] = []
     if request.is_bits:
+        values = np.full(len(request.points), np.nan, dtype=np.float64)
         bits = np.asarray(data, dtype=np.bool_)
-        for g in request._groups:
+        for g in groups:
             values[g.positions] = bits[g.where]
         return Decoded(request.tag_ids, values, strings)
-    regs = np.asarray(data, dtype=np.uint16)
-    for g in request._groups:
+    # Big-endian words: their memory is the payload as received (no copy for ModbusLink's).
+    regs = np.asarray(data, dtype=">u2")
+    wire = regs.view(np.uint8)
+    n_points = len(request.points)
+    if len(groups) == 1 and (d := groups[0].dense) is not None:
+        # One type, back to back: the whole request is one view of the payload.
+        return Decoded(request.tag_ids, _view(wire, d, n_points).astype(np.float64), strings)
+    values = np.full(n_points, np.nan, dtype=np.float64)
+    for g in groups:
+        if g.dense is not None:
+            n = g.positions.shape[0]
+            values[g.dense[1] : g.dense[1] + n] = _view(wire, g.dense, n)
+            continue
         if g.data_type == "string":
             for pos, start in zip(g.positions.tolist(), g.where.tolist(), strict=True):
                 p = request.points[pos]
