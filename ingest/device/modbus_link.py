@@ -67,43 +67,46 @@ def _translate(exc: BaseException) -> IngestError:
     return DeviceProtocolError(f"unexpected {type(exc).__name__}: {exc}")
 
 
-class _Words:
-    """Mixin of our register responses: the payload as big-endian uint16 words, no copy."""
+class _Payload:
+    """Mixin of our read responses: the byte-counted payload kept as numpy data (``_keep``) and
+    a short description (pymodbus formats every response it decodes for a debug line)."""
 
     function_code: int
     dev_id: int
     transaction_id: int
+    _even = False  # register payloads hold whole words
+
+    def decode(self, data: bytes) -> None:
+        n = int(data[0]) if data else 0
+        if n >= len(data) or (self._even and n % 2):  # pymodbus drops the frame: it times out
+            raise ModbusIOException(f"byte_count {n} in {len(data)} bytes", function_code=self.function_code)
+        self._keep(data, n)
+
+    def _keep(self, data: bytes, n: int) -> None:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}(dev_id={self.dev_id}, transaction_id={self.transaction_id})"
+
+
+class _Words(_Payload):
+    """Register responses: the payload as big-endian uint16 words, no copy."""
+
+    _even = True
     words: npt.NDArray[np.uint16]
 
-    def decode(self, data: bytes) -> None:
-        n = int(data[0]) if data else 0
-        if n >= len(data) or n % 2:  # pymodbus drops the frame: the request times out
-            raise ModbusIOException(f"byte_count {n} in {len(data)} bytes", function_code=self.function_code)
+    def _keep(self, data: bytes, n: int) -> None:
         self.words = np.frombuffer(data, dtype=">u2", count=n // 2, offset=1)
 
-    def __str__(self) -> str:
-        n = len(getattr(self, "words", ()))
-        return f"{type(self).__name__}(dev_id={self.dev_id}, transaction_id={self.transaction_id}, words={n})"
 
+class _Bits(_Payload):
+    """Bit responses: the payload unpacked by numpy (least significant bit of each byte first)."""
 
-class _Bits:
-    """Mixin of our bit responses: the payload unpacked by numpy (LSB of each byte first)."""
-
-    function_code: int
-    dev_id: int
-    transaction_id: int
     bit_array: npt.NDArray[np.bool_]
 
-    def decode(self, data: bytes) -> None:
-        n = int(data[0]) if data else 0
-        if n >= len(data):
-            raise ModbusIOException(f"byte_count {n} in {len(data)} bytes", function_code=self.function_code)
+    def _keep(self, data: bytes, n: int) -> None:
         raw = np.frombuffer(data, dtype=np.uint8, count=n, offset=1)
         self.bit_array = np.unpackbits(raw, bitorder="little").astype(np.bool_)
-
-    def __str__(self) -> str:
-        n = len(getattr(self, "bit_array", ()))
-        return f"{type(self).__name__}(dev_id={self.dev_id}, transaction_id={self.transaction_id}, bits={n})"
 
 
 class _HoldingWords(_Words, ReadHoldingRegistersResponse):
