@@ -344,6 +344,41 @@ async def test_a_poll_stuck_past_its_bound_is_recorded_bad_and_the_link_replaced
     assert stats["missed_polls"] >= 1
 
 
+def test_a_missed_tick_never_takes_the_source_time_of_a_reading() -> None:
+    """A tick recorded as missed at its own time, which lies inside the long poll before it,
+    moves on by a microsecond when that time is a response's arrival time: the same tag at the
+    same source time would be a duplicate the writer drops."""
+    from ingest.device.modbus import clear_of
+
+    assert clear_of(1_000, set()) == 1_000
+    assert clear_of(1_000, {999, 1_001}) == 1_000
+    assert clear_of(1_000, {1_000, 1_001, 1_003}) == 1_002
+
+
+async def test_overrunning_polls_record_every_tick_with_no_tag_twice_at_one_time(
+    sim: ModbusSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polls that run past several ticks (a slow device): every missed tick gets its Bad rows,
+    and no (tag, source time) pair is delivered twice."""
+    from ingest.device.modbus_link import ModbusLink
+
+    real_read = ModbusLink.read
+
+    async def slow_read(self: ModbusLink, req: Any) -> Any:
+        await asyncio.sleep(0.035)
+        return await real_read(self, req)
+
+    monkeypatch.setattr(ModbusLink, "read", slow_read)
+    points = [p for p in sim.points() if p.unit == 1 and p.data_type == "uint16"][:10]
+    got = Collector()
+    session = ModbusSession(sim.endpoint, points, got, poll_interval_ms=20)
+    async with Running(session):
+        await wait_until(lambda: session.stats["overruns"] >= 20, "overrun ticks")
+    pairs = [(t, ts) for ids, times, _, _ in got.calls for t, ts in zip(ids, times, strict=True)]
+    assert len(pairs) == len(set(pairs))
+    assert got.bad_calls(NO_COMM) >= 20 and got.good_calls() >= 5
+
+
 async def test_bad_arguments_are_refused_up_front() -> None:
     p = ModbusPoint(1, 1, "holding", 0, "uint16")
     with pytest.raises(ValueError, match="tcp://"):
