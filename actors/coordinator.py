@@ -233,11 +233,17 @@ class CoordinatorActor:
             self.standby = None
             return True
         holder = await self._leadership.holder()
+        if holder is None:
+            # The master database cannot be reached (or the lock was just let go): nothing can be
+            # read or decided, and what runs keeps running, as through any master outage. Only
+            # another coordinator seen holding the lock makes this one stand down.
+            self.last_pass = {"at": time.time(), "lock": "unknown: the master database cannot be reached"}
+            return False
         if self.standby is None or self.standby["holder"] != holder:
             log.warning(
                 "another coordinator holds this master database's lock (%s): standing by, nothing is "
                 "polled from this cluster until it lets go",
-                holder or "the database cannot be reached",
+                holder,
             )
         self.standby = {"holder": holder, "since": (self.standby or {}).get("since", time.time())}
         # Sessions this one ran before it lost the lock stop: the holder runs them now.

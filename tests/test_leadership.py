@@ -54,6 +54,21 @@ async def test_one_holder_at_a_time_and_the_next_takes_over_when_it_lets_go(stac
             await lead.release()
 
 
+async def test_a_database_out_of_reach_is_no_holder() -> None:
+    """Unreachable: not holding, and no holder named. The coordinator then keeps what runs (a
+    master outage must not stop ingestion: tests/test_writer_faults.py stops the whole database
+    for 30 s mid-stream) and stands down only for a holder it sees."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
+    lead = Leadership(f"postgresql://nobody:x@127.0.0.1:{port}/none", "test-unreachable")
+    assert not await lead.hold()
+    assert await lead.holder() is None
+    assert not lead.held
+
+
 async def wait_async(check: Any, attempts: int = 50) -> bool:
     for _ in range(attempts):
         if await check():

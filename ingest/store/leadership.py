@@ -8,8 +8,11 @@ nothing, and says who holds the lock) and takes over when the holder's session e
 
 The lock lives as long as the holder's database session: a coordinator whose process ends (Ray
 restarts it, the node goes) releases it with its socket, so its successor takes over on its next
-pass. A holder whose session is lost while it lives (the database restarted) learns it on its next
-check and must stop acting until it holds the lock again.
+pass. A holder whose session is lost while it lives (the database restarted or away) learns it on
+its next check and acts on nothing until it holds the lock again; it stops what it runs only when
+it sees another holder (``holder``), so a master database outage does not stop ingestion. (The
+price: were the database reachable by another cluster and not by this one, both would run until
+this one reached it again.)
 """
 
 from __future__ import annotations
