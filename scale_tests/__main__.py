@@ -66,7 +66,7 @@ def _main(argv: list[str] | None) -> int:
         default="proxy,direct",
         help="live: the HTTP paths measured in turn, of proxy (Serve's proxy) and direct (the replica's own port)",
     )
-    b.add_argument("--offered", type=float, default=None, help="values/s offered (opcua: 12,000; modbus: 200,000)")
+    b.add_argument("--offered", type=float, default=None, help="values/s offered (opcua: 12,000; modbus: 40,000)")
     b.add_argument("--profile", default=None, help="folder for py-spy profiles of the writer rounds (writer)")
     b.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -149,7 +149,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         return run_opcua(offered=args.offered or 12_000.0, seconds=args.seconds or 20.0)
     from scale_tests.bench_devices import run_modbus
 
-    return run_modbus(offered=args.offered or 200_000.0, seconds=args.seconds or 20.0)
+    return run_modbus(offered=args.offered or 40_000.0, seconds=args.seconds or 20.0)
 
 
 def main(argv: list[str] | None = None) -> int:
