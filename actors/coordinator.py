@@ -29,7 +29,6 @@ from actors.common import CONCURRENCY_GROUPS, writer_name
 from actors.connection import ConnectionActor
 from actors.writer import WriterActor
 from ingest.core.config import Settings
-from ingest.core.models import ConnectionSpec
 from ingest.placement.desired_state import DesiredState, DesiredStateReader
 from ingest.placement.moves import apply_rounds
 from ingest.placement.pool import actors_per_node, desired_slots
@@ -78,7 +77,6 @@ class CoordinatorActor:
         self._last_status: dict[str, dict[str, Any]] = {}
         self._slow: dict[str, int] = {}  # slot -> consecutive probe timeouts
         self._last_good: dict[str, dict[str, Any]] = {}  # slot -> its last answered status
-        self._recorded: dict[str, tuple[str, str | None]] = {}  # connection -> state written
         self.last_state = DesiredState()
         self.last_assignment: dict[str, str] = {}
         self.last_pass: dict[str, Any] = {}
@@ -86,7 +84,6 @@ class CoordinatorActor:
         self.moves = 0
         self._next_purge = 0.0  # monotonic time of the next check for deleted tenants to purge
         self._leadership: Leadership | None = None
-        self.standby: dict[str, Any] | None = None  # who holds the lock while this one waits
         # Start the loop by itself, also after Ray restarts this actor. A call queued from
         # __init__ can be refused while Ray still marks the actor as restarting, so a watcher
         # thread repeats it until the loop runs.
@@ -223,35 +220,20 @@ class CoordinatorActor:
             return await self._reconcile()
 
     async def _lead(self) -> bool:
-        """Hold the coordinator lock, or stand by: stop this cluster's sessions, say who holds it."""
+        """Act only while holding the master database's coordinator lock (ingest.store.leadership).
+        Standing by, this cluster's sessions stop: the holder runs them. The database away, what
+        runs keeps running, as through any master outage."""
         if self._leadership is None:
             me = f"scada-coordinator ray {ray.get_runtime_context().gcs_address} pid {os.getpid()}"
             self._leadership = Leadership(self.settings.master_dsn, me)
-        if await self._leadership.hold():
-            if self.standby is not None:
-                log.warning("coordinator lock taken over: this coordinator acts from now on")
-            self.standby = None
-            return True
-        holder = await self._leadership.holder()
-        if holder is None:
-            # The master database cannot be reached (or the lock was just let go): nothing can be
-            # read or decided, and what runs keeps running, as through any master outage. Only
-            # another coordinator seen holding the lock makes this one stand down.
-            self.last_pass = {"at": time.time(), "lock": "unknown: the master database cannot be reached"}
-            return False
-        if self.standby is None or self.standby["holder"] != holder:
-            log.warning(
-                "another coordinator holds this master database's lock (%s): standing by, nothing is "
-                "polled from this cluster until it lets go",
-                holder,
+        verdict = await self._leadership.decide()
+        if verdict == "standby":
+            await asyncio.gather(
+                *(asyncio.wait_for(h.apply.remote([]), 30) for h in self._slots.values()), return_exceptions=True
             )
-        self.standby = {"holder": holder, "since": (self.standby or {}).get("since", time.time())}
-        # Sessions this one ran before it lost the lock stop: the holder runs them now.
-        await asyncio.gather(
-            *(asyncio.wait_for(h.apply.remote([]), 30) for h in self._slots.values()), return_exceptions=True
-        )
-        self.last_pass = {"at": time.time(), "standby": self.standby}
-        return False
+        if verdict != "lead":
+            self.last_pass = {"at": time.time(), "lock": verdict, "standby": self._leadership.standby}
+        return verdict == "lead"
 
     async def _reconcile(self) -> dict[str, Any]:
         if not await self._lead():
@@ -318,7 +300,7 @@ class CoordinatorActor:
             except Exception as e:
                 log.warning("assignment not persisted: %s", type(e).__name__)
         self._last_status = {k: v for k, v in status.items() if v is not None}
-        await self._record_states(specs, self._last_status)
+        await (await self._ensure_master()).record_changed(specs, self._last_status)
         await self._retire_deleted()  # type: ignore[operator]  # a plain method, called in-actor
         self.last_state, self.last_assignment = state, assignment
         self.passes += 1
@@ -332,22 +314,6 @@ class CoordinatorActor:
             "degraded": state.degraded,
         }
         return self.last_pass
-
-    async def _record_states(self, specs: dict[str, ConnectionSpec], status: dict[str, dict[str, Any]]) -> None:
-        """Write each session's state to its tenant's database when it changed."""
-        assert self._reader is not None
-        changed: dict[str, dict[str, tuple[str, str | None]]] = {}
-        for st in status.values():
-            for cid, c in st["connections"].items():
-                now = (str(c["state"]), c.get("error"))
-                if cid in specs and self._recorded.get(cid) != now:
-                    changed.setdefault(specs[cid].tenant_id, {})[cid] = now
-        for tenant_id, states in changed.items():
-            try:
-                await self._reader.record_states(tenant_id, states)
-                self._recorded.update(states)
-            except Exception as e:  # a tenant database away: written on a later pass
-                log.warning("connection states of tenant %s not recorded: %s", tenant_id, _describe(e))
 
     @ray.method(concurrency_group="health")
     async def _retire_deleted(self) -> None:
@@ -398,8 +364,8 @@ class CoordinatorActor:
             self._slot_nodes,
             writers,
             {
-                "leader": self.standby is None and self._leadership is not None and self._leadership.held,
-                "standby": self.standby,
+                "leader": self._leadership is not None and self._leadership.held,
+                "standby": self._leadership.standby if self._leadership else None,
                 "passes": self.passes,
                 "moves": self.moves,
                 "last_pass": self.last_pass,
@@ -414,6 +380,7 @@ class CoordinatorActor:
     async def leadership(self) -> dict[str, Any]:
         """``leader``: True once it holds the lock, False standing by (``holder`` says who holds it),
         None before its first pass."""
-        if self._leadership is None or (not self._leadership.held and self.standby is None):
+        lead = self._leadership
+        if lead is None or (not lead.held and lead.standby is None):
             return {"leader": None, "holder": None}
-        return {"leader": self._leadership.held, "holder": (self.standby or {}).get("holder")}
+        return {"leader": lead.held, "holder": (lead.standby or {}).get("holder")}

@@ -30,12 +30,13 @@ async def test_one_holder_at_a_time_and_the_next_takes_over_when_it_lets_go(stac
     a, b, c = (Leadership(dsn, f"test-holder-{x}") for x in "abc")
     try:
         assert await b.holder() is None  # not connected yet: cannot tell
-        assert await a.hold()
+        assert await a.decide() == "lead"
         assert await a.hold()  # a check while holding keeps holding
-        assert not await b.hold()
+        assert await b.decide() == "standby"
+        assert not b.held and (b.standby or {})["holder"]["application_name"] == "test-holder-a"
         assert (await b.holder() or {}).get("application_name") == "test-holder-a"
         await a.release()
-        assert await b.hold()
+        assert await b.decide() == "lead" and b.standby is None
         assert not await a.hold()
         # The holder's session ended by the server (a database restart, an operator): the lock
         # goes with it, another takes it, and the old holder learns it on its next check.
@@ -64,9 +65,9 @@ async def test_a_database_out_of_reach_is_no_holder() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again below: nothing listens there
     lead = Leadership(f"postgresql://nobody:x@127.0.0.1:{port}/none", "test-unreachable")
-    assert not await lead.hold()
+    assert await lead.decide() == "unknown"
     assert await lead.holder() is None
-    assert not lead.held
+    assert not lead.held and lead.standby is None
 
 
 async def wait_async(check: Any, attempts: int = 50) -> bool:
@@ -90,7 +91,7 @@ def test_a_second_coordinator_on_the_same_master_stands_by_and_polls_nothing(sta
         assert status["leader"] is False and status["standby"]["holder"] == lead["holder"]
         assert status["actors"] == {} and status["passes"] == 0
         last = ray.get(second.reconcile.remote())
-        assert last["standby"]["holder"] == lead["holder"]
+        assert last["lock"] == "standby" and last["standby"]["holder"] == lead["holder"]
         with pytest.raises(StandingBy, match="another scada-ingest coordinator holds"):
             require_leadership(second, timeout_s=10)
         # It created no connection actor and no writer of its own.

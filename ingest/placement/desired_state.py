@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ingest.core.backoff import Backoff
 from ingest.core.models import ConnectionSpec, Tenant, TenantStatus
@@ -40,6 +41,7 @@ class DesiredStateReader:
         # its backoff).
         self._retry: dict[str, tuple[float, Backoff]] = {}
         self._errors: dict[str, str] = {}
+        self._recorded: dict[str, tuple[str, str | None]] = {}  # connection -> (state, error) written
 
     async def _store(self, tenant: Tenant) -> TenantStore:
         if tenant.id in self._stores and self._urls.get(tenant.id) != tenant.database_url:
@@ -82,6 +84,23 @@ class DesiredStateReader:
             if tid not in active:
                 await self._stores.pop(tid).close()
         return state
+
+    async def record_changed(self, specs: dict[str, ConnectionSpec], status: dict[str, dict[str, Any]]) -> None:
+        """Write each session's state (``status``: the connection actors' last answers) to its
+        tenant's database when it changed since last written; a database away gets it later."""
+        changed: dict[str, dict[str, tuple[str, str | None]]] = {}
+        for st in status.values():
+            for cid, c in st["connections"].items():
+                now = (str(c["state"]), c.get("error"))
+                if cid in specs and self._recorded.get(cid) != now:
+                    changed.setdefault(specs[cid].tenant_id, {})[cid] = now
+        for tenant_id, states in changed.items():
+            try:
+                await self.record_states(tenant_id, states)
+                self._recorded.update(states)
+            except Exception as e:
+                err = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+                log.warning("connection states of tenant %s not recorded: %s", tenant_id, err)
 
     async def record_states(self, tenant_id: str, states: dict[str, tuple[str, str | None]]) -> None:
         """Write the sessions' states (connection id -> (state, error)) to the tenant's database,

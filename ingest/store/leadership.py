@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
+from typing import Any, Literal
 
 import asyncpg
 
@@ -47,6 +48,28 @@ class Leadership:
         self.identity = identity[:63]  # PostgreSQL keeps 63 bytes of application_name
         self._conn: asyncpg.Connection | None = None
         self.held = False
+        self.standby: dict[str, Any] | None = None  # who holds the lock while this one waits
+
+    async def decide(self) -> Literal["lead", "standby", "unknown"]:
+        """``lead`` while this instance holds the lock; ``standby`` while another one does
+        (``standby`` says who and since when: its holder runs what this one ran); ``unknown``
+        while the database cannot tell (what runs keeps running, nothing new is decided)."""
+        if await self.hold():
+            if self.standby is not None:
+                log.warning("coordinator lock taken over: this coordinator acts from now on")
+            self.standby = None
+            return "lead"
+        holder = await self.holder()
+        if holder is None:
+            return "unknown"
+        if self.standby is None or self.standby["holder"] != holder:
+            log.warning(
+                "another coordinator holds this master database's lock (%s): standing by, nothing "
+                "is polled from this cluster until it lets go",
+                holder,
+            )
+        self.standby = {"holder": holder, "since": (self.standby or {}).get("since", time.time())}
+        return "standby"
 
     async def hold(self) -> bool:
         """True while this instance holds the lock: checks the session is alive, else tries to take
