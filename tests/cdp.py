@@ -7,7 +7,9 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -24,7 +26,9 @@ class Browser:
     def __init__(self, width: int = 1100, height: int = 900) -> None:
         exe = shutil.which("chromium") or shutil.which("chromium-browser")
         assert exe, "chromium missing: scripts/bootstrap.sh installs Debian's chromium package"
-        self._dir = tempfile.TemporaryDirectory()
+        # Chromium's helpers (crashpad, utility processes) can outlive the browser for a moment
+        # and write to the profile while it is removed: clean-up errors are not the test's verdict.
+        self._dir = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
         self._log = open(Path(self._dir.name) / "chromium.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -43,6 +47,7 @@ class Browser:
             ],
             stdout=self._log,
             stderr=self._log,
+            start_new_session=True,  # its own process group: __aexit__ ends the helpers too
         )
         self._ids = itertools.count(1)
         self.ws: ClientConnection | None = None
@@ -73,14 +78,25 @@ class Browser:
     async def __aexit__(self, *_: Any) -> None:
         if self.ws is not None:
             await self.ws.close()
-        self.proc.terminate()
+        self._signal_group(signal.SIGTERM)
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self._signal_group(signal.SIGKILL)  # helpers left behind by the browser
         self._log.close()
+        for _attempt in range(20):
+            if await asyncio.to_thread(_remove_tree, self._dir.name):
+                break
+            await asyncio.sleep(0.1)
         self._dir.cleanup()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
     async def send(self, method: str, **params: Any) -> dict[str, Any]:
         assert self.ws is not None
@@ -115,3 +131,8 @@ class Browser:
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+
+
+def _remove_tree(path: str) -> bool:
+    shutil.rmtree(path, ignore_errors=True)
+    return not os.path.exists(path)
