@@ -348,7 +348,7 @@ def test_a_missed_tick_never_takes_the_source_time_of_a_reading() -> None:
     """A tick recorded as missed at its own time, which lies inside the long poll before it,
     moves on by a microsecond when that time is a response's arrival time: the same tag at the
     same source time would be a duplicate the writer drops."""
-    from ingest.device.modbus import clear_of
+    from ingest.device.modbus_columns import clear_of
 
     assert clear_of(1_000, set()) == 1_000
     assert clear_of(1_000, {999, 1_001}) == 1_000

@@ -31,6 +31,7 @@ import numpy.typing as npt
 from ingest.core.backoff import Backoff
 from ingest.core.errors import DeviceProtocolError, DeviceUnreachable, IngestError
 from ingest.core.models import Quality, quality_as_int4
+from ingest.device.modbus_columns import PollRows, clear_of
 from ingest.device.modbus_decode import ModbusPoint, ReadRequest, decode, plan_reads
 from ingest.device.modbus_link import ExceptionResponse, ModbusLink, now_us, parse_endpoint
 from ingest.device.session_events import OnState, OnValues, SessionState
@@ -49,19 +50,6 @@ _NO_COMM = quality_as_int4(Quality.BAD_NO_COMMUNICATION)
 # Gateway exceptions (0x0A path unavailable, 0x0B target failed to respond) mean the device behind
 # the gateway could not be reached: that is no communication, not a bad value.
 _GATEWAY_CODES = frozenset((0x0A, 0x0B))
-
-
-def clear_of(time_us: int, taken: set[int]) -> int:
-    """``time_us``, or the next microsecond not in ``taken``.
-
-    A tick that falls due while a long poll still runs is recorded at its own time, which lies
-    inside that poll: to the microsecond it can equal the arrival time of one of the poll's
-    responses, and a row for the same tag at the same source time is a duplicate the writer
-    drops (a row per tag of that request gone: 62 of a 5,000-point poll, seen at
-    200,000 values/s offered). The missed tick moves on by a microsecond instead."""
-    while time_us in taken:
-        time_us += 1
-    return time_us
 
 
 class ModbusSession:
@@ -300,14 +288,7 @@ class ModbusSession:
 
     async def _poll(self, client: ModbusLink) -> bool:
         """Issue every planned read once and deliver the rows; True when all came back Good."""
-        # Per request: its tag ids and values, one arrival time and one quality (columns are
-        # built once per poll, not per request); ``marked``: requests whose string points are
-        # Bad while the rest are Good (request number -> quality column).
-        ids: list[npt.NDArray[np.int32]] = []
-        values: list[npt.NDArray[np.float64]] = []
-        times: list[int] = []
-        quality: list[int] = []
-        marked: dict[int, npt.NDArray[np.int32]] = {}
+        rows = PollRows()
         all_good = True
         silent_units: set[int] = set()
         try:
@@ -338,41 +319,25 @@ class ModbusSession:
                         self._note(exc)
                 req_ids = req.tag_ids
                 strings = self._string_mask[i]
+                q_col = None
                 if q == _GOOD and strings is not None:
                     if self._on_strings is None:
                         q_col = np.full(n, q, dtype=np.int32)
                         q_col[strings] = _BAD
-                        marked[len(ids)] = q_col
                     else:
                         keep = ~strings
                         req_ids, vals = req_ids[keep], vals[keep]
-                ids.append(req_ids)
-                values.append(vals)
-                times.append(t_us)
-                quality.append(q)
+                rows.add(req_ids, vals, t_us, q, q_col)
                 all_good = all_good and q == _GOOD
         finally:
             # Also on cancellation: what was read is delivered; unless stop() cut the poll short,
             # the requests not read get Bad rows (every tick is recorded).
             if not self._stop.is_set():
-                t_us = now_us()
-                for req in self._requests[len(ids) :]:
-                    ids.append(req.tag_ids)
-                    values.append(np.full(len(req.points), np.nan))
-                    times.append(t_us)
-                    quality.append(_NO_COMM)
-            counts = [a.shape[0] for a in ids]
-            self._last_stamps = set(times)
-            if sum(counts):
-                q_col = np.repeat(np.array(quality, dtype=np.int32), counts)
-                for k, col in marked.items():
-                    q_col[sum(counts[:k]) : sum(counts[: k + 1])] = col
-                self._emit(
-                    np.concatenate(ids),
-                    np.repeat(np.array(times, dtype=np.int64), counts),
-                    np.concatenate(values),
-                    q_col,
-                )
+                rows.fill(self._requests, now_us(), _NO_COMM)
+            self._last_stamps = rows.stamps()
+            cols = rows.columns()
+            if cols is not None:
+                self._emit(*cols)
         return all_good
 
     async def _read(self, client: ModbusLink, i: int, req: ReadRequest) -> tuple[npt.NDArray[np.float64], int]:
