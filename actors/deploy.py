@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -74,8 +76,65 @@ def start_local_ray(settings: Settings) -> bool:
     return True
 
 
-def stop_local_ray() -> None:
-    subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, timeout=120)
+def stop_local_ray(port: int = RAY_PORT, grace_s: float = 10.0) -> list[int]:
+    """Stop the Ray cluster whose GCS listens on ``port``, and only it: ``ray stop`` ends every
+    Ray process on the machine, another cluster's (a test run, a bench) included. Its processes
+    are the GCS and whatever was started with its address (raylet, dashboard, monitors, workers),
+    with their descendants: SIGTERM, then SIGKILL after ``grace_s``. Returns the pids signalled."""
+    pids = own_ray_pids(port)
+    _signal(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    _signal([p for p in pids if _alive(p)], signal.SIGKILL)
+    return pids
+
+
+def own_ray_pids(port: int, proc: Path = Path("/proc")) -> list[int]:
+    """Pids of the Ray cluster whose GCS listens on ``port`` (see ``stop_local_ray``)."""
+    marks = (f"--gcs_server_port={port}",)
+    suffix = f":{port}"
+    parents: dict[int, int] = {}
+    roots: set[int] = set()
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            args = (d / "cmdline").read_bytes().split(b"\0")
+            stat = (d / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        pid = int(d.name)
+        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+        for raw in args:
+            a = raw.decode(errors="replace")
+            if a in marks or ("gcs" in a and a.startswith("--") and a.endswith(suffix)):
+                roots.add(pid)
+                break
+    found = set(roots)
+    grew = True
+    while grew:  # descendants: workers forked by the raylet, their helpers
+        more = {c for c, p in parents.items() if p in found and c not in found}
+        found |= more
+        grew = bool(more)
+    found.discard(os.getpid())
+    return sorted(found)
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def connect(settings: Settings) -> None:
