@@ -55,6 +55,7 @@ from scale_tests.common import (  # noqa: E402
     prepare_stack,
     use_direct_ingress,
 )
+from scale_tests.cpu import cores_used, stage_meters  # noqa: E402
 
 
 @dataclass
@@ -290,6 +291,7 @@ def run(
         "cross_tenant",
         "missed_after_resume",
         "load_avg_1m_during",
+        "cores_busy_during",
     )
     head["paths"] = {p: {k: r.get(k) for k in keys} for p, r in results.items()}
     if {"proxy", "direct"} <= set(results) and results["direct"]["p50_ms"] and results["proxy"]["p50_ms"]:
@@ -405,7 +407,10 @@ async def _measure(
         await _wait(lambda: all(s.start_id for s in subs), 120, "every subscriber's snapshot")
         log(f"live: {n} subscribers connected; measuring {seconds:.0f} s")
         load0 = os.getloadavg()[0]
+        meters = stage_meters({"simulator": [sim.pid], "clients": [os.getpid()]})
+        t0 = time.perf_counter()
         await asyncio.sleep(seconds)
+        cores = cores_used(meters, time.perf_counter() - t0)
         dropped = subs[::10]
         for s in dropped:
             tasks[s.n].cancel()
@@ -475,6 +480,7 @@ async def _measure(
         "dropped_and_resumed": len(dropped),
         "missed_after_resume": missed_after,
         "load_avg_1m_during": round(load0, 2),
+        "cores_busy_during": cores,
         "reconnects": sum(s.connects - 1 for s in subs) - len(dropped),
         "no_snapshot": sum(1 for s in subs if not s.start_id),
         "errors_sample": sorted({e for s in subs for e in s.errors})[:5],

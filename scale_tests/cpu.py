@@ -72,6 +72,32 @@ class CpuMeter:
         return self.seconds
 
 
+# Everything else a live measurement shares the cores with (scale_tests.bench_live).
+CPU_OTHERS = {
+    "connection_actors": "ray::ConnectionActor",
+    "ray_daemons": ("raylet", "gcs_server", "ray::IDLE", "ray::ServeController", "ray::CoordinatorActor"),
+}
+
+
+def stage_meters(extra: dict[str, list[int]] | None = None) -> dict[str, CpuMeter]:
+    """Started meters for every stage of ``CPU_STAGES`` and ``CPU_OTHERS``, and ``extra``
+    (name -> pids: a simulator, the bench's own process)."""
+    meters = {name: CpuMeter(pids_of(marker)) for name, marker in CPU_STAGES.items()}
+    for name, markers in CPU_OTHERS.items():
+        marks = (markers,) if isinstance(markers, str) else markers
+        meters[name] = CpuMeter(p for m in marks for p in pids_of(m))
+    for name, ps in (extra or {}).items():
+        meters[name] = CpuMeter(ps)
+    return {name: m.start() for name, m in meters.items()}
+
+
+def cores_used(meters: dict[str, CpuMeter], seconds: float) -> dict[str, float]:
+    """Stopped meters as cores busy on average (CPU seconds per second), with their ``total``."""
+    out = {name: round(m.stop() / seconds, 3) for name, m in meters.items()}
+    out["total"] = round(sum(out.values()), 3)
+    return out
+
+
 def per_million(cpu_s: float, values: float) -> float:
     """CPU seconds per million values."""
     return round(cpu_s / values * 1e6, 3) if values else 0.0

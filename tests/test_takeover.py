@@ -77,7 +77,12 @@ def test_a_lost_actors_sessions_are_taken_over_as_far_as_each_server_allows(
         "sessions started again in new processes",
     )
     # Streaming again everywhere, and the stock server's silent transfer given up on.
-    wait_for(lambda: sessions(stack)[conns["stock"]]["transfers_silent"] >= 1, 60, "stock transfer given up")
+    wait_for(
+        lambda: sessions(stack)[conns["stock"]]["transfers_silent"] >= 1,
+        60,
+        "stock transfer given up",
+        describe=lambda: {n: sessions(stack)[conns["stock"]].get(n) for n in (*_STATS, "state", "last_error")},
+    )
     start = {k: int(sessions(stack)[c]["values_received"]) for k, c in conns.items()}
     wait_for(
         lambda: all(int(sessions(stack)[c]["values_received"]) > start[k] + 20 for k, c in conns.items()),
