@@ -13,6 +13,7 @@ from actors.common import CONCURRENCY_GROUPS, writer_name
 from ingest.core.aio import run_ticks
 from ingest.core.batch import ReadingBatch
 from ingest.core.config import Settings
+from ingest.core.heap import settle_heap
 from ingest.core.metrics import Metrics, safe
 from ingest.core.models import ConnectionSpec
 from ingest.device.connection_metrics import ConnectionGauges
@@ -57,6 +58,7 @@ class ConnectionActor:
         self._node_id = ray.get_runtime_context().get_node_id()
         self._status: dict[str, Any] = {}
         self._refresh_status()
+        settle_heap()  # full collections skip what the actor holds from here on
 
     def _sender_for(self, spec: ConnectionSpec) -> BatchSender:
         name = writer_name(spec.tenant_slug)

@@ -19,6 +19,7 @@ from ingest.core.aio import cancel_and_wait
 from ingest.core.batch import Batch, ReadingBatch, TextBatch, is_text
 from ingest.core.config import Settings
 from ingest.core.errors import StorageUnavailable
+from ingest.core.heap import settle_heap
 from ingest.core.metrics import Metrics, safe
 from ingest.read.refresher import RollupRefresher
 from ingest.read.retention import retention_loop
@@ -77,6 +78,7 @@ class WriterActor:
         async with self._init_lock:
             if self.writer is None:
                 self.writer = await self._build()
+                settle_heap()  # built: full collections skip what it holds from here on
         return self.writer
 
     async def _build(self) -> TenantWriter:

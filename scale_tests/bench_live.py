@@ -20,6 +20,7 @@ their commits, filtered as the client asked):
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
 import orjson
@@ -70,7 +72,10 @@ class Sub:
     last_id: str = ""
     # id -> values as received (compared after the run: the client's own work per event must
     # stay small, or its queueing shows in the latencies it measures)
-    received: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # (values as (tag_id, t_us, value, quality) tuples: tuples of numbers are not tracked by the
+    # garbage collector, where 25,000 events' dicts made its full passes pause the client for
+    # longer as the run went on, and each pause showed in every subscriber's latency)
+    received: dict[str, tuple[tuple[Any, ...], ...]] = field(default_factory=dict)
     duplicates: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     to_stream_ms: list[float] = field(default_factory=list)  # commit -> entry appended (Redis' clock)
@@ -90,7 +95,7 @@ class Sub:
             now_us = time.time() * 1e6
             if ev["id"] in self.received:
                 self.duplicates += 1
-            self.received[ev["id"]] = ev["values"]
+            self.received[ev["id"]] = tuple(tuple(v.values()) for v in ev["values"])
             self.last_id = ev["id"]
             if ev["commit_us"] >= self.connected_us:  # live, not a resume's catch-up
                 self.latencies_ms.append((now_us - ev["commit_us"]) / 1000)
@@ -101,15 +106,21 @@ class Sub:
             self.resets += 1
 
 
-async def _sse(c: httpx.AsyncClient, url: str, key: str, sub: Sub, params: dict[str, str]) -> None:
+async def _sse(c: aiohttp.ClientSession, url: str, key: str, sub: Sub, params: dict[str, str]) -> None:
+    """An EventSource's reading, with aiohttp (its HTTP parser is in C: a dashboard's client
+    costs the replica's machine nothing in production, and the bench's must cost it little)."""
     headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
-    async with c.stream("GET", url, params=params, headers=headers) as r:
-        if r.status_code != 200:
-            await r.aread()
-            raise RuntimeError(f"{r.status_code} {r.text[:200]}")
-        async for line in r.aiter_lines():
-            if line.startswith("data: "):
-                sub.on_event(orjson.loads(line[6:]))
+    async with c.get(url, params=params, headers=headers) as r:
+        if r.status != 200:
+            raise RuntimeError(f"{r.status} {(await r.text())[:200]}")
+        buf = b""
+        async for chunk in r.content.iter_any():
+            buf += chunk
+            *events, buf = buf.split(b"\n\n")
+            for ev in events:
+                at = ev.find(b"data: ")
+                if at >= 0:
+                    sub.on_event(orjson.loads(ev[at + 6 :].split(b"\n", 1)[0]))
 
 
 async def _ws(url: str, key: str, sub: Sub, params: dict[str, str]) -> None:
@@ -124,7 +135,15 @@ async def _ws(url: str, key: str, sub: Sub, params: dict[str, str]) -> None:
             sub.on_event(orjson.loads(msg))
 
 
-async def _client(api: str, c: httpx.AsyncClient, slug: str, key: str, sub: Sub, once: bool = False) -> None:
+def _session(api: str, connections: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        base_url=api,
+        connector=aiohttp.TCPConnector(limit=connections + 10),
+        timeout=aiohttp.ClientTimeout(total=None, connect=60, sock_read=120),
+    )
+
+
+async def _client(api: str, c: aiohttp.ClientSession, slug: str, key: str, sub: Sub, once: bool = False) -> None:
     """Connected until cancelled, as a dashboard is: after any failure it reconnects, resuming
     after the last id it saw (failures are counted in the result, not hidden)."""
     while True:
@@ -170,7 +189,7 @@ def _rss_mb(pid: int | None) -> float:
 async def _cycles(api: str, slug: str, key: str, n: int, concurrency: int = 20) -> None:
     """``n`` connections that each read their snapshot and leave, SSE and WebSocket alternating."""
     todo = iter(range(n))
-    async with httpx.AsyncClient(base_url=api, timeout=60) as c:
+    async with _session(api, concurrency) as c:
 
         async def worker() -> None:
             for i in todo:
@@ -183,7 +202,7 @@ async def _cycles(api: str, slug: str, key: str, n: int, concurrency: int = 20) 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def _until_snapshot(api: str, c: httpx.AsyncClient, slug: str, key: str, sub: Sub) -> None:
+async def _until_snapshot(api: str, c: aiohttp.ClientSession, slug: str, key: str, sub: Sub) -> None:
     done = asyncio.Event()
     orig = sub.on_event
 
@@ -393,7 +412,42 @@ def _run_path(
         use_direct_ingress(False)
 
 
+class GcPauses:
+    """The client's own garbage-collector pauses (ms) while installed: a pause delays every
+    event in flight, so it shows in the latencies the clients measure."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._t0 = 0.0
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._on)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        gc.callbacks.remove(self._on)
+
+    def _on(self, phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pauses.append((time.perf_counter() - self._t0) * 1000)
+
+    def summary(self) -> dict[str, float]:
+        p = self.pauses
+        return {"count": len(p), "max_ms": round(max(p, default=0.0), 1), "total_ms": round(sum(p), 1)}
+
+
 async def _measure(
+    settings: Settings, api: str, ts: list[Tenant], n: int, seconds: float, sim: Any
+) -> dict[str, Any]:
+    with GcPauses() as pauses:
+        result = await _measure_with(settings, api, ts, n, seconds, sim)
+    result["client_gc"] = pauses.summary()
+    return result
+
+
+async def _measure_with(
     settings: Settings, api: str, ts: list[Tenant], n: int, seconds: float, sim: Any
 ) -> dict[str, Any]:
     subs = []
@@ -401,11 +455,15 @@ async def _measure(
         t = ts[i % len(ts)]
         k = i // len(ts)
         subs.append(Sub(i, i % len(ts), "sse" if k % 2 == 0 else "ws", t.wells[0] if (k // 2) % 2 else None))
-    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
-    async with httpx.AsyncClient(base_url=api, timeout=httpx.Timeout(60, read=120), limits=limits) as c:
+    async with _session(api, n) as c:
         tasks = {s.n: asyncio.create_task(_client(api, c, ts[s.tenant].slug, ts[s.tenant].key, s)) for s in subs}
         await _wait(lambda: all(s.start_id for s in subs), 120, "every subscriber's snapshot")
         log(f"live: {n} subscribers connected; measuring {seconds:.0f} s")
+        # The clients' own garbage collector is off while latencies are taken (a load generator
+        # on the measured machine; a dashboard's browser runs elsewhere): its full passes over
+        # the clients' state paused every subscriber at once, up to half a second.
+        gc.freeze()
+        gc.disable()
         load0 = os.getloadavg()[0]
         meters = stage_meters({"simulator": [sim.pid], "clients": [os.getpid()]})
         t0 = time.perf_counter()
@@ -424,6 +482,8 @@ async def _measure(
         await asyncio.sleep(max(5.0, seconds / 4))
         sim.send_signal(signal.SIGUSR2)  # pause the simulator; let the last commits reach everyone
         ends = await _quiet_ends(settings, ts)
+        gc.enable()
+        gc.unfreeze()
         expected: dict[int, dict[str, tuple[Any, ...]]] = {}
         entries = [await _stream_entries(settings, t.slug, "0-0", ends[i]) for i, t in enumerate(ts)]
         for s in subs:
@@ -448,7 +508,7 @@ async def _measure(
     for s in subs:
         for eid, got_values in s.received.items():
             theirs = own[s.tenant].get(eid)
-            if theirs is None or not {tuple(v.values()) for v in got_values} <= set(theirs):
+            if theirs is None or not set(got_values) <= set(theirs):
                 cross += 1
     missed_after = sum(
         1
@@ -477,6 +537,14 @@ async def _measure(
         # Of which: commit to the entry's append (the writer's fan-out; Redis' clock, ms)
         "commit_to_stream_p50_ms": round(float(np.percentile(to_stream, 50)), 1) if len(to_stream) else None,
         "commit_to_stream_p99_ms": round(float(np.percentile(to_stream, 99)), 1) if len(to_stream) else None,
+        # and from the append to the client (the replica, the network, the client)
+        "stream_to_client_p50_ms": _pct(lat - to_stream, 50),
+        "stream_to_client_p99_ms": _pct(lat - to_stream, 99),
+        "by_transport": {
+            tr: {"p50_ms": _pct(a, 50), "p99_ms": _pct(a, 99)}
+            for tr in ("sse", "ws")
+            if len(a := np.asarray([x for s in subs if s.transport == tr for x in s.latencies_ms]))
+        },
         "dropped_and_resumed": len(dropped),
         "missed_after_resume": missed_after,
         "load_avg_1m_during": round(load0, 2),
@@ -485,6 +553,10 @@ async def _measure(
         "no_snapshot": sum(1 for s in subs if not s.start_id),
         "errors_sample": sorted({e for s in subs for e in s.errors})[:5],
     }
+
+
+def _pct(a: Any, q: float) -> float | None:
+    return round(float(np.percentile(a, q)), 1) if len(a) else None
 
 
 async def _quiet_ends(settings: Settings, ts: list[Tenant], quiet_s: float = 3.0) -> list[str]:
