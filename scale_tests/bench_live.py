@@ -79,6 +79,7 @@ class Sub:
     duplicates: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     to_stream_ms: list[float] = field(default_factory=list)  # commit -> entry appended (Redis' clock)
+    received_s: list[int] = field(default_factory=list)  # when each latency was taken (whole seconds)
     conflated: int = 0
     resets: int = 0
     dropped_at: str | None = None
@@ -100,6 +101,7 @@ class Sub:
             if ev["commit_us"] >= self.connected_us:  # live, not a resume's catch-up
                 self.latencies_ms.append((now_us - ev["commit_us"]) / 1000)
                 self.to_stream_ms.append(int(ev["id"].split("-")[0]) - ev["commit_us"] / 1000)
+                self.received_s.append(int(now_us // 1_000_000))
         elif kind == "conflated":
             self.conflated += ev["skipped"]
         elif kind == "reset":
@@ -545,6 +547,9 @@ async def _measure_with(
             for tr in ("sse", "ws")
             if len(a := np.asarray([x for s in subs if s.transport == tr for x in s.latencies_ms]))
         },
+        # Where the slow updates fall: the seconds with most updates over 250 ms (a stall
+        # shows as one or two seconds holding most of them; contention spreads them out)
+        "slow_seconds": _slow_seconds(subs),
         "dropped_and_resumed": len(dropped),
         "missed_after_resume": missed_after,
         "load_avg_1m_during": round(load0, 2),
@@ -552,6 +557,22 @@ async def _measure_with(
         "reconnects": sum(s.connects - 1 for s in subs) - len(dropped),
         "no_snapshot": sum(1 for s in subs if not s.start_id),
         "errors_sample": sorted({e for s in subs for e in s.errors})[:5],
+    }
+
+
+def _slow_seconds(subs: list[Sub], over_ms: float = 250.0, top: int = 5) -> dict[str, Any]:
+    per: dict[int, int] = {}
+    for s in subs:
+        for t, lat in zip(s.received_s, s.latencies_ms, strict=True):
+            if lat > over_ms:
+                per[t] = per.get(t, 0) + 1
+    first = min((t for s in subs for t in s.received_s[:1]), default=0)
+    worst = sorted(per.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "over_ms": over_ms,
+        "total": sum(per.values()),
+        "seconds": len(per),
+        "worst": [[t - first, n] for t, n in worst],  # [second of the run, updates over]
     }
 
 
