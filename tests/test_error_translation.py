@@ -17,6 +17,7 @@ from ingest.core.config import Settings
 from ingest.core.errors import Conflict, StorageUnavailable, TenantNotFound, UnstorableValue
 from ingest.core.translate import translate
 from ingest.push.idempotency import IdempotencyStore
+from ingest.push.tags import PushTagCreate, PushTagMap
 from ingest.read.catalog import Catalog, TagInfo
 from ingest.read.query import read
 from ingest.read.request import ReadRequest
@@ -30,6 +31,8 @@ def test_the_rules() -> None:
     assert isinstance(translate(ConnectionResetError()), StorageUnavailable)
     assert isinstance(translate(TimeoutError()), StorageUnavailable)
     assert isinstance(translate(asyncpg.CannotConnectNowError("starting up")), StorageUnavailable)
+    closed = asyncpg.ObjectNotInPrerequisiteStateError('database "t1" is not currently accepting connections')
+    assert isinstance(translate(closed), StorageUnavailable)
     assert isinstance(translate(asyncpg.DataError("value out of int32 range: 3000000000")), UnstorableValue)
     # The text of a DataError may quote the value sent: ours does not repeat it.
     assert "3000000000" not in str(translate(asyncpg.DataError("value 3000000000")))
@@ -37,6 +40,7 @@ def test_the_rules() -> None:
     # Two registrations of one name racing past the store's check: the unique index decides.
     assert isinstance(translate(asyncpg.UniqueViolationError("dup")), Conflict)
     assert translate(asyncpg.ForeignKeyViolationError("fk")) is None
+    assert translate(asyncpg.ObjectNotInPrerequisiteStateError("currval is not yet defined")) is None
     assert translate(ValueError("x")) is None
     assert translate(TenantNotFound("t")) is None
 
@@ -81,3 +85,33 @@ async def test_push_idempotency_translates_a_redis_outage() -> None:
     with pytest.raises(StorageUnavailable, match="redis"):
         await store.abandon(str(uuid.uuid4()), "key-1")
     await client.aclose()
+
+
+async def test_push_tags_answer_from_their_cache_while_the_database_is_closed(stack: Settings) -> None:
+    """A tenant database closed to connections (as during a move) is an outage, not a 500; the
+    pushed-tag map keeps answering for the tags it knows, so their pushes go on to the spool."""
+    db = await fresh_database(stack, "xlate")
+    su = await asyncpg.connect(stack.dsn("postgres"))
+    pool = await asyncpg.create_pool(stack.dsn(db), min_size=1, max_size=2)
+    tags = PushTagMap(pool, refresh_s=0.0, miss_reload_s=0.0)  # every call reloads
+    never_loaded = PushTagMap(pool)
+    try:
+        await tags.register([PushTagCreate("WELL_1", "pressure", "bar")])
+        known = ("WELL_1", "pressure")
+        await su.execute(f'ALTER DATABASE "{db}" WITH ALLOW_CONNECTIONS false')
+        await su.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", db)
+        await pool.expire_connections()  # the next use connects afresh (and is refused)
+        with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError) as refused:
+            await asyncpg.connect(stack.dsn(db))
+        assert isinstance(translate(refused.value), StorageUnavailable)
+        got = await tags.resolve({known, ("WELL_1", "flow")})
+        assert set(got) == {known} and got[known].unit == "bar"
+        with pytest.raises(StorageUnavailable):
+            await never_loaded.resolve({known})
+        await su.execute(f'ALTER DATABASE "{db}" WITH ALLOW_CONNECTIONS true')
+        await tags.register([PushTagCreate("WELL_1", "flow", "m3/h")])
+        assert set(await tags.resolve({known, ("WELL_1", "flow")})) == {known, ("WELL_1", "flow")}
+    finally:
+        await su.execute(f'ALTER DATABASE "{db}" WITH ALLOW_CONNECTIONS true')
+        await su.close()
+        await pool.close()

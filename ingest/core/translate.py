@@ -47,13 +47,20 @@ REDIS_TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
+def _refused_for_now(e: BaseException) -> bool:
+    """A database closed to connections for now (``ALTER DATABASE ... ALLOW_CONNECTIONS false``,
+    as a move or an operator does): SQLSTATE 55000 at connect time. The same state at statement
+    time means something else (a bug), so the server's wording decides."""
+    return type(e) is asyncpg.ObjectNotInPrerequisiteStateError and "accepting connections" in str(e)
+
+
 def translate(e: BaseException) -> IngestError | None:
     """Ours for an asyncpg, redis-py or socket error, or None when it is not one we translate."""
     if isinstance(e, IngestError):
         return None
     if isinstance(e, REDIS_TRANSIENT):
         return StorageUnavailable(f"redis unavailable: {type(e).__name__}")
-    if isinstance(e, TRANSIENT):
+    if isinstance(e, TRANSIENT) or _refused_for_now(e):
         return StorageUnavailable(f"database unavailable: {type(e).__name__}")
     if isinstance(e, asyncpg.UniqueViolationError):  # its text quotes the value: not repeated
         return Conflict("name", "a resource with that name exists already")

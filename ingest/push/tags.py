@@ -6,7 +6,9 @@ the parameter name and the (connection, name) uniqueness every tag has already m
 (well, parameter) pair name one tag. The coordinator runs no session for them.
 
 The map is cached per tenant and reloaded when a pair is not found (at most once a second) or
-after ``refresh_s``, so a tag registered or edited elsewhere is seen within seconds.
+after ``refresh_s``, so a tag registered or edited elsewhere is seen within seconds. While the
+tenant's database is away the cached map keeps answering (retrying its reload every
+``miss_reload_s``): pushes of known tags go on landing in the writer's spool, as they must.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from ingest.core.errors import StorageUnavailable
 from ingest.core.translate import translated_methods
 from ingest.push.units import check_unit
 from ingest.store import quotas
@@ -136,7 +139,13 @@ class PushTagMap:
         """The tags of those pairs that exist (reloading once if some are unknown)."""
         age = time.monotonic() - self._loaded_at
         if age > self.refresh_s or (age > self.miss_reload_s and not pairs <= self._tags.keys()):
-            await self.reload()
+            try:
+                await self.reload()
+            except StorageUnavailable:
+                if self._loaded_at == float("-inf"):
+                    raise  # never loaded: nothing to answer from
+                # The database is away: answer from the map as last loaded, try again shortly.
+                self._loaded_at = time.monotonic() - self.refresh_s + self.miss_reload_s
         return {p: self._tags[p] for p in pairs if p in self._tags}
 
     async def register(self, tags: list[PushTagCreate]) -> list[dict[str, Any]]:
