@@ -89,6 +89,18 @@ def all_running(settings: Settings, conns: set[str]) -> dict[str, dict[str, Any]
     return None
 
 
+def workers_serving(settings: Settings, workers: list[Any]) -> bool:
+    """Each worker node hosts a connection actor that answers, and the coordinator's last pass
+    counted every slot healthy (so connections registered now may be placed on them)."""
+    st = cluster_status(settings)
+    for w in workers:
+        slots = st["nodes"].get(w.node_id, {}).get("actors") or []
+        if not slots or any("error" in st["actors"].get(s, {"error": 1}) for s in slots):
+            return False
+    last = st.get("last_pass")
+    return bool(last) and last["healthy_slots"] == last["slots"]
+
+
 def every_tag_streaming(dsn: str, tags: int) -> None:
     """Wait until each of ``tags`` tags has a reading stored."""
     wait_for(
@@ -128,11 +140,9 @@ def test_node_loss_moves_only_the_lost_nodes_connections_and_nothing_is_lost_sil
         # earlier, some would move to them as their slots appear, and such a move (not the node
         # loss under test) starts a session afresh with a session-start gap check. Two CI runs
         # failed on exactly that: 3 markers right after the paused simulator's first value.
-        wait_for(
-            lambda: all(cluster_status(stack)["nodes"].get(w.node_id, {}).get("actors") for w in workers),
-            60,
-            "a connection actor on each new node",
-        )
+        # Healthy, and counted healthy by a reconcile pass: a slot listed but still starting
+        # gets no connections (a CI run failed so, every connection placed on the head node).
+        wait_for(lambda: workers_serving(stack, workers), 90, "a healthy connection actor on each new node")
         conns = register_wells(tenant, sim, 6)
         dsn = stack.dsn(tenant.db)
         before = wait_for(lambda: all_running(stack, set(conns)), 60, "connections running")
