@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -16,6 +15,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.common import COORDINATOR_NAME
 from actors.coordinator import CoordinatorActor
+from ingest.core import procfs
 from ingest.core.config import Settings
 from ingest.core.errors import StandingBy
 from ingest.core.ray_env import ray_env_defaults
@@ -84,39 +84,22 @@ def stop_local_ray(port: int = RAY_PORT, grace_s: float = 10.0) -> list[int]:
     pids = own_ray_pids(port)
     _signal(pids, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(procfs.alive(p) for p in pids):
         time.sleep(0.2)
-    _signal([p for p in pids if _alive(p)], signal.SIGKILL)
+    _signal([p for p in pids if procfs.alive(p)], signal.SIGKILL)
     return pids
 
 
-def own_ray_pids(port: int, proc: Path = Path("/proc")) -> list[int]:
+def own_ray_pids(port: int) -> list[int]:
     """Pids of the Ray cluster whose GCS listens on ``port`` (see ``stop_local_ray``)."""
-    marks = (f"--gcs_server_port={port}",)
-    suffix = f":{port}"
-    parents: dict[int, int] = {}
-    roots: set[int] = set()
-    for d in proc.iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            args = (d / "cmdline").read_bytes().split(b"\0")
-            stat = (d / "stat").read_text()
-        except OSError:  # ended meanwhile
-            continue
-        pid = int(d.name)
-        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-        for raw in args:
-            a = raw.decode(errors="replace")
-            if a in marks or ("gcs" in a and a.startswith("--") and a.endswith(suffix)):
-                roots.add(pid)
-                break
-    found = set(roots)
-    grew = True
-    while grew:  # descendants: workers forked by the raylet, their helpers
-        more = {c for c, p in parents.items() if p in found and c not in found}
-        found |= more
-        grew = bool(more)
+    mark, suffix = f"--gcs_server_port={port}", f":{port}"
+    roots = set()
+    for pid in procfs.pids():
+        args = procfs.cmdline(pid) or []
+        if any(a == mark or ("gcs" in a and a.startswith("--") and a.endswith(suffix)) for a in args):
+            roots.add(pid)
+    # Their descendants too: workers forked by the raylet, their helpers.
+    found = procfs.descendants(roots)
     found.discard(os.getpid())
     return sorted(found)
 
@@ -127,14 +110,6 @@ def _signal(pids: list[int], sig: signal.Signals) -> None:
             os.kill(p, sig)
         except ProcessLookupError:
             pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def connect(settings: Settings) -> None:

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from ingest.simulators.procfs import pids, stat_fields
+from ingest.core.procfs import cmdline, pids, stat_fields
 
 _TICK = os.sysconf("SC_CLK_TCK")
 # The processes each stage of a request runs in, by what their command line says (Ray names its
@@ -42,11 +42,8 @@ def pids_of(marker: str) -> list[int]:
     """Processes whose command line starts with ``marker`` (after any directory)."""
     out = []
     for pid in pids():
-        try:
-            first = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
-        except OSError:
-            continue
-        if first.rsplit("/", 1)[-1].startswith(marker):
+        args = cmdline(pid)
+        if args and args[0].rsplit("/", 1)[-1].startswith(marker):
             out.append(pid)
     return out
 

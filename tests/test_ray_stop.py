@@ -8,6 +8,7 @@ import sys
 import time
 
 from actors.deploy import own_ray_pids, stop_local_ray
+from ingest.core.procfs import alive
 
 # A stand-in for a Ray daemon started with a GCS address, which forks a worker (whose title,
 # like a Ray worker's, no longer names the address) and then waits.
@@ -33,14 +34,6 @@ def _children(pid: int) -> list[int]:
     raise AssertionError(f"no child of {pid}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_stops_the_clusters_own_processes_and_no_other() -> None:
     gcs = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "--gcs_server_port=61871"])
     raylet = _daemon("--gcs-address=127.0.0.1:61871")
@@ -58,10 +51,10 @@ def test_stops_the_clusters_own_processes_and_no_other() -> None:
         for p in (gcs, raylet):
             p.wait(10)
         deadline = time.monotonic() + 10
-        while _alive(worker) and time.monotonic() < deadline:
+        while alive(worker) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(worker)
-        assert other.poll() is None and _alive(other_worker) and unrelated.poll() is None
+        assert not alive(worker)
+        assert other.poll() is None and alive(other_worker) and unrelated.poll() is None
     finally:
         for p in (gcs, raylet, other, unrelated):
             p.kill()

@@ -16,12 +16,12 @@ import os
 import signal
 from typing import Any
 
-from ingest.simulators.procfs import pids, stat_fields
+from ingest.core.procfs import parents
 
 
 def children(pid: int) -> list[int]:
     """The processes whose parent is ``pid``."""
-    return [p for p in pids() if (f := stat_fields(p)) is not None and int(f[1]) == pid]
+    return [c for c, p in parents().items() if p == pid]
 
 
 def kill_node(cluster: Any, node: Any) -> list[int]:
