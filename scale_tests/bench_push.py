@@ -43,7 +43,7 @@ from scale_tests.common import (  # noqa: E402
     ratio,
     use_direct_ingress,
 )
-from scale_tests.cpu import CPU_STAGES, CpuMeter, pids_of  # noqa: E402
+from scale_tests.cpu import stage_meters  # noqa: E402
 
 PARAMS = [
     ("wellhead_pressure", "psi"),
@@ -250,7 +250,7 @@ def _measure(
 ) -> tuple[Clients, dict[str, Any]]:
     """One push phase through ``api``: its counts, and its figures with the CPU each process spent."""
     log(f"push ({path}): {clients} clients x {POINTS}-point batches for {seconds:.0f} s")
-    meters = {name: CpuMeter(pids_of(marker)).start() for name, marker in CPU_STAGES.items()}
+    meters = stage_meters()
     client0 = time.process_time()  # the clients are this process
     stats, took = _phase(api, key, slug, wells, starts, clients, seconds, False)
     cpu = {name: m.stop() for name, m in meters.items()} | {"clients": time.process_time() - client0}

@@ -29,7 +29,7 @@ from ingest.read.rollups import EPOCH
 from ingest.write.fanout import latest_key
 from ingest.write.writer import TenantWriter
 from scale_tests.common import at_worker_priority, direct_api, log, use_direct_ingress
-from scale_tests.cpu import CPU_STAGES, CpuMeter, pids_of
+from scale_tests.cpu import stage_meters
 
 CLIENTS = 10
 BAD = quality_as_int4(Quality.BAD)
@@ -393,7 +393,7 @@ async def _run(
                 # Where a request's time goes: with 10 clients always waiting, p50 is about 10
                 # over the rate, and the rate is the CPU each request costs on these cores.
                 # The client is this thread (time.thread_time).
-                meters = {name: CpuMeter(pids_of(marker)).start() for name, marker in CPU_STAGES.items()}
+                meters = stage_meters()
                 client0, wall0 = time.thread_time(), time.perf_counter()
                 lat = await _measure(api_url, key, make, requests)
                 wall = time.perf_counter() - wall0
