@@ -234,6 +234,7 @@ def test_redis_set_get_with_password(rds: RedisParams) -> None:
         assert c.get("k1") == b"v1"
         assert c.config_get("appendonly")["appendonly"] == "yes"
         assert c.config_get("appendfsync")["appendfsync"] == "always"
+        assert c.config_get("save")["save"] == ""  # the AOF only: no dumps of the dataset
         assert c.config_get("bind")["bind"] == HOST
     finally:
         c.close()

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import redis
 
 from ingest.core.config import Settings
 from ingest.core.keys import split_api_key
@@ -157,8 +158,23 @@ def test_delete_then_purge(make_tenant: Any, admin: httpx.Client, api: str, stac
     assert db_fetch(stack.dsn("postgres"), exists)[0]["n"] == 1
     # An explicit purge drops it (the route answers 404 now: the tenant is gone; purge through
     # a second delete is refused, so purge goes with the delete itself for a fresh tenant).
+    # Its keys in Redis go with it (by slug and by id), a soft-deleted tenant's stay.
     u: TenantHandle = make_tenant()
-    assert admin.delete(f"/v1/tenants/{u.slug}", params={"purge": "true"}).status_code == 204
+    rc = redis.Redis.from_url(stack.redis_url)
+    try:
+        for who in (t, u):
+            rc.hset(f"scada:latest:{who.slug}", "1", "x")
+            rc.xadd(f"scada:live:{who.slug}", {"c": "1", "v": "[]"})
+            rc.set(f"scada:spool:{who.slug}:rows", 0)
+            rc.hset(f"scada:push:settings:{who.id}", "requests_per_minute", 100)
+            rc.set(f"scada:push:idem:{who.id}:{'ab' * 20}", "{}", ex=600)
+        assert admin.delete(f"/v1/tenants/{u.slug}", params={"purge": "true"}).status_code == 204
+        left = sorted(k.decode() for k in rc.scan_iter(match="scada:*") if u.slug in k.decode() or u.id in k.decode())
+        assert left == []
+        kept = [k for k in rc.scan_iter(match="scada:*") if t.slug in k.decode() or t.id in k.decode()]
+        assert len(kept) >= 5
+    finally:
+        rc.close()
     assert (
         db_fetch(stack.dsn("postgres"), f"SELECT count(*) AS n FROM pg_database WHERE datname = '{u.db}'")[0]["n"]
         == 0
@@ -169,6 +185,12 @@ def test_delete_then_purge(make_tenant: Any, admin: httpx.Client, api: str, stac
         u.id,
     )
     assert [a["action"] for a in actions][-2:] == ["tenant.delete", "tenant.purge"]
+    detail = db_fetch(
+        stack.master_dsn,
+        "SELECT detail FROM audit_log WHERE tenant_id = $1::uuid AND action = 'tenant.purge'",
+        u.id,
+    )
+    assert '"redis_keys": 5' in detail[0]["detail"], detail
 
 
 def _scale_api(settings: Settings, replicas: int) -> None:

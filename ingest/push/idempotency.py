@@ -34,10 +34,13 @@ def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+IDEM_PREFIX = "scada:push:idem"
+
+
 @translated_methods
 class IdempotencyStore:
     def __init__(
-        self, redis: aioredis.Redis, prefix: str = "scada:push:idem", ttl_s: int = 86_400, pending_ttl_s: int = 120
+        self, redis: aioredis.Redis, prefix: str = IDEM_PREFIX, ttl_s: int = 86_400, pending_ttl_s: int = 120
     ) -> None:
         self.redis = redis
         self.prefix = prefix

@@ -67,9 +67,17 @@ return {1, used}
 """
 
 
+LIMITS_PREFIX = "scada:push"
+
+
+def limit_key_patterns(tenant_id: str, prefix: str = LIMITS_PREFIX) -> list[str]:
+    """The tenant's limit settings, and its per-minute and per-day counters."""
+    return [f"{prefix}:settings:{tenant_id}", f"{prefix}:rate:{tenant_id}:*", f"{prefix}:volume:{tenant_id}:*"]
+
+
 @translated_methods
 class PushLimiter:
-    def __init__(self, redis: aioredis.Redis, prefix: str = "scada:push") -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str = LIMITS_PREFIX) -> None:
         self.redis = redis
         self.prefix = prefix
         self._admit = redis.register_script(_ADMIT)

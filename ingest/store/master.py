@@ -273,25 +273,25 @@ class MasterStore(Credentials, DbServers):
         if done.endswith(" 0"):
             raise TenantNotFound(f"tenant {tenant_id!r} not found")
 
-    async def purge_tenant(self, tenant_id: str) -> bool:
+    async def purge_tenant(self, tenant_id: str) -> str | None:
         """Drop a deleted tenant's database and role on its server (the master row stays, for the
-        audit log); an attached database is only detached, never dropped. False when it was
-        purged already."""
+        audit log); an attached database is only detached, never dropped. The tenant's slug (its
+        Redis keys' name: ``ingest.placement.tenant_keys``), or None when it was purged already."""
         r = await self.pool.fetchrow(
-            "SELECT database_url, db_user, deleted_at, purged_at, server_id, attached "
+            "SELECT slug, database_url, db_user, deleted_at, purged_at, server_id, attached "
             "FROM tenants WHERE id = $1::uuid",
             tenant_id,
         )
         if r is None or r["deleted_at"] is None:
             raise TenantNotFound(f"no deleted tenant {tenant_id!r}")
         if r["purged_at"] is not None:
-            return False
+            return None
         if not r["attached"] and r["server_id"] is not None:
             db = urlsplit(str(r["database_url"])).path.lstrip("/")
             admin_dsn = await self.server_admin_dsn(await self.get_server(str(r["server_id"])))
             await drop_database(admin_dsn, db, r["db_user"])
         await self.pool.execute("UPDATE tenants SET purged_at = now() WHERE id = $1::uuid", tenant_id)
-        return True
+        return str(r["slug"])
 
     async def deleted_among(self, tenant_ids: list[str]) -> list[str]:
         """Which of these tenants are deleted (their writers are retired)."""
@@ -300,8 +300,8 @@ class MasterStore(Credentials, DbServers):
         )
         return [str(r["id"]) for r in rows]
 
-    async def purge_due(self, grace_days: float) -> list[str]:
-        """Purge every tenant deleted more than ``grace_days`` ago; their ids."""
+    async def purge_due(self, grace_days: float) -> list[tuple[str, str]]:
+        """Purge every tenant deleted more than ``grace_days`` ago; their ids and slugs."""
         ids = [
             str(x["id"])
             for x in await self.pool.fetch(
@@ -310,7 +310,8 @@ class MasterStore(Credentials, DbServers):
                 grace_days * 86_400,
             )
         ]
-        return [i for i in ids if await self.purge_tenant(i)]
+        purged = [(i, await self.purge_tenant(i)) for i in ids]
+        return [(i, slug) for i, slug in purged if slug is not None]
 
     async def set_retention_days(self, tenant_id: str, days: int) -> None:
         """The raw retention the master row reports (the tenant database holds the one applied)."""

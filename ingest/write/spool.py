@@ -40,11 +40,20 @@ def batch_from_bytes(data: bytes | str) -> Batch:
         return TextBatch.from_arrow(rb) if is_text(rb) else ReadingBatch.from_arrow(rb)
 
 
+def spool_keys(tenant: str) -> tuple[str, str]:
+    """The spool's list of batches and its row count."""
+    return f"scada:spool:{tenant}", f"scada:spool:{tenant}:rows"
+
+
+def quarantine_keys(tenant: str) -> tuple[str, str]:
+    """The quarantined batches and why each was refused."""
+    return f"scada:quarantine:{tenant}", f"scada:quarantine:{tenant}:errors"
+
+
 class RedisSpool:
     def __init__(self, client: aioredis.Redis, tenant: str, max_rows: int) -> None:
         self.client = client
-        self.key = f"scada:spool:{tenant}"
-        self.rows_key = f"scada:spool:{tenant}:rows"
+        self.key, self.rows_key = spool_keys(tenant)
         self.max_rows = max_rows
 
     async def rows(self) -> int:
@@ -116,16 +125,16 @@ class Quarantine:
 
     def __init__(self, client: aioredis.Redis, tenant: str) -> None:
         self.client = client
-        self.key = f"scada:quarantine:{tenant}"
+        self.key, self.errors_key = quarantine_keys(tenant)
 
     async def add(self, batch: Batch, error: str) -> None:
         async with self.client.pipeline(transaction=True) as p:
             p.hset(self.key, batch.batch_id, batch_to_bytes(batch))
-            p.hset(self.key + ":errors", batch.batch_id, error[:1000])
+            p.hset(self.errors_key, batch.batch_id, error[:1000])
             await p.execute()
 
     async def list(self) -> list[dict[str, Any]]:
-        errors = await self.client.hgetall(self.key + ":errors")
+        errors = await self.client.hgetall(self.errors_key)
         out = []
         for bid, err in errors.items():
             raw = await self.client.hget(self.key, bid)
@@ -139,6 +148,6 @@ class Quarantine:
             return None
         async with self.client.pipeline(transaction=True) as p:
             p.hdel(self.key, batch_id)
-            p.hdel(self.key + ":errors", batch_id)
+            p.hdel(self.errors_key, batch_id)
             await p.execute()
         return batch_from_bytes(raw)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ingest.core.errors import InsufficientScope
 from ingest.core.models import Tenant, TenantStatus
+from ingest.placement.tenant_keys import drop_tenant_keys_logged
 from ingest.read.retention import ReadSettings, check_timezone, load_settings, save_settings
 from ingest.store.registration import TenantCreate, TenantStatusUpdate
 from serve_app.deps import AdminTenant, Api, Caller, ClusterAdmin, ReadTenant
@@ -99,7 +100,8 @@ async def delete_tenant(
     await master.audit(caller.key_id, t.id, "tenant.delete", {"slug": t.slug, "purge": purge})
     if purge:
         await master.purge_tenant(t.id)
-        await master.audit(caller.key_id, t.id, "tenant.purge", {"slug": t.slug})
+        keys = await drop_tenant_keys_logged(api.redis(), t.slug, t.id)
+        await master.audit(caller.key_id, t.id, "tenant.purge", {"slug": t.slug, "redis_keys": keys})
     return Response(status_code=204)
 
 
