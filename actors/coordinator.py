@@ -51,6 +51,7 @@ def _describe(e: BaseException) -> str:
 
 
 NODE_WATCH_S = 0.2  # how often the coordinator asks Ray which nodes are alive
+WRITER_START_EVERY_S = 30.0  # how often an idle writer is told to start (after a restart of it)
 
 
 def alive_nodes() -> list[str]:
@@ -74,6 +75,7 @@ class CoordinatorActor:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._writers: dict[str, Any] = {}
+        self._writer_start_due: dict[str, float] = {}  # tenant id -> when to call start() again
         self._slots: dict[str, Any] = {}  # slot name -> handle
         self._slot_nodes: dict[str, str] = {}
         self._last_status: dict[str, dict[str, Any]] = {}
@@ -243,10 +245,14 @@ class CoordinatorActor:
         t0 = time.monotonic()
         s = self.settings
         state = await (await self._ensure_master()).read()
+        now = time.monotonic()
         for t in state.tenants:
             # Idempotent: starts the writer's rollup refresher and retention job (again, after
-            # a restart of the actor) even while no batch arrives.
-            self._writer(t.id, t.slug).start.remote()
+            # a restart of the actor) even while no batch arrives. Not every pass: a call per
+            # tenant every 2 s would be 500 Ray calls a second from this actor for 1,000 tenants.
+            if now >= self._writer_start_due.get(t.id, 0.0):
+                self._writer(t.id, t.slug).start.remote()
+                self._writer_start_due[t.id] = now + WRITER_START_EVERY_S
         specs = {c.connection_id: c for c in state.all_specs()}
         nodes = alive_nodes()
         per_node = actors_per_node(
@@ -326,6 +332,7 @@ class CoordinatorActor:
         try:
             for tid in await self._master.deleted_among(list(self._writers)):
                 handle = self._writers.pop(tid)
+                self._writer_start_due.pop(tid, None)
                 try:
                     ray.kill(handle, no_restart=True)
                 except Exception:

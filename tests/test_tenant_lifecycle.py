@@ -169,7 +169,9 @@ def test_delete_then_purge(make_tenant: Any, admin: httpx.Client, api: str, stac
             rc.hset(f"scada:push:settings:{who.id}", "requests_per_minute", 100)
             rc.set(f"scada:push:idem:{who.id}:{'ab' * 20}", "{}", ex=600)
         assert admin.delete(f"/v1/tenants/{u.slug}", params={"purge": "true"}).status_code == 204
-        left = sorted(k.decode() for k in rc.scan_iter(match="scada:*") if u.slug in k.decode() or u.id in k.decode())
+        left = sorted(
+            k.decode() for k in rc.scan_iter(match="scada:*") if u.slug in k.decode() or u.id in k.decode()
+        )
         assert left == []
         kept = [k for k in rc.scan_iter(match="scada:*") if t.slug in k.decode() or t.id in k.decode()]
         assert len(kept) >= 5

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+SMALL = 10_000  # rows below which adding one by one beats a pass over every bucket
+
 
 class LatencyHistogram:
     """Source-timestamp-to-commit latency of every row, in 1 ms buckets up to 120 s."""
@@ -16,7 +18,12 @@ class LatencyHistogram:
 
     def add(self, latency_us: np.ndarray) -> None:
         ms = np.clip(latency_us // 1000, 0, self.counts.shape[0] - 1)
-        self.counts += np.bincount(ms, minlength=self.counts.shape[0])
+        if ms.shape[0] < SMALL:
+            # A device tick's flush holds tens of rows: a bincount over all 120,001 buckets
+            # (a 1 MB array made and added) cost it 0.26 ms, 7 % of the flush.
+            np.add.at(self.counts, ms, 1)
+        else:
+            self.counts += np.bincount(ms, minlength=self.counts.shape[0])
 
     def percentile(self, q: float) -> float | None:
         return self.percentiles((q,))[0]
