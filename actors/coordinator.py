@@ -34,10 +34,9 @@ from ingest.placement.moves import apply_rounds
 from ingest.placement.pool import actors_per_node, desired_slots
 from ingest.placement.sharding import assign_connections
 from ingest.placement.status_view import cluster_status, live_connections
-from ingest.placement.tenant_keys import drop_tenant_keys_logged
+from ingest.placement.tenant_keys import drop_keys_of_purged
 from ingest.store.leadership import Leadership
 from ingest.store.master import MasterStore
-from ingest.store.probes import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -341,17 +340,10 @@ class CoordinatorActor:
             if time.monotonic() >= self._next_purge:
                 self._next_purge = time.monotonic() + 3600.0
                 purged = await self._master.purge_due(self.settings.tenant_purge_grace_days)
-                if purged:
-                    redis = redis_client(self.settings)
-                    try:
-                        for tid, slug in purged:
-                            keys = await drop_tenant_keys_logged(redis, slug, tid)
-                            log.info("deleted tenant %s purged after the grace period", tid)
-                            await self._master.audit(
-                                "coordinator", tid, "tenant.purge", {"by": "grace_period", "redis_keys": keys}
-                            )
-                    finally:
-                        await redis.aclose()
+                for tid, keys in (await drop_keys_of_purged(self.settings, purged)).items():
+                    log.info("deleted tenant %s purged after the grace period", tid)
+                    detail = {"by": "grace_period", "redis_keys": keys}
+                    await self._master.audit("coordinator", tid, "tenant.purge", detail)
         except Exception as e:  # the master database away: the next pass tries again
             log.warning("retiring deleted tenants failed: %s", type(e).__name__)
 

@@ -13,8 +13,10 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ingest.core.config import Settings
 from ingest.push.idempotency import IDEM_PREFIX
 from ingest.push.limits import limit_key_patterns
+from ingest.store.probes import redis_client
 from ingest.write.fanout import channel, every_key, latest_key, live_key
 from ingest.write.spool import quarantine_keys, spool_keys
 
@@ -61,3 +63,14 @@ async def drop_tenant_keys_logged(redis: aioredis.Redis, slug: str, tenant_id: s
     except (RedisError, OSError) as e:
         log.warning("purged tenant %s: its Redis keys are left (%s)", slug, type(e).__name__)
         return None
+
+
+async def drop_keys_of_purged(settings: Settings, purged: list[tuple[str, str]]) -> dict[str, int | None]:
+    """``drop_tenant_keys_logged`` for each (id, slug) purged; the count of keys by tenant id."""
+    if not purged:
+        return {}
+    redis = redis_client(settings)
+    try:
+        return {tid: await drop_tenant_keys_logged(redis, slug, tid) for tid, slug in purged}
+    finally:
+        await redis.aclose()
