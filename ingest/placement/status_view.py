@@ -71,6 +71,11 @@ def _age(t: float | None) -> str:
     return "never" if not t else f"{max(0.0, time.time() - t):.0f}s ago"
 
 
+def _ms(v: float | None) -> str:
+    """A latency for the table: "-" before the first committed reading."""
+    return "-" if v is None else f"{v:.0f}ms"
+
+
 def render(status: dict[str, Any]) -> str:
     lines = []
     if status.get("standby"):
@@ -87,7 +92,7 @@ def render(status: dict[str, Any]) -> str:
         lines.append(
             f"  {t['slug']:<20} {state:<9} connections={t['connections']:<4} "
             f"rows={w.get('rows_committed', 0):<10} spool={w.get('spool_rows', 0):<8} "
-            f"p99={w.get('latency_p99_ms')}ms" + (f"  error: {t['degraded']}" if t.get("degraded") else "")
+            f"p99={_ms(w.get('latency_p99_ms'))}" + (f"  error: {t['degraded']}" if t.get("degraded") else "")
         )
         for cid, reason in (t.get("failed_connections") or {}).items():
             lines.append(f"    connection {cid} FAILED: {reason}")
