@@ -96,7 +96,16 @@ def test_a_lost_actors_sessions_are_taken_over_as_far_as_each_server_allows(
         def check(kind: str = kind) -> dict[str, Any]:
             return counting_check_with_gaps(dsn, tag_ids[kind], summaries[kind]["per_node"])
 
-        wait_for(lambda check=check: check()["unaccounted"] == 0, 60, f"{kind}: every value accounted for")  # type: ignore[misc]
+        wait_for(
+            lambda check=check: check()["unaccounted"] == 0,  # type: ignore[misc]
+            60,
+            f"{kind}: every value accounted for",
+            # Where the values are missing, and what the session did, if it gives up.
+            describe=lambda check=check, kind=kind: (  # type: ignore[misc]
+                check(),
+                {n: sessions(stack)[conns[kind]].get(n) for n in _STATS},
+            ),
+        )
         results[kind] = check()
     stats = sessions(stack)
     print({k: {**results[k], "session": {n: stats[conns[k]][n] for n in _STATS}} for k in KINDS})
