@@ -188,8 +188,10 @@ class TenantHandle:
 
 @pytest.fixture
 def make_tenant(admin: httpx.Client, api: str) -> Iterator[Any]:
-    """Creates tenants through the API; suspends them afterwards (their databases stay, for
-    post-mortems of a failed run), which also stops their sessions."""
+    """Creates tenants through the API; deletes them afterwards without a purge: their sessions
+    stop, their databases stay (for post-mortems of a failed run), and the coordinator retires
+    their writer actors. Suspending them instead kept every test's writer running (a process of
+    about 160 MB, 1.5 % of a core idle): 60 of them halfway through the suite, 9.4 GB."""
     made: list[TenantHandle] = []
 
     def _make() -> TenantHandle:
@@ -201,7 +203,7 @@ def make_tenant(admin: httpx.Client, api: str) -> Iterator[Any]:
 
     yield _make
     for h in made:
-        admin.put(f"/v1/tenants/{h.slug}/status", json={"status": "SUSPENDED"})
+        admin.delete(f"/v1/tenants/{h.slug}")
         h.client.close()
 
 
