@@ -263,6 +263,35 @@ async def test_pass_is_bounded_and_newest_range_goes_first(stack: Settings) -> N
         await conn.close()
 
 
+async def test_an_idle_pass_writes_nothing_and_the_next_batch_is_still_taken_in(stack: Settings) -> None:
+    """A tenant with nothing new costs its database one read per pass, no transaction: the
+    watermark row is not rewritten. A batch committed after idle passes is rolled up as ever."""
+    dsn = stack.dsn(await fresh_database(stack, "roll"))
+    await register_tags(dsn, (1,), "UTC")
+    now = datetime(2024, 6, 1, tzinfo=UTC)
+    refresher = RollupRefresher(dsn)
+    conn = await asyncpg.connect(dsn)
+    w = TenantWriter(dsn, flush_interval_ms=5)
+    await w.start()
+    try:
+        state = "SELECT xmin::text AS x, done_below FROM rollup_state"
+        before = await conn.fetchrow(state)
+        for _ in range(3):
+            r = await refresher.run_pass()
+            assert (r.ledger_rows, r.minutes_rebuilt, r.more, r.busy) == (0, 0, False, False)
+        assert await conn.fetchrow(state) == before  # the row's version (xmin) unchanged: no write
+        assert refresher.passes == 3 and refresher.lag_s == 0.0
+        await w.write(batch("late", [(1, us(now) + 1_000_000, 4.0, 0), (1, us(now) + 2_000_000, 6.0, 0)]))
+        await refresher.run_until_idle()
+        row = await conn.fetchrow("SELECT n, sum, min, max FROM rollup_1m WHERE tag_id = 1 AND bucket = $1", now)
+        assert tuple(row) == (2, 10.0, 4.0, 6.0)
+        assert (await conn.fetchrow(state))["done_below"] > before["done_below"]
+    finally:
+        await w.stop()
+        await refresher.close()
+        await conn.close()
+
+
 async def test_rollup_lag_counts_put_off_work_until_it_is_in(stack: Settings) -> None:
     """The lag an operator alerts on: from the commit of the oldest reading not yet in the
     rollups (waiting in the ledger or put off by a bounded pass), and 0 once everything is in."""
