@@ -156,9 +156,8 @@ def test_delete_then_purge(make_tenant: Any, admin: httpx.Client, api: str, stac
     assert r.status_code == 409 and "deleted" in r.json()["message"], r.text
     exists = f"SELECT count(*) AS n FROM pg_database WHERE datname = '{t.db}'"
     assert db_fetch(stack.dsn("postgres"), exists)[0]["n"] == 1
-    # An explicit purge drops it (the route answers 404 now: the tenant is gone; purge through
-    # a second delete is refused, so purge goes with the delete itself for a fresh tenant).
-    # Its keys in Redis go with it (by slug and by id), a soft-deleted tenant's stay.
+    # An explicit purge drops it, with the delete or after it. Its keys in Redis go with it (by
+    # slug and by id), a soft-deleted tenant's stay.
     u: TenantHandle = make_tenant()
     rc = redis.Redis.from_url(stack.redis_url)
     try:
@@ -175,6 +174,12 @@ def test_delete_then_purge(make_tenant: Any, admin: httpx.Client, api: str, stac
         assert left == []
         kept = [k for k in rc.scan_iter(match="scada:*") if t.slug in k.decode() or t.id in k.decode()]
         assert len(kept) >= 5
+        # The tenant deleted before, purged now (its grace period cut short); then it is gone.
+        assert admin.delete(base).status_code == 404  # a second delete without purge: nothing to do
+        assert admin.delete(base, params={"purge": "true"}).status_code == 204
+        assert db_fetch(stack.dsn("postgres"), exists)[0]["n"] == 0
+        assert [k for k in rc.scan_iter(match="scada:*") if t.slug in k.decode() or t.id in k.decode()] == []
+        assert admin.delete(base, params={"purge": "true"}).status_code == 404
     finally:
         rc.close()
     assert (

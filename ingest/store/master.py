@@ -137,6 +137,17 @@ class MasterStore(Credentials, DbServers):
             raise TenantNotFound(f"tenant {ref!r} not found")
         return _tenant(r)
 
+    async def get_deleted_tenant(self, ref: str) -> Tenant:
+        """A tenant deleted and not purged yet, by id or slug (its database is still there)."""
+        r = await self.pool.fetchrow(
+            f"{_WITH_SERVER} WHERE t.deleted_at IS NOT NULL AND t.purged_at IS NULL "
+            "AND (t.slug = $1 OR t.id::text = $1)",
+            ref,
+        )
+        if r is None:
+            raise TenantNotFound(f"tenant {ref!r} not found")
+        return _tenant(r)
+
     async def tenant_dsn(self, tenant_id: str) -> str:
         """The tenant database's URL with its decrypted password (kept in memory only)."""
         r = await self.pool.fetchrow(

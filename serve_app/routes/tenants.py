@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingest.core.errors import InsufficientScope
+from ingest.core.errors import InsufficientScope, TenantNotFound
 from ingest.core.models import Tenant, TenantStatus
 from ingest.placement.tenant_keys import drop_tenant_keys_logged
 from ingest.read.retention import ReadSettings, check_timezone, load_settings, save_settings
@@ -91,13 +91,20 @@ async def delete_tenant(
 ) -> Response:
     """Delete a tenant: ingest stops at once, its keys stop working, and it is gone from every
     route. Its database is dropped after `tenant_purge_grace_days` (default 30), or now with
-    `purge=true`. The slug stays taken."""
+    `purge=true`, which also purges a tenant deleted earlier whose grace period still runs
+    (404 once it is purged). The slug stays taken."""
     master = await api.master()
-    t = await master.get_tenant(tenant)
-    await master.delete_tenant(t.id)
-    await api.forget_tenant(t.id)
-    await api.actors.notify_coordinator()
-    await master.audit(caller.key_id, t.id, "tenant.delete", {"slug": t.slug, "purge": purge})
+    try:
+        t = await master.get_tenant(tenant)
+    except TenantNotFound:
+        if not purge:
+            raise
+        t = await master.get_deleted_tenant(tenant)  # deleted before: only the purge is left
+    else:
+        await master.delete_tenant(t.id)
+        await api.forget_tenant(t.id)
+        await api.actors.notify_coordinator()
+        await master.audit(caller.key_id, t.id, "tenant.delete", {"slug": t.slug, "purge": purge})
     if purge:
         await master.purge_tenant(t.id)
         keys = await drop_tenant_keys_logged(api.redis(), t.slug, t.id)
