@@ -38,6 +38,23 @@ def ray_address(settings: Settings) -> str:
     return os.environ.get("RAY_ADDRESS") or f"{settings.pg_host}:{RAY_PORT}"
 
 
+def gcs_listening(settings: Settings, timeout_s: float = 2.0) -> bool:
+    """Whether anything accepts a connection at the cluster's address. ``ray.init`` against an
+    address where nothing listens does not fail: it keeps waiting for a GCS to appear (minutes),
+    which made ``down`` hang when no cluster was running. An address that is not ``host:port``
+    (``auto``, ``ray://``) is left to Ray."""
+    import socket
+
+    host, sep, port = ray_address(settings).rpartition(":")
+    if not sep or not port.isdigit() or "/" in host:
+        return True
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def use_token_auth() -> None:
     """Token authentication on for this process and its children (ray CLI, workers), and the
     rest of ``ingest.core.ray_env``."""

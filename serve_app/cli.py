@@ -81,11 +81,14 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
     from actors import deploy
     from serve_app.deploy import undeploy
 
-    try:
-        deploy.connect(settings)
-        undeploy(settings)
-    except Exception as e:
-        _info(f"no Ray cluster to undeploy from ({type(e).__name__})")
+    if not deploy.gcs_listening(settings):
+        _info(f"no Ray cluster at {deploy.ray_address(settings)} to undeploy from")
+    else:
+        try:
+            deploy.connect(settings)
+            undeploy(settings)
+        except Exception as e:
+            _info(f"no Ray cluster to undeploy from ({type(e).__name__})")
     if not on_cluster():
         deploy.stop_local_ray()
         from ingest.localstack.stack import stop_local
