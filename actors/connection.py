@@ -16,6 +16,7 @@ from ingest.core.config import Settings
 from ingest.core.heap import settle_heap
 from ingest.core.metrics import Metrics, safe
 from ingest.core.models import ConnectionSpec
+from ingest.core.ray_env import background_priority
 from ingest.device.connection_metrics import ConnectionGauges
 from ingest.device.host import ConnectionHost
 from ingest.device.sender import BatchSender
@@ -37,6 +38,7 @@ RECORD_EVERY_TICKS = 3
 )
 class ConnectionActor:
     def __init__(self, settings: Settings, slot: str) -> None:
+        background_priority()  # below the API replicas (ingest.core.ray_env)
         self.settings = settings
         self.slot = slot
         self.gauges = ConnectionGauges(Metrics.get())

@@ -17,7 +17,7 @@ import httpx
 
 from ingest.core.config import Settings
 from ingest.core.models import Tenant
-from ingest.core.ray_env import ray_env_defaults
+from ingest.core.ray_env import BACKGROUND_NICENESS, ray_env_defaults
 from ingest.store.master import MasterStore
 from ingest.store.registration import ConnectionCreate, TagCreate
 from ingest.store.tenant_store import TenantStore
@@ -28,16 +28,19 @@ def log(msg: str) -> None:
     sys.stderr.flush()
 
 
-RAY_WORKER_NICENESS = 15  # Ray 2.60 starts its worker processes (our actors) at this niceness
+# The niceness of the actors that collect and write (ingest.core.ray_env: Ray's workers start at
+# 10, where the API's replicas and Serve's proxy stay; connection actors and writers move to 15).
+RAY_WORKER_NICENESS = BACKGROUND_NICENESS
 
 
 @contextlib.contextmanager
 def at_worker_priority() -> Iterator[None]:
-    """This thread, and the processes it starts meanwhile (simulators), at the niceness of Ray's
-    workers. Field devices and dashboards do not share the cluster's cores in production; here
-    they do, and at niceness 0 they would take the CPU before the actors they load (Ray keeps
-    its workers at 15 so that its own daemons come first). At the same niceness neither side is
-    favoured. Restored afterwards (lowering niceness needs root; without it, it stays)."""
+    """This thread, and the processes it starts meanwhile (simulators), at the niceness of the
+    actors that collect and write. Field devices and dashboards do not share the cluster's cores
+    in production; here they do, and at niceness 0 they would take the CPU before the actors they
+    load (Ray keeps its workers niced so that its own daemons come first). At the same niceness
+    neither side is favoured. Restored afterwards (lowering niceness needs root; without it, it
+    stays)."""
     before = os.getpriority(os.PRIO_PROCESS, 0)
     os.setpriority(os.PRIO_PROCESS, 0, max(before, RAY_WORKER_NICENESS))
     try:

@@ -54,6 +54,7 @@ def test_rayservice_has_the_serve_config_a_head_and_workers_with_token_auth() ->
     for g in groups:
         (container,) = g["template"]["spec"]["containers"]
         assert container["envFrom"][0]["secretRef"]["name"]
+        assert {"name": "RAY_worker_niceness", "value": "10"} in container["env"]
         assert any(p["name"] == "metrics" for p in container["ports"])
 
 
@@ -63,6 +64,7 @@ def test_cluster_yaml_hands_one_token_to_every_node() -> None:
     assert any("chmod 600 ~/.ray/auth_token" in c for c in cfg["setup_commands"])
     starts = cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
+    assert all("RAY_worker_niceness=10" in c for c in starts if "ray start" in c)
     assert not cfg.get("head_setup_commands"), "a token generated on the head reaches no worker"
 
 
