@@ -59,6 +59,8 @@ from scale_tests.common import (  # noqa: E402
 )
 from scale_tests.cpu import cores_used, stage_meters  # noqa: E402
 
+SETTLE_S = 2.0  # after the last subscriber's snapshot, before the steady window
+
 
 @dataclass
 class Sub:
@@ -79,7 +81,7 @@ class Sub:
     duplicates: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     to_stream_ms: list[float] = field(default_factory=list)  # commit -> entry appended (Redis' clock)
-    received_s: list[int] = field(default_factory=list)  # when each latency was taken (whole seconds)
+    received_s: list[float] = field(default_factory=list)  # when each latency was taken (Unix seconds)
     conflated: int = 0
     resets: int = 0
     dropped_at: str | None = None
@@ -101,7 +103,7 @@ class Sub:
             if ev["commit_us"] >= self.connected_us:  # live, not a resume's catch-up
                 self.latencies_ms.append((now_us - ev["commit_us"]) / 1000)
                 self.to_stream_ms.append(int(ev["id"].split("-")[0]) - ev["commit_us"] / 1000)
-                self.received_s.append(int(now_us // 1_000_000))
+                self.received_s.append(now_us / 1e6)
         elif kind == "conflated":
             self.conflated += ev["skipped"]
         elif kind == "reset":
@@ -457,19 +459,29 @@ async def _measure_with(
         t = ts[i % len(ts)]
         k = i // len(ts)
         subs.append(Sub(i, i % len(ts), "sse" if k % 2 == 0 else "ws", t.wells[0] if (k // 2) % 2 else None))
+    # The clients' own garbage collector is off while latencies are taken (a load generator on
+    # the measured machine; a dashboard's browser runs elsewhere): its full passes over the
+    # clients' state paused every subscriber at once, up to half a second. Off from the first
+    # connection: a pass during the ramp (seen up to 675 ms) delayed the updates queued behind
+    # it into the steady window.
+    gc.freeze()
+    gc.disable()
     async with _session(api, n) as c:
         tasks = {s.n: asyncio.create_task(_client(api, c, ts[s.tenant].slug, ts[s.tenant].key, s)) for s in subs}
         await _wait(lambda: all(s.start_id for s in subs), 120, "every subscriber's snapshot")
-        log(f"live: {n} subscribers connected; measuring {seconds:.0f} s")
-        # The clients' own garbage collector is off while latencies are taken (a load generator
-        # on the measured machine; a dashboard's browser runs elsewhere): its full passes over
-        # the clients' state paused every subscriber at once, up to half a second.
-        gc.freeze()
-        gc.disable()
         load0 = os.getloadavg()[0]
+        # Started before the settle: finding the processes scans /proc on the clients' event loop
+        # (every subscriber waits meanwhile), which at the window's start showed as a burst of
+        # slow updates in its first second. The cores are counted over the settle too.
         meters = stage_meters({"simulator": [sim.pid], "clients": [os.getpid()]})
         t0 = time.perf_counter()
+        # The last connections' snapshots and first updates are still being written out when
+        # the last snapshot arrives: a short settle belongs to the ramp, not the steady window.
+        await asyncio.sleep(SETTLE_S)
+        log(f"live: {n} subscribers connected; measuring {seconds:.0f} s")
+        steady_from = time.time()
         await asyncio.sleep(seconds)
+        steady_to = time.time()  # before the meters are read, which blocks the clients' loop too
         cores = cores_used(meters, time.perf_counter() - t0)
         dropped = subs[::10]
         for s in dropped:
@@ -518,8 +530,15 @@ async def _measure_with(
         for eid in expected[s.n]
         if parse_id(eid) > parse_id(s.dropped_at or "0-0") and eid not in s.received
     )
-    lat = np.asarray([x for s in subs for x in s.latencies_ms])
-    to_stream = np.asarray([x for s in subs for x in s.to_stream_ms])
+    every = np.asarray([x for s in subs for x in s.latencies_ms])
+    at = np.asarray([t for s in subs for t in s.received_s])
+    # The headline figures are those of the steady window: every subscriber connected, before
+    # any is dropped. The ramp (200 connections opened, each with its snapshot, while updates
+    # already flow to the first ones) and the resume phase (20 reconnecting and catching up) are
+    # given apart, and the whole run beside them.
+    steady = (at >= steady_from) & (at < steady_to)
+    lat = every[steady]
+    to_stream = np.asarray([x for s in subs for x in s.to_stream_ms])[steady]
     return {
         "bench": "live",
         "subscribers": n,
@@ -536,6 +555,16 @@ async def _measure_with(
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
         "latency_samples": int(len(lat)),
+        "window": "steady: all subscribers connected, before the drop",
+        "phases": {
+            name: {"p50_ms": _pct(every[m], 50), "p99_ms": _pct(every[m], 99), "samples": int(m.sum())}
+            for name, m in (
+                ("ramp", at < steady_from),
+                ("steady", steady),
+                ("resume", at >= steady_to),
+                ("whole_run", np.ones(len(every), bool)),
+            )
+        },
         # Of which: commit to the entry's append (the writer's fan-out; Redis' clock, ms)
         "commit_to_stream_p50_ms": round(float(np.percentile(to_stream, 50)), 1) if len(to_stream) else None,
         "commit_to_stream_p99_ms": round(float(np.percentile(to_stream, 99)), 1) if len(to_stream) else None,
@@ -545,11 +574,21 @@ async def _measure_with(
         "by_transport": {
             tr: {"p50_ms": _pct(a, 50), "p99_ms": _pct(a, 99)}
             for tr in ("sse", "ws")
-            if len(a := np.asarray([x for s in subs if s.transport == tr for x in s.latencies_ms]))
+            if len(
+                a := np.asarray(
+                    [
+                        x
+                        for s in subs
+                        if s.transport == tr
+                        for x, t in zip(s.latencies_ms, s.received_s, strict=True)
+                        if steady_from <= t < steady_to
+                    ]
+                )
+            )
         },
         # Where the slow updates fall: the seconds with most updates over 250 ms (a stall
         # shows as one or two seconds holding most of them; contention spreads them out)
-        "slow_seconds": _slow_seconds(subs),
+        "slow_seconds": _slow_seconds(subs, steady_from),
         "dropped_and_resumed": len(dropped),
         "missed_after_resume": missed_after,
         "load_avg_1m_during": round(load0, 2),
@@ -560,19 +599,21 @@ async def _measure_with(
     }
 
 
-def _slow_seconds(subs: list[Sub], over_ms: float = 250.0, top: int = 5) -> dict[str, Any]:
+def _slow_seconds(subs: list[Sub], steady_from: float, over_ms: float = 250.0, top: int = 5) -> dict[str, Any]:
     per: dict[int, int] = {}
     for s in subs:
         for t, lat in zip(s.received_s, s.latencies_ms, strict=True):
             if lat > over_ms:
-                per[t] = per.get(t, 0) + 1
-    first = min((t for s in subs for t in s.received_s[:1]), default=0)
+                sec = int(t - steady_from) if t >= steady_from else -int(steady_from - t) - 1
+                per[sec] = per.get(sec, 0) + 1
     worst = sorted(per.items(), key=lambda kv: -kv[1])[:top]
     return {
         "over_ms": over_ms,
         "total": sum(per.values()),
         "seconds": len(per),
-        "worst": [[t - first, n] for t, n in worst],  # [second of the run, updates over]
+        # [second, updates over]: counted from the steady window's start (negative: the ramp;
+        # at or past its length: the resume phase)
+        "worst": worst,
     }
 
 
