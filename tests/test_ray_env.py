@@ -32,7 +32,9 @@ CHILD = textwrap.dedent(
     moved = background_priority()
     now = sorted({nice(x) for x in os.listdir("/proc/self/task")})
     later = []
-    threading.Thread(target=lambda: later.append(nice(threading.get_native_id()))).start()
+    made = threading.Thread(target=lambda: later.append(nice(threading.get_native_id())))
+    made.start()
+    made.join()
     again = background_priority()
     stop.set(); t.join()
     out = {"was": was, "now": now, "moved": len(moved), "threads": len(tids), "later": later, "again": again}
