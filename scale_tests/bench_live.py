@@ -536,6 +536,7 @@ async def _measure_with(
     # any is dropped. The ramp (200 connections opened, each with its snapshot, while updates
     # already flow to the first ones) and the resume phase (20 reconnecting and catching up) are
     # given apart, and the whole run beside them.
+    transport = np.asarray([s.transport for s in subs for _ in s.latencies_ms])
     steady = (at >= steady_from) & (at < steady_to)
     lat = every[steady]
     to_stream = np.asarray([x for s in subs for x in s.to_stream_ms])[steady]
@@ -574,17 +575,7 @@ async def _measure_with(
         "by_transport": {
             tr: {"p50_ms": _pct(a, 50), "p99_ms": _pct(a, 99)}
             for tr in ("sse", "ws")
-            if len(
-                a := np.asarray(
-                    [
-                        x
-                        for s in subs
-                        if s.transport == tr
-                        for x, t in zip(s.latencies_ms, s.received_s, strict=True)
-                        if steady_from <= t < steady_to
-                    ]
-                )
-            )
+            if len(a := every[steady & (transport == tr)])
         },
         # Where the slow updates fall: the seconds with most updates over 250 ms (a stall
         # shows as one or two seconds holding most of them; contention spreads them out)
