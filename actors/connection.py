@@ -16,6 +16,7 @@ from ingest.core.config import Settings
 from ingest.core.heap import settle_heap
 from ingest.core.metrics import Metrics, safe
 from ingest.core.models import ConnectionSpec
+from ingest.core.order import Place
 from ingest.core.ray_env import background_priority
 from ingest.device.connection_metrics import ConnectionGauges
 from ingest.device.host import ConnectionHost
@@ -66,13 +67,20 @@ class ConnectionActor:
         name = writer_name(spec.tenant_slug)
         namespace = self.settings.namespace
         handle: list[Any] = []
+        # One lookup at a time: sends waiting on it go on in the order they came, so the calls
+        # leave in the order cut (a send that found the handle while an older one still looked
+        # it up overtook it; the writer now refuses that, but every refusal costs a pause).
+        lookup = asyncio.Lock()
 
-        async def send(batch: ReadingBatch) -> Any:
+        async def send(batch: ReadingBatch, place: Place) -> Any:
             if not handle:
-                # The coordinator creates writers; until it has, the lookup fails and we retry.
-                handle.append(await asyncio.to_thread(ray.get_actor, name, namespace=namespace))
+                async with lookup:
+                    if not handle:
+                        # The coordinator creates writers; until it has, the lookup fails and
+                        # the sender resends.
+                        handle.append(await asyncio.to_thread(ray.get_actor, name, namespace=namespace))
             try:
-                return await handle[0].write.remote(batch.to_arrow())
+                return await handle[0].write.remote(batch.to_arrow(), False, place)
             except ray.exceptions.RayActorError:
                 handle.clear()  # restarted or replaced: look it up again on the retry
                 raise

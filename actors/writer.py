@@ -21,6 +21,7 @@ from ingest.core.config import Settings
 from ingest.core.errors import StorageUnavailable
 from ingest.core.heap import settle_heap
 from ingest.core.metrics import Metrics, safe
+from ingest.core.order import Place
 from ingest.core.ray_env import background_priority
 from ingest.read.refresher import RollupRefresher
 from ingest.read.retention import retention_loop
@@ -219,12 +220,12 @@ class WriterActor:
             safe(m.spool_high.set, 1.0 if high else 0.0, tags)
 
     @ray.method(concurrency_group="data")
-    async def write(self, rb: pa.RecordBatch, prompt: bool = False) -> dict[str, Any]:
+    async def write(self, rb: pa.RecordBatch, prompt: bool = False, place: Place | None = None) -> dict[str, Any]:
         """Land one batch (committed, spooled or quarantined); ``prompt`` when a client waits
-        on the answer (see TenantWriter.write)."""
+        on the answer, ``place`` where it stands among its sender's (see TenantWriter.write)."""
         w = await self._ensure()
         batch: Batch = TextBatch.from_arrow(rb) if is_text(rb) else ReadingBatch.from_arrow(rb)
-        r = await w.write(batch, prompt)
+        r = await w.write(batch, prompt, place)
         e2e = Metrics.get().end_to_end_latency
         if not (r.duplicate or r.spooled or r.quarantined) and len(batch):
             lat = time.time() - float(np.median(batch.time_us)) / 1e6

@@ -12,6 +12,7 @@ import pytest
 from asyncua import ua
 
 from ingest.core.batch import ReadingBatch
+from ingest.core.order import Place
 from ingest.device import opcua_service as svc
 from ingest.device.host_takeover import HostTakeovers
 from ingest.device.opcua_stream import NotificationStream
@@ -124,7 +125,7 @@ def _batch(i: int) -> ReadingBatch:
 async def test_the_sender_says_up_to_which_mark_everything_is_committed() -> None:
     gates: dict[str, asyncio.Event] = {}
 
-    async def send(b: ReadingBatch) -> None:
+    async def send(b: ReadingBatch, _place: Place) -> None:
         await gates.setdefault(b.batch_id, asyncio.Event()).wait()
 
     sender = BatchSender(send, max_inflight=4)

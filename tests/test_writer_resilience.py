@@ -16,6 +16,7 @@ from ingest.core.batch import ReadingBatch, TextBatch
 from ingest.core.config import Settings
 from ingest.core.errors import SpoolFull
 from ingest.core.models import Quality, quality_as_int4
+from ingest.core.order import Place
 from ingest.device.sender import BatchSender, gap_markers
 from ingest.write.fanout import RedisFanout, channel, latest_key
 from ingest.write.spool import Quarantine, RedisSpool
@@ -166,7 +167,7 @@ async def test_full_spool_pushes_back_and_sender_records_gaps(stack: Settings, r
     # The sender, refused, sheds its oldest readings into gap markers once over its bound.
     gaps: list[int] = []
 
-    async def refuse(_: ReadingBatch) -> None:
+    async def refuse(_: ReadingBatch, _place: Place) -> None:
         raise SpoolFull("full")
 
     sender = BatchSender(

@@ -167,6 +167,13 @@ class StorageUnavailable(IngestError):
     retriable = True
 
 
+class OutOfOrder(IngestError):
+    """A writer refused a batch that arrived before an older unacknowledged batch of its sender
+    (ingest.core.order): resent in order, it is taken."""
+
+    retriable = True
+
+
 class ClusterUnavailable(IngestError):
     """A cluster service (the coordinator, a tenant's writer) is not running or did not answer."""
 

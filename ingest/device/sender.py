@@ -1,11 +1,15 @@
 """The sending side of a tenant's micro-batches: keep every batch until the writer acknowledges it.
 
 A batch leaves the sender only when the writer says it is committed (or was committed before). On a
-failure it is resent with the same id after a capped, jittered backoff, so a writer that restarts
-mid-call sees the resend and its ledger skips what the first attempt already committed. In-flight
-calls are bounded; ``unacked_rows`` is what callers use for backpressure. Each batch may carry a
-``mark`` (the caller's tick number): ``oldest_unacked_mark`` says up to where everything submitted
-is committed, which is what lets an OPC UA session acknowledge a message only once it is stored.
+failure it goes back into the queue in the order it was cut and sending pauses for a capped,
+jittered backoff; then the queue is sent again from its oldest batch, with the same ids, so a writer
+that restarts mid-call sees the resends and its ledger skips what the first attempts committed.
+Each send carries the batch's ``Place`` (ingest.core.order): the writer refuses a batch that would
+settle before an older unacknowledged one, so a lost actor never leaves a hole behind newer stored
+readings, where no gap check looks. In-flight calls are bounded; ``unacked_rows`` is what callers
+use for backpressure. Each batch may carry a ``mark`` (the caller's tick number):
+``oldest_unacked_mark`` says up to where everything submitted is committed, which is what lets an
+OPC UA session acknowledge a message only once it is stored.
 
 Memory is bounded too: when the rows held exceed ``max_unacked_rows`` (the writer is refusing
 because its spool is full, or is unreachable for long), the oldest queued batches are replaced by
@@ -16,7 +20,9 @@ that timestamp on. The loss is then explicit, counted and itself stored, never s
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,10 +33,11 @@ from ingest.core.aio import cancel_and_wait
 from ingest.core.backoff import Backoff
 from ingest.core.batch import ReadingBatch, per_tag
 from ingest.core.models import GAP_QUALITY
+from ingest.core.order import Place
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[ReadingBatch], Awaitable[Any]]
+Send = Callable[[ReadingBatch, Place], Awaitable[Any]]
 
 
 def gap_markers(batch: ReadingBatch) -> ReadingBatch:
@@ -58,13 +65,17 @@ class BatchSender:
         on_gap: Callable[[int], None] | None = None,
     ) -> None:
         self._send = send
-        self._queue: deque[ReadingBatch] = deque()
+        self.name = uuid.uuid4().hex[:16]  # this sender, among the writer's (ingest.core.order)
+        self._queue: deque[ReadingBatch] = deque()  # in the order cut (``_n``), resends too
+        self._n: dict[str, int] = {}  # batch id -> its place in the order cut, until acknowledged
+        self._next_n = 0
+        self._flying: dict[str, int] = {}  # in flight: batch id -> n
+        self._resume_at = 0.0  # after a failure nothing is sent before this (loop time)
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         self._marks: dict[str, int] = {}  # batch id -> its mark, until acknowledged
         self._outstanding: dict[int, int] = {}  # mark -> batches of it not acknowledged yet
         self._slots = asyncio.Semaphore(max_inflight)
         self._inflight: set[asyncio.Task[None]] = set()
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
         self._on_error = on_error
         self._max_unacked_rows = max_unacked_rows
         self._on_gap = on_gap
@@ -83,6 +94,8 @@ class BatchSender:
 
     def submit(self, batch: ReadingBatch, mark: int = 0) -> None:
         self._queue.append(batch)
+        self._n[batch.batch_id] = self._next_n
+        self._next_n += 1
         self._marks[batch.batch_id] = mark
         self._outstanding[mark] = self._outstanding.get(mark, 0) + 1
         self.unacked_rows += len(batch)
@@ -101,6 +114,7 @@ class BatchSender:
                 continue
             marker = gap_markers(b)
             self._marks[marker.batch_id] = self._marks.pop(b.batch_id)
+            self._n[marker.batch_id] = self._n.pop(b.batch_id)  # in its place
             kept.append(marker)
             self.unacked_rows += len(marker) - len(b)
             self.gap_readings += len(b)
@@ -115,6 +129,7 @@ class BatchSender:
         return min(self._outstanding) if self._outstanding else None
 
     def _acked(self, batch: ReadingBatch) -> None:
+        self._n.pop(batch.batch_id, None)
         mark = self._marks.pop(batch.batch_id, 0)
         left = self._outstanding.get(mark, 0) - 1
         if left > 0:
@@ -143,38 +158,57 @@ class BatchSender:
             t.cancel()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if (pause := self._resume_at - loop.time()) > 0:
+                await asyncio.sleep(pause)
+                continue
             await self._slots.acquire()
+            if not self._queue or self._resume_at > loop.time():  # a failure while waiting
+                self._slots.release()
+                continue
             batch = self._queue.popleft()
-            t = asyncio.create_task(self._deliver(batch))
+            n = self._n[batch.batch_id]
+            place = Place(self.name, n, min(n, *self._flying.values()) if self._flying else n)
+            self._flying[batch.batch_id] = n
+            t = asyncio.create_task(self._deliver(batch, place))
             self._inflight.add(t)
             t.add_done_callback(self._inflight.discard)
 
-    async def _deliver(self, batch: ReadingBatch) -> None:
-        backoff = Backoff(self._backoff_initial_s, self._backoff_max_s)
+    async def _deliver(self, batch: ReadingBatch, place: Place) -> None:
         try:
-            while True:
-                try:
-                    await self._send(batch)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:
-                    # Every failure is retried, ``retriable`` or not: the batch id makes a resend
-                    # harmless, and giving up would drop readings silently. A batch the database
-                    # refuses for good is the writer's to quarantine, which acknowledges it.
-                    self.retries += 1
-                    self.last_error = f"{type(e).__name__}: {e}"[:500]
-                    if self._on_error is not None:
-                        self._on_error(e)
-                    await asyncio.sleep(backoff.next_delay())
-            self._acked(batch)
-            self.unacked_rows -= len(batch)
-            self.acked_rows += len(batch)
-            self.acked_batches += 1
+            await self._send(batch, place)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            # Every failure is resent, ``retriable`` or not: the batch id makes a resend
+            # harmless, and giving up would drop readings silently. A batch the database
+            # refuses for good is the writer's to quarantine, which acknowledges it.
+            self.retries += 1
+            self.last_error = f"{type(e).__name__}: {e}"[:500]
+            if self._on_error is not None:
+                self._on_error(e)
+            self._requeue(batch)
+            return
         finally:
+            self._flying.pop(batch.batch_id, None)
             self._slots.release()
+        self._backoff.reset()
+        self._acked(batch)
+        self.unacked_rows -= len(batch)
+        self.acked_rows += len(batch)
+        self.acked_batches += 1
+
+    def _requeue(self, batch: ReadingBatch) -> None:
+        """Back into the queue in the order cut; sending pauses (one backoff step per failure
+        seen after a pause, not one per batch that was in flight when the writer went)."""
+        n = self._n[batch.batch_id]
+        self._queue.insert(bisect.bisect_left(self._queue, n, key=lambda b: self._n[b.batch_id]), batch)
+        now = asyncio.get_running_loop().time()
+        if now >= self._resume_at:
+            self._resume_at = now + self._backoff.next_delay()
+        self._wake.set()

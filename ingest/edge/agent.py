@@ -23,6 +23,7 @@ from ingest.core.aio import run_ticks
 from ingest.core.backoff import Backoff
 from ingest.core.batch import ReadingBatch, TextBatch, per_tag
 from ingest.core.models import ConnectionSpec
+from ingest.core.order import Place
 from ingest.device.host import ConnectionHost
 from ingest.device.sender import BatchSender
 from ingest.edge.buffer import EdgeBuffer, Sealed
@@ -76,7 +77,7 @@ class EdgeAgent:
         # bound the sender itself turns the oldest held readings into gap markers.
         return BatchSender(self._keep, max_inflight=1, backoff_max_s=5.0, max_unacked_rows=2_000_000)
 
-    async def _keep(self, batch: ReadingBatch | TextBatch) -> None:
+    async def _keep(self, batch: ReadingBatch | TextBatch, _place: Place) -> None:
         if isinstance(batch, TextBatch):
             # The push endpoint carries numbers; a text value that reaches us anyway (an OPC UA
             # node that turned out to be a String) is recorded as lost, never dropped silently.

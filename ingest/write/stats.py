@@ -48,6 +48,7 @@ class WriterStats:
     spooled_batches: int = 0
     drained_batches: int = 0
     quarantined_batches: int = 0
+    out_of_order: int = 0  # batches refused for arriving before an older one of their sender
     spool_rows: int = 0
     db_available: bool = True
     rejections: dict[str, int] = field(default_factory=dict)
