@@ -264,7 +264,7 @@ class WriterActor:
         w = await self._ensure()
         if w.stats.spool_rows > 0:  # stored data ends after what the spool still holds
             raise StorageUnavailable(f"spool still holds {w.stats.spool_rows} rows")
-        if w.holds_older(dict(zip(tag_ids, before_us, strict=True))):  # ... or what is queued
+        if w.queue.holds_older(dict(zip(tag_ids, before_us, strict=True))):  # ... or what is queued
             raise StorageUnavailable("older rows of these tags are still queued for commit")
         store = await self._tenant_store()
         return await store.last_times(tag_ids, before_us)

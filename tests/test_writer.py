@@ -121,7 +121,7 @@ async def test_a_flush_s_bookkeeping_runs_during_the_next_copy_in_commit_order(t
     w: TenantWriter
 
     def on_commit(rows: ReadingBatch, _write_s: float) -> None:
-        calls.append((int(rows.time_us.min()), len(rows), bool(w._flushing)))
+        calls.append((int(rows.time_us.min()), len(rows), bool(w.queue.flushing)))
 
     w = TenantWriter(tenant_db, flush_rows=100, flush_interval_ms=3_600_000, on_commit=on_commit)
     await w.start()

@@ -12,7 +12,7 @@ with the outer one (issue 17).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,9 @@ import asyncpg
 import numpy as np
 
 from ingest.core.batch import Batch, ReadingBatch, TextBatch
+from ingest.core.errors import BatchRejected, IngestError, StorageError, StorageUnavailable
 from ingest.core.models import GAP_QUALITY
+from ingest.core.translate import TRANSIENT
 from ingest.write.copy_binary import encode_buffer
 from ingest.write.speculative import restore, snapshot
 
@@ -184,3 +186,28 @@ async def commit_once(
             restore(validator, before)
         raise
     return Flushed(seen, len(new), rows_out, sum(len(b) for b in texts), merged, outcome, texts)
+
+
+def _translate(e: BaseException) -> IngestError:
+    """A failed commit's asyncpg or socket error -> ours: StorageUnavailable (retriable: the
+    database is away, spool and retry) or BatchRejected (not: isolate and quarantine)."""
+    detail = f"{type(e).__name__}: {e}"
+    return StorageUnavailable(detail) if isinstance(e, TRANSIENT) else BatchRejected(detail)
+
+
+async def commit_flush(
+    connection: Callable[[], Awaitable[asyncpg.Connection]],
+    batches: Sequence[Batch],
+    validator: Validator | None,
+    during_copy: Callable[[], None] | None = None,
+) -> Flushed:
+    """``commit_once`` on the writer's connection, again after a ledger race (up to three
+    times), asyncpg's errors translated into ours where they enter."""
+    for _ in range(3):
+        try:
+            return await commit_once(await connection(), batches, validator, during_copy)
+        except LedgerRace:
+            continue
+        except (*TRANSIENT, asyncpg.PostgresError) as e:
+            raise _translate(e) from e
+    raise StorageError("ledger kept changing under this writer (two writers for one tenant?)")

@@ -27,11 +27,9 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
-import numpy as np
 
 from ingest.core.aio import cancel_and_wait
 from ingest.core.backoff import Backoff
@@ -46,9 +44,9 @@ from ingest.core.errors import (
     StorageUnavailable,
 )
 from ingest.core.models import GAP_QUALITY
-from ingest.core.order import Place, SenderOrder
-from ingest.core.translate import TRANSIENT
-from ingest.write.commit import LedgerRace, commit_once
+from ingest.core.order import Place
+from ingest.write.commit import commit_flush
+from ingest.write.queue import Pending, WriteQueue, WriteResult
 from ingest.write.stats import WriterStats
 
 if TYPE_CHECKING:
@@ -57,29 +55,6 @@ if TYPE_CHECKING:
     from ingest.write.validation import Validator
 
 log = logging.getLogger(__name__)
-
-
-def _translate(e: BaseException) -> IngestError:
-    """A failed commit's asyncpg or socket error -> ours: StorageUnavailable (retriable: the
-    database is away, spool and retry) or BatchRejected (not: isolate and quarantine)."""
-    detail = f"{type(e).__name__}: {e}"
-    return StorageUnavailable(detail) if isinstance(e, TRANSIENT) else BatchRejected(detail)
-
-
-@dataclass
-class WriteResult:
-    batch_id: str
-    rows: int
-    duplicate: bool = False  # the ledger already held this id; nothing written again
-    spooled: bool = False  # held in the durable spool; will be committed when the DB returns
-    quarantined: bool = False  # refused by the database for good; kept for an operator
-
-
-@dataclass
-class _Pending:
-    batch: Batch
-    done: asyncio.Future[WriteResult]
-    place: Place | None = None  # among its sender's batches (ingest.core.order)
 
 
 OnCommit = Callable[[ReadingBatch, float], None]
@@ -113,10 +88,7 @@ class TenantWriter:
         self._on_event = on_event
         self._backoff = Backoff(backoff_initial_s, backoff_max_s)  # between drain attempts
         self._next_drain = 0.0
-        self._pending: list[_Pending] = []
-        self._flushing: list[_Pending] = []  # taken off _pending by the flush in progress
-        self._pending_rows = 0
-        self._order = SenderOrder()  # each sender's batches settle in the order it cut them
+        self.queue = WriteQueue()  # what callers wait on; each sender's batches settle in order
         self._wake = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -148,8 +120,7 @@ class TenantWriter:
         self._run_deferred()  # the last flush's fan-out and figures
         # Never acknowledged, so their senders keep them and resend (harmless if the cancelled
         # flush had committed them: the ledger knows their ids).
-        self._fail(self._flushing + self._pending, StorageUnavailable("writer stopped"))
-        self._flushing, self._pending, self._pending_rows = [], [], 0
+        self.queue.fail_all(StorageUnavailable("writer stopped"))
         for ack in self._hold_acks:  # a hold waiting on the stopped loop
             if not ack.done():
                 ack.set_exception(StorageUnavailable("writer stopped"))
@@ -159,22 +130,6 @@ class TenantWriter:
         if self._conn is not None:
             self._conn.terminate()
             self._conn = None
-
-    def holds_older(self, before_us: dict[int, int]) -> bool:
-        """Whether a batch queued or being flushed holds a row of one of these tags older than
-        the given time: stored data does not yet end where it will (a gap check waits)."""
-        if not before_us:
-            return False
-        keys = np.fromiter(sorted(before_us), np.int64, len(before_us))
-        limits = np.asarray([before_us[int(k)] for k in keys], np.int64)
-        for p in self._flushing + self._pending:
-            b = p.batch
-            if len(b) == 0:
-                continue
-            at = np.minimum(np.searchsorted(keys, b.tag_id), len(keys) - 1)
-            if np.any((keys[at] == b.tag_id) & (b.time_us < limits[at])):
-                return True
-        return False
 
     async def write_text(self, batch: TextBatch) -> WriteResult:
         """String readings: queued, committed, spooled and quarantined like numeric ones."""
@@ -195,16 +150,12 @@ class TenantWriter:
         older unacknowledged one of them is neither settled nor queued here (ingest.core.order)."""
         if self._task is None:
             raise StorageUnavailable("writer is not running")
-        if place is not None:
-            try:
-                self._order.admit(place)
-            except OutOfOrder:
-                self.stats.out_of_order += 1
-                raise
-        fut: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(batch, fut, place))
-        self._pending_rows += len(batch)
-        if prompt or self._pending_rows >= self.flush_rows:
+        try:
+            fut = self.queue.add(batch, place)
+        except OutOfOrder:
+            self.stats.out_of_order += 1
+            raise
+        if prompt or self.queue.rows >= self.flush_rows:
             self._wake.set()
         return await fut
 
@@ -249,29 +200,22 @@ class TenantWriter:
                         ack.set_result(None)
                 self._hold_acks = []
             try:
-                while self._pending:
-                    take: list[_Pending] = []
-                    rows = 0
-                    while self._pending and (rows < self.flush_rows or not take):
-                        p = self._pending.pop(0)
-                        take.append(p)
-                        rows += len(p.batch)
-                    self._pending_rows -= rows
-                    self._flushing = take
+                while self.queue.pending:
+                    take = self.queue.take(self.flush_rows)
                     if self._held or self.stats.spool_rows > 0 or not self.stats.db_available:
                         await self._to_spool(take)
                     else:
                         await self._flush(take)
-                    self._flushing = []
-                    if self._pending_rows < self.flush_rows:
+                    self.queue.flushing = []
+                    if self.queue.rows < self.flush_rows:
                         break
                 if self.stats.spool_rows > 0 and not self._held and loop.time() >= self._next_drain:
                     await self._drain()
             except Exception as e:  # the loop must survive anything; futures carry the errors
                 log.exception("writer loop iteration failed")
                 err = e if isinstance(e, IngestError) else StorageUnavailable(f"flush failed: {e!r}")
-                self._fail(self._flushing, err)
-                self._flushing = []
+                self.queue.fail(self.queue.flushing, err)
+                self.queue.flushing = []
 
     def _event(self, reason: str, n: int = 1) -> None:
         if self._on_event is not None:
@@ -294,45 +238,23 @@ class TenantWriter:
         self.stats.db_available = True
         self._backoff.reset()
 
-    async def _to_spool(self, items: list[_Pending]) -> None:
+    async def _to_spool(self, items: list[Pending]) -> None:
         if self.spool is None:
             err: IngestError = StorageUnavailable("tenant database unavailable and no spool")
-            self._fail(items, err)
+            self.queue.fail(items, err)
             return
         try:
             self.stats.spool_rows = await self.spool.push([p.batch for p in items])
         except (SpoolFull, SpoolUnavailable) as e:
             self._event("spool_full" if isinstance(e, SpoolFull) else "spool_unavailable")
-            self._fail(items, e)
+            self.queue.fail(items, e)
             return
         self.stats.spooled_batches += len(items)
         for p in items:
             if not p.done.done():
                 p.done.set_result(WriteResult(p.batch.batch_id, len(p.batch), spooled=True))
 
-    def _fail(self, items: list[_Pending], err: Exception) -> None:
-        """Fail these batches, and every later queued batch of their senders with them: none may
-        settle before an older one of its sender (ingest.core.order)."""
-        first: dict[str, int] = {}  # sender -> its oldest batch failed here
-        for p in items:
-            if p.done.done():
-                continue  # settled already
-            p.done.set_exception(err)
-            if p.place is not None:
-                self._order.failed(p.place)
-                first[p.place.sender] = min(p.place.n, first.get(p.place.sender, p.place.n))
-        if not first:
-            return
-        behind = [
-            p for p in self._pending if p.place is not None and p.place.n > first.get(p.place.sender, p.place.n)
-        ]
-        if behind:
-            gone = {id(p) for p in behind}
-            self._pending = [p for p in self._pending if id(p) not in gone]
-            self._pending_rows -= sum(len(p.batch) for p in behind)
-            self._fail(behind, err)
-
-    async def _flush(self, items: list[_Pending]) -> None:
+    async def _flush(self, items: list[Pending]) -> None:
         batches = [p.batch for p in items]
         try:
             results = await self._commit(batches)
@@ -403,7 +325,7 @@ class TenantWriter:
             self.stats.spool_rows -= sum(len(b) for b in batches)
             self.stats.drained_batches += len(batches)
             self._db_up()
-            if self._pending_rows >= self.flush_rows:
+            if self.queue.rows >= self.flush_rows:
                 return  # let fresh batches join the spool's tail, then continue draining
 
     async def _connection(self) -> asyncpg.Connection:
@@ -425,21 +347,9 @@ class TenantWriter:
 
     # -- one transaction -------------------------------------------------------------------------
     async def _commit(self, batches: list[Batch]) -> list[WriteResult]:
-        for _ in range(3):
-            try:
-                return await self._commit_once(batches)
-            except LedgerRace:
-                continue
-            except (*TRANSIENT, asyncpg.PostgresError) as e:  # where asyncpg's errors enter
-                raise _translate(e) from e
-        raise StorageError("ledger kept changing under this writer (two writers for one tenant?)")
-
-    async def _commit_once(self, batches: list[Batch]) -> list[WriteResult]:
-        conn = await self._connection()
         t0 = time.perf_counter()
-        f = await commit_once(conn, batches, self.validator, self._run_deferred)
-        commit_s = time.time()
-        write_s = time.perf_counter() - t0
+        f = await commit_flush(self._connection, batches, self.validator, self._run_deferred)
+        commit_s, write_s = time.time(), time.perf_counter() - t0
         self.stats.flushes += 1
         if f.outcome is not None:  # commit_once has folded it into the validator
             for reason, n in f.outcome.counts.items():
@@ -453,7 +363,7 @@ class TenantWriter:
         if rows is not None and len(rows):
             self.stats.rows_committed += len(rows)
             work = functools.partial(self._after_commit, rows, commit_s, write_s)
-            if self._wake.is_set() or self._pending_rows >= self.flush_rows:
+            if self._wake.is_set() or self.queue.rows >= self.flush_rows:
                 # The next flush starts at once: this runs during its COPY (or before the loop
                 # waits again, if it copies nothing), in commit order either way.
                 self._deferred.append(work)
