@@ -29,8 +29,9 @@ from ingest.store.master import MasterStore
 from ingest.store.secrets import SecretBox
 from ingest.store.tenant_store import TenantStore
 from ingest.write.fanout import RedisFanout
+from ingest.write.rules import TagRules
 from ingest.write.spool import Quarantine, RedisSpool
-from ingest.write.validation import TagRules, Validator
+from ingest.write.validation import Validator
 from ingest.write.writer import TenantWriter
 
 log = logging.getLogger(__name__)

@@ -17,14 +17,8 @@ import numpy as np
 import pytest
 
 from ingest.core.models import Quality, quality_as_int4
-from ingest.write.validation import (
-    FLAG_REASONS,
-    REJECT_REASONS,
-    TagRules,
-    ValidationOutcome,
-    ValidationSettings,
-    Validator,
-)
+from ingest.write.rules import TagRules, ValidationSettings
+from ingest.write.validation import FLAG_REASONS, REJECT_REASONS, ValidationOutcome, Validator
 
 GOOD = 0
 UNCERTAIN = int(quality_as_int4(Quality.UNCERTAIN))

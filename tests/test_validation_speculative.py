@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ingest.write.rules import TagRules, ValidationSettings
 from ingest.write.speculative import restore, snapshot
-from ingest.write.validation import TagRules, ValidationOutcome, ValidationSettings, Validator
+from ingest.write.validation import ValidationOutcome, Validator
 
 T0 = 1_700_000_000_000_000
 S = 1_000_000

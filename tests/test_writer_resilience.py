@@ -19,8 +19,9 @@ from ingest.core.models import Quality, quality_as_int4
 from ingest.core.order import Place
 from ingest.device.sender import BatchSender, gap_markers
 from ingest.write.fanout import RedisFanout, channel, latest_key
+from ingest.write.rules import TagRules
 from ingest.write.spool import Quarantine, RedisSpool
-from ingest.write.validation import TagRules, Validator
+from ingest.write.validation import Validator
 from ingest.write.writer import TenantWriter
 from tests.conftest import fresh_database
 from tests.helpers import wait_until
