@@ -46,9 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncua import ua
-from asyncua.server.history import HistoryDict
 from asyncua.server.server import Server
-from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
@@ -56,10 +54,12 @@ from ingest.core.models import SecurityMode, SecurityPolicy
 from ingest.simulators.opcua_server_hooks import (
     TRANSFER_MODES,
     ServerFaults,
-    SQLiteHistory,
     TransferMode,
     UserManager,
     add_browse_nodes,
+    check_settings,
+    setup_history,
+    setup_security,
 )
 from ingest.simulators.well_field import SimulatorMode, WellField
 
@@ -126,24 +126,7 @@ class OpcUaSimulator:
         5 s .. 10 min). A client asking for more gets this, so the session of a client that went
         away, and the subscriptions it owns, are deleted this long after its last request.
         """
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port must be 0..65535, got {port}")
-        if interval_ms < 1:
-            raise ValueError(f"interval_ms must be >= 1, got {interval_ms}")
-        if not name or "/" in name:
-            raise ValueError(f"name must be a non-empty path segment, got {name!r}")
-        if max_items_per_call < 1:
-            raise ValueError(f"max_items_per_call must be >= 1, got {max_items_per_call}")
-        if transfer not in TRANSFER_MODES:
-            raise ValueError(f"transfer must be one of {', '.join(TRANSFER_MODES)}, got {transfer!r}")
-        if session_timeout_ms is not None and (
-            isinstance(session_timeout_ms, bool)
-            or not isinstance(session_timeout_ms, int)
-            or session_timeout_ms < 1
-        ):
-            raise ValueError(
-                f"session_timeout_ms must be a positive whole number of ms or None, got {session_timeout_ms!r}"
-            )
+        check_settings(port, interval_ms, name, max_items_per_call, transfer, session_timeout_ms)
         self.host = host
         self.port = port
         self.wells = wells
@@ -236,7 +219,13 @@ class OpcUaSimulator:
         server.set_endpoint(self.endpoint)
         server.set_server_name(self.name)
         await server.set_application_uri(SERVER_APPLICATION_URI)
-        await self._setup_security(server)
+        await setup_security(
+            server,
+            self.security,
+            anonymous=self._users is None,
+            pki_dir=self.pki_dir,
+            application_uri=SERVER_APPLICATION_URI,
+        )
         self._ns = await server.register_namespace(NAMESPACE_URI)
         await server.write_attribute_value(
             ua.NodeId(ua.Int32(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)),
@@ -258,7 +247,7 @@ class OpcUaSimulator:
         await add_browse_nodes(server, self._ns, self.extra_nodes, self.max_nodes_per_browse)
         self._server = server
         if self.historize:
-            await self._setup_history(server)
+            self._history = await setup_history(server, self._ua_ids, self.history_db)
         # Initial values are not counted: 0.0 in counting mode, a first sample in realistic mode.
         field = self._field
         initial = field.neutral() if self.mode == "counting" else field.next_values(0.0)
@@ -267,41 +256,6 @@ class OpcUaSimulator:
         await server.start()
         self._t0 = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._publish_loop(), name=f"opcua-sim-{self.port}")
-
-    async def _setup_security(self, server: Server) -> None:
-        from ingest.device.opcua_security import PkiStore, server_policy_type
-
-        server.set_security_policy([server_policy_type(m, p) for m, p in self.security])
-        tokens: list[type] = [ua.UserNameIdentityToken, ua.X509IdentityToken]
-        if self._users is None:
-            tokens.insert(0, ua.AnonymousIdentityToken)
-        server.set_identity_tokens(tokens)
-        if any(m is not SecurityMode.NONE for m, _ in self.security):
-            own = await asyncio.to_thread(
-                PkiStore(self.pki_dir).own_certificate, SERVER_APPLICATION_URI, server=True
-            )
-            await server.load_certificate(str(own.cert_path))
-            await server.load_private_key(own.key_path)
-
-    async def _setup_history(self, server: Server) -> None:
-        if self.history_db is not None:
-            storage: Any = SQLiteHistory(str(self.history_db))
-        else:
-            storage = HistoryDict()
-        server.iserver.history_manager.set_storage(storage)
-        await storage.init()
-        # Values go to the storage from the write path itself (see _write_all), not through
-        # asyncua's historizing subscription: that one saves with fire-and-forget tasks, so the
-        # last values before a stop could be missing from history.
-        for nid in self._ua_ids:
-            node = server.get_node(nid)
-            await node.write_attribute(
-                AttributeIds.Historizing, ua.DataValue(ua.Variant(True, ua.VariantType.Boolean))
-            )
-            await node.set_attr_bit(AttributeIds.AccessLevel, ua.AccessLevel.HistoryRead)
-            await node.set_attr_bit(AttributeIds.UserAccessLevel, ua.AccessLevel.HistoryRead)
-            await storage.new_historized_node(nid, None, 0)
-        self._history = storage
 
     async def pause(self) -> None:
         """Stop publishing; when this returns no further value is written until ``resume()``."""

@@ -1,7 +1,7 @@
-"""What the simulator adds to asyncua's server: SQLite history that takes string node ids, a
-user list, and fault hooks (freeze publishing, cut connections, enforce MaxMonitoredItemsPerCall,
-complete, leave as is or refuse TransferSubscriptions). Instance-level wrappers only, nothing
-global.
+"""What the simulator adds to asyncua's server: its security and history set-up, SQLite history
+that takes string node ids, a user list, and fault hooks (freeze publishing, cut connections,
+enforce MaxMonitoredItemsPerCall, complete, leave as is or refuse TransferSubscriptions).
+Instance-level wrappers only, nothing global.
 """
 
 from __future__ import annotations
@@ -10,20 +10,35 @@ import asyncio
 import copy
 import hmac
 import re
+from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from asyncua import ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.history import HistoryDict
 from asyncua.server.history_sql import HistorySQLite
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.internal_subscription import InternalSubscription
 from asyncua.server.server import Server
+from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
-__all__ = ["TRANSFER_MODES", "SQLiteHistory", "ServerFaults", "TransferMode", "UserManager"]
+from ingest.core.models import SecurityMode, SecurityPolicy
+
+__all__ = [
+    "TRANSFER_MODES",
+    "SQLiteHistory",
+    "ServerFaults",
+    "TransferMode",
+    "UserManager",
+    "check_settings",
+    "setup_history",
+    "setup_security",
+]
 
 TransferMode = Literal["complete", "stock", "unsupported"]
 """What TransferSubscriptions does: ``complete`` moves the subscription whole (responses and
@@ -230,3 +245,68 @@ async def add_browse_nodes(server: Server, ns: int, count: int, max_nodes_per_br
     for start in range(0, len(items), 1000):
         for res in await session.add_nodes(items[start : start + 1000]):
             res.StatusCode.check()
+
+
+async def setup_security(
+    server: Server,
+    endpoints: Sequence[tuple[SecurityMode, SecurityPolicy]],
+    *,
+    anonymous: bool,
+    pki_dir: Path,
+    application_uri: str,
+) -> None:
+    """The (mode, policy) endpoints offered, the identity tokens taken (anonymous unless a user
+    list is given), and, for any secure endpoint, the simulator's own certificate from
+    ``pki_dir`` (made on first use)."""
+    from ingest.device.opcua_security import PkiStore, server_policy_type
+
+    server.set_security_policy([server_policy_type(m, p) for m, p in endpoints])
+    tokens: list[type] = [ua.UserNameIdentityToken, ua.X509IdentityToken]
+    if anonymous:
+        tokens.insert(0, ua.AnonymousIdentityToken)
+    server.set_identity_tokens(tokens)
+    if any(m is not SecurityMode.NONE for m, _ in endpoints):
+        own = await asyncio.to_thread(PkiStore(pki_dir).own_certificate, application_uri, server=True)
+        await server.load_certificate(str(own.cert_path))
+        await server.load_private_key(own.key_path)
+
+
+async def setup_history(server: Server, node_ids: Sequence[ua.NodeId], history_db: Path | None) -> Any:
+    """History storage for the nodes (SQLite at ``history_db``, else in memory), returned for the
+    write path to save into: values go there from the simulator's writes themselves, not through
+    asyncua's historizing subscription, which saves with fire-and-forget tasks, so the last
+    values before a stop could be missing from history."""
+    storage: Any = SQLiteHistory(str(history_db)) if history_db is not None else HistoryDict()
+    server.iserver.history_manager.set_storage(storage)
+    await storage.init()
+    for nid in node_ids:
+        node = server.get_node(nid)
+        await node.write_attribute(
+            AttributeIds.Historizing, ua.DataValue(ua.Variant(True, ua.VariantType.Boolean))
+        )
+        await node.set_attr_bit(AttributeIds.AccessLevel, ua.AccessLevel.HistoryRead)
+        await node.set_attr_bit(AttributeIds.UserAccessLevel, ua.AccessLevel.HistoryRead)
+        await storage.new_historized_node(nid, None, 0)
+    return storage
+
+
+def check_settings(
+    port: int, interval_ms: int, name: str, max_items_per_call: int, transfer: str, session_timeout_ms: int | None
+) -> None:
+    """The simulator's settings, refused with a ValueError naming the one that is wrong."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0..65535, got {port}")
+    if interval_ms < 1:
+        raise ValueError(f"interval_ms must be >= 1, got {interval_ms}")
+    if not name or "/" in name:
+        raise ValueError(f"name must be a non-empty path segment, got {name!r}")
+    if max_items_per_call < 1:
+        raise ValueError(f"max_items_per_call must be >= 1, got {max_items_per_call}")
+    if transfer not in TRANSFER_MODES:
+        raise ValueError(f"transfer must be one of {', '.join(TRANSFER_MODES)}, got {transfer!r}")
+    if session_timeout_ms is not None and (
+        isinstance(session_timeout_ms, bool) or not isinstance(session_timeout_ms, int) or session_timeout_ms < 1
+    ):
+        raise ValueError(
+            f"session_timeout_ms must be a positive whole number of ms or None, got {session_timeout_ms!r}"
+        )
