@@ -66,6 +66,7 @@ class WriterStats:
             "spooled_batches": self.spooled_batches,
             "drained_batches": self.drained_batches,
             "quarantined_batches": self.quarantined_batches,
+            "out_of_order": self.out_of_order,
             "spool_rows": self.spool_rows,
             "db_available": self.db_available,
             "validation": dict(self.rejections),
