@@ -50,7 +50,6 @@ class SenderOrder:
         self._idle_s = idle_s
         self._clock = clock
         self._next_prune = clock() + idle_s
-        self.refused = 0
 
     def admit(self, p: Place) -> None:
         """Take ``p`` in as queued here, or raise OutOfOrder naming the first batch missing."""
@@ -63,12 +62,9 @@ class SenderOrder:
         self._seen[p.sender] = now
         if now >= self._next_prune:
             self._prune(now)
-        if p.n - floor > len(held):  # cheap before the walk: some batch before it is missing
-            missing: int | None = next(k for k in range(floor, p.n) if k not in held)
-        else:
-            missing = next((k for k in range(floor, p.n) if k not in held), None)
+        # At most len(held) + 1 steps: past that many, one of them is missing.
+        missing = next((k for k in range(floor, p.n) if k not in held), None)
         if missing is not None:
-            self.refused += 1
             raise OutOfOrder(
                 f"batch {p.n} of sender {p.sender} arrived before its batch {missing}, "
                 "which is not settled or queued here: resend in order"
