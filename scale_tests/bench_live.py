@@ -15,6 +15,10 @@ their commits, filtered as the client asked):
   ``commit_to_stream_p50_ms`` / ``_p99_ms``: the part up to the entry's append (its id's time);
 - ``rss_growth_mb``: the Serve replica's resident memory across ``cycles`` connect/disconnect
   cycles (after a warm-up), for memory that must stay flat.
+
+Each path in turn (``paths``): ``proxy``, every client through Serve's proxy, and ``direct``, where
+a stream ticket's answer sends clients (``live_url``: the API replica's own port, Serve's direct
+ingress, on by default), which heads the result as the product's own way in.
 """
 
 from __future__ import annotations
@@ -55,7 +59,6 @@ from scale_tests.common import (  # noqa: E402
     drop_earlier_tenants,
     log,
     prepare_stack,
-    use_direct_ingress,
 )
 from scale_tests.cpu import cores_used, stage_meters  # noqa: E402
 
@@ -338,7 +341,6 @@ def _run_path(
 
     if path not in PATHS:
         raise ValueError(f"path: one of {PATHS}")
-    use_direct_ingress(path == "direct")
     settings = _bench_settings()
     prepare_stack(settings)
     for attempt in (1, 2, 3):  # Ray gives a head 30 s to register: a loaded machine may miss it
@@ -361,8 +363,6 @@ def _run_path(
 
         api = deploy(settings)["api"]
         wait_http(f"{api}/healthz")
-        live_api = direct_api() if path == "direct" else api
-        log(f"live: path {path}: subscribers connect to {live_api}")
         with at_worker_priority():  # the simulator process keeps it
             proc, endpoint, node_ids = start_simulator(
                 tenants * wells_per_tenant, tags_per_well, interval_ms, summary
@@ -378,6 +378,9 @@ def _run_path(
             )
             r.raise_for_status()
             t.tag_ids = {x["tag_id"]: x["well"] for x in r.json()["tags"]}
+        # direct: where a stream ticket's answer sends clients (the replica's own port).
+        live_api = direct_api(api, ts[0].slug, ts[0].key) if path == "direct" else api
+        log(f"live: path {path}: subscribers connect to {live_api}")
         proc.send_signal(signal.SIGUSR1)  # resume publishing
         log(f"live: {tenants} tenants x {wells_per_tenant * tags_per_well} tags streaming; waiting for rows")
         deadline = time.monotonic() + 180
@@ -413,7 +416,6 @@ def _run_path(
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
         cluster.shutdown()  # type: ignore[no-untyped-call]
-        use_direct_ingress(False)
 
 
 class GcPauses:

@@ -42,7 +42,6 @@ from scale_tests.common import (  # noqa: E402
     log,
     prepare_stack,
     ratio,
-    use_direct_ingress,
 )
 from scale_tests.cpu import stage_meters  # noqa: E402
 
@@ -215,7 +214,6 @@ def run(seconds: float = 60.0, clients: int = 8, wells: int = 250, dup_seconds: 
 
     settings = _bench_settings()
     prepare_stack(settings)
-    use_direct_ingress(True)  # read by the Serve controller and replicas this run starts
     # A head of its own on free ports (not Ray's default port, which a demo or another
     # checkout's benchmark may hold).
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
@@ -300,7 +298,7 @@ def _run(settings: Any, seconds: float, clients: int, wells: int, dup_seconds: f
     starts = request_times()  # one clock for every phase: no two points of a tag share a time
     # A short warm-up: the writer, the tag map and the connection pools come up.
     warm, _ = _phase(api, key, slug, wells, starts, 1, 2.0, False)
-    direct = direct_api()
+    direct = direct_api(api, slug, key)
     push, proxy_out = _measure("proxy", api, key, slug, wells, starts, clients, seconds)
     push_direct, direct_out = _measure("direct", direct, key, slug, wells, starts, clients, seconds)
     log(f"duplicate phase: every request twice with one key for {dup_seconds:.0f} s")

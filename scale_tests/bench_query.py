@@ -29,7 +29,7 @@ from ingest.read.refresher import RollupRefresher
 from ingest.read.rollups import EPOCH
 from ingest.write.fanout import latest_key
 from ingest.write.writer import TenantWriter
-from scale_tests.common import at_worker_priority, direct_api, log, use_direct_ingress
+from scale_tests.common import at_worker_priority, direct_api, log
 from scale_tests.cpu import stage_meters
 
 CLIENTS = 10
@@ -272,9 +272,8 @@ def run(
     # The stack's folder and ports come from the environment (SCADA_LOCAL_DIR, SCADA_PG_PORT,
     # ...) so a checkout can bench against its own stack.
     settings = Settings(namespace="scada-bench", http_port=_free_port()).with_local_secrets()
-    # Both ways in: the proxy (Serve's HTTP port) and each replica's own port (direct ingress),
-    # measured one after the other in this run.
-    use_direct_ingress(True)
+    # Both ways in, measured one after the other in this run: the proxy (Serve's HTTP port) and
+    # the replica's own port (direct ingress, on by default).
     client, slug = deploy_bench(settings)
     api, key = str(client.base_url).rstrip("/"), client.headers["Authorization"][7:]
     return asyncio.run(
@@ -397,7 +396,7 @@ async def _run(
     )
     queries: dict[str, Any] = {}
     queries_direct: dict[str, Any] = {}
-    direct = direct_api()
+    direct = direct_api(api, slug, key)
     # The clients (and the plain-SQL ones) run at the niceness of Ray's workers: on a shared
     # machine neither side takes the CPU first (scale_tests.common.at_worker_priority).
     with at_worker_priority():

@@ -50,42 +50,16 @@ def at_worker_priority() -> Iterator[None]:
             os.setpriority(os.PRIO_PROCESS, 0, before)
 
 
-# Ray Serve's direct ingress: each ingress replica also serves HTTP on a port of its own (from
-# this range), so a client skips the proxy's hop. Read by the controller and the replicas, which
-# inherit the environment of the Ray node a bench starts: set it before Ray starts.
-DIRECT_INGRESS_ENV = {
-    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "28700",
-    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "28709",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "28710",
-    "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "28719",
-}
-
-
-def use_direct_ingress(on: bool) -> None:
-    for k, v in DIRECT_INGRESS_ENV.items():
-        if on:
-            os.environ[k] = v
-        else:
-            os.environ.pop(k, None)
-
-
-def direct_api(timeout_s: float = 60.0) -> str:
-    """The replica's own HTTP address (direct ingress), found by asking each port of the range."""
-    lo, hi = (
-        int(DIRECT_INGRESS_ENV[k])
-        for k in ("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT")
-    )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for port in range(lo, hi + 1):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    return f"http://127.0.0.1:{port}"
-            except httpx.HTTPError:
-                continue
-        time.sleep(1.0)
-    raise RuntimeError(f"no replica answers on its direct-ingress port ({lo}-{hi})")
+def direct_api(api: str, slug: str, key: str) -> str:
+    """The API replica's own HTTP address (Serve's direct ingress, on by default:
+    ingest.core.ray_env), as a stream ticket's answer names it (``live_url``)."""
+    auth = {"Authorization": f"Bearer {key}"}
+    r = httpx.post(f"{api}/v1/tenants/{slug}/stream-tickets", headers=auth, timeout=60)
+    r.raise_for_status()
+    url = r.json()["live_url"]
+    if not url:
+        raise RuntimeError("the API names no address of its own (direct ingress off?)")
+    return str(url)
 
 
 # What the scenarios and benches name their tenants: the prefix, then a number (then ``x`` and a

@@ -20,7 +20,7 @@ from ray.serve.deployment import deployment_to_schema
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
 from ingest.core.config import REPO_ROOT, Settings
-from ingest.core.ray_env import RAY_ENV_DEFAULTS
+from ingest.core.ray_env import NODE_ENV
 from serve_app.deploy import APP_NAME, SERVE_LOGGING
 from serve_app.deployment import build
 
@@ -73,8 +73,9 @@ def _container(name: str) -> dict[str, Any]:
         "image": IMAGE,
         # Database and Redis hosts, passwords, SCADA_MASTER_KEY, SCADA_ADMIN_KEY.
         "envFrom": [{"secretRef": {"name": ENV_SECRET}}],
-        # Workers at 10, collection and writing back at 15 (ingest.core.ray_env).
-        "env": [{"name": "RAY_worker_niceness", "value": RAY_ENV_DEFAULTS["RAY_worker_niceness"]}],
+        # Workers at 10, collection and writing back at 15; each API replica also on a port of
+        # its own (Serve's direct ingress), where live streams skip the proxy (ingest.core.ray_env).
+        "env": [{"name": k, "value": v} for k, v in NODE_ENV.items()],
         "resources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}},
         "ports": ports,
     }

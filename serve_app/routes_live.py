@@ -31,6 +31,7 @@ from ingest.live.events import SSE_HEARTBEAT, Wire
 from serve_app.deps import Api
 from serve_app.errors import classify, error_response, error_responses
 from serve_app.live_session import LiveParts, check_since, events, live_tenant, resolve_watch
+from serve_app.live_url import LiveUrl
 from serve_app.params import TenantRef
 from serve_app.routes_read import HotReadTenant, TagIds, TagNames
 from serve_app.state import ApiState
@@ -67,6 +68,11 @@ class TicketOut(BaseModel):
     ticket: str = Field(description="pass as `?ticket=` to /stream or /ws; single use")
     tenant: str
     expires_in_s: int
+    live_url: str | None = Field(
+        None,
+        description="open /v1/tenants/{t}/stream or /ws on this base URL (an API replica's own port: "
+        "events skip Serve's proxy); null: on the address this answer came from",
+    )
 
 
 Since = Annotated[str | None, Query(max_length=41, description="resume after this stream id (an event's `id`)")]
@@ -92,7 +98,7 @@ async def stream_ticket(t: HotReadTenant, api: Api) -> TicketOut:
         ticket = await tickets.issue(api.redis(), t.id, ttl)
     except (RedisError, OSError) as e:
         raise _unavailable(e) from e
-    return TicketOut(ticket=ticket, tenant=t.slug, expires_in_s=ttl)
+    return TicketOut(ticket=ticket, tenant=t.slug, expires_in_s=ttl, live_url=api.part(LiveUrl).get())
 
 
 def _unavailable(e: Exception) -> IngestError:
@@ -137,11 +143,13 @@ async def stream(
     except (RedisError, OSError) as e:
         await body.aclose()
         raise _unavailable(e) from e
-    return StreamingResponse(
-        _sse(api, t, first, body),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if ticket is not None:
+        # A page served through the proxy opens the stream on the replica's own port (the
+        # ticket's live_url): another origin, which EventSource may read only when allowed. The
+        # single-use ticket is the credential; no cookie is involved.
+        headers["Access-Control-Allow-Origin"] = "*"
+    return StreamingResponse(_sse(api, t, first, body), media_type="text/event-stream", headers=headers)
 
 
 async def _sse(api: ApiState, t: Tenant, first: Wire, body: AsyncGenerator[Wire]) -> Any:

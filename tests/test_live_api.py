@@ -50,13 +50,16 @@ async def test_sse_by_ticket_snapshot_then_updates_and_ticket_rules(
     await _write(feed, ids, 1)
     ticket = tenant.client.post(f"/v1/tenants/{slug}/stream-tickets")
     assert ticket.status_code == 201, ticket.text
-    t = ticket.json()["ticket"]
+    t, live_url = ticket.json()["ticket"], ticket.json()["live_url"]
+    # The answer names the replica's own port (Serve's direct ingress), not the proxy's.
+    assert live_url and live_url.startswith("http://127.0.0.1:") and live_url != api
     async with httpx.AsyncClient(base_url=api, timeout=60) as c:
         # Needs Accept: text/event-stream (EventSource sends it): a plain GET is not left hanging.
         plain = await c.get(f"/v1/tenants/{slug}/stream", headers={"Authorization": f"Bearer {tenant.key}"})
         assert plain.status_code == 406 and plain.json()["error"] == "not_acceptable"
-        async with c.stream("GET", f"/v1/tenants/{slug}/stream", params={"ticket": t}, headers=SSE) as r:
+        async with c.stream("GET", f"{live_url}/v1/tenants/{slug}/stream", params={"ticket": t}, headers=SSE) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            assert r.headers["access-control-allow-origin"] == "*"  # a page from the proxy's origin reads it
             events = sse_events(r)
             snap = await anext(events)
             assert snap["type"] == "snapshot" and _by_tag(snap)[ids["tubing_pressure"]] == 1.0

@@ -119,5 +119,9 @@ async def test_live_page_follows_the_simulator(
         urls = await page("[location.href, ...performance.getEntriesByType('resource').map(e => e.name)]")
         assert urls and not any(tenant.key in u for u in urls)
         assert any("ticket=lt_" in u for u in urls)
+        # The stream was opened where the ticket's answer said: the replica's own port, not the
+        # proxy's origin the page came from (a cross-origin EventSource, allowed for tickets).
+        via = await page("document.getElementById('status').dataset.via")
+        assert via and via != api and any(u.startswith(f"{via}/v1/tenants/") and "/stream?" in u for u in urls)
         shot = await b.screenshot(stack.local_dir / "live_page.png")
         print(f"\nlive page screenshot: {shot}")

@@ -12,6 +12,7 @@ from ray.serve._private.build_app import build_app
 from ray.serve.schema import ServeDeploySchema
 
 from ingest.core.config import REPO_ROOT
+from ingest.core.ray_env import NODE_ENV
 from serve_app.deploy_config import DEPLOY, IMPORT_PATH, render
 
 
@@ -55,6 +56,8 @@ def test_rayservice_has_the_serve_config_a_head_and_workers_with_token_auth() ->
         (container,) = g["template"]["spec"]["containers"]
         assert container["envFrom"][0]["secretRef"]["name"]
         assert {"name": "RAY_worker_niceness", "value": "10"} in container["env"]
+        for k, v in NODE_ENV.items():  # niceness and direct ingress (ingest.core.ray_env)
+            assert {"name": k, "value": v} in container["env"]
         assert any(p["name"] == "metrics" for p in container["ports"])
 
 
@@ -65,6 +68,8 @@ def test_cluster_yaml_hands_one_token_to_every_node() -> None:
     starts = cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
     assert all("RAY_worker_niceness=10" in c for c in starts if "ray start" in c)
+    for k, v in NODE_ENV.items():
+        assert all(f"{k}={v}" in c for c in starts if "ray start" in c), k
     assert not cfg.get("head_setup_commands"), "a token generated on the head reaches no worker"
 
 

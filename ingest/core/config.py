@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         30.0, description="A live subscriber still conflating after this long is disconnected"
     )
     live_ticket_ttl_s: int = Field(60, description="Lifetime of a single-use stream ticket")
+    live_url: str | None = Field(
+        None,
+        description="Base URL a ticket's answer tells clients to open live streams on (say, a load "
+        "balancer in front of the API replicas' own ports); unset: the replica's own direct-ingress address",
+    )
 
     @property
     def master_dsn(self) -> str:

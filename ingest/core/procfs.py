@@ -1,14 +1,16 @@
 """The few facts read from ``/proc`` (Linux): the pids present, a process's stat fields, command
-line, liveness and descendants. Used to stop the local Ray cluster and only it
-(``actors.deploy.stop_local_ray``), to kill a node's processes (``ingest.simulators.node_loss``)
-and to charge CPU time to the processes that run a stage (``scale_tests.cpu``)."""
+line, liveness and descendants, and the TCP ports this process listens on. Used to stop the local
+Ray cluster and only it (``actors.deploy.stop_local_ray``), to kill a node's processes
+(``ingest.simulators.node_loss``), to charge CPU time to the processes that run a stage
+(``scale_tests.cpu``), and by an API replica to find the port Serve's direct ingress gave it
+(``serve_app.live_url``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["alive", "cmdline", "descendants", "parents", "pids", "stat_fields"]
+__all__ = ["alive", "cmdline", "descendants", "listening_ports", "parents", "pids", "stat_fields"]
 
 
 def pids() -> Iterator[int]:
@@ -64,3 +66,33 @@ def descendants(roots: Iterable[int], parent_of: dict[int, int] | None = None) -
         found |= more
         grew = bool(more)
     return found
+
+
+_LISTEN = "0A"  # TCP state in /proc/net/tcp
+
+
+def listening_ports(lo: int = 0, hi: int = 65535) -> list[int]:
+    """The TCP ports from ``lo`` to ``hi`` that a socket of this process listens on, ascending.
+    ``/proc/self/net/tcp`` lists the namespace's sockets; the ones whose inode is among this
+    process's open files (``/proc/self/fd``) are its own."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = fd.readlink().name
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/self/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == _LISTEN and fields[9] in inodes:
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                if lo <= port <= hi:
+                    ports.add(port)
+    return sorted(ports)
