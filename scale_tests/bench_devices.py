@@ -29,7 +29,6 @@ does more per Good value by design while the bare loop just polls back to back: 
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ import httpx
 
 from ingest.core.config import Settings
 from ingest.core.models import GAP_QUALITY as GAP
+from ingest.core.net import free_port
 from ingest.simulators.fleet import SimProcess, counting_check_with_gaps, db_fetch, wait_for
 from scale_tests.common import at_worker_priority, drop_earlier_tenants, log, prepare_stack, start_private_ray
 from scale_tests.cpu import per_million
@@ -47,16 +47,10 @@ from scale_tests.probe import PipelineProbe, cost_summary
 NAMESPACE = "scada-bench"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _bench_settings() -> Settings:
     # local_dir and the ports come from the environment (SCADA_LOCAL_DIR, SCADA_PG_PORT, ...), so
     # a bench can run beside another stack on the same machine.
-    return Settings(namespace=NAMESPACE, http_port=_free_port(), reconcile_interval_s=1.0).with_local_secrets()
+    return Settings(namespace=NAMESPACE, http_port=free_port(), reconcile_interval_s=1.0).with_local_secrets()
 
 
 def deploy_bench(settings: Settings) -> tuple[httpx.Client, str]:

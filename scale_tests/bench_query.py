@@ -25,6 +25,7 @@ import numpy as np
 from ingest.core.batch import ReadingBatch
 from ingest.core.config import Settings
 from ingest.core.models import Quality, quality_as_int4
+from ingest.core.net import free_port
 from ingest.read.refresher import RollupRefresher
 from ingest.read.rollups import EPOCH
 from ingest.write.fanout import latest_key
@@ -267,11 +268,11 @@ def run(
     year_interval_s: int = 600,
     requests: int = 200,
 ) -> dict[str, Any]:
-    from scale_tests.bench_devices import _free_port, deploy_bench
+    from scale_tests.bench_devices import deploy_bench
 
     # The stack's folder and ports come from the environment (SCADA_LOCAL_DIR, SCADA_PG_PORT,
     # ...) so a checkout can bench against its own stack.
-    settings = Settings(namespace="scada-bench", http_port=_free_port()).with_local_secrets()
+    settings = Settings(namespace="scada-bench", http_port=free_port()).with_local_secrets()
     # Both ways in, measured one after the other in this run: the proxy (Serve's HTTP port) and
     # the replica's own port (direct ingress, on by default).
     client, slug = deploy_bench(settings)

@@ -23,8 +23,9 @@ from urllib.parse import urlparse
 import httpx
 
 from ingest.core.config import REPO_ROOT, Settings
+from ingest.core.net import free_port
 from ingest.core.ray_env import ray_env_defaults
-from ingest.simulators.edge_site import EdgeProcess, Link, edge_config, free_port, node_tag_ids
+from ingest.simulators.edge_site import EdgeProcess, Link, edge_config, node_tag_ids
 from ingest.simulators.fleet import SimProcess, counting_check_with_gaps, wait_for
 from scale_tests.common import drop_earlier_tenants, log, prepare_stack
 

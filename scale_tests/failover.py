@@ -18,7 +18,6 @@ Node death is detected by Ray's health checks, set here to ``HEALTH`` (README, "
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from typing import Any
@@ -26,19 +25,13 @@ from typing import Any
 import httpx
 
 from ingest.core.config import REPO_ROOT, Settings
+from ingest.core.net import free_port
 from ingest.core.ray_env import ray_env_defaults
 from ingest.device.opcua_values import GAP_CAUSES
 from ingest.simulators.fleet import SimProcess, counting_check_with_gaps, wait_for
 from ingest.simulators.node_loss import kill_node
 from scale_tests.bench_devices import start_modbus_sim
 from scale_tests.common import at_worker_priority, drop_earlier_tenants, log, prepare_stack
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 SERVERS: dict[str, list[str]] = {
     "takeover": [],
@@ -180,7 +173,7 @@ def run_one(kind: str, wells: int, tags: int, interval_ms: int, settle_s: float,
         pg_port=25452,
         redis_port=26399,
         namespace="scada-scale",
-        http_port=_free_port(),
+        http_port=free_port(),
         reconcile_interval_s=1.0,
     ).with_local_secrets()
     prepare_stack(settings)

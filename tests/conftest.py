@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import httpx
 import pytest
 
 from ingest.core.config import REPO_ROOT, Settings
+from ingest.core.net import free_port
 from ingest.core.ray_env import ray_env_defaults
 
 # Tests run Ray the way production does (token authentication on, ingest.core.ray_env). Ray reads
@@ -53,12 +53,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(f"{item.nodeid}: marked {marked[0]} but uses {needs} fixtures")
         if not marked:
             item.add_marker(needs)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

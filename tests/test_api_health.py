@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ingest.core.config import Settings
+from ingest.core.net import free_port
 from serve_app.app import app
 from serve_app.state import ApiState
-from tests.conftest import free_port
 
 
 def test_healthy_stack_reports_each_component(api: str) -> None:

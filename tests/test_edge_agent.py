@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from ingest.core.config import Settings
-from ingest.simulators.edge_site import EdgeProcess, Link, edge_config, free_port, log_lines, node_tag_ids
+from ingest.core.net import free_port
+from ingest.simulators.edge_site import EdgeProcess, Link, edge_config, log_lines, node_tag_ids
 from tests.conftest import TenantHandle
 from tests.helpers import SimProcess, counting_check_with_gaps, wait_for
 

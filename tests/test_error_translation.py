@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 import serve_app.errors
 from ingest.core.config import Settings
 from ingest.core.errors import Conflict, StorageUnavailable, TenantNotFound, UnstorableValue
+from ingest.core.net import free_port
 from ingest.core.translate import translate
 from ingest.push.idempotency import IdempotencyStore
 from ingest.push.tags import PushTagCreate, PushTagMap
@@ -23,7 +24,7 @@ from ingest.read.query import read
 from ingest.read.request import ReadRequest
 from ingest.store.secrets import SecretBox
 from ingest.store.tenant_store import TenantStore
-from tests.conftest import free_port, fresh_database
+from tests.conftest import fresh_database
 from tests.tcp_proxy import TcpProxy
 
 

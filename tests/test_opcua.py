@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections import defaultdict
@@ -23,17 +22,12 @@ import numpy.typing as npt
 import pytest
 from asyncua import ua
 
+from ingest.core.net import free_port
 from ingest.device.opcua import OpcUaSession, OpcUaTag
 from ingest.simulators import OpcUaSimulator
 
 REPO = Path(__file__).resolve().parents[1]
 BAD_NODE_ID_UNKNOWN = np.uint32(ua.StatusCodes.BadNodeIdUnknown).view(np.int32)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Collector:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from ingest.core.net import free_port
 from ingest.device.host_takeover import HostTakeovers
 from ingest.device.opcua import OpcUaSession, OpcUaTag
 from ingest.device.takeover import AckLedger, TakeoverHooks, TakeoverRecord
 from ingest.simulators import OpcUaSimulator
-from tests.test_opcua import Collector, free_port, tags_of, wait_until
+from tests.test_opcua import Collector, tags_of, wait_until
 from tests.test_opcua_recovery import Gaps
 
 

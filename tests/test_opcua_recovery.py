@@ -18,10 +18,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from ingest.core.net import free_port
 from ingest.device.opcua import OpcUaSession, OpcUaTag
 from ingest.simulators import OpcUaSimulator
 from tests.helpers import SimProcess
-from tests.test_opcua import Collector, free_port, tags_of, wait_until
+from tests.test_opcua import Collector, tags_of, wait_until
 
 
 class Gaps:

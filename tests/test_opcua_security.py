@@ -24,10 +24,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ingest.core.errors import ConfigError
 from ingest.core.models import SecurityMode, SecurityPolicy
+from ingest.core.net import free_port
 from ingest.device.opcua import OpcUaSecurity, OpcUaSession, OpcUaTag
 from ingest.device.opcua_security import thumbprint
 from ingest.simulators import OpcUaSimulator
-from tests.test_opcua import Collector, free_port, tags_of, wait_until
+from tests.test_opcua import Collector, tags_of, wait_until
 
 SE = SecurityMode.SIGN_AND_ENCRYPT
 POLICIES = [

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import pytest
 from ingest.core.config import Settings
 from ingest.core.metrics_catalog import Emitted, spec_for_series
 from ingest.core.models import Quality, quality_as_int4
+from ingest.core.net import free_port
 from ingest.write.fanout import live_key
 from tests.conftest import TenantHandle
 from tests.helpers import SimProcess, db_fetch, wait_for
@@ -71,12 +71,6 @@ def _scrape() -> list[tuple[str, str]]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def ingesting(api: str, admin: httpx.Client, stack: Settings) -> Iterator[dict[str, Any]]:
     """One tenant streaming from a simulator, with a rejected tag, a refused batch and a dead
@@ -99,7 +93,7 @@ def ingesting(api: str, admin: httpx.Client, stack: Settings) -> Iterator[dict[s
         dead = {
             "name": "dead-plc",
             "protocol": "modbus",
-            "endpoint": f"tcp://127.0.0.1:{_free_port()}",
+            "endpoint": f"tcp://127.0.0.1:{free_port()}",
             "publishing_interval_ms": 200,
             "tags": [
                 {
@@ -332,7 +326,7 @@ def test_prometheus_discovers_the_stack_and_queries_ingest(ingesting: dict[str, 
         every_s=1.0,
         describe=lambda: (sorted(_metrics_targets()), sorted(listed())),
     )
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "prometheus.yml"
         cfg.write_text(

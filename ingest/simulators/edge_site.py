@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,13 +24,8 @@ from typing import IO, Any
 import httpx
 import yaml
 
+from ingest.core.net import free_port
 from ingest.simulators.fleet import SimProcess, db_fetch
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Link:

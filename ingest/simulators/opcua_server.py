@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
@@ -51,6 +50,7 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
 from ingest.core.models import SecurityMode, SecurityPolicy
+from ingest.core.net import free_port
 from ingest.simulators.opcua_server_hooks import (
     TRANSFER_MODES,
     ServerFaults,
@@ -389,9 +389,3 @@ class OpcUaSimulator:
                 await history.save_node_value(nid, dv)
             if count:
                 counts[i] += 1
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
