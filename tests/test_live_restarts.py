@@ -1,7 +1,9 @@
 """Live clients through restarts: with SSE and WebSocket clients connected and a writer
 committing all along, Redis restarts, then the Serve replica is killed (Serve starts another).
-Clients reconnect with the last id they saw; in the end each has every value the database holds
-since its snapshot, and every stream entry since then, none twice."""
+Clients reconnect with the last id they saw (half through Serve's proxy, half where a stream
+ticket's answer sends them, the replica's own port, with a new ticket each time); in the end each
+has every value the database holds since its snapshot, and every stream entry since then, none
+twice."""
 
 from __future__ import annotations
 
@@ -28,8 +30,12 @@ from tests.test_read_api import CONN, Feed
 class Client:
     """Reconnects with its last id whenever the connection ends, until stopped."""
 
-    def __init__(self, api: str, slug: str, key: str, transport: str, tag_id: int) -> None:
+    def __init__(self, api: str, slug: str, key: str, transport: str, tag_id: int, direct: bool = False) -> None:
         self.api, self.slug, self.key, self.transport, self.tag_id = api, slug, key, transport, tag_id
+        # direct: as the live page does, a ticket for each connection, opened where its answer
+        # says (the replica's own port, which a restarted replica may change).
+        self.direct = direct
+        self.bases: list[str] = []
         self.start: float | None = None  # the snapshot's value
         self.last_id: str | None = None
         self.ids: list[str] = []
@@ -62,10 +68,24 @@ class Client:
                 pass
             await asyncio.sleep(0.3)
 
+    async def _where(self) -> tuple[str, dict[str, str], dict[str, str]]:
+        """(base URL, credential query, credential headers) for the next connection."""
+        if not self.direct:
+            return self.api, {}, {"Authorization": f"Bearer {self.key}"}
+        auth = {"Authorization": f"Bearer {self.key}"}
+        async with httpx.AsyncClient(base_url=self.api, timeout=10) as c:
+            r = await c.post(f"/v1/tenants/{self.slug}/stream-tickets", headers=auth)
+            r.raise_for_status()
+        base = r.json()["live_url"]
+        assert base and base != self.api, r.json()
+        self.bases.append(base)
+        return base, {"ticket": r.json()["ticket"]}, {}
+
     async def _sse(self) -> None:
-        params = {"since": self.last_id} if self.last_id else {}
-        headers = {"Authorization": f"Bearer {self.key}", "Accept": "text/event-stream"}
-        async with httpx.AsyncClient(base_url=self.api, timeout=httpx.Timeout(10, read=40)) as c:
+        base, cred, auth = await self._where()
+        params = {**cred, **({"since": self.last_id} if self.last_id else {})}
+        headers = {**auth, "Accept": "text/event-stream"}
+        async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(10, read=40)) as c:
             url = f"/v1/tenants/{self.slug}/stream"
             async with c.stream("GET", url, params=params, headers=headers) as r:
                 if r.status_code != 200:
@@ -75,8 +95,9 @@ class Client:
                         self.on(ev)
 
     async def _ws(self) -> None:
-        params = {"since": self.last_id} if self.last_id else {}
-        async with ws_connect(self.api, self.slug, self.key, **params) as conn:
+        base, cred, _ = await self._where()
+        params = {**cred, **({"since": self.last_id} if self.last_id else {})}
+        async with ws_connect(base, self.slug, None if cred else self.key, **params) as conn:
             w = WsReader(conn)
             while True:
                 self.on(await w.next(40))
@@ -116,7 +137,10 @@ async def test_clients_resume_through_redis_and_replica_restarts(
             time.sleep(0.05)
 
     feed.numeric([(tp, datetime.now(UTC), 0.0, 0)])
-    clients = [Client(api, tenant.slug, tenant.key, tr, tp) for tr in ("sse", "ws", "sse", "ws")]
+    clients = [
+        Client(api, tenant.slug, tenant.key, tr, tp, direct)
+        for tr, direct in (("sse", False), ("ws", False), ("sse", True), ("ws", True))
+    ]
     tasks = [asyncio.create_task(c.run()) for c in clients]
     w = threading.Thread(target=writer, daemon=True)
     try:
@@ -159,6 +183,9 @@ async def test_clients_resume_through_redis_and_replica_restarts(
     assert stored[-1] == float(written[0]) and len(stored) == len(set(stored))
     for c in clients:
         assert c.connects >= 2, "the replica's death should have cut every connection"
+        # A new ticket, and where to go, after each cut (the restarted replica listens on a port
+        # of its own, which Serve picks: 28702 then 28703 when this was written).
+        assert not c.direct or len(c.bases) >= 2, c.bases
         assert c.start is not None
         # Every value the database holds since the client's snapshot, in order, once.
         assert c.values == [v for v in stored if v > c.start], (c.transport, c.connects)
