@@ -103,6 +103,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
     from actors import deploy
 
+    if not deploy.gcs_listening(settings):  # else ray.init waits minutes for a GCS to appear
+        address = deploy.ray_address(settings)
+        _info(f"no Ray cluster listens at {address}: nothing is running (`scada-ingest up` starts it)")
+        _print_json({"running": False, "address": address})
+        return 3
     deploy.connect(settings)
     status = ray.get(deploy.coordinator(settings).status.remote(), timeout=30)
     if not args.json:
