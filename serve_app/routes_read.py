@@ -34,8 +34,9 @@ from ingest.core.translate import connection
 from ingest.read.catalog import Catalog, CatalogCache, TagInfo, list_wells
 from ingest.read.latest import latest_values
 from ingest.read.pool import ReadPool, open_read_pool
-from ingest.read.query import read, stream_rows
+from ingest.read.query import CacheSlot, read, stream_rows
 from ingest.read.request import ReadAnswer, ReadRequest, quality_code, quality_name
+from ingest.read.rollup_cache import RollupCache
 from ingest.store.credentials import Principal
 from serve_app.deps import Api, ReadTenant, authorize, principal
 from serve_app.errors import error_responses
@@ -64,10 +65,12 @@ class ReadCaches:
         self.read_urls: dict[str, str] = {}  # the database each read pool was opened on
         self.pool_lock = asyncio.Lock()
         self.catalogs = CatalogCache(ttl_s=AUTH_TTL_S)
+        self.rollups = RollupCache()  # keyed by tenant id: dropped with the tenant's read pool
 
     async def forget(self, tenant_id: str) -> None:
         self.tenants = {k: v for k, v in self.tenants.items() if v[1].id != tenant_id}
         self.catalogs.invalidate(tenant_id)
+        self.rollups.forget(tenant_id)
         pool = self.read_pools.pop(tenant_id, None)
         if pool is not None:
             await pool.close()
@@ -87,6 +90,7 @@ class ReadCaches:
         pool = self.read_pools.get(t.id)
         if pool is not None and self.read_urls.get(t.id) != t.database_url:  # moved since
             self.read_pools.pop(t.id, None)
+            self.rollups.forget(t.id)
             await pool.close()
             pool = None
         if pool is not None:
@@ -223,7 +227,8 @@ async def readings(
             pool, ReadRequest(tags, start, end, resolution, max_points, 1, days == "local", cursor), tz
         )  # errors before 200
         return StreamingResponse(_csv(pool, req, tz), media_type="text/csv")
-    return _json(_shape(await read(pool, req, tz), req, resolution))
+    cache = CacheSlot(api.part(ReadCaches).rollups, t.id)
+    return _json(_shape(await read(pool, req, tz, cache=cache), req, resolution))
 
 
 def _shape(a: ReadAnswer, req: ReadRequest, requested: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,8 +20,9 @@ from ingest.core.batch import ReadingBatch
 from ingest.core.config import Settings
 from ingest.core.models import Quality, quality_as_int4
 from ingest.read.catalog import Catalog
-from ingest.read.query import ReadRequest, _read_one, _read_paged
+from ingest.read.query import CacheSlot, ReadRequest, _read_one, _read_paged
 from ingest.read.refresher import RollupRefresher, refresh_pass
+from ingest.read.rollup_cache import RollupCache
 from ingest.write.writer import TenantWriter
 from tests.conftest import fresh_database
 
@@ -189,6 +191,32 @@ async def check_read_paths(conn: asyncpg.Connection) -> None:
                 ), req
 
 
+async def check_cached_reads(conn: asyncpg.Connection, cache: RollupCache) -> None:
+    """Answers read through the replica's rollup cache, kept across the scenario's writes and
+    refresh passes, are the bytes the uncached statement answers."""
+    tags = list((await Catalog.load(conn)).tags.values())
+    for anchor in ANCHORS:
+        now = anchor + timedelta(hours=2, minutes=30)
+        for span, res, local in (
+            (timedelta(hours=30), "auto", True),
+            (timedelta(days=3), "1h", False),
+            (timedelta(hours=5), "1h", False),
+            (timedelta(days=20), "auto", True),
+            (timedelta(days=40), "auto", False),
+            (timedelta(days=3), "1d", True),
+        ):
+            for n in (1, len(tags)):
+                req = ReadRequest(
+                    tags[:n], now - span + timedelta(seconds=17), now + timedelta(hours=1), res, 200, 10_000, local
+                )
+                plain = await _read_one(conn, req, TZ, timedelta(seconds=30), now)
+                cached = await _read_one(conn, req, TZ, timedelta(seconds=30), now, CacheSlot(cache, "db"))
+                assert plain is not None and cached is not None
+                assert orjson.dumps([x.points for x in cached.series], option=orjson.OPT_UTC_Z) == orjson.dumps(
+                    [x.points for x in plain.series], option=orjson.OPT_UTC_Z
+                ), req
+
+
 @settings(
     max_examples=25,
     deadline=None,
@@ -208,6 +236,8 @@ async def _scenario(dsn: str, actions: list[tuple[str, Any]]) -> None:
     refresher = RollupRefresher(dsn, max_xacts_per_pass=2, max_minutes_per_pass=720)
     sent: list[ReadingBatch] = []
     taken: set[tuple[int, int]] = set()
+    cache = RollupCache()
+    await check_cached_reads(conn, cache)  # held while the rollups are empty yet
     try:
         for i, (kind, arg) in enumerate(actions):
             if kind == "write":
@@ -221,9 +251,11 @@ async def _scenario(dsn: str, actions: list[tuple[str, Any]]) -> None:
                 assert again.duplicate
             else:
                 await refresher.run_pass()
+                await check_cached_reads(conn, cache)
         await refresher.run_until_idle()
         await check_levels(conn)
         await check_read_paths(conn)
+        await check_cached_reads(conn, cache)
     finally:
         await w.stop()
         await refresher.close()

@@ -15,6 +15,7 @@ Answers are rows in the order of ``fields``; past ``limit`` rows the answer carr
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,6 +42,7 @@ from ingest.read.request import (
     quality_name,
     raw_row,
 )
+from ingest.read.rollup_cache import Plan, RollupCache, encode_row
 from ingest.read.rollups import (
     LOCAL_DAY_TABLE,
     RAW_TABLE,
@@ -187,6 +189,14 @@ async def fresh_from(
     return floor_to(t, STEP[level])
 
 
+@dataclass(frozen=True)
+class CacheSlot:
+    """A replica's rollup cache and the database a query reads (the cache's key for it)."""
+
+    cache: RollupCache
+    db: str
+
+
 # -- one statement per request -------------------------------------------------------------------
 # The common request (no cursor, numeric tags, an answer that cannot pass ``limit``) is answered
 # by one statement: every tag through unnest + LATERAL, the rollup rows before the fresh split and
@@ -195,25 +205,30 @@ async def fresh_from(
 # outside the range are excluded while planning. Everything else takes the paged path below.
 _HORIZON = f"(SELECT dropped_before FROM retention_horizon WHERE table_name = '{RAW_TABLE}') AS horizon"
 _ONE_AGG = """
-SELECT {horizon}, x.*
-FROM (SELECT 1) one LEFT JOIN LATERAL (
-  SELECT u.i, r.* FROM unnest($1::int4[]) WITH ORDINALITY AS u(t, i) CROSS JOIN LATERAL (
+SELECT {horizon}, s.version AS ver, (SELECT min(version) FROM rollup_changes) AS oldest,
+       (SELECT min(lo) FROM rollup_changes WHERE version > $5 AND table_name = '{table}') AS changed_lo,
+       x.*
+FROM rollup_state s LEFT JOIN LATERAL (
+  SELECT u.i, r.* FROM unnest($1::int4[], $6::timestamptz[]) WITH ORDINALITY AS u(t, f, i) CROSS JOIN LATERAL (
     (SELECT bucket AS b, n, sum, min, max, first_time, first_value AS fv, last_time,
-            last_value AS lv, bad
-     FROM {table} WHERE tag_id = u.t AND bucket >= {lo} AND bucket < {split})
-    UNION ALL
+            last_value AS lv, bad, false AS fresh
+     FROM {table} WHERE tag_id = u.t AND bucket >= greatest({lo}, u.f) AND bucket < {split})
+{fresh_part}  ) r
+) x ON true
+ORDER BY x.i, x.b"""
+# The newest buckets, from raw: left out when none of the answer is that new (the statement then
+# plans no scan of the raw hypertable's chunks).
+_FRESH_PART = """    UNION ALL
     (SELECT {bucket} AS b, count(*) FILTER (WHERE ok) AS n, sum(value) FILTER (WHERE ok) AS sum,
             min(value) FILTER (WHERE ok) AS min, max(value) FILTER (WHERE ok) AS max,
             min(time) FILTER (WHERE ok) AS first_time, first(value, time) FILTER (WHERE ok) AS fv,
             max(time) FILTER (WHERE ok) AS last_time, last(value, time) FILTER (WHERE ok) AS lv,
-            count(*) FILTER (WHERE quality < 0 AND quality <> {gap}) AS bad
+            count(*) FILTER (WHERE quality < 0 AND quality <> {gap}) AS bad, true AS fresh
      FROM (SELECT time, value, quality,
                   quality >= 0 AND value IS NOT NULL AND value <> 'NaN' AS ok
            FROM {raw} WHERE tag_id = u.t AND time >= {split} AND time < $3) fresh
      GROUP BY 1)
-  ) r
-) x ON true
-ORDER BY x.i, x.b"""
+"""
 _ONE_RAW = """
 SELECT {horizon}, x.*
 FROM (SELECT 1) one LEFT JOIN LATERAL (
@@ -224,22 +239,24 @@ FROM (SELECT 1) one LEFT JOIN LATERAL (
 ORDER BY x.i, x.time"""
 
 
-def _one_agg_sql(level: Level, local_days: bool) -> str:
-    """Parameters: $1 tag ids, $2 start, $3 end, $4 now - fresh window, [$5 time zone]."""
+def _one_agg_sql(level: Level, local_days: bool, fresh_part: bool = True) -> str:
+    """Parameters: $1 tag ids, $2 start, $3 end, $4 now - fresh window, $5 the rollup version
+    the cache holds, $6 per tag where the rollup rows start (null: the first bucket), [$7 time
+    zone]. Beside the rows: the raw horizon, the rollup version, the oldest version the change
+    log holds and the earliest change to the table since $5 (``ingest.read.rollup_cache``)."""
     if level is Level.DAY and local_days:
         table, step = LOCAL_DAY_TABLE, "INTERVAL '1 day'"
-        lo = f"time_bucket({step}, $2::timestamptz, $5::text)"
-        fresh = f"time_bucket({step}, $4::timestamptz, $5::text)"
-        bucket = f"time_bucket({step}, time, $5::text)"
+        lo = f"time_bucket({step}, $2::timestamptz, $7::text)"
+        fresh = f"time_bucket({step}, $4::timestamptz, $7::text)"
+        bucket = f"time_bucket({step}, time, $7::text)"
     else:
         table, step = TABLE[level], f"INTERVAL '{int(STEP[level].total_seconds())} s'"
         lo = f"time_bucket({step}, $2::timestamptz)"
         fresh = f"time_bucket({step}, $4::timestamptz)"
         bucket = f"time_bucket({step}, time)"
     split = f"greatest({lo}, least({fresh}, $3::timestamptz))"
-    return _ONE_AGG.format(
-        horizon=_HORIZON, table=table, lo=lo, split=split, bucket=bucket, gap=GAP_QUALITY, raw=RAW_TABLE
-    )
+    part = _FRESH_PART.format(split=split, bucket=bucket, gap=GAP_QUALITY, raw=RAW_TABLE) if fresh_part else ""
+    return _ONE_AGG.format(horizon=_HORIZON, table=table, lo=lo, split=split, fresh_part=part)
 
 
 _ONE_RAW_SQL = _ONE_RAW.format(horizon=_HORIZON, raw=RAW_TABLE)
@@ -292,7 +309,12 @@ def _split(
 
 
 async def _read_one(
-    db: asyncpg.Connection | asyncpg.Pool, req: ReadRequest, tz: str, fresh_window: timedelta, now: datetime
+    db: asyncpg.Connection | asyncpg.Pool,
+    req: ReadRequest,
+    tz: str,
+    fresh_window: timedelta,
+    now: datetime,
+    cache: CacheSlot | None = None,
 ) -> ReadAnswer | None:
     """The answer in one statement (two for ``auto`` over a short span whose raw rows are too
     many), or None when the request needs the paged path."""
@@ -314,12 +336,67 @@ async def _read_one(
     if len(ids) * max_buckets(req, level) > req.limit:
         return None
     local = level is Level.DAY and req.local_days
-    args: list[Any] = [ids, req.start, req.end, now - fresh_window]
-    if local:
-        args.append(tz)
-    rows = await db.fetch(_one_agg_sql(level, req.local_days), *args)
-    horizon, per_tag = _split(req, rows, agg_row)
-    return _answer(req, level, tz, horizon, per_tag)
+    # Where rollup rows end and raw buckets begin, as the statement computes it (for UTC levels).
+    split = None if local else _split_at(req, level, now - fresh_window)
+    sql = _one_agg_sql(level, req.local_days, split is None or split < req.end)
+    tail = [tz] if local else []
+    if cache is None or split is None:
+        rows = await db.fetch(sql, ids, req.start, req.end, now - fresh_window, -1, [None] * len(ids), *tail)
+        horizon, per_tag = _split(req, rows, agg_row)
+        return _answer(req, level, tz, horizon, per_tag)
+    return await _read_cached(db, req, level, tz, sql, split, fresh_window, now, cache)
+
+
+def _split_at(req: ReadRequest, level: Level, fresh_from: datetime) -> datetime:
+    step = STEP[level]
+    lo = floor_to(req.start, step)
+    return max(lo, min(floor_to(fresh_from, step), req.end))
+
+
+async def _read_cached(
+    db: asyncpg.Connection | asyncpg.Pool,
+    req: ReadRequest,
+    level: Level,
+    tz: str,
+    sql: str,
+    split: datetime,
+    fresh_window: timedelta,
+    now: datetime,
+    cache: CacheSlot,
+) -> ReadAnswer:
+    """The one-statement answer with the rollup rows the replica holds (``rollup_cache``): the
+    statement reads only the rows after them, and proves them current or they are read again."""
+    ids = [t.tag_id for t in req.tags]
+    table, lo = TABLE[level], floor_to(req.start, STEP[level])
+    plan = cache.cache.plan(cache.db, table, ids, lo, split)
+    rows = await db.fetch(sql, ids, req.start, req.end, now - fresh_window, plan.version, plan.fetch_from)
+    head = rows[0]
+    cache.cache.advance(cache.db, table, plan.version, head["ver"], head["oldest"], head["changed_lo"])
+    if not cache.cache.valid(plan, head["ver"], head["oldest"], head["changed_lo"]):
+        cache.cache.misses += 1
+        plan = Plan(head["ver"], [[] for _ in ids], [None] * len(ids))
+        rows = await db.fetch(sql, ids, req.start, req.end, now - fresh_window, plan.version, plan.fetch_from)
+        head = rows[0]
+        cache.cache.advance(cache.db, table, plan.version, head["ver"], head["oldest"], head["changed_lo"])
+    elif plan.used:
+        cache.cache.hits += 1
+    per_tag: list[list[Any]] = [list(held) for held in plan.held]
+    fetched: list[tuple[list[datetime], list[Any]]] = [([], []) for _ in ids]
+    for r in rows:
+        if r["i"] is None:
+            continue
+        k = r["i"] - 1
+        if r["fresh"]:
+            per_tag[k].append(agg_row(r))
+        else:
+            row = encode_row(agg_row(r))
+            per_tag[k].append(row)
+            fetched[k][0].append(r["b"])
+            fetched[k][1].append(row)
+    for k, tag in enumerate(ids):
+        start = plan.fetch_from[k] or lo
+        cache.cache.store(cache.db, table, head["ver"], tag, lo, start, split, *fetched[k])
+    return _answer(req, level, tz, head["horizon"], per_tag)
 
 
 @translated
@@ -330,12 +407,16 @@ async def read(
     *,
     fresh_window: timedelta = timedelta(seconds=30),
     now: datetime | None = None,
+    cache: CacheSlot | None = None,
 ) -> ReadAnswer:
+    """The answer to ``req``. With ``cache``, rows of past rollup buckets may come from the
+    replica's cache as encoded JSON (``orjson.Fragment``) instead of lists: for answers that go
+    out as JSON only."""
     if req.start >= req.end:
         raise InvalidQuery("start", "must be before end")
     now = now or datetime.now(UTC)
     if req.cursor is None:
-        answer = await _read_one(db, req, tz, fresh_window, now)
+        answer = await _read_one(db, req, tz, fresh_window, now, cache)
         if answer is not None:
             return answer
     if isinstance(db, asyncpg.Pool):

@@ -93,7 +93,9 @@ class ReadRequest:
 @dataclass
 class Series:
     tag: TagInfo
-    points: list[list[Any]] = field(default_factory=list)
+    # Rows in the answer's ``fields`` order; with the rollup cache, rows may also be already
+    # encoded (``orjson.Fragment``: ``ingest.read.rollup_cache``).
+    points: list[Any] = field(default_factory=list)
 
 
 @dataclass

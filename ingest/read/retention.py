@@ -23,12 +23,15 @@ import asyncpg
 from ingest.core.errors import InvalidRegistration
 from ingest.core.translate import translated
 from ingest.read.rollups import (
+    EARLIEST,
     LOCAL_DAY_TABLE,
     RAW_TABLE,
     ROLLUP_TABLES,
     TEXT_TABLE,
     Horizons,
     local_day_bounds,
+    lock_version,
+    note_changes,
     whole_hour_offsets,
 )
 
@@ -118,6 +121,7 @@ async def save_settings(
 
 
 async def rebuild_local_days(conn: asyncpg.Connection, tz: str) -> None:
+    await note_changes(conn, {LOCAL_DAY_TABLE: EARLIEST})
     await conn.execute(f"TRUNCATE {LOCAL_DAY_TABLE}")
     span = await conn.fetchrow("SELECT min(bucket) AS lo, max(bucket) AS hi FROM rollup_1m")
     if span["lo"] is None:
@@ -176,6 +180,7 @@ async def apply_retention(
     now = now or datetime.now(UTC)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await lock_version(conn)
         s = await load_settings(conn)
         raw_cut = now - timedelta(days=s.raw_retention_days)
         behind = await not_rolled_up_before(conn)
@@ -189,6 +194,8 @@ async def apply_retention(
         }
         for table in ROLLUP_TABLES:
             dropped[table] = await _drop(conn, table, now - timedelta(days=s.rollup_retention_days))
+        if any(dropped[t] for t in ROLLUP_TABLES):
+            await note_changes(conn, {t: EARLIEST for t in ROLLUP_TABLES if dropped[t]})
         horizons = await Horizons.load(conn)
     return RetentionResult(dropped, horizons.by_table)
 

@@ -23,6 +23,7 @@ import asyncpg
 from ingest.core.models import GAP_QUALITY
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)  # "from the beginning", for the change log
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -148,9 +149,38 @@ class Horizons:
         return cls({r["table_name"]: r["dropped_before"] for r in rows})
 
 
+# Versions of the change log (rollup_changes) kept for readers' caches.
+CHANGES_KEPT = 1000
+
+
+async def note_changes(conn: asyncpg.Connection, earliest: dict[str, datetime]) -> int:
+    """Record, inside the transaction that changes rollup rows, the earliest bucket it changes
+    in each table; returns the new version. The transaction must hold the version row before it
+    touches a rollup table (a refresh pass locks it first thing; the others call this first, or
+    ``lock_version``), so every writer takes the same locks in the same order."""
+    version: int = await conn.fetchval("UPDATE rollup_state SET version = version + 1 RETURNING version")
+    await conn.executemany(
+        "INSERT INTO rollup_changes (version, table_name, lo) VALUES ($1, $2, $3)",
+        [(version, table, lo) for table, lo in earliest.items()],
+    )
+    await conn.execute("DELETE FROM rollup_changes WHERE version <= $1", version - CHANGES_KEPT)
+    return version
+
+
+async def lock_version(conn: asyncpg.Connection) -> None:
+    await conn.execute("SELECT 1 FROM rollup_state FOR UPDATE")
+
+
 async def _rebuild(
-    conn: asyncpg.Connection, dst: str, sql: str, lo: datetime, hi: datetime, *args: object
+    conn: asyncpg.Connection,
+    changed: dict[str, datetime],
+    dst: str,
+    sql: str,
+    lo: datetime,
+    hi: datetime,
+    *args: object,
 ) -> None:
+    changed[dst] = min(lo, changed.get(dst, lo))
     await conn.execute(f"DELETE FROM {dst} WHERE bucket >= $1 AND bucket < $2", lo, hi)
     await conn.execute(sql, lo, hi, *args)
 
@@ -184,15 +214,18 @@ async def rebuild(
     conn: asyncpg.Connection, minute_ranges: list[tuple[datetime, datetime]], tz: str, horizons: Horizons
 ) -> int:
     """Rebuild every level over the given minute-aligned ranges (inside the caller's
-    transaction). Returns the number of 1-minute buckets' worth of time rebuilt."""
+    transaction, which holds the version row: see ``note_changes``). Returns the number of
+    1-minute buckets' worth of time rebuilt."""
+    changed: dict[str, datetime] = {}
     tag_ids = await conn.fetchval("SELECT coalesce(array_agg(tag_id), '{}') FROM tag_mappings")
     m = clip_below(merge_ranges(minute_ranges), horizons.of(RAW_TABLE), MINUTE)
     for lo, hi in m:
-        await _rebuild(conn, "rollup_1m", _FROM_RAW.format(dst="rollup_1m"), lo, hi, tag_ids)
+        await _rebuild(conn, changed, "rollup_1m", _FROM_RAW.format(dst="rollup_1m"), lo, hi, tag_ids)
     h = clip_below(widen(m, HOUR), horizons.of("rollup_1m"), HOUR)
     for lo, hi in h:
         await _rebuild(
             conn,
+            changed,
             "rollup_1h",
             _FROM_LEVEL.format(dst="rollup_1h", src="rollup_1m", bucket="time_bucket(INTERVAL '1 hour', bucket)"),
             lo,
@@ -201,6 +234,7 @@ async def rebuild(
     for lo, hi in clip_below(widen(h, DAY), horizons.of("rollup_1h"), DAY):
         await _rebuild(
             conn,
+            changed,
             "rollup_1d",
             _FROM_LEVEL.format(dst="rollup_1d", src="rollup_1h", bucket="time_bucket(INTERVAL '1 day', bucket)"),
             lo,
@@ -220,6 +254,7 @@ async def rebuild(
                 continue
         await _rebuild(
             conn,
+            changed,
             LOCAL_DAY_TABLE,
             _FROM_LEVEL.format(
                 dst=LOCAL_DAY_TABLE, src=src, bucket="time_bucket(INTERVAL '1 day', bucket, $3::text)"
@@ -228,4 +263,6 @@ async def rebuild(
             hi,
             tz,
         )
+    if changed:
+        await note_changes(conn, changed)
     return sum(int((hi - lo) / MINUTE) for lo, hi in m)
