@@ -50,10 +50,13 @@ def _main(argv: list[str] | None) -> int:
     )
     b.add_argument("--rows", type=int, default=1_000_000)
     b.add_argument("--rounds", type=int, default=2)
-    b.add_argument("--tags", type=int, default=100, help="tags with a month of data (query)")
+    b.add_argument("--tags", type=int, default=40, help="tags with a month of data (query)")
     b.add_argument("--days", type=int, default=30, help="days of data per tag (query)")
-    b.add_argument("--interval-s", type=int, default=60, help="seconds between readings (query)")
-    b.add_argument("--requests", type=int, default=200, help="requests per query kind (query)")
+    b.add_argument("--interval-s", type=int, default=10, help="seconds between readings (query)")
+    b.add_argument("--requests", type=int, default=500, help="requests per query kind (query)")
+    b.add_argument(
+        "--no-round-trips", action="store_true", help="query: skip counting statements per request (2 minutes)"
+    )
     b.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients (push)")
     b.add_argument("--dup-seconds", type=float, default=10.0, help="duplicate-send phase (push)")
     b.add_argument("--subscribers", type=int, default=200, help="live clients, SSE and WebSocket mixed (live)")
@@ -63,8 +66,9 @@ def _main(argv: list[str] | None) -> int:
     )
     b.add_argument(
         "--paths",
-        default="proxy,direct",
-        help="live: the HTTP paths measured in turn, of proxy (Serve's proxy) and direct (the replica's own port)",
+        default=None,
+        help="live, query: the HTTP paths measured in turn, of proxy (Serve's proxy) and direct (the replica's "
+        "own port); live: proxy,direct by default, query: direct,proxy",
     )
     b.add_argument("--offered", type=float, default=None, help="values/s offered (opcua: 12,000; modbus: 40,000)")
     b.add_argument("--profile", default=None, help="folder for py-spy profiles of the writer rounds (writer)")
@@ -137,12 +141,19 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             tenants=args.tenants,
             seconds=args.seconds or 20.0,
             cycles=args.cycles,
-            paths=tuple(x.strip() for x in args.paths.split(",") if x.strip()),
+            paths=tuple(x.strip() for x in (args.paths or "proxy,direct").split(",") if x.strip()),
         )
     if args.target == "query":
         from scale_tests.bench_query import run as bench_query
 
-        return bench_query(tags=args.tags, days=args.days, interval_s=args.interval_s, requests=args.requests)
+        return bench_query(
+            tags=args.tags,
+            days=args.days,
+            interval_s=args.interval_s,
+            requests=args.requests,
+            paths=tuple(x.strip() for x in (args.paths or "direct,proxy").split(",") if x.strip()),
+            round_trips=not args.no_round_trips,
+        )
     if args.target == "opcua":
         from scale_tests.bench_devices import run_opcua
 

@@ -30,20 +30,26 @@ def _rows(hours: range) -> tuple[list[datetime], list[orjson.Fragment]]:
 
 def test_plan_takes_held_rows_and_reads_only_past_them() -> None:
     c = RollupCache()
-    assert c.plan("db", "rollup_1h", [1], T0, T0 + 10 * H).fetch_from == [None]  # nothing held
+    assert c.plan("db", "rollup_1h", [1], T0, T0 + 10 * H).fetch_from is None  # nothing held
     c.advance("db", "rollup_1h", -1, 7, None, None)
     c.store("db", "rollup_1h", 7, 1, T0, T0, T0 + 10 * H, *_rows(range(0, 10, 2)))  # gaps: no rows there
     assert c.rows == 5
-    p = c.plan("db", "rollup_1h", [1, 2], T0 + 3 * H, T0 + 12 * H)
-    assert p.version == 7 and p.fetch_from == [T0 + 10 * H, None]
+    # Every tag must be held for the plan to use any: tag 2 is not.
+    assert not c.plan("db", "rollup_1h", [1, 2], T0 + 3 * H, T0 + 12 * H).used
+    p = c.plan("db", "rollup_1h", [1], T0 + 3 * H, T0 + 12 * H)
+    assert p.version == 7 and p.fetch_from == T0 + 10 * H
     assert [r[1] for r in orjson.loads(orjson.dumps(p.held[0]))] == [4, 6, 8]
     # A request ending before the run does: everything held, nothing read.
-    assert c.plan("db", "rollup_1h", [1], T0, T0 + 5 * H).fetch_from == [T0 + 5 * H]
+    assert c.plan("db", "rollup_1h", [1], T0, T0 + 5 * H).fetch_from == T0 + 5 * H
     # Starting before the run: read whole.
-    assert c.plan("db", "rollup_1h", [1], T0 - H, T0 + 5 * H).fetch_from == [None]
+    assert c.plan("db", "rollup_1h", [1], T0 - H, T0 + 5 * H).fetch_from is None
     # The continuation extends the run.
     c.store("db", "rollup_1h", 7, 1, T0 + 3 * H, T0 + 10 * H, T0 + 12 * H, *_rows(range(10, 12)))
-    assert c.plan("db", "rollup_1h", [1], T0, T0 + 12 * H).fetch_from == [T0 + 12 * H] and c.rows == 7
+    assert c.plan("db", "rollup_1h", [1], T0, T0 + 12 * H).fetch_from == T0 + 12 * H and c.rows == 7
+    # Two tags held to different ends: the database reads both from the nearer end.
+    c.store("db", "rollup_1h", 7, 2, T0, T0, T0 + 8 * H, *_rows(range(8)))
+    p = c.plan("db", "rollup_1h", [1, 2], T0, T0 + 12 * H)
+    assert p.fetch_from == T0 + 8 * H and [len(h) for h in p.held] == [4, 8]
 
 
 def test_a_change_since_the_plan_below_what_it_took_makes_it_invalid_and_cuts_the_run() -> None:
@@ -56,7 +62,7 @@ def test_a_change_since_the_plan_below_what_it_took_makes_it_invalid_and_cuts_th
     assert not c.valid(p, 3, 1, T0 + 9 * H)  # a change inside the rows it took
     assert not c.valid(p, 3, 3, None)  # the log no longer reaches back to version 1
     c.advance("db", "rollup_1h", 1, 3, 1, T0 + 4 * H)
-    assert c.rows == 4 and c.plan("db", "rollup_1h", [1], T0, T0 + 10 * H).fetch_from == [T0 + 4 * H]
+    assert c.rows == 4 and c.plan("db", "rollup_1h", [1], T0, T0 + 10 * H).fetch_from == T0 + 4 * H
     # Stored rows of an older version are refused; a log that does not reach back drops all.
     c.store("db", "rollup_1h", 1, 1, T0, T0 + 4 * H, T0 + 10 * H, *_rows(range(4, 10)))
     assert c.rows == 4
@@ -71,8 +77,7 @@ def test_bounded_by_rows_least_recently_used_first() -> None:
         c.store("db", "rollup_1h", 1, tag, T0, T0, T0 + 10 * H, *_rows(range(10)))
         c.plan("db", "rollup_1h", [1], T0, T0 + H)  # tag 1 stays in use
     assert c.rows == 20
-    held = c.plan("db", "rollup_1h", [1, 2, 3], T0, T0 + 10 * H).fetch_from
-    assert held == [T0 + 10 * H, None, T0 + 10 * H]
+    assert [c.plan("db", "rollup_1h", [t], T0, T0 + 10 * H).used for t in (1, 2, 3)] == [True, False, True]
     c.forget("db")
     assert c.rows == 0
 

@@ -209,10 +209,10 @@ SELECT {horizon}, s.version AS ver, (SELECT min(version) FROM rollup_changes) AS
        (SELECT min(lo) FROM rollup_changes WHERE version > $5 AND table_name = '{table}') AS changed_lo,
        x.*
 FROM rollup_state s LEFT JOIN LATERAL (
-  SELECT u.i, r.* FROM unnest($1::int4[], $6::timestamptz[]) WITH ORDINALITY AS u(t, f, i) CROSS JOIN LATERAL (
+  SELECT u.i, r.* FROM unnest($1::int4[]) WITH ORDINALITY AS u(t, i) CROSS JOIN LATERAL (
     (SELECT bucket AS b, n, sum, min, max, first_time, first_value AS fv, last_time,
             last_value AS lv, bad, false AS fresh
-     FROM {table} WHERE tag_id = u.t AND bucket >= greatest({lo}, u.f) AND bucket < {split})
+     FROM {table} WHERE tag_id = u.t AND bucket >= greatest({lo}, $6::timestamptz) AND bucket < {split})
 {fresh_part}  ) r
 ) x ON true
 ORDER BY x.i, x.b"""
@@ -241,7 +241,7 @@ ORDER BY x.i, x.time"""
 
 def _one_agg_sql(level: Level, local_days: bool, fresh_part: bool = True) -> str:
     """Parameters: $1 tag ids, $2 start, $3 end, $4 now - fresh window, $5 the rollup version
-    the cache holds, $6 per tag where the rollup rows start (null: the first bucket), [$7 time
+    the cache holds, $6 where the rollup rows start (null: the first bucket), [$7 time
     zone]. Beside the rows: the raw horizon, the rollup version, the oldest version the change
     log holds and the earliest change to the table since $5 (``ingest.read.rollup_cache``)."""
     if level is Level.DAY and local_days:
@@ -341,7 +341,7 @@ async def _read_one(
     sql = _one_agg_sql(level, req.local_days, split is None or split < req.end)
     tail = [tz] if local else []
     if cache is None or split is None:
-        rows = await db.fetch(sql, ids, req.start, req.end, now - fresh_window, -1, [None] * len(ids), *tail)
+        rows = await db.fetch(sql, ids, req.start, req.end, now - fresh_window, -1, None, *tail)
         horizon, per_tag = _split(req, rows, agg_row)
         return _answer(req, level, tz, horizon, per_tag)
     return await _read_cached(db, req, level, tz, sql, split, fresh_window, now, cache)
@@ -374,7 +374,7 @@ async def _read_cached(
     cache.cache.advance(cache.db, table, plan.version, head["ver"], head["oldest"], head["changed_lo"])
     if not cache.cache.valid(plan, head["ver"], head["oldest"], head["changed_lo"]):
         cache.cache.misses += 1
-        plan = Plan(head["ver"], [[] for _ in ids], [None] * len(ids))
+        plan = Plan(head["ver"], [[] for _ in ids], None)
         rows = await db.fetch(sql, ids, req.start, req.end, now - fresh_window, plan.version, plan.fetch_from)
         head = rows[0]
         cache.cache.advance(cache.db, table, plan.version, head["ver"], head["oldest"], head["changed_lo"])
@@ -394,8 +394,7 @@ async def _read_cached(
             fetched[k][0].append(r["b"])
             fetched[k][1].append(row)
     for k, tag in enumerate(ids):
-        start = plan.fetch_from[k] or lo
-        cache.cache.store(cache.db, table, head["ver"], tag, lo, start, split, *fetched[k])
+        cache.cache.store(cache.db, table, head["ver"], tag, lo, plan.fetch_from or lo, split, *fetched[k])
     return _answer(req, level, tz, head["horizon"], per_tag)
 
 

@@ -62,16 +62,18 @@ class _Table:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one request takes from the cache: per tag, the rows already held and where the
-    database's part starts (``None``: from the request's first bucket)."""
+    """What one request takes from the cache: per tag, the rows already held, and where the
+    database's part starts for every tag (``None``: from the request's first bucket). One bound
+    for all tags keeps it a plain parameter of the statement, so the planner reads each tag's
+    rows by the (tag_id, bucket) key; a per-tag bound made it scan the bucket index instead."""
 
     version: int
     held: list[list[orjson.Fragment]]
-    fetch_from: list[datetime | None]
+    fetch_from: datetime | None
 
     @property
     def used(self) -> bool:
-        return any(f is not None for f in self.fetch_from)
+        return self.fetch_from is not None
 
 
 class RollupCache:
@@ -84,23 +86,19 @@ class RollupCache:
         self.misses = 0  # requests whose cached rows had changed: read again whole
 
     def plan(self, db: str, table: str, tag_ids: list[int], lo: datetime, split: datetime) -> Plan:
-        """Rows held for buckets in [lo, split) per tag; the database reads from where they end."""
+        """Rows held for buckets in [lo, split); the database reads from where the shortest run
+        ends (every tag must have one, else from ``lo``)."""
         t = self._tables.get((db, table))
-        if t is None:
-            return Plan(-1, [[] for _ in tag_ids], [None] * len(tag_ids))
-        held: list[list[orjson.Fragment]] = []
-        fetch_from: list[datetime | None] = []
-        for tag in tag_ids:
-            run = t.runs.get(tag)
-            if run is None or run.lo > lo or run.hi <= lo:
-                held.append([])
-                fetch_from.append(None)
-                continue
+        runs = [None if t is None else t.runs.get(tag) for tag in tag_ids]
+        if t is None or any(r is None or r.lo > lo or r.hi <= lo for r in runs):
+            return Plan(-1 if t is None else t.version, [[] for _ in tag_ids], None)
+        end = min(split, *(r.hi for r in runs if r is not None))
+        held = []
+        for tag, run in zip(tag_ids, runs, strict=True):
+            assert run is not None
             self._lru.move_to_end((db, table, tag))
-            end = min(run.hi, split)
             held.append(run.rows[bisect.bisect_left(run.times, lo) : bisect.bisect_left(run.times, end)])
-            fetch_from.append(end)
-        return Plan(t.version, held, fetch_from)
+        return Plan(t.version, held, end)
 
     def valid(self, plan: Plan, version: int, oldest: int | None, changed_lo: datetime | None) -> bool:
         """Whether the rows the plan took are still exact at ``version``, from what the statement
@@ -110,7 +108,7 @@ class RollupCache:
             return True
         if oldest is None or oldest > plan.version + 1:
             return False  # the log no longer reaches back to the plan's version
-        return changed_lo is None or all(f is None or changed_lo >= f for f in plan.fetch_from)
+        return changed_lo is None or plan.fetch_from is None or changed_lo >= plan.fetch_from
 
     def advance(
         self, db: str, table: str, from_version: int, version: int, oldest: int | None, changed_lo: datetime | None
