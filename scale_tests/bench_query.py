@@ -14,6 +14,7 @@ import math
 import random
 import statistics
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,7 +31,7 @@ from ingest.read.refresher import RollupRefresher
 from ingest.read.rollups import EPOCH
 from ingest.write.fanout import latest_key
 from ingest.write.writer import TenantWriter
-from scale_tests.common import at_worker_priority, direct_api, log
+from scale_tests.common import at_worker_priority, direct_apis, log
 from scale_tests.cpu import stage_meters
 
 CLIENTS = 10
@@ -143,30 +144,51 @@ def _query(params: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-async def _measure(api: str, key: str, make: list[Any], requests: int) -> list[float]:
-    """``requests`` GETs made by ``make`` (a list of (path, params) factories), 10 at a time.
+async def _measure(apis: list[str], key: str, make: list[Any], requests: int) -> list[float]:
+    """``requests`` GETs made by ``make`` (a list of (path, params) factories), 10 at a time,
+    the clients spread over ``apis`` (the replicas' own ports, as a load balancer would).
     The clients use aiohttp (its HTTP parser is in C): with httpx they cost 4-6 CPU ms a request
     on the same two cores as the server (README, read side), which the server then waited for."""
-    lat: list[float] = []
     todo = list(range(requests))
-    async with aiohttp.ClientSession(
-        base_url=api,
-        headers={"Authorization": f"Bearer {key}"},
-        connector=aiohttp.TCPConnector(limit=CLIENTS),
-        timeout=aiohttp.ClientTimeout(total=60),
-    ) as c:
 
-        async def client() -> None:
-            while todo:
-                todo.pop()
-                path, params = random.choice(make)()
-                t0 = time.perf_counter()
-                async with c.get(path, params=_query(params)) as r:
-                    await r.read()
-                    lat.append(time.perf_counter() - t0)
-                    r.raise_for_status()
+    def next_request() -> tuple[str, dict[str, Any]] | None:
+        if not todo:
+            return None
+        todo.pop()
+        path, params = random.choice(make)()
+        return path, params
 
-        await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    return await _clients(apis, key, next_request)
+
+
+async def _clients(
+    apis: list[str], key: str, next_request: Callable[[], tuple[str, dict[str, Any]] | None]
+) -> list[float]:
+    lat: list[float] = []
+    sessions = [
+        aiohttp.ClientSession(
+            base_url=api,
+            headers={"Authorization": f"Bearer {key}"},
+            connector=aiohttp.TCPConnector(limit=CLIENTS),
+            timeout=aiohttp.ClientTimeout(total=60),
+        )
+        for api in apis
+    ]
+
+    async def client(c: aiohttp.ClientSession) -> None:
+        while (req := next_request()) is not None:
+            path, params = req
+            t0 = time.perf_counter()
+            async with c.get(path, params=_query(params)) as r:
+                await r.read()
+                lat.append(time.perf_counter() - t0)
+                r.raise_for_status()
+
+    try:
+        await asyncio.gather(*(client(sessions[k % len(sessions)]) for k in range(CLIENTS)))
+    finally:
+        for c in sessions:
+            await c.close()
     return lat
 
 
@@ -249,28 +271,17 @@ def _speedup(base_lat: list[float], queries: dict[str, Any] | None) -> float | N
     return round(statistics.median(base_lat) * 1000 / max(float(queries["auto_30d"]["p50_ms"]), 1e-3), 1)
 
 
-async def _measure_each(api: str, key: str, make: list[Any]) -> list[float]:
+async def _measure_each(apis: list[str], key: str, make: list[Any]) -> list[float]:
     """Each factory's request once, 10 at a time."""
-    lat: list[float] = []
     todo = list(make)
-    async with aiohttp.ClientSession(
-        base_url=api,
-        headers={"Authorization": f"Bearer {key}"},
-        connector=aiohttp.TCPConnector(limit=CLIENTS),
-        timeout=aiohttp.ClientTimeout(total=60),
-    ) as c:
 
-        async def client() -> None:
-            while todo:
-                path, params = todo.pop()()
-                t0 = time.perf_counter()
-                async with c.get(path, params=_query(params)) as r:
-                    await r.read()
-                    lat.append(time.perf_counter() - t0)
-                    r.raise_for_status()
+    def next_request() -> tuple[str, dict[str, Any]] | None:
+        if not todo:
+            return None
+        path, params = todo.pop()()
+        return path, params
 
-        await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    return lat
+    return await _clients(apis, key, next_request)
 
 
 def _mismatches(api_rows: list[list[Any]], fields: list[str], sql_rows: list[Any]) -> int:
@@ -299,12 +310,15 @@ def run(
     requests: int = 500,
     paths: tuple[str, ...] = ("direct", "proxy"),
     round_trips: bool = True,
+    api_replicas: int = 2,
 ) -> dict[str, Any]:
     from scale_tests.bench_devices import deploy_bench
 
     # The stack's folder and ports come from the environment (SCADA_LOCAL_DIR, SCADA_PG_PORT,
     # ...) so a checkout can bench against its own stack.
-    settings = Settings(namespace="scada-bench", http_port=free_port()).with_local_secrets()
+    settings = Settings(
+        namespace="scada-bench", http_port=free_port(), api_replicas=api_replicas
+    ).with_local_secrets()
     # Both ways in, measured one after the other in this run: the proxy (Serve's HTTP port) and
     # the replica's own port (direct ingress, on by default).
     client, slug = deploy_bench(settings)
@@ -465,7 +479,7 @@ async def _run(
     }
     by_path: dict[str, dict[str, Any]] = {}
     cold: dict[str, dict[str, Any]] = {}
-    urls = {"proxy": api, "direct": direct_api(api, slug, key)}
+    urls = {"proxy": [api], "direct": direct_apis(api, slug, key, settings.api_replicas)}
     # The clients (and the plain-SQL ones) run at the niceness of Ray's workers: on a shared
     # machine neither side takes the CPU first (scale_tests.common.at_worker_priority).
     with at_worker_priority():
@@ -523,6 +537,7 @@ async def _run(
         "build_s": round(load_s + rollup_s, 1),
         "refresh_lag_s": round(lag_s, 2),
         "clients": CLIENTS,
+        "api_replicas": settings.api_replicas,
         # The headline: the replica's own port (Serve's direct ingress, the way the live page
         # and a load balancer over the replicas' ports come in); Serve's proxy beside it.
         "queries": by_path.get("direct", {}) | {"sql_raw_30d": sql_raw},

@@ -53,13 +53,25 @@ def at_worker_priority() -> Iterator[None]:
 def direct_api(api: str, slug: str, key: str) -> str:
     """The API replica's own HTTP address (Serve's direct ingress, on by default:
     ingest.core.ray_env), as a stream ticket's answer names it (``live_url``)."""
+    return direct_apis(api, slug, key, 1)[0]
+
+
+def direct_apis(api: str, slug: str, key: str, replicas: int, tries: int = 200) -> list[str]:
+    """Every API replica's own address: tickets asked through Serve's proxy, which spreads them
+    over the replicas, until ``replicas`` different ones answered."""
     auth = {"Authorization": f"Bearer {key}"}
-    r = httpx.post(f"{api}/v1/tenants/{slug}/stream-tickets", headers=auth, timeout=60)
-    r.raise_for_status()
-    url = r.json()["live_url"]
-    if not url:
-        raise RuntimeError("the API names no address of its own (direct ingress off?)")
-    return str(url)
+    seen: list[str] = []
+    for _ in range(tries):
+        r = httpx.post(f"{api}/v1/tenants/{slug}/stream-tickets", headers=auth, timeout=60)
+        r.raise_for_status()
+        url = r.json()["live_url"]
+        if not url:
+            raise RuntimeError("the API names no address of its own (direct ingress off?)")
+        if url not in seen:
+            seen.append(str(url))
+        if len(seen) >= replicas:
+            return seen
+    raise RuntimeError(f"{len(seen)} of {replicas} API replicas named themselves in {tries} tickets")
 
 
 # What the scenarios and benches name their tenants: the prefix, then a number (then ``x`` and a

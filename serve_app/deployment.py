@@ -51,7 +51,7 @@ class ApiIngress:
 
 
 def build(settings: Settings) -> Any:
-    return ApiIngress.bind(settings)  # type: ignore[attr-defined]
+    return ApiIngress.options(num_replicas=settings.api_replicas).bind(settings)  # type: ignore[attr-defined]
 
 
 def app_builder(args: dict[str, str]) -> Any:

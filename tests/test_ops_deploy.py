@@ -95,3 +95,12 @@ def test_lock_pins_every_dependency_and_the_venv_matches_it() -> None:
         assert name in locked, f"{name} is not in requirements.lock: run scripts/lock.sh"
     # scripts/bootstrap.sh installed exactly the locked versions.
     assert {n: version(n) for n in locked} == locked
+
+
+def test_the_api_runs_as_many_replicas_as_the_settings_say() -> None:
+    from ingest.core.config import Settings
+    from serve_app.deployment import build
+
+    for n in (1, 3):
+        (api,) = build_app(build(Settings(api_replicas=n)), name="scada").deployments
+        assert api.num_replicas == n

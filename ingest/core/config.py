@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     namespace: str = Field("scada", description="Ray namespace of the detached actors")
     http_host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds")
     http_port: int = Field(8000, description="Port of the Serve HTTP proxy")
+    api_replicas: int = Field(
+        1,
+        ge=1,
+        description="Serve replicas of the HTTP API; each also serves on a port of its own (direct ingress), "
+        "where a load balancer over them (live_url) spreads clients",
+    )
     dashboard_port: int = Field(8265, description="Port of the Ray dashboard (loopback)")
     tags_per_actor: int = Field(20_000, description="Tags one connection actor carries at most")
     max_actors_per_node: int = Field(4, description="Connection actors per node at most")
