@@ -33,8 +33,9 @@ from ingest.core.models import Tenant
 from ingest.core.translate import connection
 from ingest.read.catalog import Catalog, CatalogCache, TagInfo, list_wells
 from ingest.read.latest import latest_values
+from ingest.read.one_statement import CacheSlot
 from ingest.read.pool import ReadPool, open_read_pool
-from ingest.read.query import CacheSlot, read, stream_rows
+from ingest.read.query import read, stream_rows
 from ingest.read.request import ReadAnswer, ReadRequest, quality_code, quality_name
 from ingest.read.rollup_cache import RollupCache
 from ingest.store.credentials import Principal

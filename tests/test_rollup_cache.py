@@ -11,7 +11,8 @@ import orjson
 
 from ingest.core.config import Settings
 from ingest.read.catalog import Catalog
-from ingest.read.query import CacheSlot, ReadRequest, _read_one
+from ingest.read.one_statement import CacheSlot, _read_one
+from ingest.read.query import ReadRequest
 from ingest.read.refresher import RollupRefresher
 from ingest.read.retention import apply_retention, save_settings
 from ingest.read.rollup_cache import RollupCache, encode_row

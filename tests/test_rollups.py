@@ -20,7 +20,8 @@ from ingest.core.batch import ReadingBatch
 from ingest.core.config import Settings
 from ingest.core.models import Quality, quality_as_int4
 from ingest.read.catalog import Catalog
-from ingest.read.query import CacheSlot, ReadRequest, _read_one, _read_paged
+from ingest.read.one_statement import CacheSlot, _read_one
+from ingest.read.query import ReadRequest, _read_paged
 from ingest.read.refresher import RollupRefresher, refresh_pass
 from ingest.read.rollup_cache import RollupCache
 from ingest.write.writer import TenantWriter
