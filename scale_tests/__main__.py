@@ -50,7 +50,7 @@ def _main(argv: list[str] | None) -> int:
     )
     b.add_argument("--rows", type=int, default=1_000_000)
     b.add_argument("--rounds", type=int, default=2)
-    b.add_argument("--tags", type=int, default=40, help="tags with a month of data (query)")
+    b.add_argument("--tags", type=int, default=100, help="tags with a month of data (query)")
     b.add_argument("--days", type=int, default=30, help="days of data per tag (query)")
     b.add_argument("--interval-s", type=int, default=10, help="seconds between readings (query)")
     b.add_argument("--requests", type=int, default=500, help="requests per query kind (query)")
