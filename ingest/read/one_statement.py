@@ -123,13 +123,7 @@ def _answer(
 ) -> ReadAnswer:
     """The answer from every tag's complete rows, cut at ``limit`` exactly as the paged path
     cuts it (same points, same cursor)."""
-    answer = ReadAnswer(
-        level,
-        RAW_FIELDS if level is Level.RAW else AGG_FIELDS,
-        [Series(t) for t in req.tags],
-        tz if req.local_days else "UTC",
-    )
-    _note_horizon(answer, req, level, horizon)
+    answer = empty_answer(req, level, tz, horizon)
     left = req.limit
     for i, rows in enumerate(per_tag):
         if len(rows) > left:
@@ -138,6 +132,18 @@ def _answer(
             break
         answer.series[i].points = rows
         left -= len(rows)
+    return answer
+
+
+def empty_answer(req: ReadRequest, level: Level, tz: str, horizon: datetime | None) -> ReadAnswer:
+    """An answer at ``level`` with no points yet, saying where retention dropped raw data."""
+    answer = ReadAnswer(
+        level,
+        RAW_FIELDS if level is Level.RAW else AGG_FIELDS,
+        [Series(t) for t in req.tags],
+        tz if req.local_days else "UTC",
+    )
+    _note_horizon(answer, req, level, horizon)
     return answer
 
 

@@ -24,14 +24,11 @@ from ingest.core.errors import InvalidQuery
 from ingest.core.models import GAP_QUALITY
 from ingest.core.translate import translated
 from ingest.read.catalog import TagInfo
-from ingest.read.one_statement import CacheSlot, _note_horizon, _read_one
+from ingest.read.one_statement import CacheSlot, _read_one, empty_answer
 from ingest.read.request import (
-    AGG_FIELDS,
     AUTO,
-    RAW_FIELDS,
     ReadAnswer,
     ReadRequest,
-    Series,
     _Cursor,
     coarsen,
     level_for_span,
@@ -217,13 +214,7 @@ async def _read_paged(
     cur = _Cursor.decode(req, req.cursor) if req.cursor else None
     level = cur.level if cur else await choose_level(db, req, horizon)
     fetch = _Fetcher(db, req, level, tz, await fresh_from(db, level, req.local_days, tz, now, fresh_window))
-    answer = ReadAnswer(
-        level,
-        RAW_FIELDS if level is Level.RAW else AGG_FIELDS,
-        [Series(t) for t in req.tags],
-        tz if req.local_days else "UTC",
-    )
-    _note_horizon(answer, req, level, horizon)
+    answer = empty_answer(req, level, tz, horizon)
     left = req.limit
     first = cur.position if cur else 0
     for i in range(first, len(req.tags)):
