@@ -4,7 +4,7 @@ A 30-day trend is 720 one-hour rows; decoding them from the database and encodin
 JSON cost the replica about 12 microseconds a row, which put a 30-day query at 10 CPU ms: most of
 what a request costs on two cores. Rollup rows of past buckets rarely change, so the replica keeps
 each tag's run of rows of one table, encoded once, and asks the database only for what it does not
-hold, in the same statement as always (``ingest.read.query``): the rows from the end of the run
+hold, in the same statement as always (``ingest.read.one_statement``): the rows from the end of the run
 on, the newest buckets from raw, and what changed in the rollups since the run was read.
 
 Validity. Every transaction that writes rollup rows bumps ``rollup_state.version`` and records,
@@ -76,6 +76,11 @@ class Plan:
         return self.fetch_from is not None
 
 
+def _log_reaches(oldest: int | None, version: int) -> bool:
+    """Whether the change log (oldest version ``oldest``) still holds every change after ``version``."""
+    return oldest is not None and oldest <= version + 1
+
+
 class RollupCache:
     def __init__(self, max_rows: int = DEFAULT_MAX_ROWS) -> None:
         self.max_rows = max_rows
@@ -106,8 +111,8 @@ class RollupCache:
         the table since the plan's version."""
         if not plan.used or version == plan.version:
             return True
-        if oldest is None or oldest > plan.version + 1:
-            return False  # the log no longer reaches back to the plan's version
+        if not _log_reaches(oldest, plan.version):
+            return False
         return changed_lo is None or plan.fetch_from is None or changed_lo >= plan.fetch_from
 
     def advance(
@@ -118,7 +123,7 @@ class RollupCache:
         t = self._tables.setdefault((db, table), _Table())
         if t.version != from_version or version == from_version:
             return
-        if oldest is None or oldest > from_version + 1 or from_version < 0:
+        if from_version < 0 or not _log_reaches(oldest, from_version):
             for tag in list(t.runs):
                 self._drop(db, table, tag)
         elif changed_lo is not None:
