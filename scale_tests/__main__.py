@@ -54,6 +54,7 @@ def _main(argv: list[str] | None) -> int:
     b.add_argument("--days", type=int, default=30, help="days of data per tag (query)")
     b.add_argument("--interval-s", type=int, default=10, help="seconds between readings (query)")
     b.add_argument("--requests", type=int, default=500, help="requests per query kind (query)")
+    b.add_argument("--kinds", help="query: only these kinds (comma-separated, e.g. latest_100), for a profile")
     b.add_argument("--api-replicas", type=int, default=2, help="API replicas deployed for the run (query)")
     b.add_argument(
         "--no-round-trips", action="store_true", help="query: skip counting statements per request (2 minutes)"
@@ -155,6 +156,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             paths=tuple(x.strip() for x in (args.paths or "direct,proxy").split(",") if x.strip()),
             round_trips=not args.no_round_trips,
             api_replicas=args.api_replicas,
+            only=tuple(x.strip() for x in (args.kinds or "").split(",") if x.strip()),
         )
     if args.target == "opcua":
         from scale_tests.bench_devices import run_opcua

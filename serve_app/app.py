@@ -22,12 +22,14 @@ app = FastAPI(
     '"error": ...}]}`.',
 )
 errors.install(app)
-for router in ROUTERS:
-    app.include_router(router)
 
 from serve_app.routes_read import router as read_router  # noqa: E402
 
+# The read routes first: Serve names every request's route (for its metrics) by trying the
+# app's routes in order, and a dashboard's reads are most of the requests.
 app.include_router(read_router)
+for router in ROUTERS:
+    app.include_router(router)
 
 from serve_app.routes_push import push_router  # noqa: E402  (push ingest, audit: its own module)
 
@@ -41,3 +43,7 @@ from serve_app.routes_live import router as live_router  # noqa: E402  (SSE, Web
 app.include_router(live_router)
 # The live page: static HTML and JavaScript, no build step (a Mount, not a route of the API).
 app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
+
+from serve_app.hot_reads import HotReads  # noqa: E402  (latest and readings before routing)
+
+app.add_middleware(HotReads)

@@ -23,12 +23,19 @@ class PrincipalCache:
         self.ttl_s = ttl_s
         self._hits: dict[str, tuple[float, Principal]] = {}
 
-    async def get(self, key: str, authenticate: Callable[[str], Awaitable[Principal]]) -> Principal:
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        hit = self._hits.get(digest)
-        now = time.monotonic()
-        if hit is not None and hit[0] > now and hit[1].valid_at(datetime.now(UTC)):
+    def peek(self, key: str) -> Principal | None:
+        """The key's principal if this replica checked it less than ``AUTH_TTL_S`` ago."""
+        hit = self._hits.get(hashlib.sha256(key.encode()).hexdigest())
+        if hit is not None and hit[0] > time.monotonic() and hit[1].valid_at(datetime.now(UTC)):
             return hit[1]
+        return None
+
+    async def get(self, key: str, authenticate: Callable[[str], Awaitable[Principal]]) -> Principal:
+        hit = self.peek(key)
+        if hit is not None:
+            return hit
+        now = time.monotonic()
+        digest = hashlib.sha256(key.encode()).hexdigest()
         p = await authenticate(key)
         if len(self._hits) > _MAX_ENTRIES:
             self._hits.clear()

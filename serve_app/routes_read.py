@@ -20,6 +20,7 @@ import csv
 import io
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -144,8 +145,12 @@ async def _catalog_and_tags(
     )
 
 
-def _json(body: Any) -> Response:
-    return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")
+def _encode(body: Any) -> bytes:
+    return orjson.dumps(body, option=orjson.OPT_UTC_Z)
+
+
+def _json_bytes(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
 
 
 def _tag_dict(t: TagInfo) -> dict[str, Any]:
@@ -215,21 +220,44 @@ async def readings(
     `max_points`. Aggregate rows: bucket start, count, avg, min, max, sum, first and last with
     their times, count of Bad readings (Bad readings and gap markers are never in the numbers).
     Past `limit` rows the answer carries `next`."""
+    req, pool, tz = await readings_request(
+        api, t, tag_id, well, tag, start, end, resolution, max_points, limit, days, cursor
+    )
+    if accept and "text/csv" in accept:
+        await read(pool, replace(req, limit=1), tz)  # errors before 200
+        return StreamingResponse(_csv(pool, req, tz), media_type="text/csv")
+    return _json_bytes(await readings_json(api, t, req, pool, tz))
+
+
+async def readings_request(
+    api: ApiState,
+    t: Tenant,
+    tag_id: list[int] | None,
+    well: str | None,
+    tag: list[str] | None,
+    start: datetime | None,
+    end: datetime | None,
+    resolution: str,
+    max_points: int,
+    limit: int,
+    days: str,
+    cursor: str | None,
+) -> tuple[ReadRequest, ReadPool, str]:
+    """The request a readings call means, with the tenant's read pool and read time zone (the
+    route and ``serve_app.hot_reads`` both start here)."""
     end = end or datetime.now(UTC)
     start = start or end - timedelta(hours=1)
     if start >= end:
         raise InvalidQuery("start", "must be before end")
     pool = await api.part(ReadCaches).read_pool(t)
     cat, tags = await _catalog_and_tags(api, t, pool, tag_id, well, tag, MAX_QUERY_TAGS)
-    tz = cat.timezone
     req = ReadRequest(tags, start, end, resolution, max_points, limit, days == "local", cursor)
-    if accept and "text/csv" in accept:
-        await read(
-            pool, ReadRequest(tags, start, end, resolution, max_points, 1, days == "local", cursor), tz
-        )  # errors before 200
-        return StreamingResponse(_csv(pool, req, tz), media_type="text/csv")
+    return req, pool, cat.timezone
+
+
+async def readings_json(api: ApiState, t: Tenant, req: ReadRequest, pool: ReadPool, tz: str) -> bytes:
     cache = CacheSlot(api.part(ReadCaches).rollups, t.id)
-    return _json(_shape(await read(pool, req, tz, cache=cache), req, resolution))
+    return _encode(_shape(await read(pool, req, tz, cache=cache), req, req.resolution))
 
 
 def _shape(a: ReadAnswer, req: ReadRequest, requested: str) -> dict[str, Any]:
@@ -297,11 +325,17 @@ async def latest(
     tag: TagNames = None,
 ) -> Any:
     """Newest value of each tag: from Redis, or from the database for tags Redis does not hold."""
+    return _json_bytes(await latest_json(api, t, tag_id, well, tag))
+
+
+async def latest_json(
+    api: ApiState, t: Tenant, tag_id: list[int] | None, well: str | None, tag: list[str] | None
+) -> bytes:
     pool = await api.part(ReadCaches).read_pool(t)
     _, tags = await _catalog_and_tags(api, t, pool, tag_id, well, tag, MAX_LATEST_TAGS)
     values = await latest_values(api.redis(), pool, t.slug, tags)
     now = datetime.now(UTC)
-    return _json(
+    return _encode(
         [
             {
                 **_tag_dict(v.tag),

@@ -5,9 +5,8 @@ text tags, or while Redis is away). The answer says where each value came from."
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -27,8 +26,7 @@ CROSS JOIN LATERAL (SELECT time, value, quality FROM {table} WHERE tag_id = u.t
                     ORDER BY time DESC LIMIT 1) r"""
 
 
-@dataclass(frozen=True)
-class LatestValue:
+class LatestValue(NamedTuple):  # a tuple: built 100 times for a request of 100 tags
     tag: TagInfo
     time: datetime | None
     value: Any

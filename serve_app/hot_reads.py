@@ -1,0 +1,210 @@
+"""The two hot reads (``GET .../latest`` and ``GET .../readings`` as JSON), answered in front of
+FastAPI's routing when a request is plainly valid.
+
+A dashboard asks for the same latest values and trends again and again. Through FastAPI a
+request costs its routing over every route of the API, dependency resolution and parameter
+validation: about a third of the replica's CPU for latest values of 100 tags (README, read
+side). This ASGI middleware answers the request itself when every part of it is one FastAPI
+would accept and parse the same way: the path, a caller key this replica checked less than
+``AUTH_TTL_S`` ago (``PrincipalCache.peek``), query parameters of the plain forms (decimal ids
+and counts, ISO 8601 times with a zone, known resolutions). The work is then the routes' own
+(``routes_read.latest_json`` / ``readings_json``), so the body is the same bytes.
+
+Anything else goes on to FastAPI untouched, which answers it as before: a key not yet checked, a
+value FastAPI would refuse or might read differently, a repeated single parameter, CSV, and any
+error raised while answering (an unknown tag, another tenant's key, a database away): the request
+is then answered again by the route, which renders the error in the API's one shape. Reads have
+no side effects, so answering again is safe. ``tests/test_hot_reads.py`` compares both ways.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from serve_app.deps import authorize
+from serve_app.params import INT4_MAX, as_utc
+from serve_app.routes_read import (
+    MAX_LATEST_TAGS,
+    ReadCaches,
+    latest_json,
+    readings_json,
+    readings_request,
+)
+from serve_app.state import ApiState
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_PATH = re.compile(r"/v1/tenants/([a-z0-9][a-z0-9_-]{1,63})/(latest|readings)")
+_COUNT = re.compile(r"[1-9][0-9]{0,9}")
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
+_LISTS = frozenset({"tag_id", "tag"})
+_RESOLUTIONS = frozenset({"auto", "raw", "1m", "1h", "1d"})
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class HotReadCounts:
+    """This replica's hot reads: answered here, or referred to the route (``api.part``)."""
+
+    def __init__(self, api: ApiState) -> None:
+        self.answered = 0
+        self.referred = 0
+
+
+class _Refer(Exception):
+    """The request is FastAPI's to answer."""
+
+
+def _params(query: bytes) -> dict[str, list[str]]:
+    # As Starlette reads a query string (QueryParams): latin-1, blank values kept.
+    out: dict[str, list[str]] = {}
+    for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        out.setdefault(k, []).append(v)
+    for k, vs in out.items():
+        if len(vs) > 1 and k not in _LISTS:
+            raise _Refer  # which of them FastAPI takes is FastAPI's business
+    return out
+
+
+def _one(p: dict[str, list[str]], name: str) -> str | None:
+    v = p.get(name)
+    return None if v is None else v[0]
+
+
+def _count(p: dict[str, list[str]], name: str, default: int, most: int) -> int:
+    v = _one(p, name)
+    if v is None:
+        return default
+    if not _COUNT.fullmatch(v) or int(v) > most:
+        raise _Refer
+    return int(v)
+
+
+def _ids(p: dict[str, list[str]]) -> list[int] | None:
+    vs = p.get("tag_id")
+    if vs is None:
+        return None
+    if not all(_COUNT.fullmatch(v) and int(v) <= INT4_MAX for v in vs):
+        raise _Refer
+    return [int(v) for v in vs]
+
+
+def _names(p: dict[str, list[str]]) -> tuple[str | None, list[str] | None]:
+    well, names = _one(p, "well"), p.get("tag")
+    if (well is not None and len(well) > 200) or (
+        names is not None and (len(names) > 200 or any(len(n) > 200 for n in names))
+    ):
+        raise _Refer
+    return well, names
+
+
+def _time(p: dict[str, list[str]], name: str) -> datetime | None:
+    v = _one(p, name)
+    if v is None:
+        return None
+    if not _TIME.fullmatch(v):
+        raise _Refer
+    try:
+        return as_utc(datetime.fromisoformat(v))
+    except ValueError:
+        raise _Refer from None
+
+
+def _choice(p: dict[str, list[str]], name: str, default: str, allowed: frozenset[str]) -> str:
+    v = _one(p, name)
+    if v is None:
+        return default
+    if v not in allowed:
+        raise _Refer
+    return v
+
+
+def _route_path(scope: Scope) -> str:
+    # As Starlette routes: the path below the root path (Serve sets root_path to the route prefix).
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    found = [v for k, v in scope["headers"] if k == name]
+    if len(found) > 1:
+        raise _Refer
+    return found[0].decode("latin-1") if found else None
+
+
+async def _answer(api: ApiState, scope: Scope, ref: str, kind: str) -> bytes:
+    authorization = _header(scope, b"authorization")
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise _Refer
+    caches = api.part(ReadCaches)
+    caller = caches.principals.peek(authorization[7:].strip())
+    if caller is None:
+        raise _Refer  # the route checks the key against the master database and remembers it
+    p = _params(scope["query_string"])
+    tag_id = _ids(p)
+    well, names = _names(p)
+    if kind == "latest":
+        if tag_id is not None and len(tag_id) > MAX_LATEST_TAGS:
+            raise _Refer
+        t = await authorize(api, caller, ref, "read", lookup=caches.tenant)
+        return await latest_json(api, t, tag_id, well, names)
+    accept = _header(scope, b"accept")
+    if accept and "text/csv" in accept:
+        raise _Refer
+    start, end = _time(p, "start"), _time(p, "end")
+    resolution = _choice(p, "resolution", "auto", _RESOLUTIONS)
+    days = _choice(p, "days", "local", frozenset({"local", "utc"}))
+    max_points = _count(p, "max_points", 2000, 100_000)
+    limit = _count(p, "limit", 10_000, 100_000)
+    cursor = _one(p, "cursor")
+    if cursor is not None and len(cursor) > 500:
+        raise _Refer
+    t = await authorize(api, caller, ref, "read", lookup=caches.tenant)
+    req, pool, tz = await readings_request(
+        api, t, tag_id, well, names, start, end, resolution, max_points, limit, days, cursor
+    )
+    return await readings_json(api, t, req, pool, tz)
+
+
+class HotReads:
+    """ASGI middleware (``app.add_middleware(HotReads)``); off while ``app.state.hot_reads`` is
+    False (the tests compare both ways)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            m = _PATH.fullmatch(_route_path(scope))
+            state = scope["app"].state
+            api = getattr(state, "api", None)
+            if m is not None and isinstance(api, ApiState) and getattr(state, "hot_reads", True):
+                counts = api.part(HotReadCounts)
+                try:
+                    body = await _answer(api, scope, m[1], m[2])
+                except _Refer:
+                    counts.referred += 1
+                except Exception as e:  # the route answers again and renders the error
+                    counts.referred += 1
+                    log.debug("hot read referred to the route: %s", type(e).__name__)
+                else:
+                    counts.answered += 1
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 200,
+                            "headers": [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await self.app(scope, receive, send)
