@@ -53,7 +53,12 @@ def _main(argv: list[str] | None) -> int:
     b.add_argument("--tags", type=int, default=100, help="tags with a month of data (query)")
     b.add_argument("--days", type=int, default=30, help="days of data per tag (query)")
     b.add_argument("--interval-s", type=int, default=10, help="seconds between readings (query)")
-    b.add_argument("--requests", type=int, default=500, help="requests per query kind (query)")
+    b.add_argument(
+        "--requests",
+        type=int,
+        default=2000,
+        help="requests per query kind (query; 2,000: about 4 s a kind, 500 were a second)",
+    )
     b.add_argument("--kinds", help="query: only these kinds (comma-separated, e.g. latest_100), for a profile")
     b.add_argument("--api-replicas", type=int, default=2, help="API replicas deployed for the run (query)")
     b.add_argument(

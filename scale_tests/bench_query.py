@@ -323,7 +323,7 @@ def run(
     interval_s: int = 10,
     year_tags: int = 4,
     year_interval_s: int = 600,
-    requests: int = 500,
+    requests: int = 2000,
     paths: tuple[str, ...] = ("direct", "proxy"),
     round_trips: bool = True,
     api_replicas: int = 2,
@@ -492,6 +492,7 @@ async def _run(
     # Dashboards ask for the same tags again and again: one request per tag and kind first, so
     # the replica's caches (keys, catalog, rollup rows) hold them, timed apart ("cold").
     warm = {
+        "latest_100": kinds.get("latest_100", []),  # the same 100 tags, once
         "auto_24h": [
             lambda t=t: (readings, {"tag_id": t, "start": iso(end - timedelta(days=1)), "end": iso(end)})
             for t in month_ids
