@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from ingest.core.metrics import Metrics, safe
 from serve_app.deps import authorize
 from serve_app.params import INT4_MAX, as_utc
 from serve_app.routes_read import (
@@ -52,12 +55,43 @@ _RESOLUTIONS = frozenset({"auto", "raw", "1m", "1h", "1d"})
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
+FLUSH_S = 10.0
+
+
 class HotReadCounts:
-    """This replica's hot reads: answered here, or referred to the route (``api.part``)."""
+    """This replica's hot reads by kind and outcome (answered here, or referred to the route),
+    and its rollup cache's hits and misses: counted here, handed to the metrics
+    (``scada_hot_reads_total``, ``scada_read_cache_total``) at most every ``FLUSH_S`` seconds,
+    since a Ray metric update per request would cost more than the counting (``api.part``)."""
 
     def __init__(self, api: ApiState) -> None:
-        self.answered = 0
-        self.referred = 0
+        self.rollups = api.part(ReadCaches).rollups
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self._sent: Counter[tuple[str, str]] = Counter()
+        self._cache_sent = (0, 0)
+        self._at = time.monotonic()
+
+    @property
+    def answered(self) -> int:
+        return sum(n for (_, outcome), n in self.counts.items() if outcome == "answered")
+
+    def count(self, kind: str, outcome: str) -> None:
+        self.counts[kind, outcome] += 1
+        if time.monotonic() - self._at >= FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self._at = time.monotonic()
+        m = Metrics.get()
+        for (kind, outcome), n in self.counts.items():
+            if n > self._sent[kind, outcome]:
+                safe(m.hot_reads.inc, n - self._sent[kind, outcome], {"kind": kind, "outcome": outcome})
+        self._sent = Counter(self.counts)
+        hits, misses = self.rollups.hits, self.rollups.misses
+        for outcome, n, sent in (("hit", hits, self._cache_sent[0]), ("miss", misses, self._cache_sent[1])):
+            if n > sent:
+                safe(m.read_cache.inc, n - sent, {"outcome": outcome})
+        self._cache_sent = (hits, misses)
 
 
 class _Refer(Exception):
@@ -130,7 +164,8 @@ def _choice(p: dict[str, list[str]], name: str, default: str, allowed: frozenset
 
 def _route_path(scope: Scope) -> str:
     # As Starlette routes: the path below the root path (Serve sets root_path to the route prefix).
-    path, root = scope["path"], scope.get("root_path", "")
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
     return path[len(root) :] if root and path.startswith(root) else path
 
 
@@ -192,12 +227,12 @@ class HotReads:
                 try:
                     body = await _answer(api, scope, m[1], m[2])
                 except _Refer:
-                    counts.referred += 1
+                    counts.count(m[2], "referred")
                 except Exception as e:  # the route answers again and renders the error
-                    counts.referred += 1
+                    counts.count(m[2], "referred")
                     log.debug("hot read referred to the route: %s", type(e).__name__)
                 else:
-                    counts.answered += 1
+                    counts.count(m[2], "answered")
                     await send(
                         {
                             "type": "http.response.start",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -14,6 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ingest.core.config import Settings
+from ingest.core.metrics import Metrics
+from serve_app import hot_reads
 from serve_app.app import app
 from serve_app.hot_reads import HotReadCounts
 from serve_app.state import ApiState
@@ -132,3 +135,35 @@ def test_hot_readings_are_byte_for_byte_the_routes(
     assert hot.content == plain.content and len(orjson.loads(hot.content)["series"][0]["points"]) == 99
     assert hot.headers["content-type"] == plain.headers["content-type"] == "application/json"
     assert hot.headers["content-length"] == plain.headers["content-length"]
+
+
+class _Recorded:
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, dict[str, str] | None]] = []
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        self.calls.append((value, tags))
+
+
+def test_counts_reach_the_metrics_as_deltas_at_most_every_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    hot, cache = _Recorded(), _Recorded()
+    monkeypatch.setattr(Metrics, "get", classmethod(lambda cls: SimpleNamespace(hot_reads=hot, read_cache=cache)))
+    counts = ApiState(Settings()).part(HotReadCounts)
+    counts.count("latest", "answered")
+    counts.count("readings", "referred")
+    assert hot.calls == []  # within FLUSH_S of the last flush: only counted
+    counts.rollups.hits, counts.rollups.misses = 5, 1
+    monkeypatch.setattr(hot_reads, "FLUSH_S", 0.0)
+    counts.count("latest", "answered")
+    assert sorted((v, sorted(t.items())) for v, t in hot.calls if t) == [
+        (1, [("kind", "readings"), ("outcome", "referred")]),
+        (2, [("kind", "latest"), ("outcome", "answered")]),
+    ]
+    assert sorted(cache.calls, key=str) == [(1, {"outcome": "miss"}), (5, {"outcome": "hit"})]
+    hot.calls.clear()
+    cache.calls.clear()
+    counts.rollups.hits = 7
+    counts.count("latest", "answered")  # only what is new since the last flush
+    assert hot.calls == [(1, {"kind": "latest", "outcome": "answered"})]
+    assert cache.calls == [(2, {"outcome": "hit"})]
+    assert counts.answered == 3

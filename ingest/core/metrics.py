@@ -43,6 +43,8 @@ class Metrics:
     rollup_lag: Any
     live_subscribers: Any
     live_conflated: Any
+    hot_reads: Any
+    read_cache: Any
 
     def __init__(self) -> None:
         try:

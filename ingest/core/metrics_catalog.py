@@ -206,6 +206,24 @@ CATALOG: tuple[MetricSpec, ...] = (
         "Live-stream updates a slow subscriber skipped (conflated to the newest value)",
         Emitted.ON_EVENT,
     ),
+    MetricSpec(
+        "hot_reads",
+        "scada_hot_reads_total",
+        Kind.COUNTER,
+        ("kind", "outcome"),
+        "Read requests (kind: latest, readings) answered before the API's routing (outcome: answered) "
+        "or passed on to the route (referred: a key not checked lately, another form, an error)",
+        Emitted.ON_EVENT,
+    ),
+    MetricSpec(
+        "read_cache",
+        "scada_read_cache_total",
+        Kind.COUNTER,
+        ("outcome",),
+        "Readings requests that used an API replica's cached rollup rows (hit) or read again whole "
+        "because rows they held had changed (miss)",
+        Emitted.ON_EVENT,
+    ),
 )
 
 BY_NAME: dict[str, MetricSpec] = {s.name: s for s in CATALOG}
