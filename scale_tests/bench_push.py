@@ -20,6 +20,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -101,6 +102,18 @@ class Bodies:
         return b"".join(out)
 
 
+@dataclass(frozen=True)
+class PushTarget:
+    """Where and as whom a phase pushes: the API's URL, the tenant's key and slug, its wells, and
+    the one clock of request times every phase shares (``request_times``)."""
+
+    api: str
+    key: str
+    slug: str
+    wells: int
+    starts: Iterator[int]
+
+
 TARGET_READINGS_PER_S = 100_000  # issue 10's figure
 PACED_SHARE = 0.8  # "ack p99 <= 250 ms at 80 % of that rate"
 
@@ -130,11 +143,7 @@ async def _post(
 
 
 async def _client(
-    api: str,
-    key: str,
-    slug: str,
-    wells: int,
-    starts: Iterator[int],
+    to: PushTarget,
     stop_at: float,
     stats: Clients,
     twice: bool,
@@ -146,11 +155,11 @@ async def _client(
     a server that falls behind is charged for the wait (no coordinated omission)."""
     # aiohttp (its HTTP parser is in C): the clients share the server's two cores, and httpx
     # cost them about 6 CPU ms a request (README, push figures).
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    bodies = Bodies(slug, wells)
+    headers = {"Authorization": f"Bearer {to.key}", "Content-Type": "application/json"}
+    bodies = Bodies(to.slug, to.wells)
     due = first_at
     async with aiohttp.ClientSession(
-        base_url=api,
+        base_url=to.api,
         headers=headers,
         timeout=aiohttp.ClientTimeout(total=120),
         connector=aiohttp.TCPConnector(limit=2),
@@ -160,9 +169,9 @@ async def _client(
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 if due >= stop_at:
                     break
-            start = next(starts)
+            start = next(to.starts)
             body = bodies.body(start)
-            idem = {"Idempotency-Key": f"bench-{slug}-{start}"}
+            idem = {"Idempotency-Key": f"bench-{to.slug}-{start}"}
             while True:
                 t = due if pace_s else time.perf_counter()
                 stats.sent_requests += 2 if twice else 1
@@ -181,11 +190,7 @@ async def _client(
 
 
 def _phase(
-    api: str,
-    key: str,
-    slug: str,
-    wells: int,
-    starts: Iterator[int],
+    to: PushTarget,
     clients: int,
     seconds: float,
     twice: bool,
@@ -199,10 +204,7 @@ def _phase(
     async def run() -> float:
         t = time.perf_counter()
         await asyncio.gather(
-            *(
-                _client(api, key, slug, wells, starts, t + seconds, stats, twice, pace_s, t + i * pace_s / clients)
-                for i in range(clients)
-            )
+            *(_client(to, t + seconds, stats, twice, pace_s, t + i * pace_s / clients) for i in range(clients))
         )
         return time.perf_counter() - t
 
@@ -297,22 +299,18 @@ def push_tenant(
 
 def _measure(
     path: str,
-    api: str,
-    key: str,
-    slug: str,
-    wells: int,
-    starts: Iterator[int],
+    to: PushTarget,
     clients: int,
     seconds: float,
     readings_per_s: float = 0.0,
 ) -> tuple[Clients, dict[str, Any]]:
-    """One push phase through ``api`` (as fast as answered, or paced at ``readings_per_s``):
+    """One push phase through ``to.api`` (as fast as answered, or paced at ``readings_per_s``):
     its counts, and its figures with the CPU each process spent."""
     pace = f" paced at {readings_per_s:,.0f} readings/s" if readings_per_s else ""
     log(f"push ({path}): {clients} clients x {POINTS}-point batches for {seconds:.0f} s{pace}")
     meters = stage_meters()
     client0 = time.process_time()  # the clients are this process
-    stats, took = _phase(api, key, slug, wells, starts, clients, seconds, False, readings_per_s / POINTS)
+    stats, took = _phase(to, clients, seconds, False, readings_per_s / POINTS)
     cpu = {name: m.stop() for name, m in meters.items()} | {"clients": time.process_time() - client0}
     lat = np.asarray(stats.latencies_ms)
     out = {
@@ -343,28 +341,21 @@ def _run(settings: Any, seconds: float, clients: int, wells: int, dup_seconds: f
     dsn = settings.dsn(f"scada_t_{slug}")
     starts = request_times()  # one clock for every phase: no two points of a tag share a time
     # A short warm-up: the writer, the tag map and the connection pools come up.
-    warm, _ = _phase(api, key, slug, wells, starts, 1, 2.0, False)
-    direct = direct_api(api, slug, key)
-    push, proxy_out = _measure("proxy", api, key, slug, wells, starts, clients, seconds)
-    push_direct, direct_out = _measure("direct", direct, key, slug, wells, starts, clients, seconds)
+    to = PushTarget(api, key, slug, wells, starts)
+    warm, _ = _phase(to, 1, 2.0, False)
+    direct = replace(to, api=direct_api(api, slug, key))
+    push, proxy_out = _measure("proxy", to, clients, seconds)
+    push_direct, direct_out = _measure("direct", direct, clients, seconds)
     # Acknowledgement latency below saturation: paced at 80 % of the issue's 100,000 readings/s,
     # or of the best rate measured above when that is lower, through the path that gave it.
     best_path, best = max((("proxy", proxy_out), ("direct", direct_out)), key=lambda x: x[1]["readings_per_s"])
     target = PACED_SHARE * min(TARGET_READINGS_PER_S, best["readings_per_s"])
     paced, paced_out = _measure(
-        f"{best_path}, paced",
-        api if best_path == "proxy" else direct,
-        key,
-        slug,
-        wells,
-        starts,
-        clients,
-        min(seconds, 30.0),
-        target,
+        f"{best_path}, paced", to if best_path == "proxy" else direct, clients, min(seconds, 30.0), target
     )
     paced_out |= {"path": best_path, "target_readings_per_s": round(target)}
     log(f"duplicate phase: every request twice with one key for {dup_seconds:.0f} s")
-    dup, _ = _phase(api, key, slug, wells, starts, clients, dup_seconds, True)
+    dup, _ = _phase(to, clients, dup_seconds, True)
     # Every acknowledged point once, nothing else: (tag, time) pairs are unique per point sent.
     phases = (warm, push, push_direct, paced, dup)
     acked = sum(p.acked_points for p in phases)
