@@ -25,15 +25,21 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import parse_qsl
 
 from ingest.core.metrics import Metrics, safe
 from serve_app.deps import authorize
 from serve_app.params import INT4_MAX, as_utc
 from serve_app.routes_read import (
-    MAX_LATEST_TAGS,
+    COUNT_MAX,
+    CURSOR_MAX,
+    LIMIT_DEFAULT,
+    MAX_POINTS_DEFAULT,
+    NAME_MAX,
+    Days,
     ReadCaches,
+    Resolution,
     latest_json,
     readings_json,
     readings_request,
@@ -51,7 +57,8 @@ _PATH = re.compile(r"/v1/tenants/([a-z0-9][a-z0-9_-]{1,63})/(latest|readings)")
 _COUNT = re.compile(r"[1-9][0-9]{0,9}")
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
 _LISTS = frozenset({"tag_id", "tag"})
-_RESOLUTIONS = frozenset({"auto", "raw", "1m", "1h", "1d"})
+_RESOLUTIONS = frozenset(get_args(Resolution))
+_DAYS = frozenset(get_args(Days))
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -127,15 +134,16 @@ def _ids(p: dict[str, list[str]]) -> list[int] | None:
     vs = p.get("tag_id")
     if vs is None:
         return None
-    if not all(_COUNT.fullmatch(v) and int(v) <= INT4_MAX for v in vs):
+    ids = [int(v) for v in vs if _COUNT.fullmatch(v)]
+    if len(ids) < len(vs) or any(i > INT4_MAX for i in ids):
         raise _Refer
-    return [int(v) for v in vs]
+    return ids
 
 
 def _names(p: dict[str, list[str]]) -> tuple[str | None, list[str] | None]:
     well, names = _one(p, "well"), p.get("tag")
-    if (well is not None and len(well) > 200) or (
-        names is not None and (len(names) > 200 or any(len(n) > 200 for n in names))
+    if (well is not None and len(well) > NAME_MAX) or (
+        names is not None and (len(names) > NAME_MAX or any(len(n) > NAME_MAX for n in names))
     ):
         raise _Refer
     return well, names
@@ -188,8 +196,6 @@ async def _answer(api: ApiState, scope: Scope, ref: str, kind: str) -> bytes:
     tag_id = _ids(p)
     well, names = _names(p)
     if kind == "latest":
-        if tag_id is not None and len(tag_id) > MAX_LATEST_TAGS:
-            raise _Refer
         t = await authorize(api, caller, ref, "read", lookup=caches.tenant)
         return await latest_json(api, t, tag_id, well, names)
     accept = _header(scope, b"accept")
@@ -197,11 +203,11 @@ async def _answer(api: ApiState, scope: Scope, ref: str, kind: str) -> bytes:
         raise _Refer
     start, end = _time(p, "start"), _time(p, "end")
     resolution = _choice(p, "resolution", "auto", _RESOLUTIONS)
-    days = _choice(p, "days", "local", frozenset({"local", "utc"}))
-    max_points = _count(p, "max_points", 2000, 100_000)
-    limit = _count(p, "limit", 10_000, 100_000)
+    days = _choice(p, "days", "local", _DAYS)
+    max_points = _count(p, "max_points", MAX_POINTS_DEFAULT, COUNT_MAX)
+    limit = _count(p, "limit", LIMIT_DEFAULT, COUNT_MAX)
     cursor = _one(p, "cursor")
-    if cursor is not None and len(cursor) > 500:
+    if cursor is not None and len(cursor) > CURSOR_MAX:
         raise _Refer
     t = await authorize(api, caller, ref, "read", lookup=caches.tenant)
     req, pool, tz = await readings_request(

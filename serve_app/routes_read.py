@@ -47,6 +47,14 @@ from serve_app.state import ApiState
 
 MAX_QUERY_TAGS = 100
 MAX_LATEST_TAGS = 1000
+# The readings route's bounds and defaults, named once: serve_app.hot_reads takes the same.
+NAME_MAX = 200  # characters of a well name, and of a tag name; tag names per request
+CURSOR_MAX = 500
+COUNT_MAX = 100_000  # max_points, limit
+MAX_POINTS_DEFAULT = 2000
+LIMIT_DEFAULT = 10_000
+Resolution = Literal["auto", "raw", "1m", "1h", "1d"]
+Days = Literal["local", "utc"]
 
 router = APIRouter(tags=["queries"], responses=error_responses(401, 403, 404, 422, 503))
 
@@ -190,7 +198,9 @@ class ReadingsOut(BaseModel):
 
 
 TagIds = Annotated[list[Annotated[int, Field(ge=1, le=INT4_MAX)]] | None, Query(description="tag ids; repeatable")]
-TagNames = Annotated[list[str] | None, Query(description="tag names within `well`; repeatable", max_length=200)]
+TagNames = Annotated[
+    list[str] | None, Query(description="tag names within `well`; repeatable", max_length=NAME_MAX)
+]
 
 
 @router.get(
@@ -202,17 +212,15 @@ async def readings(
     t: HotReadTenant,
     api: Api,
     tag_id: TagIds = None,
-    well: Annotated[str | None, Query(max_length=200)] = None,
+    well: Annotated[str | None, Query(max_length=NAME_MAX)] = None,
     tag: TagNames = None,
     start: StartQuery = None,
     end: EndQuery = None,
-    resolution: Literal["auto", "raw", "1m", "1h", "1d"] = "auto",
-    max_points: Annotated[int, Query(ge=1, le=100_000, description="per tag, for auto")] = 2000,
-    limit: Annotated[int, Query(ge=1, le=100_000, description="rows per answer")] = 10_000,
-    days: Annotated[
-        Literal["local", "utc"], Query(description="1-day buckets from the tenant's local midnight, or UTC")
-    ] = "local",
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    resolution: Resolution = "auto",
+    max_points: Annotated[int, Query(ge=1, le=COUNT_MAX, description="per tag, for auto")] = MAX_POINTS_DEFAULT,
+    limit: Annotated[int, Query(ge=1, le=COUNT_MAX, description="rows per answer")] = LIMIT_DEFAULT,
+    days: Annotated[Days, Query(description="1-day buckets from the tenant's local midnight, or UTC")] = "local",
+    cursor: Annotated[str | None, Query(max_length=CURSOR_MAX)] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Any:
     """Readings of one or more tags in [start, end) at a resolution. `auto`: up to 1 day raw, up
@@ -320,7 +328,7 @@ async def latest(
     api: Api,
     tag_id: TagIds = None,
     well: Annotated[
-        str | None, Query(max_length=200, description="every tag of the well, or those named in `tag`")
+        str | None, Query(max_length=NAME_MAX, description="every tag of the well, or those named in `tag`")
     ] = None,
     tag: TagNames = None,
 ) -> Any:
