@@ -18,12 +18,12 @@ from typing import Any, Literal
 
 from ingest.core.batch import ReadingBatch
 from ingest.core.errors import QuotaExceeded
-from ingest.push.batch import prepare_batch
+from ingest.push.batch import Prepared, prepare_batch
 from ingest.push.errors import PayloadInvalid, PushError, PushQuotaExceeded, TenantMismatch
 from ingest.push.idempotency import IdempotencyStore, body_digest
 from ingest.push.limits import PushLimiter, PushSettings
 from ingest.push.payload import decode_payload
-from ingest.push.tags import PushTagCreate, PushTagMap
+from ingest.push.tags import Pair, PushTag, PushTagCreate, PushTagMap
 from ingest.push.units import UnitError, check_unit
 
 log = logging.getLogger(__name__)
@@ -129,15 +129,19 @@ class PushService:
     ) -> PushAnswer:
         await self.limiter.charge_volume(ctx.tenant_id, len(body), settings)
         points = payload.data_points
-        pairs = {(p.well_id, p.parameter_name) for p in points}
-        known = await tags.resolve(pairs)
-        if settings.auto_register and len(known) < len(pairs):
-            known = await self._register(tags, points, pairs - known.keys(), audit)
         ingestion_id = key or new_ingestion_id()
         now_us = time.time_ns() // 1000
-        prepared = prepare_batch(
-            f"push:{ingestion_id}", points, known, now_us, settings.max_future_s, settings.auto_register
-        )
+
+        def prepare(known: dict[Pair, PushTag], registered: bool = False) -> Prepared:
+            return prepare_batch(f"push:{ingestion_id}", points, known, now_us, settings.max_future_s, registered)
+
+        known = await tags.current()
+        prepared = prepare(known)
+        if prepared.unknown:  # some pairs name no tag: create them, or look again (bounded)
+            if settings.auto_register:
+                prepared = prepare(await self._register(tags, points, prepared.unknown, audit), True)
+            elif (again := await tags.current(missing=True)) is not known:
+                prepared = prepare(again)
         stored: Stored = "none"
         if prepared.batch is not None:
             stored = await write(prepared.batch)
@@ -156,7 +160,9 @@ class PushService:
         }
         return PushAnswer(200, body_out)
 
-    async def _register(self, tags: PushTagMap, points: Any, missing: set[tuple[str, str]], audit: AuditFn) -> Any:
+    async def _register(
+        self, tags: PushTagMap, points: Any, missing: set[Pair], audit: AuditFn
+    ) -> dict[Pair, PushTag]:
         """Create the unknown pairs' tags, each with the first (readable) unit seen for it."""
         first_unit: dict[tuple[str, str], str] = {}
         for p in points:
@@ -187,7 +193,7 @@ class PushService:
                         "tags": [{k: c[k] for k in ("tag_id", "well", "parameter", "unit")} for c in new[:100]],
                     },
                 )
-        return await tags.resolve({(p.well_id, p.parameter_name) for p in points})
+        return await tags.current()
 
 
 def error_answer(e: PushError) -> PushAnswer:

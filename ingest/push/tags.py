@@ -135,10 +135,10 @@ class PushTagMap:
         self._tags = {(r["well"], r["parameter"]): PushTag(r["tag_id"], r["unit"]) for r in rows}
         self._loaded_at = time.monotonic()
 
-    async def resolve(self, pairs: set[Pair]) -> dict[Pair, PushTag]:
-        """The tags of those pairs that exist (reloading once if some are unknown)."""
+    async def _refresh(self, missing: bool) -> None:
+        """Reload after ``refresh_s``, or (a pair was not found) after ``miss_reload_s``."""
         age = time.monotonic() - self._loaded_at
-        if age > self.refresh_s or (age > self.miss_reload_s and not pairs <= self._tags.keys()):
+        if age > self.refresh_s or (missing and age > self.miss_reload_s):
             try:
                 await self.reload()
             except StorageUnavailable:
@@ -146,7 +146,17 @@ class PushTagMap:
                     raise  # never loaded: nothing to answer from
                 # The database is away: answer from the map as last loaded, try again shortly.
                 self._loaded_at = time.monotonic() - self.refresh_s + self.miss_reload_s
+
+    async def resolve(self, pairs: set[Pair]) -> dict[Pair, PushTag]:
+        """The tags of those pairs that exist (reloading once if some are unknown)."""
+        await self._refresh(not pairs <= self._tags.keys())
         return {p: self._tags[p] for p in pairs if p in self._tags}
+
+    async def current(self, missing: bool = False) -> dict[Pair, PushTag]:
+        """The whole map (not to be changed by the caller): reloaded as ``resolve`` would when
+        ``missing`` says a pair looked up in it was not found."""
+        await self._refresh(missing)
+        return self._tags
 
     async def register(self, tags: list[PushTagCreate]) -> list[dict[str, Any]]:
         async with self.pool.acquire() as conn:
