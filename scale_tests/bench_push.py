@@ -6,6 +6,9 @@ Phases, all against one bench tenant of the real Serve app, writer actor and Tim
              same key until it is acknowledged. Ack latency is timed per request. Measured twice:
              through Serve's proxy (the default entry: the top-level figures) and through the
              replica's own port (Serve's direct ingress, ``paths.direct``), one after the other.
+  paced      requests offered at 80 % of 100,000 readings/s (or of the best rate just measured,
+             when lower) for 30 s through the path that gave it, open loop: each sent when due,
+             whatever is still unanswered, its latency counted from when it was due (``paced``).
   duplicate  for ``dup_seconds``, every request is sent twice at once with the same key.
   writer     the same number of rows, as 1,000-row batches, handed to the writer actor directly
              by K concurrent callers: the ceiling the HTTP path is compared with.
@@ -20,12 +23,10 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-import aiohttp
 import httpx
-import msgspec
 import numpy as np
 
 from ingest.core.ray_env import ray_env_defaults
@@ -45,170 +46,10 @@ from scale_tests.common import (  # noqa: E402
     ratio,
 )
 from scale_tests.cpu import stage_meters  # noqa: E402
-
-PARAMS = [
-    ("wellhead_pressure", "psi"),
-    ("hookload", "klbs"),
-    ("flow_rate", "bbl/day"),
-    ("downhole_temperature", "degF"),
-]
-POINTS = 1000
-
-
-class Clients:
-    """Counts shared by the client tasks of one phase."""
-
-    def __init__(self) -> None:
-        self.sent_requests = 0
-        self.acked_requests = 0
-        self.refused = 0
-        self.replayed = 0
-        self.acked_points = 0
-        self.latencies_ms: list[float] = []
-
-
-class Bodies:
-    """Request bodies of 1,000 points over the bench tags, stamped ``start`` + k µs (k = the
-    point's index). Everything but the timestamps is the same in every body, so it is encoded
-    once and the timestamps (formatted by numpy, in C) are spliced in: the client shares the
-    server's two cores, and building each body point by point in Python cost about 8 ms of them
-    per request, near a core at the target rate."""
-
-    def __init__(self, slug: str, wells: int) -> None:
-        mark = "\x00"
-        points = []
-        for k in range(POINTS):
-            w, (name, unit) = divmod(k, len(PARAMS))[0] % wells, PARAMS[k % len(PARAMS)]
-            points.append(
-                {
-                    "well_id": f"W{w:04d}",
-                    "timestamp": mark,
-                    "parameter_name": name,
-                    "value": 100.0 + k % 97,
-                    "unit": unit,
-                }
-            )
-        text = msgspec.json.encode({"tenant_id": slug, "data_points": points})
-        self._parts = text.split(msgspec.json.encode(mark))
-        assert len(self._parts) == POINTS + 1
-        self._k = np.arange(POINTS, dtype=np.int64)
-
-    def body(self, start_us: int) -> bytes:
-        times = (start_us + self._k).astype("datetime64[us]")
-        stamps = np.datetime_as_string(times, unit="us", timezone="UTC")
-        out = [self._parts[0]]
-        for ts, part in zip(stamps.tolist(), self._parts[1:], strict=True):
-            out += (b'"', ts.encode(), b'"', part)
-        return b"".join(out)
-
-
-@dataclass(frozen=True)
-class PushTarget:
-    """Where and as whom a phase pushes: the API's URL, the tenant's key and slug, its wells, and
-    the one clock of request times every phase shares (``request_times``)."""
-
-    api: str
-    key: str
-    slug: str
-    wells: int
-    starts: Iterator[int]
-
+from scale_tests.push_load import PARAMS, POINTS, Clients, PushTarget, request_times, run_phase  # noqa: E402
 
 TARGET_READINGS_PER_S = 100_000  # issue 10's figure
 PACED_SHARE = 0.8  # "ack p99 <= 250 ms at 80 % of that rate"
-
-
-def request_times() -> Iterator[int]:
-    """Each request's start time: the clock when it is built (a site pushes what it just
-    measured, so the rollups see data spread over real minutes, as deployed), and at least
-    ``POINTS`` µs after the previous request's, so no two points of a tag share a time."""
-    last = 0
-    while True:
-        last = max(time.time_ns() // 1000, last + POINTS)
-        yield last
-
-
-async def _post(
-    c: aiohttp.ClientSession, body: bytes, idem: dict[str, str]
-) -> tuple[int, dict[str, Any], bool, float]:
-    """One push: its status, its JSON answer, whether it was a replay, and Retry-After."""
-    async with c.post("/v1/ingest/realtime", data=body, headers=idem) as r:
-        answer = await r.json(content_type=None)
-        return (
-            r.status,
-            answer,
-            bool(r.headers.get("idempotent-replayed")),
-            float(r.headers.get("retry-after", "0.2")),
-        )
-
-
-async def _client(
-    to: PushTarget,
-    stop_at: float,
-    stats: Clients,
-    twice: bool,
-    pace_s: float = 0.0,
-    first_at: float = 0.0,
-) -> None:
-    """Pushes until ``stop_at``: each request after the previous one's answer, or (``pace_s``)
-    one every ``pace_s`` seconds from ``first_at``, its latency counted from when it was due, so
-    a server that falls behind is charged for the wait (no coordinated omission)."""
-    # aiohttp (its HTTP parser is in C): the clients share the server's two cores, and httpx
-    # cost them about 6 CPU ms a request (README, push figures).
-    headers = {"Authorization": f"Bearer {to.key}", "Content-Type": "application/json"}
-    bodies = Bodies(to.slug, to.wells)
-    due = first_at
-    async with aiohttp.ClientSession(
-        base_url=to.api,
-        headers=headers,
-        timeout=aiohttp.ClientTimeout(total=120),
-        connector=aiohttp.TCPConnector(limit=2),
-    ) as c:
-        while time.perf_counter() < stop_at:
-            if pace_s:
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                if due >= stop_at:
-                    break
-            start = next(to.starts)
-            body = bodies.body(start)
-            idem = {"Idempotency-Key": f"bench-{to.slug}-{start}"}
-            while True:
-                t = due if pace_s else time.perf_counter()
-                stats.sent_requests += 2 if twice else 1
-                rs = await asyncio.gather(*(_post(c, body, idem) for _ in range(2 if twice else 1)))
-                ms = (time.perf_counter() - t) * 1000
-                ok = [r for r in rs if r[0] == 200]
-                stats.replayed += sum(1 for r in ok if r[2])
-                if len(ok) == len(rs):
-                    stats.acked_requests += 1
-                    stats.acked_points += ok[0][1]["accepted_count"]
-                    stats.latencies_ms.append(ms)
-                    break
-                stats.refused += 1
-                await asyncio.sleep(rs[0][3])
-            due += pace_s
-
-
-def _phase(
-    to: PushTarget,
-    clients: int,
-    seconds: float,
-    twice: bool,
-    requests_per_s: float = 0.0,
-) -> tuple[Clients, float]:
-    """``clients`` pushing for ``seconds``: as fast as answered, or at ``requests_per_s`` in all,
-    each client's requests evenly apart and the clients staggered."""
-    stats = Clients()
-    pace_s = clients / requests_per_s if requests_per_s else 0.0
-
-    async def run() -> float:
-        t = time.perf_counter()
-        await asyncio.gather(
-            *(_client(to, t + seconds, stats, twice, pace_s, t + i * pace_s / clients) for i in range(clients))
-        )
-        return time.perf_counter() - t
-
-    return stats, asyncio.run(run())
 
 
 def _feed_writer(
@@ -306,11 +147,14 @@ def _measure(
 ) -> tuple[Clients, dict[str, Any]]:
     """One push phase through ``to.api`` (as fast as answered, or paced at ``readings_per_s``):
     its counts, and its figures with the CPU each process spent."""
-    pace = f" paced at {readings_per_s:,.0f} readings/s" if readings_per_s else ""
-    log(f"push ({path}): {clients} clients x {POINTS}-point batches for {seconds:.0f} s{pace}")
+    if readings_per_s:
+        rate = f"{readings_per_s:,.0f} readings/s"
+        log(f"push ({path}): {POINTS}-point batches offered at {rate} for {seconds:.0f} s")
+    else:
+        log(f"push ({path}): {clients} clients x {POINTS}-point batches for {seconds:.0f} s")
     meters = stage_meters()
     client0 = time.process_time()  # the clients are this process
-    stats, took = _phase(to, clients, seconds, False, readings_per_s / POINTS)
+    stats, took = run_phase(to, clients, seconds, False, readings_per_s / POINTS)
     cpu = {name: m.stop() for name, m in meters.items()} | {"clients": time.process_time() - client0}
     lat = np.asarray(stats.latencies_ms)
     out = {
@@ -342,7 +186,7 @@ def _run(settings: Any, seconds: float, clients: int, wells: int, dup_seconds: f
     starts = request_times()  # one clock for every phase: no two points of a tag share a time
     # A short warm-up: the writer, the tag map and the connection pools come up.
     to = PushTarget(api, key, slug, wells, starts)
-    warm, _ = _phase(to, 1, 2.0, False)
+    warm, _ = run_phase(to, 1, 2.0, False)
     direct = replace(to, api=direct_api(api, slug, key))
     push, proxy_out = _measure("proxy", to, clients, seconds)
     push_direct, direct_out = _measure("direct", direct, clients, seconds)
@@ -355,7 +199,7 @@ def _run(settings: Any, seconds: float, clients: int, wells: int, dup_seconds: f
     )
     paced_out |= {"path": best_path, "target_readings_per_s": round(target)}
     log(f"duplicate phase: every request twice with one key for {dup_seconds:.0f} s")
-    dup, _ = _phase(to, clients, dup_seconds, True)
+    dup, _ = run_phase(to, clients, dup_seconds, True)
     # Every acknowledged point once, nothing else: (tag, time) pairs are unique per point sent.
     phases = (warm, push, push_direct, paced, dup)
     acked = sum(p.acked_points for p in phases)

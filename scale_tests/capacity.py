@@ -84,16 +84,17 @@ def _push_step(settings: Any, api: str, clients: int, seconds: float, wells: int
     """One push step: a fresh tenant, a short warm-up, then ``clients`` clients for ``seconds``."""
     import numpy as np
 
-    from scale_tests.bench_push import PushTarget, _phase, push_tenant, request_times
+    from scale_tests.bench_push import push_tenant
     from scale_tests.probe import PipelineProbe
+    from scale_tests.push_load import PushTarget, request_times, run_phase
 
     # The earlier steps' push tenants go; the run's own tenant (the device stages') stays.
     admin, key, slug, _ = push_tenant(settings, api, wells, drop=("bpush",))
     admin.close()
     to = PushTarget(api, key, slug, wells, request_times())
-    _phase(to, 1, 2.0, False)  # warm-up: writer, tag map, pools
+    run_phase(to, 1, 2.0, False)  # warm-up: writer, tag map, pools
     probe = PipelineProbe(NAMESPACE, [slug], database_pids(settings)).start()
-    stats, took = _phase(to, clients, seconds, False)
+    stats, took = run_phase(to, clients, seconds, False)
     cost = probe.stop()
     lat = np.asarray(stats.latencies_ms) if stats.latencies_ms else np.zeros(1)
     return {
