@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from ingest.core.batch import ReadingBatch
 from ingest.core.errors import AuthError, SpoolFull, SpoolUnavailable, StorageUnavailable
 from ingest.core.models import Tenant
+from ingest.push.audit import AuditRow, GroupedAudit
 from ingest.push.errors import InvalidToken, PushUnavailable
 from ingest.push.idempotency import IdempotencyStore
 from ingest.push.limits import PushLimiter
@@ -39,6 +40,10 @@ class PushRuntime:
         self._tenants: dict[str, tuple[float, Tenant]] = {}
         self._writers: dict[str, Any] = {}
         self._tags: dict[str, PushTagMap] = {}
+        self.audit = GroupedAudit(self._audit_rows)  # pushes' rows, grouped (ingest.push.audit)
+
+    async def _audit_rows(self, rows: list[AuditRow]) -> None:
+        await (await self.api.master()).audit_many(rows)
 
     async def principal(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.lower().startswith("bearer "):

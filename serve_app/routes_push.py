@@ -192,10 +192,9 @@ async def ingest_realtime(
             request.stream(), content_encoding, settings.max_body_bytes, settings.max_decompressed_bytes
         )
         ctx = PushContext(tenant.id, tenant.slug, caller.key_id, request.client.host if request.client else None)
-        master = await api.master()
 
         async def audit(action: str, detail: dict[str, Any]) -> None:
-            await master.audit(caller.key_id, tenant.id, action, detail)
+            await rt.audit.write(caller.key_id, tenant.id, action, detail)
 
         async def write(batch: ReadingBatch) -> Stored:
             return await rt.write(tenant.slug, batch)

@@ -340,6 +340,17 @@ class MasterStore(Credentials, DbServers):
             json.dumps(detail),
         )
 
+    async def audit_many(self, rows: list[tuple[str, str | None, str, dict[str, Any]]]) -> None:
+        """(actor, tenant_id, action, detail) rows in one statement, in order (one commit)."""
+        await self.pool.execute(
+            "INSERT INTO audit_log (actor, tenant_id, action, detail) "
+            "SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[])",
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [json.dumps(r[3]) for r in rows],
+        )
+
     # -- coordinator state -------------------------------------------------------------------
     async def load_assignments(self) -> dict[str, tuple[str, str]]:
         rows = await self.pool.fetch("SELECT connection_id, slot, fingerprint FROM coordinator_assignments")
