@@ -332,13 +332,7 @@ class MasterStore(Credentials, DbServers):
         await self.pool.fetchval("SELECT 1")
 
     async def audit(self, actor: str, tenant_id: str | None, action: str, detail: dict[str, Any]) -> None:
-        await self.pool.execute(
-            "INSERT INTO audit_log (actor, tenant_id, action, detail) VALUES ($1,$2::uuid,$3,$4)",
-            actor,
-            tenant_id,
-            action,
-            json.dumps(detail),
-        )
+        await self.audit_many([(actor, tenant_id, action, detail)])
 
     async def audit_many(self, rows: list[tuple[str, str | None, str, dict[str, Any]]]) -> None:
         """(actor, tenant_id, action, detail) rows in one statement, in order (one commit)."""
