@@ -121,6 +121,7 @@ class WriterActor:
             dsn,
             flush_rows=s.flush_rows,
             flush_interval_ms=s.flush_interval_ms,
+            prompt_gap_ms=s.prompt_flush_gap_ms,
             spool=RedisSpool(redis, self.slug, s.spool_max_rows),
             quarantine=Quarantine(redis, self.slug),
             validator=validator,
@@ -157,6 +158,7 @@ class WriterActor:
             dsn,
             interval_s=s.rollup_refresh_interval_s,
             max_minutes_per_pass=s.rollup_minutes_per_pass,
+            pace=s.rollup_pace,
             on_lag=lambda lag_s: safe(m.rollup_lag.set, lag_s, {"tenant": self.slug}),
         )
         return [

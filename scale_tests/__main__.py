@@ -64,7 +64,13 @@ def _main(argv: list[str] | None) -> int:
     b.add_argument(
         "--no-round-trips", action="store_true", help="query: skip counting statements per request (2 minutes)"
     )
-    b.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients (push)")
+    b.add_argument(
+        "--clients",
+        type=int,
+        default=32,
+        help="concurrent HTTP clients (push; each sends after its answer, so it takes enough of them to keep"
+        " the server busy: 8 left it waiting between group commits)",
+    )
     b.add_argument("--dup-seconds", type=float, default=10.0, help="duplicate-send phase (push)")
     b.add_argument("--subscribers", type=int, default=200, help="live clients, SSE and WebSocket mixed (live)")
     b.add_argument("--tenants", type=int, default=10, help="tenants the live clients spread over (live)")

@@ -88,7 +88,7 @@ def _feed_writer(
     return asyncio.run(run())
 
 
-def run(seconds: float = 60.0, clients: int = 8, wells: int = 250, dup_seconds: float = 10.0) -> dict[str, Any]:
+def run(seconds: float = 60.0, clients: int = 32, wells: int = 250, dup_seconds: float = 10.0) -> dict[str, Any]:
     import ray
     from ray.cluster_utils import Cluster
 

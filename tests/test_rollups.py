@@ -8,6 +8,7 @@ import math
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest import mock
 
 import asyncpg
 import numpy as np
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from ingest.core.batch import ReadingBatch
 from ingest.core.config import Settings
 from ingest.core.models import Quality, quality_as_int4
+from ingest.read import rollups
 from ingest.read.catalog import Catalog
 from ingest.read.one_statement import CacheSlot, _read_one
 from ingest.read.query import ReadRequest, _read_paged
@@ -233,12 +235,15 @@ async def _scenario(dsn: str, actions: list[tuple[str, Any]]) -> None:
     await _reset(conn)
     w = TenantWriter(dsn, flush_interval_ms=5)
     await w.start()
-    # Small bounds, so ranges are split across passes and the ledger is taken in pieces.
-    refresher = RollupRefresher(dsn, max_xacts_per_pass=2, max_minutes_per_pass=720)
+    # Small bounds, so ranges are split across passes and the ledger is taken in pieces; two
+    # tags a statement, so minutes are rebuilt from raw in slices (with pauses between).
+    refresher = RollupRefresher(dsn, max_xacts_per_pass=2, max_minutes_per_pass=720, pace=0.1)
     sent: list[ReadingBatch] = []
     taken: set[tuple[int, int]] = set()
     cache = RollupCache()
     await check_cached_reads(conn, cache)  # held while the rollups are empty yet
+    slices = mock.patch.object(rollups, "RAW_SLICE_TAGS", 2)
+    slices.start()
     try:
         for i, (kind, arg) in enumerate(actions):
             if kind == "write":
@@ -258,6 +263,7 @@ async def _scenario(dsn: str, actions: list[tuple[str, Any]]) -> None:
         await check_read_paths(conn)
         await check_cached_reads(conn, cache)
     finally:
+        slices.stop()
         await w.stop()
         await refresher.close()
         await conn.close()

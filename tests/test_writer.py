@@ -113,6 +113,25 @@ async def test_a_prompt_write_is_flushed_at_once_and_takes_waiting_batches_along
     await conn.close()
 
 
+async def test_pushed_batches_right_after_a_flush_wait_out_the_gap_and_share_the_next(tenant_db: str) -> None:
+    # The gap is far longer than any flush here, so the two later batches meet whatever the
+    # machine's speed; without it each would have its own transaction (three flushes).
+    w = TenantWriter(tenant_db, flush_rows=1_000, flush_interval_ms=3_600_000, prompt_gap_ms=2_000)
+    await w.start()
+    await asyncio.wait_for(w.write(_batch("push:g1", 10, tag=1), prompt=True), 60)
+    second = asyncio.ensure_future(w.write(_batch("push:g2", 10, tag=2), prompt=True))
+    await asyncio.sleep(0.2)
+    assert not second.done()  # held for the gap, not flushed alone
+    third = asyncio.ensure_future(w.write(_batch("push:g3", 10, tag=3), prompt=True))
+    assert [r.rows for r in await asyncio.wait_for(asyncio.gather(second, third), 60)] == [10, 10]
+    assert w.stats.flushes == 2
+    # A flush's worth of rows is never held for the gap.
+    w.prompt_gap_s = 3_600.0
+    big = await asyncio.wait_for(w.write(_batch("push:g4", 1_000, tag=4), prompt=True), 60)
+    await w.stop()
+    assert big.rows == 1_000 and w.stats.flushes == 3
+
+
 async def test_a_flush_s_bookkeeping_runs_during_the_next_copy_in_commit_order(tenant_db: str) -> None:
     # Ten flushes back to back (a flush's worth of rows is always queued): each flush's
     # after-commit work (latency, fan-out, the on_commit hook) runs while the next one copies,

@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     # 2-core machine (README, "Writer figures"); the timer bounds latency at low rates.
     flush_rows: int = Field(50_000, description="Rows that make the writer flush before the timer")
     flush_interval_ms: int = Field(100, description="Longest time a row waits in the writer")
+    # A pushed batch (someone waits on its answer) is flushed as soon as the writer is free; at
+    # 80 pushes/s that was a transaction for every one or two of them, whose fixed cost (the
+    # COPY's setup, the commit, the fan-out of all the tenant's tags) doubled the writer's and
+    # the database's CPU per push against a saturated run. Flushes at least this far apart
+    # carry two or three (bench push, README).
+    prompt_flush_gap_ms: float = Field(
+        25.0, ge=0, le=1000, description="Least time between the starts of two flushes for pushed batches"
+    )
     spool_max_rows: int = Field(20_000_000, description="Rows a tenant's spool may hold")
     rules_refresh_s: float = Field(3.0, description="How often writers reload tag validation rules")
     sender_max_unacked_rows: int = Field(
@@ -77,6 +85,13 @@ class Settings(BaseSettings):
     )
     rollup_minutes_per_pass: int = Field(
         360, description="Minutes of data one rollup refresh pass rebuilds at most (bounded work)"
+    )
+    # A pass re-reads the open minute from raw: at 80,000 readings/s that held a core for about a
+    # second every pass, and the pushes answered meanwhile waited (their p99 was that second).
+    # Paused between statements (a hundred tags each) for as long as each took, the pass uses
+    # half a core for twice as long instead.
+    rollup_pace: float = Field(
+        1.0, ge=0, le=10, description="Pause after each rollup statement, as a multiple of its own time"
     )
     retention_interval_s: float = Field(3600.0, description="How often retention drops old chunks")
     tenant_purge_grace_days: float = Field(

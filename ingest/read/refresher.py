@@ -91,7 +91,9 @@ SELECT EXISTS (SELECT 1 FROM ingest_ledger WHERE xact >= (SELECT done_below FROM
     OR EXISTS (SELECT 1 FROM rollup_pending)"""
 
 
-async def refresh_pass(conn: asyncpg.Connection, *, max_xacts: int = 2000, max_minutes: int = 360) -> PassResult:
+async def refresh_pass(
+    conn: asyncpg.Connection, *, max_xacts: int = 2000, max_minutes: int = 360, pace: float = 0.0
+) -> PassResult:
     # An idle tenant's pass is this one read. Without it, every pass of every tenant wrote
     # rollup_state (a committed, fsynced transaction every interval per tenant database, ten
     # statements) to find nothing. Skipping the watermark's advance loses nothing: no ledger
@@ -120,7 +122,7 @@ async def refresh_pass(conn: asyncpg.Connection, *, max_xacts: int = 2000, max_m
         take, keep = take_newest(merge_ranges(ranges), MINUTE * max_minutes)
         minutes = 0
         if take:
-            minutes = await rebuild(conn, take, await read_timezone(conn), await Horizons.load(conn))
+            minutes = await rebuild(conn, take, await read_timezone(conn), await Horizons.load(conn), pace)
         if keep:
             await conn.executemany("INSERT INTO rollup_pending (lo, hi) VALUES ($1, $2)", keep)
         await conn.execute("UPDATE rollup_state SET done_below = $1", new_done)
@@ -141,6 +143,7 @@ class RollupRefresher:
         interval_s: float = 5.0,
         max_xacts_per_pass: int = 2000,
         max_minutes_per_pass: int = 360,
+        pace: float = 0.0,
         on_pass: Callable[[PassResult, float], None] | None = None,
         on_lag: Callable[[float], None] | None = None,
     ) -> None:
@@ -148,6 +151,7 @@ class RollupRefresher:
         self.interval_s = interval_s
         self.max_xacts_per_pass = max_xacts_per_pass
         self.max_minutes_per_pass = max_minutes_per_pass
+        self.pace = pace
         self._on_pass = on_pass
         self._on_lag = on_lag
         # Commit time of the oldest data put off to a later pass (``rollup_pending``), while any
@@ -175,7 +179,10 @@ class RollupRefresher:
         t0 = loop.time()
         try:
             r = await refresh_pass(
-                await self._connection(), max_xacts=self.max_xacts_per_pass, max_minutes=self.max_minutes_per_pass
+                await self._connection(),
+                max_xacts=self.max_xacts_per_pass,
+                max_minutes=self.max_minutes_per_pass,
+                pace=self.pace,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             if self._conn is not None and not self._conn.is_closed():

@@ -13,6 +13,7 @@ gap markers not included.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,9 @@ MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 RAW_TABLE = "scada_readings"
+# Tags per statement when rollup_1m is rebuilt from raw: the refresher's pass is cut into
+# statements it can pause between (``pace``), so it never holds a core for seconds at a time.
+RAW_SLICE_TAGS = 100
 TEXT_TABLE = "scada_readings_text"
 
 
@@ -185,6 +189,27 @@ async def _rebuild(
     await conn.execute(sql, lo, hi, *args)
 
 
+async def _rebuild_from_raw(
+    conn: asyncpg.Connection,
+    changed: dict[str, datetime],
+    lo: datetime,
+    hi: datetime,
+    tag_ids: list[int],
+    pace: float,
+) -> None:
+    """rollup_1m over [lo, hi) from raw, ``RAW_SLICE_TAGS`` tags a statement; after each, a pause
+    of ``pace`` times the statement's own time (0: none)."""
+    changed["rollup_1m"] = min(lo, changed.get("rollup_1m", lo))
+    await conn.execute("DELETE FROM rollup_1m WHERE bucket >= $1 AND bucket < $2", lo, hi)
+    loop = asyncio.get_running_loop()
+    sql = _FROM_RAW.format(dst="rollup_1m")
+    for at in range(0, len(tag_ids), RAW_SLICE_TAGS):
+        t0 = loop.time()
+        await conn.execute(sql, lo, hi, tag_ids[at : at + RAW_SLICE_TAGS])
+        if pace > 0:
+            await asyncio.sleep(pace * (loop.time() - t0))
+
+
 async def local_day_bounds(
     conn: asyncpg.Connection,
     tz: str,
@@ -211,7 +236,11 @@ async def local_day_bounds(
 
 
 async def rebuild(
-    conn: asyncpg.Connection, minute_ranges: list[tuple[datetime, datetime]], tz: str, horizons: Horizons
+    conn: asyncpg.Connection,
+    minute_ranges: list[tuple[datetime, datetime]],
+    tz: str,
+    horizons: Horizons,
+    pace: float = 0.0,
 ) -> int:
     """Rebuild every level over the given minute-aligned ranges (inside the caller's
     transaction, which holds the version row: see ``note_changes``). Returns the number of
@@ -220,7 +249,7 @@ async def rebuild(
     tag_ids = await conn.fetchval("SELECT coalesce(array_agg(tag_id), '{}') FROM tag_mappings")
     m = clip_below(merge_ranges(minute_ranges), horizons.of(RAW_TABLE), MINUTE)
     for lo, hi in m:
-        await _rebuild(conn, changed, "rollup_1m", _FROM_RAW.format(dst="rollup_1m"), lo, hi, tag_ids)
+        await _rebuild_from_raw(conn, changed, lo, hi, tag_ids, pace)
     h = clip_below(widen(m, HOUR), horizons.of("rollup_1m"), HOUR)
     for lo, hi in h:
         await _rebuild(

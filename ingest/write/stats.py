@@ -55,6 +55,22 @@ class WriterStats:
     last_error: str | None = None
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
+    def note_flush(self, rejections: dict[str, int], text_rows: int, new: int, batches: int) -> dict[str, int]:
+        """Count a committed flush (its numeric rows are counted by the caller); returns the
+        events to report: ``validation:<reason>`` and ``duplicate`` with their counts."""
+        self.flushes += 1
+        events: dict[str, int] = {}
+        for reason, n in rejections.items():
+            if n:
+                self.rejections[reason] = self.rejections.get(reason, 0) + n
+                events[f"validation:{reason}"] = n
+        self.rows_committed += text_rows
+        self.batches_committed += new
+        self.duplicates += batches - new
+        if batches > new:
+            events["duplicate"] = batches - new
+        return events
+
     def as_dict(self) -> dict[str, object]:
         p50, p99 = self.latency.percentiles((50, 99))
         return {
