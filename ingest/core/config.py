@@ -62,12 +62,13 @@ class Settings(BaseSettings):
     flush_rows: int = Field(50_000, description="Rows that make the writer flush before the timer")
     flush_interval_ms: int = Field(100, description="Longest time a row waits in the writer")
     # A pushed batch (someone waits on its answer) is flushed as soon as the writer is free; at
-    # 80 pushes/s that was a transaction for every one or two of them, whose fixed cost (the
-    # COPY's setup, the commit, the fan-out of all the tenant's tags) doubled the writer's and
-    # the database's CPU per push against a saturated run. Flushes at least this far apart
-    # carry two or three (bench push, README).
+    # 80 pushes/s of 1,000 tags each that was a transaction for every one or two of them. The
+    # first row of a tag in a COPY costs the database about twice the next ones (its index page
+    # is fetched again), and the writer fans out every tag once per flush: flushes 50 ms apart
+    # carry about four, and the CPU per push at 80,000 readings/s fell from ~19.5 ms (25 ms
+    # apart) to ~17 (50) and ~15 (100, but acks ~35 ms later) in alternated phases (README).
     prompt_flush_gap_ms: float = Field(
-        25.0, ge=0, le=1000, description="Least time between the starts of two flushes for pushed batches"
+        50.0, ge=0, le=1000, description="Least time between the starts of two flushes for pushed batches"
     )
     spool_max_rows: int = Field(20_000_000, description="Rows a tenant's spool may hold")
     rules_refresh_s: float = Field(3.0, description="How often writers reload tag validation rules")
