@@ -43,6 +43,7 @@ async def test_rebuild_from_raw_runs_in_slices_and_pauses_pace_times_each(
 
     loop = SimpleNamespace(time=lambda: clock[0])
     monkeypatch.setattr(rollups, "asyncio", SimpleNamespace(get_running_loop=lambda: loop, sleep=sleep))
+    monkeypatch.setattr(rollups, "RAW_SLICE_TAGS", 100)
     conn = FakeConn(clock)
     changed: dict[str, datetime] = {}
     tags = list(range(1, 251))
