@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from ingest.read import rollups
+from ingest.read import refresher, rollups
+from ingest.read.refresher import PassResult, RollupRefresher
 
 LO = datetime(2026, 11, 27, 12, tzinfo=UTC)
 
@@ -55,3 +56,24 @@ async def test_rebuild_from_raw_runs_in_slices_and_pauses_pace_times_each(
     assert [args[2] for _, args in conn.statements[1:]] == [tags[:100], tags[100:200], tags[200:]]
     assert pauses == ([] if pace == 0 else [round(0.04 * pace, 9)] * 3)
     assert changed == {"rollup_1m": LO}
+
+
+async def test_the_refresher_paces_its_passes_only_while_it_keeps_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A pass that leaves work behind (a backfill, a backlog) is followed by unpaced passes until
+    # one does not: catching up comes before sparing the cores.
+    paces: list[float] = []
+    results = iter([PassResult(more=True), PassResult(more=True), PassResult(), PassResult()])
+
+    async def fake_pass(conn: Any, *, max_xacts: int, max_minutes: int, pace: float) -> PassResult:
+        paces.append(pace)
+        return next(results)
+
+    async def no_connection() -> None:
+        return None
+
+    monkeypatch.setattr(refresher, "refresh_pass", fake_pass)
+    r = RollupRefresher("postgresql://unused", pace=1.5)
+    monkeypatch.setattr(r, "_connection", no_connection)
+    for _ in range(4):
+        await r.run_pass()
+    assert paces == [1.5, 0.0, 0.0, 1.5]

@@ -89,8 +89,8 @@ class Settings(BaseSettings):
     )
     # A pass re-reads the open minute from raw: at 80,000 readings/s that held a core for about a
     # second every pass, and the pushes answered meanwhile waited (their p99 was that second).
-    # Paused between statements (a hundred tags each) for as long as each took, the pass uses
-    # half a core for twice as long instead.
+    # Paused between statements (25 tags each) for as long as each took, the pass uses half a
+    # core for twice as long instead. Passes catching up (a backfill) are not paused.
     rollup_pace: float = Field(
         1.0, ge=0, le=10, description="Pause after each rollup statement, as a multiple of its own time"
     )

@@ -151,7 +151,10 @@ class RollupRefresher:
         self.interval_s = interval_s
         self.max_xacts_per_pass = max_xacts_per_pass
         self.max_minutes_per_pass = max_minutes_per_pass
+        # Pauses inside a pass (``rebuild``'s pace) while it keeps up; none while passes run back
+        # to back to catch up (a backfill, a backlog): the rollups' lag comes first then.
         self.pace = pace
+        self._behind = False
         self._on_pass = on_pass
         self._on_lag = on_lag
         # Commit time of the oldest data put off to a later pass (``rollup_pending``), while any
@@ -182,7 +185,7 @@ class RollupRefresher:
                 await self._connection(),
                 max_xacts=self.max_xacts_per_pass,
                 max_minutes=self.max_minutes_per_pass,
-                pace=self.pace,
+                pace=0.0 if self._behind else self.pace,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             if self._conn is not None and not self._conn.is_closed():
@@ -190,6 +193,7 @@ class RollupRefresher:
             self._conn = None
             raise
         self.passes += 1
+        self._behind = r.more
         self.lag_s = self.lag_after(r, datetime.now(UTC))
         self._lag_at = loop.time()
         self._report_lag(self.lag_s)
