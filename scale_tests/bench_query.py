@@ -418,7 +418,7 @@ async def _run(
     # What autovacuum and the checkpointer would otherwise do to the fresh tables (gigabytes of
     # dirty pages after a large load) while the queries are timed.
     conn = await asyncpg.connect(dsn)
-    for table in ("scada_readings", "rollup_1m", "rollup_1h", "rollup_1d", "rollup_1d_local"):
+    for table in ("scada_readings", "rollup_10s", "rollup_1m", "rollup_1h", "rollup_1d", "rollup_1d_local"):
         await conn.execute(f"VACUUM ANALYZE {table}")
     await conn.execute("CHECKPOINT")
     await conn.close()

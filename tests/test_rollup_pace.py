@@ -48,7 +48,8 @@ async def test_rebuild_from_raw_runs_in_slices_and_pauses_pace_times_each(
     conn = FakeConn(clock)
     changed: dict[str, datetime] = {}
     tags = list(range(1, 251))
-    await rollups._rebuild_from_raw(conn, changed, LO, LO + timedelta(minutes=2), tags, pace)  # type: ignore[arg-type]
+    end = LO + timedelta(minutes=2)
+    await rollups._rebuild_from_raw(conn, changed, "rollup_1m", "1 minute", LO, end, tags, pace)  # type: ignore[arg-type]
 
     assert [kind for kind, _ in conn.statements] == ["DELETE", "INSERT", "INSERT", "INSERT"]
     # One DELETE over the range for every tag (tags gone from tag_mappings lose their rows too).

@@ -76,10 +76,11 @@ class Settings(BaseSettings):
         2_000_000, description="Rows a connection actor holds per tenant before recording gaps"
     )
     writer_inflight_max: int = Field(4, description="Unacknowledged batches per tenant per sender")
-    # A pass rebuilds the minutes its ledger rows touched, whole, from raw: the open minute of a
-    # steady stream is re-read at every pass while it fills (about 6.5 times its rows at 5 s, 3.5
-    # at 10 s). At 10 s the refresher's share of a 100,000 readings/s push dropped from ~0.3 to
-    # ~0.08 of a core (README, push figures); reads answer the newest bucket from raw anyway.
+    # A pass rebuilt the minutes its ledger rows touched, whole, from raw: the open minute of a
+    # steady stream was re-read at every pass while it filled (about 6.5 times its rows at 5 s,
+    # 3.5 at 10 s); at 10 s the refresher's share of a 100,000 readings/s push dropped from ~0.3
+    # to ~0.08 of a core (README, push figures). Since migration 022 it re-reads only the
+    # 10-second buckets rows landed in, and sums the minute from their partials.
     rollup_refresh_interval_s: float = Field(
         10.0,
         description="Pause between rollup refresh passes; a reading is in every rollup level within two of these",
@@ -87,8 +88,8 @@ class Settings(BaseSettings):
     rollup_minutes_per_pass: int = Field(
         360, description="Minutes of data one rollup refresh pass rebuilds at most (bounded work)"
     )
-    # A pass re-reads the open minute from raw: at 80,000 readings/s that held a core for about a
-    # second every pass, and the pushes answered meanwhile waited (their p99 was that second).
+    # A pass that re-read the open minute from raw held a core for about a second every pass at
+    # 80,000 readings/s, and the pushes answered meanwhile waited (their p99 was that second).
     # Paused between statements (25 tags each) for as long as each took, the pass uses half a
     # core for twice as long instead. Passes catching up (a backfill) are not paused.
     rollup_pace: float = Field(

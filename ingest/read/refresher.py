@@ -2,9 +2,10 @@
 
 One pass, in one transaction:
 1. take the ledger rows of transactions that finished since the last pass (at most
-   ``max_xacts_per_pass`` of them), as minute-aligned ranges, into ``rollup_pending``;
+   ``max_xacts_per_pass`` of them), as ranges of 10-second buckets, into ``rollup_pending``;
 2. rebuild at most ``max_minutes_per_pass`` minutes of pending ranges, newest first (current data
-   stays fresh while a large backfill is worked through), at every level;
+   stays fresh while a large backfill is worked through), at every level (the 1-minute one summed
+   from 10-second partials, of which only the touched ones are read from raw again);
 3. keep the rest pending and advance the watermark.
 
 A crash anywhere rolls the whole pass back, so nothing is lost or counted twice. Only one pass runs
@@ -29,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from ingest.read.rollups import MINUTE, Horizons, ceil_to, floor_to, merge_ranges, rebuild
+from ingest.read.rollups import MINUTE, TEN_S, Horizons, ceil_to, floor_to, merge_ranges, rebuild, widen
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,25 @@ class PassResult:
     busy: bool = False  # another refresher holds the lock
     intake_oldest: datetime | None = None  # commit time of the oldest ledger row taken in
     waiting_oldest: datetime | None = None  # of the oldest ledger row left for a later pass
+
+
+def overlap(
+    a: list[tuple[datetime, datetime]], b: list[tuple[datetime, datetime]]
+) -> list[tuple[datetime, datetime]]:
+    """The parts of the ranges ``a`` that lie inside the ranges ``b`` (each a union: no two of
+    its ranges overlap), in one sweep over both."""
+    a, b = sorted(a), sorted(b)
+    out: list[tuple[datetime, datetime]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo < hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
 
 
 def take_newest(
@@ -113,13 +133,16 @@ async def refresh_pass(
         xacts = {r["xact"] for r in rows}
         backlog = len(xacts) >= max_xacts
         new_done = max(xacts) + 1 if backlog else max(xmin, done)
-        ranges = [
-            (floor_to(r["min_time"] - _SLACK, MINUTE), ceil_to(r["max_time"] + _SLACK, MINUTE))
+        ranges = [  # 10-second buckets: the 1-minute level is summed from their partials
+            (floor_to(r["min_time"] - _SLACK, TEN_S), ceil_to(r["max_time"] + _SLACK, TEN_S))
             for r in rows
             if r["min_time"] is not None and r["max_time"] is not None
         ]
         ranges += [(r["lo"], r["hi"]) for r in await conn.fetch("DELETE FROM rollup_pending RETURNING lo, hi")]
-        take, keep = take_newest(merge_ranges(ranges), MINUTE * max_minutes)
+        merged = merge_ranges(ranges)
+        # Whole minutes are taken or put off (a minute is summed from all its partials at once).
+        take_m, keep_m = take_newest(widen(merged, MINUTE), MINUTE * max_minutes)
+        take, keep = overlap(merged, take_m), overlap(merged, keep_m)
         minutes = 0
         if take:
             minutes = await rebuild(conn, take, await read_timezone(conn), await Horizons.load(conn), pace)
@@ -127,7 +150,7 @@ async def refresh_pass(
             await conn.executemany("INSERT INTO rollup_pending (lo, hi) VALUES ($1, $2)", keep)
         await conn.execute("UPDATE rollup_state SET done_below = $1", new_done)
         waiting = await conn.fetchval("SELECT min(committed_at) FROM ingest_ledger WHERE xact >= $1", new_done)
-    pending = sum(int((hi - lo) / MINUTE) for lo, hi in keep)
+    pending = sum(int((hi - lo) / MINUTE) for lo, hi in keep_m)
     intake = min((r["committed_at"] for r in rows), default=None)
     return PassResult(len(rows), minutes, pending, backlog or bool(keep), False, intake, waiting)
 

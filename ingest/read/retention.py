@@ -25,6 +25,7 @@ from ingest.core.translate import translated
 from ingest.read.rollups import (
     EARLIEST,
     LOCAL_DAY_TABLE,
+    PARTIAL_TABLE,
     RAW_TABLE,
     ROLLUP_TABLES,
     TEXT_TABLE,
@@ -189,6 +190,7 @@ async def apply_retention(
             raw_cut = behind
         dropped = {
             RAW_TABLE: await _drop(conn, RAW_TABLE, raw_cut),
+            PARTIAL_TABLE: await _drop(conn, PARTIAL_TABLE, raw_cut),  # raw's 10-second partials
             # Text readings have no rollups: the raw retention alone applies.
             TEXT_TABLE: await _drop(conn, TEXT_TABLE, now - timedelta(days=s.raw_retention_days)),
         }

@@ -34,6 +34,10 @@ RAW_TABLE = "scada_readings"
 # readings/s a closed minute of 100 tags took a core for ~0.3 s, and the pushes answered meanwhile
 # queued behind it (paced p99 240 ms); at 25 tags a statement, 143 ms in the next run.
 RAW_SLICE_TAGS = 25
+# The 1-minute level is summed from 10-second partials (migration 022): a pass rebuilds from raw
+# only the 10-second buckets its ledger rows touched, not every touched minute whole.
+TEN_S = timedelta(seconds=10)
+PARTIAL_TABLE = "rollup_10s"
 TEXT_TABLE = "scada_readings_text"
 
 
@@ -115,7 +119,7 @@ _INSERT = "INSERT INTO {dst} (tag_id, bucket, " + ", ".join(COLUMNS) + ") "
 _FROM_RAW = (
     _INSERT
     + f"""
-SELECT tag_id, time_bucket(INTERVAL '1 minute', time) AS b,
+SELECT tag_id, time_bucket(INTERVAL '{{width}}', time) AS b,
        count(*) FILTER (WHERE ok), sum(value) FILTER (WHERE ok),
        min(value) FILTER (WHERE ok), max(value) FILTER (WHERE ok),
        min(time) FILTER (WHERE ok), first(value, time) FILTER (WHERE ok),
@@ -194,17 +198,19 @@ async def _rebuild(
 async def _rebuild_from_raw(
     conn: asyncpg.Connection,
     changed: dict[str, datetime],
+    dst: str,
+    width: str,
     lo: datetime,
     hi: datetime,
     tag_ids: list[int],
     pace: float,
 ) -> None:
-    """rollup_1m over [lo, hi) from raw, ``RAW_SLICE_TAGS`` tags a statement; after each, a pause
-    of ``pace`` times the statement's own time (0: none)."""
-    changed["rollup_1m"] = min(lo, changed.get("rollup_1m", lo))
-    await conn.execute("DELETE FROM rollup_1m WHERE bucket >= $1 AND bucket < $2", lo, hi)
+    """``dst`` (buckets of ``width``) over [lo, hi) from raw, ``RAW_SLICE_TAGS`` tags a statement;
+    after each, a pause of ``pace`` times the statement's own time (0: none)."""
+    changed[dst] = min(lo, changed.get(dst, lo))
+    await conn.execute(f"DELETE FROM {dst} WHERE bucket >= $1 AND bucket < $2", lo, hi)
     loop = asyncio.get_running_loop()
-    sql = _FROM_RAW.format(dst="rollup_1m")
+    sql = _FROM_RAW.format(dst=dst, width=width)
     for at in range(0, len(tag_ids), RAW_SLICE_TAGS):
         t0 = loop.time()
         await conn.execute(sql, lo, hi, tag_ids[at : at + RAW_SLICE_TAGS])
@@ -239,19 +245,44 @@ async def local_day_bounds(
 
 async def rebuild(
     conn: asyncpg.Connection,
-    minute_ranges: list[tuple[datetime, datetime]],
+    ranges: list[tuple[datetime, datetime]],
     tz: str,
     horizons: Horizons,
     pace: float = 0.0,
 ) -> int:
-    """Rebuild every level over the given minute-aligned ranges (inside the caller's
-    transaction, which holds the version row: see ``note_changes``). Returns the number of
-    1-minute buckets' worth of time rebuilt."""
+    """Rebuild every level over the given ranges (aligned to 10 s or to minutes; inside the
+    caller's transaction, which holds the version row: see ``note_changes``). Returns the
+    number of 1-minute buckets' worth of time rebuilt.
+
+    Minutes from ``rollup_state.partials_from`` on are summed from their 10-second partials, of
+    which only those in ``ranges`` are rebuilt from raw; earlier minutes (written before the
+    partials existed) are rebuilt from raw whole."""
     changed: dict[str, datetime] = {}
     tag_ids = await conn.fetchval("SELECT coalesce(array_agg(tag_id), '{}') FROM tag_mappings")
-    m = clip_below(merge_ranges(minute_ranges), horizons.of(RAW_TABLE), MINUTE)
-    for lo, hi in m:
-        await _rebuild_from_raw(conn, changed, lo, hi, tag_ids, pace)
+    fine = clip_below(merge_ranges(ranges), horizons.of(RAW_TABLE), MINUTE)
+    m = widen(fine, MINUTE)
+    split = await conn.fetchval("SELECT nullif(partials_from, '-infinity') FROM rollup_state")
+    h10 = horizons.of(PARTIAL_TABLE)
+    if h10 is not None:  # partials dropped below it: those minutes come from raw (if it has them)
+        split = ceil_to(h10, MINUTE) if split is None else max(split, ceil_to(h10, MINUTE))
+    whole = [] if split is None else [(lo, min(hi, split)) for lo, hi in m if lo < split]
+    parted = m if split is None else clip_below(m, split)
+    for lo, hi in whole:
+        await _rebuild_from_raw(conn, changed, "rollup_1m", "1 minute", lo, hi, tag_ids, pace)
+    for lo, hi in fine if split is None else clip_below(fine, split):
+        await _rebuild_from_raw(conn, changed, PARTIAL_TABLE, "10 seconds", lo, hi, tag_ids, pace)
+    for lo, hi in parted:
+        await _rebuild(
+            conn,
+            changed,
+            "rollup_1m",
+            _FROM_LEVEL.format(
+                dst="rollup_1m", src=PARTIAL_TABLE, bucket="time_bucket(INTERVAL '1 minute', bucket)"
+            ),
+            lo,
+            hi,
+        )
+    changed.pop(PARTIAL_TABLE, None)  # no reader holds partials
     h = clip_below(widen(m, HOUR), horizons.of("rollup_1m"), HOUR)
     for lo, hi in h:
         await _rebuild(
