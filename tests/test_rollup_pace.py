@@ -65,7 +65,7 @@ async def test_the_refresher_paces_its_passes_only_while_it_keeps_up(monkeypatch
     paces: list[float] = []
     results = iter([PassResult(more=True), PassResult(more=True), PassResult(), PassResult()])
 
-    async def fake_pass(conn: Any, *, max_xacts: int, max_minutes: int, pace: float) -> PassResult:
+    async def fake_pass(conn: Any, *, pace: float, **_: Any) -> PassResult:
         paces.append(pace)
         return next(results)
 

@@ -242,7 +242,11 @@ async def _scenario(dsn: str, actions: list[tuple[str, Any]]) -> None:
     await w.start()
     # Small bounds, so ranges are split across passes and the ledger is taken in pieces; two
     # tags a statement, so minutes are rebuilt from raw in slices (with pauses between).
-    refresher = RollupRefresher(dsn, max_xacts_per_pass=2, max_minutes_per_pass=720, pace=0.1)
+    # Partials kept for every minute from the first anchor on (their window reaching back past
+    # every anchor: in the field it is the last 10 minutes).
+    refresher = RollupRefresher(
+        dsn, max_xacts_per_pass=2, max_minutes_per_pass=720, pace=0.1, partials_window=timedelta(days=20_000)
+    )
     sent: list[ReadingBatch] = []
     taken: set[tuple[int, int]] = set()
     cache = RollupCache()

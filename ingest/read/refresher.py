@@ -30,7 +30,17 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from ingest.read.rollups import MINUTE, TEN_S, Horizons, ceil_to, floor_to, merge_ranges, rebuild, widen
+from ingest.read.rollups import (
+    MINUTE,
+    PARTIALS_WINDOW,
+    TEN_S,
+    Horizons,
+    ceil_to,
+    floor_to,
+    merge_ranges,
+    rebuild,
+    widen,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +122,12 @@ SELECT EXISTS (SELECT 1 FROM ingest_ledger WHERE xact >= (SELECT done_below FROM
 
 
 async def refresh_pass(
-    conn: asyncpg.Connection, *, max_xacts: int = 2000, max_minutes: int = 360, pace: float = 0.0
+    conn: asyncpg.Connection,
+    *,
+    max_xacts: int = 2000,
+    max_minutes: int = 360,
+    pace: float = 0.0,
+    partials_window: timedelta = PARTIALS_WINDOW,
 ) -> PassResult:
     # An idle tenant's pass is this one read. Without it, every pass of every tenant wrote
     # rollup_state (a committed, fsynced transaction every interval per tenant database, ten
@@ -145,7 +160,9 @@ async def refresh_pass(
         take, keep = overlap(merged, take_m), overlap(merged, keep_m)
         minutes = 0
         if take:
-            minutes = await rebuild(conn, take, await read_timezone(conn), await Horizons.load(conn), pace)
+            minutes = await rebuild(
+                conn, take, await read_timezone(conn), await Horizons.load(conn), pace, partials_window
+            )
         if keep:
             await conn.executemany("INSERT INTO rollup_pending (lo, hi) VALUES ($1, $2)", keep)
         await conn.execute("UPDATE rollup_state SET done_below = $1", new_done)
@@ -167,6 +184,7 @@ class RollupRefresher:
         max_xacts_per_pass: int = 2000,
         max_minutes_per_pass: int = 360,
         pace: float = 0.0,
+        partials_window: timedelta = PARTIALS_WINDOW,
         on_pass: Callable[[PassResult, float], None] | None = None,
         on_lag: Callable[[float], None] | None = None,
     ) -> None:
@@ -178,6 +196,7 @@ class RollupRefresher:
         # to back to catch up (a backfill, a backlog): the rollups' lag comes first then.
         self.pace = pace
         self._behind = False
+        self.partials_window = partials_window
         self._on_pass = on_pass
         self._on_lag = on_lag
         # Commit time of the oldest data put off to a later pass (``rollup_pending``), while any
@@ -209,6 +228,7 @@ class RollupRefresher:
                 max_xacts=self.max_xacts_per_pass,
                 max_minutes=self.max_minutes_per_pass,
                 pace=0.0 if self._behind else self.pace,
+                partials_window=self.partials_window,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             if self._conn is not None and not self._conn.is_closed():

@@ -38,6 +38,10 @@ RAW_SLICE_TAGS = 25
 # only the 10-second buckets its ledger rows touched, not every touched minute whole.
 TEN_S = timedelta(seconds=10)
 PARTIAL_TABLE = "rollup_10s"
+# Partials are kept for minutes this recent (and newer): where a stream's passes come back again
+# and again. An older minute (a backfill, a batch an hour late) is rebuilt from raw whole, once,
+# and no partials are written for it (for data every 10 s they would be as many rows as raw).
+PARTIALS_WINDOW = timedelta(minutes=10)
 TEXT_TABLE = "scada_readings_text"
 
 
@@ -249,19 +253,26 @@ async def rebuild(
     tz: str,
     horizons: Horizons,
     pace: float = 0.0,
+    partials_window: timedelta = PARTIALS_WINDOW,
 ) -> int:
     """Rebuild every level over the given ranges (aligned to 10 s or to minutes; inside the
     caller's transaction, which holds the version row: see ``note_changes``). Returns the
     number of 1-minute buckets' worth of time rebuilt.
 
     Minutes from ``rollup_state.partials_from`` on are summed from their 10-second partials, of
-    which only those in ``ranges`` are rebuilt from raw; earlier minutes (written before the
-    partials existed) are rebuilt from raw whole."""
+    which only those in ``ranges`` are rebuilt from raw; earlier minutes are rebuilt from raw
+    whole. ``partials_from`` only moves forward, to ``partials_window`` before now: a minute
+    summed from partials has had every reading of it land while partials were kept for it."""
     changed: dict[str, datetime] = {}
     tag_ids = await conn.fetchval("SELECT coalesce(array_agg(tag_id), '{}') FROM tag_mappings")
     fine = clip_below(merge_ranges(ranges), horizons.of(RAW_TABLE), MINUTE)
     m = widen(fine, MINUTE)
-    split = await conn.fetchval("SELECT nullif(partials_from, '-infinity') FROM rollup_state")
+    split = await conn.fetchval(
+        "UPDATE rollup_state SET partials_from = "
+        "greatest(partials_from, date_trunc('minute', now() - $1::interval)) "
+        "RETURNING nullif(partials_from, '-infinity')",
+        partials_window,
+    )
     h10 = horizons.of(PARTIAL_TABLE)
     if h10 is not None:  # partials dropped below it: those minutes come from raw (if it has them)
         split = ceil_to(h10, MINUTE) if split is None else max(split, ceil_to(h10, MINUTE))
