@@ -143,7 +143,12 @@ async def refresh_pass(
         await conn.execute(f"SET LOCAL work_mem = '{_WORK_MEM}'")
         # Read before this transaction takes an id of its own (it writes below).
         xmin = await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8")
-        done = await conn.fetchval("SELECT done_below FROM rollup_state FOR UPDATE")
+        # partials_from only moves forward, to partials_window before now (rollups.rebuild).
+        done, partials_from = await conn.fetchrow(
+            "SELECT done_below, greatest(partials_from, date_trunc('minute', now() - $1::interval)) "
+            "FROM rollup_state FOR UPDATE",
+            partials_window,
+        )
         rows = await conn.fetch(_INTAKE, done, xmin, max_xacts)
         xacts = {r["xact"] for r in rows}
         backlog = len(xacts) >= max_xacts
@@ -161,11 +166,11 @@ async def refresh_pass(
         minutes = 0
         if take:
             minutes = await rebuild(
-                conn, take, await read_timezone(conn), await Horizons.load(conn), pace, partials_window
+                conn, take, await read_timezone(conn), await Horizons.load(conn), partials_from, pace
             )
         if keep:
             await conn.executemany("INSERT INTO rollup_pending (lo, hi) VALUES ($1, $2)", keep)
-        await conn.execute("UPDATE rollup_state SET done_below = $1", new_done)
+        await conn.execute("UPDATE rollup_state SET done_below = $1, partials_from = $2", new_done, partials_from)
         waiting = await conn.fetchval("SELECT min(committed_at) FROM ingest_ledger WHERE xact >= $1", new_done)
     pending = sum(int((hi - lo) / MINUTE) for lo, hi in keep_m)
     intake = min((r["committed_at"] for r in rows), default=None)

@@ -252,37 +252,31 @@ async def rebuild(
     ranges: list[tuple[datetime, datetime]],
     tz: str,
     horizons: Horizons,
+    partials_from: datetime,
     pace: float = 0.0,
-    partials_window: timedelta = PARTIALS_WINDOW,
 ) -> int:
     """Rebuild every level over the given ranges (aligned to 10 s or to minutes; inside the
     caller's transaction, which holds the version row: see ``note_changes``). Returns the
     number of 1-minute buckets' worth of time rebuilt.
 
-    Minutes from ``rollup_state.partials_from`` on are summed from their 10-second partials, of
-    which only those in ``ranges`` are rebuilt from raw; earlier minutes are rebuilt from raw
-    whole. ``partials_from`` only moves forward, to ``partials_window`` before now: a minute
+    Minutes from ``partials_from`` on are summed from their 10-second partials, of which only
+    those in ``ranges`` are rebuilt from raw; earlier minutes are rebuilt from raw whole. The
+    refresher moves ``partials_from`` only forward, to ``PARTIALS_WINDOW`` before now: a minute
     summed from partials has had every reading of it land while partials were kept for it."""
     changed: dict[str, datetime] = {}
     tag_ids = await conn.fetchval("SELECT coalesce(array_agg(tag_id), '{}') FROM tag_mappings")
     fine = clip_below(merge_ranges(ranges), horizons.of(RAW_TABLE), MINUTE)
     m = widen(fine, MINUTE)
-    split = await conn.fetchval(
-        "UPDATE rollup_state SET partials_from = "
-        "greatest(partials_from, date_trunc('minute', now() - $1::interval)) "
-        "RETURNING nullif(partials_from, '-infinity')",
-        partials_window,
-    )
+    split = partials_from
     h10 = horizons.of(PARTIAL_TABLE)
     if h10 is not None:  # partials dropped below it: those minutes come from raw (if it has them)
-        split = ceil_to(h10, MINUTE) if split is None else max(split, ceil_to(h10, MINUTE))
-    whole = [] if split is None else [(lo, min(hi, split)) for lo, hi in m if lo < split]
-    parted = m if split is None else clip_below(m, split)
+        split = max(split, ceil_to(h10, MINUTE))
+    whole = [(lo, min(hi, split)) for lo, hi in m if lo < split]
     for lo, hi in whole:
         await _rebuild_from_raw(conn, changed, "rollup_1m", "1 minute", lo, hi, tag_ids, pace)
-    for lo, hi in fine if split is None else clip_below(fine, split):
+    for lo, hi in clip_below(fine, split):
         await _rebuild_from_raw(conn, changed, PARTIAL_TABLE, "10 seconds", lo, hi, tag_ids, pace)
-    for lo, hi in parted:
+    for lo, hi in clip_below(m, split):
         await _rebuild(
             conn,
             changed,
