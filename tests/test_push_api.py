@@ -250,6 +250,18 @@ def test_limits_per_tenant(api: str, admin: httpx.Client, pushed: TenantHandle) 
     r = c.post(PUSH, json=payload(pushed, [point(300 + i) for i in range(20)]))
     b = error_of(r, 429, "volume_limit_exceeded")
     assert int(r.headers["retry-after"]) == b["retry_after_seconds"] > 0
+    # With an Idempotency-Key, the key's claim and the bytes' charge are one: a push refused for
+    # volume claims no key (its retry lands once the limit allows), a replay is charged nothing.
+    keyed = json.dumps(payload(pushed, [point(400 + i) for i in range(20)])).encode()
+    again = {"Idempotency-Key": f"vol-{uuid.uuid4()}"}
+    error_of(c.post(PUSH, content=keyed, headers=again), 429, "volume_limit_exceeded")
+    admin.patch(f"/v1/tenants/{slug}/push/settings", json={"bytes_per_day": 1 << 30})
+    before = c.get(f"/v1/tenants/{slug}/push/settings").json()["bytes_today"]
+    r = c.post(PUSH, content=keyed, headers=again)
+    assert r.status_code == 200 and r.json()["accepted_count"] == 20, r.text
+    replay = c.post(PUSH, content=keyed, headers=again)
+    assert replay.headers["idempotent-replayed"] == "true" and replay.json() == r.json()
+    assert c.get(f"/v1/tenants/{slug}/push/settings").json()["bytes_today"] == before + len(keyed)
     # Requests per minute
     admin.patch(f"/v1/tenants/{slug}/push/settings", json={"requests_per_minute": 2, "bytes_per_day": 1 << 30})
     codes = [c.post(PUSH, json=small).status_code for _ in range(4)]

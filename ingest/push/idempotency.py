@@ -6,6 +6,10 @@ ledger finds the id committed, and nothing lands twice; the answer is rebuilt th
 
 While a first request is running, its key holds a "pending" marker; a concurrent retry waits
 for the answer (bounded) rather than racing it. A key reused with another body is refused.
+
+A push's claim of its key and the charge of its bytes to the tenant's daily volume are one Lua
+call (one round trip, one AOF fsync): the bytes are charged only by the request that claims the
+key, never by a retry answered from the first, and a push over the volume limit claims nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import redis.asyncio as aioredis
 
 from ingest.core.translate import translated_methods
 from ingest.push.errors import IdempotencyConflict
+from ingest.push.limits import VolumeCharge, charge_lua
 
 _PENDING = b"pending"
 
@@ -36,6 +41,21 @@ def body_digest(body: bytes) -> str:
 
 IDEM_PREFIX = "scada:push:idem"
 
+# KEYS: the idempotency key, the volume counter. ARGV: pending marker, its TTL, then charge_lua's.
+# {2, answer}: the key is taken (its answer, or a pending marker); {0, used}: over the volume
+# limit, nothing claimed or charged; {1, used}: claimed and charged.
+_CLAIM = (
+    """
+local cur = redis.call('GET', KEYS[1])
+if cur then return {2, cur} end
+"""
+    + charge_lua("KEYS[2]", 3)
+    + """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return {1, used}
+"""
+)
+
 
 @translated_methods
 class IdempotencyStore:
@@ -46,21 +66,35 @@ class IdempotencyStore:
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.pending_ttl_s = pending_ttl_s
+        self._claim = redis.register_script(_CLAIM)
 
     def _key(self, tenant_id: str, key: str) -> str:
         return f"{self.prefix}:{tenant_id}:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
 
-    async def begin(self, tenant_id: str, key: str, digest: str, wait_s: float = 30.0) -> Stored | None:
-        """None: this request owns the key and must ``finish`` or ``abandon`` it. Otherwise the
-        first request's answer (after waiting for it, if it is still running)."""
+    async def begin(
+        self, tenant_id: str, key: str, digest: str, charge: VolumeCharge | None = None, wait_s: float = 30.0
+    ) -> Stored | None:
+        """None: this request owns the key and must ``finish`` or ``abandon`` it (and ``charge``
+        is charged). Otherwise the first request's answer (after waiting for it, if it is still
+        running). VolumeLimited when ``charge`` would pass its limit."""
         k = self._key(tenant_id, key)
+        pending = _PENDING + b":" + digest.encode()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         delay = 0.02
         while True:
-            if await self.redis.set(k, _PENDING + b":" + digest.encode(), nx=True, ex=self.pending_ttl_s):
-                return None
-            got = await self.redis.get(k)
+            if charge is None:
+                if await self.redis.set(k, pending, nx=True, ex=self.pending_ttl_s):
+                    return None
+                got = await self.redis.get(k)
+            else:
+                status, got = await self._claim(
+                    keys=[k, charge.key], args=[pending, self.pending_ttl_s, *charge.args()]
+                )
+                if int(status) == 0:
+                    raise charge.refused(int(got))
+                if int(status) == 1:
+                    return None
             if got is None:
                 continue  # expired or abandoned between the two calls: try to own it
             raw = got if isinstance(got, bytes) else got.encode()

@@ -2,7 +2,8 @@
 
 Settings (one hash per tenant) and counters live side by side; one Lua call per request reads
 the settings and counts the request, a second one charges the body's bytes to the day's volume
-once the body is known. The request limit is a fixed one-minute window (seed 002: "100 requests
+once the body is known (in the same call as the idempotency key's claim, when the push has one:
+ingest.push.idempotency). The request limit is a fixed one-minute window (seed 002: "100 requests
 per minute"); its Retry-After is the time left in the window. The volume limit is per UTC day.
 """
 
@@ -57,14 +58,44 @@ local n = redis.call('INCR', KEYS[2])
 if n == 1 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
 return {n, redis.call('HGETALL', KEYS[1])}
 """
-_CHARGE = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local n = tonumber(ARGV[1])
-if used + n > tonumber(ARGV[2]) then return {0, used} end
-used = redis.call('INCRBY', KEYS[1], n)
-if used == n then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-return {1, used}
+
+
+def charge_lua(key: str, arg: int) -> str:
+    """Lua adding ARGV[arg] bytes to the counter at ``key`` (a KEYS[] entry) unless that would
+    pass ARGV[arg + 1]: then it returns {0, used}. The counter expires ARGV[arg + 2] seconds
+    after its first charge; ``used`` is the new total."""
+    return f"""
+local used = tonumber(redis.call('GET', {key}) or '0')
+local n = tonumber(ARGV[{arg}])
+if used + n > tonumber(ARGV[{arg + 1}]) then return {{0, used}} end
+used = redis.call('INCRBY', {key}, n)
+if used == n then redis.call('EXPIRE', {key}, ARGV[{arg + 2}]) end
 """
+
+
+_CHARGE = charge_lua("KEYS[1]", 1) + "return {1, used}\n"
+
+
+@dataclass(frozen=True)
+class VolumeCharge:
+    """A body's bytes to add to its tenant's volume of the day (``key``), refused past ``limit``."""
+
+    key: str
+    n_bytes: int
+    limit: int
+    retry_after_s: int  # until the UTC day ends
+    ttl_s: int = 2 * _DAY_S
+
+    def args(self) -> list[int]:
+        """ARGV for ``charge_lua``: bytes, limit, counter expiry."""
+        return [self.n_bytes, self.limit, self.ttl_s]
+
+    def refused(self, used: int) -> VolumeLimited:
+        return VolumeLimited(
+            f"{self.limit} bytes/day limit exceeded ({used} used today)",
+            [{"field": "bytes_per_day", "error": f"limit {self.limit}"}],
+            retry_after_s=self.retry_after_s,
+        )
 
 
 LIMITS_PREFIX = "scada:push"
@@ -113,24 +144,22 @@ class PushLimiter:
             )
         return settings
 
-    async def charge_volume(
+    def volume_charge(
         self, tenant_id: str, n_bytes: int, settings: PushSettings, now: float | None = None
-    ) -> int:
-        """Add ``n_bytes`` to today's (UTC) volume; VolumeLimited if that would pass the limit
-        (nothing is added then). Returns the day's total."""
+    ) -> VolumeCharge:
+        """``n_bytes`` to charge to today's (UTC) volume, for ``charge_volume`` or together with an
+        idempotency key's claim."""
         now = time.time() if now is None else now
         day = int(now // _DAY_S)
-        ok, used = await self._charge(
-            keys=[f"{self.prefix}:volume:{tenant_id}:{day}"],
-            args=[n_bytes, settings.bytes_per_day, 2 * _DAY_S],
-        )
+        retry = max(1, math.ceil((day + 1) * _DAY_S - now))
+        return VolumeCharge(f"{self.prefix}:volume:{tenant_id}:{day}", n_bytes, settings.bytes_per_day, retry)
+
+    async def charge(self, charge: VolumeCharge) -> int:
+        """Add the bytes to today's volume; VolumeLimited if that would pass the limit (nothing
+        is added then). Returns the day's total."""
+        ok, used = await self._charge(keys=[charge.key], args=charge.args())
         if not int(ok):
-            retry = max(1, math.ceil((day + 1) * _DAY_S - now))
-            raise VolumeLimited(
-                f"{settings.bytes_per_day} bytes/day limit exceeded ({int(used)} used today)",
-                [{"field": "bytes_per_day", "error": f"limit {settings.bytes_per_day}"}],
-                retry_after_s=retry,
-            )
+            raise charge.refused(int(used))
         return int(used)
 
     async def volume_today(self, tenant_id: str, now: float | None = None) -> int:

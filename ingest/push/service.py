@@ -1,5 +1,6 @@
-"""One push, in the order it happens: decode, tenant check, idempotency, volume, tags (created on
-first sight when the tenant allows), units, the writer, the answer, the audit row.
+"""One push, in the order it happens: decode, tenant check, idempotency key claimed with the
+volume charged (one Redis call), tags (created on first sight when the tenant allows), units, the
+writer, the answer, then the answer kept for retries and the audit row (side by side).
 
 The writer and the audit log are handed in as callables, so this module knows nothing of Ray
 (the Serve layer passes the writer actor's call) and is tested with a real writer or a fake one.
@@ -8,6 +9,7 @@ The request limit and the body size are decided before this runs (they need no b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -87,39 +89,48 @@ class PushService:
             )
         key = idempotency_key or payload.ingestion_id
         digest = body_digest(body) if key else ""
-        if key is not None:
-            first = await self.idempotency.begin(ctx.tenant_id, key, digest)
+        charge = self.limiter.volume_charge(ctx.tenant_id, len(body), settings)
+        if key is None:
+            await self.limiter.charge(charge)
+        else:  # the key claimed and the bytes charged in one round trip; a retry is not charged
+            first = await self.idempotency.begin(ctx.tenant_id, key, digest, charge)
             if first is not None:
                 return PushAnswer(first.status, first.body, replayed=True)
         try:
-            answer = await self._land(ctx, settings, body, payload, key, tags, write, audit, started)
+            answer = await self._land(ctx, settings, payload, key, tags, write, audit, started)
         except BaseException:
             if key is not None:
                 await self.idempotency.abandon(ctx.tenant_id, key)
             raise
-        if key is not None:
-            await self.idempotency.finish(ctx.tenant_id, key, digest, answer.status, answer.body)
-        try:
-            await audit(
-                "push.ingest",
-                {
-                    "ingestion_id": answer.body["ingestion_id"],
-                    "accepted": answer.body["accepted_count"],
-                    "rejected": answer.body["rejected_count"],
-                    "stored": answer.body["stored"],
-                    "source": ctx.source_address,
-                    "bytes": len(body),
-                },
+
+        async def audit_row() -> None:
+            try:
+                await audit(
+                    "push.ingest",
+                    {
+                        "ingestion_id": answer.body["ingestion_id"],
+                        "accepted": answer.body["accepted_count"],
+                        "rejected": answer.body["rejected_count"],
+                        "stored": answer.body["stored"],
+                        "source": ctx.source_address,
+                        "bytes": len(body),
+                    },
+                )
+            except Exception:  # the readings are landed; a lost audit row must not make it a 500
+                log.exception("audit row for a push not written")
+
+        if key is None:
+            await audit_row()
+        else:  # the answer kept and the audit row written side by side (Redis and PostgreSQL)
+            await asyncio.gather(
+                self.idempotency.finish(ctx.tenant_id, key, digest, answer.status, answer.body), audit_row()
             )
-        except Exception:  # the readings are landed; a lost audit row must not make it a 500
-            log.exception("audit row for a push not written")
         return answer
 
     async def _land(
         self,
         ctx: PushContext,
         settings: PushSettings,
-        body: bytes,
         payload: Any,
         key: str | None,
         tags: PushTagMap,
@@ -127,7 +138,6 @@ class PushService:
         audit: AuditFn,
         started: float,
     ) -> PushAnswer:
-        await self.limiter.charge_volume(ctx.tenant_id, len(body), settings)
         points = payload.data_points
         ingestion_id = key or new_ingestion_id()
         now_us = time.time_ns() // 1000
