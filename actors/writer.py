@@ -22,7 +22,6 @@ from ingest.core.errors import StorageUnavailable
 from ingest.core.heap import settle_heap
 from ingest.core.metrics import Metrics, safe
 from ingest.core.order import Place
-from ingest.core.ray_env import background_priority
 from ingest.read.refresher import RollupRefresher
 from ingest.read.retention import retention_loop
 from ingest.store.master import MasterStore
@@ -59,7 +58,8 @@ def rules_from_rows(rows: list[dict[str, Any]]) -> list[TagRules]:
 )
 class WriterActor:
     def __init__(self, settings: Settings, tenant_id: str, tenant_slug: str) -> None:
-        background_priority()  # below the API replicas (ingest.core.ray_env)
+        # At the API's niceness, not moved to the background level as the connection actors are:
+        # a push's answer waits on this actor's flush (ingest.core.ray_env).
         self.settings = settings
         self.tenant_id = tenant_id
         self.slug = tenant_slug

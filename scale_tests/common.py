@@ -28,15 +28,15 @@ def log(msg: str) -> None:
     sys.stderr.flush()
 
 
-# The niceness of the actors that collect and write (ingest.core.ray_env: Ray's workers start at
-# 10, where the API's replicas and Serve's proxy stay; connection actors and writers move to 15).
+# The niceness of the actors that collect (ingest.core.ray_env: Ray's workers start at 10, where
+# the API's replicas, Serve's proxy and the writers stay; connection actors move to 15).
 RAY_WORKER_NICENESS = BACKGROUND_NICENESS
 
 
 @contextlib.contextmanager
 def at_worker_priority() -> Iterator[None]:
     """This thread, and the processes it starts meanwhile (simulators), at the niceness of the
-    actors that collect and write. Field devices and dashboards do not share the cluster's cores
+    connection actors. Field devices and dashboards do not share the cluster's cores
     in production; here they do, and at niceness 0 they would take the CPU before the actors they
     load (Ray keeps its workers niced so that its own daemons come first). At the same niceness
     neither side is favoured. Restored afterwards (lowering niceness needs root; without it, it

@@ -8,7 +8,9 @@ so a new method cannot be left out.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from actors.writer import WriterActor
 from ingest.core.batch import ReadingBatch, TextBatch
 from ingest.core.config import Settings
 from ingest.core.models import ConnectionSpec, Protocol, TagSpec
+from ingest.core.ray_env import BACKGROUND_NICENESS
 from tests.conftest import TenantHandle
 from tests.helpers import SimProcess, db_fetch, wait_for
 
@@ -79,6 +82,16 @@ def _batch(tag_id: int, n: int, prefix: str) -> ReadingBatch:
     )
 
 
+def _niceness(actor: Any) -> set[int]:
+    """The niceness of every thread of the actor's process."""
+    pid = ray.get(actor.__ray_call__.remote(lambda _self: os.getpid()))
+    out = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            out.add(os.getpriority(os.PRIO_PROCESS, int(tid)))
+    return out
+
+
 def test_every_remote_method_on_fresh_actors(
     stack: Settings, api: str, tenant: TenantHandle, sim: SimProcess
 ) -> None:
@@ -122,6 +135,7 @@ def test_every_remote_method_on_fresh_actors(
     )
     ray.get(writer.write.remote(text.to_arrow()))
     assert ray.get(writer.stats_now.remote())["rows_committed"] == 101  # 100 numbers, 1 text
+    writer_nice = _niceness(writer)
     ray.kill(writer)
 
     # A connection actor, fresh: status before anything built, then a real session.
@@ -139,6 +153,12 @@ def test_every_remote_method_on_fresh_actors(
         },
     )
     sim.resume()
+    # Priorities (ingest.core.ray_env): the writer stays where Ray started its workers, as the
+    # coordinator does and the API's replicas (a push's answer waits on the writer); the
+    # connection actor moved every thread below them.
+    started = _niceness(ray.get_actor(COORDINATOR_NAME, namespace=stack.namespace))
+    if max(started) < BACKGROUND_NICENESS:
+        assert max(writer_nice) < BACKGROUND_NICENESS <= min(_niceness(host)), (writer_nice, started)
 
     def stored() -> int:
         return int(

@@ -1,6 +1,6 @@
-"""``ingest.core.ray_env``: Ray's workers start at niceness 10 (the API's), and the actors that
-collect and write move every thread of theirs to 15 (no services; run in a child process, since
-niceness raised cannot be lowered again without privilege)."""
+"""``ingest.core.ray_env``: Ray's workers start at niceness 10 (the API's and the writers'), and
+the connection actors move every thread of theirs to 15 (no services; run in a child process,
+since niceness raised cannot be lowered again without privilege)."""
 
 from __future__ import annotations
 
