@@ -351,3 +351,67 @@ def test_database_away_a_push_is_spooled_a_full_spool_is_a_503_and_nothing_is_lo
     assert again.status_code == 200, again.text
     assert again.json()["stored"] == "committed" and again.json()["accepted_count"] == 5
     assert int(sql(settings, pushed, stored)[0]["n"]) == 15
+
+
+async def test_pushed_values_are_validated_and_read_like_device_values(
+    api: str, settings: Settings, pushed: TenantHandle
+) -> None:
+    """Pushed readings meet their tag's validation rules, and reach the latest values, the live
+    stream and the rollups as a device's do; the tag's edit is in the audit log."""
+    from ingest.core.models import Quality, quality_as_int4
+    from tests.live_client import sse_events
+
+    c, slug = pushed.client, pushed.slug
+    db = await asyncpg.connect(settings.dsn(pushed.db))
+    tp = {t["name"]: t["tag_id"] for t in c.get(f"/v1/tenants/{slug}/tags").json()}["wellhead_pressure"]
+    r = c.patch(f"/v1/tenants/{slug}/tags/{tp}", json={"valid_max": 5000.0, "out_of_range": "flag"})
+    assert r.status_code == 200, r.text
+    edits = c.get(f"/v1/tenants/{slug}/audit", params={"action": "tag.update"}).json()["items"]
+    assert edits[0]["detail"] == {"tag_id": tp, "fields": ["out_of_range", "valid_max"]}
+    # The writer reloads its rules within seconds: push 6,000 psi until one lands flagged.
+    flagged = int(quality_as_int4(Quality.BAD_OUT_OF_RANGE))
+    deadline = time.monotonic() + 60
+    k = 0
+    while True:
+        k += 1
+        body = payload(pushed, [point(k, value=6000.0, timestamp=ts(300 - k * 0.01))])
+        assert c.post(PUSH, json=body).json()["accepted_count"] == 1
+        if await db.fetchval("SELECT count(*) FROM scada_readings WHERE quality = $1", flagged):
+            break
+        assert time.monotonic() < deadline, "the edited rule never reached the writer"
+        await asyncio.sleep(0.5)
+    # Latest values and the live stream: a snapshot, then the next push as an update.
+    ok = payload(pushed, [point(0, value=1234.5, unit="psi", timestamp=ts(1))])
+    assert c.post(PUSH, json=ok).status_code == 200
+    deadline = time.monotonic() + 30
+    while (latest := c.get(f"/v1/tenants/{slug}/latest", params={"tag_id": tp}).json())[0]["value"] != 1234.5:
+        assert time.monotonic() < deadline, latest  # the fan-out follows the commit
+        await asyncio.sleep(0.2)
+    assert (latest[0]["unit"], latest[0]["quality_name"]) == ("psi", "Good")
+    ticket = c.post(f"/v1/tenants/{slug}/stream-tickets").json()
+    async with (
+        httpx.AsyncClient(timeout=60) as ac,
+        ac.stream(
+            "GET",
+            f"{ticket['live_url']}/v1/tenants/{slug}/stream",
+            params={"ticket": ticket["ticket"]},
+            headers={"Accept": "text/event-stream"},
+        ) as stream,
+    ):
+        events = sse_events(stream)
+        snap = await anext(events)
+        assert snap["type"] == "snapshot" and {v["tag_id"]: v["value"] for v in snap["values"]}[tp] == 1234.5
+        bar = payload(pushed, [point(0, value=100.0, unit="bar", timestamp=ts(0.5))])
+        assert c.post(PUSH, json=bar).json()["accepted_count"] == 1
+        ev = await anext(e async for e in events if e["type"] == "update")
+        assert round({v["tag_id"]: v["value"] for v in ev["values"]}[tp], 3) == 1450.377
+    # Rollups: the refresher in the writer actor takes the pushed rows like any others.
+    good = "SELECT count(*) FROM scada_readings WHERE tag_id = $1 AND quality = 0"
+    rolled = "SELECT coalesce(sum(n), 0) FROM rollup_1m WHERE tag_id = $1"
+    expected = await db.fetchval(good, tp)
+    assert expected == k - 1 + 2  # the pushes before the rule took, and the two good ones since
+    deadline = time.monotonic() + 60
+    while await db.fetchval(rolled, tp) != expected:
+        assert time.monotonic() < deadline, "pushed readings never reached the rollups"
+        await asyncio.sleep(0.5)
+    await db.close()
