@@ -72,31 +72,22 @@ class IdempotencyStore:
         return f"{self.prefix}:{tenant_id}:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
 
     async def begin(
-        self, tenant_id: str, key: str, digest: str, charge: VolumeCharge | None = None, wait_s: float = 30.0
+        self, tenant_id: str, key: str, digest: str, charge: VolumeCharge, wait_s: float = 30.0
     ) -> Stored | None:
         """None: this request owns the key and must ``finish`` or ``abandon`` it (and ``charge``
         is charged). Otherwise the first request's answer (after waiting for it, if it is still
         running). VolumeLimited when ``charge`` would pass its limit."""
         k = self._key(tenant_id, key)
-        pending = _PENDING + b":" + digest.encode()
+        args: list[bytes | int] = [_PENDING + b":" + digest.encode(), self.pending_ttl_s, *charge.args()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         delay = 0.02
         while True:
-            if charge is None:
-                if await self.redis.set(k, pending, nx=True, ex=self.pending_ttl_s):
-                    return None
-                got = await self.redis.get(k)
-            else:
-                status, got = await self._claim(
-                    keys=[k, charge.key], args=[pending, self.pending_ttl_s, *charge.args()]
-                )
-                if int(status) == 0:
-                    raise charge.refused(int(got))
-                if int(status) == 1:
-                    return None
-            if got is None:
-                continue  # expired or abandoned between the two calls: try to own it
+            status, got = await self._claim(keys=[k, charge.key], args=args)
+            if int(status) == 0:
+                raise charge.refused(int(got))
+            if int(status) == 1:
+                return None
             raw = got if isinstance(got, bytes) else got.encode()
             if raw.startswith(_PENDING + b":"):
                 if raw[len(_PENDING) + 1 :].decode() != digest:

@@ -147,8 +147,8 @@ class PushLimiter:
     def volume_charge(
         self, tenant_id: str, n_bytes: int, settings: PushSettings, now: float | None = None
     ) -> VolumeCharge:
-        """``n_bytes`` to charge to today's (UTC) volume, for ``charge_volume`` or together with an
-        idempotency key's claim."""
+        """``n_bytes`` to charge to today's (UTC) volume, by ``charge`` or together with an
+        idempotency key's claim (``IdempotencyStore.begin``)."""
         now = time.time() if now is None else now
         day = int(now // _DAY_S)
         retry = max(1, math.ceil((day + 1) * _DAY_S - now))
